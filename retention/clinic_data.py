@@ -1,0 +1,96 @@
+"""Clinic data in memory: the contract tables as typed frames, and reading them.
+
+The same reader serves the clinic's database (contract names) and the
+service's own copy of it (prefixed names), so features are computed from one
+shape of data wherever it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+from sqlalchemy import Connection, MetaData, inspect, select
+
+from retention import contract
+
+
+@dataclass(frozen=True)
+class ClinicData:
+    """The contract tables as frames with parsed dates; alliance_items may be empty."""
+
+    clients: pd.DataFrame
+    episodes: pd.DataFrame
+    appointments: pd.DataFrame
+    measures: pd.DataFrame
+    items: pd.DataFrame
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The frames under their contract table names."""
+        return {
+            "clients": self.clients,
+            "episodes": self.episodes,
+            "appointments": self.appointments,
+            "alliance_measures": self.measures,
+            "alliance_items": self.items,
+        }
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(f) for f in self.frames().values())
+
+
+def read_clinic(connection: Connection, prefix: str = "") -> ClinicData:
+    """Read the contract tables (``prefix`` + name) through ``connection``.
+
+    ``alliance_items`` is optional in the contract: a missing table reads as empty.
+    """
+    existing = set(inspect(connection).get_table_names())
+    frames: dict[str, pd.DataFrame] = {}
+    for name, table in contract.TABLES.items():
+        columns = [c.name for c in table.columns]
+        if prefix + name not in existing:
+            if name in contract.OPTIONAL_TABLES:
+                frames[name] = pd.DataFrame(columns=columns)
+                continue
+            raise LookupError(
+                f"table {prefix + name!r} is missing from the database; "
+                "see docs/contract.md for the tables a clinic must provide"
+            )
+        source = table.to_metadata(MetaData(), name=prefix + name)
+        result = connection.execute(select(*[source.c[c] for c in columns]))
+        frames[name] = pd.DataFrame(result.fetchall(), columns=columns)
+    return from_frames(frames)
+
+
+def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
+    """Normalise raw contract frames: parse dates and timestamps, fix dtypes."""
+    out = {name: frame.copy() for name, frame in frames.items()}
+    for name, cols in contract.DATE_COLUMNS.items():
+        for col in cols:
+            out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
+    for name, cols in contract.TIMESTAMP_COLUMNS.items():
+        for col in cols:
+            out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
+    appts = out["appointments"]
+    appts["telehealth"] = appts["telehealth"].astype(bool)
+    measures = out["alliance_measures"]
+    for col in ("score_total", "goal", "task", "bond"):
+        measures[col] = pd.to_numeric(measures[col]).astype(float)
+    items = out.get("alliance_items", pd.DataFrame(columns=["measure_id", "item_number", "response"]))
+    items["item_number"] = pd.to_numeric(items["item_number"]).astype("int64")
+    items["response"] = pd.to_numeric(items["response"]).astype(float)
+    return ClinicData(
+        clients=out["clients"],
+        episodes=out["episodes"],
+        appointments=appts,
+        measures=measures,
+        items=items,
+    )
+
+
+def as_timestamp(day: date) -> pd.Timestamp:
+    """Midnight at the start of ``day``: data strictly before it is known on ``day``."""
+    return pd.Timestamp(day)
+

@@ -1,0 +1,125 @@
+"""The model's inputs: name, kind, reason family and clinically expected direction.
+
+This list is the single source of truth for the feature order the model is
+trained on, the monotone constraints it must respect, and the reason family
+each feature's contribution is summed into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from retention import contract
+
+Kind = Literal["numeric", "categorical"]
+
+# Reason families: the recognised signs of disengagement and a weakening alliance.
+INCONSISTENT_ENGAGEMENT = "inconsistent_engagement"
+DISENGAGEMENT = "disengagement"
+ALLIANCE_RUPTURE = "alliance_rupture"
+WEAK_BOND = "weak_bond"
+GOAL_TASK_DISAGREEMENT = "goal_task_disagreement"
+RATER_GAP = "rater_gap"
+EARLY_TREATMENT = "early_treatment"
+SETTING = "setting"
+
+FAMILIES = (
+    INCONSISTENT_ENGAGEMENT,
+    DISENGAGEMENT,
+    ALLIANCE_RUPTURE,
+    WEAK_BOND,
+    GOAL_TASK_DISAGREEMENT,
+    RATER_GAP,
+    EARLY_TREATMENT,
+    SETTING,
+)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One model input.
+
+    ``monotone`` is the direction risk must move as the value rises (+1 up,
+    -1 down, 0 free); it is enforced in training where it holds clinically.
+    """
+
+    name: str
+    family: str
+    description: str
+    kind: Kind = "numeric"
+    monotone: int = 0
+
+
+FEATURES: tuple[FeatureSpec, ...] = (
+    # Attendance over recent weeks.
+    FeatureSpec("sessions_scheduled_28d", INCONSISTENT_ENGAGEMENT,
+                "client-facing sessions scheduled in the last 28 days"),
+    FeatureSpec("attended_28d", INCONSISTENT_ENGAGEMENT,
+                "sessions attended in the last 28 days", monotone=-1),
+    FeatureSpec("missed_28d", INCONSISTENT_ENGAGEMENT,
+                "no-shows and late cancellations in the last 28 days", monotone=1),
+    FeatureSpec("client_cancelled_28d", INCONSISTENT_ENGAGEMENT,
+                "sessions the client cancelled in the last 28 days"),
+    FeatureSpec("miss_rate_28d", INCONSISTENT_ENGAGEMENT,
+                "share of scheduled sessions missed in the last 28 days", monotone=1),
+    FeatureSpec("miss_rate_90d", INCONSISTENT_ENGAGEMENT,
+                "share of scheduled sessions missed in the last 90 days", monotone=1),
+    # Disengagement.
+    FeatureSpec("days_since_attended", DISENGAGEMENT,
+                "days since the last attended session (since admission if none)", monotone=1),
+    FeatureSpec("consecutive_misses", DISENGAGEMENT,
+                "missed sessions since the last attended one", monotone=1),
+    FeatureSpec("booked_next_14d", DISENGAGEMENT,
+                "sessions booked in the next 14 days, as known at the as-of date", monotone=-1),
+    FeatureSpec("days_to_next_booked", DISENGAGEMENT,
+                "days until the next booked session (missing if none)"),
+    # Stage of treatment.
+    FeatureSpec("days_in_treatment", EARLY_TREATMENT, "days since admission"),
+    FeatureSpec("days_to_planned_end", EARLY_TREATMENT,
+                "days until the planned discharge (missing if none planned)"),
+    # Setting.
+    FeatureSpec("program", SETTING, "treatment program", kind="categorical"),
+    FeatureSpec("telehealth_share_90d", SETTING,
+                "share of attended sessions held by telehealth in the last 90 days"),
+    FeatureSpec("group_share_90d", SETTING,
+                "share of scheduled sessions that were groups in the last 90 days"),
+    # Session-by-session alliance (SRS, GSRS).
+    FeatureSpec("srs_latest", ALLIANCE_RUPTURE, "latest SRS total (0-40)", monotone=-1),
+    FeatureSpec("srs_change", ALLIANCE_RUPTURE,
+                "latest SRS total minus the previous one", monotone=-1),
+    FeatureSpec("srs_below_cutoff_last3", ALLIANCE_RUPTURE,
+                "of the last three SRS, how many were below 36", monotone=1),
+    FeatureSpec("gsrs_latest", ALLIANCE_RUPTURE, "latest GSRS total (0-40)", monotone=-1),
+    FeatureSpec("gsrs_change", ALLIANCE_RUPTURE,
+                "latest GSRS total minus the previous one", monotone=-1),
+    # Bond and trust.
+    FeatureSpec("srs_relationship_latest", WEAK_BOND,
+                "relationship item of the latest SRS (0-10)", monotone=-1),
+    FeatureSpec("wai_client_bond", WEAK_BOND, "latest client-rated WAI-SR bond (1-5)",
+                monotone=-1),
+    FeatureSpec("wai_therapist_bond", WEAK_BOND, "latest therapist-rated WAI-SR bond (1-5)"),
+    # Agreement on goals and tasks.
+    FeatureSpec("srs_goals_latest", GOAL_TASK_DISAGREEMENT,
+                "goals-and-topics item of the latest SRS (0-10)", monotone=-1),
+    FeatureSpec("srs_approach_latest", GOAL_TASK_DISAGREEMENT,
+                "approach-or-method item of the latest SRS (0-10)", monotone=-1),
+    FeatureSpec("wai_client_goal", GOAL_TASK_DISAGREEMENT,
+                "latest client-rated WAI-SR goal (1-5)", monotone=-1),
+    FeatureSpec("wai_client_task", GOAL_TASK_DISAGREEMENT,
+                "latest client-rated WAI-SR task (1-5)", monotone=-1),
+    FeatureSpec("wai_therapist_goal", GOAL_TASK_DISAGREEMENT,
+                "latest therapist-rated WAI-SR goal (1-5)"),
+    FeatureSpec("wai_therapist_task", GOAL_TASK_DISAGREEMENT,
+                "latest therapist-rated WAI-SR task (1-5)"),
+    # Client and therapist seeing the alliance differently.
+    FeatureSpec("wai_rater_gap", RATER_GAP,
+                "client minus therapist WAI-SR mean of goal, task and bond"),
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+CATEGORIES: dict[str, tuple[str, ...]] = {"program": contract.PROGRAMS}
+BY_NAME: dict[str, FeatureSpec] = {f.name: f for f in FEATURES}
+
+# Columns that identify a row and route it; never model inputs.
+META_COLUMNS = ("episode_id", "client_id", "clinic_id", "case_manager_id")
