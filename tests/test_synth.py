@@ -1,0 +1,312 @@
+"""The synthetic clinic must obey the data contract and hit the published-rate targets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from retention import contract
+from retention.instruments import SRS_ITEMS, WAI_SR_KEY
+from retention.synth import SynthConfig, generate, write
+
+CONFIG = SynthConfig(end=date(2026, 6, 1), n_clients=300, seed=3)
+END = pd.Timestamp(CONFIG.end)
+DROPOUTS = ("dropped_out", "left_against_advice")
+CODES = {
+    ("episodes", "program"): contract.PROGRAMS,
+    ("episodes", "discharge_reason"): contract.DISCHARGE_REASONS,
+    ("appointments", "status"): contract.APPOINTMENT_STATUSES,
+    ("appointments", "service_type"): contract.SERVICE_TYPES,
+    ("alliance_measures", "instrument"): contract.INSTRUMENTS,
+    ("alliance_measures", "rater"): contract.RATERS,
+}
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    return generate(CONFIG)
+
+
+def test_same_config_gives_identical_frames(frames: dict[str, pd.DataFrame]) -> None:
+    again = generate(CONFIG)
+    assert again.keys() == frames.keys()
+    for name, frame in frames.items():
+        pd.testing.assert_frame_equal(again[name], frame)
+
+
+def test_other_seed_gives_other_clinic(frames: dict[str, pd.DataFrame]) -> None:
+    other = generate(replace(CONFIG, seed=CONFIG.seed + 1))
+    assert not other["appointments"].equals(frames["appointments"])
+    assert not other["alliance_measures"].equals(frames["alliance_measures"])
+
+
+def test_columns_follow_the_contract(frames: dict[str, pd.DataFrame]) -> None:
+    assert set(frames) == set(contract.TABLES)
+    for name, table in contract.TABLES.items():
+        assert list(frames[name].columns) == [c.name for c in table.columns], name
+        assert len(frames[name]) > 0, name
+
+
+def test_dates_are_dates_and_timestamps_are_naive(frames: dict[str, pd.DataFrame]) -> None:
+    for column in contract.DATE_COLUMNS["episodes"]:
+        values = frames["episodes"][column].dropna()
+        assert len(values) > 0
+        assert all(type(v) is date for v in values), column
+    for name, columns in contract.TIMESTAMP_COLUMNS.items():
+        for column in columns:
+            dtype = frames[name][column].dtype
+            assert pd.api.types.is_datetime64_dtype(dtype), (name, column)
+            assert getattr(dtype, "tz", None) is None
+
+
+def test_codes_keys_and_required_fields(frames: dict[str, pd.DataFrame]) -> None:
+    for (name, code), allowed in CODES.items():
+        used = set(frames[name][code].dropna())
+        assert used <= set(allowed), (name, code, used - set(allowed))
+    for name, table in contract.TABLES.items():
+        keys = [c.name for c in table.primary_key.columns]
+        assert not frames[name].duplicated(keys).any(), name
+        for column in table.columns:
+            if not column.nullable:
+                assert frames[name][column.name].notna().all(), (name, column.name)
+
+
+def test_rows_reference_an_episode_of_the_same_client(frames: dict[str, pd.DataFrame]) -> None:
+    episodes = frames["episodes"]
+    assert set(episodes["client_id"]) <= set(frames["clients"]["client_id"])
+    pairs = set(zip(episodes["episode_id"], episodes["client_id"], strict=True))
+    for name in ("appointments", "alliance_measures"):
+        frame = frames[name]
+        assert set(zip(frame["episode_id"], frame["client_id"], strict=True)) <= pairs, name
+    measures = frames["alliance_measures"]
+    appointment = frames["appointments"].set_index("appointment_id")
+    assert measures["appointment_id"].isin(appointment.index).all()
+    linked = appointment.loc[measures["appointment_id"]]
+    assert (linked["episode_id"].to_numpy() == measures["episode_id"].to_numpy()).all()
+    assert (linked["status"] == "attended").all()
+    assert set(frames["alliance_items"]["measure_id"]) <= set(measures["measure_id"])
+
+
+def test_ids_look_like_clinic_ids(frames: dict[str, pd.DataFrame]) -> None:
+    assert frames["clients"]["client_id"].str.fullmatch(r"C\d{6}").all()
+    episodes = frames["episodes"]
+    assert episodes["episode_id"].str.fullmatch(r"E\d{6}-[12]").all()
+    assert (episodes["episode_id"].str[1:7] == episodes["client_id"].str[1:]).all()
+    assert frames["appointments"]["appointment_id"].str.fullmatch(r"A\d{8}").all()
+    assert frames["alliance_measures"]["measure_id"].str.fullmatch(r"M\d{8}").all()
+    assert frames["clients"]["clinic_id"].str.startswith("clinic-").all()
+
+
+def test_readmissions_follow_a_discharge(frames: dict[str, pd.DataFrame]) -> None:
+    episodes = frames["episodes"].sort_values("episode_id")
+    per_client = episodes.groupby("client_id").size()
+    assert 0.03 <= (per_client == 2).mean() <= 0.15
+    assert per_client.max() == 2
+    for _, pair in episodes[episodes["client_id"].isin(per_client[per_client == 2].index)].groupby(
+        "client_id"
+    ):
+        first, second = pair.iloc[0], pair.iloc[1]
+        assert first["discharged_on"] is not None
+        assert second["admitted_on"] > first["discharged_on"]
+
+
+def test_nothing_is_known_from_after_the_snapshot(frames: dict[str, pd.DataFrame]) -> None:
+    for name, columns in contract.TIMESTAMP_COLUMNS.items():
+        for column in columns:
+            if column != "scheduled_at":
+                assert (frames[name][column].dropna() < END).all(), (name, column)
+    episodes = frames["episodes"]
+    assert (episodes["admitted_on"] < CONFIG.end).all()
+    assert (episodes["discharged_on"].dropna() < CONFIG.end).all()
+    assert (episodes["admitted_on"] >= CONFIG.end - pd.Timedelta(days=CONFIG.history_days)).all()
+
+
+def test_appointment_timeline(frames: dict[str, pd.DataFrame]) -> None:
+    appointments = frames["appointments"]
+    assert (appointments["booked_at"] < appointments["scheduled_at"]).all()
+    future = appointments["scheduled_at"] >= END
+    assert (appointments.loc[future, "status"] == "scheduled").all()
+    assert (appointments.loc[~future, "status"] != "scheduled").all()
+    assert future.any()
+    upcoming = appointments.loc[future, "scheduled_at"]
+    assert (upcoming < END + pd.Timedelta(days=25)).all()
+    scheduled = appointments[appointments["status"] == "scheduled"]
+    assert (scheduled["updated_at"] == scheduled["booked_at"]).all()
+    # Closed episodes have nothing still booked; discharges come after the episode's sessions.
+    episodes = frames["episodes"].set_index("episode_id")
+    discharged = pd.to_datetime(episodes.loc[appointments["episode_id"], "discharged_on"])
+    after = appointments["scheduled_at"].to_numpy() >= (discharged + pd.Timedelta(days=1))
+    assert not after.to_numpy().any()
+    assert not (discharged.notna().to_numpy() & future.to_numpy()).any()
+    admitted = pd.to_datetime(episodes.loc[appointments["episode_id"], "admitted_on"]).to_numpy()
+    assert (appointments["scheduled_at"].to_numpy() >= admitted).all()
+
+
+def test_discharges_are_consistent(frames: dict[str, pd.DataFrame]) -> None:
+    episodes = frames["episodes"]
+    closed = episodes["discharged_on"].notna()
+    assert (episodes["discharge_reason"].notna() == closed).all()
+    assert (episodes.loc[closed, "discharged_on"] >= episodes.loc[closed, "admitted_on"]).all()
+    discharged = pd.to_datetime(episodes.loc[closed, "discharged_on"])
+    assert (episodes.loc[closed, "updated_at"] >= discharged).all()
+    assert closed.mean() > 0.6
+    assert (~closed).sum() > 10
+
+
+def test_srs_totals_are_item_sums(frames: dict[str, pd.DataFrame]) -> None:
+    measures = frames["alliance_measures"]
+    items = frames["alliance_items"]
+    srs = measures[measures["instrument"].isin(["SRS", "GSRS"])].set_index("measure_id")
+    assert (srs["rater"] == "client").all()
+    assert srs[["goal", "task", "bond"]].isna().all().all()
+    srs_items = items[items["measure_id"].isin(srs.index)]
+    assert set(srs_items["item_number"]) == set(SRS_ITEMS)
+    assert srs_items["response"].between(0, 10).all()
+    assert np.allclose(srs_items["response"], srs_items["response"].round(1))
+    wide = srs_items.pivot(index="measure_id", columns="item_number", values="response")
+    assert wide.notna().all().all()
+    totals = srs.loc[wide.index, "score_total"]
+    assert np.allclose(wide.sum(axis=1), totals, atol=1e-6)
+    assert srs["score_total"].between(0, 40).all()
+
+
+def test_wai_subscales_follow_the_published_key(frames: dict[str, pd.DataFrame]) -> None:
+    measures = frames["alliance_measures"]
+    items = frames["alliance_items"]
+    wai = measures[measures["instrument"] == "WAI-SR"].set_index("measure_id")
+    wide = items[items["measure_id"].isin(wai.index)].pivot(
+        index="measure_id", columns="item_number", values="response"
+    )
+    assert [int(n) for n in wide.columns] == list(range(1, 13))
+    assert wide.isin([1.0, 2.0, 3.0, 4.0, 5.0]).all().all()
+    scored = wai.loc[wide.index]
+    assert np.allclose(wide.sum(axis=1), scored["score_total"])
+    for name, key in WAI_SR_KEY.items():
+        assert np.allclose(wide[list(key)].mean(axis=1), scored[name]), name
+    # Client and therapist rate the same session; therapists rate a little lower.
+    per_session = wai.groupby("appointment_id")["rater"].agg(sorted)
+    assert all(raters == ["client", "therapist"] for raters in per_session)
+    by_rater = wai.groupby("rater")["score_total"].mean()
+    assert by_rater["therapist"] < by_rater["client"]
+
+
+def test_some_measures_carry_totals_only(frames: dict[str, pd.DataFrame]) -> None:
+    measures = frames["alliance_measures"]
+    without = ~measures["measure_id"].isin(frames["alliance_items"]["measure_id"])
+    assert 0.02 <= without.mean() <= 0.08
+    assert measures.loc[without, "score_total"].notna().all()
+
+
+def _last_attended(appointments: pd.DataFrame) -> pd.Series:
+    attended = appointments[appointments["status"] == "attended"]
+    return attended.groupby("episode_id")["scheduled_at"].max()
+
+
+def test_miss_rate_among_engaged_clients(frames: dict[str, pd.DataFrame]) -> None:
+    """Engaged: the episode ended well, or the client still came 30+ days later."""
+    appointments = frames["appointments"]
+    reasons = frames["episodes"].set_index("episode_id")["discharge_reason"]
+    resolved = appointments[appointments["status"].isin(contract.CLIENT_STATUSES)]
+    last = resolved["episode_id"].map(_last_attended(appointments))
+    ended_well = resolved["episode_id"].map(reasons).isin(contract.GOOD_DISCHARGES)
+    engaged = ended_well | (last >= resolved["scheduled_at"] + pd.Timedelta(days=30))
+    missed = resolved["status"] != "attended"
+    assert 0.12 <= missed[engaged].mean() <= 0.28
+    # Misses cluster before disengagement.
+    assert missed[~engaged].mean() > missed[engaged].mean() + 0.1
+    clinic = (appointments["status"] == "cancelled_by_clinic").mean()
+    assert 0.01 <= clinic <= 0.05
+
+
+def test_srs_has_a_ceiling_and_a_concern_tail(frames: dict[str, pd.DataFrame]) -> None:
+    measures = frames["alliance_measures"]
+    srs = measures.loc[measures["instrument"] == "SRS", "score_total"]
+    assert 34.0 <= srs.mean() <= 38.0
+    assert 0.2 <= (srs < 36).mean() <= 0.4
+    assert (srs >= 38).mean() > 0.3
+
+
+def test_dropout_share_of_ended_episodes(frames: dict[str, pd.DataFrame]) -> None:
+    ended = frames["episodes"].dropna(subset=["discharged_on"])
+    assert 0.3 <= ended["discharge_reason"].isin(DROPOUTS).mean() <= 0.5
+    assert ended["discharge_reason"].isin(contract.GOOD_DISCHARGES).mean() > 0.35
+
+
+def test_dropouts_are_filed_weeks_after_the_last_visit(frames: dict[str, pd.DataFrame]) -> None:
+    episodes = frames["episodes"]
+    dropped = episodes[episodes["discharge_reason"] == "dropped_out"].set_index("episode_id")
+    last = _last_attended(frames["appointments"]).reindex(dropped.index).dt.normalize()
+    gap = (pd.to_datetime(dropped["discharged_on"]) - last).dt.days
+    assert gap.between(14, 120).all()
+    assert 20 <= gap.median() <= 50
+
+
+def test_signals_differ_before_dropout(frames: dict[str, pd.DataFrame]) -> None:
+    """Lower alliance and a wider client-therapist gap for episodes that end in dropout."""
+    measures = frames["alliance_measures"]
+    dropout = measures["episode_id"].map(
+        frames["episodes"].set_index("episode_id")["discharge_reason"].isin(DROPOUTS)
+    )
+    srs = measures["instrument"] == "SRS"
+    assert (
+        measures.loc[srs & dropout, "score_total"].mean()
+        < measures.loc[srs & ~dropout, "score_total"].mean()
+    )
+    wai = measures[measures["instrument"] == "WAI-SR"].assign(dropout=dropout)
+    rated = wai.pivot_table(
+        index=["appointment_id", "dropout"], columns="rater", values="score_total"
+    ).reset_index()
+    gap = (rated["client"] - rated["therapist"]).groupby(rated["dropout"]).mean()
+    assert gap[True] > gap[False]
+
+
+def test_demographics_are_plausible(frames: dict[str, pd.DataFrame]) -> None:
+    clients = frames["clients"]
+    age = CONFIG.end.year - clients["birth_year"]
+    assert age.between(17, 72).all()
+    assert set(clients["sex"]) <= {"female", "male", "other"}
+    assert clients["race_ethnicity"].isna().any()
+    assert clients["race_ethnicity"].nunique() >= 4
+    assert clients["clinic_id"].nunique() == CONFIG.n_clinics
+
+
+def test_write_round_trips_row_counts(frames: dict[str, pd.DataFrame]) -> None:
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        counts = write(conn, frames)
+    assert counts == {name: len(frame) for name, frame in frames.items()}
+    with engine.connect() as conn:
+        for name, table in contract.TABLES.items():
+            stored = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            assert stored == len(frames[name]), name
+        row = conn.execute(
+            sa.select(contract.appointments).order_by(contract.appointments.c.appointment_id)
+        ).first()
+    assert row is not None
+    first = frames["appointments"].iloc[0]
+    assert row.scheduled_at == first["scheduled_at"].to_pydatetime()
+    assert row.telehealth == bool(first["telehealth"])
+
+
+def test_write_leaves_the_transaction_to_the_caller(frames: dict[str, pd.DataFrame]) -> None:
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        conn.begin()
+        contract.metadata.create_all(conn)
+        conn.commit()
+        conn.begin()
+        write(conn, {"clients": frames["clients"]})
+        conn.rollback()
+        assert conn.execute(sa.select(sa.func.count()).select_from(contract.clients)).scalar() == 0
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        SynthConfig(end=date(2026, 6, 1), n_clients=0)
+    with sa.create_engine("sqlite://").connect() as conn, pytest.raises(ValueError):
+        write(conn, {"not_a_table": pd.DataFrame()})
