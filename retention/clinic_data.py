@@ -67,18 +67,18 @@ def read_clinic(connection: Connection, prefix: str = "") -> ClinicData:
 def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
     """Normalise raw contract frames: parse dates and timestamps, fix dtypes."""
     out = {name: frame.copy() for name, frame in frames.items()}
-    for name, cols in contract.DATE_COLUMNS.items():
-        for col in cols:
-            out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
-    for name, cols in contract.TIMESTAMP_COLUMNS.items():
-        for col in cols:
-            out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
+    for columns in (contract.DATE_COLUMNS, contract.TIMESTAMP_COLUMNS):
+        for name, cols in columns.items():
+            for col in cols:
+                out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
     appts = out["appointments"]
     appts["telehealth"] = appts["telehealth"].astype(bool)
     measures = out["alliance_measures"]
     for col in ("score_total", "goal", "task", "bond"):
         measures[col] = pd.to_numeric(measures[col]).astype(float)
-    items = out.get("alliance_items", pd.DataFrame(columns=["measure_id", "item_number", "response"]))
+    items = out.get("alliance_items")
+    if items is None:
+        items = pd.DataFrame(columns=["measure_id", "item_number", "response"])
     items["item_number"] = pd.to_numeric(items["item_number"]).astype("int64")
     items["response"] = pd.to_numeric(items["response"]).astype(float)
     return ClinicData(
@@ -88,6 +88,11 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         measures=measures,
         items=items,
     )
+
+
+def in_days(delta: pd.Series) -> pd.Series:
+    """A series of time differences in (fractional) days."""
+    return delta.dt.total_seconds() / 86400.0
 
 
 def as_timestamp(day: date) -> pd.Timestamp:

@@ -123,3 +123,12 @@ def test_rows_after_the_as_of_date_change_no_feature() -> None:
 def test_open_means_admitted_before_and_not_discharged_before() -> None:
     frame = build_features(clinic().build(), date(2026, 3, 19))
     assert set(frame.index) == {"E1", "E2"}  # E2 is discharged on the 19th, not before it
+
+
+def test_a_status_recorded_after_the_as_of_date_is_not_known() -> None:
+    b = clinic()
+    # Held on the evening of the 19th, recorded as a no-show only on the 20th.
+    b.appointment("E1", at("2026-03-19", 19), "no_show", updated_at=at("2026-03-20", 9))
+    row = build_features(b.build(), AS_OF).loc["E1"]
+    assert row["missed_28d"] == 3
+    assert row["consecutive_misses"] == 3

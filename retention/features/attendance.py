@@ -14,18 +14,22 @@ import numpy as np
 import pandas as pd
 
 from retention import contract
-from retention.clinic_data import as_timestamp
+from retention.clinic_data import as_timestamp, in_days
 
-DAY = pd.Timedelta(days=1)
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
 
 
 def past_slots(appointments: pd.DataFrame, episode_index: pd.Index, as_of: date) -> pd.DataFrame:
-    """Appointments of the given episodes scheduled strictly before ``as_of``."""
+    """Appointments of the given episodes scheduled strictly before ``as_of``.
+
+    A status recorded on or after ``as_of`` was not known then: such a slot
+    reads as still 'scheduled' (unrecorded), as it did on the day.
+    """
     cutoff = as_timestamp(as_of)
     mask = (appointments["scheduled_at"] < cutoff) & appointments["episode_id"].isin(episode_index)
     slots = appointments.loc[mask].copy()
-    slots["days_ago"] = (cutoff - slots["scheduled_at"]) / DAY
+    slots.loc[slots["updated_at"] >= cutoff, "status"] = "scheduled"
+    slots["days_ago"] = in_days(cutoff - slots["scheduled_at"])
     return slots
 
 
@@ -46,7 +50,7 @@ def booked_ahead(appointments: pd.DataFrame, episode_index: pd.Index, as_of: dat
         & ~cancelled_before
     )
     ahead = a.loc[mask].copy()
-    ahead["days_ahead"] = (ahead["scheduled_at"] - cutoff) / DAY
+    ahead["days_ahead"] = in_days(ahead["scheduled_at"] - cutoff)
     return ahead
 
 
@@ -83,7 +87,7 @@ def disengagement_features(
     last_attended = last_attended.reindex(episodes.index)
     since = last_attended.fillna(episodes["admitted_on"])
     out = pd.DataFrame(index=episodes.index)
-    out["days_since_attended"] = np.floor((cutoff - since) / DAY).astype(float)
+    out["days_since_attended"] = np.floor(in_days(cutoff - since)).astype(float)
 
     missed = slots[slots["status"].isin(contract.MISSED_STATUSES)]
     after_last = missed["scheduled_at"] > missed["episode_id"].map(last_attended).fillna(

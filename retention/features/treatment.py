@@ -6,9 +6,7 @@ from datetime import date
 
 import pandas as pd
 
-from retention.clinic_data import as_timestamp
-
-DAY = pd.Timedelta(days=1)
+from retention.clinic_data import as_timestamp, in_days
 
 
 def open_episodes(episodes: pd.DataFrame, as_of: date) -> pd.DataFrame:
@@ -24,8 +22,8 @@ def stage_features(episodes: pd.DataFrame, as_of: date) -> pd.DataFrame:
     """Days since admission and days left until the planned discharge."""
     cutoff = as_timestamp(as_of)
     out = pd.DataFrame(index=episodes.index)
-    out["days_in_treatment"] = ((cutoff - episodes["admitted_on"]) / DAY).astype(float)
-    out["days_to_planned_end"] = ((episodes["planned_discharge_on"] - cutoff) / DAY).astype(float)
+    out["days_in_treatment"] = in_days(cutoff - episodes["admitted_on"]).astype(float)
+    out["days_to_planned_end"] = in_days(episodes["planned_discharge_on"] - cutoff).astype(float)
     return out
 
 
