@@ -1,0 +1,253 @@
+"""The dropout model: train on snapshots, store as text + JSON, load with checks, predict.
+
+A model version is one folder under the models directory:
+
+- ``model.txt``: the LightGBM booster in its own text format (never pickle),
+- ``metadata.json``: ordered features with kinds, categories, reason families,
+  monotone constraints, training window, parameters, metrics, library
+  versions and the SHA-256 of ``model.txt``.
+
+``models/CURRENT`` names the version that scoring uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from retention.features.spec import CATEGORIES, FEATURE_NAMES, FEATURES
+
+MODEL_FILE = "model.txt"
+METADATA_FILE = "metadata.json"
+CURRENT_FILE = "CURRENT"
+
+
+class ModelError(RuntimeError):
+    """A model version is missing, tampered with, or does not fit the features."""
+
+
+def lgb_params(seed: int) -> dict[str, Any]:
+    """LightGBM parameters: small trees, monotone where clinically sound, deterministic."""
+    return {
+        "objective": "binary",
+        "learning_rate": 0.05,
+        "num_leaves": 15,
+        "min_data_in_leaf": 40,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "monotone_constraints": [f.monotone for f in FEATURES],
+        # "basic" over-constrains but holds; "advanced" has open reports of violations.
+        "monotone_constraints_method": "basic",
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 2,
+        "verbose": -1,
+    }
+
+
+NUM_BOOST_ROUND = 300
+
+
+def to_matrix(frame: pd.DataFrame, feature_names: Sequence[str] = FEATURE_NAMES) -> pd.DataFrame:
+    """The model's input matrix: features in stored order, categoricals fixed."""
+    missing = [n for n in feature_names if n not in frame.columns]
+    if missing:
+        raise ModelError(f"feature frame lacks {missing}")
+    x = frame[list(feature_names)].copy()
+    for name in x.columns:
+        if name in CATEGORIES:
+            x[name] = pd.Categorical(x[name].astype("object"), categories=list(CATEGORIES[name]))
+        else:
+            # Stored features come back from JSON; a column of all-missing values is
+            # still a float column to the model.
+            x[name] = pd.to_numeric(x[name], errors="raise").astype(float)
+    return x
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Discrimination and calibration of probabilities ``p`` for outcomes ``y``."""
+    both = len(np.unique(y)) == 2
+    return {
+        "n": float(len(y)),
+        "positives": float(np.sum(y)),
+        "base_rate": float(np.mean(y)) if len(y) else float("nan"),
+        "auroc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "average_precision": float(average_precision_score(y, p)) if both else float("nan"),
+        "brier": float(brier_score_loss(y, p)) if len(y) else float("nan"),
+    }
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A booster with the metadata that travels with it."""
+
+    booster: lgb.Booster
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata["version"])
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f["name"] for f in self.metadata["features"])
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Probability of disengagement for each row."""
+        return np.asarray(self.booster.predict(to_matrix(frame, self.feature_names)))
+
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        """The model's log-odds for each row."""
+        return np.asarray(
+            self.booster.predict(to_matrix(frame, self.feature_names), raw_score=True)
+        )
+
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Exact per-feature contributions in log-odds (TreeSHAP), plus ``expected_value``.
+
+        Each row sums to the raw score. This costs far more than a prediction:
+        call it only for rows whose reasons are shown.
+        """
+        contrib = self.booster.predict(to_matrix(frame, self.feature_names), pred_contrib=True)
+        columns = [*self.feature_names, "expected_value"]
+        return pd.DataFrame(np.asarray(contrib), index=frame.index, columns=columns)
+
+
+def train_booster(
+    x_train: pd.DataFrame, y_train: np.ndarray, seed: int
+) -> lgb.Booster:
+    """Fit the booster on a training matrix."""
+    dataset = lgb.Dataset(
+        x_train,
+        label=y_train,
+        categorical_feature=[f.name for f in FEATURES if f.kind == "categorical"],
+        free_raw_data=False,
+    )
+    return lgb.train(lgb_params(seed), dataset, num_boost_round=NUM_BOOST_ROUND)
+
+
+def build_metadata(
+    booster: lgb.Booster,
+    *,
+    seed: int,
+    horizon_days: int,
+    trained_as_of: date,
+    window: dict[str, str],
+    metrics_by_split: dict[str, dict[str, float]],
+    data_fingerprint: str,
+) -> dict[str, Any]:
+    """Everything needed to reuse, audit and check a trained booster."""
+    text = booster.model_to_string()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return {
+        "version": f"{trained_as_of:%Y%m%d}-{digest[:10]}",
+        "task": f"disengagement within {horizon_days} days",
+        "horizon_days": horizon_days,
+        "trained_as_of": trained_as_of.isoformat(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "features": [
+            {"name": f.name, "kind": f.kind, "family": f.family, "monotone": f.monotone,
+             "description": f.description}
+            for f in FEATURES
+        ],
+        "categories": {k: list(v) for k, v in CATEGORIES.items()},
+        "params": lgb_params(seed),
+        "num_boost_round": NUM_BOOST_ROUND,
+        "window": window,
+        "metrics": metrics_by_split,
+        "data_fingerprint": data_fingerprint,
+        "libraries": {
+            "lightgbm": lgb.__version__,
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "python": platform.python_version(),
+        },
+        "sha256": {MODEL_FILE: digest},
+    }
+
+
+def save(model: TrainedModel, models_dir: Path) -> Path:
+    """Write a version folder; the metadata's hash is of the exact bytes written."""
+    folder = models_dir / model.version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_FILE).write_text(model.booster.model_to_string())
+    (folder / METADATA_FILE).write_text(json.dumps(model.metadata, indent=2, sort_keys=True))
+    return folder
+
+
+def set_current(models_dir: Path, version: str) -> None:
+    """Point scoring at ``version`` (which must exist)."""
+    if not (models_dir / version / MODEL_FILE).exists():
+        raise ModelError(f"no model version {version!r} in {models_dir}")
+    tmp = models_dir / (CURRENT_FILE + ".tmp")
+    tmp.write_text(version + "\n")
+    tmp.replace(models_dir / CURRENT_FILE)
+
+
+def current_version(models_dir: Path) -> str:
+    """The version scoring should use."""
+    path = models_dir / CURRENT_FILE
+    if not path.exists():
+        raise ModelError(
+            f"no current model in {models_dir}: run `retention train` first"
+        )
+    return path.read_text().strip()
+
+
+def load(models_dir: Path, version: str | None = None,
+         expected_features: Sequence[str] = FEATURE_NAMES) -> TrainedModel:
+    """Load a version after checking its hash and that its features match the ETL's.
+
+    Refuses, with the reason, a model whose file was altered or whose feature
+    list differs from what ``build_features`` produces.
+    """
+    version = version or current_version(models_dir)
+    folder = models_dir / version
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+        text = (folder / MODEL_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"model version {version!r} is incomplete: {exc.filename} is missing"
+        ) from exc
+    digest = hashlib.sha256(text).hexdigest()
+    if digest != metadata.get("sha256", {}).get(MODEL_FILE):
+        raise ModelError(
+            f"model version {version!r} failed its integrity check: {MODEL_FILE} does not "
+            "match the hash in its metadata; retrain or restore the version"
+        )
+    names = tuple(f["name"] for f in metadata["features"])
+    if names != tuple(expected_features):
+        extra = sorted(set(names) - set(expected_features))
+        lacking = sorted(set(expected_features) - set(names))
+        raise ModelError(
+            f"model version {version!r} expects different features than the ETL produces "
+            f"(model only: {extra or 'none'}; ETL only: {lacking or 'none'}; or a different "
+            "order); retrain the model for this version of the service"
+        )
+    booster = lgb.Booster(model_str=text.decode())
+    if tuple(booster.feature_name()) != names:
+        raise ModelError(f"model version {version!r}: booster and metadata features differ")
+    return TrainedModel(booster=booster, metadata=metadata)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable hash of a training frame, to tell later which data a model saw."""
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()

@@ -1,0 +1,557 @@
+"""Reasons a case manager can act on, derived from the model's own contributions.
+
+For each scored episode the exact per-feature contributions (TreeSHAP, in
+log-odds) are summed into reason families. The families that raise risk most
+become the reasons, those that lower it most the protective factors. Each is
+put in words from the client's own rows -- dates, counts, scores -- with the
+ids of the appointments and measures that back it, and carries the clinic's
+suggested next step for that family.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retention import contract
+from retention.clinic_data import ClinicData, as_timestamp
+from retention.features import spec
+from retention.features.alliance import measures_before
+from retention.features.attendance import booked_ahead, past_slots
+from retention.instruments import SRS_CUTOFF, srs_item_frame
+
+MAX_SENTENCE = 120
+
+
+class CatalogueError(ValueError):
+    """The reason catalogue does not cover the model's reason families."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A reason family as the clinic words it: a title and a suggested next step."""
+
+    code: str
+    title: str
+    suggestion: str
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The clinic-editable wording of reason families (``config/reasons.toml``)."""
+
+    families: Mapping[str, Family]
+
+    def check_covers(self, families: Sequence[str]) -> None:
+        """Refuse a catalogue that lacks a family the model explains with."""
+        missing = sorted(set(families) - set(self.families))
+        if missing:
+            raise CatalogueError(
+                f"the reason catalogue has no entry for {', '.join(missing)}; "
+                "add them to config/reasons.toml"
+            )
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Read and validate the reason catalogue."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CatalogueError(f"reason catalogue {path} not found") from exc
+    families = {}
+    for code, entry in raw.get("families", {}).items():
+        if code not in spec.FAMILIES:
+            raise CatalogueError(f"{path}: unknown reason family {code!r}")
+        if not entry.get("title") or not entry.get("suggestion"):
+            raise CatalogueError(f"{path}: family {code!r} needs a title and a suggestion")
+        families[code] = Family(code=code, title=entry["title"], suggestion=entry["suggestion"])
+    catalogue = Catalogue(families=families)
+    catalogue.check_covers(spec.FAMILIES)
+    return catalogue
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One family's share of a client's risk, in words, with its evidence."""
+
+    code: str
+    family: str
+    title: str
+    text: str
+    log_odds: float
+    percentage_points: float
+    suggestion: str
+    appointment_ids: list[str] = field(default_factory=list)
+    measure_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The reasons behind one episode's score."""
+
+    raw_score: float
+    expected_value: float
+    reasons: list[Reason]
+    protective: list[Reason]
+
+
+@dataclass(frozen=True)
+class History:
+    """The rows of one episode known at the as-of date, for wording and evidence."""
+
+    as_of: date
+    episode: Mapping[str, Any]
+    slots: pd.DataFrame  # scheduled before as_of, oldest first
+    ahead: pd.DataFrame  # booked at as_of for later, soonest first
+    measures: pd.DataFrame  # administered before as_of, oldest first
+    srs_items: pd.DataFrame  # SRS/GSRS items by measure id
+    values: Mapping[str, Any]  # the episode's feature values
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A variant code, its sentence, and the rows behind it."""
+
+    variant: str
+    text: str
+    appointment_ids: list[str] = field(default_factory=list)
+    measure_ids: list[str] = field(default_factory=list)
+
+
+Phraser = Callable[[History, str, bool], Phrase]
+
+
+def family_contributions(
+    contributions: pd.DataFrame, families: Mapping[str, str]
+) -> pd.DataFrame:
+    """Sum per-feature contributions into families (columns), one row per episode."""
+    features = [c for c in contributions.columns if c != "expected_value"]
+    by_family = contributions[features].T.groupby(lambda f: families[f]).sum().T
+    return by_family.reindex(columns=sorted(set(families.values())), fill_value=0.0)
+
+
+def explain(
+    contributions: pd.DataFrame,
+    families: Mapping[str, str],
+    histories: Mapping[str, History],
+    catalogue: Catalogue,
+    max_reasons: int = 3,
+    min_log_odds: float = 0.01,
+) -> dict[str, Explanation]:
+    """Reasons and protective factors for each episode (the contributions' index).
+
+    Families are ranked by their summed contribution; ties break on the family
+    code so the order is deterministic. Contributions below ``min_log_odds``
+    in size are too small to be worth a case manager's attention.
+    """
+    catalogue.check_covers(sorted(set(families.values())))
+    by_family = family_contributions(contributions, families)
+    features = [c for c in contributions.columns if c != "expected_value"]
+    out = {}
+    for episode_id in by_family.index:
+        contrib = contributions.loc[episode_id]
+        raw = float(contrib[features].sum() + contrib["expected_value"])
+        row = {str(k): float(v) for k, v in by_family.loc[episode_id].items()}
+        ranked = sorted(row.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        reasons: list[Reason] = []
+        protective: list[Reason] = []
+        for family, value in ranked:
+            raises = value > 0
+            bucket = reasons if raises else protective
+            if abs(value) < min_log_odds or len(bucket) >= max_reasons:
+                continue
+            members = [f for f in features if families[f] == family]
+            member_values = contrib[members].astype(float)
+            lead = str(member_values.idxmax() if raises else member_values.idxmin())
+            phrase = PHRASERS[family](histories[str(episode_id)], lead, raises)
+            entry = catalogue.families[family]
+            bucket.append(
+                Reason(
+                    code=f"{family}.{phrase.variant}",
+                    family=family,
+                    title=entry.title,
+                    text=phrase.text,
+                    log_odds=round(float(value), 4),
+                    percentage_points=round(
+                        _percentage_points(raw, float(contrib["expected_value"]), float(value)), 1
+                    ),
+                    suggestion=entry.suggestion,
+                    appointment_ids=phrase.appointment_ids,
+                    measure_ids=phrase.measure_ids,
+                )
+            )
+        out[str(episode_id)] = Explanation(
+            raw_score=raw,
+            expected_value=float(contrib["expected_value"]),
+            reasons=reasons,
+            protective=protective,
+        )
+    return out
+
+
+def _percentage_points(raw: float, expected: float, contribution: float) -> float:
+    """This contribution's share, in points of risk, of the gap from the average risk.
+
+    Log-odds add up but probabilities do not; sharing the gap between the
+    client's risk and the average risk in proportion to the log-odds keeps the
+    points additive: all families' points sum to that gap.
+    """
+    gap = _sigmoid(raw) - _sigmoid(expected)
+    total = raw - expected
+    return 0.0 if total == 0 else 100.0 * gap * contribution / total
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def histories(
+    data: ClinicData, features: pd.DataFrame, episode_ids: Sequence[str], as_of: date
+) -> dict[str, History]:
+    """The rows behind each episode's reasons, grouped once for all episodes."""
+    index = pd.Index(episode_ids)
+    episodes = data.episodes.set_index("episode_id").loc[index]
+    slots = past_slots(data.appointments, index, as_of).sort_values(
+        ["scheduled_at", "appointment_id"]
+    )
+    ahead = booked_ahead(data.appointments, index, as_of).sort_values(
+        ["scheduled_at", "appointment_id"]
+    )
+    measures = measures_before(data.measures, index, as_of)
+    items = srs_item_frame(measures, data.items)
+    by_slots = dict(tuple(slots.groupby("episode_id")))
+    by_ahead = dict(tuple(ahead.groupby("episode_id")))
+    by_measures = dict(tuple(measures.groupby("episode_id")))
+    empty_slots, empty_measures = slots.iloc[0:0], measures.iloc[0:0]
+    out = {}
+    for eid in index:
+        out[str(eid)] = History(
+            as_of=as_of,
+            episode={str(k): v for k, v in episodes.loc[eid].items()},
+            slots=by_slots.get(eid, empty_slots),
+            ahead=by_ahead.get(eid, ahead.iloc[0:0]),
+            measures=by_measures.get(eid, empty_measures),
+            srs_items=items,
+            values={str(k): v for k, v in features.loc[eid].items()},
+        )
+    return out
+
+
+# --- wording -----------------------------------------------------------------------
+
+
+def day_text(ts: Any) -> str:
+    """A date as a case manager writes it: '3 Mar'."""
+    d = pd.Timestamp(ts)
+    return f"{d.day} {d:%b}"
+
+
+def days_list(stamps: Sequence[Any], most: int = 3) -> str:
+    """'3, 10 and 17 Mar' -- at most ``most`` dates, then 'and N more'."""
+    shown = [day_text(s) for s in stamps[:most]]
+    extra = len(stamps) - len(shown)
+    if extra > 0:
+        return ", ".join(shown) + f" and {extra} more"
+    if len(shown) == 1:
+        return shown[0]
+    return ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 no-show', '2 no-shows'."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def score_text(x: float) -> str:
+    """SRS totals are recorded to a tenth; show whole numbers without '.0'."""
+    return f"{x:.1f}".removesuffix(".0")
+
+
+def _recent_facing(h: History, days: int) -> pd.DataFrame:
+    s = h.slots
+    return s[(s["days_ago"] <= days) & s["status"].isin(contract.CLIENT_STATUSES)]
+
+
+def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phrase:
+    """Misses and cancellations in the last 4 weeks (or 3 months when that drives risk)."""
+    days, span = (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
+    facing = _recent_facing(h, days)
+    n = len(facing)
+    missed = facing[facing["status"].isin(contract.MISSED_STATUSES)]
+    cancelled = facing[facing["status"] == "cancelled_by_client"]
+    attended = facing[facing["status"] == "attended"]
+    if raises and len(missed):
+        parts = []
+        for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation")):
+            rows = missed[missed["status"] == status]
+            if len(rows):
+                on = days_list(list(rows["scheduled_at"]))
+                parts.append(f"{plural(len(rows), word)} on {on}")
+        text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(parts)
+        if len(text) > MAX_SENTENCE:
+            counts = [p.split(" on ")[0] for p in parts]
+            text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(counts)
+        return Phrase("MISSED_SESSIONS", text, list(missed["appointment_id"]))
+    if raises and len(cancelled):
+        return Phrase(
+            "CLIENT_CANCELLED",
+            f"Cancelled {len(cancelled)} of {n} sessions in the last {span}, on "
+            f"{days_list(list(cancelled['scheduled_at']))}",
+            list(cancelled["appointment_id"]),
+        )
+    if n == 0:
+        return Phrase("NO_SESSIONS", f"No sessions were scheduled in the last {span}")
+    if not raises and len(attended) == n:
+        return Phrase(
+            "ATTENDED_ALL",
+            f"Attended all {n} sessions scheduled in the last {span}",
+            list(attended["appointment_id"]),
+        )
+    return Phrase(
+        "ATTENDANCE",
+        f"Attended {len(attended)} of {n} sessions scheduled in the last {span}",
+        list(facing["appointment_id"]),
+    )
+
+
+def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
+    """Time since last attended, the current run of misses, and what is booked."""
+    attended = h.slots[h.slots["status"] == "attended"]
+    last = attended.iloc[-1] if len(attended) else None
+    since = last["scheduled_at"] if last is not None else None
+    after = h.slots if since is None else h.slots[h.slots["scheduled_at"] > since]
+    streak = after[after["status"].isin(contract.MISSED_STATUSES)]
+    last_ids = [str(last["appointment_id"])] if last is not None else []
+    if since is None:
+        admitted = pd.Timestamp(h.episode["admitted_on"])
+        days = int((as_timestamp(h.as_of) - admitted).days)
+        last_text = f"no session attended since admission {days} days ago, on {day_text(admitted)}"
+    else:
+        days = math.floor((as_timestamp(h.as_of) - since) / pd.Timedelta(days=1))
+        last_text = f"last attended {days} days ago, on {day_text(since)}"
+    soon = h.ahead[h.ahead["days_ahead"] < 14]
+    if raises:
+        if lead == "consecutive_misses" and len(streak):
+            return Phrase(
+                "CONSECUTIVE_MISSES",
+                f"Missed the last {plural(len(streak), 'session')} in a row; {last_text}",
+                list(streak["appointment_id"]) + last_ids,
+            )
+        if lead in ("booked_next_14d", "days_to_next_booked"):
+            if len(soon) == 0 and len(h.ahead) == 0:
+                return Phrase("NOTHING_BOOKED", f"Nothing booked ahead; {last_text}", last_ids)
+            if len(soon) == 0:
+                nxt = h.ahead.iloc[0]
+                return Phrase(
+                    "NEXT_BOOKING_FAR",
+                    "No session in the next 2 weeks; next booked on "
+                    + day_text(nxt["scheduled_at"]),
+                    [str(nxt["appointment_id"])],
+                )
+        text = last_text[0].upper() + last_text[1:]
+        if len(h.ahead) == 0:
+            text += "; nothing booked ahead"
+        return Phrase("NO_RECENT_ATTENDANCE", text, list(streak["appointment_id"]) + last_ids)
+    text = last_text[0].upper() + last_text[1:]
+    if len(h.ahead):
+        nxt = h.ahead.iloc[0]
+        text += f"; next session booked for {day_text(nxt['scheduled_at'])}"
+        return Phrase("ENGAGED", text, [*last_ids, str(nxt["appointment_id"])])
+    return Phrase("ENGAGED", text, last_ids)
+
+
+def _rated(h: History, instrument: str, rater: str = "client") -> pd.DataFrame:
+    m = h.measures
+    return m[(m["instrument"] == instrument) & (m["rater"] == rater)].dropna(
+        subset=["score_total"]
+    )
+
+
+def phrase_alliance_rupture(h: History, lead: str, raises: bool) -> Phrase:
+    """Session ratings: a drop from the previous session, or scores under 36."""
+    instrument, label = ("GSRS", "group session rating (GSRS)") if lead.startswith(
+        "gsrs"
+    ) else ("SRS", "session rating (SRS)")
+    rated = _rated(h, instrument)
+    if rated.empty:
+        return Phrase(f"{instrument}_NONE", f"No {label} recorded yet")
+    latest = rated.iloc[-1]
+    when = day_text(latest["administered_at"])
+    if lead.endswith("_change") and len(rated) >= 2:
+        prev = rated.iloc[-2]
+        a, b = score_text(prev["score_total"]), score_text(latest["score_total"])
+        verb = "fell" if latest["score_total"] < prev["score_total"] else (
+            "rose" if latest["score_total"] > prev["score_total"] else "stayed"
+        )
+        text = (f"{label[0].upper() + label[1:]} {verb} from {a} to {b} on {when}"
+                if verb != "stayed" else
+                f"{label[0].upper() + label[1:]} stayed at {b} on {when}")
+        ids = [prev["measure_id"], latest["measure_id"]]
+        return Phrase(f"{instrument}_CHANGE", text, measure_ids=ids)
+    if lead == "srs_below_cutoff_last3":
+        last3 = rated.tail(3)
+        below = last3[last3["score_total"] < SRS_CUTOFF]
+        return Phrase(
+            "SRS_BELOW_36_REPEATED",
+            f"{len(below)} of the last {len(last3)} session ratings (SRS) were below 36",
+            measure_ids=list(last3["measure_id"]),
+        )
+    score = float(latest["score_total"])
+    side = "below" if score < SRS_CUTOFF else "at or above"
+    return Phrase(
+        f"{instrument}_LATEST",
+        f"Latest {label} was {score_text(score)} on {when}, {side} the concern line of 36",
+        measure_ids=[latest["measure_id"]],
+    )
+
+
+SRS_ITEM_WORDS = {
+    "srs_relationship_latest": ("relationship", "the relationship"),
+    "srs_goals_latest": ("goals", "goals and topics"),
+    "srs_approach_latest": ("approach", "the approach"),
+}
+WAI_WORDS = {"goal": "agreement on goals", "task": "agreement on tasks", "bond": "bond"}
+
+
+def _phrase_srs_item(h: History, lead: str) -> Phrase:
+    item, words = SRS_ITEM_WORDS[lead]
+    rated = _rated(h, "SRS")
+    if rated.empty:
+        return Phrase("SRS_NONE", "No session rating (SRS) recorded yet")
+    latest = rated.iloc[-1]
+    mid = latest["measure_id"]
+    if mid not in h.srs_items.index or pd.isna(h.srs_items.loc[mid, item]):
+        return Phrase("SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores",
+                      measure_ids=[mid])
+    value = float(h.srs_items.loc[mid, item])
+    return Phrase(
+        f"SRS_{item.upper()}",
+        f"Rated {words} {score_text(value)} of 10 on the session rating (SRS) of "
+        f"{day_text(latest['administered_at'])}",
+        measure_ids=[mid],
+    )
+
+
+def _phrase_wai(h: History, rater: str, scale: str) -> Phrase:
+    wai = h.measures[(h.measures["instrument"] == "WAI-SR") & (h.measures["rater"] == rater)]
+    who = "Client" if rater == "client" else "Therapist"
+    if wai.empty or pd.isna(wai.iloc[-1][scale]):
+        return Phrase("WAI_NONE", f"No {rater}-rated working alliance (WAI-SR) recorded yet")
+    latest = wai.iloc[-1]
+    return Phrase(
+        f"WAI_{rater.upper()}_{scale.upper()}",
+        f"{who}-rated {WAI_WORDS[scale]} (WAI-SR) was {latest[scale]:.1f} of 5 on "
+        f"{day_text(latest['administered_at'])}",
+        measure_ids=[latest["measure_id"]],
+    )
+
+
+def phrase_alliance_item(h: History, lead: str, raises: bool) -> Phrase:
+    """Bond, goals and tasks: an SRS item or a WAI-SR subscale by rater, whichever leads.
+
+    Serves two families: weak bond or trust (WAI-SR bond, SRS relationship) and
+    disagreement on goals or tasks (WAI-SR goal and task, SRS goals and approach).
+    """
+    if lead.startswith("srs_"):
+        return _phrase_srs_item(h, lead)
+    _, rater, scale = lead.split("_")
+    return _phrase_wai(h, rater, scale)
+
+
+def phrase_rater_gap(h: History, lead: str, raises: bool) -> Phrase:
+    """Client and therapist rating the working alliance differently."""
+    wai = h.measures[h.measures["instrument"] == "WAI-SR"]
+    latest = {r: wai[wai["rater"] == r].tail(1) for r in ("client", "therapist")}
+    if any(v.empty for v in latest.values()):
+        return Phrase("WAI_PAIR_NONE", "No client and therapist working alliance (WAI-SR) pair yet")
+    c, t = (latest[r].iloc[0] for r in ("client", "therapist"))
+    cm = float(np.mean([c["goal"], c["task"], c["bond"]]))
+    tm = float(np.mean([t["goal"], t["task"], t["bond"]]))
+    return Phrase(
+        "WAI_GAP",
+        f"Working alliance (WAI-SR): client rates it {cm:.1f}, therapist {tm:.1f} of 5 "
+        f"({day_text(max(c['administered_at'], t['administered_at']))})",
+        measure_ids=[c["measure_id"], t["measure_id"]],
+    )
+
+
+def phrase_early_treatment(h: History, lead: str, raises: bool) -> Phrase:
+    """Where the client is in the episode: first weeks, or near the planned end."""
+    cutoff = as_timestamp(h.as_of)
+    if lead == "days_to_planned_end":
+        planned = h.episode.get("planned_discharge_on")
+        if planned is None or pd.isna(planned):
+            return Phrase("NO_PLANNED_END", "No planned discharge date recorded")
+        days = int((pd.Timestamp(planned) - cutoff).days)
+        if days < 0:
+            return Phrase("PAST_PLANNED_END",
+                          f"Past the planned discharge date of {day_text(planned)} by {-days} days")
+        return Phrase("PLANNED_END", f"Planned discharge in {days} days, on {day_text(planned)}")
+    admitted = pd.Timestamp(h.episode["admitted_on"])
+    days = int((cutoff - admitted).days)
+    weeks = days // 7
+    stage = "In the first weeks of treatment" if days < 42 else "In treatment"
+    return Phrase(
+        "STAGE",
+        f"{stage}: admitted {days} days ago ({plural(weeks, 'week')}), on {day_text(admitted)}",
+    )
+
+
+PROGRAM_WORDS = {
+    "outpatient": "outpatient",
+    "intensive_outpatient": "intensive outpatient",
+    "residential": "residential",
+    "partial_hospitalization": "partial hospitalization",
+    "medication_assisted": "medication-assisted treatment",
+    "detox": "detox",
+    "other": "other",
+}
+
+
+def phrase_setting(h: History, lead: str, raises: bool) -> Phrase:
+    """How care is delivered: program, telehealth and group shares."""
+    recent = _recent_facing(h, 90)
+    if lead == "telehealth_share_90d":
+        att = recent[recent["status"] == "attended"]
+        tele = att[att["telehealth"]]
+        if att.empty:
+            return Phrase("NO_RECENT_SESSIONS", "No sessions attended in the last 3 months")
+        return Phrase(
+            "TELEHEALTH",
+            f"{len(tele)} of {len(att)} sessions attended in the last 3 months were by telehealth",
+            list(tele["appointment_id"]),
+        )
+    if lead == "group_share_90d":
+        groups = recent[recent["service_type"] == "group"]
+        if recent.empty:
+            return Phrase("NO_RECENT_SESSIONS", "No sessions scheduled in the last 3 months")
+        return Phrase(
+            "GROUP",
+            f"{len(groups)} of {len(recent)} sessions in the last 3 months were group sessions",
+            list(groups["appointment_id"]),
+        )
+    program = PROGRAM_WORDS.get(str(h.episode["program"]), str(h.episode["program"]))
+    return Phrase("PROGRAM", f"In the {program} program")
+
+
+PHRASERS: dict[str, Phraser] = {
+    spec.INCONSISTENT_ENGAGEMENT: phrase_inconsistent_engagement,
+    spec.DISENGAGEMENT: phrase_disengagement,
+    spec.ALLIANCE_RUPTURE: phrase_alliance_rupture,
+    spec.WEAK_BOND: phrase_alliance_item,
+    spec.GOAL_TASK_DISAGREEMENT: phrase_alliance_item,
+    spec.RATER_GAP: phrase_rater_gap,
+    spec.EARLY_TREATMENT: phrase_early_treatment,
+    spec.SETTING: phrase_setting,
+}

@@ -1,0 +1,117 @@
+"""The model: time split, determinism, clinically sensible directions, refusal of bad artifacts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retention import model as model_io
+from retention import store
+from retention.features import FEATURE_NAMES
+from retention.training import fit, snapshot_dates, time_split, training_rows
+from tests.conftest import Scored
+
+
+@pytest.fixture(scope="module")
+def rows(scored: Scored) -> pd.DataFrame:
+    s = scored.settings
+    dates = snapshot_dates(scored.as_of, s.horizon_days, s.snapshot_every_days, 360)
+    with scored.store.connect() as conn:
+        data = store.read_clinic_copy(conn)
+    return training_rows(data, dates, s.horizon_days, scored.as_of)
+
+
+def test_snapshots_have_observed_horizons(scored: Scored) -> None:
+    dates = snapshot_dates(scored.as_of, 30, 7, 360)
+    assert max(dates) + timedelta(days=30) <= scored.as_of
+    assert all(b - a == timedelta(days=7) for a, b in itertools.pairwise(dates))
+
+
+def test_split_is_by_time_with_a_horizon_gap(rows: pd.DataFrame) -> None:
+    split = time_split(rows, horizon_days=30)
+    train_dates, valid_dates = split.train["as_of"], split.valid["as_of"]
+    assert train_dates.max() + pd.Timedelta(days=30) <= valid_dates.min()
+    assert set(train_dates).isdisjoint(set(valid_dates))
+    # No training label window reaches into the validation period.
+    assert (train_dates + pd.Timedelta(days=30)).max() <= pd.Timestamp(split.valid_from)
+
+
+def test_training_is_deterministic(rows: pd.DataFrame, scored: Scored) -> None:
+    a = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
+    b = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
+    assert a.booster.model_to_string() == b.booster.model_to_string()
+    assert a.version == b.version
+    np.testing.assert_array_equal(a.predict(rows), b.predict(rows))
+
+
+def test_model_beats_days_since_attended_on_held_out_rows(scored: Scored) -> None:
+    valid = scored.model.metadata["metrics"]["validation"]
+    assert valid["auroc"] > valid["auroc_days_since_attended"]
+    assert valid["auroc"] > 0.7
+
+
+@pytest.mark.parametrize(
+    ("feature", "direction"),
+    [("consecutive_misses", 1), ("days_since_attended", 1), ("missed_28d", 1),
+     ("booked_next_14d", -1), ("srs_latest", -1), ("wai_client_bond", -1)],
+)
+def test_risk_moves_in_the_clinically_expected_direction(
+    scored: Scored, rows: pd.DataFrame, feature: str, direction: int
+) -> None:
+    """More consecutive misses never lowers risk; a better alliance never raises it."""
+    sample = rows.sample(200, random_state=0)
+    low, high = rows[feature].quantile(0.05), rows[feature].quantile(0.95)
+    previous = None
+    for value in np.linspace(low, high, 8):
+        probe = sample.copy()
+        probe[feature] = value
+        risk = scored.model.predict(probe)
+        if previous is not None:
+            assert np.all(direction * (risk - previous) >= -1e-12), feature
+        previous = risk
+
+
+def copy_version(scored: Scored, tmp_path: Path) -> Path:
+    folder = tmp_path / scored.model.version
+    shutil.copytree(scored.settings.models_dir / scored.model.version, folder)
+    return folder
+
+
+def test_loading_refuses_a_tampered_model_file(scored: Scored, tmp_path: Path) -> None:
+    folder = copy_version(scored, tmp_path)
+    text = (folder / "model.txt").read_text()
+    (folder / "model.txt").write_text(text.replace("shrinkage=0.05", "shrinkage=0.5", 1))
+    with pytest.raises(model_io.ModelError, match="integrity check"):
+        model_io.load(tmp_path, scored.model.version)
+
+
+def test_loading_refuses_a_feature_list_the_etl_does_not_produce(
+    scored: Scored, tmp_path: Path
+) -> None:
+    copy_version(scored, tmp_path)
+    with pytest.raises(model_io.ModelError, match="expects different features"):
+        model_io.load(tmp_path, scored.model.version, expected_features=FEATURE_NAMES[:-1])
+    with pytest.raises(model_io.ModelError, match="expects different features"):
+        model_io.load(tmp_path, scored.model.version,
+                      expected_features=tuple(reversed(FEATURE_NAMES)))
+
+
+def test_a_version_is_text_and_json_only(scored: Scored) -> None:
+    folder = scored.settings.models_dir / scored.model.version
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.txt"]
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES)
+    assert meta["sha256"]["model.txt"]
+    assert {"lightgbm", "scikit-learn"} <= set(meta["libraries"])
+
+
+def test_no_current_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(model_io.ModelError, match="run `retention train` first"):
+        model_io.load(tmp_path)
