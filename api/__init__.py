@@ -1,0 +1,5 @@
+"""The Flask JSON API; build it with ``create_app``."""
+
+from api.app import create_app
+
+__all__ = ["create_app"]

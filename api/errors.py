@@ -1,0 +1,52 @@
+"""Every error as RFC 9457 problem JSON: no HTML pages, no stack traces."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "about:blank"
+
+
+class Problem(HTTPException):
+    """An error with a specific detail for the client (status set per instance)."""
+
+    def __init__(self, status: int, detail: str, title: str | None = None) -> None:
+        super().__init__(description=detail)
+        self.code = status
+        self.title = title
+
+
+def problem(status: int, title: str, detail: str) -> Response:
+    """A problem+json response."""
+    body = {"type": PROBLEM_TYPE, "title": title, "status": status, "detail": detail,
+            "instance": request.path}
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def register_errorhandlers(app: Flask) -> None:
+    """Turn HTTP errors and unexpected exceptions into problem JSON."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        title = getattr(exc, "title", None) or exc.name
+        response = problem(status, title, exc.description or title)
+        for header in ("Allow", "Retry-After"):
+            if exc.get_response().headers.get(header):
+                response.headers[header] = exc.get_response().headers[header]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        # Log the type and route only: the message may carry client data.
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+        return problem(500, "Internal Server Error",
+                       "The server could not complete the request; it has been logged.")

@@ -1,0 +1,75 @@
+"""Shared fixtures: a small synthetic clinic, taken through ETL, training and scoring once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+from pipelines.etl import run_etl
+from pipelines.scoring import run_scoring
+from pipelines.train import run_training
+from retention import model as model_io
+from retention.clinic_data import ClinicData, read_clinic
+from retention.config import Settings, settings_from_mapping
+from retention.db import source_engine, store_engine
+from retention.reasons import Catalogue, load_catalogue
+from retention.synth import SynthConfig, generate, write
+
+REPO = Path(__file__).resolve().parents[1]
+AS_OF = date(2026, 6, 1)
+
+
+def make_settings(root: Path, **overrides: object) -> Settings:
+    """Settings pointing at SQLite files under ``root``."""
+    values: dict[str, object] = {
+        "source_url": f"sqlite:///{root / 'clinic.db'}",
+        "store_url": f"sqlite:///{root / 'store.db'}",
+        "models_dir": str(root / "models"),
+        "reasons_file": str(REPO / "config" / "reasons.toml"),
+    }
+    values.update(overrides)
+    return settings_from_mapping(values)
+
+
+def write_clinic(url: str, config: SynthConfig) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        write(conn, generate(config))
+    engine.dispose()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A clinic that has been extracted, trained on and scored as of ``as_of``."""
+
+    settings: Settings
+    as_of: date
+    source: Engine
+    store: Engine
+    model: model_io.TrainedModel
+    catalogue: Catalogue
+
+    def clinic(self) -> ClinicData:
+        with self.source.connect() as conn:
+            return read_clinic(conn)
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
+    root = tmp_path_factory.mktemp("clinic")
+    settings = make_settings(root)
+    write_clinic(settings.source_url, SynthConfig(end=AS_OF, n_clients=500, seed=11))
+    source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
+    run_etl(source, store_db, AS_OF)
+    run_training(settings, store_db, AS_OF)
+    model = model_io.load(settings.models_dir)
+    catalogue = load_catalogue(settings.reasons_file)
+    run_scoring(settings, store_db, model, catalogue, AS_OF)
+    yield Scored(settings, AS_OF, source, store_db, model, catalogue)
+    source.dispose()
+    store_db.dispose()

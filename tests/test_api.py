@@ -1,0 +1,196 @@
+"""End to end: synthetic clinic database -> ETL -> LightGBM -> published list -> JSON API."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine
+
+from api import create_app
+from retention import contract
+from tests.conftest import Scored
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def app(scored: Scored) -> Flask:
+    return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def full_list(app: Flask) -> list[dict]:
+    body = app.test_client().get("/v1/risk-list?limit=500").get_json()
+    return body["items"]
+
+
+def recent_behaviour(scored: Scored) -> pd.DataFrame:
+    """Per open episode, from the source rows: misses and attendance in the last 28 days."""
+    data = scored.clinic()
+    cutoff = pd.Timestamp(scored.as_of)
+    a = data.appointments
+    past = a[(a["scheduled_at"] < cutoff) & (a["scheduled_at"] >= cutoff - timedelta(days=28))]
+    past = past[past["status"].isin(contract.CLIENT_STATUSES)]
+    ahead = a[(a["scheduled_at"] >= cutoff) & (a["booked_at"] < cutoff)
+              & (a["scheduled_at"] < cutoff + timedelta(days=14))]
+    out = pd.DataFrame({
+        "sessions": past.groupby("episode_id").size(),
+        "attended": past[past["status"] == "attended"].groupby("episode_id").size(),
+        "missed": past[past["status"].isin(contract.MISSED_STATUSES)].groupby("episode_id").size(),
+        "booked": ahead.groupby("episode_id").size(),
+    }).fillna(0)
+    return out
+
+
+def test_list_is_ranked_by_risk(full_list: list[dict]) -> None:
+    risks = [item["risk"] for item in full_list]
+    assert risks == sorted(risks, reverse=True)
+    assert [item["rank"] for item in full_list] == list(range(1, len(full_list) + 1))
+    assert len(full_list) > 30
+
+
+def test_clients_who_miss_rank_above_clients_who_attend_everything(
+    scored: Scored, full_list: list[dict]
+) -> None:
+    behaviour = recent_behaviour(scored)
+    rank = {item["episode_id"]: item["rank"] for item in full_list}
+    behaviour = behaviour[behaviour.index.isin(rank)]
+    missing = behaviour[(behaviour["missed"] >= 3) & (behaviour["attended"] == 0)].index
+    steady = behaviour[(behaviour["attended"] == behaviour["sessions"])
+                       & (behaviour["sessions"] >= 3) & (behaviour["booked"] >= 1)].index
+    assert len(missing) and len(steady)
+    assert max(rank[e] for e in missing) < min(rank[e] for e in steady)
+
+
+def test_a_reason_in_the_api_matches_the_rows(scored: Scored, full_list: list[dict]) -> None:
+    data = scored.clinic()
+    a = data.appointments
+    checked = 0
+    for item in full_list:
+        for reason in item["reasons"]:
+            m = re.search(r"last attended (\d+) days ago, on (\d+ \w{3})", reason["text"])
+            if not m:
+                continue
+            mine = a[(a["episode_id"] == item["episode_id"]) & (a["status"] == "attended")
+                     & (a["scheduled_at"] < pd.Timestamp(scored.as_of))]
+            last = mine["scheduled_at"].max()
+            days = (pd.Timestamp(scored.as_of) - last) // pd.Timedelta(days=1)
+            assert int(m.group(1)) == days
+            assert m.group(2) == f"{last.day} {last:%b}"
+            assert item["last_attended_on"] == last.date().isoformat()
+            checked += 1
+    assert checked >= 3
+
+
+def test_list_filters_by_clinic_and_limits(client: FlaskClient, full_list: list[dict]) -> None:
+    clinic = full_list[0]["clinic_id"]
+    body = client.get(f"/v1/risk-list?clinic_id={clinic}&limit=5").get_json()
+    assert body["count"] == len(body["items"]) <= 5
+    assert {i["clinic_id"] for i in body["items"]} == {clinic}
+    expected = [i["episode_id"] for i in full_list if i["clinic_id"] == clinic][:5]
+    assert [i["episode_id"] for i in body["items"]] == expected
+
+
+def test_list_carries_freshness(client: FlaskClient, scored: Scored) -> None:
+    body = client.get("/v1/risk-list?limit=1").get_json()
+    assert body["as_of"] == scored.as_of.isoformat()
+    assert body["model_version"] == scored.model.version
+    assert body["stale"] is False
+
+
+def test_an_old_list_is_marked_stale(scored: Scored) -> None:
+    later = create_app(scored.settings, TODAY=lambda: scored.as_of + timedelta(days=3))
+    body = later.test_client().get("/v1/risk-list?limit=1").get_json()
+    assert body["stale"] is True and body["age_days"] == 3
+
+
+def test_list_has_no_demographics(full_list: list[dict]) -> None:
+    for item in full_list:
+        assert not {"birth_year", "sex", "race_ethnicity"} & set(item)
+
+
+def test_client_risk_with_reasons_and_history(client: FlaskClient, full_list: list[dict]) -> None:
+    top = full_list[0]
+    response = client.get(f"/v1/clients/{top['client_id']}/risk")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["current"]["risk"] == top["risk"]
+    assert body["current"]["reasons"] == top["reasons"]
+    assert body["history"][0]["as_of"] == body["as_of"]
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("/v1/clients/NOBODY/risk", 404),
+        ("/v1/risk-list?limit=0", 400),
+        ("/v1/risk-list?limit=many", 400),
+        ("/v1/risk-list?as_of=2026-13-01", 400),
+        ("/v1/risk-list?as_of=1999-01-01", 404),
+        ("/v1/risk-list?colour=red", 400),
+        ("/no/such/route", 404),
+    ],
+)
+def test_errors_are_problem_json(client: FlaskClient, url: str, status: int) -> None:
+    response = client.get(url)
+    assert response.status_code == status
+    assert response.mimetype == PROBLEM
+    body = response.get_json()
+    assert body["status"] == status and body["title"] and body["detail"]
+
+
+def test_wrong_method_is_problem_json_with_allow(client: FlaskClient) -> None:
+    response = client.post("/v1/risk-list")
+    assert response.status_code == 405
+    assert response.mimetype == PROBLEM
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_path) -> None:
+    app = create_app(scored.settings)
+    # A store that cannot be opened: the request fails inside the handler.
+    app.extensions["retention"]["store"] = create_engine(f"sqlite:///{tmp_path}/no/such/dir.db")
+    response = app.test_client().get("/v1/risk-list")
+    assert response.status_code == 500
+    assert response.mimetype == PROBLEM
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_health_reports_the_served_list(client: FlaskClient, scored: Scored) -> None:
+    body = client.get("/health").get_json()
+    assert body["status"] == "ok"
+    assert body["list"]["as_of"] == scored.as_of.isoformat()
+
+
+def test_health_without_a_store_is_503(scored: Scored, tmp_path) -> None:
+    settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/empty.db")
+    response = create_app(settings).test_client().get("/health")
+    assert response.status_code == 503
+
+
+def test_no_list_yet_is_a_clear_404(scored: Scored, tmp_path) -> None:
+    settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/empty.db")
+    from retention import store
+
+    engine = create_engine(settings.store_url)
+    with engine.begin() as conn:
+        store.create_schema(conn)
+    response = create_app(settings).test_client().get("/v1/risk-list")
+    assert response.status_code == 404
+    assert "no list has been published" in response.get_json()["detail"]
+
+
+def test_as_of_selects_a_published_list(client: FlaskClient, scored: Scored) -> None:
+    body = client.get(f"/v1/risk-list?as_of={scored.as_of}&limit=1").get_json()
+    assert body["as_of"] == scored.as_of.isoformat()
+    assert date.fromisoformat(body["as_of"]) == scored.as_of
