@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,7 @@ def scheduler(obj: Context, run_now: bool) -> None:
 
 
 @main.command()
-@click.option("--clients", "n_clients", default=600, show_default=True)
+@click.option("--clients", "n_clients", default=2000, show_default=True)
 @click.option("--seed", default=7, show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Stop after scoring (for scripts and tests).")
@@ -278,7 +278,7 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
     _say(f"demo [1/{steps}] synthetic clinic")
     counts = _synth(obj, n_clients, 3, today, seed, None)
     _say(f"  {counts['total']:,} rows in {counts['url']}")
-    _say(f"demo [2/{steps}] ETL as of {today - timedelta(days=0)}")
+    _say(f"demo [2/{steps}] ETL as of {today}")
     etl_result = _etl(settings, today)
     _say(f"  {etl_result.open_episodes:,} open episodes")
     _say(f"demo [3/{steps}] training")
@@ -296,6 +296,16 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
     _say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
     _serve(settings, False, "127.0.0.1", port, 2)
 
+
+def _register_areas() -> None:
+    """Commands of each area live in their own module, added here."""
+    from pipelines import cli_access, cli_data, cli_models
+
+    for area in (cli_data, cli_models, cli_access):
+        area.register(main)
+
+
+_register_areas()
 
 if __name__ == "__main__":
     main()
