@@ -6,8 +6,11 @@ from typing import Any
 
 from flask import Flask
 
+from api import fhir, openapi, operations, routes
+from api.auth import register_request_ids
 from api.errors import register_errorhandlers
-from api.routes import bp as v1
+from api.metrics import register_metrics
+from api.ratelimit import build_limiter
 from retention.config import Settings, load_settings
 from retention.db import store_engine
 
@@ -24,15 +27,23 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or load_settings()
     app.config.update(overrides)
     register_extensions(app, settings)
+    register_request_ids(app)
+    register_metrics(app)
     register_blueprints(app)
     register_errorhandlers(app)
     return app
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Engines are made here, per app (and so per worker after fork), never at import."""
-    app.extensions["retention"] = {"settings": settings, "store": store_engine(settings.store_url)}
+    """Engines and the rate-limit counter are made here, per app (so per worker after fork)."""
+    app.extensions["retention"] = {
+        "settings": settings,
+        "store": store_engine(settings.store_url),
+        "limiter": build_limiter(settings.api_rate_limit_storage,
+                                 settings.api_rate_limit_per_minute),
+    }
 
 
 def register_blueprints(app: Flask) -> None:
-    app.register_blueprint(v1)
+    for blueprint in (routes.bp, operations.bp, fhir.bp, openapi.bp):
+        app.register_blueprint(blueprint)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,10 @@ class Problem(HTTPException):
         super().__init__(description=detail)
         self.code = status
         self.title = title
+        self.headers: dict[str, str] = {}
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [*super().get_headers(*args, **kwargs), *self.headers.items()]
 
 
 def problem(status: int, title: str, detail: str) -> Response:
@@ -34,14 +39,22 @@ def problem(status: int, title: str, detail: str) -> Response:
 def register_errorhandlers(app: Flask) -> None:
     """Turn HTTP errors and unexpected exceptions into problem JSON."""
 
+    @app.before_request
+    def refuse_bodies_that_are_not_json() -> None:
+        # Every endpoint is a read; a body, if sent at all, must be JSON.
+        if request.content_length and request.mimetype not in ("application/json", ""):
+            raise UnsupportedMediaType(
+                f"request bodies must be application/json, got {request.mimetype}")
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         title = getattr(exc, "title", None) or exc.name
         response = problem(status, title, exc.description or title)
-        for header in ("Allow", "Retry-After"):
-            if exc.get_response().headers.get(header):
-                response.headers[header] = exc.get_response().headers[header]
+        original = exc.get_response().headers
+        for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if original.get(header):
+                response.headers[header] = original[header]
         return response
 
     @app.errorhandler(Exception)

@@ -1,18 +1,22 @@
-"""Version 1 of the JSON API: the ranked list, one client's risk, health."""
+"""Version 1 of the JSON API: the ranked list and one client's risk, inside the caller's scope."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
+from api.auth import CLIENT_DATA, caller, requires, returning
 from api.errors import Problem
-from retention import store
+from retention import scoped_reads, store
 from retention.config import Settings
+from retention.scoped_reads import ListFilter
 
 bp = Blueprint("v1", __name__)
 
@@ -20,52 +24,96 @@ LIST_FIELDS = (
     "rank", "client_id", "episode_id", "clinic_id", "case_manager_id", "program", "risk",
     "tier", "still_engaged", "last_attended_on", "next_booked_at", "reasons", "protective",
 )
+TIERS = ("high", "medium", "low")
+LIST_PARAMS = {"limit", "cursor", "as_of", "clinic_id", "case_manager_id", "program", "tier",
+               "min_risk", "engaged_only"}
+INVALID = "Invalid query parameter"
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["retention"]["settings"]
-    return settings
+def settings() -> Settings:
+    found: Settings = current_app.extensions["retention"]["settings"]
+    return found
 
 
-def _store() -> Engine:
+def store_engine() -> Engine:
     engine: Engine = current_app.extensions["retention"]["store"]
     return engine
 
 
-def _today() -> date:
+def today() -> date:
     clock = current_app.config.get("TODAY")
     return clock() if callable(clock) else date.today()
 
 
-def _parse_date(name: str) -> date | None:
+def parse_date(name: str) -> date | None:
     raw = request.args.get(name)
     if raw is None:
         return None
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise Problem(400, f"{name} must be a date as YYYY-MM-DD, got {raw!r}",
-                      "Invalid query parameter") from None
+        raise Problem(400, f"{name} must be a date as YYYY-MM-DD, got {raw!r}", INVALID) from None
 
 
 def _parse_limit(default: int = 50) -> int:
     raw = request.args.get("limit", str(default))
-    maximum = _settings().api_max_limit
+    maximum = settings().api_max_limit
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise Problem(400, f"limit must be a whole number from 1 to {maximum}",
-                      "Invalid query parameter")
+        raise Problem(400, f"limit must be a whole number from 1 to {maximum}", INVALID)
     return int(raw)
 
 
-def _check_params(allowed: set[str]) -> None:
+def _parse_min_risk() -> float | None:
+    raw = request.args.get("min_risk")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise Problem(400, "min_risk must be a number from 0 to 1", INVALID)
+    return value
+
+
+def _parse_choice(name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.args.get(name)
+    if raw is not None and raw not in choices:
+        raise Problem(400, f"{name} must be one of {', '.join(choices)}", INVALID)
+    return raw
+
+
+def check_params(allowed: set[str]) -> None:
     unknown = sorted(set(request.args) - allowed)
     if unknown:
         raise Problem(400, f"unknown query parameter(s): {', '.join(unknown)}; "
-                      f"allowed: {', '.join(sorted(allowed))}", "Invalid query parameter")
+                      f"allowed: {', '.join(sorted(allowed))}", INVALID)
+    repeated = sorted(k for k in request.args if len(request.args.getlist(k)) > 1)
+    if repeated:
+        raise Problem(400, f"query parameter(s) given more than once: {', '.join(repeated)}",
+                      INVALID)
 
 
-def _publication(as_of: date | None) -> dict[str, Any]:
-    with _store().connect() as conn:
+def encode_cursor(as_of: date, rank: int) -> str:
+    raw = json.dumps({"as_of": as_of.isoformat(), "after": rank}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> tuple[date, int]:
+    """A cursor pins the list it came from, so later pages never mix two nights' lists."""
+    try:
+        body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        as_of, after = date.fromisoformat(body["as_of"]), int(body["after"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise Problem(400, "cursor is not one this API returned; start again without it",
+                      INVALID) from None
+    if after < 0:
+        raise Problem(400, "cursor is not one this API returned", INVALID)
+    return as_of, after
+
+
+def publication(as_of: date | None) -> dict[str, Any]:
+    with store_engine().connect() as conn:
         pub = store.latest_publication(conn, as_of)
     if pub is None:
         detail = (f"no list was published for {as_of}" if as_of
@@ -74,64 +122,78 @@ def _publication(as_of: date | None) -> dict[str, Any]:
     return pub
 
 
-def _freshness(pub: dict[str, Any]) -> dict[str, Any]:
+def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     as_of: date = pub["as_of"]
-    age = (_today() - as_of).days
+    age = (today() - as_of).days
     return {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
-            "published_at": _iso(pub["published_at"]), "age_days": age, "stale": age > 1}
+            "published_at": iso(pub["published_at"]), "age_days": age, "stale": age > 1}
 
 
-def _iso(value: Any) -> Any:
+def iso(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
 
 
-def _public(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {k: _iso(row.get(k)) for k in fields}
-
-
-@bp.get("/health")
-def health() -> ResponseReturnValue:
-    """Liveness plus the freshness of the served list; 200 even when stale."""
-    try:
-        with _store().connect() as conn:
-            pub = store.latest_publication(conn)
-    except SQLAlchemyError:
-        detail = "the store cannot be read; run the ETL first"
-        return jsonify({"status": "unavailable", "detail": detail}), 503
-    return jsonify({"status": "ok", "list": _freshness(pub) if pub else None})
+def public(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: iso(row.get(k)) for k in fields}
 
 
 @bp.get("/v1/risk-list")
+@requires(CLIENT_DATA, "risk_list.read")
 def risk_list() -> ResponseReturnValue:
-    """Open episodes ranked by risk, highest first, with their reasons."""
-    _check_params({"limit", "clinic_id", "as_of"})
+    """Open episodes in the caller's scope ranked by risk, highest first, with reasons."""
+    check_params(LIST_PARAMS)
     limit = _parse_limit()
-    pub = _publication(_parse_date("as_of"))
-    with _store().connect() as conn:
-        rows = store.read_list(conn, pub["as_of"], clinic_id=request.args.get("clinic_id"),
-                               limit=limit)
-    return jsonify({**_freshness(pub), "count": len(rows),
-                    "items": [_public(r, LIST_FIELDS) for r in rows]})
+    as_of = parse_date("as_of")
+    after = 0
+    if "cursor" in request.args:
+        cursor_as_of, after = decode_cursor(request.args["cursor"])
+        if as_of is not None and as_of != cursor_as_of:
+            raise Problem(400, "as_of differs from the list the cursor belongs to", INVALID)
+        as_of = cursor_as_of
+    engaged = _parse_choice("engaged_only", ("true", "false"))
+    flt = ListFilter(
+        clinic_id=request.args.get("clinic_id"),
+        case_manager_id=request.args.get("case_manager_id"),
+        program=request.args.get("program"),
+        tier=_parse_choice("tier", TIERS),
+        min_risk=_parse_min_risk(),
+        still_engaged=True if engaged == "true" else None,
+        after_rank=after,
+    )
+    pub = publication(as_of)
+    with store_engine().connect() as conn:
+        rows, more = scoped_reads.read_page(conn, caller(), pub["as_of"], flt, limit)
+    returning(r["client_id"] for r in rows)
+    return jsonify({
+        **freshness(pub), "count": len(rows),
+        "next_cursor": encode_cursor(pub["as_of"], rows[-1]["rank"]) if more else None,
+        "items": [public(r, LIST_FIELDS) for r in rows],
+    })
 
 
 @bp.get("/v1/clients/<client_id>/risk")
+@requires(CLIENT_DATA, "client_risk.read")
 def client_risk(client_id: str) -> ResponseReturnValue:
     """A client's current risk with reasons, and their risk over recent lists."""
-    _check_params({"as_of"})
-    pub = _publication(_parse_date("as_of"))
-    with _store().connect() as conn:
-        history = store.read_client_scores(conn, client_id, pub["as_of"])
-    current = [h for h in history if h["as_of"] == pub["as_of"]]
-    if not current:
-        raise Problem(404, f"no open episode for client {client_id} on the list of "
-                      f"{pub['as_of']}", "Client not on the list")
+    check_params({"as_of"})
+    pub = publication(parse_date("as_of"))
+    with store_engine().connect() as conn:
+        history = scoped_reads.read_client(conn, caller(), client_id, pub["as_of"])
+        current = [h for h in history if h["as_of"] == pub["as_of"]]
+        if not current:
+            # Outside the scope and absent look the same to the caller; the audit knows.
+            exists = scoped_reads.client_exists(conn, client_id, pub["as_of"])
+            returning([client_id], "denied" if exists else "not_found")
+            raise Problem(404, f"no open episode for client {client_id} on the list of "
+                          f"{pub['as_of']}", "Client not on the list")
+    returning([client_id])
     since = pub["as_of"] - timedelta(days=90)
     return jsonify({
-        **_freshness(pub),
+        **freshness(pub),
         "client_id": client_id,
-        "current": _public(current[0], LIST_FIELDS),
+        "current": public(current[0], LIST_FIELDS),
         "history": [
             {"as_of": h["as_of"].isoformat(), "episode_id": h["episode_id"],
              "risk": h["risk"], "tier": h["tier"], "rank": h["rank"]}

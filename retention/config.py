@@ -48,9 +48,19 @@ class Settings:
     schedule_timezone: str = "UTC"
     misfire_grace_seconds: int = 6 * 3600
     api_max_limit: int = 500
+    # Requests per minute per API key; the counter store is shared by every worker
+    # ("redis://host:port/db"); "memory://" counts per process (dev server, tests).
+    api_rate_limit_per_minute: int = 600
+    api_rate_limit_storage: str = "memory://"
     tiers: Mapping[str, float] = field(
         default_factory=lambda: {"high": 0.5, "medium": 0.25}
     )
+    # The [etl] section as written: source mapping, quarantine limit, overlap, retries.
+    # Parsed and checked by ``retention.etl_settings.etl_settings``.
+    etl: Mapping[str, Any] = field(default_factory=dict)
+    # The [evaluation] section: split shares, capacity k, bootstrap, calibration,
+    # fairness and promotion tolerances, drift. Parsed by ``retention.model_settings``.
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed (tests and CLI flags use this)."""
@@ -101,11 +111,15 @@ def settings_from_mapping(values: Mapping[str, Any], origin: str = "mapping") ->
     return settings
 
 
+# Sections kept whole as one setting rather than flattened into their keys.
+NESTED_SECTIONS = ("tiers", "etl", "evaluation")
+
+
 def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Sections in the file are for readers only; keys are unique across them."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, Mapping) and key != "tiers":
+        if isinstance(value, Mapping) and key not in NESTED_SECTIONS:
             flat.update(_flatten(value))
         else:
             flat[key] = value

@@ -12,7 +12,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine
 
 from api import create_app
-from retention import contract
+from retention import contract, store
+from tests.api_keys import keyed_client, make_key
 from tests.conftest import Scored
 
 PROBLEM = "application/problem+json"
@@ -23,14 +24,19 @@ def app(scored: Scored) -> Flask:
     return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
 
 
+@pytest.fixture(scope="module")
+def admin_key(scored: Scored) -> str:
+    return make_key(scored.store, "admin", label="test_api")
+
+
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def client(app: Flask, admin_key: str) -> FlaskClient:
+    return keyed_client(app, admin_key)
 
 
 @pytest.fixture(scope="module")
-def full_list(app: Flask) -> list[dict]:
-    body = app.test_client().get("/v1/risk-list?limit=500").get_json()
+def full_list(app: Flask, admin_key: str) -> list[dict]:
+    body = keyed_client(app, admin_key).get("/v1/risk-list?limit=500").get_json()
     return body["items"]
 
 
@@ -108,9 +114,9 @@ def test_list_carries_freshness(client: FlaskClient, scored: Scored) -> None:
     assert body["stale"] is False
 
 
-def test_an_old_list_is_marked_stale(scored: Scored) -> None:
+def test_an_old_list_is_marked_stale(scored: Scored, admin_key: str) -> None:
     later = create_app(scored.settings, TODAY=lambda: scored.as_of + timedelta(days=3))
-    body = later.test_client().get("/v1/risk-list?limit=1").get_json()
+    body = keyed_client(later, admin_key).get("/v1/risk-list?limit=1").get_json()
     assert body["stale"] is True and body["age_days"] == 3
 
 
@@ -157,10 +163,16 @@ def test_wrong_method_is_problem_json_with_allow(client: FlaskClient) -> None:
 
 
 def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_path) -> None:
-    app = create_app(scored.settings)
-    # A store that cannot be opened: the request fails inside the handler.
-    app.extensions["retention"]["store"] = create_engine(f"sqlite:///{tmp_path}/no/such/dir.db")
-    response = app.test_client().get("/v1/risk-list")
+    settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/broken.db")
+    engine = create_engine(settings.store_url)
+    token = make_key(engine)
+    with engine.begin() as conn:
+        store.publications.create(conn)
+        conn.execute(store.publications.insert().values(
+            as_of=scored.as_of, run_id=1, model_version="v", published_at=store.utcnow(),
+            n_scored=1))
+    # Keys and a publication but no scores table: the request fails inside the handler.
+    response = keyed_client(create_app(settings), token).get("/v1/risk-list")
     assert response.status_code == 500
     assert response.mimetype == PROBLEM
     assert "Traceback" not in response.get_data(as_text=True)
@@ -180,12 +192,11 @@ def test_health_without_a_store_is_503(scored: Scored, tmp_path) -> None:
 
 def test_no_list_yet_is_a_clear_404(scored: Scored, tmp_path) -> None:
     settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/empty.db")
-    from retention import store
-
     engine = create_engine(settings.store_url)
     with engine.begin() as conn:
         store.create_schema(conn)
-    response = create_app(settings).test_client().get("/v1/risk-list")
+    token = make_key(engine)
+    response = keyed_client(create_app(settings), token).get("/v1/risk-list")
     assert response.status_code == 404
     assert "no list has been published" in response.get_json()["detail"]
 

@@ -1,0 +1,183 @@
+"""Bearer-key authentication, role checks, rate limits and the audit record of each read.
+
+A view marked with ``@requires(...)`` runs only for a caller whose key is valid,
+whose role allows the action and who is within its rate limit; every denial is
+audited before the problem response goes out, and ``audit_read`` records the
+client ids a view is about to return. If the audit record cannot be written the
+request fails with 503 and nothing is returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from api.errors import Problem
+from api.ratelimit import RateLimiter
+from retention import access
+from retention.access import AuditRecord, Caller
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_DATA = "client_data"
+OPERATIONS = "operations"
+ANY = "any"
+
+
+def register_request_ids(app: Flask) -> None:
+    """Take a well-formed X-Request-ID from the caller or make one; echo it back."""
+
+    @app.before_request
+    def assign_request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+
+def _store() -> Engine:
+    engine: Engine = current_app.extensions["retention"]["store"]
+    return engine
+
+
+def caller() -> Caller:
+    """The authenticated caller of the current request (only inside ``@requires`` views)."""
+    found: Caller = g.caller
+    return found
+
+
+def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()) -> None:
+    """Append the audit record for this request, committed before any response leaves."""
+    who: Caller | None = g.get("caller")
+    record = AuditRecord(
+        action=action, outcome=outcome, status=status, request_id=g.request_id,
+        key_id=who.key_id if who else g.get("claimed_key_id"),
+        role=who.role if who else None, client_ids=tuple(client_ids),
+        source=(request.remote_addr or "")[:64] or None,
+    )
+    try:
+        with _store().begin() as conn:
+            access.write_audit(conn, record)
+    except SQLAlchemyError:
+        log.error("audit write failed for request %s (%s); refusing the response",
+                  g.request_id, action)
+        raise Problem(503, "The audit trail cannot be written, so no data is returned; "
+                      "retry later or ask the operator to check the service database",
+                      "Audit unavailable") from None
+
+
+def deny(action: str, status: int, outcome: str, detail: str, title: str,
+         client_ids: Iterable[str] = ()) -> Problem:
+    """Audit a denial and return the problem to raise."""
+    audit(action, outcome, status, client_ids)
+    return Problem(status, detail, title)
+
+
+def _authenticate(action: str) -> Caller:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorised(deny(action, 401, "unauthenticated",
+                                 "send an API key as 'Authorization: Bearer <key>'",
+                                 "Authentication required"))
+    g.claimed_key_id = access.key_id_of(token)
+    try:
+        with _store().connect() as conn:
+            found = access.authenticate(conn, token)
+    except SQLAlchemyError:
+        log.error("key lookup failed for request %s", g.request_id)
+        raise Problem(503, "the key store cannot be read; retry later",
+                      "Authentication unavailable") from None
+    if found is None:
+        raise _unauthorised(deny(action, 401, "unauthenticated",
+                                 "the API key is not valid or has been revoked",
+                                 "Authentication required"))
+    return found
+
+
+def _unauthorised(problem: Problem) -> Problem:
+    problem.headers = {"WWW-Authenticate": 'Bearer realm="retention"'}
+    return problem
+
+
+def _rate_limit(who: Caller, action: str) -> None:
+    limiter: RateLimiter = current_app.extensions["retention"]["limiter"]
+    try:
+        verdict = limiter.check(who.key_id)
+    except Exception:  # the counter store is down: fail closed, say so
+        log.error("rate-limit store unavailable for request %s", g.request_id)
+        raise Problem(503, "the rate-limit store cannot be reached; retry later",
+                      "Rate limiting unavailable") from None
+    if not verdict.allowed:
+        problem = deny(action, 429, "rate_limited",
+                       f"more than {limiter.limit} requests a minute for this key; "
+                       f"retry after {verdict.retry_after} s", "Too Many Requests")
+        problem.headers = {"Retry-After": str(verdict.retry_after)}
+        raise problem
+
+
+def returning(client_ids: Iterable[str], outcome: str = "ok") -> None:
+    """Tell the audit which client ids this request returns (or was refused)."""
+    g.audit_client_ids = tuple(client_ids)
+    g.audit_outcome = outcome
+
+
+def requires(permission: str, action: str) -> Callable[[F], F]:
+    """Authenticate, check the role and the rate limit, run the view, audit, then respond.
+
+    Exactly one audit record per request; it is committed after the view has
+    built its answer and before the answer is returned.
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            who = _authenticate(action)
+            g.caller = who
+            _rate_limit(who, action)
+            if not _permitted(who, permission):
+                raise deny(action, 403, "forbidden",
+                           f"a {who.role} key may not use this endpoint", "Forbidden")
+            try:
+                result = view(*args, **kwargs)
+            except HTTPException as exc:
+                status = exc.code or 500
+                audit(action, g.get("audit_outcome") or _outcome(status), status,
+                      g.get("audit_client_ids", ()))
+                raise
+            except Exception:
+                audit(action, "error", 500, g.get("audit_client_ids", ()))
+                raise
+            audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
+            return result
+
+        return cast(F, wrapped)
+
+    return decorate
+
+
+def _permitted(who: Caller, permission: str) -> bool:
+    if permission == CLIENT_DATA:
+        return who.reads_client_data
+    if permission == OPERATIONS:
+        return who.reads_operations
+    return permission == ANY
+
+
+def _outcome(status: int) -> str:
+    return {404: "not_found", 400: "bad_request"}.get(status, "error")

@@ -1,0 +1,96 @@
+"""Prometheus metrics: requests and latency by route and status, and the last good run's age.
+
+Each app has its own registry (nothing global at import). Under gunicorn the
+server sets PROMETHEUS_MULTIPROC_DIR, every worker writes its samples there and a
+scrape of any worker reports all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from retention import store
+
+BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class LastRunAge(Collector):
+    """Seconds since the newest successful run of each kind, read at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("retention_last_successful_run_age_seconds",
+                                   "Seconds since the last successful run finished, by kind",
+                                   labels=["kind"])
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(store.runs.c.kind, func.max(store.runs.c.finished_at))
+                    .where(store.runs.c.status == "succeeded").group_by(store.runs.c.kind)
+                ).all()
+        except SQLAlchemyError:
+            rows = []
+        now = store.utcnow()
+        for kind, finished in rows:
+            if finished is not None:
+                family.add_metric([kind], (now - finished).total_seconds())
+        yield family
+
+
+def register_metrics(app: Flask) -> None:
+    """Time every request and serve ``/metrics`` (public: counts and ages, no client data)."""
+    registry = CollectorRegistry()
+    requests = Counter("retention_http_requests_total", "HTTP requests",
+                       ["route", "method", "status"], registry=registry)
+    latency = Histogram("retention_http_request_duration_seconds", "HTTP request latency",
+                        ["route", "method", "status"], buckets=BUCKETS, registry=registry)
+    app.extensions["retention"]["metrics"] = registry
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def observe(response: Response) -> Response:
+        # The route template, not the path: client ids never become label values.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        labels = (route, request.method, str(response.status_code))
+        requests.labels(*labels).inc()
+        latency.labels(*labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        engine: Engine = current_app.extensions["retention"]["store"]
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            scrape = CollectorRegistry()
+            MultiProcessCollector(scrape)
+        else:
+            scrape = registry
+        body = generate_latest(scrape) + generate_latest(_run_age_registry(engine))
+        return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _run_age_registry(engine: Engine) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(LastRunAge(engine))
+    return registry

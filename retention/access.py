@@ -1,0 +1,256 @@
+"""Who may read what: API keys, roles, caseload scopes and the append-only audit trail.
+
+Domain code without Flask: the CLI creates and revokes keys, the API authenticates
+callers and writes the audit trail with these functions. Functions take a connection
+first and never commit.
+
+Keys are ``rk_<key id>_<secret>`` with a 256-bit random secret. Only the SHA-256 of
+the whole token is stored: the secret is far too long to guess, so a slow password
+hash would add latency to every request and no protection, and a pepper would be one
+more secret to distribute to every worker and the CLI for no gain against a 2^256
+search. The key id is stored in clear so a key can be found, listed and revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    DDL,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    event,
+    insert,
+    select,
+    update,
+)
+
+from retention import store
+
+ROLES = ("case_manager", "ehr", "analyst", "admin")
+# Roles that read client data unless the key carries the client-data grant.
+CLIENT_DATA_ROLES = frozenset({"case_manager", "ehr", "admin"})
+# Roles that see models and runs.
+OPERATIONS_ROLES = frozenset({"analyst", "admin"})
+GRANT_CLIENT_DATA = "client_data"
+TOKEN_RE = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+api_keys = Table(
+    "api_keys",
+    store.metadata,
+    Column("key_id", String(12), primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    # JSON list of clinic ids; null only for admin keys (every clinic).
+    Column("clinics_json", Text),
+    Column("case_manager_id", String(64)),
+    Column("grants_json", Text, nullable=False, default="[]"),
+    Column("label", String(200)),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime),
+)
+
+# Append-only: triggers (below) reject UPDATE and DELETE on SQLite and PostgreSQL.
+audit_log = Table(
+    "audit_log",
+    store.metadata,
+    Column("audit_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),  # naive UTC
+    Column("key_id", String(12)),
+    Column("role", String(16)),
+    Column("action", String(64), nullable=False),
+    Column("client_ids_json", Text, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("source", String(64)),
+    Column("outcome", String(16), nullable=False),
+    Column("status", Integer, nullable=False),
+    Index("ix_audit_log_at", "at"),
+)
+
+_APPEND_ONLY = "audit_log is append-only"
+for _verb in ("UPDATE", "DELETE"):
+    event.listen(audit_log, "after_create", DDL(
+        f"CREATE TRIGGER audit_log_no_{_verb.lower()} BEFORE {_verb} ON audit_log "
+        f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+    ).execute_if(dialect="sqlite"))
+event.listen(audit_log, "after_create", DDL(
+    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger "
+    f"LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$"
+).execute_if(dialect="postgresql"))
+event.listen(audit_log, "after_create", DDL(
+    "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+).execute_if(dialect="postgresql"))
+event.listen(audit_log, "after_create", DDL(
+    "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
+).execute_if(dialect="postgresql"))
+
+
+class AccessError(ValueError):
+    """A key request that cannot be honoured (unknown role, missing clinic, unknown key)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated credential and what it may see."""
+
+    key_id: str
+    role: str
+    clinics: tuple[str, ...] | None  # None: every clinic (admin)
+    case_manager_id: str | None = None
+    grants: frozenset[str] = frozenset()
+
+    @property
+    def reads_client_data(self) -> bool:
+        return self.role in CLIENT_DATA_ROLES or GRANT_CLIENT_DATA in self.grants
+
+    @property
+    def reads_operations(self) -> bool:
+        return self.role in OPERATIONS_ROLES
+
+    def sees(self, clinic_id: str, case_manager_id: str | None) -> bool:
+        """Whether one published row is inside this caller's scope."""
+        if not self.reads_client_data:
+            return False
+        if self.clinics is not None and clinic_id not in self.clinics:
+            return False
+        return self.case_manager_id is None or case_manager_id == self.case_manager_id
+
+
+def create_schema(connection: Connection) -> None:
+    """Create the key and audit tables (with the audit triggers) where they do not exist."""
+    store.metadata.create_all(connection, tables=[api_keys, audit_log])
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_key(
+    connection: Connection,
+    role: str,
+    clinics: Sequence[str] = (),
+    *,
+    case_manager_id: str | None = None,
+    grants: Iterable[str] = (),
+    label: str | None = None,
+) -> tuple[str, str]:
+    """Make a key; returns (key id, token). The token is not stored and cannot be shown again."""
+    grants = sorted(set(grants))
+    if role not in ROLES:
+        raise AccessError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if role != "admin" and not clinics:
+        raise AccessError(f"a {role} key needs at least one --clinic")
+    if case_manager_id and role != "case_manager":
+        raise AccessError("--case-manager applies to case_manager keys only")
+    if set(grants) - {GRANT_CLIENT_DATA}:
+        raise AccessError(f"unknown grant(s); the only grant is {GRANT_CLIENT_DATA!r}")
+    key_id = secrets.token_hex(6)
+    token = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
+    connection.execute(insert(api_keys).values(
+        key_id=key_id, token_sha256=token_digest(token), role=role,
+        clinics_json=json.dumps(sorted(set(clinics))) if clinics else None,
+        case_manager_id=case_manager_id or None, grants_json=json.dumps(grants),
+        label=label, created_at=store.utcnow(),
+    ))
+    return key_id, token
+
+
+def revoke_key(connection: Connection, key_id: str) -> None:
+    """Revoke a key from now on; revoking twice keeps the first time."""
+    row = connection.execute(select(api_keys.c.revoked_at).where(api_keys.c.key_id == key_id))
+    found = row.first()
+    if found is None:
+        raise AccessError(f"no key with id {key_id!r}; `retention keys list` shows the ids")
+    if found.revoked_at is None:
+        connection.execute(update(api_keys).where(api_keys.c.key_id == key_id)
+                           .values(revoked_at=store.utcnow()))
+
+
+def list_keys(connection: Connection) -> list[dict[str, Any]]:
+    """Every key without its hash, newest first."""
+    cols = [c for c in api_keys.c if c.name != "token_sha256"]
+    rows = connection.execute(select(*cols).order_by(api_keys.c.created_at.desc()))
+    return [dict(r._mapping) for r in rows]
+
+
+def authenticate(connection: Connection, token: str) -> Caller | None:
+    """The caller behind a bearer token, or None for a malformed, unknown or revoked key."""
+    match = TOKEN_RE.match(token)
+    if match is None:
+        return None
+    row = connection.execute(select(api_keys).where(api_keys.c.key_id == match.group(1))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(row.token_sha256, token_digest(token)):
+        return None
+    return Caller(
+        key_id=row.key_id,
+        role=row.role,
+        clinics=tuple(json.loads(row.clinics_json)) if row.clinics_json else None,
+        case_manager_id=row.case_manager_id,
+        grants=frozenset(json.loads(row.grants_json or "[]")),
+    )
+
+
+def key_id_of(token: str) -> str | None:
+    """The key id a presented token claims (for auditing a failed attempt), if well formed."""
+    match = TOKEN_RE.match(token)
+    return match.group(1) if match else None
+
+
+# --- audit trail ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One read of client data or one denial."""
+
+    action: str
+    outcome: str  # "ok", "denied", "not_found", "unauthenticated", "forbidden"
+    status: int
+    request_id: str
+    key_id: str | None = None
+    role: str | None = None
+    client_ids: tuple[str, ...] = ()
+    source: str | None = None
+    at: datetime | None = None
+
+
+def write_audit(connection: Connection, record: AuditRecord) -> None:
+    """Append one record; the caller commits before any data leaves the service."""
+    connection.execute(insert(audit_log).values(
+        at=record.at or store.utcnow(), key_id=record.key_id, role=record.role,
+        action=record.action, client_ids_json=json.dumps(list(record.client_ids)),
+        request_id=record.request_id, source=record.source, outcome=record.outcome,
+        status=record.status,
+    ))
+
+
+def read_audit(connection: Connection, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Records with ``start <= at < end`` (naive UTC), oldest first."""
+    rows = connection.execute(
+        select(audit_log).where(audit_log.c.at >= start).where(audit_log.c.at < end)
+        .order_by(audit_log.c.audit_id)
+    )
+    out = []
+    for r in rows:
+        record = dict(r._mapping)
+        record["client_ids"] = json.loads(record.pop("client_ids_json"))
+        out.append(record)
+    return out
