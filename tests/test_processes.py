@@ -22,6 +22,7 @@ from sqlalchemy import create_engine
 
 from pipelines.scheduler import JOB_ID, build_scheduler
 from retention import store
+from tests.api_keys import make_key
 from tests.conftest import REPO, Scored, make_settings
 
 RETENTION = [sys.executable, "-m", "pipelines.cli"]
@@ -64,7 +65,11 @@ def copied(scored: Scored, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(copied: Path) -> Iterator[str]:
+def server(copied: Path) -> Iterator[tuple[str, str]]:
+    """A gunicorn server over the copied store, and an admin key for it."""
+    engine = create_engine(f"sqlite:///{copied / 'store.db'}")
+    token = make_key(engine, "admin")
+    engine.dispose()
     config = write_config(copied / "cfg.toml", copied)
     port = free_port()
     proc = subprocess.Popen(
@@ -83,25 +88,33 @@ def server(copied: Path) -> Iterator[str]:
         else:
             proc.terminate()
             pytest.fail("the server did not start: " + (proc.communicate()[0] or ""))
-        yield base
+        yield base, token
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_gunicorn_serves_the_list_over_http(server: str) -> None:
-    with urllib.request.urlopen(server + "/v1/risk-list?limit=3", timeout=5) as response:
+def get(url: str, token: str | None = None) -> urllib.request.Request:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.Request(url, headers=headers)
+
+
+def test_gunicorn_serves_the_list_over_http(server: tuple[str, str]) -> None:
+    base, token = server
+    with urllib.request.urlopen(get(base + "/v1/risk-list?limit=3", token), timeout=5) as response:
         assert response.status == 200
         body = json.loads(response.read())
     assert len(body["items"]) == 3
     assert body["items"][0]["reasons"]
 
 
-def test_http_errors_are_problem_json(server: str) -> None:
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(server + "/v1/clients/NOBODY/risk", timeout=5)
-    assert caught.value.code == 404
-    assert caught.value.headers["Content-Type"] == "application/problem+json"
+def test_http_errors_are_problem_json(server: tuple[str, str]) -> None:
+    base, token = server
+    for token_sent, status in ((token, 404), (None, 401)):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(get(base + "/v1/clients/NOBODY/risk", token_sent), timeout=5)
+        assert caught.value.code == status
+        assert caught.value.headers["Content-Type"] == "application/problem+json"
 
 
 def test_scheduler_job_is_configured_to_never_overlap(tmp_path: Path) -> None:

@@ -1,0 +1,129 @@
+"""The audit trail: every read and denial recorded, append-only, and no record means no data."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy.exc import DBAPIError
+
+from api import create_app
+from pipelines.cli import main
+from retention import access, store
+from retention.access import AuditRecord
+from tests.api_keys import keyed_client, make_key
+from tests.conftest import REPO, Scored
+from tests.pg import pg_server, store_url  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def app(scored: Scored) -> Flask:
+    return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
+
+
+def records_for(scored: Scored, request_id: str) -> list[dict]:
+    with scored.store.connect() as conn:
+        return [r for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
+                                             store.utcnow() + timedelta(hours=1))
+                if r["request_id"] == request_id]
+
+
+def test_each_read_records_who_what_and_the_client_ids_returned(app: Flask,
+                                                                scored: Scored) -> None:
+    with scored.store.begin() as conn:
+        access.create_schema(conn)
+        key_id, token = access.create_key(conn, "admin")
+    client = keyed_client(app, token)
+    rid = uuid.uuid4().hex
+    body = client.get("/v1/risk-list?limit=7", headers={"X-Request-ID": rid}).get_json()
+    [record] = records_for(scored, rid)
+    assert record["client_ids"] == [i["client_id"] for i in body["items"]]
+    assert (record["key_id"], record["role"], record["action"], record["outcome"],
+            record["status"]) == (key_id, "admin", "risk_list.read", "ok", 200)
+    assert record["source"] == "127.0.0.1"
+    assert abs((store.utcnow() - record["at"]).total_seconds()) < 60
+
+    one = body["items"][0]["client_id"]
+    for url, action in ((f"/v1/clients/{one}/risk", "client_risk.read"),
+                        (f"/fhir/RiskAssessment?subject=Patient/{one}",
+                         "fhir.risk_assessment.search")):
+        rid = uuid.uuid4().hex
+        response = client.get(url, headers={"X-Request-ID": rid})
+        assert response.status_code == 200 and response.headers["X-Request-ID"] == rid
+        [record] = records_for(scored, rid)
+        assert (record["action"], record["client_ids"]) == (action, [one])
+
+
+def test_the_application_cannot_change_or_remove_audit_records(
+    store_url: str,  # noqa: F811  (fixture: SQLite and PostgreSQL)
+) -> None:
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        access.create_schema(conn)
+        access.write_audit(conn, AuditRecord("risk_list.read", "ok", 200, "r1",
+                                             client_ids=("C1",)))
+    for statement in (update(access.audit_log).values(outcome="edited"),
+                      delete(access.audit_log)):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(statement)
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text("TRUNCATE audit_log"))
+    with engine.connect() as conn:
+        rows = access.read_audit(conn, store.utcnow() - timedelta(hours=1),
+                                 store.utcnow() + timedelta(hours=1))
+    assert [(r["outcome"], r["client_ids"]) for r in rows] == [("ok", ["C1"])]
+    engine.dispose()
+
+
+def test_no_audit_record_means_no_data(scored: Scored, tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with sqlite3.connect(scored.settings.store_url.removeprefix("sqlite:///")) as src, \
+            sqlite3.connect(path) as dst:
+        src.backup(dst)
+    settings = scored.settings.with_overrides(store_url=f"sqlite:///{path}")
+    engine = create_engine(settings.store_url)
+    token = make_key(engine, "admin")
+    with engine.begin() as conn:  # the audit table refuses every insert from now on
+        conn.execute(text("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log "
+                          "BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+    client = keyed_client(create_app(settings, TODAY=lambda: scored.as_of), token)
+    for url in ("/v1/risk-list?limit=5", "/v1/risk-list?colour=red", "/v1/clients/NOBODY/risk"):
+        response = client.get(url)
+        assert response.status_code == 503, url
+        assert response.mimetype == "application/problem+json"
+        assert "items" not in response.get_json() and "current" not in response.get_json()
+    engine.dispose()
+
+
+def test_audit_export_covers_the_requested_days(app: Flask, scored: Scored,
+                                                tmp_path: Path) -> None:
+    token = make_key(scored.store, "admin")
+    rid = uuid.uuid4().hex
+    keyed_client(app, token).get("/v1/risk-list?limit=2", headers={"X-Request-ID": rid})
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'source_url = "{scored.settings.source_url}"\n'
+                      f'store_url = "{scored.settings.store_url}"\n'
+                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    today = store.utcnow().date()
+    out = tmp_path / "audit.jsonl"
+    result = CliRunner().invoke(main, ["--config", str(config), "audit", "export",
+                                       "--from", str(today), "--to", str(today), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    mine = [r for r in lines if r["request_id"] == rid]
+    assert len(mine) == 1 and len(mine[0]["client_ids"]) == 2
+    assert "exported" in result.output
+    yesterday = today - timedelta(days=1)
+    earlier = CliRunner().invoke(main, ["--config", str(config), "audit", "export", "--from",
+                                        str(yesterday - timedelta(days=9)), "--to",
+                                        str(yesterday)])
+    assert earlier.exit_code == 0 and rid not in earlier.output
+    assert date.fromisoformat(mine[0]["at"][:10]) == today
