@@ -133,8 +133,14 @@ class Caller:
 
 
 def create_schema(connection: Connection) -> None:
-    """Create the key and audit tables (with the audit triggers) where they do not exist."""
-    store.metadata.create_all(connection, tables=[api_keys, audit_log])
+    """Bring the store's schema up to date, key and audit tables (and triggers) included.
+
+    The store's own ``create_schema`` does it: these tables are part of its schema
+    (Alembic revision 0002 where migrations are in use).
+    """
+    from retention import scoped_reads  # noqa: F401  (defines the list's paging index)
+
+    store.create_schema(connection)
 
 
 def token_digest(token: str) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from api import create_app
 from retention import contract, store
@@ -167,10 +167,10 @@ def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_
     engine = create_engine(settings.store_url)
     token = make_key(engine)
     with engine.begin() as conn:
-        store.publications.create(conn)
         conn.execute(store.publications.insert().values(
             as_of=scored.as_of, run_id=1, model_version="v", published_at=store.utcnow(),
             n_scored=1))
+        conn.execute(text("DROP TABLE scores"))
     # Keys and a publication but no scores table: the request fails inside the handler.
     response = keyed_client(create_app(settings), token).get("/v1/risk-list")
     assert response.status_code == 500
