@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -21,8 +22,19 @@ class RunRecord:
 
     run_id: int
     rows_read: int | None = None
-    rows_written: int | None = None
+    rows_changed: int | None = None
+    rows_quarantined: int | None = None
     model_version: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_written(self) -> int | None:
+        """Older name of ``rows_changed``."""
+        return self.rows_changed
+
+    @rows_written.setter
+    def rows_written(self, value: int | None) -> None:
+        self.rows_changed = value
 
 
 @contextmanager
@@ -30,7 +42,8 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
     """Open a run row, and close it as succeeded or failed with the error's type and text.
 
     The run row is written in its own transactions, so a failure that rolls
-    back the job's data still leaves its record.
+    back the job's data still leaves its record. The store's schema is brought
+    up to date first (the same migrations as `retention migrate`).
     """
     with store_db.begin() as conn:
         store.create_schema(conn)
@@ -41,7 +54,8 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
         with store_db.begin() as conn:
             store.finish_run(
                 conn, record.run_id, "failed",
-                rows_read=record.rows_read, model_version=record.model_version,
+                rows_read=record.rows_read, rows_quarantined=record.rows_quarantined,
+                model_version=record.model_version, detail=record.detail,
                 error=f"{type(exc).__name__}: {exc}"[:2000],
             )
         log.error("%s run %s failed: %s", kind, record.run_id, type(exc).__name__)
@@ -49,6 +63,26 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
     with store_db.begin() as conn:
         store.finish_run(
             conn, record.run_id, "succeeded",
-            rows_read=record.rows_read, rows_written=record.rows_written,
-            model_version=record.model_version,
+            rows_read=record.rows_read, rows_changed=record.rows_changed,
+            rows_quarantined=record.rows_quarantined, model_version=record.model_version,
+            detail=record.detail,
         )
+
+
+def format_runs(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines for `retention runs`: one per run, its error (if any) on the next."""
+    lines = [f"{'run':>5} {'kind':<7} {'as_of':<10} {'status':<9} {'read':>10} {'changed':>10} "
+             f"{'quarant.':>8} {'secs':>7} {'model':<20} started (UTC)"]
+    for r in rows:
+        took = ""
+        if r["finished_at"] is not None:
+            took = f"{(r['finished_at'] - r['started_at']).total_seconds():.1f}"
+        lines.append(
+            f"{r['run_id']:>5} {r['kind']:<7} {r['as_of'] or ''!s:<10} {r['status']:<9} "
+            f"{r['rows_read'] or 0:>10,} {r['rows_changed'] or 0:>10,} "
+            f"{r['rows_quarantined'] or 0:>8,} {took:>7} {r['model_version'] or '':<20} "
+            f"{r['started_at']:%Y-%m-%d %H:%M:%S}"
+        )
+        if r["error"]:
+            lines.append(f"      error: {r['error']}")
+    return lines

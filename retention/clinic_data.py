@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
-from sqlalchemy import Connection, MetaData, inspect, select
+from sqlalchemy import Connection, MetaData, String, inspect, select
 
 from retention import contract
+
+# Text columns of each contract table: pandas' string dtype whatever the driver gave.
+TEXT_COLUMNS = {
+    name: tuple(c.name for c in table.columns if isinstance(c.type, String))
+    for name, table in contract.TABLES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,18 @@ def read_clinic(connection: Connection, prefix: str = "") -> ClinicData:
 
 
 def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
-    """Normalise raw contract frames: parse dates and timestamps, fix dtypes."""
+    """Normalise raw contract frames: parse dates and timestamps, fix dtypes.
+
+    Values may arrive typed (from the driver) or as text (PostgreSQL COPY): both
+    give the same frames.
+    """
     out = {name: frame.copy() for name, frame in frames.items()}
     for columns in (contract.DATE_COLUMNS, contract.TIMESTAMP_COLUMNS):
         for name, cols in columns.items():
             for col in cols:
-                out[name][col] = pd.to_datetime(out[name][col]).astype("datetime64[ns]")
+                out[name][col] = _timestamps(out[name][col])
     appts = out["appointments"]
-    appts["telehealth"] = appts["telehealth"].astype(bool)
+    appts["telehealth"] = appts["telehealth"].map(as_bool).astype(bool)
     measures = out["alliance_measures"]
     for col in ("score_total", "goal", "task", "bond"):
         measures[col] = pd.to_numeric(measures[col]).astype(float)
@@ -81,13 +91,43 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         items = pd.DataFrame(columns=["measure_id", "item_number", "response"])
     items["item_number"] = pd.to_numeric(items["item_number"]).astype("int64")
     items["response"] = pd.to_numeric(items["response"]).astype(float)
+    clients = out["clients"]
+    clients["birth_year"] = pd.to_numeric(clients["birth_year"])
+    for name, frame in out.items():
+        for col in TEXT_COLUMNS.get(name, ()):
+            if col in frame.columns:
+                frame[col] = frame[col].astype("str")
     return ClinicData(
-        clients=out["clients"],
+        clients=clients,
         episodes=out["episodes"],
         appointments=appts,
         measures=measures,
         items=items,
     )
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.astype("datetime64[ns]")
+    if values.dtype == object and len(values) and isinstance(values.dropna().iloc[0]
+                                                              if values.notna().any() else None,
+                                                              str):
+        return pd.to_datetime(values, format="ISO8601").astype("datetime64[ns]")
+    return pd.to_datetime(values).astype("datetime64[ns]")
+
+
+def as_bool(value: object) -> bool | None:
+    """A boolean from a driver value or its text ('t', 'true', '1', ...); None if missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("t", "true", "1", "yes", "y"):
+            return True
+        if lowered in ("f", "false", "0", "no", "n"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return bool(value)
 
 
 def in_days(delta: pd.Series) -> pd.Series:

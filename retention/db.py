@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+# How long to wait for a database before calling it down.
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def store_engine(url: str) -> Engine:
-    """The service's own database; SQLite files get WAL so readers never wait on a run."""
-    engine = _engine(url)
+    """The service's own database.
+
+    SQLite files get WAL (readers never wait on a run) and real transactions: the
+    driver's own handling would run DDL outside them and begin lazily, so a run
+    killed part way could leave half its writes.
+    """
+    engine = _engine(url, application_name="retention")
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -30,9 +39,24 @@ def source_engine(url: str) -> Engine:
         return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
     if parsed.get_backend_name() == "postgresql":
         return create_engine(
-            _with_driver(url), connect_args={"options": "-c default_transaction_read_only=on"}
+            _with_driver(url),
+            connect_args={
+                "options": "-c default_transaction_read_only=on",
+                "application_name": "retention-etl",
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            },
+            pool_pre_ping=True,
         )
     return _engine(url)
+
+
+def is_read_only(connection: Connection) -> bool | None:
+    """Whether the database refuses writes on this connection (None if it cannot tell)."""
+    if connection.dialect.name == "postgresql":
+        return str(connection.exec_driver_sql("SHOW transaction_read_only").scalar()) == "on"
+    if connection.dialect.name == "sqlite":
+        return "mode=ro" in str(connection.engine.url)
+    return None
 
 
 def _with_driver(url: str) -> str:
@@ -43,16 +67,26 @@ def _with_driver(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, application_name: str | None = None) -> Engine:
     url = _with_driver(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "postgresql":
+        args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        if application_name:
+            args["application_name"] = application_name
+        return create_engine(url, connect_args=args, pool_pre_ping=True)
     return create_engine(url)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event emits BEGIN
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")

@@ -2,10 +2,15 @@
 
 Functions take a connection first and never commit: the caller owns the
 transaction, so a run's writes land together or not at all.
+
+The tables are defined here for SQLAlchemy; they are created and changed only by
+the Alembic migrations in ``migrations/`` (``retention migrate``, or
+``create_schema`` which runs the same upgrade).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -20,6 +25,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -32,18 +38,24 @@ from sqlalchemy import (
     update,
 )
 
-from retention import contract
-from retention.clinic_data import ClinicData, read_clinic
+from retention import bulk, contract
+from retention.clinic_data import ClinicData, from_frames
 
 COPY_PREFIX = "clinic_"
 
 metadata = MetaData()
 
-# The service's copy of the clinic tables, named clinic_<contract name>.
+# The service's copy of the clinic tables, named clinic_<contract name>: the rows of
+# the clinic's source that passed validation, as of the last ETL run.
 copies = {
     name: table.to_metadata(metadata, name=COPY_PREFIX + name)
     for name, table in contract.TABLES.items()
 }
+# Reads for one as-of date go by episode: the scoped read of the nightly run.
+Index("ix_clinic_appointments_episode", copies["appointments"].c.episode_id,
+      copies["appointments"].c.scheduled_at)
+Index("ix_clinic_alliance_measures_episode", copies["alliance_measures"].c.episode_id)
+Index("ix_clinic_episodes_client", copies["episodes"].c.client_id)
 
 runs = Table(
     "runs",
@@ -55,9 +67,12 @@ runs = Table(
     Column("finished_at", DateTime),
     Column("status", String(16), nullable=False),
     Column("rows_read", Integer),
-    Column("rows_written", Integer),
+    Column("rows_changed", Integer),
+    Column("rows_quarantined", Integer),
     Column("model_version", String(64)),
     Column("error", Text),
+    # JSON: what the run did in more detail (full or incremental, counts per table).
+    Column("detail", Text),
 )
 
 features = Table(
@@ -68,6 +83,7 @@ features = Table(
     Column("client_id", String(64), nullable=False),
     Column("clinic_id", String(64), nullable=False),
     Column("case_manager_id", String(64)),
+    # The run that last changed this row; a re-run that computes the same values keeps it.
     Column("run_id", Integer, nullable=False),
     Column("values_json", Text, nullable=False),
 )
@@ -102,12 +118,47 @@ publications = Table(
     Column("model_version", String(64), nullable=False),
     Column("published_at", DateTime, nullable=False),
     Column("n_scored", Integer, nullable=False),
+    # What the list was computed from (model, data version, settings): a re-run with
+    # the same inputs leaves the published list as it is.
+    Column("inputs_digest", String(64)),
 )
+
+# How far each source table has been read: rows with updated_at at or after
+# (high_water - overlap) are read again by the next incremental run.
+watermarks = Table(
+    "watermarks",
+    metadata,
+    Column("table_name", String(64), primary_key=True),
+    Column("high_water", DateTime),
+    Column("run_id", Integer, nullable=False),
+)
+
+# Source rows that broke the contract, kept with the rule they broke until they are
+# fixed at the source. ``rows_json`` holds the raw row(s) under that key (several for
+# a duplicate key), so every run can check them again.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("table_name", String(64), primary_key=True),
+    Column("row_key", String(200), primary_key=True),
+    Column("rule", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("run_id", Integer, nullable=False),
+    Column("quarantined_at", DateTime, nullable=False),
+    Column("rows_json", Text, nullable=False),
+    Index("ix_quarantine_rule", "table_name", "rule"),
+)
+
+# Tables whose content a run changes; ``runs`` only grows and is left out of checksums.
+DATA_TABLES = (*(t.name for t in copies.values()), "features", "scores", "publications",
+               "watermarks", "quarantine")
 
 
 def create_schema(connection: Connection) -> None:
-    """Create the service's tables where they do not exist."""
-    metadata.create_all(connection)
+    """Bring the store's schema to the latest migration (the same code as `retention migrate`)."""
+    from retention.schema import upgrade
+
+    upgrade(connection)
 
 
 def utcnow() -> datetime:
@@ -132,9 +183,11 @@ def finish_run(
     status: str,
     *,
     rows_read: int | None = None,
-    rows_written: int | None = None,
+    rows_changed: int | None = None,
+    rows_quarantined: int | None = None,
     model_version: str | None = None,
     error: str | None = None,
+    detail: Mapping[str, Any] | None = None,
 ) -> None:
     """Record how a run ended."""
     connection.execute(
@@ -144,9 +197,11 @@ def finish_run(
             finished_at=utcnow(),
             status=status,
             rows_read=rows_read,
-            rows_written=rows_written,
+            rows_changed=rows_changed,
+            rows_quarantined=rows_quarantined,
             model_version=model_version,
             error=error,
+            detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
         )
     )
 
@@ -157,60 +212,44 @@ def list_runs(connection: Connection, limit: int = 20) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in r._mapping.items()} for r in rows]
 
 
+def data_version(connection: Connection) -> int:
+    """The id of the last ETL run that changed the copy or the features (0 if none)."""
+    value = connection.execute(
+        select(func.max(runs.c.run_id)).where(
+            runs.c.kind == "etl", runs.c.status == "succeeded", runs.c.rows_changed > 0
+        )
+    ).scalar()
+    return int(value or 0)
+
+
 # --- clinic copy -------------------------------------------------------------------
 
 
-def replace_clinic_copy(connection: Connection, data: ClinicData) -> int:
-    """Replace the service's copy of the clinic tables with ``data``; returns rows written."""
-    written = 0
-    for name, frame in data.frames().items():
-        table = copies[name]
-        connection.execute(delete(table))
-        records = _records(frame[[c.name for c in table.columns]])
-        for start in range(0, len(records), 5000):
-            connection.execute(insert(table), records[start : start + 5000])
-        written += len(records)
-    return written
-
-
 def read_clinic_copy(connection: Connection) -> ClinicData:
-    """The service's copy of the clinic data."""
-    return read_clinic(connection, prefix=COPY_PREFIX)
+    """The service's whole copy of the clinic data (training reads this)."""
+    frames = {
+        name: bulk.read_query(
+            connection, f"SELECT * FROM {table.name}", [c.name for c in table.columns]
+        )
+        for name, table in copies.items()
+    }
+    return from_frames(frames)
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts with plain Python values (None for missing) for any driver."""
-    out = frame.astype(object).where(frame.notna(), None)
-    return [{str(k): _plain(v) for k, v in rec.items()} for rec in out.to_dict("records")]
+def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 91) -> ClinicData:
+    """Exactly the rows that features and reasons for ``as_of`` look at, and no more.
 
+    For the episodes open at ``as_of``: their clients; their appointments from the
+    earlier of ``lookback_days`` before ``as_of`` and the last slot attended before it
+    (every slot when none was), future ones included; the last three client-rated
+    SRS and GSRS with a total, and the last WAI-SR by each rater, administered before
+    ``as_of``, with the items of those SRS and GSRS. ``build_features`` and the reason
+    histories give the same answers on this as on the whole copy (see
+    tests/test_store.py), at a fraction of the reading.
+    """
+    from retention.scoped import scoped_frames
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def normalise_dates(frame: pd.DataFrame, date_columns: Sequence[str]) -> pd.DataFrame:
-    """Turn timestamp columns that hold calendar dates into ``date`` objects."""
-    out = frame.copy()
-    for col in date_columns:
-        out[col] = out[col].map(lambda v: None if pd.isna(v) else pd.Timestamp(v).date())
-    return out
-
-
-def copy_as_contract(data: ClinicData) -> ClinicData:
-    """Date columns back to calendar dates, as the contract types them, for writing."""
-    frames = dict(data.frames())
-    frames["episodes"] = normalise_dates(frames["episodes"], contract.DATE_COLUMNS["episodes"])
-    return ClinicData(**{
-        "clients": frames["clients"],
-        "episodes": frames["episodes"],
-        "appointments": frames["appointments"],
-        "measures": frames["alliance_measures"],
-        "items": frames["alliance_items"],
-    })
+    return from_frames(scoped_frames(connection, as_of, lookback_days))
 
 
 # --- features ----------------------------------------------------------------------
@@ -220,23 +259,35 @@ def write_features(
     connection: Connection, as_of: date, frame: pd.DataFrame, feature_names: Sequence[str],
     run_id: int,
 ) -> int:
-    """Store one as-of date's features, replacing any earlier ones for that date."""
-    connection.execute(delete(features).where(features.c.as_of == as_of))
+    """Store one as-of date's features; returns how many rows changed.
+
+    Rows whose values are unchanged are left as they are (run id included), and rows
+    of episodes no longer open are removed, so recomputing the same features changes
+    nothing.
+    """
+    meta = frame[["client_id", "clinic_id", "case_manager_id"]].astype(object)
+    meta = meta.where(meta.notna(), None)
+    values = frame[list(feature_names)].astype(object)
+    values = values.where(values.notna(), None)
+    names = [str(n) for n in feature_names]
     records = []
-    for episode_id, row in frame.iterrows():
-        values = {n: _json_value(row[n]) for n in feature_names}
+    for episode_id, m, v in zip(frame.index, meta.itertuples(index=False, name=None),
+                                values.itertuples(index=False, name=None), strict=True):
+        payload = {n: _json_value(x) for n, x in zip(names, v, strict=True)}
         records.append({
             "as_of": as_of,
             "episode_id": str(episode_id),
-            "client_id": row["client_id"],
-            "clinic_id": row["clinic_id"],
-            "case_manager_id": None if pd.isna(row["case_manager_id"]) else row["case_manager_id"],
+            "client_id": m[0],
+            "clinic_id": m[1],
+            "case_manager_id": m[2],
             "run_id": run_id,
-            "values_json": json.dumps(values, sort_keys=True),
+            "values_json": json.dumps(payload, sort_keys=True),
         })
-    for start in range(0, len(records), 5000):
-        connection.execute(insert(features), records[start : start + 5000])
-    return len(records)
+    new = pd.DataFrame(records, columns=[c.name for c in features.columns])
+    return bulk.sync_rows(
+        connection, features, new, scope={"as_of": as_of},
+        compare=["client_id", "clinic_id", "case_manager_id", "values_json"],
+    )
 
 
 def read_features(
@@ -272,12 +323,13 @@ def publish_scores(
     rows: Sequence[Mapping[str, Any]],
     run_id: int,
     model_version: str,
+    inputs_digest: str | None = None,
 ) -> None:
     """Replace the list for ``as_of`` and mark it published, in the caller's transaction."""
     connection.execute(delete(scores).where(scores.c.as_of == as_of))
     connection.execute(delete(publications).where(publications.c.as_of == as_of))
-    for start in range(0, len(rows), 5000):
-        connection.execute(insert(scores), list(rows[start : start + 5000]))
+    frame = pd.DataFrame(list(rows), columns=[c.name for c in scores.columns])
+    bulk.insert_frame(connection, scores, frame)
     connection.execute(
         insert(publications).values(
             as_of=as_of,
@@ -285,6 +337,7 @@ def publish_scores(
             model_version=model_version,
             published_at=utcnow(),
             n_scored=len(rows),
+            inputs_digest=inputs_digest,
         )
     )
 
@@ -340,3 +393,38 @@ def _score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
     out = {str(k): v for k, v in row.items()}
     out.update(json.loads(out.pop("reasons_json")))
     return out
+
+
+# --- checks -------------------------------------------------------------------------
+
+
+def table_checksums(
+    connection: Connection, tables: Sequence[str] = DATA_TABLES
+) -> dict[str, tuple[int, str]]:
+    """Row count and a SHA-256 of every row (in key order) of each data table.
+
+    Two stores with equal checksums hold the same rows; tests use this to show that
+    a re-run changes nothing and that incremental runs equal a full reload.
+    """
+    out = {}
+    for name in tables:
+        table = metadata.tables[name]
+        keys = list(table.primary_key.columns) or list(table.columns)
+        digest = hashlib.sha256()
+        count = 0
+        for row in connection.execute(select(table).order_by(*keys)):
+            digest.update(repr(tuple(_canonical(v) for v in row)).encode())
+            count += 1
+        out[name] = (count, digest.hexdigest())
+    return out
+
+
+def _canonical(value: Any) -> Any:
+    """Values as the same Python objects whatever the database returned."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value

@@ -1,0 +1,297 @@
+"""Bulk reads and writes that take the fast path each database offers.
+
+PostgreSQL moves rows with COPY (several times faster than fetching or inserting
+row by row); other databases use plain queries and ``executemany``. Every function
+takes a connection and runs inside the caller's transaction, COPY included.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    insert,
+    text,
+)
+
+CHUNK_ROWS = 20_000
+_PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def is_postgres(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def read_query(
+    connection: Connection,
+    sql: str,
+    columns: Sequence[str],
+    params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Rows of ``sql`` as a frame with ``columns``; ``:name`` placeholders take ``params``.
+
+    On PostgreSQL the rows come through ``COPY (query) TO STDOUT`` as CSV text, so
+    every value arrives as a string (or NaN for NULL): callers parse types.
+    Elsewhere values come as the driver returns them.
+    """
+    used = set(_PARAM.findall(sql))
+    params = {k: v for k, v in (params or {}).items() if k in used}
+    if is_postgres(connection):
+        return _copy_out(connection, sql, columns, params)
+    statement = text(sql).bindparams(*(_typed_bind(k, v) for k, v in params.items()))
+    rows = connection.execute(statement).fetchall()
+    return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
+
+
+def _typed_bind(name: str, value: Any) -> Any:
+    """Dates and timestamps bound with their SQLAlchemy type, so SQLite compares like it stores."""
+    if isinstance(value, datetime):
+        return bindparam(name, value, type_=DateTime())
+    if isinstance(value, date):
+        return bindparam(name, value, type_=Date())
+    return bindparam(name, value)
+
+
+def _copy_out(
+    connection: Connection, sql: str, columns: Sequence[str], params: Mapping[str, Any]
+) -> pd.DataFrame:
+    from psycopg import sql as pgsql
+
+    raw = connection.connection.driver_connection
+    assert raw is not None
+
+    def literal(match: re.Match[str]) -> str:
+        return pgsql.Literal(params[match.group(1)]).as_string(raw)
+
+    query = _PARAM.sub(literal, sql)
+    buffer = io.BytesIO()
+    with raw.cursor() as cursor, cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    if buffer.tell() == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    buffer.seek(0)
+    return pd.read_csv(
+        buffer, header=None, names=list(columns), dtype=object, keep_default_na=False,
+        na_values=[""], quotechar='"', doublequote=True, escapechar=None,
+    )
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> int:
+    """Insert every row of ``frame`` (columns named as the table's) into ``table``."""
+    if frame.empty:
+        return 0
+    columns = [c.name for c in table.columns if c.name in frame.columns]
+    if is_postgres(connection):
+        _copy_in(connection, table.name, columns, _csv_ready(table, frame[columns]))
+    else:
+        for chunk in _record_chunks(table, frame[columns]):
+            connection.execute(insert(table), chunk)
+    return len(frame)
+
+
+def _copy_in(connection: Connection, name: str, columns: list[str], frame: pd.DataFrame) -> None:
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with raw.cursor() as cursor, cursor.copy(
+        f'COPY "{name}" ({cols}) FROM STDIN WITH (FORMAT csv)'
+    ) as copy:
+        for start in range(0, len(frame), 200_000):
+            part = frame.iloc[start:start + 200_000]
+            copy.write(part.to_csv(index=False, header=False, date_format="%Y-%m-%d %H:%M:%S.%f"))
+
+
+def _csv_ready(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in the text PostgreSQL's COPY reads back as the column's type."""
+    out = {}
+    for name in frame.columns:
+        column, sqltype = frame[name], table.c[name].type
+        if isinstance(sqltype, Integer) and not pd.api.types.is_integer_dtype(column):
+            out[name] = pd.to_numeric(column).astype("Int64")
+        elif isinstance(sqltype, Boolean):
+            out[name] = column.map(lambda v: None if v is None or v is pd.NA or v != v
+                                   else ("t" if _truthy(v) else "f"))
+        elif isinstance(sqltype, DateTime | Date) and not pd.api.types.is_datetime64_any_dtype(
+            column
+        ):
+            out[name] = pd.to_datetime(column)
+        else:
+            out[name] = column
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("t", "true", "1", "yes", "y")
+    return bool(value)
+
+
+def _record_chunks(table: Table, frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
+    """Plain Python values per the column types (None for missing), in chunks."""
+    columns = list(frame.columns)
+    values = [_python_column(frame[c], table.c[c].type) for c in columns]
+    for start in range(0, len(frame), CHUNK_ROWS):
+        rows = zip(*(v[start:start + CHUNK_ROWS] for v in values), strict=True)
+        yield [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def _python_column(series: pd.Series, sqltype: Any) -> list[Any]:
+    present = series.notna().to_numpy()
+    if isinstance(sqltype, DateTime | Date):
+        stamps = pd.to_datetime(series)
+        out: list[Any] = [
+            (s.date() if isinstance(sqltype, Date) and not isinstance(sqltype, DateTime)
+             else s.to_pydatetime()) if ok else None
+            for s, ok in zip(stamps, present, strict=True)
+        ]
+        return out
+    if isinstance(sqltype, Boolean):
+        return [bool(v) if ok else None for v, ok in zip(series, present, strict=True)]
+    if isinstance(sqltype, Integer):
+        return [int(v) if ok else None for v, ok in zip(series, present, strict=True)]
+    if isinstance(sqltype, Float):
+        return [float(v) if ok else None for v, ok in zip(series, present, strict=True)]
+    return [_plain(v) if ok else None for v, ok in zip(series, present, strict=True)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- staged upserts -----------------------------------------------------------------
+
+
+def sync_rows(
+    connection: Connection,
+    table: Table,
+    new: pd.DataFrame,
+    *,
+    compare: Sequence[str] | None = None,
+    scope: Mapping[str, Any] | None = None,
+    scope_in: tuple[str, Sequence[Any]] | None = None,
+    delete_missing: bool = True,
+) -> int:
+    """Make ``table`` hold ``new``: insert and update by primary key, then delete the rest.
+
+    Only rows whose ``compare`` columns (default: every non-key column) differ are
+    updated, so syncing the same rows twice changes nothing the second time. With
+    ``delete_missing``, rows of the table inside the scope (``scope``: column equals
+    value; ``scope_in``: column in values; neither: the whole table) that are not in
+    ``new`` are deleted. Returns the number of rows inserted, updated or deleted.
+    """
+    keys = [c.name for c in table.primary_key.columns]
+    columns = [c.name for c in table.columns]
+    compare = list(compare) if compare is not None else [c for c in columns if c not in keys]
+    staging = _temp_table(connection, table, "stage")
+    try:
+        insert_frame(connection, staging, new[columns])
+        changed = _upsert(connection, table, staging.name, keys, columns, compare)
+        if delete_missing:
+            changed += _delete_missing(connection, table, staging.name, keys, scope, scope_in)
+    finally:
+        staging.drop(connection)
+    return changed
+
+
+def delete_keys(connection: Connection, table: Table, keys: pd.DataFrame) -> int:
+    """Delete the rows whose primary key is in ``keys`` (a frame of key columns)."""
+    if keys.empty:
+        return 0
+    key_cols = [c.name for c in table.primary_key.columns]
+    staging = _temp_table(connection, table, "keys", key_cols)
+    try:
+        insert_frame(connection, staging, keys[key_cols])
+        match = " AND ".join(f"k.{c} = {table.name}.{c}" for c in key_cols)
+        result = connection.execute(text(
+            f"DELETE FROM {table.name} WHERE EXISTS (SELECT 1 FROM {staging.name} k WHERE {match})"
+        ))
+    finally:
+        staging.drop(connection)
+    return int(result.rowcount or 0)
+
+
+def _temp_table(
+    connection: Connection, table: Table, tag: str, only: Sequence[str] | None = None
+) -> Table:
+    name = f"tmp_{tag}_{table.name}"
+    connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    keys = {c.name for c in table.primary_key.columns}
+    chosen = [c for c in table.columns if only is None or c.name in only]
+    # Keyed like the table so the joins back to it are lookups, not scans.
+    keyed = keys <= {c.name for c in chosen}
+    columns = [Column(c.name, c.type, primary_key=keyed and c.name in keys) for c in chosen]
+    temp = Table(name, MetaData(), *columns, prefixes=["TEMPORARY"])
+    temp.create(connection)
+    return temp
+
+
+def _upsert(
+    connection: Connection, table: Table, staging: str, keys: list[str], columns: list[str],
+    compare: list[str],
+) -> int:
+    cols = ", ".join(columns)
+    updates = [c for c in columns if c not in keys]
+    if not updates:
+        action = "DO NOTHING"
+    elif is_postgres(connection):
+        differs = f"({', '.join(f'{table.name}.{c}' for c in compare)}) IS DISTINCT FROM " \
+                  f"({', '.join(f'EXCLUDED.{c}' for c in compare)})"
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
+        action = f"DO UPDATE SET {sets} WHERE {differs}"
+    else:
+        differs = " OR ".join(f"{table.name}.{c} IS NOT excluded.{c}" for c in compare)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in updates)
+        action = f"DO UPDATE SET {sets} WHERE {differs}"
+    result = connection.execute(text(
+        f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {staging} WHERE true "
+        f"ON CONFLICT ({', '.join(keys)}) {action}"
+    ))
+    return int(result.rowcount or 0)
+
+
+def _delete_missing(
+    connection: Connection, table: Table, staging: str, keys: list[str],
+    scope: Mapping[str, Any] | None, scope_in: tuple[str, Sequence[Any]] | None,
+) -> int:
+    match = " AND ".join(f"s.{k} = {table.name}.{k}" for k in keys)
+    where = [f"NOT EXISTS (SELECT 1 FROM {staging} s WHERE {match})"]
+    binds = []
+    for i, (column, value) in enumerate((scope or {}).items()):
+        where.append(f"{table.name}.{column} = :scope{i}")
+        binds.append(_typed_bind(f"scope{i}", value))
+    scope_table = None
+    if scope_in is not None:
+        column, values = scope_in
+        scope_table = _temp_table(connection, table, "scope", [column])
+        insert_frame(connection, scope_table, pd.DataFrame({column: list(values)}))
+        where.append(f"{table.name}.{column} IN (SELECT {column} FROM {scope_table.name})")
+    try:
+        result = connection.execute(
+            text(f"DELETE FROM {table.name} WHERE {' AND '.join(where)}").bindparams(*binds)
+        )
+    finally:
+        if scope_table is not None:
+            scope_table.drop(connection)
+    return int(result.rowcount or 0)

@@ -1,0 +1,102 @@
+"""Reading the clinic's database: the contract tables (or their mapped queries), raw.
+
+Every table is read in one read-only, repeatable-read transaction, so an
+appointment and its episode come from the same moment of a database that other
+systems write to all day. Values are returned as the database gives them (text
+on PostgreSQL, where COPY moves them); ``retention.validation`` types and checks
+them. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from retention import bulk, contract
+from retention.etl_settings import SourceMapping
+
+# Tables read in full each run: they carry no updated_at (clients) or follow their
+# measure (items, read for the measures that changed).
+INCREMENTAL = ("episodes", "appointments", "alliance_measures")
+
+
+class SourceUnavailable(RuntimeError):
+    """The clinic's database could not be read; the message says why."""
+
+
+def _columns(table: str) -> list[str]:
+    return [c.name for c in contract.TABLES[table].columns]
+
+
+def _select(mapping: SourceMapping, table: str) -> str:
+    """The table's query, wrapped so it yields exactly the contract columns in order."""
+    cols = ", ".join(f"src.{c}" for c in _columns(table))
+    return f"SELECT {cols} FROM ({mapping.query(table)}) src"
+
+
+def extract(
+    connection: Connection,
+    mapping: SourceMapping,
+    since: dict[str, datetime | None],
+) -> dict[str, pd.DataFrame]:
+    """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
+
+    ``alliance_items`` are read for the measures read (an item has no updated_at of
+    its own: items change with their measure). A missing optional table reads empty.
+    """
+    frames: dict[str, pd.DataFrame] = {}
+    existing = None
+    for table in contract.TABLES:
+        if table in contract.OPTIONAL_TABLES and not mapping.is_mapped(table):
+            existing = existing if existing is not None else set(
+                inspect(connection).get_table_names())
+            if table not in existing:
+                frames[table] = pd.DataFrame(columns=_columns(table), dtype=object)
+                continue
+        sql = _select(mapping, table)
+        params: dict[str, Any] = {}
+        if table in INCREMENTAL and since.get(table) is not None:
+            sql += " WHERE src.updated_at >= :since"
+            params["since"] = since[table]
+        if table == "alliance_items" and since.get("alliance_measures") is not None:
+            measures = f"SELECT m.measure_id FROM ({mapping.query('alliance_measures')}) m " \
+                       "WHERE m.updated_at >= :since"
+            sql += f" WHERE src.measure_id IN ({measures})"
+            params["since"] = since["alliance_measures"]
+        frame = bulk.read_query(connection, sql, _columns(table), params)
+        frames[table] = mapping.apply_codes(table, frame)
+    return frames
+
+
+def read_source(
+    engine: Engine, mapping: SourceMapping, since: dict[str, datetime | None]
+) -> tuple[dict[str, pd.DataFrame], datetime]:
+    """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
+
+    Any failure to reach or read the database becomes ``SourceUnavailable``.
+    """
+    try:
+        options: dict[str, Any] = {}
+        if engine.dialect.name == "postgresql":
+            options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        with engine.connect().execution_options(**options) as conn:
+            now = source_clock(conn)
+            frames = extract(conn, mapping, since)
+            conn.rollback()
+        return frames, now
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise SourceUnavailable(f"the clinic database could not be read: {reason}") from exc
+
+
+def source_clock(connection: Connection) -> datetime:
+    """The source's local time: watermarks never pass it (a row stamped in the future
+    would otherwise hide every row written before that moment)."""
+    if connection.dialect.name == "postgresql":
+        value = connection.execute(text("SELECT LOCALTIMESTAMP")).scalar_one()
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return datetime.now()

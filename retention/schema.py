@@ -1,0 +1,93 @@
+"""The store's whole schema, and applying its migrations.
+
+Importing this module defines every table of the store: each module that adds
+tables to ``retention.store.metadata`` is imported here, so Alembic's
+``target_metadata`` (``migrations/env.py``) and autogenerate see them all. A module
+with new tables goes into ``TABLE_MODULES``; see docs/migrations.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
+
+from retention import locks, store
+
+# Modules that define tables of the store, imported for their side effect.
+TABLE_MODULES: tuple[str, ...] = ("retention.store", "retention.access", "retention.scoped_reads")
+
+for _module in TABLE_MODULES:
+    importlib.import_module(_module)
+
+metadata: MetaData = store.metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS_DIR = ROOT / "migrations"
+
+
+class SchemaError(RuntimeError):
+    """The store's schema is not one the migrations know how to bring up to date."""
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for this repository, bound to ``connection`` if given."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision in migrations/."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise SchemaError("migrations/ holds no revision")
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the store is at (None for an empty or unmigrated store)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(connection: Connection, revision: str = "head") -> None:
+    """Apply pending migrations through ``connection``, in the caller's transaction.
+
+    Concurrent callers (two processes starting at once) wait for each other: a
+    transaction-level advisory lock on PostgreSQL, a lock file beside a SQLite
+    database. A store made before migrations existed is refused with the way out.
+    """
+    with locks.file_lock(locks.lock_file(connection.engine, "migrate")):
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": locks.lock_key("migrate")}
+            )
+        _refuse_unversioned(connection)
+        if current_revision(connection) == head_revision() and revision == "head":
+            return
+        command.upgrade(alembic_config(connection), revision)
+
+
+def upgrade_engine(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply pending migrations in one transaction; returns the revisions before and after."""
+    with engine.begin() as conn:
+        before = current_revision(conn)
+        upgrade(conn, revision)
+        return before, current_revision(conn)
+
+
+def _refuse_unversioned(connection: Connection) -> None:
+    names = set(inspect(connection).get_table_names())
+    if "runs" in names and "alembic_version" not in names:
+        raise SchemaError(
+            "this store was created before the service used migrations and cannot be "
+            "upgraded in place; point store_url at a new database (the next ETL run "
+            "with --full rebuilds the copy) or delete the SQLite file"
+        )

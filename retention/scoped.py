@@ -1,0 +1,89 @@
+"""The scoped read of the store's copy: only the rows one as-of date's features need.
+
+A nightly run scores every open episode but looks at little of each one's history:
+the last 90 days of slots, the slots since the last attended one (the current run of
+misses), what is booked ahead, and the latest few alliance measures. Reading just
+those rows keeps the nightly run's reading proportional to the open caseload rather
+than to years of history. ``tests/test_store.py`` checks that features and reasons
+computed from this read equal those computed from the whole copy.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pandas as pd
+from sqlalchemy import Connection
+
+from retention import bulk, contract
+from retention.instruments import SRS_ITEMS
+
+P = "clinic_"
+
+# Episodes open at the as-of date (features.treatment.open_episodes).
+_OPEN = (
+    f"SELECT episode_id FROM {P}episodes "
+    "WHERE admitted_on < :cut_day AND (discharged_on IS NULL OR discharged_on >= :cut_day)"
+)
+
+
+def _cols(table: str, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + c.name for c in contract.TABLES[table].columns)
+
+
+def _names(table: str) -> list[str]:
+    return [c.name for c in contract.TABLES[table].columns]
+
+
+def scoped_frames(
+    connection: Connection, as_of: date, lookback_days: int
+) -> dict[str, pd.DataFrame]:
+    """Raw contract frames holding what features and reasons for ``as_of`` read."""
+    cut = datetime.combine(as_of, datetime.min.time())
+    params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days)}
+    frames = {
+        "clients": bulk.read_query(connection, (
+            f"SELECT {_cols('clients', 'c')} FROM {P}clients c WHERE c.client_id IN "
+            f"(SELECT e.client_id FROM {P}episodes e WHERE e.episode_id IN ({_OPEN}))"
+        ), _names("clients"), params),
+        "episodes": bulk.read_query(connection, (
+            f"SELECT {_cols('episodes', 'e')} FROM {P}episodes e WHERE e.episode_id IN ({_OPEN})"
+        ), _names("episodes"), params),
+        # Slots from the earlier of the window's start and the last slot attended (known
+        # as attended) before the as-of date; every slot of an episode never attended.
+        "appointments": bulk.read_query(connection, (
+            f"WITH open_ep AS ({_OPEN}), last_attended AS ("
+            f"  SELECT a.episode_id, MAX(a.scheduled_at) AS last_at FROM {P}appointments a"
+            "   JOIN open_ep o ON o.episode_id = a.episode_id"
+            "   WHERE a.status = 'attended' AND a.scheduled_at < :cut AND a.updated_at < :cut"
+            "   GROUP BY a.episode_id)"
+            f" SELECT {_cols('appointments', 'a')} FROM {P}appointments a"
+            " JOIN open_ep o ON o.episode_id = a.episode_id"
+            " LEFT JOIN last_attended l ON l.episode_id = a.episode_id"
+            " WHERE l.last_at IS NULL OR a.scheduled_at >= :window OR a.scheduled_at >= l.last_at"
+        ), _names("appointments"), params),
+    }
+    srs = ", ".join(f"'{i}'" for i in ("SRS", "GSRS"))
+    ranked = (
+        f"WITH open_ep AS ({_OPEN}), ranked AS ("
+        f"  SELECT {_cols('alliance_measures', 'm')}, ROW_NUMBER() OVER ("
+        "    PARTITION BY m.episode_id, m.instrument, m.rater"
+        "    ORDER BY m.administered_at DESC, m.measure_id DESC) AS rn"
+        f"  FROM {P}alliance_measures m JOIN open_ep o ON o.episode_id = m.episode_id"
+        "  WHERE m.administered_at < :cut AND ("
+        f"    (m.instrument IN ({srs}) AND m.rater = 'client' AND m.score_total IS NOT NULL)"
+        "    OR m.instrument = 'WAI-SR'))"
+    )
+    keep = "(instrument = 'WAI-SR' AND rn = 1) OR (instrument <> 'WAI-SR' AND rn <= 3)"
+    frames["alliance_measures"] = bulk.read_query(
+        connection, f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked WHERE {keep}",
+        _names("alliance_measures"), params,
+    )
+    items = ", ".join(str(n) for n in SRS_ITEMS)
+    frames["alliance_items"] = bulk.read_query(connection, (
+        f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
+        f" WHERE i.item_number IN ({items}) AND i.measure_id IN"
+        f" (SELECT measure_id FROM ranked WHERE instrument IN ({srs}) AND rn <= 3)"
+    ), _names("alliance_items"), params)
+    return frames

@@ -1,0 +1,416 @@
+"""Checking source rows against the contract: what passes is copied, the rest quarantined.
+
+Every row read from the clinic's database is checked before it reaches the copy.
+A row that breaks a rule goes to quarantine with the first rule it broke (in the
+order of ``RULES``) and the run goes on without it. Checks are vectorised over
+whole tables; rules that look across tables (orphans, appointments before
+admission, a total that disagrees with its items) use the rows read in this run
+together with the ``Context`` of what the store already holds.
+
+Alliance measures are checked with their items: a measure whose item breaks a
+range, or whose total disagrees with its items, is quarantined together with all
+its items, so the copy never holds half a measure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retention import contract
+from retention.etl_settings import CODED_COLUMNS
+from retention.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
+
+# Every rule, with what it means. A row is quarantined under the first rule it breaks;
+# rows under one key (duplicates) are listed under the earliest rule here.
+RULES: dict[str, str] = {
+    "duplicate_key": "two or more rows share the key",
+    "missing_required": "a required field is empty",
+    "malformed_date": "a date or timestamp that cannot be read",
+    "malformed_value": "a number or yes/no that cannot be read",
+    "unknown_code": "a code the contract (and the configured mapping) does not know",
+    "orphan": "refers to a client, episode or measure the source does not have",
+    "discharge_before_admission": "discharged before admitted",
+    "before_admission": "appointment scheduled before its episode's admission",
+    "far_future": "appointment scheduled implausibly far after its row was written",
+    "unknown_item": "an item number the instrument does not have",
+    "srs_total_out_of_range": "SRS/GSRS total outside 0-40",
+    "srs_item_out_of_range": "SRS/GSRS item outside 0-10",
+    "wai_total_out_of_range": "WAI-SR total outside 12-60",
+    "wai_subscale_out_of_range": "WAI-SR goal, task or bond outside 1-5",
+    "wai_item_out_of_range": "WAI-SR item outside 1-5",
+    "total_disagrees_with_items": "a given total or subscale that disagrees with its items",
+    "measure_quarantined": "an item of a measure that is quarantined",
+}
+
+ORDER = tuple(contract.TABLES)  # clients, episodes, appointments, measures, items
+KEYS = {name: [c.name for c in t.primary_key.columns] for name, t in contract.TABLES.items()}
+REQUIRED = {
+    name: [c.name for c in t.columns if not c.nullable] for name, t in contract.TABLES.items()
+}
+NUMBERS = {
+    "clients": ("birth_year",),
+    "alliance_measures": ("score_total", "goal", "task", "bond"),
+    "alliance_items": ("item_number", "response"),
+}
+INTEGERS = {"clients": ("birth_year",), "alliance_items": ("item_number",)}
+BOOLEANS = {"appointments": ("telehealth",)}
+TOTAL_TOLERANCE = 0.051  # totals are recorded to a tenth
+SUBSCALE_TOLERANCE = 0.01
+REJECT_COLUMNS = ["table_name", "row_key", "rule", "detail", "rows_json", "n_rows"]
+
+
+@dataclass
+class Context:
+    """What the store already holds, for the rules that look beyond the rows read.
+
+    Empty for a full reload, where the rows read are the whole source.
+    """
+
+    client_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    episode_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    admitted_on: pd.Series = field(default_factory=lambda: pd.Series([], dtype="datetime64[ns]"))
+    measure_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    instruments: pd.Series = field(default_factory=lambda: pd.Series([], dtype=object))
+
+
+@dataclass
+class Outcome:
+    """Rows that passed (typed, contract columns) and rows quarantined (one entry per key)."""
+
+    valid: dict[str, pd.DataFrame]
+    rejects: pd.DataFrame
+    keys: dict[str, pd.Series]  # row keys checked, per table, in the order given
+    ok: dict[str, pd.Series]  # whether each row given passed, in the order given
+
+    def rejected_keys(self, table: str) -> pd.Index:
+        r = self.rejects
+        return pd.Index(r.loc[r["table_name"] == table, "row_key"])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Quarantined source rows by table and rule."""
+        out: dict[str, dict[str, int]] = {}
+        grouped = self.rejects.groupby(["table_name", "rule"])["n_rows"].sum()
+        for (table, rule), n in grouped.items():
+            out.setdefault(str(table), {})[str(rule)] = int(n)
+        return out
+
+
+class _Checked:
+    """One table's rows: raw values, typed values, and the first rule each row broke."""
+
+    def __init__(self, table: str, raw: pd.DataFrame) -> None:
+        self.table = table
+        columns = [c.name for c in contract.TABLES[table].columns]
+        self.raw = raw.reindex(columns=columns).reset_index(drop=True).astype(object)
+        self.raw = self.raw.where(self.raw.notna() & (self.raw != ""), None)
+        self.typed = pd.DataFrame(index=self.raw.index)
+        self.rule = pd.Series(None, index=self.raw.index, dtype=object)
+        self.detail = pd.Series(None, index=self.raw.index, dtype=object)
+        self.key = _row_keys(table, self.raw)
+
+    def flag(self, mask: pd.Series | np.ndarray, rule: str, detail: pd.Series | str) -> None:
+        """Mark rows under ``rule`` unless they already broke an earlier one."""
+        mask = pd.Series(np.asarray(mask, dtype=bool), index=self.raw.index) & self.rule.isna()
+        if not mask.any():
+            return
+        self.rule[mask] = rule
+        self.detail[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
+
+    @property
+    def ok(self) -> pd.Series:
+        return self.rule.isna()
+
+
+def validate(
+    raw: Mapping[str, pd.DataFrame],
+    context: Context,
+    *,
+    codes_allowed: Mapping[tuple[str, str], tuple[str, ...]] = CODED_COLUMNS,
+    max_days_ahead: int = 366,
+) -> Outcome:
+    """Check the rows of each contract table in ``raw`` (raw values, any types)."""
+    checked = {name: _Checked(name, raw.get(name, pd.DataFrame())) for name in ORDER}
+    for c in checked.values():
+        _row_rules(c, codes_allowed)
+
+    clients, episodes = checked["clients"], checked["episodes"]
+    appts, measures, items = (checked["appointments"], checked["alliance_measures"],
+                              checked["alliance_items"])
+    client_ids = context.client_ids.union(pd.Index(clients.raw["client_id"].dropna()))
+    episode_ids = context.episode_ids.union(pd.Index(episodes.raw["episode_id"].dropna()))
+    measure_ids = context.measure_ids.union(pd.Index(measures.raw["measure_id"].dropna()))
+
+    _orphans(episodes, {"client_id": client_ids})
+    e = episodes.typed
+    episodes.flag(e["discharged_on"].notna() & (e["discharged_on"] < e["admitted_on"]),
+                  "discharge_before_admission", "discharged_on is before admitted_on")
+
+    _orphans(appts, {"episode_id": episode_ids, "client_id": client_ids})
+    # Admission dates of episodes that are valid now: those read in this run override
+    # the store's; a quarantined episode has no trusted date to compare with.
+    admitted = context.admitted_on[~context.admitted_on.index.isin(episodes.raw["episode_id"])]
+    good = episodes.ok
+    admitted = pd.concat([admitted, pd.Series(e.loc[good, "admitted_on"].to_numpy(),
+                                              index=episodes.raw.loc[good, "episode_id"])])
+    a = appts.typed
+    start = appts.raw["episode_id"].map(admitted)
+    appts.flag(pd.to_datetime(start).notna() & (a["scheduled_at"] < pd.to_datetime(start)),
+               "before_admission",
+               "scheduled_at " + a["scheduled_at"].astype(str) + " is before admission on "
+               + pd.to_datetime(start).dt.date.astype(str))
+    ahead = a["scheduled_at"] - a["updated_at"]
+    appts.flag(ahead > pd.Timedelta(days=max_days_ahead), "far_future",
+               "scheduled_at " + a["scheduled_at"].astype(str) + " is more than "
+               f"{max_days_ahead} days after the row was written")
+
+    _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
+    _orphans(items, {"measure_id": measure_ids})
+    _measure_rules(measures, items, context)
+
+    valid = {name: _valid_frame(c) for name, c in checked.items()}
+    rejects = pd.concat([_rejects(c) for c in checked.values()], ignore_index=True)
+    return Outcome(valid=valid, rejects=rejects,
+                   keys={name: c.key for name, c in checked.items()},
+                   ok={name: c.ok for name, c in checked.items()})
+
+
+# --- row rules ----------------------------------------------------------------------
+
+
+def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
+    table, raw = c.table, c.raw
+    keys = KEYS[table]
+    key_present = raw[keys].notna().all(axis=1)
+    dup = raw.duplicated(subset=keys, keep=False) & key_present
+    c.flag(dup, "duplicate_key", "rows sharing this key: " + dup.groupby(c.key).transform("sum")
+           .astype(int).astype(str))
+    for col in REQUIRED[table]:
+        c.flag(raw[col].isna(), "missing_required", f"{col} is empty")
+    dates = contract.DATE_COLUMNS.get(table, ())
+    stamps = contract.TIMESTAMP_COLUMNS.get(table, ())
+    for col in (*dates, *stamps):
+        parsed = _parse_timestamps(raw[col])
+        if col in dates:
+            parsed = parsed.dt.normalize()
+        c.typed[col] = parsed
+        c.flag(raw[col].notna() & parsed.isna(), "malformed_date",
+               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not a date")
+    for col in NUMBERS.get(table, ()):
+        parsed = pd.to_numeric(raw[col], errors="coerce").astype(float)
+        bad = raw[col].notna() & parsed.isna()
+        if col in INTEGERS.get(table, ()):
+            bad |= parsed.notna() & (parsed != np.floor(parsed))
+        c.typed[col] = parsed
+        c.flag(bad, "malformed_value",
+               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not a number")
+    for col in BOOLEANS.get(table, ()):
+        parsed = raw[col].map(_bool_or_nan)
+        c.typed[col] = parsed
+        c.flag(raw[col].notna() & parsed.isna(), "malformed_value",
+               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not yes/no")
+    for (t, col), allowed in codes_allowed.items():
+        if t != table:
+            continue
+        unknown = raw[col].notna() & ~raw[col].isin(allowed)
+        c.flag(unknown, "unknown_code", f"{col} " + raw[col].astype(str).str.slice(0, 40)
+               + " is not a contract code")
+
+
+def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
+    for col, present in parents.items():
+        missing = c.raw[col].notna() & ~c.raw[col].isin(present)
+        c.flag(missing, "orphan", f"{col} " + c.raw[col].astype(str) + " is not in the source")
+
+
+def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> None:
+    """Ranges of totals, subscales and items; totals against items; items follow measures."""
+    m, raw = measures.typed, measures.raw
+    instrument = raw["instrument"]
+    srs = instrument.isin(["SRS", "GSRS"])
+    wai = instrument == "WAI-SR"
+    total = m["score_total"]
+    measures.flag(srs & total.notna() & ((total < 0) | (total > 40)), "srs_total_out_of_range",
+                  "score_total " + total.astype(str) + " is outside 0-40")
+    measures.flag(wai & total.notna() & ((total < 12) | (total > 60)), "wai_total_out_of_range",
+                  "score_total " + total.astype(str) + " is outside 12-60")
+    for scale in ("goal", "task", "bond"):
+        v = m[scale]
+        measures.flag(wai & v.notna() & ((v < 1) | (v > 5)), "wai_subscale_out_of_range",
+                      f"{scale} " + v.astype(str) + " is outside 1-5")
+
+    # Items: their measure's instrument decides the item numbers and range.
+    own = pd.Series(instrument.to_numpy(), index=raw["measure_id"].to_numpy())
+    own = own[~own.index.duplicated()]
+    known = context.instruments[~context.instruments.index.isin(own.index)]
+    by_measure = pd.concat([own, known])
+    item_instrument = items.raw["measure_id"].map(by_measure)
+    number, response = items.typed["item_number"], items.typed["response"]
+    i_srs = item_instrument.isin(["SRS", "GSRS"])
+    i_wai = item_instrument == "WAI-SR"
+    valid_number = (i_srs & number.isin(list(SRS_ITEMS))) | (
+        i_wai & number.isin(list(range(1, WAI_SR_N_ITEMS + 1)))) | ~(i_srs | i_wai)
+    items.flag(number.notna() & ~valid_number, "unknown_item",
+               "item_number " + number.astype(str) + " is not an item of "
+               + item_instrument.astype(str))
+    items.flag(i_srs & response.notna() & ((response < 0) | (response > 10)),
+               "srs_item_out_of_range", "response " + response.astype(str) + " is outside 0-10")
+    items.flag(i_wai & response.notna() & ((response < 1) | (response > 5)),
+               "wai_item_out_of_range", "response " + response.astype(str) + " is outside 1-5")
+
+    # A measure breaks the first rule any of its items broke.
+    bad_items = items.raw.loc[~items.ok & items.rule.isin(
+        ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range"])]
+    if len(bad_items):
+        first = pd.DataFrame({
+            "measure_id": bad_items["measure_id"],
+            "rule": items.rule[bad_items.index],
+            "detail": "item " + bad_items["item_number"].astype(str) + ": "
+                      + items.detail[bad_items.index].astype(str),
+        }).drop_duplicates("measure_id")
+        first = first.set_index("measure_id")
+        hit = raw["measure_id"].map(first["rule"])
+        take = hit.notna() & measures.rule.isna()
+        measures.rule[take] = hit[take]
+        measures.detail[take] = raw.loc[take, "measure_id"].map(first["detail"])
+
+    # Totals and subscales against complete, valid item sets.
+    ok_items = items.raw.loc[items.ok, ["measure_id"]].assign(
+        n=items.typed.loc[items.ok, "item_number"], r=items.typed.loc[items.ok, "response"])
+    if len(ok_items):
+        sums = ok_items.groupby("measure_id").agg(total=("r", "sum"), count=("r", "size"))
+        have = raw["measure_id"].map(sums["count"])
+        summed = raw["measure_id"].map(sums["total"])
+        complete = (srs & (have == len(SRS_ITEMS))) | (wai & (have == WAI_SR_N_ITEMS))
+        off = complete & total.notna() & ((total - summed).abs() > TOTAL_TOLERANCE)
+        measures.flag(off, "total_disagrees_with_items",
+                      "score_total " + total.astype(str) + " but items sum to "
+                      + summed.round(2).astype(str))
+        wide = ok_items.pivot_table(index="measure_id", columns="n", values="r", aggfunc="first")
+        for scale, key in WAI_SR_KEY.items():
+            if not set(key) <= set(wide.columns):
+                continue
+            mean = raw["measure_id"].map(wide[list(key)].mean(axis=1, skipna=False))
+            v = m[scale]
+            off = wai & complete & v.notna() & mean.notna()
+            off &= (v - mean).abs() > SUBSCALE_TOLERANCE
+            measures.flag(off, "total_disagrees_with_items",
+                          f"{scale} " + v.astype(str) + " but its items average "
+                          + mean.round(2).astype(str))
+
+    # Items of a quarantined measure go with it.
+    quarantined = raw.loc[~measures.ok, "measure_id"]
+    items.flag(items.raw["measure_id"].isin(quarantined), "measure_quarantined",
+               "measure " + items.raw["measure_id"].astype(str) + " is quarantined")
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
+    """The row's key as text; items join measure and item number with '|'."""
+    keys = KEYS[table]
+    if len(keys) == 1:
+        key = raw[keys[0]].astype(object)
+    else:
+        number = pd.to_numeric(raw["item_number"], errors="coerce")
+        shown = number.map(lambda v: str(int(v)) if v == v and v == int(v) else None)
+        shown = shown.where(shown.notna(), raw["item_number"].astype(str))
+        key = raw["measure_id"].astype(str) + "|" + shown.astype(str)
+        key = key.where(raw[keys].notna().all(axis=1), None)
+    missing = key.isna()
+    if missing.any():
+        key = key.copy()
+        key[missing] = [
+            "no key " + hashlib.sha1(_row_json(r).encode()).hexdigest()[:12]
+            for r in raw.loc[missing].to_dict("records")
+        ]
+    return key.astype(str)
+
+
+def _parse_timestamps(values: pd.Series) -> pd.Series:
+    if values.isna().all():
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    return pd.to_datetime(values, format="ISO8601", errors="coerce").astype("datetime64[ns]")
+
+
+def _bool_or_nan(value: Any) -> Any:
+    if value is None:
+        return np.nan
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("t", "true", "1", "yes", "y"):
+            return True
+        if lowered in ("f", "false", "0", "no", "n"):
+            return False
+        return np.nan
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        return bool(value)
+    return np.nan
+
+
+def _valid_frame(c: _Checked) -> pd.DataFrame:
+    """The rows that passed, typed as the contract types them (dates as dates)."""
+    ok = c.ok
+    out = c.raw.loc[ok].copy()
+    for col in c.typed.columns:
+        out[col] = c.typed.loc[ok, col]
+    for col in contract.DATE_COLUMNS.get(c.table, ()):
+        out[col] = out[col].dt.date.where(out[col].notna(), None)
+    for col in INTEGERS.get(c.table, ()):
+        out[col] = out[col].astype("Int64")
+    for col in BOOLEANS.get(c.table, ()):
+        out[col] = out[col].astype(bool)
+    return out.reset_index(drop=True)
+
+
+def _rejects(c: _Checked) -> pd.DataFrame:
+    bad = ~c.ok
+    if not bad.any():
+        return pd.DataFrame(columns=REJECT_COLUMNS)
+    rows = c.raw.loc[bad]
+    frame = pd.DataFrame({
+        "row_key": c.key[bad].to_numpy(),
+        "rule": c.rule[bad].to_numpy(),
+        "detail": c.detail[bad].astype(str).to_numpy(),
+        "row": [_row_json(r) for r in rows.to_dict("records")],
+    })
+    # One entry per key: duplicates keep every row, the first rule by rule order.
+    rank = frame["rule"].map({r: i for i, r in enumerate(RULES)})
+    frame = frame.assign(rank=rank).sort_values(["row_key", "rank", "row"])
+    grouped = frame.groupby("row_key", sort=True)
+    out = grouped.agg(rule=("rule", "first"), detail=("detail", "first"),
+                      rows=("row", list), n_rows=("row", "size")).reset_index()
+    out["rows_json"] = out["rows"].map(lambda rs: "[" + ", ".join(rs) + "]")
+    out["table_name"] = c.table
+    out["detail"] = out["detail"].str.slice(0, 500)
+    return out[REJECT_COLUMNS]
+
+
+def _row_json(row: Mapping[str, Any]) -> str:
+    return json.dumps({k: _text(v) for k, v in row.items()}, sort_keys=True)
+
+
+def _text(value: Any) -> str | None:
+    """A raw value as the text it would have come as (None for missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp | datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def rows_from_json(rows_json: str) -> list[dict[str, Any]]:
+    """The raw rows a quarantine entry holds."""
+    return list(json.loads(rows_json))
