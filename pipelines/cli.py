@@ -117,17 +117,23 @@ def _synth(obj: Context, n_clients: int, n_clinics: int, end: date, seed: int,
 
 @main.command()
 @_as_of_option
+@click.option("--full", is_flag=True,
+              help="Reload every row (and reconcile rows deleted at the source).")
 @click.pass_obj
-def etl(obj: Context, as_of: Any) -> None:
-    """Extract the clinic tables and store features for every open episode."""
-    result = _etl(obj.settings(), _day(as_of))
-    _say(f"etl: read {result.rows_read:,} rows; stored features for "
-         f"{result.open_episodes:,} open episodes as of {result.as_of} (run {result.run_id})")
+def etl(obj: Context, as_of: Any, full: bool) -> None:
+    """Extract what changed at the source, check it, and store features for open episodes."""
+    result = _etl(obj.settings(), _day(as_of), full=True if full else None)
+    _say(f"etl: read {result.rows_read:,} rows ({'full reload' if result.full else 'incremental'})"
+         f", changed {result.rows_changed:,}, quarantined {result.rows_quarantined:,}; stored "
+         f"features for {result.open_episodes:,} open episodes as of {result.as_of} "
+         f"(run {result.run_id})")
 
 
-def _etl(settings: Settings, as_of: date) -> Any:
-    from pipelines.etl import run_etl
+def _etl(settings: Settings, as_of: date, full: bool | None = None) -> Any:
+    from pipelines.etl import QuarantineLimitExceeded, run_etl
     from retention.db import source_engine, store_engine
+    from retention.etl_settings import etl_settings
+    from retention.extract import SourceUnavailable
 
     try:
         source = source_engine(settings.source_url)
@@ -135,7 +141,9 @@ def _etl(settings: Settings, as_of: date) -> Any:
         raise click.ClickException(str(exc)) from exc
     store_db = store_engine(settings.store_url)
     try:
-        return run_etl(source, store_db, as_of)
+        return run_etl(source, store_db, as_of, etl_settings(settings), full=full)
+    except (SourceUnavailable, QuarantineLimitExceeded, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         source.dispose()
         store_db.dispose()
@@ -206,7 +214,8 @@ def _score(settings: Settings, as_of: date, version: str | None) -> Any:
 @click.option("--limit", default=20, show_default=True)
 @click.pass_obj
 def runs(obj: Context, limit: int) -> None:
-    """List recent runs: kind, as-of, status, rows and errors."""
+    """List recent runs: kind, as-of, status, rows read/changed/quarantined, model, errors."""
+    from pipelines.runs import format_runs
     from retention import store
     from retention.db import store_engine
 
@@ -214,13 +223,8 @@ def runs(obj: Context, limit: int) -> None:
     with store_db.begin() as conn:
         store.create_schema(conn)
         rows = store.list_runs(conn, limit)
-    click.echo(f"{'run':>5} {'kind':<6} {'as_of':<10} {'status':<9} {'read':>9} "
-               f"{'written':>9} {'model':<20} started (UTC)")
-    for r in rows:
-        click.echo(f"{r['run_id']:>5} {r['kind']:<6} {r['as_of'] or ''!s:<10} "
-                   f"{r['status']:<9} {r['rows_read'] or 0:>9,} {r['rows_written'] or 0:>9,} "
-                   f"{r['model_version'] or '':<20} {r['started_at']:%Y-%m-%d %H:%M:%S}"
-                   + (f"\n      error: {r['error']}" if r["error"] else ""))
+    for line in format_runs(rows):
+        click.echo(line)
 
 
 @main.command()
