@@ -22,6 +22,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     clock without patching globals.
     """
     app = Flask(__name__)
+    # "//" must not redirect: an empty client id is a 404 like any other unknown one.
+    app.url_map.merge_slashes = False
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     settings = settings or load_settings()

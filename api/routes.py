@@ -105,10 +105,11 @@ def decode_cursor(raw: str) -> tuple[date, int]:
         body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         as_of, after = date.fromisoformat(body["as_of"]), int(body["after"])
     except (ValueError, KeyError, TypeError, binascii.Error):
-        raise Problem(400, "cursor is not one this API returned; start again without it",
-                      INVALID) from None
+        after = -1
     if after < 0:
-        raise Problem(400, "cursor is not one this API returned", INVALID)
+        # Opaque to the caller: one that points nowhere is a page that does not exist.
+        raise Problem(404, "cursor is not one this API returned; start again without it",
+                      "Unknown cursor")
     return as_of, after
 
 
