@@ -152,7 +152,7 @@ def document(max_limit: int) -> dict[str, Any]:
         _query("engaged_only", {"enum": ["true", "false"]},
                "true: only clients who attended recently"),
     ]
-    secured = [{"apiKey": []}]
+    secured: list[dict[str, list[str]]] = [{"apiKey": []}]
     client_id = {"name": "client_id", "in": "path", "required": True,
                  "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
     paths = {
