@@ -205,3 +205,36 @@ def test_as_of_selects_a_published_list(client: FlaskClient, scored: Scored) -> 
     body = client.get(f"/v1/risk-list?as_of={scored.as_of}&limit=1").get_json()
     assert body["as_of"] == scored.as_of.isoformat()
     assert date.fromisoformat(body["as_of"]) == scored.as_of
+
+
+def test_cursor_pages_walk_the_whole_list_once(client: FlaskClient,
+                                               full_list: list[dict]) -> None:
+    seen: list[str] = []
+    url = "/v1/risk-list?limit=17"
+    while url:
+        body = client.get(url).get_json()
+        assert body["count"] <= 17
+        seen += [i["episode_id"] for i in body["items"]]
+        url = f"/v1/risk-list?limit=17&cursor={body['next_cursor']}" if body["next_cursor"] else ""
+    assert seen == [i["episode_id"] for i in full_list]
+    assert client.get("/v1/risk-list?limit=501").status_code == 400
+    assert client.get("/v1/risk-list?cursor=garbage").status_code == 404
+
+
+def test_filters_narrow_the_list(client: FlaskClient, full_list: list[dict]) -> None:
+    def ids(query: str) -> list[str]:
+        return [i["episode_id"] for i in client.get(f"/v1/risk-list?limit=500&{query}")
+                .get_json()["items"]]
+
+    def expect(keep) -> list[str]:  # type: ignore[no-untyped-def]
+        return [i["episode_id"] for i in full_list if keep(i)]
+
+    first = full_list[0]
+    assert ids("tier=high") == expect(lambda i: i["tier"] == "high")
+    assert ids("min_risk=0.3") == expect(lambda i: i["risk"] >= 0.3)
+    assert ids("engaged_only=true") == expect(lambda i: i["still_engaged"])
+    assert ids(f"program={first['program']}") == expect(lambda i: i["program"] == first["program"])
+    assert ids(f"case_manager_id={first['case_manager_id']}") == expect(
+        lambda i: i["case_manager_id"] == first["case_manager_id"])
+    for query in ("tier=extreme", "min_risk=2", "engaged_only=yes", "tier=high&tier=low"):
+        assert client.get(f"/v1/risk-list?{query}").status_code == 400
