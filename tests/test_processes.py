@@ -117,6 +117,16 @@ def test_http_errors_are_problem_json(server: tuple[str, str]) -> None:
         assert caught.value.headers["Content-Type"] == "application/problem+json"
 
 
+def test_metrics_count_requests_across_gunicorn_workers(server: tuple[str, str]) -> None:
+    base, token = server
+    for _ in range(12):
+        urllib.request.urlopen(get(base + "/v1/risk-list?limit=1", token), timeout=5).read()
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    line = next(x for x in text.splitlines() if x.startswith("retention_http_requests_total")
+                and 'route="/v1/risk-list"' in x and 'status="200"' in x)
+    assert float(line.rsplit(" ", 1)[1]) == 12.0
+
+
 def test_scheduler_job_is_configured_to_never_overlap(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, schedule_cron="15 3 * * *")
     job = build_scheduler(settings).get_job(JOB_ID)
