@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -11,6 +12,7 @@ from api.auth import register_request_ids
 from api.errors import register_errorhandlers
 from api.metrics import register_metrics
 from api.ratelimit import build_limiter
+from api.web import register_web
 from retention.config import Settings, load_settings
 from retention.db import store_engine
 
@@ -32,6 +34,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     register_request_ids(app)
     register_metrics(app)
     register_blueprints(app)
+    # The case managers' pages; their session secret comes from the config or environment.
+    register_web(app, os.environ)
     register_errorhandlers(app)
     return app
 

@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from retention import locks, store
 
 # Modules that define tables of the store, imported for their side effect.
-TABLE_MODULES: tuple[str, ...] = ("retention.store", "retention.access", "retention.scoped_reads")
+TABLE_MODULES: tuple[str, ...] = ("retention.store", "retention.access", "retention.scoped_reads",
+                                  "retention.outreach", "retention.drift")
 
 for _module in TABLE_MODULES:
     importlib.import_module(_module)

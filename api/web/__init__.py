@@ -1,0 +1,16 @@
+"""The case managers' pages: server-rendered HTML under /web, signed in with an access key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask
+
+from api.web.session import configure_sessions
+from api.web.views import bp
+
+
+def register_web(app: Flask, environ: Mapping[str, str]) -> None:
+    """Configure the session cookie and add the pages (off, with an error logged, if no secret)."""
+    app.extensions["retention"]["web_pages"] = configure_sessions(app, environ)
+    app.register_blueprint(bp)

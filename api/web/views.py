@@ -1,0 +1,288 @@
+"""The case managers' pages: sign in, today's list, a client's story, recording outreach."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, timedelta
+from typing import Any
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from api.errors import Problem
+from api.routes import today
+from api.web import charts
+from api.web.session import (
+    CSRF_FIELD,
+    audit,
+    check_csrf,
+    csrf_token,
+    safe_next,
+    sign_in,
+    signed_in,
+)
+from retention import access, caseload, contract, outreach, page_sessions, scoped_reads, store
+from retention.access import Caller
+from retention.config import Settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("web", __name__, url_prefix="/web", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+TIERS = ("high", "medium", "low")
+SORT_WORDS = {"rank": "Risk (highest first)", "change": "What changed since yesterday",
+              "last_attended": "Longest since last attended", "next_booked": "Nothing booked first"}
+LIST_PARAMS = {"program", "tier", "engaged", "sort"}
+# Runs of the nightly job; a failure of the newest is shown on every page.
+NIGHTLY_KINDS = ("etl", "score")
+# Outreach recorded this recently shows on the list, so two people do not call one client.
+OUTREACH_DAYS = 7
+
+
+def _settings() -> Settings:
+    found: Settings = current_app.extensions["retention"]["settings"]
+    return found
+
+
+def _store() -> Engine:
+    engine: Engine = current_app.extensions["retention"]["store"]
+    return engine
+
+
+def _caller() -> Caller:
+    who: Caller = g.caller
+    return who
+
+
+@bp.after_request
+def no_store(response: Any) -> Any:
+    """Pages hold PHI: never cached, never framed, nothing loaded from elsewhere."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+@bp.app_context_processor
+def page_globals() -> dict[str, Any]:
+    return {"csrf_field": CSRF_FIELD, "csrf_token": csrf_token}
+
+
+@bp.errorhandler(HTTPException)
+def html_error(exc: HTTPException) -> ResponseReturnValue:
+    """Errors on the pages are pages (the JSON API keeps its problem JSON)."""
+    status = exc.code or 500
+    title = getattr(exc, "title", None) or exc.name
+    headers = {"Retry-After": "60"} if status in (429, 503) else {}
+    return render_template("error.html", title=title, detail=exc.description,
+                           signed_in="key_id" in session, status=status), status, headers
+
+
+@bp.errorhandler(Exception)
+def html_unexpected(exc: Exception) -> ResponseReturnValue:
+    # The type and route only: the message may carry client data.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+    return render_template("error.html", title="Something went wrong", status=500,
+                           detail="The page could not be shown; the error has been logged.",
+                           signed_in="key_id" in session), 500
+
+
+# --- sign-in ----------------------------------------------------------------------
+
+
+@bp.get("/sign-in")
+def sign_in_form() -> ResponseReturnValue:
+    message = ("Your session ended or your key is no longer valid. Sign in again."
+               if request.args.get("ended") else None)
+    return render_template("sign_in.html", message=message, next=request.args.get("next", ""))
+
+
+@bp.post("/sign-in")
+def sign_in_submit() -> ResponseReturnValue:
+    """Check the key like the API does; only case managers and administrators get in."""
+    if not current_app.extensions["retention"].get("web_pages"):
+        raise Problem(503, "Sign-in is not configured: the operator must set "
+                      "RETENTION_SECRET_KEY.", "Pages unavailable")
+    check_csrf()
+    token = request.form.get("key", "").strip()
+    next_page = request.form.get("next", "")
+    claimed = access.key_id_of(token)
+    try:
+        with _store().connect() as conn:
+            who = access.authenticate(conn, token)
+            allowed = who is not None and page_sessions.active_caller(conn, who.key_id)
+    except SQLAlchemyError:
+        raise Problem(503, "The service database cannot be read; try again shortly.",
+                      "Service unavailable") from None
+    if who is None or not allowed:
+        outcome = "unauthenticated" if who is None else "forbidden"
+        audit("web.sign_in", outcome, 401 if who is None else 403, who=who, key_id=claimed)
+        message = ("That access key is not valid or has been revoked." if who is None else
+                   "This key is for the API only; the pages are for case managers and "
+                   "administrators.")
+        return render_template("sign_in.html", error=message, next=next_page), \
+            401 if who is None else 403
+    audit("web.sign_in", "ok", 200, who=who)
+    sign_in(who)
+    return redirect(safe_next(next_page, url_for("web.daily_list")), 303)
+
+
+@bp.post("/sign-out")
+@signed_in
+def sign_out() -> ResponseReturnValue:
+    audit("web.sign_out", "ok", 200, who=_caller())
+    session.clear()
+    return redirect(url_for("web.sign_in_form", out=1), 303)
+
+
+# --- freshness --------------------------------------------------------------------
+
+
+def _freshness(conn: Any, pub: dict[str, Any] | None) -> dict[str, Any]:
+    """The list's date, how old it is, and whether the last nightly run failed."""
+    runs = [r for r in store.list_runs(conn, 20) if r["kind"] in NIGHTLY_KINDS]
+    failed = runs[0] if runs and runs[0]["status"] == "failed" else None
+    age = (today() - pub["as_of"]).days if pub else None
+    return {"as_of": pub["as_of"] if pub else None, "age_days": age,
+            "stale": age is None or age > 1,
+            "failed_at": (failed["finished_at"] or failed["started_at"]) if failed else None}
+
+
+# --- today's list -----------------------------------------------------------------
+
+
+def _list_filter() -> caseload.DailyFilter:
+    unknown = sorted(set(request.args) - LIST_PARAMS)
+    if unknown:
+        raise Problem(400, f"Unknown filter(s): {', '.join(unknown)}.", "Bad filter")
+    program = request.args.get("program") or None
+    tier = request.args.get("tier") or None
+    sort = request.args.get("sort") or "rank"
+    if program is not None and program not in contract.PROGRAMS:
+        raise Problem(400, f"There is no program {program!r}.", "Bad filter")
+    if tier is not None and tier not in TIERS:
+        raise Problem(400, "Tier must be high, medium or low.", "Bad filter")
+    if sort not in caseload.SORTS:
+        raise Problem(400, "Sort by one of: " + ", ".join(caseload.SORTS) + ".", "Bad filter")
+    return caseload.DailyFilter(program=program, tier=tier, sort=sort,
+                                engaged_only=request.args.get("engaged") == "1")
+
+
+@bp.get("/")
+@signed_in
+def daily_list() -> ResponseReturnValue:
+    """Whom to reach today and why, in the signed-in person's scope."""
+    flt = _list_filter()
+    since = store.utcnow() - timedelta(days=OUTREACH_DAYS)
+    with _store().connect() as conn:
+        pub = store.latest_publication(conn)
+        fresh = _freshness(conn, pub)
+        label = page_sessions.key_label(conn, _caller().key_id)
+        daily = (caseload.daily_list(conn, _caller(), pub["as_of"], flt, since)
+                 if pub else None)
+    rows = daily.rows if daily else []
+    audit("web.list", "ok", 200, [r["client_id"] for r in rows], who=_caller())
+    return render_template(
+        "list.html", daily=daily, rows=rows, fresh=fresh, flt=flt, who=_caller(), label=label,
+        programs=contract.PROGRAMS, tiers=TIERS, sorts=SORT_WORDS,
+        recorded=request.args.get("recorded"),
+    )
+
+
+# --- one client -------------------------------------------------------------------
+
+
+def _client_page(client_id: str, form_error: str | None = None,
+                 form: dict[str, str] | None = None) -> ResponseReturnValue:
+    with _store().connect() as conn:
+        pub = store.latest_publication(conn)
+        fresh = _freshness(conn, pub)
+        story = (caseload.client_story(conn, _caller(), client_id, pub["as_of"])
+                 if pub else None)
+        if story is None:
+            exists = scoped_reads.client_exists(conn, client_id,
+                                                pub["as_of"] if pub else None)
+        else:
+            history = outreach.client_history(conn, client_id)
+        label = page_sessions.key_label(conn, _caller().key_id)
+    if story is None:
+        # Outside the scope and absent look the same; the audit knows which.
+        audit("web.client", "denied" if exists else "not_found", 404, [client_id],
+              who=_caller())
+        raise Problem(404, "This client is not on your list. Check the client id, or ask "
+                      "for access if they belong to your caseload.", "Client not on your list")
+    audit("web.client", "ok", 200, [client_id], who=_caller())
+    assert pub is not None
+    start = pub["as_of"] - timedelta(weeks=12)
+    return render_template(
+        "client.html", story=story, row=story.current, fresh=fresh, who=_caller(), label=label,
+        history=history, channels=outreach.CHANNELS, outcomes=outreach.OUTCOMES,
+        note_max=outreach.NOTE_MAX, form_error=form_error, form=form or {},
+        risk_svg=charts.risk_chart(story.history, _settings().tiers),
+        timeline_svg=charts.timeline_chart(story.appointments, story.measures, start,
+                                           pub["as_of"], story.evidence),
+        status_words=charts.STATUS_WORDS,
+    ), 400 if form_error else 200
+
+
+@bp.get("/clients/<client_id>")
+@signed_in
+def client_page(client_id: str) -> ResponseReturnValue:
+    """A client's risk over the weeks, sessions and ratings, reasons, and outreach."""
+    if request.args:
+        raise Problem(400, "This page takes no query parameters.", "Bad request")
+    return _client_page(client_id)
+
+
+@bp.post("/clients/<client_id>/outreach")
+@signed_in
+def record_outreach(client_id: str) -> ResponseReturnValue:
+    """Record a call, text or visit against the client's row on today's list."""
+    who = _caller()
+    form = {k: request.form.get(k, "") for k in ("result", "channel", "outcome", "note")}
+    try:
+        reached, channel, result, note = outreach.parse_entry(form)
+    except outreach.OutreachError as exc:
+        return _client_page(client_id, form_error=str(exc)[0].upper() + str(exc)[1:] + ".",
+                            form=form)
+    with _store().begin() as conn:
+        pub = store.latest_publication(conn)
+        rows = (scoped_reads.read_client(conn, who, client_id, pub["as_of"], limit=1)
+                if pub else [])
+        current = rows[0] if rows and pub and rows[0]["as_of"] == pub["as_of"] else None
+        if current is not None:
+            outreach.record_outreach(conn, outreach.Outreach(
+                client_id=client_id, episode_id=current["episode_id"],
+                clinic_id=current["clinic_id"], list_as_of=current["as_of"],
+                risk=current["risk"], tier=current["tier"], key_id=who.key_id,
+                case_manager_id=who.case_manager_id, reached=reached, channel=channel,
+                outcome=result, note=note,
+            ))
+    if current is None:
+        audit("web.outreach", "denied", 404, [client_id], who=who)
+        raise Problem(404, "This client is not on your list.", "Client not on your list")
+    audit("web.outreach", "ok", 200, [client_id], who=who)
+    if request.form.get("back") == "list":
+        return redirect(url_for("web.daily_list", recorded=client_id) + f"#c-{client_id}", 303)
+    return redirect(url_for("web.client_page", client_id=client_id) + "#outreach", 303)
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST"])
+def not_found(rest: str) -> ResponseReturnValue:
+    raise Problem(404, "There is no such page. Go back to today's list.", "Page not found")
+
+
+def list_date(value: date | None) -> str:
+    return f"{value:%a %d %b %Y}" if value else "none yet"
+
+
+bp.add_app_template_filter(list_date, "list_date")
