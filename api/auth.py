@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -48,10 +48,20 @@ def register_request_ids(app: Flask) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
+    @app.teardown_request
+    def close_connection(_exc: BaseException | None) -> None:
+        conn: Connection | None = g.pop("db", None)
+        if conn is not None:
+            conn.close()
 
-def _store() -> Engine:
-    engine: Engine = current_app.extensions["retention"]["store"]
-    return engine
+
+def connection() -> Connection:
+    """The request's one store connection: auth, reads and the audit share its round trips."""
+    conn: Connection | None = g.get("db")
+    if conn is None:
+        engine: Engine = current_app.extensions["retention"]["store"]
+        conn = g.db = engine.connect()
+    return conn
 
 
 def caller() -> Caller:
@@ -60,7 +70,8 @@ def caller() -> Caller:
     return found
 
 
-def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()) -> None:
+def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
+          after_error: bool = False) -> None:
     """Append the audit record for this request, committed before any response leaves."""
     who: Caller | None = g.get("caller")
     record = AuditRecord(
@@ -70,8 +81,11 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         source=(request.remote_addr or "")[:64] or None,
     )
     try:
-        with _store().begin() as conn:
-            access.write_audit(conn, record)
+        conn = connection()
+        if after_error:  # a failed statement may have aborted the transaction
+            conn.rollback()
+        access.write_audit(conn, record)
+        conn.commit()
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the response",
                   g.request_id, action)
@@ -97,8 +111,7 @@ def _authenticate(action: str) -> Caller:
                                  "Authentication required"))
     g.claimed_key_id = access.key_id_of(token)
     try:
-        with _store().connect() as conn:
-            found = access.authenticate(conn, token)
+        found = access.authenticate(connection(), token)
     except SQLAlchemyError:
         log.error("key lookup failed for request %s", g.request_id)
         raise Problem(503, "the key store cannot be read; retry later",
@@ -158,10 +171,10 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
             except HTTPException as exc:
                 status = exc.code or 500
                 audit(action, g.get("audit_outcome") or _outcome(status), status,
-                      g.get("audit_client_ids", ()))
+                      g.get("audit_client_ids", ()), after_error=True)
                 raise
             except Exception:
-                audit(action, "error", 500, g.get("audit_client_ids", ()))
+                audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
                 raise
             audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
             return result

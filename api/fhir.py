@@ -16,9 +16,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from api.auth import CLIENT_DATA, caller, requires, returning
+from api.auth import CLIENT_DATA, caller, connection, requires, returning
 from api.errors import Problem
-from api.routes import check_params, settings, store_engine
+from api.routes import check_params, settings
 from retention import scoped_reads
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -107,11 +107,11 @@ def search_risk_assessments() -> ResponseReturnValue:
     check_params({"subject", "date"})
     client_id = _subject()
     tests = _date_tests()
-    with store_engine().connect() as conn:
-        rows = scoped_reads.read_client(conn, caller(), client_id, date.max, HISTORY_LIMIT)
-        if not rows:
-            exists = scoped_reads.client_exists(conn, client_id)
-            returning([client_id], "denied" if exists else "not_found")
+    conn = connection()
+    rows = scoped_reads.read_client(conn, caller(), client_id, date.max, HISTORY_LIMIT)
+    if not rows:
+        exists = scoped_reads.client_exists(conn, client_id)
+        returning([client_id], "denied" if exists else "not_found")
     rows = [r for r in rows if all(COMPARE[op](r["as_of"], day) for op, day in tests)]
     if rows:
         returning([client_id])

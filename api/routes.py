@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
 
-from api.auth import CLIENT_DATA, caller, requires, returning
+from api.auth import CLIENT_DATA, caller, connection, requires, returning
 from api.errors import Problem
 from retention import scoped_reads, store
 from retention.config import Settings
@@ -114,8 +114,7 @@ def decode_cursor(raw: str) -> tuple[date, int]:
 
 
 def publication(as_of: date | None) -> dict[str, Any]:
-    with store_engine().connect() as conn:
-        pub = store.latest_publication(conn, as_of)
+    pub = store.latest_publication(connection(), as_of)
     if pub is None:
         detail = (f"no list was published for {as_of}" if as_of
                   else "no list has been published yet; the nightly run has not completed")
@@ -164,8 +163,7 @@ def risk_list() -> ResponseReturnValue:
         after_rank=after,
     )
     pub = publication(as_of)
-    with store_engine().connect() as conn:
-        rows, more = scoped_reads.read_page(conn, caller(), pub["as_of"], flt, limit)
+    rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
     returning(r["client_id"] for r in rows)
     return jsonify({
         **freshness(pub), "count": len(rows),
@@ -180,15 +178,15 @@ def client_risk(client_id: str) -> ResponseReturnValue:
     """A client's current risk with reasons, and their risk over recent lists."""
     check_params({"as_of"})
     pub = publication(parse_date("as_of"))
-    with store_engine().connect() as conn:
-        history = scoped_reads.read_client(conn, caller(), client_id, pub["as_of"])
-        current = [h for h in history if h["as_of"] == pub["as_of"]]
-        if not current:
-            # Outside the scope and absent look the same to the caller; the audit knows.
-            exists = scoped_reads.client_exists(conn, client_id, pub["as_of"])
-            returning([client_id], "denied" if exists else "not_found")
-            raise Problem(404, f"no open episode for client {client_id} on the list of "
-                          f"{pub['as_of']}", "Client not on the list")
+    conn = connection()
+    history = scoped_reads.read_client(conn, caller(), client_id, pub["as_of"])
+    current = [h for h in history if h["as_of"] == pub["as_of"]]
+    if not current:
+        # Outside the scope and absent look the same to the caller; the audit knows.
+        exists = scoped_reads.client_exists(conn, client_id, pub["as_of"])
+        returning([client_id], "denied" if exists else "not_found")
+        raise Problem(404, f"no open episode for client {client_id} on the list of "
+                      f"{pub['as_of']}", "Client not on the list")
     returning([client_id])
     since = pub["as_of"] - timedelta(days=90)
     return jsonify({

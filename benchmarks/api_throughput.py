@@ -1,0 +1,235 @@
+"""Throughput and latency of the list and client endpoints against a bare Flask endpoint.
+
+Publishes a list of 100,000 clients in a fresh PostgreSQL database, serves the real
+app and a bare Flask app (one constant JSON response) under the same gunicorn
+settings, and drives each with the same closed-loop load from local processes.
+Prints one table and a one-line summary; record the output in docs/performance-api.md.
+
+    .venv/bin/python -m benchmarks.api_throughput [--clients 100000] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import create_engine, insert
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("RETENTION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AS_OF = date(2026, 6, 1)
+CLINICS = ("clinic-east", "clinic-north", "clinic-west")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def new_database() -> str:
+    name = f"retention_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                     (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def reasons(rng: random.Random) -> str:
+    """Three reasons with evidence, about the size the scoring job writes."""
+    def one(code: str) -> dict[str, Any]:
+        return {"code": code, "family": code.split(".")[0], "title": "A reason title",
+                "text": "Missed 3 of 5 sessions in the last 4 weeks: 2 no-shows on 3 and 10 Mar",
+                "log_odds": round(rng.random(), 4),
+                "percentage_points": round(rng.random() * 20, 1),
+                "suggestion": "Consider reaching out soon to acknowledge the gap and offer a time.",
+                "appointment_ids": [f"A{rng.randrange(10**8):08d}" for _ in range(4)],
+                "measure_ids": [f"M{rng.randrange(10**8):08d}"]}
+    return json.dumps({"raw_score": 0.1, "expected_value": -2.0, "protective": [],
+                       "reasons": [one("disengagement.NOTHING_BOOKED"), one("setting.GROUP"),
+                                   one("alliance_rupture.SRS_LATEST")]})
+
+
+def publish(store_url: str, n: int) -> tuple[str, str]:
+    """A published list of ``n`` clients and a scoped EHR key; returns (token, a client id)."""
+    from retention import access, store
+
+    engine = create_engine(store_url)
+    rng = random.Random(1)
+    risks = sorted((rng.random() for _ in range(n)), reverse=True)
+    with engine.begin() as conn:
+        access.create_schema(conn)
+        for start in range(0, n, 5000):
+            conn.execute(insert(store.scores), [{
+                "as_of": AS_OF, "episode_id": f"E{i:07d}-1", "client_id": f"C{i:07d}",
+                "clinic_id": CLINICS[i % 3], "case_manager_id": f"cm-{i % 60:02d}",
+                "program": "outpatient", "rank": i + 1, "risk": round(risks[i], 6),
+                "tier": "high" if risks[i] >= 0.5 else "medium" if risks[i] >= 0.25 else "low",
+                "still_engaged": i % 4 != 0, "last_attended_on": AS_OF - timedelta(days=i % 40),
+                "next_booked_at": datetime(2026, 6, 3, 10), "model_version": "bench",
+                "run_id": 1, "reasons_json": reasons(rng),
+            } for i in range(start, min(n, start + 5000))])
+            say(f"  published {min(n, start + 5000):,}/{n:,} rows")
+        conn.execute(insert(store.publications).values(
+            as_of=AS_OF, run_id=1, model_version="bench", published_at=store.utcnow(), n_scored=n))
+        _, token = access.create_key(conn, "ehr", [CLINICS[0]], label="benchmark")
+    with engine.connect() as conn:  # fresh statistics, as after a nightly run
+        conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return token, "C0000003"
+
+
+def bare_app() -> Any:
+    from flask import Flask, jsonify
+
+    app = Flask("bare")
+
+    @app.get("/bare")
+    def bare() -> Any:
+        return jsonify({"status": "ok"})
+
+    return app
+
+
+def serve(kind: str, store_url: str, port: int, workers: int) -> None:
+    """Child process: gunicorn with the production options serving ``kind``."""
+    from gunicorn.app.base import BaseApplication
+
+    from pipelines.gunicorn_app import gunicorn_options
+    from retention.config import settings_from_mapping
+
+    settings = settings_from_mapping({
+        "source_url": "sqlite:///unused.db", "store_url": store_url,
+        "api_rate_limit_per_minute": 10**9, "api_rate_limit_storage": "redis://127.0.0.1:6379/14",
+    })
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in gunicorn_options("127.0.0.1", port, workers).items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            if kind == "bare":
+                return bare_app()
+            from api import create_app
+
+            return create_app(settings)
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+    Server().run()
+
+
+def client_loop(port: int, path: str, token: str, seconds: float, out: Any) -> None:
+    """One closed-loop client: request, wait for the answer, repeat; latencies in ms."""
+    headers = {"Authorization": f"Bearer {token}"}
+    latencies, errors = [], 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        latencies.append((time.perf_counter() - started) * 1000)
+        errors += response.status != 200
+    out.put((latencies, errors))
+
+
+def measure(port: int, path: str, token: str, seconds: float, clients: int) -> dict[str, float]:
+    queue: Any = mp.Queue()
+    procs = [mp.Process(target=client_loop, args=(port, path, token, seconds, queue))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = sorted(x for r in results for x in r[0])
+    q = statistics.quantiles(latencies, n=100)
+    return {"rps": len(latencies) / seconds, "p50": q[49], "p99": q[98], "n": len(latencies),
+            "errors": sum(r[1] for r in results)}
+
+
+def wait_up(port: int) -> None:
+    for _ in range(200):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/metrics")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not start; see its output above")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=100_000, help="rows in the published list")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per endpoint")
+    parser.add_argument("--concurrency", type=int, default=8, help="client processes")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (both servers)")
+    args = parser.parse_args()
+    say(f"bench: publishing {args.clients:,} clients in a new PostgreSQL database ...")
+    store_url = new_database()
+    servers: list[mp.Process] = []
+    try:
+        token, client_id = publish(store_url, args.clients)
+        ports = {"bare": 18301, "api": 18302}
+        for kind, port in ports.items():
+            proc = mp.Process(target=serve, args=(kind, store_url, port, args.workers))
+            proc.start()
+            servers.append(proc)
+            wait_up(port)
+        cases = [("bare Flask constant", ports["bare"], "/bare"),
+                 ("ranked list, page of 50", ports["api"], "/v1/risk-list?limit=50"),
+                 ("ranked list, tier=high, page 2", ports["api"],
+                  "/v1/risk-list?limit=50&tier=high&cursor=" + _cursor(150)),
+                 ("client risk", ports["api"], f"/v1/clients/{client_id}/risk")]
+        rows = []
+        for label, port, path in cases:
+            measure(port, path, token, 2, args.concurrency)  # warm up
+            say(f"bench: {label} for {args.seconds:.0f} s with {args.concurrency} clients ...")
+            rows.append((label, measure(port, path, token, args.seconds, args.concurrency)))
+        print(f"{'endpoint':<32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} errors")
+        for label, r in rows:
+            print(f"{label:<32} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+                  f"{r['n']:>9,} {r['errors']}")
+        bare, listed = rows[0][1], rows[1][1]
+        say(f"bench: list at {listed['rps'] / bare['rps']:.0%} of the bare endpoint's "
+            f"throughput, p99 {listed['p99']:.1f} ms ({args.clients:,} clients, "
+            f"{args.workers} workers, {args.concurrency} clients)")
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.join(10)
+        drop_database(store_url)
+
+
+def _cursor(rank: int) -> str:
+    from api.routes import encode_cursor
+
+    return encode_cursor(AS_OF, rank)
+
+
+if __name__ == "__main__":
+    main()
