@@ -156,11 +156,14 @@ def _etl(settings: Settings, as_of: date, full: bool | None = None) -> Any:
 def train(obj: Context, as_of: Any, no_promote: bool) -> None:
     """Train a model on snapshots whose outcome window ends before the as-of date."""
     result = _train(obj.settings(), _day(as_of), not no_promote)
-    v = result.metrics["validation"]
+    v = result.metrics["evaluation"]
+    verdict = ("promoted" if result.promoted else "gate passed, not promoted (--no-promote)"
+               if result.gate.passed else "refused by the gate: " + "; ".join(result.gate.refusals))
     _say(f"train: version {result.version} from {result.rows:,} rows over "
          f"{result.snapshots} snapshots; held-out AUROC {v['auroc']:.3f}, "
          f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f} "
-         f"(base rate {v['base_rate']:.3f}, n {int(v['n']):,}); saved to {result.folder}")
+         f"(base rate {v['base_rate']:.3f}, n {int(v['n']):,}); saved to {result.folder}; "
+         f"{verdict}. `retention report {result.version}` writes its report")
 
 
 def _train(settings: Settings, as_of: date, promote: bool) -> Any:
@@ -287,7 +290,7 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
     _say(f"  {etl_result.open_episodes:,} open episodes")
     _say(f"demo [3/{steps}] training")
     trained = _train(settings, today, True)
-    v = trained.metrics["validation"]
+    v = trained.metrics["evaluation"]
     _say(f"  version {trained.version}: held-out AUROC {v['auroc']:.3f}, "
          f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f}")
     _say(f"demo [4/{steps}] scoring")

@@ -1,4 +1,9 @@
-"""The training job: snapshots from the store's clinic copy, a time-ordered fit, a new version."""
+"""The training job: snapshots, a time-ordered fit, an evaluation, a version, the gate.
+
+Every trained model is saved as a version with its evaluation. It becomes
+current only if the promotion gate passes: it beats the clinic's baselines on
+still-engaged clients and is no worse than the current model on the same rows.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
 from pipelines.runs import recorded_run
 from retention import model as model_io
-from retention import store
+from retention import registry, store
+from retention.assessment import assess
 from retention.config import Settings
-from retention.training import Progress, fit, snapshot_dates, training_rows
+from retention.model_settings import model_settings
+from retention.training import Progress, fit, snapshot_dates, time_split, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,9 @@ class TrainResult:
     rows: int
     snapshots: int
     metrics: dict[str, dict[str, float]]
+    evaluation: dict[str, Any]
+    gate: registry.GateDecision
+    promoted: bool
 
 
 def run_training(
@@ -36,7 +47,11 @@ def run_training(
     make_current: bool = True,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Train on snapshots whose horizon ends by ``as_of`` and save a model version."""
+    """Train on snapshots whose horizon ends by ``as_of``, evaluate, save, apply the gate.
+
+    ``make_current=False`` saves and judges the candidate without promoting it.
+    """
+    ms = model_settings(settings)
     with recorded_run(store_db, "train", as_of) as run:
         with store_db.connect() as conn:
             data = store.read_clinic_copy(conn)
@@ -48,12 +63,38 @@ def run_training(
         )
         rows = training_rows(data, dates, settings.horizon_days, as_of, progress)
         run.rows_read = len(rows)
+        split_args = {"evaluate_share": ms.evaluate_share, "calibrate_share": ms.calibrate_share}
         trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
-                      trained_as_of=as_of)
-        folder = model_io.save(trained, settings.models_dir)
-        if make_current:
-            model_io.set_current(settings.models_dir, trained.version)
+                      trained_as_of=as_of, calibration=ms.calibration_method, **split_args)
+        split = time_split(rows, settings.horizon_days, **split_args)
+        current = _current_model(settings.models_dir, trained.version)
+        evaluation = assess(trained, split, data.clients, ms,
+                            engaged_within_days=settings.engaged_within_days,
+                            seed=settings.seed, current=current)
+        folder = model_io.save(trained, settings.models_dir, evaluation)
+        decision = registry.gate(trained.version, evaluation, ms.promotion_tolerance)
+        registry.write_gate(settings.models_dir, decision)
+        promoted = False
+        if make_current and decision.passed:
+            registry.promote(settings.models_dir, trained.version,
+                             reason=f"train run {run.run_id}: gate passed")
+            promoted = True
         run.model_version = trained.version
-        log.info("train run %s: version %s from %d rows", run.run_id, trained.version, len(rows))
+        log.info("train run %s: version %s from %d rows; gate %s; promoted %s", run.run_id,
+                 trained.version, len(rows), "passed" if decision.passed else "refused",
+                 promoted)
         return TrainResult(run.run_id, trained.version, folder, len(rows), len(dates),
-                           trained.metadata["metrics"])
+                           trained.metadata["metrics"], evaluation, decision, promoted)
+
+
+def _current_model(models_dir: Path, candidate: str) -> model_io.TrainedModel | None:
+    """The model in service, to compare on the candidate's rows (None if none or the same)."""
+    version = registry.current_or_none(models_dir)
+    if version is None or version == candidate:
+        return None
+    try:
+        return model_io.load(models_dir, version)
+    except model_io.ModelError as exc:
+        # A broken current model cannot be a reference; the gate then checks baselines only.
+        log.warning("current model %s unusable as a reference: %s", version, exc)
+        return None

@@ -3,11 +3,15 @@
 A model version is one folder under the models directory:
 
 - ``model.txt``: the LightGBM booster in its own text format (never pickle),
+- ``calibrator.json``: the map from raw log-odds to calibrated probability,
+- ``evaluation.json``: the held-out evaluation with baselines and subgroups
+  (written by the training job; optional for loading),
 - ``metadata.json``: ordered features with kinds, categories, reason families,
   monotone constraints, training window, parameters, metrics, library
-  versions and the SHA-256 of ``model.txt``.
+  versions and the SHA-256 of every other file.
 
-``models/CURRENT`` names the version that scoring uses.
+``models/CURRENT`` names the version that scoring uses; ``retention.registry``
+manages promotion and rollback.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ import pandas as pd
 import sklearn
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from retention.calibration import CalibrationError, Calibrator
 from retention.features.spec import CATEGORIES, FEATURE_NAMES, FEATURES
 
 MODEL_FILE = "model.txt"
+CALIBRATOR_FILE = "calibrator.json"
+EVALUATION_FILE = "evaluation.json"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
 
@@ -86,6 +93,7 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "n": float(len(y)),
         "positives": float(np.sum(y)),
         "base_rate": float(np.mean(y)) if len(y) else float("nan"),
+        "mean_risk": float(np.mean(p)) if len(p) else float("nan"),
         "auroc": float(roc_auc_score(y, p)) if both else float("nan"),
         "average_precision": float(average_precision_score(y, p)) if both else float("nan"),
         "brier": float(brier_score_loss(y, p)) if len(y) else float("nan"),
@@ -94,9 +102,10 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A booster with the metadata that travels with it."""
+    """A booster, its calibrator and the metadata that travels with them."""
 
     booster: lgb.Booster
+    calibrator: Calibrator
     metadata: dict[str, Any]
 
     @property
@@ -108,8 +117,8 @@ class TrainedModel:
         return tuple(f["name"] for f in self.metadata["features"])
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Probability of disengagement for each row."""
-        return np.asarray(self.booster.predict(to_matrix(frame, self.feature_names)))
+        """Calibrated probability of disengagement for each row."""
+        return self.calibrator.predict(self.raw_score(frame))
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """The model's log-odds for each row."""
@@ -141,8 +150,14 @@ def train_booster(
     return lgb.train(lgb_params(seed), dataset, num_boost_round=NUM_BOOST_ROUND)
 
 
+def calibrator_json(calibrator: Calibrator) -> str:
+    """The calibrator's file content: canonical JSON, so its hash is stable."""
+    return json.dumps(calibrator.to_dict(), indent=2, sort_keys=True)
+
+
 def build_metadata(
     booster: lgb.Booster,
+    calibrator: Calibrator,
     *,
     seed: int,
     horizon_days: int,
@@ -150,12 +165,19 @@ def build_metadata(
     window: dict[str, str],
     metrics_by_split: dict[str, dict[str, float]],
     data_fingerprint: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to reuse, audit and check a trained booster."""
+    """Everything needed to reuse, audit and check a trained booster and calibrator.
+
+    The version name hashes both files, so a new calibrator is a new version.
+    """
     text = booster.model_to_string()
+    cal_text = calibrator_json(calibrator)
     digest = hashlib.sha256(text.encode()).hexdigest()
+    cal_digest = hashlib.sha256(cal_text.encode()).hexdigest()
+    both = hashlib.sha256((digest + cal_digest).encode()).hexdigest()
     return {
-        "version": f"{trained_as_of:%Y%m%d}-{digest[:10]}",
+        "version": f"{trained_as_of:%Y%m%d}-{both[:10]}",
         "task": f"disengagement within {horizon_days} days",
         "horizon_days": horizon_days,
         "trained_as_of": trained_as_of.isoformat(),
@@ -178,16 +200,27 @@ def build_metadata(
             "pandas": pd.__version__,
             "python": platform.python_version(),
         },
-        "sha256": {MODEL_FILE: digest},
+        "calibration": {"method": calibrator.method, "rows": calibrator.n_rows_},
+        **(extra or {}),
+        "sha256": {MODEL_FILE: digest, CALIBRATOR_FILE: cal_digest},
     }
 
 
-def save(model: TrainedModel, models_dir: Path) -> Path:
-    """Write a version folder; the metadata's hash is of the exact bytes written."""
+def save(
+    model: TrainedModel, models_dir: Path, evaluation: dict[str, Any] | None = None
+) -> Path:
+    """Write a version folder; every hash in the metadata is of the exact bytes written."""
     folder = models_dir / model.version
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_FILE).write_text(model.booster.model_to_string())
-    (folder / METADATA_FILE).write_text(json.dumps(model.metadata, indent=2, sort_keys=True))
+    (folder / CALIBRATOR_FILE).write_text(calibrator_json(model.calibrator))
+    metadata = dict(model.metadata)
+    if evaluation is not None:
+        text = json.dumps(evaluation, indent=2, sort_keys=True, allow_nan=True)
+        (folder / EVALUATION_FILE).write_text(text)
+        metadata["sha256"] = {**metadata["sha256"],
+                              EVALUATION_FILE: hashlib.sha256(text.encode()).hexdigest()}
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
     return folder
 
 
@@ -219,19 +252,8 @@ def load(models_dir: Path, version: str | None = None,
     """
     version = version or current_version(models_dir)
     folder = models_dir / version
-    try:
-        metadata = json.loads((folder / METADATA_FILE).read_text())
-        text = (folder / MODEL_FILE).read_bytes()
-    except FileNotFoundError as exc:
-        raise ModelError(
-            f"model version {version!r} is incomplete: {exc.filename} is missing"
-        ) from exc
-    digest = hashlib.sha256(text).hexdigest()
-    if digest != metadata.get("sha256", {}).get(MODEL_FILE):
-        raise ModelError(
-            f"model version {version!r} failed its integrity check: {MODEL_FILE} does not "
-            "match the hash in its metadata; retrain or restore the version"
-        )
+    metadata, contents = read_checked(folder, version)
+    text = contents[MODEL_FILE]
     names = tuple(f["name"] for f in metadata["features"])
     if names != tuple(expected_features):
         extra = sorted(set(names) - set(expected_features))
@@ -244,7 +266,41 @@ def load(models_dir: Path, version: str | None = None,
     booster = lgb.Booster(model_str=text.decode())
     if tuple(booster.feature_name()) != names:
         raise ModelError(f"model version {version!r}: booster and metadata features differ")
-    return TrainedModel(booster=booster, metadata=metadata)
+    try:
+        calibrator = Calibrator.from_dict(json.loads(contents[CALIBRATOR_FILE]))
+    except (CalibrationError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model version {version!r}: calibrator unreadable: {exc}") from exc
+    return TrainedModel(booster=booster, calibrator=calibrator, metadata=metadata)
+
+
+def read_checked(folder: Path, version: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A version's metadata and the bytes of every file it hashes, each checked.
+
+    The model and calibrator must be hashed; any other hashed file (the
+    evaluation) must match too, so a report cannot be edited after the fact.
+    """
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"model version {version!r} is incomplete: {exc.filename} is missing"
+        ) from exc
+    hashes = metadata.get("sha256", {})
+    contents: dict[str, bytes] = {}
+    for name in sorted({MODEL_FILE, CALIBRATOR_FILE, *hashes}):
+        try:
+            data = (folder / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelError(
+                f"model version {version!r} is incomplete: {exc.filename} is missing"
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != hashes.get(name):
+            raise ModelError(
+                f"model version {version!r} failed its integrity check: {name} does not "
+                "match the hash in its metadata; retrain or restore the version"
+            )
+        contents[name] = data
+    return metadata, contents
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

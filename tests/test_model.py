@@ -34,27 +34,55 @@ def test_snapshots_have_observed_horizons(scored: Scored) -> None:
     assert all(b - a == timedelta(days=7) for a, b in itertools.pairwise(dates))
 
 
-def test_split_is_by_time_with_a_horizon_gap(rows: pd.DataFrame) -> None:
+def test_split_is_by_time_with_horizon_gaps(rows: pd.DataFrame) -> None:
     split = time_split(rows, horizon_days=30)
-    train_dates, valid_dates = split.train["as_of"], split.valid["as_of"]
-    assert train_dates.max() + pd.Timedelta(days=30) <= valid_dates.min()
-    assert set(train_dates).isdisjoint(set(valid_dates))
-    # No training label window reaches into the validation period.
-    assert (train_dates + pd.Timedelta(days=30)).max() <= pd.Timestamp(split.valid_from)
+    slices = [split.train["as_of"], split.calibrate["as_of"], split.evaluate["as_of"]]
+    for earlier, later in itertools.pairwise(slices):
+        assert set(earlier).isdisjoint(set(later))
+        # No label window of an earlier slice reaches into the next slice's period.
+        assert earlier.max() + pd.Timedelta(days=30) <= later.min()
+    assert (split.train["as_of"] + pd.Timedelta(days=30)).max() <= pd.Timestamp(
+        split.calibrate_from)
+    assert (split.calibrate["as_of"] + pd.Timedelta(days=30)).max() <= pd.Timestamp(
+        split.evaluate_from)
+    # Every row is in at most one slice; rows dropped are only those in the gaps.
+    used = pd.concat(slices)
+    assert len(used) == len(used.index.unique())
+    assert split.evaluate["as_of"].max() == rows["as_of"].max()
+
+
+def test_split_refuses_too_little_history(rows: pd.DataFrame) -> None:
+    few = rows[rows["as_of"] >= rows["as_of"].max() - pd.Timedelta(days=35)]
+    with pytest.raises(ValueError, match="need at least 8"):
+        time_split(few, horizon_days=30)
 
 
 def test_training_is_deterministic(rows: pd.DataFrame, scored: Scored) -> None:
     a = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
     b = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
     assert a.booster.model_to_string() == b.booster.model_to_string()
+    assert model_io.calibrator_json(a.calibrator) == model_io.calibrator_json(b.calibrator)
     assert a.version == b.version
     np.testing.assert_array_equal(a.predict(rows), b.predict(rows))
+    c = fit(rows, horizon_days=30, seed=4, trained_as_of=scored.as_of)
+    assert c.booster.model_to_string() != a.booster.model_to_string()
 
 
-def test_model_beats_days_since_attended_on_held_out_rows(scored: Scored) -> None:
-    valid = scored.model.metadata["metrics"]["validation"]
-    assert valid["auroc"] > valid["auroc_days_since_attended"]
-    assert valid["auroc"] > 0.7
+def test_the_saved_model_reproduces_the_trained_predictions(
+    scored: Scored, rows: pd.DataFrame
+) -> None:
+    again = model_io.load(scored.settings.models_dir, scored.model.version)
+    np.testing.assert_array_equal(again.predict(rows), scored.model.predict(rows))
+
+
+def test_served_risks_are_calibrated_probabilities(scored: Scored) -> None:
+    """The booster's own probabilities reach 0.999; calibrated ones match held-out rates."""
+    held_out = scored.model.metadata["metrics"]["evaluation"]
+    assert held_out["auroc"] > 0.7
+    assert abs(held_out["mean_risk"] - held_out["base_rate"]) < 0.05
+    calibration = scored.model.metadata["metrics"]["calibration"]
+    # On its own slice isotonic calibration is exact in the large.
+    assert calibration["mean_risk"] == pytest.approx(calibration["base_rate"], abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -103,12 +131,28 @@ def test_loading_refuses_a_feature_list_the_etl_does_not_produce(
                       expected_features=tuple(reversed(FEATURE_NAMES)))
 
 
+def test_loading_refuses_a_tampered_calibrator(scored: Scored, tmp_path: Path) -> None:
+    folder = copy_version(scored, tmp_path)
+    state = json.loads((folder / "calibrator.json").read_text())
+    state["y_thresholds"] = [min(1.0, v + 0.1) for v in state["y_thresholds"]]
+    (folder / "calibrator.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    with pytest.raises(model_io.ModelError, match=r"calibrator\.json does not match"):
+        model_io.load(tmp_path, scored.model.version)
+    (folder / "calibrator.json").unlink()
+    with pytest.raises(model_io.ModelError, match="incomplete"):
+        model_io.load(tmp_path, scored.model.version)
+
+
 def test_a_version_is_text_and_json_only(scored: Scored) -> None:
     folder = scored.settings.models_dir / scored.model.version
-    assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "calibrator.json", "evaluation.json", "gate.json", "metadata.json", "model.txt"]
     meta = json.loads((folder / "metadata.json").read_text())
     assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES)
-    assert meta["sha256"]["model.txt"]
+    assert [f["kind"] for f in meta["features"]][:1] == ["numeric"]
+    assert set(meta["sha256"]) == {"model.txt", "calibrator.json", "evaluation.json"}
+    assert {"train_until", "calibrate_from", "evaluate_from"} <= set(meta["window"])
+    assert meta["data_fingerprint"]
     assert {"lightgbm", "scikit-learn"} <= set(meta["libraries"])
 
 

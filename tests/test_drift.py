@@ -1,0 +1,71 @@
+"""Drift: PSI per feature and score, recorded by every scoring run, readable for the API."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from retention import drift, store
+from retention.features import FEATURE_NAMES
+from retention.training import training_rows
+from tests.conftest import Scored
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    base = pd.Series(rng.normal(0, 1, 5000))
+    ref = drift._numeric_reference(base)
+    same = drift.psi(ref["shares"], drift._numeric_shares(pd.Series(rng.normal(0, 1, 5000)),
+                                                          ref["edges"]))
+    shifted = drift.psi(ref["shares"], drift._numeric_shares(pd.Series(rng.normal(1.5, 1, 5000)),
+                                                             ref["edges"]))
+    assert same < 0.02 < 0.25 < shifted
+    # Missing values are a bin of their own: a feature that goes missing has drifted.
+    gone = drift.psi(ref["shares"], drift._numeric_shares(pd.Series([np.nan] * 100),
+                                                          ref["edges"]))
+    assert gone > 0.25
+
+
+def test_each_scoring_run_records_drift_of_every_feature_and_the_score(scored: Scored) -> None:
+    with scored.store.connect() as conn:
+        latest = drift.latest_drift(conn)
+    assert latest["model_version"] == scored.model.version
+    assert latest["as_of"] == scored.as_of.isoformat()
+    assert set(latest["psi"]) == set(FEATURE_NAMES)
+    assert latest["score_psi"] is not None
+
+
+def test_a_shifted_population_is_flagged(scored: Scored) -> None:
+    """Rows from the training window match the reference; shifting one feature is flagged."""
+    meta = scored.model.metadata
+    train_until = date.fromisoformat(meta["window"]["train_until"])
+    with scored.store.connect() as conn:
+        data = store.read_clinic_copy(conn)
+    dates = [train_until - timedelta(days=7 * i) for i in range(6)]
+    rows = training_rows(data, sorted(dates), 30, scored.as_of)
+    shifted = rows.copy()
+    shifted["days_since_attended"] = shifted["days_since_attended"] + 60
+    reference = meta["drift_reference"]
+
+    def table(frame: pd.DataFrame) -> dict:
+        risk = scored.model.predict(frame)
+        return {r["feature"]: r for r in drift.drift_table(reference, frame, risk, 0.25)}
+
+    before, after = table(rows), table(shifted)
+    assert not before["days_since_attended"]["flagged"]
+    assert not before["__score__"]["flagged"]
+    assert after["days_since_attended"]["flagged"]
+    assert after["__score__"]["psi"] > before["__score__"]["psi"]
+    assert after["program"]["psi"] == before["program"]["psi"]
+
+
+def test_latest_drift_without_runs_is_empty(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with engine.begin() as conn:
+        drift.drift.create(conn)
+        assert drift.latest_drift(conn)["run_id"] is None
+    engine.dispose()
