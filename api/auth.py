@@ -60,7 +60,9 @@ def connection() -> Connection:
     conn: Connection | None = g.get("db")
     if conn is None:
         engine: Engine = current_app.extensions["retention"]["store"]
-        conn = g.db = engine.connect()
+        # Autocommit: every statement is its own transaction, so no BEGIN/COMMIT round
+        # trips; the audit INSERT is durable when it returns, before any data is sent.
+        conn = g.db = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     return conn
 
 
@@ -70,8 +72,7 @@ def caller() -> Caller:
     return found
 
 
-def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
-          after_error: bool = False) -> None:
+def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()) -> None:
     """Append the audit record for this request, committed before any response leaves."""
     who: Caller | None = g.get("caller")
     record = AuditRecord(
@@ -81,11 +82,7 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         source=(request.remote_addr or "")[:64] or None,
     )
     try:
-        conn = connection()
-        if after_error:  # a failed statement may have aborted the transaction
-            conn.rollback()
-        access.write_audit(conn, record)
-        conn.commit()
+        access.write_audit(connection(), record)
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the response",
                   g.request_id, action)
@@ -171,10 +168,10 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
             except HTTPException as exc:
                 status = exc.code or 500
                 audit(action, g.get("audit_outcome") or _outcome(status), status,
-                      g.get("audit_client_ids", ()), after_error=True)
+                      g.get("audit_client_ids", ()))
                 raise
             except Exception:
-                audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
+                audit(action, "error", 500, g.get("audit_client_ids", ()))
                 raise
             audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
             return result

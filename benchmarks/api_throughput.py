@@ -92,8 +92,10 @@ def publish(store_url: str, n: int) -> tuple[str, str]:
         conn.execute(insert(store.publications).values(
             as_of=AS_OF, run_id=1, model_version="bench", published_at=store.utcnow(), n_scored=n))
         _, token = access.create_key(conn, "ehr", [CLINICS[0]], label="benchmark")
-    with engine.connect() as conn:  # fresh statistics, as after a nightly run
-        conn.exec_driver_sql("ANALYZE")
+    # Fresh planner statistics, as autovacuum gives a table after a nightly publish
+    # (committed: statistics gathered in a rolled-back transaction are thrown away).
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE scores")
     engine.dispose()
     return token, "C0000003"
 
