@@ -71,9 +71,11 @@ def run_etl(
             marks = read_watermarks(conn)
             if full is None:
                 full = _full_reload_due(conn, marks, etl)
-        since = {t: None if full or marks.get(t) is None
-                 else marks[t] - timedelta(minutes=etl.overlap_minutes)  # type: ignore[operator]
-                 for t in INCREMENTAL}
+        overlap = timedelta(minutes=etl.overlap_minutes)
+        since: dict[str, datetime | None] = {}
+        for table in INCREMENTAL:
+            mark = marks.get(table)
+            since[table] = None if full or mark is None else mark - overlap
         run.detail["full"] = full
         raw, clock = read_source(source, etl.mapping, since)
         run.rows_read = sum(len(f) for f in raw.values())
@@ -124,6 +126,8 @@ def _load(
         )
 
     changed = _apply_copy(conn, outcome, candidates, full)
+    if changed:
+        store.bump_copy_version(conn, run.run_id)
     released = _apply_quarantine(conn, outcome, full, run.run_id)
     advanced = _advance_watermarks(conn, raw, marks, clock, run.run_id)
 
@@ -141,12 +145,11 @@ def _load(
 
 
 def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The rows read, then quarantined rows not read again, then dependents to re-check.
+    """The rows read, then the quarantined rows not read again.
 
     Rows read come first (the quarantine share counts them alone). Quarantined rows
     are checked every run, so a row fixed by something other than its own update (its
-    episode arriving, say) is released. Appointments of episodes read are checked
-    again because their admission date may have moved.
+    episode arriving, say) is released.
     """
     out = {}
     held = conn.execute(select(store.quarantine.c.table_name, store.quarantine.c.rows_json))
@@ -160,12 +163,6 @@ def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[s
         if len(extra):
             extra = extra[~_key_tuples(table, extra).isin(_key_tuples(table, frame))]
         out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
-    episodes = out["episodes"]["episode_id"].dropna().unique().tolist()
-    if episodes:
-        dependents = _copy_rows(conn, "appointments", "episode_id", episodes)
-        seen = _key_tuples("appointments", out["appointments"])
-        dependents = dependents[~_key_tuples("appointments", dependents).isin(seen)]
-        out["appointments"] = pd.concat([out["appointments"], dependents], ignore_index=True)
     return out
 
 
@@ -275,7 +272,8 @@ def _count(conn: Connection, table: Any) -> int:
 
 def read_watermarks(conn: Connection) -> dict[str, datetime | None]:
     """Each incremental table's watermark (absent before the first run)."""
-    rows = conn.execute(select(store.watermarks.c.table_name, store.watermarks.c.high_water))
+    rows = conn.execute(select(store.watermarks.c.table_name, store.watermarks.c.high_water)
+                        .where(store.watermarks.c.table_name.in_(INCREMENTAL)))
     return {name: mark for name, mark in rows}
 
 
@@ -284,7 +282,7 @@ def _advance_watermarks(
     clock: datetime, run_id: int,
 ) -> dict[str, str]:
     """Move each table's watermark to the newest updated_at read, never past the source clock."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for table in INCREMENTAL:
         stamps = pd.to_datetime(raw[table]["updated_at"], format="ISO8601", errors="coerce")
         newest = stamps.max() if len(stamps) else pd.NaT
@@ -297,7 +295,7 @@ def _advance_watermarks(
         rows.append({"table_name": table, "high_water": mark, "run_id": run_id})
     frame = pd.DataFrame(rows)
     bulk.sync_rows(conn, store.watermarks, frame, compare=["high_water"], delete_missing=False)
-    return {r["table_name"]: str(r["high_water"]) for r in rows}
+    return {str(r["table_name"]): str(r["high_water"]) for r in rows}
 
 
 def _full_reload_due(conn: Connection, marks: dict[str, datetime | None], etl: EtlSettings) -> bool:

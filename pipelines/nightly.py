@@ -1,25 +1,46 @@
-"""The nightly job: ETL then scoring for one as-of date, with engines owned here."""
+"""The nightly job: ETL then scoring for one as-of date, with engines owned here.
+
+``run_slot`` is what the scheduler runs: at most one nightly run per date across
+every process that might start it (a database lock, then a check that the date's
+list is not already published), retried with backoff while the source is down.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import DBAPIError
+
 from pipelines.etl import EtlResult, run_etl
 from pipelines.scoring import ScoreResult, run_scoring
+from retention import locks, store
 from retention import model as model_io
 from retention.config import Settings
 from retention.db import source_engine, store_engine
+from retention.etl_settings import etl_settings
+from retention.extract import SourceUnavailable
 from retention.reasons import load_catalogue
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "nightly"
+# Failures worth another try later: the source or the store could not be reached.
+RETRYABLE: tuple[type[BaseException], ...] = (SourceUnavailable, DBAPIError, OSError)
 
 
 @dataclass(frozen=True)
 class NightlyResult:
-    etl: EtlResult
-    score: ScoreResult
+    etl: EtlResult | None
+    score: ScoreResult | None
+    skipped: str | None = None  # why nothing ran, when nothing did
 
 
-def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
+def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) -> NightlyResult:
     """Extract, compute features and publish the scored list for ``as_of``.
 
     The model and reason catalogue are checked before any data is read, so a
@@ -27,12 +48,60 @@ def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
     """
     model = model_io.load(settings.models_dir)
     catalogue = load_catalogue(settings.reasons_file)
+    etl = etl_settings(settings)
     source = source_engine(settings.source_url)
     store_db = store_engine(settings.store_url)
     try:
-        etl = run_etl(source, store_db, as_of)
+        extracted = run_etl(source, store_db, as_of, etl, full=full)
         scored = run_scoring(settings, store_db, model, catalogue, as_of)
     finally:
         source.dispose()
         store_db.dispose()
-    return NightlyResult(etl, scored)
+    return NightlyResult(extracted, scored)
+
+
+def run_slot(
+    settings: Settings,
+    as_of: date,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> NightlyResult:
+    """The nightly run for one date, once, whichever process gets there first.
+
+    Holds a lock on the store (PostgreSQL advisory lock, a lock file beside a
+    SQLite store) for the whole run: a second process finds it taken and stands
+    down; one that comes after finds the date's list published and does nothing.
+    A run that fails because a database is unreachable is recorded as failed and
+    tried again after ``retry_delay_seconds``, growing by ``retry_backoff``; the
+    last good list stays published meanwhile.
+    """
+    etl = etl_settings(settings)
+    store_db = store_engine(settings.store_url)
+    try:
+        with locks.try_lock(store_db, LOCK_NAME) as got:
+            if not got:
+                return NightlyResult(None, None, "another process is running the nightly job")
+            if _published(store_db, as_of):
+                return NightlyResult(None, None, f"the list for {as_of} is already published")
+            for attempt in range(1, etl.retry_attempts + 1):
+                try:
+                    return run_nightly(settings, as_of)
+                except RETRYABLE as exc:
+                    if attempt == etl.retry_attempts:
+                        raise
+                    wait = etl.retry_delay_seconds * etl.retry_backoff ** (attempt - 1)
+                    log.warning("nightly run for %s failed (attempt %d of %d: %s); "
+                                "retrying in %.0f s", as_of, attempt, etl.retry_attempts,
+                                type(exc).__name__, wait)
+                    sleep(wait)
+            raise AssertionError("unreachable")
+    finally:
+        store_db.dispose()
+
+
+def _published(store_db: Engine, as_of: date) -> bool:
+    """Whether a list for ``as_of`` is published (False for a store not yet set up)."""
+    with store_db.connect() as conn:
+        if "publications" not in inspect(conn).get_table_names():
+            return False
+        return store.latest_publication(conn, as_of) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -14,11 +15,12 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from pipelines.runs import recorded_run
-from retention import drift, reasons, store
+from retention import reasons, store
 from retention.config import Settings
 from retention.features import FEATURE_NAMES
+from retention.etl_settings import etl_settings
+from retention.features.attendance import booked_ahead, past_slots
 from retention.model import TrainedModel
-from retention.model_settings import model_settings
 
 log = logging.getLogger(__name__)
 
@@ -57,40 +59,61 @@ def run_scoring(
     """Score the features stored for ``as_of`` and publish the ranked list atomically."""
     with recorded_run(store_db, "score", as_of) as run:
         run.model_version = model.version
+        etl = etl_settings(settings)
         with store_db.connect() as conn:
             features = store.read_features(conn, as_of, FEATURE_NAMES)
-            data = store.read_clinic_copy(conn)
-        if features.empty:
-            raise ScoringError(
-                f"no features stored for {as_of}: run `retention etl --as-of {as_of}` first"
-            )
+            if features.empty:
+                raise ScoringError(
+                    f"no features stored for {as_of}: run `retention etl --as-of {as_of}` first"
+                )
+            digest = inputs_digest(conn, settings, model, catalogue, features, as_of)
+            published = store.latest_publication(conn, as_of)
+            if published is not None and published.get("inputs_digest") == digest:
+                # Same model, data, features and settings: the list stands as published.
+                run.rows_read, run.rows_changed = len(features), 0
+                run.detail["unchanged"] = True
+                high = store.count_scores(conn, as_of, tier="high")
+                log.info("score run %s: list of %s already published from the same inputs",
+                         run.run_id, as_of)
+                return ScoreResult(run.run_id, as_of, int(published["n_scored"]), high,
+                                   model.version)
+            data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
-        drifted = drift_rows(settings, model, features, rows)
         with store_db.begin() as conn:
-            store.publish_scores(conn, as_of, rows, run.run_id, model.version)
-            drift.record_drift(conn, run.run_id, as_of, model.version, drifted)
-        flagged = [d["feature"] for d in drifted if d["flagged"]]
-        if flagged:
-            log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
-                        run.run_id, model_settings(settings).drift_psi_threshold,
-                        len(flagged), len(drifted))
+            store.publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
         run.rows_written = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
         return ScoreResult(run.run_id, as_of, len(rows), high, model.version)
 
 
-def drift_rows(settings: Settings, model: TrainedModel, features: pd.DataFrame,
-               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """PSI of each feature and of the published risk against the model's training rows."""
-    reference = model.metadata.get("drift_reference")
-    if not reference:
-        return []
-    risk = np.array([r["risk"] for r in rows], dtype=float)
-    ordered = features.loc[[r["episode_id"] for r in rows]]
-    return drift.drift_table(reference, ordered, risk,
-                             model_settings(settings).drift_psi_threshold)
+def inputs_digest(
+    connection: Any,
+    settings: Settings,
+    model: TrainedModel,
+    catalogue: reasons.Catalogue,
+    features: pd.DataFrame,
+    as_of: date,
+) -> str:
+    """What a published list was computed from: equal digests give equal lists.
+
+    The model (version and file hash), the reason wording, the settings that shape
+    the list, the features for ``as_of`` and the version of the clinic copy the
+    reasons quote from.
+    """
+    parts = {
+        "as_of": as_of.isoformat(),
+        "model": [model.version, model.metadata.get("sha256")],
+        "catalogue": sorted((f.code, f.title, f.suggestion)
+                            for f in catalogue.families.values()),
+        "settings": [dict(settings.tiers), settings.max_reasons, settings.engaged_within_days,
+                     etl_settings(settings).reasons_top_n],
+        "copy_version": store.copy_version(connection),
+        "features": hashlib.sha256(pd.util.hash_pandas_object(
+            features.astype(str), index=True).to_numpy().tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def score_rows(
@@ -101,54 +124,76 @@ def score_rows(
     features: pd.DataFrame,
     as_of: date,
     run_id: int,
+    reasons_top_n: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The published rows: ranked risk with reasons, one per open episode."""
+    """The published rows: ranked risk, one per open episode, reasons for the top of the list.
+
+    Per-feature contributions cost about a hundred predictions, and wording a
+    reason reads the client's rows: both are done for the ``reasons_top_n``
+    highest-ranked rows (``[etl] reasons_top_n``), where a case manager reads them.
+    Every row carries its raw score and the model's expected value.
+    """
+    top_n = etl_settings(settings).reasons_top_n if reasons_top_n is None else reasons_top_n
     risk = model.predict(features)
     raw = model.raw_score(features)
-    contributions = model.contributions(features)
+    index = features.index
+    order = np.lexsort((features.index.to_numpy(), -risk))  # ties break on episode id
+    shown = index[order[:top_n]]
+    contributions = model.contributions(features.loc[shown])
     summed = contributions.sum(axis=1).to_numpy()
-    worst = float(np.max(np.abs(summed - raw))) if len(raw) else 0.0
+    worst = float(np.max(np.abs(summed - raw[order[:top_n]]))) if len(shown) else 0.0
     if worst > FAITHFULNESS_TOLERANCE:
         raise ScoringError(f"contributions do not add up to the model's score (off by {worst})")
+    expected = float(contributions["expected_value"].iloc[0]) if len(shown) else 0.0
     families = {f["name"]: f["family"] for f in model.metadata["features"]}
-    histories = reasons.histories(data, features, list(features.index), as_of)
+    histories = reasons.histories(data, features.loc[shown], list(shown), as_of)
     explanations = reasons.explain(
         contributions, families, histories, catalogue, max_reasons=settings.max_reasons
     )
-    # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
-    order = np.lexsort((features.index.to_numpy(), -raw, -risk))
+
+    slots = past_slots(data.appointments, index, as_of)
+    attended = slots.loc[slots["status"] == "attended"]
+    last_attended = attended.groupby("episode_id")["scheduled_at"].max().reindex(index)
+    ahead = booked_ahead(data.appointments, index, as_of)
+    next_booked = ahead.groupby("episode_id")["scheduled_at"].min().reindex(index)
+    program = data.episodes.set_index("episode_id")["program"].reindex(index)
+    days_since = features["days_since_attended"].to_numpy()
+    client = features["client_id"].to_numpy()
+    clinic = features["clinic_id"].to_numpy()
+    manager = features["case_manager_id"].to_numpy()
     rows = []
     for rank, i in enumerate(order, start=1):
-        episode_id = str(features.index[i])
-        h = histories[episode_id]
-        attended = h.slots[h.slots["status"] == "attended"]
-        last_attended = attended["scheduled_at"].max() if len(attended) else None
-        next_booked = h.ahead["scheduled_at"].min() if len(h.ahead) else None
-        days_since = features.iloc[i]["days_since_attended"]
-        explanation = explanations[episode_id]
-        rows.append({
-            "as_of": as_of,
-            "episode_id": episode_id,
-            "client_id": features.iloc[i]["client_id"],
-            "clinic_id": features.iloc[i]["clinic_id"],
-            "case_manager_id": _none_if_na(features.iloc[i]["case_manager_id"]),
-            "program": str(h.episode["program"]),
-            "rank": rank,
-            "risk": round(float(risk[i]), 6),
-            "tier": tier(float(risk[i]), settings.tiers),
-            "still_engaged": bool(
-                last_attended is not None and days_since <= settings.engaged_within_days
-            ),
-            "last_attended_on": None if last_attended is None else last_attended.date(),
-            "next_booked_at": None if next_booked is None else next_booked.to_pydatetime(),
-            "model_version": model.version,
-            "run_id": run_id,
-            "reasons_json": json.dumps({
+        episode_id = str(index[i])
+        last, nxt = last_attended.iloc[i], next_booked.iloc[i]
+        explanation = explanations.get(episode_id)
+        if explanation is None:
+            payload = {"raw_score": round(float(raw[i]), 6), "expected_value": round(expected, 6),
+                       "reasons": [], "protective": []}
+        else:
+            payload = {
                 "raw_score": round(explanation.raw_score, 6),
                 "expected_value": round(explanation.expected_value, 6),
                 "reasons": [r.to_dict() for r in explanation.reasons],
                 "protective": [r.to_dict() for r in explanation.protective],
-            }),
+            }
+        rows.append({
+            "as_of": as_of,
+            "episode_id": episode_id,
+            "client_id": client[i],
+            "clinic_id": clinic[i],
+            "case_manager_id": _none_if_na(manager[i]),
+            "program": str(program.iloc[i]),
+            "rank": rank,
+            "risk": round(float(risk[i]), 6),
+            "tier": tier(float(risk[i]), settings.tiers),
+            "still_engaged": bool(
+                pd.notna(last) and days_since[i] <= settings.engaged_within_days
+            ),
+            "last_attended_on": None if pd.isna(last) else last.date(),
+            "next_booked_at": None if pd.isna(nxt) else nxt.to_pydatetime(),
+            "model_version": model.version,
+            "run_id": run_id,
+            "reasons_json": json.dumps(payload),
         })
     return rows
 

@@ -123,7 +123,7 @@ def _copy_in(connection: Connection, name: str, columns: list[str], frame: pd.Da
 
 def _csv_ready(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
     """Columns in the text PostgreSQL's COPY reads back as the column's type."""
-    out = {}
+    out: dict[str, Any] = {}
     for name in frame.columns:
         column, sqltype = frame[name], table.c[name].type
         if isinstance(sqltype, Integer) and not pd.api.types.is_integer_dtype(column):

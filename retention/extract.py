@@ -46,7 +46,8 @@ def extract(
     """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
 
     ``alliance_items`` are read for the measures read (an item has no updated_at of
-    its own: items change with their measure). A missing optional table reads empty.
+    its own: items change with their measure), and appointments also for the
+    episodes read. A missing optional table reads empty.
     """
     frames: dict[str, pd.DataFrame] = {}
     existing = None
@@ -62,6 +63,13 @@ def extract(
         if table in INCREMENTAL and since.get(table) is not None:
             sql += " WHERE src.updated_at >= :since"
             params["since"] = since[table]
+            if table == "appointments" and since.get("episodes") is not None:
+                # Slots of episodes that changed are checked again: their admission
+                # date may have moved.
+                episodes = f"SELECT e.episode_id FROM ({mapping.query('episodes')}) e " \
+                           "WHERE e.updated_at >= :since_episodes"
+                sql += f" OR src.episode_id IN ({episodes})"
+                params["since_episodes"] = since["episodes"]
         if table == "alliance_items" and since.get("alliance_measures") is not None:
             measures = f"SELECT m.measure_id FROM ({mapping.query('alliance_measures')}) m " \
                        "WHERE m.updated_at >= :since"

@@ -212,14 +212,24 @@ def list_runs(connection: Connection, limit: int = 20) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in r._mapping.items()} for r in rows]
 
 
-def data_version(connection: Connection) -> int:
-    """The id of the last ETL run that changed the copy or the features (0 if none)."""
+COPY_VERSION = "copy_version"
+
+
+def copy_version(connection: Connection) -> int:
+    """The id of the last ETL run that changed the clinic copy (0 if none has)."""
     value = connection.execute(
-        select(func.max(runs.c.run_id)).where(
-            runs.c.kind == "etl", runs.c.status == "succeeded", runs.c.rows_changed > 0
-        )
+        select(watermarks.c.run_id).where(watermarks.c.table_name == COPY_VERSION)
     ).scalar()
     return int(value or 0)
+
+
+def bump_copy_version(connection: Connection, run_id: int) -> None:
+    """Record that ``run_id`` changed the clinic copy (in the run's own transaction)."""
+    done = connection.execute(
+        update(watermarks).where(watermarks.c.table_name == COPY_VERSION).values(run_id=run_id)
+    )
+    if not done.rowcount:
+        connection.execute(insert(watermarks).values(table_name=COPY_VERSION, run_id=run_id))
 
 
 # --- clinic copy -------------------------------------------------------------------
@@ -351,11 +361,12 @@ def latest_publication(connection: Connection, as_of: date | None = None) -> dic
     return dict(row._mapping) if row else None
 
 
-def count_scores(connection: Connection, as_of: date) -> int:
-    """How many rows a published list holds."""
-    return int(connection.execute(
-        select(func.count()).select_from(scores).where(scores.c.as_of == as_of)
-    ).scalar_one())
+def count_scores(connection: Connection, as_of: date, tier: str | None = None) -> int:
+    """How many rows a published list holds (in one tier, if given)."""
+    query = select(func.count()).select_from(scores).where(scores.c.as_of == as_of)
+    if tier is not None:
+        query = query.where(scores.c.tier == tier)
+    return int(connection.execute(query).scalar_one())
 
 
 def read_list(

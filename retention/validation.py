@@ -98,8 +98,9 @@ class Outcome:
         """Quarantined source rows by table and rule."""
         out: dict[str, dict[str, int]] = {}
         grouped = self.rejects.groupby(["table_name", "rule"])["n_rows"].sum()
-        for (table, rule), n in grouped.items():
-            out.setdefault(str(table), {})[str(rule)] = int(n)
+        for key, n in grouped.items():
+            parts: tuple[Any, ...] = tuple(key)  # type: ignore[arg-type]
+            out.setdefault(str(parts[0]), {})[str(parts[1])] = int(n)
         return out
 
 
@@ -394,8 +395,8 @@ def _rejects(c: _Checked) -> pd.DataFrame:
     return out[REJECT_COLUMNS]
 
 
-def _row_json(row: Mapping[str, Any]) -> str:
-    return json.dumps({k: _text(v) for k, v in row.items()}, sort_keys=True)
+def _row_json(row: Mapping[Any, Any]) -> str:
+    return json.dumps({str(k): _text(v) for k, v in row.items()}, sort_keys=True)
 
 
 def _text(value: Any) -> str | None:

@@ -1,12 +1,13 @@
 """PostgreSQL for tests: the server on this machine, a fresh database per use, dropped after.
 
-Import the fixtures into a test module (``from tests.pg import pg_url, store_url  # noqa``).
+Use them from a test module with ``pytest_plugins = ("tests.pg",)``.
 
 - ``pg_server`` (session): the admin URL of a server that answers, or a skip; with
   ``CI`` set an unreachable server fails the run instead of skipping.
 - ``pg_session_db`` (session): one database created for the test session, dropped at
   its end.
 - ``pg_url`` (function): a fresh, empty database for one test, dropped after it.
+- ``pg_databases`` (function): a factory of fresh databases, all dropped after the test.
 - ``store_url`` (function): parametrised over ``sqlite`` and ``postgresql``; an empty
   store database of either kind.
 - ``new_database(admin_url)`` / ``drop_database(admin_url, name)``: for helpers that
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -121,3 +122,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         drop_database(url, server)
+
+
+@pytest.fixture
+def pg_databases(pg_server: str) -> Iterator[Callable[[str], str]]:
+    """A factory of fresh databases (``make("label") -> url``), all dropped after the test."""
+    made: list[str] = []
+
+    def make(label: str = "") -> str:
+        made.append(new_database(pg_server, label))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for url in made:
+            drop_database(url, pg_server)
