@@ -19,7 +19,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from pipelines.nightly import run_slot
+from pipelines.retrain import JOB_ID as RETRAIN_ID
+from pipelines.retrain import retrain_job
 from retention.config import Settings, load_settings
+from retention.model_settings import model_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,5 +90,14 @@ def build_scheduler(
         max_instances=1,  # a run still going when the next is due is never doubled
         misfire_grace_time=settings.misfire_grace_seconds,
         **first,
+    )
+    # Weekly: retrain, evaluate and promote only through the gate (pipelines/retrain.py).
+    scheduler.add_job(
+        retrain_job,
+        CronTrigger.from_crontab(model_settings(settings).retrain_cron,
+                                 timezone=settings.schedule_timezone),
+        args=[config_path], id=RETRAIN_ID, name="weekly retrain behind the promotion gate",
+        replace_existing=True, coalesce=True, max_instances=1,
+        misfire_grace_time=settings.misfire_grace_seconds,
     )
     return scheduler

@@ -15,12 +15,13 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from pipelines.runs import recorded_run
-from retention import reasons, store
+from retention import drift, reasons, store
 from retention.config import Settings
-from retention.features import FEATURE_NAMES
 from retention.etl_settings import etl_settings
+from retention.features import FEATURE_NAMES
 from retention.features.attendance import booked_ahead, past_slots
 from retention.model import TrainedModel
+from retention.model_settings import model_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,31 @@ def run_scoring(
             data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
+        drifted = drift_rows(settings, model, features, rows)
         with store_db.begin() as conn:
             store.publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
+            drift.record_drift(conn, run.run_id, as_of, model.version, drifted)
+        flagged = [d["feature"] for d in drifted if d["flagged"]]
+        if flagged:
+            log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
+                        run.run_id, model_settings(settings).drift_psi_threshold,
+                        len(flagged), len(drifted))
         run.rows_written = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
         return ScoreResult(run.run_id, as_of, len(rows), high, model.version)
+
+
+def drift_rows(settings: Settings, model: TrainedModel, features: pd.DataFrame,
+               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PSI of each feature and of the published risk against the model's training rows."""
+    reference = model.metadata.get("drift_reference")
+    if not reference:
+        return []
+    risk = np.array([r["risk"] for r in rows], dtype=float)
+    ordered = features.loc[[r["episode_id"] for r in rows]]
+    return drift.drift_table(reference, ordered, risk,
+                             model_settings(settings).drift_psi_threshold)
 
 
 def inputs_digest(
@@ -137,7 +157,8 @@ def score_rows(
     risk = model.predict(features)
     raw = model.raw_score(features)
     index = features.index
-    order = np.lexsort((features.index.to_numpy(), -risk))  # ties break on episode id
+    # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
+    order = np.lexsort((features.index.to_numpy(), -raw, -risk))
     shown = index[order[:top_n]]
     contributions = model.contributions(features.loc[shown])
     summed = contributions.sum(axis=1).to_numpy()
