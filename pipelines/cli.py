@@ -285,8 +285,9 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
     _say(f"demo [1/{steps}] synthetic clinic")
     counts = _synth(obj, n_clients, 3, today, seed, None)
     _say(f"  {counts['total']:,} rows in {counts['url']}")
-    _say(f"demo [2/{steps}] ETL as of {today}")
-    etl_result = _etl(settings, today)
+    _say(f"demo [2/{steps}] store (migrations) and ETL as of {today}")
+    _fresh_store(settings)
+    etl_result = _etl(settings, today, full=True)
     _say(f"  {etl_result.open_episodes:,} open episodes")
     _say(f"demo [3/{steps}] training")
     trained = _train(settings, today, True)
@@ -302,6 +303,24 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
         return
     _say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
     _serve(settings, False, "127.0.0.1", port, 2)
+
+
+def _fresh_store(settings: Settings) -> None:
+    """A new clinic needs a new copy: the demo's SQLite store starts empty, then migrated."""
+    from sqlalchemy.engine import make_url
+
+    from retention import schema
+    from retention.db import store_engine
+
+    parsed = make_url(settings.store_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        for suffix in ("", "-wal", "-shm"):
+            Path(parsed.database + suffix).unlink(missing_ok=True)
+    engine = store_engine(settings.store_url)
+    try:
+        schema.upgrade_engine(engine)
+    finally:
+        engine.dispose()
 
 
 def _register_areas() -> None:

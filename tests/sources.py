@@ -13,7 +13,20 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    Engine,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from retention import contract, store
 from retention.synth import SynthConfig, generate, write
@@ -34,6 +47,7 @@ class Source:
 
     url: str
     engine: Engine
+    text_only: bool = False
 
     @classmethod
     def synthetic(cls, url: str, n_clients: int = 300, seed: int = 11,
@@ -43,25 +57,45 @@ class Source:
             write(conn, generate(SynthConfig(end=end, n_clients=n_clients, seed=seed)))
         return cls(url, engine)
 
+    @classmethod
+    def loose(cls, url: str, n_clients: int = 150, seed: int = 11, end: date = AS_OF) -> Source:
+        """A clinic whose tables hold text, with no keys or constraints: an EHR export that
+        will happily keep a duplicate, an empty status or '2026-02-30'."""
+        engine = create_engine(url)
+        frames = generate(SynthConfig(end=end, n_clients=n_clients, seed=seed))
+        with engine.begin() as conn:
+            LOOSE.create_all(conn)
+            for name, frame in frames.items():
+                rows = [{k: _as_text(v) for k, v in r.items()} for r in frame.to_dict("records")]
+                conn.execute(insert(LOOSE.tables[name]), rows)
+        return cls(url, engine, text_only=True)
+
+    def table(self, name: str) -> Table:
+        return LOOSE.tables[name] if self.text_only else contract.TABLES[name]
+
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        convert = _as_text if self.text_only else (lambda v: v)
         with self.engine.begin() as conn:
-            conn.execute(insert(contract.TABLES[table]), [dict(r) for r in rows])
+            conn.execute(insert(self.table(table)),
+                         [{k: convert(v) for k, v in r.items()} for r in rows])
 
     def update(self, table: str, key: Mapping[str, Any], **values: Any) -> None:
-        t = contract.TABLES[table]
+        t = self.table(table)
+        if self.text_only:
+            values = {k: _as_text(v) for k, v in values.items()}
         with self.engine.begin() as conn:
             conn.execute(update(t).where(*(t.c[k] == v for k, v in key.items())).values(**values))
 
     def delete(self, table: str, key: Mapping[str, Any]) -> None:
-        t = contract.TABLES[table]
+        t = self.table(table)
         with self.engine.begin() as conn:
             conn.execute(delete(t).where(*(t.c[k] == v for k, v in key.items())))
 
     def rows(self, table: str, where: Mapping[str, Any] | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
-        t = contract.TABLES[table]
+        t = self.table(table)
         query = select(t).where(*(t.c[k] == v for k, v in (where or {}).items()))
-        query = query.order_by(*t.primary_key.columns)
+        query = query.order_by(*(t.c[c.name] for c in contract.TABLES[table].primary_key.columns))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -70,10 +104,10 @@ class Source:
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(
-                select(func.count()).select_from(contract.TABLES[table])).scalar_one())
+                select(func.count()).select_from(self.table(table))).scalar_one())
 
     def open_episode_ids(self, as_of: date = AS_OF) -> list[str]:
-        e = contract.episodes
+        e = self.table("episodes")
         with self.engine.connect() as conn:
             return list(conn.execute(
                 select(e.c.episode_id).where(e.c.admitted_on < as_of, e.c.discharged_on.is_(None))
@@ -81,6 +115,26 @@ class Source:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+LOOSE = MetaData()
+for _t in contract.TABLES.values():
+    Table(_t.name, LOOSE, *(Column(c.name, Text) for c in _t.columns))
+
+
+def _as_text(value: Any) -> str | None:
+    """A value as a text column of an EHR export holds it."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp | datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value == int(value):
+        return str(int(value)) if abs(value) < 1e15 else str(value)
+    return str(value)
 
 
 def appointment(appointment_id: str, episode: Mapping[str, Any], when: datetime,
