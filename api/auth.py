@@ -60,9 +60,12 @@ def connection() -> Connection:
     conn: Connection | None = g.get("db")
     if conn is None:
         engine: Engine = current_app.extensions["retention"]["store"]
-        # Autocommit: every statement is its own transaction, so no BEGIN/COMMIT round
-        # trips; the audit INSERT is durable when it returns, before any data is sent.
-        conn = g.db = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = g.db = engine.connect()
+        if engine.dialect.name == "postgresql":
+            # Every statement its own transaction: no BEGIN/COMMIT round trips, and the
+            # audit INSERT is durable when it returns. (SQLite's engine emits its own
+            # BEGIN, so there the audit commits explicitly.)
+            conn = g.db = conn.execution_options(isolation_level="AUTOCOMMIT")
     return conn
 
 
@@ -72,7 +75,8 @@ def caller() -> Caller:
     return found
 
 
-def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()) -> None:
+def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
+          after_error: bool = False) -> None:
     """Append the audit record for this request, committed before any response leaves."""
     who: Caller | None = g.get("caller")
     record = AuditRecord(
@@ -82,7 +86,11 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         source=(request.remote_addr or "")[:64] or None,
     )
     try:
-        access.write_audit(connection(), record)
+        conn = connection()
+        if after_error:  # a failed statement may have left the transaction aborted
+            conn.rollback()
+        access.write_audit(conn, record)
+        conn.commit()
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the response",
                   g.request_id, action)
@@ -168,10 +176,10 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
             except HTTPException as exc:
                 status = exc.code or 500
                 audit(action, g.get("audit_outcome") or _outcome(status), status,
-                      g.get("audit_client_ids", ()))
+                      g.get("audit_client_ids", ()), after_error=True)
                 raise
             except Exception:
-                audit(action, "error", 500, g.get("audit_client_ids", ()))
+                audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
                 raise
             audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
             return result

@@ -127,3 +127,21 @@ def test_audit_export_covers_the_requested_days(app: Flask, scored: Scored,
                                         str(yesterday)])
     assert earlier.exit_code == 0 and rid not in earlier.output
     assert date.fromisoformat(mine[0]["at"][:10]) == today
+
+
+def test_reads_and_denials_are_audited_on_postgresql(
+    scored: Scored, store_url: str,  # noqa: F811  (fixture: SQLite and PostgreSQL)
+) -> None:
+    engine = create_engine(store_url)
+    token = make_key(engine, "admin")
+    app = create_app(scored.settings.with_overrides(store_url=store_url))
+    rids = [uuid.uuid4().hex for _ in range(2)]
+    assert keyed_client(app, token).get(
+        "/v1/risk-list", headers={"X-Request-ID": rids[0]}).status_code == 404
+    assert app.test_client().get(
+        "/v1/risk-list", headers={"X-Request-ID": rids[1]}).status_code == 401
+    with engine.connect() as conn:
+        rows = {r["request_id"]: r["outcome"] for r in access.read_audit(
+            conn, store.utcnow() - timedelta(hours=1), store.utcnow() + timedelta(hours=1))}
+    assert [rows.get(r) for r in rids] == ["not_found", "unauthenticated"]
+    engine.dispose()
