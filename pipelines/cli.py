@@ -246,7 +246,8 @@ def _serve(settings: Settings, dev: bool, host: str, port: int, workers: int) ->
 
     _say(f"serve: API on http://{host}:{port}/v1/risk-list (Ctrl-C to stop)")
     if dev:
-        create_app(settings).run(host=host, port=port)
+        # One process: the pages may sign with a per-process secret if none is set.
+        create_app(settings, WEB_DEV=True).run(host=host, port=port)
         return
     from pipelines.gunicorn_app import run_gunicorn
 
@@ -301,8 +302,35 @@ def demo(obj: Context, n_clients: int, seed: int, port: int, no_serve: bool) -> 
     _say(f"demo: ready in {elapsed:.1f} s")
     if no_serve:
         return
+    _demo_sign_in(settings, port)
     _say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
     _serve(settings, False, "127.0.0.1", port, 2)
+
+
+def _demo_sign_in(settings: Settings, port: int) -> None:
+    """A case-manager key for the pages, and one session secret every worker inherits."""
+    import os
+    import secrets
+
+    from sqlalchemy import select
+
+    from retention import access, store
+    from retention.db import store_engine
+
+    # gunicorn's workers are forked from this process: they share this secret. The
+    # demo serves plain http on localhost, so its cookie cannot be Secure-only.
+    os.environ.setdefault("RETENTION_SECRET_KEY", secrets.token_urlsafe(48))
+    os.environ["RETENTION_INSECURE_COOKIES"] = "1"
+    engine = store_engine(settings.store_url)
+    try:
+        with engine.begin() as conn:
+            clinic = conn.execute(select(store.scores.c.clinic_id).limit(1)).scalar_one()
+            _, token = access.create_key(conn, "case_manager", [clinic],
+                                         label="Demo case manager")
+    finally:
+        engine.dispose()
+    _say(f"demo: case managers' daily list at http://127.0.0.1:{port}/web/ ; sign in "
+         f"with this access key (case manager, {clinic}):\n  {token}")
 
 
 def _fresh_store(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 
 from retention.instruments import SRS_CUTOFF
 
-WIDTH, LEFT, RIGHT = 760, 64, 16
+WIDTH, LEFT, RIGHT = 760, 84, 16
 MISSED = ("no_show", "late_cancel")
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
 STATUS_WORDS = {"attended": "attended", "no_show": "no-show", "late_cancel": "late cancellation",

@@ -36,7 +36,7 @@ bp = Blueprint("web", __name__, url_prefix="/web", template_folder="templates",
 TIERS = ("high", "medium", "low")
 SORT_WORDS = {"rank": "Risk (highest first)", "change": "What changed since yesterday",
               "last_attended": "Longest since last attended", "next_booked": "Nothing booked first"}
-LIST_PARAMS = {"program", "tier", "engaged", "sort"}
+LIST_PARAMS = {"program", "tier", "engaged", "sort", "recorded"}
 # Runs of the nightly job; a failure of the newest is shown on every page.
 NIGHTLY_KINDS = ("etl", "score")
 # Outreach recorded this recently shows on the list, so two people do not call one client.
@@ -285,4 +285,10 @@ def list_date(value: date | None) -> str:
     return f"{value:%a %d %b %Y}" if value else "none yet"
 
 
+def pct(risk: float) -> str:
+    """A probability as whole percent, never a certain-looking 0% or 100%."""
+    return ">99%" if risk >= 0.995 else "<1%" if risk < 0.005 else f"{risk:.0%}"
+
+
 bp.add_app_template_filter(list_date, "list_date")
+bp.add_app_template_filter(pct, "pct")

@@ -1,0 +1,112 @@
+"""How long the case manager's list page takes to render on the server, for a caseload of 200.
+
+Publishes two nights' lists (so "changed since yesterday" has work to do) of 200
+episodes in one clinic, plus a week of outreach for a quarter of them, into a fresh
+SQLite store; signs a case manager in and times GET /web/ with Flask's test client
+(server-side only: routing, session check, scoped reads, audit write, template).
+Usage: .venv/bin/python benchmarks/web_list.py [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from api import create_app  # noqa: E402
+from retention import access, outreach, store  # noqa: E402
+from retention.config import settings_from_mapping  # noqa: E402
+from retention.db import store_engine  # noqa: E402
+
+AS_OF = date(2026, 6, 1)
+CLINIC = "clinic-bench"
+
+
+def reason(rng: random.Random, i: int) -> dict[str, object]:
+    return {"code": f"R{i}", "family": "disengagement", "title": "Drifting out of contact",
+            "text": "Missed 3 of 5 sessions in the last 4 weeks: 2 no-shows on 3 and 10 May",
+            "log_odds": round(rng.random(), 3), "percentage_points": round(rng.random() * 20, 1),
+            "suggestion": "Consider reaching out soon to acknowledge the gap.",
+            "appointment_ids": [f"A{i}-{k}" for k in range(3)], "measure_ids": []}
+
+
+def publish(engine: object, n: int, rng: random.Random) -> None:
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        store.create_schema(conn)
+        for day, shift in ((AS_OF - timedelta(days=1), 0.03), (AS_OF, 0.0)):
+            risks = sorted((rng.random() - shift for _ in range(n)), reverse=True)
+            rows = [{
+                "as_of": day, "episode_id": f"E{i:05d}", "client_id": f"C{i:05d}",
+                "clinic_id": CLINIC, "case_manager_id": "cm-1", "program": "outpatient",
+                "rank": rank, "risk": max(0.0, min(1.0, r)),
+                "tier": "high" if r > 0.5 else "medium" if r > 0.25 else "low",
+                "still_engaged": i % 3 != 0, "last_attended_on": day - timedelta(days=i % 30),
+                "next_booked_at": datetime(2026, 6, 3, 10) if i % 4 else None,
+                "model_version": "bench", "run_id": 1,
+                "reasons_json": json.dumps({"reasons": [reason(rng, i) for _ in range(3)],
+                                            "protective": [reason(rng, i)]}),
+            } for rank, (i, r) in enumerate(zip(range(n), risks, strict=True), start=1)]
+            store.publish_scores(conn, day, rows, 1, "bench")
+        for i in range(0, n, 4):
+            outreach.record_outreach(conn, outreach.Outreach(
+                client_id=f"C{i:05d}", episode_id=f"E{i:05d}", clinic_id=CLINIC,
+                list_as_of=AS_OF, risk=0.5, tier="high", key_id="bench", reached=True,
+                channel="phone", outcome="booked", note="Booked for Thursday"))
+
+
+def timed(client: object, path: str, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        answer = client.get(path)  # type: ignore[attr-defined]
+        out.append((time.perf_counter() - start) * 1000)
+        assert answer.status_code == 200, answer.status_code
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="caseload size")
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = settings_from_mapping({"source_url": f"sqlite:///{tmp}/clinic.db",
+                                          "store_url": f"sqlite:///{tmp}/store.db",
+                                          "api_rate_limit_per_minute": 1_000_000})
+        engine = store_engine(settings.store_url)
+        publish(engine, args.n, rng)
+        with engine.begin() as conn:
+            _, token = access.create_key(conn, "case_manager", [CLINIC], case_manager_id="cm-1")
+        app = create_app(settings, TESTING=True, TODAY=lambda: AS_OF)
+        client = app.test_client()
+        form = client.get("/web/sign-in").get_data(as_text=True)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+        signed = client.post("/web/sign-in", data={"csrf_token": csrf, "key": token})
+        assert signed.status_code == 303
+        page = client.get("/web/").get_data(as_text=True)
+        shown = len(re.findall(r'<tr id="c-', page))
+        timed(client, "/web/", 3)  # warm-up
+        lists = timed(client, "/web/", args.runs)
+        sorted_by = timed(client, "/web/?sort=change&tier=high", args.runs)
+        print(f"list page, caseload {shown} ({len(page) / 1024:.0f} KiB HTML), {args.runs} runs: "
+              f"median {statistics.median(lists):.1f} ms, "
+              f"p95 {statistics.quantiles(lists, n=20)[18]:.1f} ms, max {max(lists):.1f} ms")
+        print(f"list page sorted by change, high tier only: median "
+              f"{statistics.median(sorted_by):.1f} ms, "
+              f"p95 {statistics.quantiles(sorted_by, n=20)[18]:.1f} ms")
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
