@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
-from pipelines.runs import RunRecord, recorded_run
+from pipelines.runs import RunRecord, Stopwatch, recorded_run
 from retention import bulk, store
 from retention.etl_settings import EtlSettings
 from retention.extract import INCREMENTAL, read_source
@@ -77,12 +77,15 @@ def run_etl(
             mark = marks.get(table)
             since[table] = None if full or mark is None else mark - overlap
         run.detail["full"] = full
+        watch = Stopwatch(run.detail.setdefault("seconds", {}))
         raw, clock = read_source(source, etl.mapping, since)
+        watch.lap("extract")
         run.rows_read = sum(len(f) for f in raw.values())
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
         with store_db.begin() as conn:
-            n_features = _load(conn, raw, clock, as_of, etl, full, run, marks)
+            n_features = _load(conn, raw, clock, as_of, etl, full, run, marks, watch)
+        watch.lap("commit")
         log.info("etl run %s: %d rows changed, %d quarantined, %d open episodes as of %s",
                  run.run_id, run.rows_changed, run.rows_quarantined, n_features, as_of)
         return EtlResult(run.run_id, as_of, run.rows_read, n_features,
@@ -98,6 +101,7 @@ def _load(
     full: bool,
     run: RunRecord,
     marks: dict[str, datetime | None],
+    watch: Stopwatch,
 ) -> int:
     """Check and apply one extract inside the caller's transaction; returns open episodes."""
     n_read = {t: len(raw[t]) for t in ORDER}
@@ -107,6 +111,7 @@ def _load(
         candidates = _with_carried_over(conn, raw)
         context = _context(conn, candidates)
     outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
+    watch.lap("check")
 
     bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) for t in ORDER}
     total_read = sum(n_read.values())
@@ -130,10 +135,14 @@ def _load(
         store.bump_copy_version(conn, run.run_id)
     released = _apply_quarantine(conn, outcome, full, run.run_id)
     advanced = _advance_watermarks(conn, raw, marks, clock, run.run_id)
+    watch.lap("load")
 
     data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
+    watch.lap("scoped_read")
     features = build_features(data, as_of)
+    watch.lap("features")
     feature_changes = store.write_features(conn, as_of, features, FEATURE_NAMES, run.run_id)
+    watch.lap("write_features")
     run.rows_changed = changed + feature_changes
     run.detail.update({"copy_changed": changed, "features_changed": feature_changes,
                        "released": released, "watermarks": advanced,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ class RunRecord:
     @rows_written.setter
     def rows_written(self, value: int | None) -> None:
         self.rows_changed = value
+
+
+class Stopwatch:
+    """Seconds spent in each stage of a run, kept in the run's detail."""
+
+    def __init__(self, laps: dict[str, float]) -> None:
+        self.laps = laps
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from pipelines.runs import recorded_run
+from pipelines.runs import Stopwatch, recorded_run
 from retention import drift, reasons, store
 from retention.config import Settings
 from retention.etl_settings import etl_settings
@@ -61,6 +61,7 @@ def run_scoring(
     with recorded_run(store_db, "score", as_of) as run:
         run.model_version = model.version
         etl = etl_settings(settings)
+        clock = Stopwatch(run.detail.setdefault("seconds", {}))
         with store_db.connect() as conn:
             features = store.read_features(conn, as_of, FEATURE_NAMES)
             if features.empty:
@@ -79,8 +80,10 @@ def run_scoring(
                 return ScoreResult(run.run_id, as_of, int(published["n_scored"]), high,
                                    model.version)
             data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
+        clock.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
+        clock.lap("score_and_reasons")
         drifted = drift_rows(settings, model, features, rows)
         with store_db.begin() as conn:
             store.publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
@@ -90,6 +93,7 @@ def run_scoring(
             log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
                         run.run_id, model_settings(settings).drift_psi_threshold,
                         len(flagged), len(drifted))
+        clock.lap("publish")
         run.rows_written = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)

@@ -58,12 +58,23 @@ class SynthConfig:
     n_clinics: int = 3
     history_days: int = 540
     seed: int = 7
+    # Standing individual sessions per week on top of each program's own (0: as
+    # published). Benchmarks use it to reach a caseload's volume of appointments:
+    # about 20 per episode at 0, about 80 at 3.
+    extra_sessions_per_week: int = 0
+    # Planned episode lengths are multiplied by this (1: as published); longer episodes
+    # make a larger open caseload for the same number of clients.
+    episode_length_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_clients < 1 or self.n_clinics < 1:
             raise ValueError("n_clients and n_clinics must be positive")
         if self.history_days < 30:
             raise ValueError("history_days must be at least 30")
+        if not 0 <= self.extra_sessions_per_week <= 4:
+            raise ValueError("extra_sessions_per_week must be between 0 and 4")
+        if not 0.25 <= self.episode_length_scale <= 10:
+            raise ValueError("episode_length_scale must be between 0.25 and 10")
 
 
 # --------------------------------------------------------------------------- time
@@ -294,10 +305,13 @@ def _weekly_template(program: str, c: _Client) -> list[_Slot]:
 
 
 def _sessions(
-    program: str, c: _Client, admit_day: int, last_day: int, rng: np.random.Generator
+    program: str, c: _Client, admit_day: int, last_day: int, rng: np.random.Generator,
+    extra: int = 0,
 ) -> tuple[list[int], list[str], list[bool]]:
     """Start minute, service and telehealth of every planned session after the intake."""
     template = _weekly_template(program, c)
+    # Extra standing sessions on the following weekdays, an hour after the client's slot.
+    template += [((c.weekday + 1 + k) % 5, c.minute + 60, "individual", 1) for k in range(extra)]
     monday = admit_day - _weekday(admit_day)
     planned: list[tuple[int, str]] = []
     for week in range((last_day - monday) // 7 + 1):
@@ -481,9 +495,11 @@ class _EpisodeRun:
     """One episode of one client, simulated session by session into the sink."""
 
     def __init__(
-        self, ep: _Episode, client: _Client, end_day: int, rng: np.random.Generator, sink: _Sink
+        self, ep: _Episode, client: _Client, end_day: int, rng: np.random.Generator, sink: _Sink,
+        extra: int = 0,
     ) -> None:
         self.ep, self.c, self.rng, self.sink = ep, client, rng, sink
+        self.extra = extra
         self.program = _PROGRAMS[ep.program]
         self.end_day = end_day
         self.end = end_day * DAY
@@ -494,7 +510,8 @@ class _EpisodeRun:
         ep, c, rng, end = self.ep, self.c, self.rng, self.end
         intake = ep.admit_day * DAY + 8 * 60 + 30 * int(rng.integers(0, 13))
         last_day = min(self.planned_end_day, self.end_day + 24)
-        starts, services, tele = _sessions(ep.program, c, ep.admit_day, last_day, rng)
+        starts, services, tele = _sessions(ep.program, c, ep.admit_day, last_day, rng,
+                                           self.extra)
         intake_end = intake + _DURATION["intake"]
         booked = _booking_times(starts, services, c.booking_lead, intake_end, rng)
         # Per session: exit?, exit time, exit kind, clinic cancel, attend?, miss kind,
@@ -756,11 +773,13 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
         episode = 1
         while True:
             program = _PROGRAM_NAMES[int(rng.choice(len(_PROGRAM_NAMES), p=_PROGRAM_WEIGHTS))]
-            planned = max(3, round(_PROGRAMS[program].planned_days * math.exp(rng.normal(0, 0.15))))
+            planned = max(3, round(_PROGRAMS[program].planned_days * config.episode_length_scale
+                                   * math.exp(rng.normal(0, 0.15))))
             ep = _Episode(
                 f"E{number:0{width}d}-{episode}", program, admit_day, planned, -0.25 * (episode - 1)
             )
-            discharged = _EpisodeRun(ep, c, end_day, rng, sink).run()
+            discharged = _EpisodeRun(ep, c, end_day, rng, sink,
+                                     config.extra_sessions_per_week).run()
             if not returns or episode > 1 or discharged is None:
                 break
             admit_day = discharged + int(rng.integers(14, 151))

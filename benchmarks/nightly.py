@@ -1,0 +1,358 @@
+"""Benchmark: the nightly run (extract, features, score with reasons, publish) from PostgreSQL.
+
+    .venv/bin/python benchmarks/nightly.py --clients 10000
+    .venv/bin/python benchmarks/nightly.py --clients 100000
+
+Setup is done once and cached on the PostgreSQL server: a synthetic clinic of
+``--clients`` clients with a year of history is generated and loaded with COPY into
+the database ``retention_bench_src_<clients>`` (kept between runs; ``--rebuild``
+makes it again), and a model is trained once on a small clinic of the same kind
+(``var/bench/models``). Setup time is reported separately from the runs.
+
+Then, each in its own process so its peak memory is its own:
+
+1. **full**: a nightly run into an empty store: every row extracted, checked and
+   loaded, features for every open episode, scored, reasons for the top of the list,
+   published;
+2. **incremental**: one day of changes later (a copy of the clinic made from the
+   cached one, with a day's statuses, bookings, ratings and discharges applied), the
+   next night's run into the same store.
+
+Each prints its stages' seconds (from the runs' own records) and its peak resident
+memory. The server is the one on this machine (RETENTION_BENCH_PG_URL overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retention import contract  # noqa: E402
+from retention.synth import SynthConfig  # noqa: E402
+
+ADMIN = os.environ.get("RETENTION_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AS_OF = date(2026, 6, 1)
+CACHE = ROOT / "var" / "bench"
+MODEL_CLIENTS = 2000
+
+
+def synth_config(clients: int, seed: int = 20261126) -> SynthConfig:
+    """A year of history, sessions and episode lengths raised towards a full caseload."""
+    return SynthConfig(end=AS_OF, n_clients=clients, n_clinics=8, history_days=365, seed=seed,
+                       extra_sessions_per_week=4, episode_length_scale=3.0)
+
+
+def url_for(database: str) -> str:
+    base = ADMIN.rsplit("/", 1)[0]
+    return f"{base}/{database}"
+
+
+def sa_url(database: str) -> str:
+    return url_for(database).replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def admin() -> psycopg.Connection[Any]:
+    return psycopg.connect(ADMIN, autocommit=True)
+
+
+def exists(database: str) -> bool:
+    with admin() as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (database,)).fetchone() is not None
+
+
+def drop(database: str) -> None:
+    with admin() as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+
+
+def create(database: str, template: str | None = None) -> None:
+    drop(database)
+    with admin() as conn:
+        if template:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(database), sql.Identifier(template)))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+# --- setup (cached) -------------------------------------------------------------------
+
+
+def ensure_source(clients: int, rebuild: bool) -> tuple[str, dict[str, Any]]:
+    """The cached clinic database for ``clients``; builds it when missing or stale."""
+    name = f"retention_bench_src_{clients}"
+    config = asdict(synth_config(clients))
+    config["end"] = str(config["end"])
+    if not rebuild and exists(name):
+        with psycopg.connect(url_for(name)) as conn:
+            row = conn.execute("SELECT config, counts FROM bench_meta").fetchone()
+        if row and json.loads(row[0]) == config:
+            return name, {"cached": True, "counts": json.loads(row[1])}
+    started = time.perf_counter()
+    from sqlalchemy import create_engine
+
+    from retention.synth import generate
+
+    frames = generate(synth_config(clients))
+    generated = time.perf_counter() - started
+    create(name)
+    engine = create_engine(sa_url(name))
+    with engine.begin() as conn:
+        contract.metadata.create_all(conn)
+    engine.dispose()
+    with psycopg.connect(url_for(name)) as conn:
+        for table, frame in frames.items():
+            cols = ", ".join(frame.columns)
+            with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)") as cp:
+                for start in range(0, len(frame), 500_000):
+                    cp.write(frame.iloc[start:start + 500_000].to_csv(index=False, header=False))
+        # What a clinic's database would have for any reader that asks "what changed".
+        for table in ("episodes", "appointments", "alliance_measures"):
+            conn.execute(f"CREATE INDEX ON {table} (updated_at)")
+        conn.execute("CREATE INDEX ON appointments (episode_id)")
+        counts = {t: len(f) for t, f in frames.items()}
+        conn.execute("CREATE TABLE bench_meta (config text, counts text)")
+        conn.execute("INSERT INTO bench_meta VALUES (%s, %s)",
+                     (json.dumps(config), json.dumps(counts)))
+        conn.commit()
+    with admin() as conn, psycopg.connect(url_for(name), autocommit=True) as c:
+        c.execute("VACUUM ANALYZE")
+    return name, {"cached": False, "generate_s": round(generated, 1),
+                  "load_s": round(time.perf_counter() - started - generated, 1), "counts": counts}
+
+
+def ensure_model() -> tuple[Path, dict[str, Any]]:
+    """A model trained once on a small clinic of the same kind (scoring cost does not
+    depend on how many rows a model was trained on)."""
+    models = CACHE / "models"
+    if (models / "CURRENT").exists():
+        return models, {"cached": True}
+    started = time.perf_counter()
+    from pipelines.etl import run_etl
+    from pipelines.train import run_training
+    from retention.config import settings_from_mapping
+    from retention.db import source_engine, store_engine
+    from retention.synth import generate, write
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    clinic, store_file = CACHE / "model_clinic.db", CACHE / "model_store.db"
+    for f in (clinic, store_file):
+        f.unlink(missing_ok=True)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{clinic}")
+    with engine.begin() as conn:
+        write(conn, generate(synth_config(MODEL_CLIENTS, seed=7)))
+    engine.dispose()
+    settings = settings_from_mapping({
+        "source_url": f"sqlite:///{clinic}", "store_url": f"sqlite:///{store_file}",
+        "models_dir": str(models), "reasons_file": str(ROOT / "config" / "reasons.toml")})
+    source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
+    run_etl(source, store_db, AS_OF)
+    run_training(settings, store_db, AS_OF)
+    source.dispose()
+    store_db.dispose()
+    return models, {"cached": False, "train_s": round(time.perf_counter() - started, 1)}
+
+
+DAY_OF_CHANGES = """
+SELECT setseed(0.42);
+-- Today's slots get their statuses, written after each session.
+UPDATE appointments
+   SET status = CASE WHEN random() < 0.8 THEN 'attended' ELSE 'no_show' END,
+       updated_at = scheduled_at + interval '2 hours'
+ WHERE status = 'scheduled' AND scheduled_at >= %(day)s AND scheduled_at < %(next)s;
+-- A fifth of open episodes book a slot two weeks out.
+INSERT INTO appointments
+SELECT 'AX' || lpad(row_number() OVER (ORDER BY episode_id)::text, 9, '0'), episode_id,
+       client_id, %(day)s + interval '14 days 10 hours', %(day)s + interval '12 hours',
+       'scheduled', 'individual', false, 'clin-x', %(day)s + interval '12 hours'
+  FROM episodes WHERE discharged_on IS NULL AND md5(episode_id) < '33';
+-- Attended individual sessions today are rated (SRS, four items).
+CREATE TEMP TABLE rated AS
+SELECT 'MX' || lpad(row_number() OVER (ORDER BY appointment_id)::text, 9, '0') AS measure_id,
+       episode_id, client_id, appointment_id, scheduled_at
+  FROM appointments
+ WHERE status = 'attended' AND service_type = 'individual'
+   AND scheduled_at >= %(day)s AND scheduled_at < %(next)s;
+INSERT INTO alliance_measures
+SELECT measure_id, episode_id, client_id, appointment_id, 'SRS', 'client',
+       scheduled_at + interval '45 minutes', 38, NULL, NULL, NULL,
+       scheduled_at + interval '45 minutes' FROM rated;
+INSERT INTO alliance_items SELECT measure_id, n, CASE WHEN n = 4 THEN 8 ELSE 10 END
+  FROM rated, generate_series(1, 4) AS n;
+-- One open episode in two hundred is discharged.
+UPDATE episodes SET discharged_on = %(day)s, discharge_reason = 'completed',
+       updated_at = %(day)s + interval '16 hours'
+ WHERE discharged_on IS NULL AND md5(episode_id) < '0148';
+"""
+
+
+def day_of_changes(database: str) -> dict[str, int]:
+    """Apply one day (AS_OF) of an EHR's writes; returns the rows written per table."""
+    params = {"day": AS_OF, "next": AS_OF + timedelta(days=1)}
+    with psycopg.connect(url_for(database)) as conn:
+        before = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= %s",
+                                  (AS_OF,)).fetchone()[0]  # type: ignore[index]
+                  for t in ("episodes", "appointments", "alliance_measures")}
+        for statement in DAY_OF_CHANGES.split(";\n"):
+            if statement.strip():
+                conn.execute(statement, params if "%(" in statement else None)
+        conn.commit()
+        after = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= %s",
+                                 (AS_OF,)).fetchone()[0]  # type: ignore[index]
+                 for t in before}
+        conn.execute("ANALYZE")
+    return {t: after[t] - before[t] for t in before}
+
+
+# --- a measured run (child process) ---------------------------------------------------
+
+
+def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dict[str, Any]:
+    """One nightly run (ETL then scoring), timed by stage; runs in a process of its own."""
+    from sqlalchemy import select
+
+    from pipelines.nightly import run_nightly
+    from retention import store as store_mod
+    from retention.config import settings_from_mapping
+    from retention.db import store_engine
+
+    settings = settings_from_mapping({
+        "source_url": url_for(source), "store_url": url_for(store), "models_dir": models,
+        "reasons_file": str(ROOT / "config" / "reasons.toml")})
+    started = time.perf_counter()
+    result = run_nightly(settings, as_of, full=(kind == "full"))
+    total = time.perf_counter() - started
+    engine = store_engine(settings.store_url)
+    with engine.connect() as conn:
+        details = {r.kind: json.loads(r.detail) for r in conn.execute(
+            select(store_mod.runs.c.kind, store_mod.runs.c.detail)
+            .where(store_mod.runs.c.run_id.in_([result.etl.run_id, result.score.run_id])))}
+    engine.dispose()
+    assert result.etl is not None and result.score is not None
+    return {
+        "kind": kind, "total_s": round(total, 2),
+        "etl_s": details["etl"].get("seconds", {}), "score_s": details["score"].get("seconds", {}),
+        "rows_read": result.etl.rows_read, "rows_changed": result.etl.rows_changed,
+        "quarantined": result.etl.rows_quarantined, "open_episodes": result.etl.open_episodes,
+        "scored": result.score.scored,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def child(kind: str, source: str, store: str, models: Path, as_of: date) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", kind, "--source", source, "--store", store,
+         "--models", str(models), "--as-of", as_of.isoformat()],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{out.stderr[-4000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    with admin() as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
+            f"{platform.python_version()}, PostgreSQL {version} on the same machine")
+
+
+def report(clients: int, setup: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    lines = [f"## {clients:,} clients", "", f"Machine: {machine()}", "",
+             f"Source: {setup['source']['counts']} "
+             f"({'cached' if setup['source'].get('cached') else 'built'}; setup: "
+             + ", ".join(f"{k} {v} s" for k, v in setup["timing"].items()) + ")", ""]
+    lines.append("| run | total s | peak RSS MiB | rows read | open episodes | stages (s) |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for r in runs:
+        stages = ", ".join(f"{k} {v}" for k, v in {**r["etl_s"], **{
+            f"score.{k}": v for k, v in r["score_s"].items()}}.items())
+        lines.append(f"| {r['kind']} | {r['total_s']} | {r['peak_rss_mib']:,} | "
+                     f"{r['rows_read']:,} | {r['open_episodes']:,} | {stages} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached clinic.")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.source, args.store, args.models,
+                                 date.fromisoformat(args.as_of))))
+        return
+
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    source, built = ensure_source(args.clients, args.rebuild)
+    timing["clinic"] = round(time.perf_counter() - started, 1)
+    print(f"setup: clinic {source}: {built}", file=sys.stderr)
+    started = time.perf_counter()
+    models, trained = ensure_model()
+    timing["model"] = round(time.perf_counter() - started, 1)
+    print(f"setup: model {models}: {trained}", file=sys.stderr)
+
+    store, work = f"retention_bench_store_{args.clients}", f"retention_bench_work_{args.clients}"
+    from retention import schema
+    from retention.db import store_engine
+
+    started = time.perf_counter()
+    create(store)
+    engine = store_engine(sa_url(store))
+    schema.upgrade_engine(engine)
+    engine.dispose()
+    timing["store"] = round(time.perf_counter() - started, 1)
+
+    runs = [child("full", source, store, models, AS_OF)]
+    print(f"full: {runs[-1]}", file=sys.stderr)
+    started = time.perf_counter()
+    create(work, template=source)
+    changes = day_of_changes(work)
+    timing["day_of_changes"] = round(time.perf_counter() - started, 1)
+    print(f"setup: one day of changes {changes}", file=sys.stderr)
+    runs.append(child("incremental", work, store, models, AS_OF + timedelta(days=1)))
+    print(f"incremental: {runs[-1]}", file=sys.stderr)
+    drop(work)
+    drop(store)
+    print(report(args.clients, {"source": built, "timing": timing}, runs))
+    print()
+    print("```json\n" + json.dumps(runs, indent=1) + "\n```")
+
+
+if __name__ == "__main__":
+    main()
