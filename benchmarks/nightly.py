@@ -161,7 +161,7 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
 
     engine = create_engine(f"sqlite:///{clinic}")
     with engine.begin() as conn:
-        write(conn, generate(synth_config(MODEL_CLIENTS, seed=7)))
+        write(conn, generate(SynthConfig(end=AS_OF, n_clients=MODEL_CLIENTS, seed=7)))
     engine.dispose()
     settings = settings_from_mapping({
         "source_url": f"sqlite:///{clinic}", "store_url": f"sqlite:///{store_file}",
