@@ -1,0 +1,190 @@
+"""The store on SQLite and PostgreSQL: migrations, bulk upserts, the scoped read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
+from sqlalchemy.exc import DBAPIError
+
+from pipelines.etl import run_etl
+from pipelines.scoring import score_rows
+from retention import bulk, schema, store
+from retention.db import is_read_only, source_engine, store_engine
+from retention.etl_settings import EtlSettings
+from retention.features import build_features
+from tests.conftest import REPO, Scored
+
+pytest_plugins = ("tests.pg",)
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def test_migrations_build_exactly_the_schema_the_code_defines(store_url: str) -> None:
+    engine = store_engine(store_url)
+    before, after = schema.upgrade_engine(engine)
+    assert (before, after) == (None, schema.head_revision())
+    assert schema.upgrade_engine(engine) == (after, after)  # applying again does nothing
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                 schema.metadata)
+    assert diffs == [], "a table or column changed without a migration (docs/migrations.md)"
+    engine.dispose()
+
+
+def test_two_processes_migrating_at_once_both_succeed(pg_url: str) -> None:
+    engines = [store_engine(pg_url) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def upgrade(engine: object) -> None:
+        try:
+            schema.upgrade_engine(engine)  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    with engines[0].connect() as conn:
+        assert schema.current_revision(conn) == schema.head_revision()
+    for e in engines:
+        e.dispose()
+
+
+def test_retention_migrate_applies_and_checks(tmp_path: Path) -> None:
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'source_url = "sqlite:///{tmp_path}/c.db"\n'
+                      f'store_url = "sqlite:///{tmp_path}/store.db"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "--config", str(config),
+                               *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert cli("migrate", "--check").returncode == 1
+    first = cli("migrate")
+    assert first.returncode == 0 and "upgraded from empty" in first.stderr
+    assert "already at" in cli("migrate").stderr
+    check = cli("migrate", "--check")
+    assert check.returncode == 0 and schema.head_revision() in check.stdout
+
+
+def test_a_store_made_before_migrations_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    engine = store_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE runs (run_id integer primary key)"))
+    with pytest.raises(schema.SchemaError, match="new database"):
+        schema.upgrade_engine(engine)
+    engine.dispose()
+
+
+# --- bulk upserts -------------------------------------------------------------------------
+
+
+def test_sync_rows_writes_only_what_differs(store_url: str) -> None:
+    engine = store_engine(store_url)
+    table = Table("things", MetaData(), Column("k", String(8), primary_key=True),
+                  Column("group_id", Integer), Column("v", String(8)))
+    with engine.begin() as conn:
+        table.create(conn)
+        rows = pd.DataFrame({"k": ["a", "b", "c"], "group_id": [1, 1, 2], "v": ["x", "y", None]})
+        assert bulk.sync_rows(conn, table, rows) == 3
+        assert bulk.sync_rows(conn, table, rows) == 0  # the same rows: nothing written
+        changed = rows.assign(v=["x", "z", None])
+        assert bulk.sync_rows(conn, table, changed, delete_missing=False) == 1
+        # Deleting the rows missing from a scope leaves other scopes alone.
+        assert bulk.sync_rows(conn, table, changed.iloc[:1], scope={"group_id": 1}) == 1
+        keys = conn.execute(select(table.c.k).order_by(table.c.k)).scalars().all()
+        assert keys == ["a", "c"]
+        assert bulk.delete_keys(conn, table, pd.DataFrame({"k": ["c", "nope"]})) == 1
+    engine.dispose()
+
+
+def test_the_clinic_source_is_opened_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "clinic.db"
+    create_engine(f"sqlite:///{path}").connect().close()
+    engine = source_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert is_read_only(conn)
+        with pytest.raises(DBAPIError, match="readonly"):
+            conn.execute(text("CREATE TABLE intruder (x integer)"))
+    engine.dispose()
+
+
+# --- the scoped read ----------------------------------------------------------------------
+
+DAYS = [0, -1, -45, -200]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_scoped_read_gives_the_same_features_and_list_as_the_whole_copy(
+    scored: Scored, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """What the nightly run reads is enough: features, ranks, reasons and evidence equal
+    those computed from every row, for as-of dates across the clinic's history."""
+    if kind == "sqlite":
+        engine, owned = scored.store, False
+    else:
+        make: Callable[[str], str] = request.getfixturevalue("pg_databases")
+        engine, owned = store_engine(make("scoped")), True
+        run_etl(scored.source, engine, scored.as_of, EtlSettings())
+    with engine.connect() as conn:
+        whole = store.read_clinic_copy(conn)
+        for shift in DAYS:
+            as_of = scored.as_of + timedelta(days=shift)
+            scoped = store.read_scoped_copy(conn, as_of)
+            assert len(scoped.appointments) < len(whole.appointments)
+            features = build_features(whole, as_of)
+            pd.testing.assert_frame_equal(build_features(scoped, as_of), features)
+            if features.empty:
+                continue
+            full_rows = score_rows(scored.settings, scored.model, scored.catalogue, whole,
+                                   features, as_of, run_id=1)
+            scoped_rows = score_rows(scored.settings, scored.model, scored.catalogue, scoped,
+                                     features, as_of, run_id=1)
+            assert scoped_rows == full_rows, as_of
+    if owned:
+        engine.dispose()
+
+
+def test_reasons_are_worded_for_the_top_of_the_list_only(scored: Scored) -> None:
+    with scored.store.connect() as conn:
+        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
+        data = store.read_scoped_copy(conn, scored.as_of)
+    rows = score_rows(scored.settings, scored.model, scored.catalogue, data, features,
+                      scored.as_of, run_id=1, reasons_top_n=5)
+    every = score_rows(scored.settings, scored.model, scored.catalogue, data, features,
+                       scored.as_of, run_id=1)
+    assert [r["episode_id"] for r in rows] == [r["episode_id"] for r in every]
+    assert rows[:5] == every[:5]
+    for row, full in zip(rows[5:], every[5:], strict=True):
+        assert '"reasons": []' in row["reasons_json"]
+        assert {k: v for k, v in row.items() if k != "reasons_json"} == {
+            k: v for k, v in full.items() if k != "reasons_json"}
+
+
+def test_table_checksums_see_any_change(tmp_path: Path) -> None:
+    engine = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    schema.upgrade_engine(engine)
+    with engine.begin() as conn:
+        empty = store.table_checksums(conn)
+        conn.execute(store.publications.insert().values(
+            as_of=date(2026, 1, 1), run_id=1, model_version="v", published_at=store.utcnow(),
+            n_scored=0))
+        assert store.table_checksums(conn)["publications"][0] == 1
+        assert store.table_checksums(conn) != empty
+    engine.dispose()
