@@ -18,13 +18,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from retention import contract
 from retention.clinic_data import ClinicData, as_timestamp
 from retention.features import spec
-from retention.features.alliance import measures_before
+from retention.features.alliance import measures_before, wai_item_mean
 from retention.features.attendance import booked_ahead, past_slots
 from retention.instruments import SRS_CUTOFF, srs_item_frame
 
@@ -258,7 +257,7 @@ def day_text(ts: Any) -> str:
 
 
 def days_list(stamps: Sequence[Any], most: int = 3) -> str:
-    """'3, 10 and 17 Mar' -- at most ``most`` dates, then 'and N more'."""
+    """'3 Mar, 10 Mar and 17 Mar' -- at most ``most`` dates, then 'and N more'."""
     shown = [day_text(s) for s in stamps[:most]]
     extra = len(stamps) - len(shown)
     if extra > 0:
@@ -266,6 +265,11 @@ def days_list(stamps: Sequence[Any], most: int = 3) -> str:
     if len(shown) == 1:
         return shown[0]
     return ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def calendar_days(earlier: Any, as_of: date) -> int:
+    """Whole calendar days from ``earlier``'s date to ``as_of``."""
+    return int((as_timestamp(as_of) - pd.Timestamp(earlier).normalize()).days)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -313,9 +317,10 @@ def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phras
     if n == 0:
         return Phrase("NO_SESSIONS", f"No sessions were scheduled in the last {span}")
     if not raises and len(attended) == n:
+        what = f"all {n} sessions" if n > 1 else "the one session"
         return Phrase(
             "ATTENDED_ALL",
-            f"Attended all {n} sessions scheduled in the last {span}",
+            f"Attended {what} scheduled in the last {span}",
             list(attended["appointment_id"]),
         )
     return Phrase(
@@ -333,19 +338,21 @@ def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
     after = h.slots if since is None else h.slots[h.slots["scheduled_at"] > since]
     streak = after[after["status"].isin(contract.MISSED_STATUSES)]
     last_ids = [str(last["appointment_id"])] if last is not None else []
+    # Calendar days, as the date beside them reads: a session yesterday is 1 day ago.
     if since is None:
         admitted = pd.Timestamp(h.episode["admitted_on"])
-        days = int((as_timestamp(h.as_of) - admitted).days)
-        last_text = f"no session attended since admission {days} days ago, on {day_text(admitted)}"
+        ago = plural(calendar_days(admitted, h.as_of), "day")
+        last_text = f"no session attended since admission {ago} ago, on {day_text(admitted)}"
     else:
-        days = math.floor((as_timestamp(h.as_of) - since) / pd.Timedelta(days=1))
-        last_text = f"last attended {days} days ago, on {day_text(since)}"
+        ago = plural(calendar_days(since, h.as_of), "day")
+        last_text = f"last attended {ago} ago, on {day_text(since)}"
     soon = h.ahead[h.ahead["days_ahead"] < 14]
     if raises:
         if lead == "consecutive_misses" and len(streak):
             return Phrase(
                 "CONSECUTIVE_MISSES",
-                f"Missed the last {plural(len(streak), 'session')} in a row; {last_text}",
+                (f"Missed the last {len(streak)} sessions in a row; {last_text}"
+                 if len(streak) > 1 else f"Missed the last session; {last_text}"),
                 list(streak["appointment_id"]) + last_ids,
             )
         if lead in ("booked_next_14d", "days_to_next_booked"):
@@ -446,9 +453,16 @@ def _phrase_srs_item(h: History, lead: str) -> Phrase:
 def _phrase_wai(h: History, rater: str, scale: str) -> Phrase:
     wai = h.measures[(h.measures["instrument"] == "WAI-SR") & (h.measures["rater"] == rater)]
     who = "Client" if rater == "client" else "Therapist"
-    if wai.empty or pd.isna(wai.iloc[-1][scale]):
+    if wai.empty:
         return Phrase("WAI_NONE", f"No {rater}-rated working alliance (WAI-SR) recorded yet")
     latest = wai.iloc[-1]
+    if pd.isna(latest[scale]):
+        return Phrase(
+            "WAI_UNSCORED",
+            f"{who}-rated working alliance (WAI-SR) of {day_text(latest['administered_at'])} "
+            "has no subscale scores",
+            measure_ids=[latest["measure_id"]],
+        )
     return Phrase(
         f"WAI_{rater.upper()}_{scale.upper()}",
         f"{who}-rated {WAI_WORDS[scale]} (WAI-SR) was {latest[scale]:.1f} of 5 on "
@@ -476,8 +490,11 @@ def phrase_rater_gap(h: History, lead: str, raises: bool) -> Phrase:
     if any(v.empty for v in latest.values()):
         return Phrase("WAI_PAIR_NONE", "No client and therapist working alliance (WAI-SR) pair yet")
     c, t = (latest[r].iloc[0] for r in ("client", "therapist"))
-    cm = float(np.mean([c["goal"], c["task"], c["bond"]]))
-    tm = float(np.mean([t["goal"], t["task"], t["bond"]]))
+    cm, tm = (float(wai_item_mean(latest[r]).iloc[0]) for r in ("client", "therapist"))
+    if math.isnan(cm) or math.isnan(tm):
+        return Phrase("WAI_PAIR_UNSCORED",
+                      "Latest client and therapist working alliance (WAI-SR) pair has no scores",
+                      measure_ids=[c["measure_id"], t["measure_id"]])
     return Phrase(
         "WAI_GAP",
         f"Working alliance (WAI-SR): client rates it {cm:.1f}, therapist {tm:.1f} of 5 "
@@ -495,16 +512,19 @@ def phrase_early_treatment(h: History, lead: str, raises: bool) -> Phrase:
             return Phrase("NO_PLANNED_END", "No planned discharge date recorded")
         days = int((pd.Timestamp(planned) - cutoff).days)
         if days < 0:
-            return Phrase("PAST_PLANNED_END",
-                          f"Past the planned discharge date of {day_text(planned)} by {-days} days")
-        return Phrase("PLANNED_END", f"Planned discharge in {days} days, on {day_text(planned)}")
+            return Phrase(
+                "PAST_PLANNED_END",
+                f"Past the planned discharge date of {day_text(planned)} by {plural(-days, 'day')}",
+            )
+        return Phrase("PLANNED_END",
+                      f"Planned discharge in {plural(days, 'day')}, on {day_text(planned)}")
     admitted = pd.Timestamp(h.episode["admitted_on"])
     days = int((cutoff - admitted).days)
-    weeks = days // 7
+    weeks = f" ({plural(days // 7, 'week')})" if days >= 7 else ""
     stage = "In the first weeks of treatment" if days < 42 else "In treatment"
     return Phrase(
         "STAGE",
-        f"{stage}: admitted {days} days ago ({plural(weeks, 'week')}), on {day_text(admitted)}",
+        f"{stage}: admitted {plural(days, 'day')} ago{weeks}, on {day_text(admitted)}",
     )
 
 

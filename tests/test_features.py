@@ -83,7 +83,7 @@ def test_attendance_counts_last_28_and_90_days(row: pd.Series) -> None:
 
 
 def test_disengagement(row: pd.Series) -> None:
-    assert row["days_since_attended"] == 23  # 24 Feb 10:00 to 20 Mar 00:00
+    assert row["days_since_attended"] == 24  # calendar days from 24 Feb to 20 Mar
     assert row["consecutive_misses"] == 3
     assert row["booked_next_14d"] == 2  # 24 and 31 Mar; 27 Mar was cancelled on 19 Mar
     assert row["days_to_next_booked"] == pytest.approx(4 + 10 / 24)

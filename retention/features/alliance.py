@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from retention.clinic_data import as_timestamp
-from retention.instruments import SRS_CUTOFF, srs_item_frame
+from retention.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
 
 
 def measures_before(measures: pd.DataFrame, episode_index: pd.Index, as_of: date) -> pd.DataFrame:
@@ -52,6 +52,16 @@ def session_rating_features(
     return out
 
 
+def wai_item_mean(measures: pd.DataFrame) -> pd.Series:
+    """Mean item score (1-5) of WAI-SR measures: the total over 12 items.
+
+    Equal to the mean of the goal, task and bond means (four items each), and
+    still known when a clinic sends the total without subscales.
+    """
+    subscales = measures[["goal", "task", "bond"]].astype(float).mean(axis=1, skipna=False)
+    return (measures["score_total"].astype(float) / WAI_SR_N_ITEMS).fillna(subscales)
+
+
 def working_alliance_features(
     episodes: pd.DataFrame, measures: pd.DataFrame, as_of: date
 ) -> pd.DataFrame:
@@ -65,6 +75,6 @@ def working_alliance_features(
         latest = latest.reindex(episodes.index)
         for scale in ("goal", "task", "bond"):
             out[f"wai_{rater}_{scale}"] = latest[scale].astype(float)
-        means[rater] = latest[["goal", "task", "bond"]].astype(float).mean(axis=1, skipna=False)
+        means[rater] = wai_item_mean(latest)
     out["wai_rater_gap"] = (means["client"] - means["therapist"]).astype(float)
     return out.replace([np.inf, -np.inf], np.nan)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import date
 
-import numpy as np
 import pandas as pd
 
 from retention import contract
@@ -85,9 +84,10 @@ def disengagement_features(
     attended = slots[slots["status"] == "attended"]
     last_attended = attended.groupby("episode_id")["scheduled_at"].max()
     last_attended = last_attended.reindex(episodes.index)
-    since = last_attended.fillna(episodes["admitted_on"])
+    # Calendar days, as a case manager counts them: a session yesterday is 1 day ago.
+    since = last_attended.dt.normalize().fillna(episodes["admitted_on"])
     out = pd.DataFrame(index=episodes.index)
-    out["days_since_attended"] = np.floor(in_days(cutoff - since)).astype(float)
+    out["days_since_attended"] = in_days(cutoff - since).astype(float)
 
     missed = slots[slots["status"].isin(contract.MISSED_STATUSES)]
     after_last = missed["scheduled_at"] > missed["episode_id"].map(last_attended).fillna(
