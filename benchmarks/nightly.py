@@ -306,6 +306,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached clinic.")
+    parser.add_argument("--setup-only", action="store_true", help="Build the cache and stop.")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep the store and the changed clinic for inspection.")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -326,6 +329,8 @@ def main() -> None:
     models, trained = ensure_model()
     timing["model"] = round(time.perf_counter() - started, 1)
     print(f"setup: model {models}: {trained}", file=sys.stderr)
+    if args.setup_only:
+        return
 
     store, work = f"retention_bench_store_{args.clients}", f"retention_bench_work_{args.clients}"
     from retention import schema
@@ -347,8 +352,9 @@ def main() -> None:
     print(f"setup: one day of changes {changes}", file=sys.stderr)
     runs.append(child("incremental", work, store, models, AS_OF + timedelta(days=1)))
     print(f"incremental: {runs[-1]}", file=sys.stderr)
-    drop(work)
-    drop(store)
+    if not args.keep:
+        drop(work)
+        drop(store)
     print(report(args.clients, {"source": built, "timing": timing}, runs))
     print()
     print("```json\n" + json.dumps(runs, indent=1) + "\n```")

@@ -19,15 +19,16 @@ A run killed anywhere leaves the store as it was; re-running changes nothing.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
 from pipelines.runs import RunRecord, Stopwatch, recorded_run
 from retention import bulk, store
+from retention.clinic_data import ClinicData
 from retention.etl_settings import EtlSettings
 from retention.extract import INCREMENTAL, read_source
 from retention.features import FEATURE_NAMES, build_features
@@ -49,6 +50,10 @@ class EtlResult:
     rows_changed: int = 0
     rows_quarantined: int = 0
     full: bool = False
+    # What the features were built from, and the copy version it is: the nightly run
+    # hands both to scoring, which then need not read the same rows again.
+    scoped: ClinicData | None = field(default=None, repr=False, compare=False)
+    copy_version: int | None = None
 
 
 def run_etl(
@@ -84,12 +89,13 @@ def run_etl(
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
         with store_db.begin() as conn:
-            n_features = _load(conn, raw, clock, as_of, etl, full, run, marks, watch)
+            n_features, scoped = _load(conn, raw, clock, as_of, etl, full, run, marks, watch)
+            version = store.copy_version(conn)
         watch.lap("commit")
         log.info("etl run %s: %d rows changed, %d quarantined, %d open episodes as of %s",
                  run.run_id, run.rows_changed, run.rows_quarantined, n_features, as_of)
         return EtlResult(run.run_id, as_of, run.rows_read, n_features,
-                         run.rows_changed or 0, run.rows_quarantined or 0, full)
+                         run.rows_changed or 0, run.rows_quarantined or 0, full, scoped, version)
 
 
 def _load(
@@ -102,8 +108,11 @@ def _load(
     run: RunRecord,
     marks: dict[str, datetime | None],
     watch: Stopwatch,
-) -> int:
-    """Check and apply one extract inside the caller's transaction; returns open episodes."""
+) -> tuple[int, ClinicData]:
+    """Check and apply one extract inside the caller's transaction.
+
+    Returns the number of open episodes and the scoped rows their features came from.
+    """
     n_read = {t: len(raw[t]) for t in ORDER}
     if full:
         candidates, context = raw, Context()
@@ -133,6 +142,10 @@ def _load(
     changed = _apply_copy(conn, outcome, candidates, full)
     if changed:
         store.bump_copy_version(conn, run.run_id)
+    if conn.dialect.name == "postgresql" and changed > 0.1 * max(1, total_read) and (
+            full or changed > 100_000):
+        # Fresh statistics, or the planner reads a just-loaded copy as if it were empty.
+        conn.execute(text("ANALYZE " + ", ".join(t.name for t in store.copies.values())))
     released = _apply_quarantine(conn, outcome, full, run.run_id)
     advanced = _advance_watermarks(conn, raw, marks, clock, run.run_id)
     watch.lap("load")
@@ -147,7 +160,7 @@ def _load(
     run.detail.update({"copy_changed": changed, "features_changed": feature_changes,
                        "released": released, "watermarks": advanced,
                        "open_episodes": len(features)})
-    return len(features)
+    return len(features), data
 
 
 # --- context for incremental runs ---------------------------------------------------

@@ -53,7 +53,9 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     store_db = store_engine(settings.store_url)
     try:
         extracted = run_etl(source, store_db, as_of, etl, full=full)
-        scored = run_scoring(settings, store_db, model, catalogue, as_of)
+        handed = None if extracted.scoped is None or extracted.copy_version is None else (
+            extracted.scoped, extracted.copy_version)
+        scored = run_scoring(settings, store_db, model, catalogue, as_of, handed)
     finally:
         source.dispose()
         store_db.dispose()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,6 +18,7 @@ from sqlalchemy import Engine
 
 from pipelines.runs import Stopwatch, recorded_run
 from retention import drift, reasons, store
+from retention.clinic_data import ClinicData
 from retention.config import Settings
 from retention.etl_settings import etl_settings
 from retention.features import FEATURE_NAMES
@@ -56,8 +59,13 @@ def run_scoring(
     model: TrainedModel,
     catalogue: reasons.Catalogue,
     as_of: date,
+    scoped: tuple[ClinicData, int] | None = None,
 ) -> ScoreResult:
-    """Score the features stored for ``as_of`` and publish the ranked list atomically."""
+    """Score the features stored for ``as_of`` and publish the ranked list atomically.
+
+    ``scoped`` is the ETL run's scoped read with the copy version it came from (the
+    nightly run passes it on); it is used only if the copy has not changed since.
+    """
     with recorded_run(store_db, "score", as_of) as run:
         run.model_version = model.version
         etl = etl_settings(settings)
@@ -79,7 +87,10 @@ def run_scoring(
                          run.run_id, as_of)
                 return ScoreResult(run.run_id, as_of, int(published["n_scored"]), high,
                                    model.version)
-            data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
+            if scoped is not None and scoped[1] == store.copy_version(conn):
+                data = scoped[0]
+            else:
+                data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
         clock.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
@@ -132,7 +143,8 @@ def inputs_digest(
         "catalogue": sorted((f.code, f.title, f.suggestion)
                             for f in catalogue.families.values()),
         "settings": [dict(settings.tiers), settings.max_reasons, settings.engaged_within_days,
-                     etl_settings(settings).reasons_top_n],
+                     etl_settings(settings).reasons_top_n,
+                     etl_settings(settings).reasons_per_caseload],
         "copy_version": store.copy_version(connection),
         "features": hashlib.sha256(pd.util.hash_pandas_object(
             features.astype(str), index=True).to_numpy().tobytes()).hexdigest(),
@@ -153,28 +165,29 @@ def score_rows(
     """The published rows: ranked risk, one per open episode, reasons for the top of the list.
 
     Per-feature contributions cost about a hundred predictions, and wording a
-    reason reads the client's rows: both are done for the ``reasons_top_n``
-    highest-ranked rows (``[etl] reasons_top_n``), where a case manager reads them.
+    reason reads the client's rows (about 15 ms an episode): both are done where a
+    case manager reads them, the ``reasons_top_n`` highest-ranked rows and the
+    ``reasons_per_caseload`` highest of each case manager's caseload (``[etl]``).
     Every row carries its raw score and the model's expected value.
     """
-    top_n = etl_settings(settings).reasons_top_n if reasons_top_n is None else reasons_top_n
+    etl = etl_settings(settings)
+    top_n = etl.reasons_top_n if reasons_top_n is None else reasons_top_n
     risk = model.predict(features)
     raw = model.raw_score(features)
     index = features.index
     # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
     order = np.lexsort((features.index.to_numpy(), -raw, -risk))
-    shown = index[order[:top_n]]
+    picked = explained_positions(features, order, top_n, etl.reasons_per_caseload)
+    shown = index[picked]
     contributions = model.contributions(features.loc[shown])
     summed = contributions.sum(axis=1).to_numpy()
-    worst = float(np.max(np.abs(summed - raw[order[:top_n]]))) if len(shown) else 0.0
+    worst = float(np.max(np.abs(summed - raw[picked]))) if len(shown) else 0.0
     if worst > FAITHFULNESS_TOLERANCE:
         raise ScoringError(f"contributions do not add up to the model's score (off by {worst})")
     expected = float(contributions["expected_value"].iloc[0]) if len(shown) else 0.0
     families = {f["name"]: f["family"] for f in model.metadata["features"]}
-    histories = reasons.histories(data, features.loc[shown], list(shown), as_of)
-    explanations = reasons.explain(
-        contributions, families, histories, catalogue, max_reasons=settings.max_reasons
-    )
+    explanations = explain_rows(data, features.loc[shown], contributions, families, catalogue,
+                                as_of, settings.max_reasons, etl.reasons_workers)
 
     slots = past_slots(data.appointments, index, as_of)
     attended = slots.loc[slots["status"] == "attended"]
@@ -221,6 +234,69 @@ def score_rows(
             "reasons_json": json.dumps(payload),
         })
     return rows
+
+
+def explained_positions(
+    features: pd.DataFrame, order: np.ndarray, top_n: int, per_caseload: int
+) -> np.ndarray:
+    """Positions (in rank order) of the rows to explain: the list's top and each caseload's."""
+    chosen = np.zeros(len(order), dtype=bool)
+    chosen[:top_n] = True
+    if per_caseload > 0 and len(order):
+        ranked = features.iloc[order]
+        caseload = ranked["case_manager_id"].astype(object).where(
+            ranked["case_manager_id"].notna(), "clinic:" + ranked["clinic_id"].astype(str))
+        chosen |= (caseload.groupby(caseload.to_numpy()).cumcount() < per_caseload).to_numpy()
+    return order[chosen]
+
+
+def explain_rows(
+    data: Any,
+    features: pd.DataFrame,
+    contributions: pd.DataFrame,
+    families: Mapping[str, str],
+    catalogue: reasons.Catalogue,
+    as_of: date,
+    max_reasons: int,
+    workers: int = 1,
+    min_rows_per_worker: int = 100,
+) -> dict[str, reasons.Explanation]:
+    """Reasons for each row of ``features``; large batches are split over ``workers`` processes.
+
+    Each episode's reasons depend only on its own rows, so the split cannot change them.
+    """
+    ids = [str(i) for i in features.index]
+    workers = min(workers, len(ids) // max(1, min_rows_per_worker))
+    if workers <= 1:
+        histories = reasons.histories(data, features, list(features.index), as_of)
+        return reasons.explain(contributions, families, histories, catalogue,
+                               max_reasons=max_reasons)
+    global _EXPLAIN_JOB
+    _EXPLAIN_JOB = (data, features, contributions, families, catalogue, as_of, max_reasons)
+    chunks = [list(range(k, len(ids), workers)) for k in range(workers)]
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = list(pool.map(_explain_chunk, chunks))
+    finally:
+        _EXPLAIN_JOB = None
+    merged: dict[str, reasons.Explanation] = {}
+    for part in parts:
+        merged.update(part)
+    return {i: merged[i] for i in ids}
+
+
+_EXPLAIN_JOB: tuple[Any, ...] | None = None
+
+
+def _explain_chunk(positions: list[int]) -> dict[str, reasons.Explanation]:
+    """In a forked worker: reasons for some rows of the job its parent set up."""
+    assert _EXPLAIN_JOB is not None
+    data, features, contributions, families, catalogue, as_of, max_reasons = _EXPLAIN_JOB
+    part = features.iloc[positions]
+    histories = reasons.histories(data, part, list(part.index), as_of)
+    return reasons.explain(contributions.loc[part.index], families, histories, catalogue,
+                           max_reasons=max_reasons)
 
 
 def _none_if_na(value: Any) -> Any:

@@ -43,17 +43,19 @@ def read_query(
     sql: str,
     columns: Sequence[str],
     params: Mapping[str, Any] | None = None,
+    dates: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rows of ``sql`` as a frame with ``columns``; ``:name`` placeholders take ``params``.
 
     On PostgreSQL the rows come through ``COPY (query) TO STDOUT`` as CSV text, so
-    every value arrives as a string (or NaN for NULL): callers parse types.
-    Elsewhere values come as the driver returns them.
+    every value arrives as a string (or NaN for NULL) except the ``dates`` columns,
+    parsed on the way in (for the store's own, well-typed rows): callers parse the
+    rest. Elsewhere values come as the driver returns them.
     """
     used = set(_PARAM.findall(sql))
     params = {k: v for k, v in (params or {}).items() if k in used}
     if is_postgres(connection):
-        return _copy_out(connection, sql, columns, params)
+        return _copy_out(connection, sql, columns, params, dates)
     statement = text(sql).bindparams(*(_typed_bind(k, v) for k, v in params.items()))
     rows = connection.execute(statement).fetchall()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
@@ -69,7 +71,8 @@ def _typed_bind(name: str, value: Any) -> Any:
 
 
 def _copy_out(
-    connection: Connection, sql: str, columns: Sequence[str], params: Mapping[str, Any]
+    connection: Connection, sql: str, columns: Sequence[str], params: Mapping[str, Any],
+    dates: Sequence[str] = (),
 ) -> pd.DataFrame:
     from psycopg import sql as pgsql
 
@@ -88,8 +91,10 @@ def _copy_out(
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
     buffer.seek(0)
     return pd.read_csv(
-        buffer, header=None, names=list(columns), dtype=object, keep_default_na=False,
-        na_values=[""], quotechar='"', doublequote=True, escapechar=None,
+        buffer, header=None, names=list(columns), keep_default_na=False, na_values=[""],
+        dtype={c: object for c in columns if c not in dates},
+        parse_dates=list(dates), date_format="ISO8601",
+        quotechar='"', doublequote=True, escapechar=None,
     )
 
 
@@ -204,6 +209,9 @@ def sync_rows(
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns]
     compare = list(compare) if compare is not None else [c for c in columns if c not in keys]
+    if scope is None and scope_in is None and _is_empty(connection, table):
+        # A first load: nothing to compare with or delete, so no staging either.
+        return insert_frame(connection, table, new[columns])
     staging = _temp_table(connection, table, "stage")
     try:
         insert_frame(connection, staging, new[columns])
@@ -213,6 +221,10 @@ def sync_rows(
     finally:
         staging.drop(connection)
     return changed
+
+
+def _is_empty(connection: Connection, table: Table) -> bool:
+    return connection.execute(text(f"SELECT 1 FROM {table.name} LIMIT 1")).first() is None
 
 
 def delete_keys(connection: Connection, table: Table, keys: pd.DataFrame) -> int:

@@ -36,6 +36,11 @@ def _names(table: str) -> list[str]:
     return [c.name for c in contract.TABLES[table].columns]
 
 
+def _dates(table: str) -> list[str]:
+    """Date and timestamp columns: parsed as they are read (the store's rows are typed)."""
+    return [*contract.DATE_COLUMNS.get(table, ()), *contract.TIMESTAMP_COLUMNS.get(table, ())]
+
+
 def scoped_frames(
     connection: Connection, as_of: date, lookback_days: int
 ) -> dict[str, pd.DataFrame]:
@@ -46,10 +51,10 @@ def scoped_frames(
         "clients": bulk.read_query(connection, (
             f"SELECT {_cols('clients', 'c')} FROM {P}clients c WHERE c.client_id IN "
             f"(SELECT e.client_id FROM {P}episodes e WHERE e.episode_id IN ({_OPEN}))"
-        ), _names("clients"), params),
+        ), _names("clients"), params, _dates("clients")),
         "episodes": bulk.read_query(connection, (
             f"SELECT {_cols('episodes', 'e')} FROM {P}episodes e WHERE e.episode_id IN ({_OPEN})"
-        ), _names("episodes"), params),
+        ), _names("episodes"), params, _dates("episodes")),
         # Slots from the earlier of the window's start and the last slot attended (known
         # as attended) before the as-of date; every slot of an episode never attended.
         "appointments": bulk.read_query(connection, (
@@ -62,7 +67,7 @@ def scoped_frames(
             " JOIN open_ep o ON o.episode_id = a.episode_id"
             " LEFT JOIN last_attended l ON l.episode_id = a.episode_id"
             " WHERE l.last_at IS NULL OR a.scheduled_at >= :window OR a.scheduled_at >= l.last_at"
-        ), _names("appointments"), params),
+        ), _names("appointments"), params, _dates("appointments")),
     }
     srs = ", ".join(f"'{i}'" for i in ("SRS", "GSRS"))
     ranked = (
@@ -78,12 +83,12 @@ def scoped_frames(
     keep = "(instrument = 'WAI-SR' AND rn = 1) OR (instrument <> 'WAI-SR' AND rn <= 3)"
     frames["alliance_measures"] = bulk.read_query(
         connection, f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked WHERE {keep}",
-        _names("alliance_measures"), params,
+        _names("alliance_measures"), params, _dates("alliance_measures"),
     )
     items = ", ".join(str(n) for n in SRS_ITEMS)
     frames["alliance_items"] = bulk.read_query(connection, (
         f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
         f" WHERE i.item_number IN ({items}) AND i.measure_id IN"
         f" (SELECT measure_id FROM ranked WHERE instrument IN ({srs}) AND rn <= 3)"
-    ), _names("alliance_items"), params)
+    ), _names("alliance_items"), params, _dates("alliance_items"))
     return frames

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -117,13 +117,23 @@ class _Checked:
         self.detail = pd.Series(None, index=self.raw.index, dtype=object)
         self.key = _row_keys(table, self.raw)
 
-    def flag(self, mask: pd.Series | np.ndarray, rule: str, detail: pd.Series | str) -> None:
-        """Mark rows under ``rule`` unless they already broke an earlier one."""
+    def flag(self, mask: pd.Series | np.ndarray, rule: str,
+             detail: str | pd.Series | Callable[[pd.Index], pd.Series]) -> None:
+        """Mark rows under ``rule`` unless they already broke an earlier one.
+
+        ``detail`` is text, or a function that words it for the rows marked only (most
+        runs mark none of millions of rows: wording them all would dominate the check).
+        """
         mask = pd.Series(np.asarray(mask, dtype=bool), index=self.raw.index) & self.rule.isna()
         if not mask.any():
             return
         self.rule[mask] = rule
-        self.detail[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
+        if callable(detail):
+            self.detail[mask] = detail(mask.index[mask])
+        elif isinstance(detail, pd.Series):
+            self.detail[mask] = detail[mask]
+        else:
+            self.detail[mask] = detail
 
     @property
     def ok(self) -> pd.Series:
@@ -165,11 +175,11 @@ def validate(
     start = appts.raw["episode_id"].map(admitted)
     appts.flag(pd.to_datetime(start).notna() & (a["scheduled_at"] < pd.to_datetime(start)),
                "before_admission",
-               "scheduled_at " + a["scheduled_at"].astype(str) + " is before admission on "
-               + pd.to_datetime(start).dt.date.astype(str))
+               lambda ix: "scheduled_at " + _txt(a["scheduled_at"], ix)
+               + " is before admission on " + pd.to_datetime(start.loc[ix]).dt.date.astype(str))
     ahead = a["scheduled_at"] - a["updated_at"]
     appts.flag(ahead > pd.Timedelta(days=max_days_ahead), "far_future",
-               "scheduled_at " + a["scheduled_at"].astype(str) + " is more than "
+               lambda ix: "scheduled_at " + _txt(a["scheduled_at"], ix) + " is more than "
                f"{max_days_ahead} days after the row was written")
 
     _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
@@ -191,8 +201,8 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
     keys = KEYS[table]
     key_present = raw[keys].notna().all(axis=1)
     dup = raw.duplicated(subset=keys, keep=False) & key_present
-    c.flag(dup, "duplicate_key", "rows sharing this key: " + dup.groupby(c.key).transform("sum")
-           .astype(int).astype(str))
+    c.flag(dup, "duplicate_key", lambda ix: "rows sharing this key: " + c.key.loc[ix].map(
+        c.key.loc[ix].value_counts()).astype(str))
     for col in REQUIRED[table]:
         c.flag(raw[col].isna(), "missing_required", f"{col} is empty")
     dates = contract.DATE_COLUMNS.get(table, ())
@@ -203,7 +213,7 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
             parsed = parsed.dt.normalize()
         c.typed[col] = parsed
         c.flag(raw[col].notna() & parsed.isna(), "malformed_date",
-               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not a date")
+               _said(f"{col} ", raw[col], " is not a date"))
     for col in NUMBERS.get(table, ()):
         parsed = pd.to_numeric(raw[col], errors="coerce").astype(float)
         bad = raw[col].notna() & parsed.isna()
@@ -211,24 +221,25 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
             bad |= parsed.notna() & (parsed != np.floor(parsed))
         c.typed[col] = parsed
         c.flag(bad, "malformed_value",
-               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not a number")
+               _said(f"{col} ", raw[col], " is not a number"))
     for col in BOOLEANS.get(table, ()):
         parsed = raw[col].map(_bool_or_nan)
         c.typed[col] = parsed
         c.flag(raw[col].notna() & parsed.isna(), "malformed_value",
-               f"{col} " + raw[col].astype(str).str.slice(0, 40) + " is not yes/no")
+               _said(f"{col} ", raw[col], " is not yes/no"))
     for (t, col), allowed in codes_allowed.items():
         if t != table:
             continue
         unknown = raw[col].notna() & ~raw[col].isin(allowed)
-        c.flag(unknown, "unknown_code", f"{col} " + raw[col].astype(str).str.slice(0, 40)
-               + " is not a contract code")
+        c.flag(unknown, "unknown_code",
+               _said(f"{col} ", raw[col], " is not a contract code"))
 
 
 def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
     for col, present in parents.items():
         missing = c.raw[col].notna() & ~c.raw[col].isin(present)
-        c.flag(missing, "orphan", f"{col} " + c.raw[col].astype(str) + " is not in the source")
+        c.flag(missing, "orphan",
+               _said(f"{col} ", c.raw[col], " is not in the source"))
 
 
 def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> None:
@@ -239,13 +250,13 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     wai = instrument == "WAI-SR"
     total = m["score_total"]
     measures.flag(srs & total.notna() & ((total < 0) | (total > 40)), "srs_total_out_of_range",
-                  "score_total " + total.astype(str) + " is outside 0-40")
+                  lambda ix: "score_total " + _txt(total, ix) + " is outside 0-40")
     measures.flag(wai & total.notna() & ((total < 12) | (total > 60)), "wai_total_out_of_range",
-                  "score_total " + total.astype(str) + " is outside 12-60")
+                  lambda ix: "score_total " + _txt(total, ix) + " is outside 12-60")
     for scale in ("goal", "task", "bond"):
         v = m[scale]
         measures.flag(wai & v.notna() & ((v < 1) | (v > 5)), "wai_subscale_out_of_range",
-                      f"{scale} " + v.astype(str) + " is outside 1-5")
+                      _said(f"{scale} ", v, " is outside 1-5"))
 
     # Items: their measure's instrument decides the item numbers and range.
     own = pd.Series(instrument.to_numpy(), index=raw["measure_id"].to_numpy())
@@ -259,12 +270,14 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     valid_number = (i_srs & number.isin(list(SRS_ITEMS))) | (
         i_wai & number.isin(list(range(1, WAI_SR_N_ITEMS + 1)))) | ~(i_srs | i_wai)
     items.flag(number.notna() & ~valid_number, "unknown_item",
-               "item_number " + number.astype(str) + " is not an item of "
-               + item_instrument.astype(str))
+               lambda ix: "item_number " + _txt(number, ix) + " is not an item of "
+               + _txt(item_instrument, ix))
     items.flag(i_srs & response.notna() & ((response < 0) | (response > 10)),
-               "srs_item_out_of_range", "response " + response.astype(str) + " is outside 0-10")
+               "srs_item_out_of_range",
+               lambda ix: "response " + _txt(response, ix) + " is outside 0-10")
     items.flag(i_wai & response.notna() & ((response < 1) | (response > 5)),
-               "wai_item_out_of_range", "response " + response.astype(str) + " is outside 1-5")
+               "wai_item_out_of_range",
+               lambda ix: "response " + _txt(response, ix) + " is outside 1-5")
 
     # A measure breaks the first rule any of its items broke.
     bad_items = items.raw.loc[~items.ok & items.rule.isin(
@@ -292,8 +305,8 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
         complete = (srs & (have == len(SRS_ITEMS))) | (wai & (have == WAI_SR_N_ITEMS))
         off = complete & total.notna() & ((total - summed).abs() > TOTAL_TOLERANCE)
         measures.flag(off, "total_disagrees_with_items",
-                      "score_total " + total.astype(str) + " but items sum to "
-                      + summed.round(2).astype(str))
+                      lambda ix: "score_total " + _txt(total, ix) + " but items sum to "
+                      + _txt(summed.round(2), ix))
         wide = ok_items.pivot_table(index="measure_id", columns="n", values="r", aggfunc="first")
         for scale, key in WAI_SR_KEY.items():
             if not set(key) <= set(wide.columns):
@@ -302,17 +315,28 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
             v = m[scale]
             off = wai & complete & v.notna() & mean.notna()
             off &= (v - mean).abs() > SUBSCALE_TOLERANCE
-            measures.flag(off, "total_disagrees_with_items",
-                          f"{scale} " + v.astype(str) + " but its items average "
-                          + mean.round(2).astype(str))
+            if off.any():
+                measures.flag(off, "total_disagrees_with_items",
+                              f"{scale} " + v.astype(str) + " but its items average "
+                              + mean.round(2).astype(str))
 
     # Items of a quarantined measure go with it.
     quarantined = raw.loc[~measures.ok, "measure_id"]
     items.flag(items.raw["measure_id"].isin(quarantined), "measure_quarantined",
-               "measure " + items.raw["measure_id"].astype(str) + " is quarantined")
+               lambda ix: "measure " + _txt(items.raw["measure_id"], ix) + " is quarantined")
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], pd.Series]:
+    """A detail worded, when needed, for the rows marked: prefix, their value, suffix."""
+    return lambda ix: prefix + _txt(values, ix) + suffix
+
+
+def _txt(values: pd.Series, ix: pd.Index, width: int = 40) -> pd.Series:
+    """Values of the rows ``ix`` as short text, for a quarantine detail."""
+    return values.loc[ix].astype(str).str.slice(0, width)
 
 
 def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:

@@ -18,7 +18,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.exc import DBAPIError
 
 from pipelines.etl import run_etl
-from pipelines.scoring import score_rows
+from pipelines.scoring import explain_rows, score_rows
 from retention import bulk, schema, store
 from retention.db import is_read_only, source_engine, store_engine
 from retention.etl_settings import EtlSettings
@@ -161,20 +161,40 @@ def test_the_scoped_read_gives_the_same_features_and_list_as_the_whole_copy(
         engine.dispose()
 
 
-def test_reasons_are_worded_for_the_top_of_the_list_only(scored: Scored) -> None:
+def test_reasons_are_worded_for_the_top_of_the_list_and_of_each_caseload(
+    scored: Scored,
+) -> None:
     with scored.store.connect() as conn:
         features = store.read_features(conn, scored.as_of, scored.model.feature_names)
         data = store.read_scoped_copy(conn, scored.as_of)
-    rows = score_rows(scored.settings, scored.model, scored.catalogue, data, features,
-                      scored.as_of, run_id=1, reasons_top_n=5)
     every = score_rows(scored.settings, scored.model, scored.catalogue, data, features,
                        scored.as_of, run_id=1)
-    assert [r["episode_id"] for r in rows] == [r["episode_id"] for r in every]
-    assert rows[:5] == every[:5]
-    for row, full in zip(rows[5:], every[5:], strict=True):
-        assert '"reasons": []' in row["reasons_json"]
-        assert {k: v for k, v in row.items() if k != "reasons_json"} == {
-            k: v for k, v in full.items() if k != "reasons_json"}
+    for per_caseload in (0, 2):
+        settings = scored.settings.with_overrides(etl={"reasons_per_caseload": per_caseload})
+        rows = score_rows(settings, scored.model, scored.catalogue, data, features,
+                          scored.as_of, run_id=1, reasons_top_n=5)
+        assert [r["episode_id"] for r in rows] == [r["episode_id"] for r in every]
+        assert rows[:5] == every[:5]
+        seen: dict[str, int] = {}
+        for row, full in zip(rows, every, strict=True):
+            caseload = str(row["case_manager_id"] or "clinic:" + row["clinic_id"])
+            seen[caseload] = seen.get(caseload, 0) + 1
+            explained = row["rank"] <= 5 or seen[caseload] <= per_caseload
+            assert row == full if explained else '"reasons": []' in row["reasons_json"]
+            assert {k: v for k, v in row.items() if k != "reasons_json"} == {
+                k: v for k, v in full.items() if k != "reasons_json"}
+
+
+def test_reasons_worded_in_parallel_equal_those_worded_in_one_process(scored: Scored) -> None:
+    with scored.store.connect() as conn:
+        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
+        data = store.read_scoped_copy(conn, scored.as_of)
+    contributions = scored.model.contributions(features)
+    families = {f["name"]: f["family"] for f in scored.model.metadata["features"]}
+    args = (data, features, contributions, families, scored.catalogue, scored.as_of, 3)
+    one = explain_rows(*args, workers=1)
+    two = explain_rows(*args, workers=2, min_rows_per_worker=1)
+    assert list(two) == list(one) and two == one
 
 
 def test_table_checksums_see_any_change(tmp_path: Path) -> None:
