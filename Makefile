@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup lint
+.PHONY: demo test setup lint migrate bench
 
 $(BIN)/retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,13 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# Apply the store's migrations (the jobs also apply pending ones before they run).
+migrate: setup
+	$(BIN)/retention migrate
+
+# The nightly-run benchmark on a cached synthetic clinic in the local PostgreSQL
+# (docs/performance.md); CLIENTS=100000 for the large one.
+CLIENTS ?= 10000
+bench: setup
+	$(BIN)/python benchmarks/nightly.py --clients $(CLIENTS)

@@ -44,18 +44,22 @@ def read_query(
     columns: Sequence[str],
     params: Mapping[str, Any] | None = None,
     dates: Sequence[str] = (),
+    kinds: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Rows of ``sql`` as a frame with ``columns``; ``:name`` placeholders take ``params``.
 
     On PostgreSQL the rows come through ``COPY (query) TO STDOUT`` as CSV text, so
     every value arrives as a string (or NaN for NULL) except the ``dates`` columns,
     parsed on the way in (for the store's own, well-typed rows): callers parse the
-    rest. Elsewhere values come as the driver returns them.
+    rest. ``kinds`` says more per column: "category" (repeated text, kept as a
+    categorical), "date" (parsed if every value parses, else left as text), "infer"
+    (numbers if every value is one, else text) or "object" (text). Elsewhere values
+    come as the driver returns them.
     """
     used = set(_PARAM.findall(sql))
     params = {k: v for k, v in (params or {}).items() if k in used}
     if is_postgres(connection):
-        return _copy_out(connection, sql, columns, params, dates)
+        return _copy_out(connection, sql, columns, params, dates, kinds)
     statement = text(sql).bindparams(*(_typed_bind(k, v) for k, v in params.items()))
     rows = connection.execute(statement).fetchall()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
@@ -73,6 +77,7 @@ def _typed_bind(name: str, value: Any) -> Any:
 def _copy_out(
     connection: Connection, sql: str, columns: Sequence[str], params: Mapping[str, Any],
     dates: Sequence[str] = (),
+    kinds: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     from psycopg import sql as pgsql
 
@@ -90,12 +95,20 @@ def _copy_out(
     if buffer.tell() == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
     buffer.seek(0)
-    return pd.read_csv(
+    kinds = dict(kinds or {})
+    for c in columns:
+        kinds.setdefault(c, "date" if c in dates else "object")
+    dtype: dict[str, Any] = {c: k for c, k in kinds.items() if k in ("object", "category")}
+    parse = [c for c, k in kinds.items() if k == "date"]
+    frame = pd.read_csv(
         buffer, header=None, names=list(columns), keep_default_na=False, na_values=[""],
-        dtype={c: object for c in columns if c not in dates},
-        parse_dates=list(dates), date_format="ISO8601",
+        dtype=dtype, parse_dates=parse, date_format="ISO8601",
         quotechar='"', doublequote=True, escapechar=None,
     )
+    for c in parse:  # a column with an unreadable date stays text, for the caller to judge
+        if not pd.api.types.is_datetime64_any_dtype(frame[c]):
+            frame[c] = frame[c].astype(object)
+    return frame
 
 
 # --- writing ------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class EtlSettings:
     # Reasons (per-feature contributions, about 100 times the cost of a prediction, and
     # about 15 ms of wording per episode) are computed where a case manager reads them:
     # the top of the whole list and the top of each case manager's caseload.
-    reasons_top_n: int = 1000
+    reasons_top_n: int = 500
     reasons_per_caseload: int = 25
     # Processes that word reasons in parallel (the nightly machine has 2 cores).
     reasons_workers: int = 2

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Date, DateTime, Engine, Float, Integer, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from retention import bulk, contract
@@ -28,8 +28,36 @@ class SourceUnavailable(RuntimeError):
     """The clinic's database could not be read; the message says why."""
 
 
+# Text that repeats across rows (codes, and references to a parent): categoricals
+# hold each distinct value once, which keeps millions of rows in memory at a fraction.
+REPEATED = {
+    "clients": ("clinic_id", "case_manager_id", "sex", "race_ethnicity"),
+    "episodes": ("client_id", "program", "discharge_reason"),
+    "appointments": ("episode_id", "client_id", "status", "service_type", "clinician_id",
+                     "telehealth"),
+    "alliance_measures": ("episode_id", "client_id", "instrument", "rater"),
+    "alliance_items": ("measure_id",),
+}
+
+
 def _columns(table: str) -> list[str]:
     return [c.name for c in contract.TABLES[table].columns]
+
+
+def _kinds(table: str) -> dict[str, str]:
+    """How PostgreSQL's text is read per column: nothing is coerced that could hide a bad
+    value (a column with one unreadable date or number stays text for the checks)."""
+    kinds = {}
+    for column in contract.TABLES[table].columns:
+        if column.name in REPEATED.get(table, ()):
+            kinds[column.name] = "category"
+        elif isinstance(column.type, Date | DateTime):
+            kinds[column.name] = "date"
+        elif isinstance(column.type, Integer | Float):
+            kinds[column.name] = "infer"
+        else:
+            kinds[column.name] = "object"
+    return kinds
 
 
 def _select(mapping: SourceMapping, table: str) -> str:
@@ -75,7 +103,7 @@ def extract(
                        "WHERE m.updated_at >= :since"
             sql += f" WHERE src.measure_id IN ({measures})"
             params["since"] = since["alliance_measures"]
-        frame = bulk.read_query(connection, sql, _columns(table), params)
+        frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
         frames[table] = mapping.apply_codes(table, frame)
     return frames
 

@@ -57,16 +57,15 @@ def scoped_frames(
         ), _names("episodes"), params, _dates("episodes")),
         # Slots from the earlier of the window's start and the last slot attended (known
         # as attended) before the as-of date; every slot of an episode never attended.
+        # One pass over the open episodes' slots: the last attended is a window maximum.
         "appointments": bulk.read_query(connection, (
-            f"WITH open_ep AS ({_OPEN}), last_attended AS ("
-            f"  SELECT a.episode_id, MAX(a.scheduled_at) AS last_at FROM {P}appointments a"
-            "   JOIN open_ep o ON o.episode_id = a.episode_id"
-            "   WHERE a.status = 'attended' AND a.scheduled_at < :cut AND a.updated_at < :cut"
-            "   GROUP BY a.episode_id)"
-            f" SELECT {_cols('appointments', 'a')} FROM {P}appointments a"
-            " JOIN open_ep o ON o.episode_id = a.episode_id"
-            " LEFT JOIN last_attended l ON l.episode_id = a.episode_id"
-            " WHERE l.last_at IS NULL OR a.scheduled_at >= :window OR a.scheduled_at >= l.last_at"
+            f"WITH open_ep AS ({_OPEN})"
+            f" SELECT {_cols('appointments')} FROM ("
+            f"  SELECT {_cols('appointments', 'a')}, MAX(CASE WHEN a.status = 'attended'"
+            "    AND a.scheduled_at < :cut AND a.updated_at < :cut THEN a.scheduled_at END)"
+            "    OVER (PARTITION BY a.episode_id) AS last_at"
+            f"  FROM {P}appointments a JOIN open_ep o ON o.episode_id = a.episode_id) x"
+            " WHERE last_at IS NULL OR scheduled_at >= :window OR scheduled_at >= last_at"
         ), _names("appointments"), params, _dates("appointments")),
     }
     srs = ", ".join(f"'{i}'" for i in ("SRS", "GSRS"))
@@ -86,9 +85,18 @@ def scoped_frames(
         _names("alliance_measures"), params, _dates("alliance_measures"),
     )
     items = ", ".join(str(n) for n in SRS_ITEMS)
-    frames["alliance_items"] = bulk.read_query(connection, (
-        f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
-        f" WHERE i.item_number IN ({items}) AND i.measure_id IN"
-        f" (SELECT measure_id FROM ranked WHERE instrument IN ({srs}) AND rn <= 3)"
-    ), _names("alliance_items"), params, _dates("alliance_items"))
+    if bulk.is_postgres(connection):
+        # By key, for the measures just read: an index lookup each, not a scan of every item.
+        m = frames["alliance_measures"]
+        ids = sorted(m.loc[m["instrument"].isin(["SRS", "GSRS"]), "measure_id"].astype(str))
+        frames["alliance_items"] = bulk.read_query(connection, (
+            f"SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
+            f" WHERE i.measure_id = ANY(:ids) AND i.item_number IN ({items})"
+        ), _names("alliance_items"), {"ids": ids}, _dates("alliance_items"))
+    else:
+        frames["alliance_items"] = bulk.read_query(connection, (
+            f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
+            f" WHERE i.item_number IN ({items}) AND i.measure_id IN"
+            f" (SELECT measure_id FROM ranked WHERE instrument IN ({srs}) AND rn <= 3)"
+        ), _names("alliance_items"), params, _dates("alliance_items"))
     return frames

@@ -110,8 +110,18 @@ class _Checked:
     def __init__(self, table: str, raw: pd.DataFrame) -> None:
         self.table = table
         columns = [c.name for c in contract.TABLES[table].columns]
-        self.raw = raw.reindex(columns=columns).reset_index(drop=True).astype(object)
-        self.raw = self.raw.where(self.raw.notna() & (self.raw != ""), None)
+        # No copies of millions of rows unless needed: same columns, a fresh index, and
+        # empty text read as missing, column by column.
+        if list(raw.columns) != columns:
+            raw = raw.reindex(columns=columns)
+        if not isinstance(raw.index, pd.RangeIndex) or raw.index.start != 0:
+            raw = raw.reset_index(drop=True)
+        for col in columns:
+            if raw[col].dtype == object or isinstance(raw[col].dtype, pd.StringDtype):
+                blank = raw[col].eq("")
+                if blank.any():
+                    raw[col] = raw[col].astype(object).mask(blank)
+        self.raw = raw
         self.typed = pd.DataFrame(index=self.raw.index)
         self.rule = pd.Series(None, index=self.raw.index, dtype=object)
         self.detail = pd.Series(None, index=self.raw.index, dtype=object)
@@ -172,7 +182,7 @@ def validate(
     admitted = pd.concat([admitted, pd.Series(e.loc[good, "admitted_on"].to_numpy(),
                                               index=episodes.raw.loc[good, "episode_id"])])
     a = appts.typed
-    start = appts.raw["episode_id"].map(admitted)
+    start = _lookup(admitted, appts.raw["episode_id"])
     appts.flag(pd.to_datetime(start).notna() & (a["scheduled_at"] < pd.to_datetime(start)),
                "before_admission",
                lambda ix: "scheduled_at " + _txt(a["scheduled_at"], ix)
@@ -263,7 +273,7 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     own = own[~own.index.duplicated()]
     known = context.instruments[~context.instruments.index.isin(own.index)]
     by_measure = pd.concat([own, known])
-    item_instrument = items.raw["measure_id"].map(by_measure)
+    item_instrument = _lookup(by_measure, items.raw["measure_id"])
     number, response = items.typed["item_number"], items.typed["response"]
     i_srs = item_instrument.isin(["SRS", "GSRS"])
     i_wai = item_instrument == "WAI-SR"
@@ -329,6 +339,12 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 # --- helpers ------------------------------------------------------------------------
 
 
+def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
+    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype."""
+    found = mapping.reindex(np.asarray(keys.to_numpy(), dtype=object))
+    return pd.Series(found.to_numpy(), index=keys.index)
+
+
 def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], pd.Series]:
     """A detail worded, when needed, for the rows marked: prefix, their value, suffix."""
     return lambda ix: prefix + _txt(values, ix) + suffix
@@ -382,13 +398,12 @@ def _bool_or_nan(value: Any) -> Any:
 
 
 def _valid_frame(c: _Checked) -> pd.DataFrame:
-    """The rows that passed, typed as the contract types them (dates as dates)."""
+    """The rows that passed, typed as the contract types them (dates as midnight)."""
     ok = c.ok
-    out = c.raw.loc[ok].copy()
+    every = bool(ok.all())
+    out = c.raw.copy(deep=False) if every else c.raw.loc[ok].copy()
     for col in c.typed.columns:
-        out[col] = c.typed.loc[ok, col]
-    for col in contract.DATE_COLUMNS.get(c.table, ()):
-        out[col] = out[col].dt.date.where(out[col].notna(), None)
+        out[col] = c.typed[col] if every else c.typed.loc[ok, col]
     for col in INTEGERS.get(c.table, ()):
         out[col] = out[col].astype("Int64")
     for col in BOOLEANS.get(c.table, ()):

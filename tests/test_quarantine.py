@@ -251,5 +251,5 @@ def test_validation_types_what_passes_as_the_contract_does() -> None:
     assert rules == {"C1": "malformed_value", "E1": "discharge_before_admission"}
     episodes = out.valid["episodes"]
     assert list(episodes["episode_id"]) == ["E2"]
-    assert episodes["admitted_on"].iloc[0] == date(2026, 1, 5)
+    assert episodes["admitted_on"].iloc[0].date() == date(2026, 1, 5)
     assert out.valid["clients"]["birth_year"].tolist() == [1990]
