@@ -68,7 +68,7 @@ def new_database(admin: str | None = None, label: str = "") -> str:
 
 def drop_database(url: str, admin: str | None = None) -> None:
     """Drop a database made by ``new_database``, ending any session still connected to it."""
-    name = make_url(url).database
+    name = make_url(url).database or ""
     with psycopg.connect(_libpq(admin or admin_url()), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -87,7 +87,21 @@ def pg_server() -> str:
         if os.environ.get("CI"):
             pytest.fail(message + " (CI requires it; .ci/run starts it)", pytrace=False)
         pytest.skip(message)
+    drop_orphans(admin_url())
     return admin_url()
+
+
+def drop_orphans(admin: str) -> None:
+    """Drop test databases left by test processes that died before cleaning up."""
+    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (PREFIX + "%",))]
+    for name in names:
+        pid = next((part for part in name.removeprefix(PREFIX).split("_") if part.isdigit()),
+                   None)
+        if pid is not None and not Path(f"/proc/{pid}").exists():
+            drop_database(make_url(admin).set(database=name).render_as_string(
+                hide_password=False), admin)
 
 
 @pytest.fixture(scope="session")
