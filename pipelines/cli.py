@@ -70,6 +70,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING if not verbose else logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING if not verbose else logging.INFO)
     ctx.obj = Context(config_path=config_path, overrides={})
 
 

@@ -9,6 +9,7 @@ with new tables goes into ``TABLE_MODULES``; see docs/migrations.md.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -38,11 +39,19 @@ class SchemaError(RuntimeError):
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for this repository, bound to ``connection`` if given."""
+    _quiet()
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
         config.attributes["connection"] = connection
     return config
+
+
+def _quiet() -> None:
+    """Alembic's per-step INFO lines are noise in a job's log (unless asked for)."""
+    logger = logging.getLogger("alembic")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
 
 
 def head_revision() -> str:
@@ -55,6 +64,7 @@ def head_revision() -> str:
 
 def current_revision(connection: Connection) -> str | None:
     """The revision the store is at (None for an empty or unmigrated store)."""
+    _quiet()
     return MigrationContext.configure(connection).get_current_revision()
 
 
