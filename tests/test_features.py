@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retention.clinic_data import ClinicData
 from retention.features import FEATURE_NAMES, build_features
 from retention.features.spec import META_COLUMNS
 from tests.factories import ClinicBuilder, at
@@ -132,3 +133,24 @@ def test_a_status_recorded_after_the_as_of_date_is_not_known() -> None:
     row = build_features(b.build(), AS_OF).loc["E1"]
     assert row["missed_28d"] == 3
     assert row["consecutive_misses"] == 3
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_a_clinic_where_nobody_has_attended_yet(categorical: bool) -> None:
+    """No session attended anywhere: days count from admission.
+
+    The ETL reads code columns as categoricals whose categories are the codes
+    seen; a status recorded late must still read as unrecorded.
+    """
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-03-10")
+    b.appointment("E1", at("2026-03-12"), "no_show")
+    b.appointment("E1", at("2026-03-19"), "no_show", updated_at=at("2026-03-20", 9))
+    data = b.build()
+    if categorical:
+        appts = data.appointments.astype({"episode_id": "category", "status": "category"})
+        data = ClinicData(data.clients, data.episodes, appts, data.measures, data.items)
+    row = build_features(data, AS_OF).loc["E1"]
+    assert row["days_since_attended"] == 10
+    assert row["consecutive_misses"] == 1

@@ -27,7 +27,13 @@ def past_slots(appointments: pd.DataFrame, episode_index: pd.Index, as_of: date)
     cutoff = as_timestamp(as_of)
     mask = (appointments["scheduled_at"] < cutoff) & appointments["episode_id"].isin(episode_index)
     slots = appointments.loc[mask].copy()
-    slots.loc[slots["updated_at"] >= cutoff, "status"] = "scheduled"
+    unknown = slots["updated_at"] >= cutoff
+    if unknown.any():
+        status = slots["status"]
+        categorical = isinstance(status.dtype, pd.CategoricalDtype)
+        if categorical and "scheduled" not in status.cat.categories:
+            slots["status"] = status.cat.add_categories(["scheduled"])
+        slots.loc[unknown, "status"] = "scheduled"
     slots["days_ago"] = in_days(cutoff - slots["scheduled_at"])
     return slots
 
