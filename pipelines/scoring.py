@@ -120,7 +120,8 @@ def drift_rows(settings: Settings, model: TrainedModel, features: pd.DataFrame,
     risk = np.array([r["risk"] for r in rows], dtype=float)
     ordered = features.loc[[r["episode_id"] for r in rows]]
     return drift.drift_table(reference, ordered, risk,
-                             model_settings(settings).drift_psi_threshold)
+                             model_settings(settings).drift_psi_threshold,
+                             model_settings(settings).drift_min_rows)
 
 
 def inputs_digest(

@@ -102,8 +102,13 @@ def psi(expected: list[float], actual: list[float]) -> float:
 
 
 def drift_table(ref: Mapping[str, Any], frame: pd.DataFrame, score: np.ndarray,
-                threshold: float) -> list[dict[str, Any]]:
-    """PSI of each referenced feature and the score for today's rows, flagged above threshold."""
+                threshold: float, min_rows: int = 0) -> list[dict[str, Any]]:
+    """PSI of each referenced feature and the score for today's rows, flagged above threshold.
+
+    Nothing is flagged for fewer than ``min_rows`` rows: the PSI of a small
+    sample is mostly noise.
+    """
+    enough = len(frame) >= min_rows
     out = []
     for name, r in ref.items():
         values = pd.Series(score, dtype=float) if name == SCORE else frame[name]
@@ -112,7 +117,8 @@ def drift_table(ref: Mapping[str, Any], frame: pd.DataFrame, score: np.ndarray,
         else:
             actual = _numeric_shares(values, r["edges"])
         value = psi(r["shares"], actual)
-        out.append({"feature": name, "psi": round(value, 6), "flagged": value > threshold})
+        out.append({"feature": name, "psi": round(value, 6),
+                    "flagged": enough and value > threshold})
     return out
 
 

@@ -21,7 +21,9 @@ class ModelSettings:
     # Share of snapshot dates held out for evaluation (latest) and calibration (before it).
     evaluate_share: float = 0.2
     calibrate_share: float = 0.15
-    calibration_method: str = "isotonic"
+    # Platt by default: a clinic's calibration slice holds few dropouts, and isotonic
+    # steps then put whole blocks of clients at exactly 0% or 100% risk.
+    calibration_method: str = "platt"
     # A case manager's capacity: the top k episodes per clinic per snapshot date.
     capacity_k: int = 10
     # Bootstrap resamples of clients (clustered) for confidence intervals.
@@ -35,6 +37,9 @@ class ModelSettings:
     promotion_tolerance: float = 0.01
     # Population stability index above which a feature or the score has drifted.
     drift_psi_threshold: float = 0.25
+    # Below this many scored episodes PSI is mostly sampling noise (about 0.14 expected
+    # for 75 rows over 11 bins with no drift at all): record it, flag nothing.
+    drift_min_rows: int = 200
     # Cron for the weekly retrain job (minute hour day month weekday).
     retrain_cron: str = "0 4 * * 0"
 

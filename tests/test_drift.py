@@ -38,12 +38,17 @@ def test_each_scoring_run_records_drift_of_every_feature_and_the_score(scored: S
 
 
 def test_a_shifted_population_is_flagged(scored: Scored) -> None:
-    """Rows from the training window match the reference; shifting one feature is flagged."""
+    """Rows like the reference's match it; shifting one feature is flagged.
+
+    The score's reference is the calibration slice (out-of-sample scores), so
+    the rows here are that slice's snapshots.
+    """
     meta = scored.model.metadata
-    train_until = date.fromisoformat(meta["window"]["train_until"])
+    start = date.fromisoformat(meta["window"]["calibrate_from"])
+    end = date.fromisoformat(meta["window"]["calibrate_until"])
     with scored.store.connect() as conn:
         data = store.read_clinic_copy(conn)
-    dates = [train_until - timedelta(days=7 * i) for i in range(6)]
+    dates = [start + timedelta(days=7 * i) for i in range((end - start).days // 7 + 1)]
     rows = training_rows(data, sorted(dates), 30, scored.as_of)
     shifted = rows.copy()
     shifted["days_since_attended"] = shifted["days_since_attended"] + 60
@@ -69,3 +74,18 @@ def test_latest_drift_without_runs_is_empty(tmp_path) -> None:  # type: ignore[n
         drift.drift.create(conn)
         assert drift.latest_drift(conn)["run_id"] is None
     engine.dispose()
+
+
+def test_a_small_sample_is_recorded_but_not_flagged(scored: Scored) -> None:
+    """PSI over a handful of rows is noise: it is kept, not raised as drift."""
+    reference = scored.model.metadata["drift_reference"]
+    with scored.store.connect() as conn:
+        data = store.read_clinic_copy(conn)
+    rows = training_rows(data, [scored.as_of - timedelta(days=60)], 30, scored.as_of)
+    shifted = rows.assign(days_since_attended=rows["days_since_attended"] + 60)
+    risk = scored.model.predict(shifted)
+    few = {r["feature"]: r for r in drift.drift_table(reference, shifted, risk, 0.25, 200)}
+    many = {r["feature"]: r for r in drift.drift_table(reference, shifted, risk, 0.25, 10)}
+    assert len(rows) < 200
+    assert few["days_since_attended"]["psi"] == many["days_since_attended"]["psi"] > 0.25
+    assert not few["days_since_attended"]["flagged"] and many["days_since_attended"]["flagged"]
