@@ -20,6 +20,9 @@ from retention.db import source_engine, store_engine
 from retention.reasons import Catalogue, load_catalogue
 from retention.synth import SynthConfig, generate, write
 
+# PostgreSQL fixtures (pg_server, store_url, ...): a database per session or test, dropped after.
+pytest_plugins = ("tests.pg",)
+
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 1)
 

@@ -1,6 +1,6 @@
 """PostgreSQL for tests: the server on this machine, a fresh database per use, dropped after.
 
-Use them from a test module with ``pytest_plugins = ("tests.pg",)``.
+The root conftest registers this module as a plugin, so every test can use them.
 
 - ``pg_server`` (session): the admin URL of a server that answers, or a skip; with
   ``CI`` set an unreachable server fails the run instead of skipping.

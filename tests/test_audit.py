@@ -20,7 +20,6 @@ from retention import access, store
 from retention.access import AuditRecord
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import REPO, Scored
-from tests.pg import pg_server, store_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_each_read_records_who_what_and_the_client_ids_returned(app: Flask,
 
 
 def test_the_application_cannot_change_or_remove_audit_records(
-    store_url: str,  # noqa: F811  (fixture: SQLite and PostgreSQL)
+    store_url: str,
 ) -> None:
     engine = create_engine(store_url)
     with engine.begin() as conn:
@@ -130,7 +129,7 @@ def test_audit_export_covers_the_requested_days(app: Flask, scored: Scored,
 
 
 def test_reads_and_denials_are_audited_on_postgresql(
-    scored: Scored, store_url: str,  # noqa: F811  (fixture: SQLite and PostgreSQL)
+    scored: Scored, store_url: str,
 ) -> None:
     engine = create_engine(store_url)
     token = make_key(engine, "admin")

@@ -18,8 +18,6 @@ from retention.etl_settings import EtlSettings
 from tests.conftest import Scored
 from tests.sources import AS_OF, Source, appointment, stored
 
-pytest_plugins = ("tests.pg",)  # the PostgreSQL fixtures: pg_server, store_url
-
 
 @pytest.fixture
 def source(tmp_path: Path) -> Iterator[Source]:

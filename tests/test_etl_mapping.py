@@ -19,8 +19,6 @@ from retention.etl_settings import EtlSettings, parse_etl
 from retention.synth import SynthConfig, generate, write
 from tests.sources import AS_OF, stored
 
-pytest_plugins = ("tests.pg",)
-
 PROGRAMS = {"outpatient": "OP", "intensive_outpatient": "IOP", "residential": "RES",
             "partial_hospitalization": "PHP", "medication_assisted": "MAT", "detox": "DTX",
             "other": "OTH"}

@@ -19,8 +19,6 @@ from retention.db import source_engine, store_engine
 from retention.etl_settings import EtlSettings
 from tests.sources import AS_OF, Source, appointment, stored
 
-pytest_plugins = ("tests.pg",)
-
 
 def libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

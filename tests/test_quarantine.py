@@ -23,8 +23,6 @@ from retention.validation import RULES, Context, validate
 from tests.conftest import REPO
 from tests.sources import AS_OF, Source, appointment
 
-pytest_plugins = ("tests.pg",)
-
 STAMP = datetime(2026, 6, 1, 12, 0)  # after the synthetic clinic's last write
 
 

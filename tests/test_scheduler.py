@@ -27,8 +27,6 @@ from retention.extract import SourceUnavailable
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import REPO, Scored, make_settings
 
-pytest_plugins = ("tests.pg",)
-
 RETENTION = [sys.executable, "-m", "pipelines.cli"]
 
 

@@ -25,9 +25,6 @@ from retention.etl_settings import EtlSettings
 from retention.features import build_features
 from tests.conftest import REPO, Scored
 
-pytest_plugins = ("tests.pg",)
-
-
 # --- migrations -------------------------------------------------------------------------
 
 
