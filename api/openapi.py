@@ -94,6 +94,10 @@ def _schemas(max_limit: int) -> dict[str, Any]:
     freshness = {
         "as_of": DATE, "model_version": STR, "published_at": STR,
         "age_days": {"type": "integer"}, "stale": {"type": "boolean"},
+        # Population stability of the list's run against the training data.
+        "drift": _obj({"drifted": {"type": "boolean"},
+                       "flagged": {"type": "array", "items": STR},
+                       "score_psi": {"type": ["number", "null"]}}),
     }
     history = _obj({"as_of": DATE, "episode_id": STR, "risk": {"type": "number"},
                     "tier": {"enum": list(TIERS)}, "rank": {"type": "integer"}})

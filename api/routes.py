@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from api.auth import CLIENT_DATA, caller, connection, requires, returning
 from api.errors import Problem
-from retention import scoped_reads, store
+from retention import drift, scoped_reads, store
 from retention.config import Settings
 from retention.scoped_reads import ListFilter
 
@@ -123,10 +123,14 @@ def publication(as_of: date | None) -> dict[str, Any]:
 
 
 def freshness(pub: dict[str, Any]) -> dict[str, Any]:
+    """How old the served list is, and whether its population drifted from training."""
     as_of: date = pub["as_of"]
     age = (today() - as_of).days
+    d = drift.run_drift(connection(), pub["run_id"])
     return {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
-            "published_at": iso(pub["published_at"]), "age_days": age, "stale": age > 1}
+            "published_at": iso(pub["published_at"]), "age_days": age, "stale": age > 1,
+            "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
+                      "score_psi": d["score_psi"]}}
 
 
 def iso(value: Any) -> Any:

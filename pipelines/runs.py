@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -99,4 +100,7 @@ def format_runs(rows: list[dict[str, Any]]) -> list[str]:
         )
         if r["error"]:
             lines.append(f"      error: {r['error']}")
+        drifted = json.loads(r["detail"]).get("drift_flagged") if r.get("detail") else None
+        if drifted:
+            lines.append(f"      drift: PSI over the threshold in {', '.join(drifted)}")
     return lines

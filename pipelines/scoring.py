@@ -100,6 +100,8 @@ def run_scoring(
             store.publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
             drift.record_drift(conn, run.run_id, as_of, model.version, drifted)
         flagged = [d["feature"] for d in drifted if d["flagged"]]
+        # The run record says so, not only the log.
+        run.detail["drift_flagged"] = ["score" if f == drift.SCORE else f for f in flagged]
         if flagged:
             log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
                         run.run_id, model_settings(settings).drift_psi_threshold,

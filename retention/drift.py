@@ -138,16 +138,21 @@ def latest_drift(connection: Connection) -> dict[str, Any]:
 
     Returns ``{"run_id": None, ...}`` when no run has recorded drift yet.
     """
-    run_id = connection.execute(select(func.max(drift.c.run_id))).scalar()
-    if run_id is None:
-        return {"run_id": None, "as_of": None, "model_version": None, "drifted": False,
+    return run_drift(connection, connection.execute(select(func.max(drift.c.run_id))).scalar())
+
+
+def run_drift(connection: Connection, run_id: int | None) -> dict[str, Any]:
+    """One scoring run's drift, as ``latest_drift`` gives it (empty if none was recorded)."""
+    rows = [] if run_id is None else connection.execute(
+        select(drift).where(drift.c.run_id == run_id)).fetchall()
+    if not rows:
+        return {"run_id": run_id, "as_of": None, "model_version": None, "drifted": False,
                 "flagged": [], "score_psi": None, "psi": {}}
-    rows = connection.execute(select(drift).where(drift.c.run_id == run_id)).fetchall()
     psi_values = {r.feature: float(r.psi) for r in rows}
     flagged = sorted(r.feature for r in rows if r.flagged)
     score_psi = psi_values.pop(SCORE, math.nan)
     return {
-        "run_id": int(run_id),
+        "run_id": int(rows[0].run_id),
         "as_of": rows[0].as_of.isoformat() if rows else None,
         "model_version": rows[0].model_version if rows else None,
         "drifted": bool(flagged),

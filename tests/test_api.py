@@ -238,3 +238,19 @@ def test_filters_narrow_the_list(client: FlaskClient, full_list: list[dict]) -> 
         lambda i: i["case_manager_id"] == first["case_manager_id"])
     for query in ("tier=extreme", "min_risk=2", "engaged_only=yes", "tier=high&tier=low"):
         assert client.get(f"/v1/risk-list?{query}").status_code == 400
+
+
+def test_the_list_says_whether_its_population_drifted(scored: Scored) -> None:
+    """Drift recorded by the list's scoring run is shown with the list it concerns."""
+    from retention import drift
+
+    with scored.store.connect() as conn:
+        pub = store.latest_publication(conn, scored.as_of)
+        assert pub is not None
+        recorded = drift.run_drift(conn, pub["run_id"])
+    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    client = keyed_client(app, make_key(scored.store, "admin", label="drift"))
+    body = client.get("/v1/risk-list?limit=1").get_json()
+    assert recorded["psi"], "the scoring run recorded drift"
+    assert body["drift"] == {"drifted": recorded["drifted"], "flagged": recorded["flagged"],
+                             "score_psi": recorded["score_psi"]}

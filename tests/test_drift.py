@@ -89,3 +89,17 @@ def test_a_small_sample_is_recorded_but_not_flagged(scored: Scored) -> None:
     assert len(rows) < 200
     assert few["days_since_attended"]["psi"] == many["days_since_attended"]["psi"] > 0.25
     assert not few["days_since_attended"]["flagged"] and many["days_since_attended"]["flagged"]
+
+
+def test_flagged_drift_is_in_the_run_record() -> None:
+    """`retention runs` shows which inputs drifted, from the run's own record."""
+    from datetime import datetime
+
+    from pipelines.runs import format_runs
+
+    run = {"run_id": 3, "kind": "score", "as_of": None, "status": "succeeded",
+           "rows_read": 74, "rows_changed": 74, "rows_quarantined": 0, "finished_at": None,
+           "started_at": datetime(2026, 6, 1, 2, 30), "model_version": "v1", "error": None,
+           "detail": '{"drift_flagged": ["score", "days_since_attended"]}'}
+    lines = format_runs([run])
+    assert lines[-1].strip() == "drift: PSI over the threshold in score, days_since_attended"
