@@ -116,17 +116,25 @@ def _timestamps(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values).astype("datetime64[ns]")
 
 
+TRUE_TEXT = frozenset({"t", "true", "1", "yes", "y"})
+FALSE_TEXT = frozenset({"f", "false", "0", "no", "n"})
+
+
+def bool_from_text(value: str) -> bool | None:
+    """'t', 'true', '1', 'yes', 'y' (and their opposites) as a boolean; None otherwise."""
+    lowered = value.strip().lower()
+    return True if lowered in TRUE_TEXT else False if lowered in FALSE_TEXT else None
+
+
 def as_bool(value: object) -> bool | None:
     """A boolean from a driver value or its text ('t', 'true', '1', ...); None if missing."""
     if value is None or (isinstance(value, float) and value != value):
         return None
     if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("t", "true", "1", "yes", "y"):
-            return True
-        if lowered in ("f", "false", "0", "no", "n"):
-            return False
-        raise ValueError(f"not a boolean: {value!r}")
+        parsed = bool_from_text(value)
+        if parsed is None:
+            raise ValueError(f"not a boolean: {value!r}")
+        return parsed
     return bool(value)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from retention import contract
+from retention.clinic_data import bool_from_text
 from retention.etl_settings import CODED_COLUMNS
 from retention.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
 
@@ -386,12 +387,8 @@ def _bool_or_nan(value: Any) -> Any:
     if value is None:
         return np.nan
     if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("t", "true", "1", "yes", "y"):
-            return True
-        if lowered in ("f", "false", "0", "no", "n"):
-            return False
-        return np.nan
+        parsed = bool_from_text(value)
+        return np.nan if parsed is None else parsed
     if isinstance(value, bool | np.bool_ | int | np.integer):
         return bool(value)
     return np.nan
