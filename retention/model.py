@@ -237,6 +237,16 @@ def current_version(models_dir: Path) -> str:
     """The version scoring should use."""
     path = models_dir / CURRENT_FILE
     if not path.exists():
+        trained = models_dir.is_dir() and any(
+            (p / MODEL_FILE).exists() for p in models_dir.iterdir() if p.is_dir()
+        )
+        if trained:
+            raise ModelError(
+                f"no current model in {models_dir}: no trained version has passed the "
+                "promotion gate; see `retention models list`, train on more history, or "
+                "promote one deliberately with `retention models promote VERSION --force "
+                "--reason ...`"
+            )
         raise ModelError(
             f"no current model in {models_dir}: run `retention train` first"
         )

@@ -171,3 +171,10 @@ def test_a_version_is_text_and_json_only(scored: Scored) -> None:
 def test_no_current_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(model_io.ModelError, match="run `retention train` first"):
         model_io.load(tmp_path)
+
+
+def test_no_version_past_the_gate_says_so(scored: Scored, tmp_path: Path) -> None:
+    """Trained versions but none current: the error points at the gate, not at training."""
+    copy_version(scored, tmp_path)
+    with pytest.raises(model_io.ModelError, match="no trained version has passed the"):
+        model_io.load(tmp_path)
