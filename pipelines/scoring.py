@@ -276,7 +276,7 @@ def explain_rows(
     ids = [str(i) for i in features.index]
     workers = min(workers, len(ids) // max(1, min_rows_per_worker))
     if workers <= 1:
-        histories = reasons.histories(data, features, list(features.index), as_of)
+        histories = reasons.histories(data, list(features.index), as_of)
         return reasons.explain(contributions, families, histories, catalogue,
                                max_reasons=max_reasons)
     global _EXPLAIN_JOB
@@ -302,7 +302,7 @@ def _explain_chunk(positions: list[int]) -> dict[str, reasons.Explanation]:
     assert _EXPLAIN_JOB is not None
     data, features, contributions, families, catalogue, as_of, max_reasons = _EXPLAIN_JOB
     part = features.iloc[positions]
-    histories = reasons.histories(data, part, list(part.index), as_of)
+    histories = reasons.histories(data, list(part.index), as_of)
     return reasons.explain(contributions.loc[part.index], families, histories, catalogue,
                            max_reasons=max_reasons)
 

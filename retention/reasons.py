@@ -115,7 +115,6 @@ class History:
     ahead: pd.DataFrame  # booked at as_of for later, soonest first
     measures: pd.DataFrame  # administered before as_of, oldest first
     srs_items: pd.DataFrame  # SRS/GSRS items by measure id
-    values: Mapping[str, Any]  # the episode's feature values
 
 
 @dataclass(frozen=True)
@@ -215,9 +214,7 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def histories(
-    data: ClinicData, features: pd.DataFrame, episode_ids: Sequence[str], as_of: date
-) -> dict[str, History]:
+def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict[str, History]:
     """The rows behind each episode's reasons, grouped once for all episodes."""
     index = pd.Index(episode_ids)
     episodes = data.episodes.set_index("episode_id").loc[index]
@@ -242,7 +239,6 @@ def histories(
             ahead=by_ahead.get(eid, ahead.iloc[0:0]),
             measures=by_measures.get(eid, empty_measures),
             srs_items=items,
-            values={str(k): v for k, v in features.loc[eid].items()},
         )
     return out
 

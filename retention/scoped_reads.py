@@ -6,8 +6,6 @@ outside it cannot reach the API layer by mistake.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -65,7 +63,7 @@ def read_page(
     if flt.min_risk is not None:
         query = query.where(scores.c.risk >= flt.min_risk)
     rows = connection.execute(query.order_by(scores.c.rank).limit(limit + 1)).fetchall()
-    return [_row(r._mapping) for r in rows[:limit]], len(rows) > limit
+    return [store.score_row(r._mapping) for r in rows[:limit]], len(rows) > limit
 
 
 def read_client(
@@ -80,7 +78,7 @@ def read_client(
         .order_by(scores.c.as_of.desc(), scores.c.risk.desc())
         .limit(limit)
     )
-    return [_row(r._mapping) for r in connection.execute(query)]
+    return [store.score_row(r._mapping) for r in connection.execute(query)]
 
 
 def client_exists(connection: Connection, client_id: str, as_of: date | None = None) -> bool:
@@ -90,8 +88,3 @@ def client_exists(connection: Connection, client_id: str, as_of: date | None = N
         query = query.where(scores.c.as_of == as_of)
     return connection.execute(query.limit(1)).first() is not None
 
-
-def _row(row: Mapping[Any, Any]) -> dict[str, Any]:
-    out = {str(k): v for k, v in row.items()}
-    out.update(json.loads(out.pop("reasons_json")))
-    return out

@@ -381,26 +381,11 @@ def read_list(
     if clinic_id is not None:
         query = query.where(scores.c.clinic_id == clinic_id)
     query = query.order_by(scores.c.rank).limit(limit)
-    return [_score_row(r._mapping) for r in connection.execute(query)]
+    return [score_row(r._mapping) for r in connection.execute(query)]
 
 
-def read_client_scores(
-    connection: Connection, client_id: str, until: date, limit: int = 12
-) -> list[dict[str, Any]]:
-    """A client's published scores up to ``until``, newest first (all episodes)."""
-    published = select(publications.c.as_of)
-    query = (
-        select(scores)
-        .where(scores.c.client_id == client_id)
-        .where(scores.c.as_of <= until)
-        .where(scores.c.as_of.in_(published))
-        .order_by(scores.c.as_of.desc(), scores.c.risk.desc())
-        .limit(limit)
-    )
-    return [_score_row(r._mapping) for r in connection.execute(query)]
-
-
-def _score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
+def score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A published score row with its reasons JSON unpacked into the row."""
     out = {str(k): v for k, v in row.items()}
     out.update(json.loads(out.pop("reasons_json")))
     return out

@@ -821,7 +821,7 @@ def test_explain_is_deterministic(scored: Any, published: Published,
     of the rows, and those are the reasons that were published."""
     features, data = store_inputs
     contributions = scored.model.contributions(features)
-    hist = reasons.histories(data, features, list(features.index), scored.as_of)
+    hist = reasons.histories(data, list(features.index), scored.as_of)
 
     def run(frame: pd.DataFrame) -> dict[str, reasons.Explanation]:
         return reasons.explain(frame, published.families, hist, scored.catalogue,
@@ -1016,7 +1016,7 @@ def rich_clinic() -> ClinicBuilder:
 
 def history(data: ClinicData, episode_id: str, as_of: date = AS_OF) -> reasons.History:
     features = build_features(data, as_of)
-    return reasons.histories(data, features, list(features.index), as_of)[episode_id]
+    return reasons.histories(data, list(features.index), as_of)[episode_id]
 
 
 def phrase(b: ClinicBuilder, episode_id: str, family: str, lead: str,
@@ -1030,7 +1030,7 @@ def test_recomputations_agree_with_the_phrasers_on_every_variant() -> None:
     recomputation is exercised (none is dead code that would pass unchecked)."""
     data = rich_clinic().build()
     features = build_features(data, AS_OF)
-    hist = reasons.histories(data, features, list(features.index), AS_OF)
+    hist = reasons.histories(data, list(features.index), AS_OF)
     seen, problems = set(), []
     for eid, h in hist.items():
         facts = facts_of(data, eid, AS_OF)
@@ -1201,7 +1201,7 @@ def hand_contributions(values: Mapping[str, float], expected: float = -1.0) -> p
 def explain_one(values: Mapping[str, float], **kwargs: Any) -> reasons.Explanation:
     data = rich_clinic().build()
     features = build_features(data, AS_OF)
-    hist = reasons.histories(data, features, list(features.index), AS_OF)
+    hist = reasons.histories(data, list(features.index), AS_OF)
     families = {f.name: f.family for f in spec.FEATURES}
     catalogue = reasons.Catalogue({
         fam: reasons.Family(fam, f"title {fam}", f"suggest {fam}") for fam in spec.FAMILIES
