@@ -30,6 +30,8 @@ from sqlalchemy import (
     text,
 )
 
+from retention.clinic_data import TRUE_TEXT
+
 CHUNK_ROWS = 20_000
 _PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -122,7 +124,7 @@ def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> i
     if is_postgres(connection):
         _copy_in(connection, table.name, columns, _csv_ready(table, frame[columns]))
     else:
-        for chunk in _record_chunks(table, frame[columns]):
+        for chunk in record_chunks(table, frame[columns]):
             connection.execute(insert(table), chunk)
     return len(frame)
 
@@ -160,11 +162,11 @@ def _csv_ready(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
-        return value.strip().lower() in ("t", "true", "1", "yes", "y")
+        return value.strip().lower() in TRUE_TEXT
     return bool(value)
 
 
-def _record_chunks(table: Table, frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
+def record_chunks(table: Table, frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
     """Plain Python values per the column types (None for missing), in chunks."""
     columns = list(frame.columns)
     values = [_python_column(frame[c], table.c[c].type) for c in columns]

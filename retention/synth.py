@@ -30,7 +30,7 @@ tuples and timestamps as integer minutes, which keeps 100,000 clients feasible.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from retention import contract
+from retention import bulk, contract
 from retention.instruments import WAI_SR_KEY
 
 __all__ = ["SynthConfig", "generate", "write"]
@@ -882,9 +882,6 @@ def _frames(sink: _Sink) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------- write
-_CHUNK_ROWS = 10_000
-
-
 def write(connection: sa.Connection, frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
     """Create the contract tables and insert ``frames``; the caller owns the transaction."""
     unknown = set(frames) - set(contract.TABLES)
@@ -896,24 +893,7 @@ def write(connection: sa.Connection, frames: Mapping[str, pd.DataFrame]) -> dict
         if name not in frames:
             continue
         frame = frames[name]
-        for chunk in _records(frame, _columns(name)):
+        for chunk in bulk.record_chunks(table, frame[_columns(name)]):
             connection.execute(table.insert(), chunk)
         counts[name] = len(frame)
     return counts
-
-
-def _records(frame: pd.DataFrame, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
-    """Plain-Python row dicts (None for missing values) in chunks, for executemany."""
-    values = [_python_values(frame[column]) for column in columns]
-    for offset in range(0, len(frame), _CHUNK_ROWS):
-        rows = zip(*(v[offset : offset + _CHUNK_ROWS] for v in values), strict=True)
-        yield [dict(zip(columns, row, strict=True)) for row in rows]
-
-
-def _python_values(series: pd.Series) -> list[Any]:
-    present = series.notna().to_numpy()
-    if pd.api.types.is_datetime64_any_dtype(series):
-        raw = [stamp.to_pydatetime() for stamp in series]
-    else:
-        raw = series.astype(object).tolist()
-    return [v if ok else None for v, ok in zip(raw, present, strict=True)]
