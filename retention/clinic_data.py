@@ -82,7 +82,7 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
             for col in cols:
                 out[name][col] = _timestamps(out[name][col])
     appts = out["appointments"]
-    appts["telehealth"] = appts["telehealth"].map(as_bool).astype(bool)
+    appts["telehealth"] = _booleans(appts["telehealth"])
     measures = out["alliance_measures"]
     for col in ("score_total", "goal", "task", "bond"):
         measures[col] = pd.to_numeric(measures[col]).astype(float)
@@ -104,6 +104,15 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         measures=measures,
         items=items,
     )
+
+
+def _booleans(values: pd.Series) -> pd.Series:
+    """``as_bool`` of each value, worked out once per distinct value (there are two or three)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values
+    distinct = pd.unique(values.dropna().to_numpy())
+    meaning = pd.Series([as_bool(v) for v in distinct], index=distinct, dtype=object)
+    return values.map(meaning).astype(object).fillna(False).astype(bool)  # missing: False, as before
 
 
 def _timestamps(values: pd.Series) -> pd.Series:

@@ -1,0 +1,134 @@
+"""The bulk paths on real PostgreSQL: COPY through Arrow's CSV both ways, and first loads
+that build their indexes after the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    text,
+)
+
+from retention import bulk
+from retention.db import store_engine
+
+TRICKY = ["plain", "", 'a "quoted", comma', "two\nlines", "ünïcode ✓", None, "NULL", "\\N"]
+
+
+def _table() -> Table:
+    table = Table(
+        "bulk_probe", MetaData(),
+        Column("k", String, primary_key=True),
+        Column("note", String),
+        Column("n", Integer),
+        Column("x", Float),
+        Column("flag", Boolean),
+        Column("at", DateTime),
+    )
+    Index("ix_bulk_probe_n", table.c.n, table.c.at)
+    return table
+
+
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[Connection]:
+    engine = store_engine(pg_url)
+    with engine.connect() as connection:
+        _table().create(connection)
+        connection.commit()
+        yield connection
+    engine.dispose()
+
+
+def _frame(n: int) -> pd.DataFrame:
+    notes = [TRICKY[i % len(TRICKY)] for i in range(n)]
+    return pd.DataFrame({
+        "k": [f"K{i:06d}" for i in range(n)],
+        "note": pd.Series(notes, dtype=object),
+        "n": pd.array([None if i % 7 == 0 else i for i in range(n)], dtype="Int64"),
+        "x": [None if i % 5 == 0 else i / 3 for i in range(n)],
+        "flag": [i % 2 == 0 for i in range(n)],
+        "at": pd.to_datetime([datetime(2026, 1, 1, 8, 30, 15, 123456)] * n),
+    })
+
+
+def test_copy_round_trip_keeps_every_value(conn: Connection) -> None:
+    table, frame = _table(), _frame(40)
+    bulk.insert_frame(conn, table, frame)
+    # Empty text and NULL are distinct in the table...
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note = ''")).scalar() == 5
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note IS NULL")).scalar() == 5
+    stored = conn.execute(text("SELECT k, note, n, x, flag, at FROM bulk_probe ORDER BY k"))
+    for row, (_, want) in zip(stored, frame.iterrows(), strict=True):
+        assert row.note == want["note"]
+        assert row.n == (None if pd.isna(want["n"]) else want["n"])
+        assert row.x == pytest.approx(None if pd.isna(want["x"]) else want["x"])
+        assert row.flag is bool(want["flag"])
+        assert row.at == datetime(2026, 1, 1, 8, 30, 15, 123456)
+    # ...and come back as text the checks read (both as missing, as before), numbers
+    # inferred where every value is one, timestamps parsed.
+    back = bulk.read_query(conn, "SELECT k, note, n, x, at FROM bulk_probe ORDER BY k",
+                           ["k", "note", "n", "x", "at"],
+                           kinds={"n": "infer", "x": "infer", "at": "date", "note": "category"})
+    notes = [None if pd.isna(v) else v for v in back["note"].astype(object)]
+    assert notes == [None if v in ("", None) else v for v in frame["note"]]
+    assert back["n"].isna().sum() == frame["n"].isna().sum()
+    assert back["x"].dropna().tolist() == pytest.approx(frame["x"].dropna().tolist())
+    assert back["at"].iloc[0] == pd.Timestamp("2026-01-01 08:30:15.123456")
+
+
+def test_a_column_that_does_not_parse_stays_text(conn: Connection) -> None:
+    frame = bulk.read_query(
+        conn, "SELECT * FROM (VALUES ('2026-01-02', '3'), ('not a date', 'x')) v(d, n)",
+        ["d", "n"], kinds={"d": "date", "n": "infer"})
+    assert frame["d"].tolist() == ["2026-01-02", "not a date"]
+    assert frame["n"].tolist() == ["3", "x"]
+
+
+def test_copy_out_reports_the_servers_error(conn: Connection) -> None:
+    with pytest.raises(Exception, match="division by zero"):
+        bulk.read_query(conn, "SELECT 1 / (n - n) FROM generate_series(1, 3) n", ["q"])
+
+
+def _indexes(conn: Connection) -> set[str]:
+    return set(conn.execute(text(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'bulk_probe'")).scalars())
+
+
+def test_a_large_first_load_builds_the_same_indexes_after_the_rows(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_INDEXES_ROWS", 10)
+    before = _indexes(conn)
+    assert len(before) == 2
+    assert bulk.sync_rows(conn, _table(), _frame(50)) == 50
+    assert _indexes(conn) == before
+    assert conn.execute(text(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'bulk_probe'::regclass "
+        "AND contype = 'p'")).scalar() == 1
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 50
+
+
+def test_a_first_load_that_fails_leaves_table_and_indexes_as_they_were(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_INDEXES_ROWS", 10)
+    before = _indexes(conn)
+    twice = pd.concat([_frame(20), _frame(20)], ignore_index=True)  # the key repeats
+    with pytest.raises(Exception, match="could not create unique index|duplicate key"):
+        bulk.sync_rows(conn, _table(), twice)
+    conn.rollback()
+    assert _indexes(conn) == before
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 0
