@@ -341,7 +341,16 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 
 
 def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
-    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype."""
+    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype.
+
+    Categorical keys (millions of items naming a few hundred thousand measures) are
+    looked up once per category, then spread by code.
+    """
+    if isinstance(keys.dtype, pd.CategoricalDtype):
+        per_category = mapping.reindex(np.asarray(keys.cat.categories, dtype=object))
+        spread = pd.api.extensions.take(per_category.to_numpy(), keys.cat.codes.to_numpy(),
+                                        allow_fill=True)  # code -1 (a missing key): missing
+        return pd.Series(spread, index=keys.index)
     found = mapping.reindex(np.asarray(keys.to_numpy(), dtype=object))
     return pd.Series(found.to_numpy(), index=keys.index)
 
@@ -363,9 +372,11 @@ def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
         key = raw[keys[0]].astype(object)
     else:
         number = pd.to_numeric(raw["item_number"], errors="coerce")
-        shown = number.map(lambda v: str(int(v)) if v == v and v == int(v) else None)
-        shown = shown.where(shown.notna(), raw["item_number"].astype(str))
-        key = raw["measure_id"].astype(str) + "|" + shown.astype(str)
+        whole = number.notna() & (number == np.floor(number))
+        # Whole numbers as integers ("3", not "3.0"); anything else as it came.
+        shown = raw["item_number"].astype(str).astype(object)
+        shown[whole] = number[whole].astype("int64").astype(str).astype(object)
+        key = raw["measure_id"].astype(str).astype(object) + "|" + shown
         key = key.where(raw[keys].notna().all(axis=1), None)
     missing = key.isna()
     if missing.any():
