@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import fhir, openapi, operations, routes
 from api.auth import register_request_ids
+from api.cache import ReadCache
 from api.errors import register_errorhandlers
 from api.metrics import register_metrics
 from api.ratelimit import build_limiter
@@ -41,12 +42,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Engines and the rate-limit counter are made here, per app (so per worker after fork)."""
+    """Engines, the rate-limit counter and the read cache: per app, so per worker after fork."""
     app.extensions["retention"] = {
         "settings": settings,
         "store": store_engine(settings.store_url),
         "limiter": build_limiter(settings.api_rate_limit_storage,
                                  settings.api_rate_limit_per_minute),
+        "cache": ReadCache(),
     }
 
 

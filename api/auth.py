@@ -2,9 +2,15 @@
 
 A view marked with ``@requires(...)`` runs only for a caller whose key is valid,
 whose role allows the action and who is within its rate limit; every denial is
-audited before the problem response goes out, and ``audit_read`` records the
+audited before the problem response goes out, and ``returning`` records the
 client ids a view is about to return. If the audit record cannot be written the
 request fails with 503 and nothing is returned.
+
+Callers and publications may come from the worker's cache (``api.cache``), but
+only as claims: the audit INSERT re-checks them in the same statement and writes
+nothing if the key has been revoked or the list replaced since. Then nothing is
+sent; the caches are dropped and the request is served once more from the
+database, so a revoked key gets its 401 at once, not after an expiry.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from api.cache import ReadCache
 from api.errors import Problem
 from api.ratelimit import RateLimiter
-from retention import access
+from retention import access, scoped_reads
 from retention.access import AuditRecord, Caller
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,20 @@ def connection() -> Connection:
     return conn
 
 
+class StaleClaim(Exception):
+    """The audit statement found the cached key revoked or the cached list replaced."""
+
+
+def read_cache() -> ReadCache:
+    found: ReadCache = current_app.extensions["retention"]["cache"]
+    return found
+
+
+def claim_publication(pub: dict[str, Any], latest: bool) -> None:
+    """The response is built from ``pub``: the audit record is written only while it is served."""
+    g.publication_claim = (pub, latest)
+
+
 def caller() -> Caller:
     """The authenticated caller of the current request (only inside ``@requires`` views)."""
     found: Caller = g.caller
@@ -89,7 +110,7 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         conn = connection()
         if after_error:  # a failed statement may have left the transaction aborted
             conn.rollback()
-        access.write_audit(conn, record)
+        written = access.write_audit(conn, record, _claims(who))
         conn.commit()
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the response",
@@ -97,6 +118,18 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         raise Problem(503, "The audit trail cannot be written, so no data is returned; "
                       "retry later or ask the operator to check the service database",
                       "Audit unavailable") from None
+    if not written:
+        raise StaleClaim
+
+
+def _claims(who: Caller | None) -> list[access.Condition]:
+    """What must still hold when the record is written for the response to go out."""
+    conditions = []
+    if who is not None:
+        conditions.append(access.key_still_valid(who.key_id, g.token_digest))
+    if g.get("publication_claim") is not None:
+        conditions.append(scoped_reads.still_published(*g.publication_claim))
+    return conditions
 
 
 def deny(action: str, status: int, outcome: str, detail: str, title: str,
@@ -115,12 +148,17 @@ def _authenticate(action: str) -> Caller:
                                  "send an API key as 'Authorization: Bearer <key>'",
                                  "Authentication required"))
     g.claimed_key_id = access.key_id_of(token)
-    try:
-        found = access.authenticate(connection(), token)
-    except SQLAlchemyError:
-        log.error("key lookup failed for request %s", g.request_id)
-        raise Problem(503, "the key store cannot be read; retry later",
-                      "Authentication unavailable") from None
+    g.token_digest = access.token_digest(token)
+    found = read_cache().callers.get(g.token_digest)
+    if found is None:
+        try:
+            found = access.authenticate(connection(), token)
+        except SQLAlchemyError:
+            log.error("key lookup failed for request %s", g.request_id)
+            raise Problem(503, "the key store cannot be read; retry later",
+                          "Authentication unavailable") from None
+        if found is not None:
+            read_cache().callers.put(g.token_digest, found)
     if found is None:
         raise _unauthorised(deny(action, 401, "unauthenticated",
                                  "the API key is not valid or has been revoked",
@@ -159,34 +197,60 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
     """Authenticate, check the role and the rate limit, run the view, audit, then respond.
 
     Exactly one audit record per request; it is committed after the view has
-    built its answer and before the answer is returned.
+    built its answer and before the answer is returned. If a cached claim failed
+    (no record written), the request runs once more from the database.
     """
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            who = _authenticate(action)
-            g.caller = who
-            _rate_limit(who, action)
-            if not _permitted(who, permission):
-                raise deny(action, 403, "forbidden",
-                           f"a {who.role} key may not use this endpoint", "Forbidden")
             try:
-                result = view(*args, **kwargs)
-            except HTTPException as exc:
-                status = exc.code or 500
-                audit(action, g.get("audit_outcome") or _outcome(status), status,
-                      g.get("audit_client_ids", ()), after_error=True)
-                raise
-            except Exception:
-                audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
-                raise
-            audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
-            return result
+                return _serve(view, permission, action, args, kwargs)
+            except StaleClaim:
+                _forget_claims()
+            try:  # from the database this time
+                return _serve(view, permission, action, args, kwargs)
+            except StaleClaim:
+                # Revoked or replaced between this request's own reads and its audit write.
+                _forget_claims()
+                g.caller = _authenticate(action)  # a revoked key: 401, audited
+                raise deny(action, 503, "error", "the list was replaced while this request "
+                           "read it; retry", "List changed") from None
 
         return cast(F, wrapped)
 
     return decorate
+
+
+def _serve(view: Callable[..., Any], permission: str, action: str, args: Any,
+           kwargs: Any) -> Any:
+    who = _authenticate(action)
+    g.caller = who
+    _rate_limit(who, action)
+    if not _permitted(who, permission):
+        raise deny(action, 403, "forbidden",
+                   f"a {who.role} key may not use this endpoint", "Forbidden")
+    try:
+        result = view(*args, **kwargs)
+    except HTTPException as exc:
+        status = exc.code or 500
+        audit(action, g.get("audit_outcome") or _outcome(status), status,
+              g.get("audit_client_ids", ()), after_error=True)
+        raise
+    except Exception:
+        audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
+        raise
+    audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
+    return result
+
+
+def _forget_claims() -> None:
+    """Drop what turned out stale, in the cache and in this request's state."""
+    cache = read_cache()
+    cache.callers.pop(g.token_digest)
+    cache.publications.clear()
+    for name in ("caller", "publication_claim", "audit_client_ids", "audit_outcome"):
+        g.pop(name, None)
 
 
 def _permitted(who: Caller, permission: str) -> bool:

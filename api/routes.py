@@ -8,11 +8,21 @@ import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+import orjson
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
 
-from api.auth import CLIENT_DATA, caller, connection, requires, returning
+from api.auth import (
+    CLIENT_DATA,
+    caller,
+    claim_publication,
+    connection,
+    read_cache,
+    requires,
+    returning,
+)
+from api.cache import Page
 from api.errors import Problem
 from retention import drift, scoped_reads, store
 from retention.config import Settings
@@ -114,23 +124,39 @@ def decode_cursor(raw: str) -> tuple[date, int]:
 
 
 def publication(as_of: date | None) -> dict[str, Any]:
-    pub = store.latest_publication(connection(), as_of)
+    """The list to serve, from the worker's cache if it has it; the audit write re-checks it."""
+    cache = read_cache()
+    pub = cache.publications.get(as_of)
     if pub is None:
-        detail = (f"no list was published for {as_of}" if as_of
-                  else "no list has been published yet; the nightly run has not completed")
-        raise Problem(404, detail, "No published list")
+        pub = store.latest_publication(connection(), as_of)
+        if pub is None:
+            detail = (f"no list was published for {as_of}" if as_of
+                      else "no list has been published yet; the nightly run has not completed")
+            raise Problem(404, detail, "No published list")
+        cache.publications.put(as_of, pub)
+    claim_publication(pub, latest=as_of is None)
     return pub
+
+
+def identity(pub: dict[str, Any]) -> tuple[Any, ...]:
+    """What names one published list for good: a re-run publishes under a new run id."""
+    return pub["as_of"], pub["run_id"], pub["published_at"]
 
 
 def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     """How old the served list is, and whether its population drifted from training."""
     as_of: date = pub["as_of"]
     age = (today() - as_of).days
-    d = drift.run_drift(connection(), pub["run_id"])
+    cache = read_cache()
+    # Drift is recorded in the transaction that publishes the list, so it is as fixed as the list.
+    found = cache.drift.get(identity(pub))
+    if found is None:
+        d = drift.run_drift(connection(), pub["run_id"])
+        found = {"drifted": d["drifted"], "flagged": d["flagged"], "score_psi": d["score_psi"]}
+        cache.drift.put(identity(pub), found)
     return {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
             "published_at": iso(pub["published_at"]), "age_days": age, "stale": age > 1,
-            "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
-                      "score_psi": d["score_psi"]}}
+            "drift": found}
 
 
 def iso(value: Any) -> Any:
@@ -167,13 +193,31 @@ def risk_list() -> ResponseReturnValue:
         after_rank=after,
     )
     pub = publication(as_of)
-    rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
-    returning(r["client_id"] for r in rows)
-    return jsonify({
-        **freshness(pub), "count": len(rows),
-        "next_cursor": encode_cursor(pub["as_of"], rows[-1]["rank"]) if more else None,
-        "items": [public(r, LIST_FIELDS) for r in rows],
-    })
+    page = list_page(pub, flt, limit)
+    returning(page.client_ids)
+    body = {
+        **freshness(pub), "count": len(page.client_ids),
+        "next_cursor": encode_cursor(pub["as_of"], page.last_rank) if page.more else None,
+        "items": orjson.Fragment(page.items_json),
+    }
+    return Response(orjson.dumps(body), mimetype="application/json")
+
+
+def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
+    """A page of ``pub`` in the caller's scope; a published list never changes, so it is kept.
+
+    Keyed by the scope, not the key: callers who see the same rows share pages.
+    """
+    cache = read_cache()
+    key = (identity(pub), scoped_reads.scope_of(caller()), flt, limit)
+    page = cache.pages.get(key)
+    if page is None:
+        rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
+        items = orjson.dumps([public(r, LIST_FIELDS) for r in rows])
+        page = Page(items, tuple(r["client_id"] for r in rows),
+                    rows[-1]["rank"] if rows else 0, more)
+        cache.pages.put(key, page, cost=len(items))
+    return page
 
 
 @bp.get("/v1/clients/<client_id>/risk")

@@ -33,11 +33,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     event,
+    exists,
     insert,
     select,
     update,
 )
+from sqlalchemy.sql import ColumnElement, Insert
 
 from retention import store
 
@@ -238,14 +241,69 @@ class AuditRecord:
     at: datetime | None = None
 
 
-def write_audit(connection: Connection, record: AuditRecord) -> None:
-    """Append one record; the caller commits before any data leaves the service."""
-    connection.execute(insert(audit_log).values(
-        at=record.at or store.utcnow(), key_id=record.key_id, role=record.role,
-        action=record.action, client_ids_json=json.dumps(list(record.client_ids)),
-        request_id=record.request_id, source=record.source, outcome=record.outcome,
-        status=record.status,
-    ))
+@dataclass(frozen=True)
+class Condition:
+    """A test for the audit INSERT to make in its own statement, built once with bind parameters.
+
+    ``name`` tells statements apart: the INSERT for each set of names is built once.
+    """
+
+    name: str
+    clause: ColumnElement[bool]
+    params: dict[str, Any]
+
+
+_AUDIT_COLUMNS = ("at", "key_id", "role", "action", "client_ids_json", "request_id", "source",
+                  "outcome", "status")
+_conditional_inserts: dict[tuple[str, ...], Insert] = {}
+
+_KEY_STILL_VALID = exists().where(
+    api_keys.c.key_id == bindparam("claim_key_id"),
+    api_keys.c.token_sha256 == bindparam("claim_token_sha256"),
+    api_keys.c.revoked_at.is_(None),
+)
+
+
+def write_audit(
+    connection: Connection, record: AuditRecord, only_if: Sequence[Condition] = ()
+) -> bool:
+    """Append one record; the caller commits before any data leaves the service.
+
+    With ``only_if`` the record is written only if every condition holds when the
+    statement runs (one statement: the test and the write see the same snapshot)
+    and the return value says whether it was.
+    """
+    values = {
+        "at": record.at or store.utcnow(), "key_id": record.key_id, "role": record.role,
+        "action": record.action, "client_ids_json": json.dumps(list(record.client_ids)),
+        "request_id": record.request_id, "source": record.source, "outcome": record.outcome,
+        "status": record.status,
+    }
+    if not only_if:
+        connection.execute(insert(audit_log), values)
+        return True
+    names = tuple(c.name for c in only_if)
+    statement = _conditional_inserts.get(names)
+    if statement is None:
+        row = select(*(bindparam(k, type_=audit_log.c[k].type) for k in _AUDIT_COLUMNS))
+        statement = (insert(audit_log)
+                     .from_select(list(_AUDIT_COLUMNS), row.where(*(c.clause for c in only_if)))
+                     .returning(audit_log.c.audit_id))
+        _conditional_inserts[names] = statement
+    for condition in only_if:
+        values.update(condition.params)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... SELECT through SQLAlchemy.
+    return connection.execute(statement, values).first() is not None
+
+
+def key_still_valid(key_id: str, token_sha256: str) -> Condition:
+    """The key exists with this token and is not revoked, as of the statement that tests it.
+
+    Only revocation ever changes a key (role, clinics and grants are set at creation),
+    so a caller read earlier from a key that still passes this is still that caller.
+    """
+    return Condition("key", _KEY_STILL_VALID,
+                     {"claim_key_id": key_id, "claim_token_sha256": token_sha256})
 
 
 def read_audit(connection: Connection, start: datetime, end: datetime) -> list[dict[str, Any]]:

@@ -10,10 +10,21 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Index, Select, and_, false, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Index,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    select,
+    true,
+)
 
 from retention import store
-from retention.access import Caller
+from retention.access import Caller, Condition
 
 scores = store.scores
 
@@ -45,6 +56,32 @@ def scope_clause(caller: Caller) -> ColumnElement[bool]:
     if caller.case_manager_id is not None:
         conditions.append(scores.c.case_manager_id == caller.case_manager_id)
     return and_(*conditions) if conditions else true()
+
+
+def scope_of(caller: Caller) -> tuple[bool, tuple[str, ...] | None, str | None]:
+    """What ``scope_clause`` depends on: callers with equal scopes see the same rows."""
+    return caller.reads_client_data, caller.clinics, caller.case_manager_id
+
+
+_p = store.publications
+_SAME_PUBLICATION = exists().where(
+    _p.c.as_of == bindparam("claim_as_of"), _p.c.run_id == bindparam("claim_run_id"),
+    _p.c.published_at == bindparam("claim_published_at"),
+)
+_NONE_NEWER = ~exists().where(_p.c.as_of > bindparam("claim_as_of"))
+
+
+def still_published(pub: dict[str, Any], latest: bool) -> Condition:
+    """``pub`` is still the list served: not replaced, and (if ``latest``) none newer since.
+
+    A list is replaced as a whole under a new run id (``store.publish_scores``), so
+    while this holds every row read from it earlier is still what it holds.
+    """
+    params = {"claim_as_of": pub["as_of"], "claim_run_id": pub["run_id"],
+              "claim_published_at": pub["published_at"]}
+    if latest:
+        return Condition("latest_list", and_(_SAME_PUBLICATION, _NONE_NEWER), params)
+    return Condition("list", _SAME_PUBLICATION, params)
 
 
 def read_page(
