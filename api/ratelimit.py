@@ -45,20 +45,21 @@ class MemoryCounter:
 class RedisCounter:
     """Shared by every gunicorn worker (and every host) through Redis INCR."""
 
+    # INCR and, for a new window, its expiry: one command and one reply per request
+    # (a MULTI/INCR/EXPIRE/EXEC pipeline sends four and parses four).
+    _HIT = ("local n = redis.call('INCR', KEYS[1]) "
+            "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n")
+
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         import redis
 
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._hit = self._redis.register_script(self._HIT)
         self._clock = clock
 
     def hit(self, key: str, window_seconds: int) -> int:
         window = int(self._clock() // window_seconds)
-        slot = f"retention:rl:{key}:{window}"
-        pipe = self._redis.pipeline()
-        pipe.incr(slot)
-        pipe.expire(slot, window_seconds * 2)
-        count, _ = pipe.execute()
-        return int(count)
+        return int(self._hit(keys=[f"retention:rl:{key}:{window}"], args=[window_seconds * 2]))
 
 
 class RateLimiter:

@@ -207,3 +207,11 @@ def test_the_limit_is_shared_across_workers_through_redis(scored: Scored,
             RedisCounter(redis_url, clock=lambda: fixed), 4, clock=lambda: fixed)
     statuses = [workers[n % 2].get("/v1/models").status_code for n in range(5)]
     assert statuses == [200, 200, 200, 200, 429]
+
+
+def test_a_window_counter_expires_and_counts_atomically(redis_url: str) -> None:
+    counter = RedisCounter(redis_url, clock=lambda: 2_000_000.0)
+    key = f"ttl-{uuid.uuid4().hex}"
+    assert [counter.hit(key, 60) for _ in range(3)] == [1, 2, 3]
+    slot = f"retention:rl:{key}:{2_000_000 // 60}"
+    assert 60 < redis.Redis.from_url(redis_url).ttl(slot) <= 120  # two windows, then gone
