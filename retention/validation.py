@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from retention import contract
 from retention.clinic_data import bool_from_text
@@ -88,8 +90,16 @@ class Outcome:
 
     valid: dict[str, pd.DataFrame]
     rejects: pd.DataFrame
-    keys: dict[str, pd.Series]  # row keys checked, per table, in the order given
+    checked: dict[str, pd.DataFrame]  # the rows given, per table, in the order given
     ok: dict[str, pd.Series]  # whether each row given passed, in the order given
+
+    @property
+    def keys(self) -> dict[str, pd.Series]:
+        """The row keys checked, per table, in the order given.
+
+        Worked out on demand: a full reload of millions of rows never needs them all.
+        """
+        return {name: _row_keys(name, frame) for name, frame in self.checked.items()}
 
     def rejected_keys(self, table: str) -> pd.Index:
         r = self.rejects
@@ -126,7 +136,11 @@ class _Checked:
         self.typed = pd.DataFrame(index=self.raw.index)
         self.rule = pd.Series(None, index=self.raw.index, dtype=object)
         self.detail = pd.Series(None, index=self.raw.index, dtype=object)
-        self.key = _row_keys(table, self.raw)
+        self._unflagged = np.ones(len(raw), dtype=bool)  # rule.isna(), kept as flags are set
+
+    def keys(self, ix: pd.Index) -> pd.Series:
+        """The keys of the rows ``ix``, as quarantine records them."""
+        return _row_keys(self.table, self.raw.loc[ix])
 
     def flag(self, mask: pd.Series | np.ndarray, rule: str,
              detail: str | pd.Series | Callable[[pd.Index], pd.Series]) -> None:
@@ -135,9 +149,11 @@ class _Checked:
         ``detail`` is text, or a function that words it for the rows marked only (most
         runs mark none of millions of rows: wording them all would dominate the check).
         """
-        mask = pd.Series(np.asarray(mask, dtype=bool), index=self.raw.index) & self.rule.isna()
-        if not mask.any():
+        hit = np.asarray(mask, dtype=bool) & self._unflagged
+        if not hit.any():
             return
+        self._unflagged &= ~hit
+        mask = pd.Series(hit, index=self.raw.index)
         self.rule[mask] = rule
         if callable(detail):
             self.detail[mask] = detail(mask.index[mask])
@@ -166,9 +182,9 @@ def validate(
     clients, episodes = checked["clients"], checked["episodes"]
     appts, measures, items = (checked["appointments"], checked["alliance_measures"],
                               checked["alliance_items"])
-    client_ids = context.client_ids.union(pd.Index(clients.raw["client_id"].dropna()))
-    episode_ids = context.episode_ids.union(pd.Index(episodes.raw["episode_id"].dropna()))
-    measure_ids = context.measure_ids.union(pd.Index(measures.raw["measure_id"].dropna()))
+    client_ids = _with(context.client_ids, clients.raw["client_id"])
+    episode_ids = _with(context.episode_ids, episodes.raw["episode_id"])
+    measure_ids = _with(context.measure_ids, measures.raw["measure_id"])
 
     _orphans(episodes, {"client_id": client_ids})
     e = episodes.typed
@@ -200,7 +216,7 @@ def validate(
     valid = {name: _valid_frame(c) for name, c in checked.items()}
     rejects = pd.concat([_rejects(c) for c in checked.values()], ignore_index=True)
     return Outcome(valid=valid, rejects=rejects,
-                   keys={name: c.key for name, c in checked.items()},
+                   checked={name: c.raw for name, c in checked.items()},
                    ok={name: c.ok for name, c in checked.items()})
 
 
@@ -211,9 +227,13 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
     table, raw = c.table, c.raw
     keys = KEYS[table]
     key_present = raw[keys].notna().all(axis=1)
-    dup = raw.duplicated(subset=keys, keep=False) & key_present
-    c.flag(dup, "duplicate_key", lambda ix: "rows sharing this key: " + c.key.loc[ix].map(
-        c.key.loc[ix].value_counts()).astype(str))
+    dup = _duplicated(raw, keys) & key_present
+
+    def sharing(ix: pd.Index) -> pd.Series:
+        shared = c.keys(ix)
+        return "rows sharing this key: " + shared.map(shared.value_counts()).astype(str)
+
+    c.flag(dup, "duplicate_key", sharing)
     for col in REQUIRED[table]:
         c.flag(raw[col].isna(), "missing_required", f"{col} is empty")
     dates = contract.DATE_COLUMNS.get(table, ())
@@ -248,7 +268,7 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
 
 def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
     for col, present in parents.items():
-        missing = c.raw[col].notna() & ~c.raw[col].isin(present)
+        missing = c.raw[col].notna() & (_positions(c.raw[col], present) < 0)
         c.flag(missing, "orphan",
                _said(f"{col} ", c.raw[col], " is not in the source"))
 
@@ -270,11 +290,13 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                       _said(f"{scale} ", v, " is outside 1-5"))
 
     # Items: their measure's instrument decides the item numbers and range.
-    own = pd.Series(instrument.to_numpy(), index=raw["measure_id"].to_numpy())
-    own = own[~own.index.duplicated()]
-    known = context.instruments[~context.instruments.index.isin(own.index)]
-    by_measure = pd.concat([own, known])
-    item_instrument = _lookup(by_measure, items.raw["measure_id"])
+    # The measure read in this run (its first row) decides, else the one the store holds.
+    at = _positions(items.raw["measure_id"], raw["measure_id"])
+    item_instrument = pd.Series(instrument.astype(object).to_numpy()[np.maximum(at, 0)],
+                                index=items.raw.index).where(at >= 0)
+    if (at < 0).any() and len(context.instruments):
+        stored = _lookup(context.instruments, items.raw.loc[at < 0, "measure_id"])
+        item_instrument[at < 0] = stored
     number, response = items.typed["item_number"], items.typed["response"]
     i_srs = item_instrument.isin(["SRS", "GSRS"])
     i_wai = item_instrument == "WAI-SR"
@@ -301,28 +323,42 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                       + items.detail[bad_items.index].astype(str),
         }).drop_duplicates("measure_id")
         first = first.set_index("measure_id")
-        hit = raw["measure_id"].map(first["rule"])
-        take = hit.notna() & measures.rule.isna()
-        measures.rule[take] = hit[take]
-        measures.detail[take] = raw.loc[take, "measure_id"].map(first["detail"])
+        hit = _lookup(first["rule"], raw["measure_id"])
+        for rule in first["rule"].unique():
+            measures.flag(hit == rule, str(rule),
+                          lambda ix: _lookup(first["detail"], raw.loc[ix, "measure_id"]))
 
-    # Totals and subscales against complete, valid item sets.
-    ok_items = items.raw.loc[items.ok, ["measure_id"]].assign(
-        n=items.typed.loc[items.ok, "item_number"], r=items.typed.loc[items.ok, "response"])
-    if len(ok_items):
-        sums = ok_items.groupby("measure_id").agg(total=("r", "sum"), count=("r", "size"))
-        have = raw["measure_id"].map(sums["count"])
-        summed = raw["measure_id"].map(sums["total"])
+    # Totals and subscales against complete, valid item sets: sums and counts per
+    # measure over item codes (millions of items, no grouping of text keys).
+    ok = items.ok.to_numpy()
+    if ok.any():
+        code, measure_of_code = pd.factorize(items.raw["measure_id"])
+        n_codes = len(measure_of_code)
+        at = _positions(raw["measure_id"], pd.Index(measure_of_code))
+        found = at >= 0
+
+        def per_measure(use: np.ndarray, weights: np.ndarray | None = None) -> pd.Series:
+            """Per measure row: the count (or sum of ``weights``) of its items in ``use``."""
+            sums = np.bincount(code[use & (code >= 0)], minlength=n_codes,
+                               weights=None if weights is None else weights[use & (code >= 0)])
+            out = np.full(len(raw), np.nan)
+            out[found] = sums[at[found]]
+            return pd.Series(out, index=raw.index)
+
+        responses = response.to_numpy(dtype=float)
+        have = per_measure(ok)
+        summed = per_measure(ok, responses)
         complete = (srs & (have == len(SRS_ITEMS))) | (wai & (have == WAI_SR_N_ITEMS))
         off = complete & total.notna() & ((total - summed).abs() > TOTAL_TOLERANCE)
         measures.flag(off, "total_disagrees_with_items",
                       lambda ix: "score_total " + _txt(total, ix) + " but items sum to "
                       + _txt(summed.round(2), ix))
-        wide = ok_items.pivot_table(index="measure_id", columns="n", values="r", aggfunc="first")
+        numbers = number.to_numpy(dtype=float)
         for scale, key in WAI_SR_KEY.items():
-            if not set(key) <= set(wide.columns):
-                continue
-            mean = raw["measure_id"].map(wide[list(key)].mean(axis=1, skipna=False))
+            in_scale = ok & np.isin(numbers, list(key))
+            # The mean of the scale's items, only where all of them are there.
+            mean = (per_measure(in_scale, responses) / len(key)).where(
+                per_measure(in_scale) == len(key))
             v = m[scale]
             off = wai & complete & v.notna() & mean.notna()
             off &= (v - mean).abs() > SUBSCALE_TOLERANCE
@@ -340,19 +376,81 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 # --- helpers ------------------------------------------------------------------------
 
 
-def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
-    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype.
+def _with(known: pd.Index, read: pd.Series) -> pd.Index:
+    """Ids the store holds together with those read (just those read on a full reload)."""
+    ids = pd.Index(read.dropna())
+    return ids if known.empty else known.union(ids)
 
-    Categorical keys (millions of items naming a few hundred thousand measures) are
-    looked up once per category, then spread by code.
+
+def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Rows whose key another row shares, found on integer codes of the key columns."""
+    codes = [_codes(raw[k]) for k in keys]
+    if len(codes) == 1:
+        (code,) = codes
+        counts = np.bincount(code[code >= 0], minlength=int(code.max(initial=0)) + 1)
+        return pd.Series((code >= 0) & (counts[np.maximum(code, 0)] > 1), index=raw.index)
+    combined = np.zeros(len(raw), dtype=np.int64)
+    for part in codes:
+        combined = combined * (int(part.max(initial=0)) + 2) + (part + 1)
+    # Neighbours after a stable sort (cheap when the source sends rows in key order).
+    order = np.argsort(combined, kind="stable")
+    same = combined[order][1:] == combined[order][:-1]
+    shared = np.zeros(len(raw), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    out = np.empty(len(raw), dtype=bool)
+    out[order] = shared
+    return pd.Series(out, index=raw.index)
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    """Dense integer codes of the values (-1 for missing)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return np.asarray(values.cat.codes, dtype=np.int64)
+    if isinstance(values.dtype, pd.StringDtype):
+        text = pa.array(values)
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        encoded = pc.dictionary_encode(text)
+        return np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False),
+                          dtype=np.int64)
+    return np.asarray(pd.factorize(values)[0], dtype=np.int64)
+
+
+def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
+    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype."""
+    at = _positions(keys, mapping.index)
+    spread = pd.api.extensions.take(mapping.to_numpy(), at, allow_fill=True)
+    return pd.Series(spread, index=keys.index)
+
+
+def _positions(values: pd.Series | pd.Index, within: pd.Index | pd.Series) -> np.ndarray:
+    """Each value's position in ``within`` (its first), -1 where absent or missing.
+
+    Ids are matched by Arrow's hash lookup, a few times faster than pandas' over
+    millions of text keys; categorical values are matched once per category.
     """
-    if isinstance(keys.dtype, pd.CategoricalDtype):
-        per_category = mapping.reindex(np.asarray(keys.cat.categories, dtype=object))
-        spread = pd.api.extensions.take(per_category.to_numpy(), keys.cat.codes.to_numpy(),
-                                        allow_fill=True)  # code -1 (a missing key): missing
-        return pd.Series(spread, index=keys.index)
-    found = mapping.reindex(np.asarray(keys.to_numpy(), dtype=object))
-    return pd.Series(found.to_numpy(), index=keys.index)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        categorical = pd.Series(values, copy=False).cat
+        per_category = _positions(pd.Index(categorical.categories), within)
+        codes = np.asarray(categorical.codes)
+        return np.where(codes >= 0, per_category[codes], -1)
+    try:
+        found = pc.index_in(_arrow_text(values), value_set=_arrow_text(within))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return np.asarray(pd.Index(np.asarray(within, dtype=object)).get_indexer(
+            np.asarray(values, dtype=object)))
+    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _arrow_text(values: pd.Series | pd.Index) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    array = pa.array(values) if isinstance(values.dtype, pd.StringDtype) else pa.array(
+        np.asarray(values, dtype=object), from_pandas=True)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        raise pa.ArrowTypeError(f"ids are {array.type}, not text")
+    return array.cast(pa.large_string())
 
 
 def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], pd.Series]:
@@ -425,7 +523,7 @@ def _rejects(c: _Checked) -> pd.DataFrame:
         return pd.DataFrame(columns=REJECT_COLUMNS)
     rows = c.raw.loc[bad]
     frame = pd.DataFrame({
-        "row_key": c.key[bad].to_numpy(),
+        "row_key": c.keys(rows.index).to_numpy(),
         "rule": c.rule[bad].to_numpy(),
         "detail": c.detail[bad].astype(str).to_numpy(),
         "row": [_row_json(r) for r in rows.to_dict("records")],
