@@ -233,28 +233,38 @@ def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict
         ["scheduled_at", "appointment_id"]
     )
     measures = measures_before(data.measures, index, as_of)
-    items = _numpy_text(srs_item_frame(measures, data.items))
-    slots, ahead, measures = _numpy_text(slots), _numpy_text(ahead), _numpy_text(measures)
-    by_slots = dict(tuple(slots.groupby("episode_id")))
-    by_ahead = dict(tuple(ahead.groupby("episode_id")))
-    by_measures = dict(tuple(measures.groupby("episode_id")))
-    empty_slots, empty_measures = slots.iloc[0:0], measures.iloc[0:0]
+    items = _light(srs_item_frame(measures, data.items))
+    by_slots, by_ahead, by_measures = (_by_episode(f) for f in (slots, ahead, measures))
+    empty = {name: _light(f.iloc[0:0].drop(columns=[c for c in UNREAD if c in f.columns]))
+             for name, f in (("slots", slots), ("ahead", ahead), ("measures", measures))}
     out = {}
     for eid in index:
         out[str(eid)] = History(
             as_of=as_of,
             episode={str(k): v for k, v in episodes.loc[eid].items()},
-            slots=by_slots.get(eid, empty_slots),
-            ahead=by_ahead.get(eid, ahead.iloc[0:0]),
-            measures=by_measures.get(eid, empty_measures),
+            slots=by_slots.get(eid, empty["slots"]),
+            ahead=by_ahead.get(eid, empty["ahead"]),
+            measures=by_measures.get(eid, empty["measures"]),
             srs_items=items,
         )
     return out
 
 
-def _numpy_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as plain Python strings: the phrasers filter each episode's few rows
-    many times, and a numpy take is several times cheaper than an Arrow one at that size."""
+# Columns no phraser reads: each episode's frames are filtered many times, and every
+# filter copies every column.
+UNREAD = ("episode_id", "client_id", "booked_at", "clinician_id", "updated_at")
+
+
+def _by_episode(frame: pd.DataFrame) -> dict[Any, pd.DataFrame]:
+    """One frame per episode, in the frame's order, holding the columns phrasers read."""
+    groups = frame.groupby("episode_id", sort=False, observed=True).indices
+    narrow = _light(frame.drop(columns=[c for c in UNREAD if c in frame.columns]))
+    return {eid: narrow.iloc[positions] for eid, positions in groups.items()}
+
+
+def _light(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as plain Python strings: on a few rows, a numpy take is several
+    times cheaper than an Arrow one."""
     text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
     return frame.astype(dict.fromkeys(text, object)) if text else frame
 
