@@ -213,7 +213,8 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
     page = cache.pages.get(key)
     if page is None:
         rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
-        items = orjson.dumps([public(r, LIST_FIELDS) for r in rows])
+        # orjson writes dates and naive datetimes as isoformat() does: no iso() per field.
+        items = orjson.dumps([{k: r.get(k) for k in LIST_FIELDS} for r in rows])
         page = Page(items, tuple(r["client_id"] for r in rows),
                     rows[-1]["rank"] if rows else 0, more)
         cache.pages.put(key, page, cost=len(items))
