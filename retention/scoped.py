@@ -46,7 +46,8 @@ def scoped_frames(
 ) -> dict[str, pd.DataFrame]:
     """Raw contract frames holding what features and reasons for ``as_of`` read."""
     cut = datetime.combine(as_of, datetime.min.time())
-    params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days)}
+    params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days),
+              "ever": datetime(1900, 1, 1)}
     frames = {
         "clients": bulk.read_query(connection, (
             f"SELECT {_cols('clients', 'c')} FROM {P}clients c WHERE c.client_id IN "
@@ -57,15 +58,20 @@ def scoped_frames(
         ), _names("episodes"), params, _dates("episodes")),
         # Slots from the earlier of the window's start and the last slot attended (known
         # as attended) before the as-of date; every slot of an episode never attended.
-        # One pass over the open episodes' slots: the last attended is a window maximum.
+        # Each open episode's last attended slot is one short backward walk of the
+        # (episode_id, scheduled_at) index; its slots since then one range of it. (A
+        # window maximum over every slot sorted the open caseload's whole history.)
         "appointments": bulk.read_query(connection, (
-            f"WITH open_ep AS ({_OPEN})"
-            f" SELECT {_cols('appointments')} FROM ("
-            f"  SELECT {_cols('appointments', 'a')}, MAX(CASE WHEN a.status = 'attended'"
-            "    AND a.scheduled_at < :cut AND a.updated_at < :cut THEN a.scheduled_at END)"
-            "    OVER (PARTITION BY a.episode_id) AS last_at"
-            f"  FROM {P}appointments a JOIN open_ep o ON o.episode_id = a.episode_id) x"
-            " WHERE last_at IS NULL OR scheduled_at >= :window OR scheduled_at >= last_at"
+            f"WITH open_ep AS ({_OPEN}), last AS MATERIALIZED ("
+            "  SELECT o.episode_id, (SELECT a.scheduled_at"
+            f"    FROM {P}appointments a WHERE a.episode_id = o.episode_id"
+            "     AND a.scheduled_at < :cut AND a.status = 'attended' AND a.updated_at < :cut"
+            "    ORDER BY a.scheduled_at DESC LIMIT 1) AS last_at FROM open_ep o),"
+            " since AS MATERIALIZED ("
+            "  SELECT episode_id, CASE WHEN last_at IS NULL THEN :ever"
+            "   WHEN last_at < :window THEN last_at ELSE :window END AS since FROM last)"
+            f" SELECT {_cols('appointments', 'a')} FROM since s"
+            f" JOIN {P}appointments a ON a.episode_id = s.episode_id AND a.scheduled_at >= s.since"
         ), _names("appointments"), params, _dates("appointments")),
     }
     srs = ", ".join(f"'{i}'" for i in ("SRS", "GSRS"))
