@@ -112,7 +112,8 @@ def _booleans(values: pd.Series) -> pd.Series:
         return values
     distinct = pd.unique(values.dropna().to_numpy())
     meaning = pd.Series([as_bool(v) for v in distinct], index=distinct, dtype=object)
-    return values.map(meaning).astype(object).fillna(False).astype(bool)  # missing: False, as before
+    # A missing value reads as False, as it always has.
+    return values.map(meaning).astype(object).fillna(False).astype(bool)
 
 
 def _timestamps(values: pd.Series) -> pd.Series:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from retention.ids import member
+
 SRS_CUTOFF = 36.0
 SRS_ITEMS = {1: "relationship", 2: "goals", 3: "approach", 4: "overall"}
 SRS_ITEM_RANGE = (0.0, 10.0)
@@ -70,7 +72,7 @@ def srs_item_frame(measures: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     Measures without items are absent from the result.
     """
     srs_ids = measures.loc[measures["instrument"].isin(["SRS", "GSRS"]), "measure_id"]
-    sub = items[items["measure_id"].isin(srs_ids) & items["item_number"].isin(list(SRS_ITEMS))]
+    sub = items[member(items["measure_id"], srs_ids) & items["item_number"].isin(list(SRS_ITEMS))]
     wide = sub.pivot_table(
         index="measure_id", columns="item_number", values="response", aggfunc="first"
     )

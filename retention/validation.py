@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retention import contract
+from retention import contract, ids
 from retention.clinic_data import bool_from_text
 from retention.etl_settings import CODED_COLUMNS
 from retention.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
@@ -268,7 +268,7 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
 
 def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
     for col, present in parents.items():
-        missing = c.raw[col].notna() & (_positions(c.raw[col], present) < 0)
+        missing = c.raw[col].notna() & (ids.positions(c.raw[col], present) < 0)
         c.flag(missing, "orphan",
                _said(f"{col} ", c.raw[col], " is not in the source"))
 
@@ -291,7 +291,7 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 
     # Items: their measure's instrument decides the item numbers and range.
     # The measure read in this run (its first row) decides, else the one the store holds.
-    at = _positions(items.raw["measure_id"], raw["measure_id"])
+    at = ids.positions(items.raw["measure_id"], raw["measure_id"])
     item_instrument = pd.Series(instrument.astype(object).to_numpy()[np.maximum(at, 0)],
                                 index=items.raw.index).where(at >= 0)
     if (at < 0).any() and len(context.instruments):
@@ -334,7 +334,7 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     if ok.any():
         code, measure_of_code = pd.factorize(items.raw["measure_id"])
         n_codes = len(measure_of_code)
-        at = _positions(raw["measure_id"], pd.Index(measure_of_code))
+        at = ids.positions(raw["measure_id"], pd.Index(measure_of_code))
         found = at >= 0
 
         def per_measure(use: np.ndarray, weights: np.ndarray | None = None) -> pd.Series:
@@ -419,38 +419,9 @@ def _codes(values: pd.Series) -> np.ndarray:
 
 def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
     """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype."""
-    at = _positions(keys, mapping.index)
+    at = ids.positions(keys, mapping.index)
     spread = pd.api.extensions.take(mapping.to_numpy(), at, allow_fill=True)
     return pd.Series(spread, index=keys.index)
-
-
-def _positions(values: pd.Series | pd.Index, within: pd.Index | pd.Series) -> np.ndarray:
-    """Each value's position in ``within`` (its first), -1 where absent or missing.
-
-    Ids are matched by Arrow's hash lookup, a few times faster than pandas' over
-    millions of text keys; categorical values are matched once per category.
-    """
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        categorical = pd.Series(values, copy=False).cat
-        per_category = _positions(pd.Index(categorical.categories), within)
-        codes = np.asarray(categorical.codes)
-        return np.where(codes >= 0, per_category[codes], -1)
-    try:
-        found = pc.index_in(_arrow_text(values), value_set=_arrow_text(within))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return np.asarray(pd.Index(np.asarray(within, dtype=object)).get_indexer(
-            np.asarray(values, dtype=object)))
-    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
-def _arrow_text(values: pd.Series | pd.Index) -> pa.Array | pa.ChunkedArray:
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.astype(object)
-    array = pa.array(values) if isinstance(values.dtype, pd.StringDtype) else pa.array(
-        np.asarray(values, dtype=object), from_pandas=True)
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        raise pa.ArrowTypeError(f"ids are {array.type}, not text")
-    return array.cast(pa.large_string())
 
 
 def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], pd.Series]:

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from retention.clinic_data import as_timestamp
+from retention.ids import member
 from retention.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
 
 
 def measures_before(measures: pd.DataFrame, episode_index: pd.Index, as_of: date) -> pd.DataFrame:
     """Measures of the given episodes administered strictly before ``as_of``, oldest first."""
     cutoff = as_timestamp(as_of)
-    mask = (measures["administered_at"] < cutoff) & measures["episode_id"].isin(episode_index)
+    mask = (measures["administered_at"] < cutoff) & member(measures["episode_id"], episode_index)
     return measures.loc[mask].sort_values(["episode_id", "administered_at", "measure_id"])
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from retention import contract
 from retention.clinic_data import as_timestamp, in_days
+from retention.ids import member
 
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
 
@@ -25,7 +26,8 @@ def past_slots(appointments: pd.DataFrame, episode_index: pd.Index, as_of: date)
     reads as still 'scheduled' (unrecorded), as it did on the day.
     """
     cutoff = as_timestamp(as_of)
-    mask = (appointments["scheduled_at"] < cutoff) & appointments["episode_id"].isin(episode_index)
+    mask = (appointments["scheduled_at"] < cutoff) & member(
+        appointments["episode_id"], episode_index)
     slots = appointments.loc[mask].copy()
     unknown = slots["updated_at"] >= cutoff
     if unknown.any():
@@ -49,7 +51,7 @@ def booked_ahead(appointments: pd.DataFrame, episode_index: pd.Index, as_of: dat
     known = a["booked_at"].notna() & (a["booked_at"] < cutoff)
     cancelled_before = a["status"].isin(CANCELLED) & (a["updated_at"] < cutoff)
     mask = (
-        a["episode_id"].isin(episode_index)
+        member(a["episode_id"], episode_index)
         & (a["scheduled_at"] >= cutoff)
         & known
         & ~cancelled_before
