@@ -27,6 +27,12 @@ _OPEN = (
 )
 
 
+# What features and reasons read of the alliance: the last three client-rated SRS and
+# GSRS with a total, and the last WAI-SR by each rater.
+LATEST = (("SRS", "client", 3), ("GSRS", "client", 3),
+          *(("WAI-SR", rater, 1) for rater in contract.RATERS))
+
+
 def _cols(table: str, alias: str = "") -> str:
     prefix = f"{alias}." if alias else ""
     return ", ".join(prefix + c.name for c in contract.TABLES[table].columns)
@@ -86,9 +92,24 @@ def scoped_frames(
         "    OR m.instrument = 'WAI-SR'))"
     )
     keep = "(instrument = 'WAI-SR' AND rn = 1) OR (instrument <> 'WAI-SR' AND rn <= 3)"
+    if bulk.is_postgres(connection):
+        # The same rows by the (episode, instrument, rater, date) index: a few probes
+        # per open episode instead of sorting every measure of the open caseload.
+        latest = ", ".join(f"('{i}', '{r}', {n})" for i, r, n in LATEST)
+        measures_sql = (
+            f"WITH open_ep AS ({_OPEN}) SELECT {_cols('alliance_measures', 'm')}"
+            f" FROM open_ep o CROSS JOIN (VALUES {latest}) AS k(instrument, rater, n)"
+            " CROSS JOIN LATERAL (SELECT * FROM clinic_alliance_measures x"
+            "  WHERE x.episode_id = o.episode_id AND x.instrument = k.instrument"
+            "   AND x.rater = k.rater AND x.administered_at < :cut"
+            "   AND (k.instrument = 'WAI-SR' OR x.score_total IS NOT NULL)"
+            "  ORDER BY x.administered_at DESC, x.measure_id DESC LIMIT k.n) m"
+        )
+    else:
+        measures_sql = f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked WHERE {keep}"
     frames["alliance_measures"] = bulk.read_query(
-        connection, f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked WHERE {keep}",
-        _names("alliance_measures"), params, _dates("alliance_measures"),
+        connection, measures_sql, _names("alliance_measures"), params,
+        _dates("alliance_measures"),
     )
     items = ", ".join(str(n) for n in SRS_ITEMS)
     if bulk.is_postgres(connection):

@@ -54,7 +54,8 @@ copies = {
 # Reads for one as-of date go by episode: the scoped read of the nightly run.
 Index("ix_clinic_appointments_episode", copies["appointments"].c.episode_id,
       copies["appointments"].c.scheduled_at)
-Index("ix_clinic_alliance_measures_episode", copies["alliance_measures"].c.episode_id)
+Index("ix_clinic_alliance_measures_latest", *(copies["alliance_measures"].c[c] for c in (
+    "episode_id", "instrument", "rater", "administered_at")))
 Index("ix_clinic_episodes_client", copies["episodes"].c.client_id)
 
 runs = Table(
