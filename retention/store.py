@@ -279,12 +279,13 @@ def write_features(
     meta = frame[["client_id", "clinic_id", "case_manager_id"]].astype(object)
     meta = meta.where(meta.notna(), None)
     values = frame[list(feature_names)].astype(object)
-    values = values.where(values.notna(), None)
+    # Plain Python values (numbers, None for missing) in one pass, not one call per value.
+    rows = values.where(values.notna(), None).to_numpy(dtype=object).tolist()
     names = [str(n) for n in feature_names]
     records = []
     for episode_id, m, v in zip(frame.index, meta.itertuples(index=False, name=None),
-                                values.itertuples(index=False, name=None), strict=True):
-        payload = {n: _json_value(x) for n, x in zip(names, v, strict=True)}
+                                rows, strict=True):
+        payload = dict(zip(names, map(_json_value, v), strict=True))
         records.append({
             "as_of": as_of,
             "episode_id": str(episode_id),
@@ -318,8 +319,8 @@ def read_features(
 
 
 def _json_value(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
+    if isinstance(v, float | int | None):  # the common case first: a float, an int, None
+        return None if v != v else v
     if isinstance(v, np.generic):
         return v.item()
     return v
