@@ -3,7 +3,9 @@
 Publishes a list of 100,000 clients in a fresh PostgreSQL database, serves the real
 app and a bare Flask app (one constant JSON response) under the same gunicorn
 settings, and drives each with the same closed-loop load from local processes.
-Prints one table and a one-line summary; record the output in docs/performance-api.md.
+Prints one table (with the CPU time each request cost the server, PostgreSQL, Redis
+and the load generator) and a one-line summary; record the output in
+docs/performance-api.md.
 
     .venv/bin/python -m benchmarks.api_throughput [--clients 100000] [--seconds 15]
 """
@@ -16,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -140,15 +143,22 @@ def serve(kind: str, store_url: str, port: int, workers: int) -> None:
     Server().run()
 
 
-def client_loop(port: int, path: str, token: str, seconds: float, out: Any) -> None:
-    """One closed-loop client: request, wait for the answer, repeat; latencies in ms."""
+def client_loop(port: int, path: str, token: str, seconds: float, out: Any,
+                ranks: int) -> None:
+    """One closed-loop client: request, wait for the answer, repeat; latencies in ms.
+
+    A path with ``{rank}`` asks each time for the page after a random rank below
+    ``ranks``, so few requests find their page in a worker's cache.
+    """
     headers = {"Authorization": f"Bearer {token}"}
     latencies, errors = [], 0
+    rng = random.Random(os.getpid())
     end = time.monotonic() + seconds
     while time.monotonic() < end:
+        url = path.format(rank=_cursor(rng.randrange(ranks))) if "{rank}" in path else path
         started = time.perf_counter()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", path, headers=headers)
+        conn.request("GET", url, headers=headers)
         response = conn.getresponse()
         response.read()
         conn.close()
@@ -157,19 +167,69 @@ def client_loop(port: int, path: str, token: str, seconds: float, out: Any) -> N
     out.put((latencies, errors))
 
 
-def measure(port: int, path: str, token: str, seconds: float, clients: int) -> dict[str, float]:
+def measure(port: int, path: str, token: str, seconds: float, clients: int,
+            watched: dict[str, list[int]], ranks: int = 1) -> dict[str, float]:
+    """Closed-loop load from ``clients`` processes; latencies, and CPU seconds by component."""
     queue: Any = mp.Queue()
-    procs = [mp.Process(target=client_loop, args=(port, path, token, seconds, queue))
+    procs = [mp.Process(target=client_loop, args=(port, path, token, seconds, queue, ranks))
              for _ in range(clients)]
+    before = {name: cpu_seconds(pids) for name, pids in watched.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
     for p in procs:
         p.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {name: cpu_seconds(pids) - before[name] for name, pids in watched.items()}
+    cpu["clients"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     latencies = sorted(x for r in results for x in r[0])
     q = statistics.quantiles(latencies, n=100)
     return {"rps": len(latencies) / seconds, "p50": q[49], "p99": q[98], "n": len(latencies),
-            "errors": sum(r[1] for r in results)}
+            "errors": sum(r[1] for r in results),
+            **{f"cpu_{name}": 1000 * secs / len(latencies) for name, secs in cpu.items()}}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def processes(match: Any) -> list[int]:
+    """Process ids whose command line satisfies ``match``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if match(int(entry.name), cmdline):
+                found.append(int(entry.name))
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
 
 
 def wait_up(port: int) -> None:
@@ -206,16 +266,28 @@ def main() -> None:
                  ("ranked list, page of 50", ports["api"], "/v1/risk-list?limit=50"),
                  ("ranked list, tier=high, page 2", ports["api"],
                   "/v1/risk-list?limit=50&tier=high&cursor=" + _cursor(150)),
+                 ("ranked list, random page", ports["api"], "/v1/risk-list?limit=50&cursor={rank}"),
                  ("client risk", ports["api"], f"/v1/clients/{client_id}/risk")]
+        database = store_url.rsplit("/", 1)[1]
         rows = []
         for label, port, path in cases:
-            measure(port, path, token, 2, args.concurrency)  # warm up
+            # Watched afresh per case: pooled backends and workers exist once warmed up.
+            measure(port, path, token, 2, args.concurrency, {}, args.clients)  # warm up
+            server = servers[list(ports.values()).index(port)]
+            watched = {
+                "server": descendants(server.pid or 0),
+                "postgres": processes(lambda _pid, cmd: f" {database} " in cmd),
+                "redis": processes(lambda _pid, cmd: cmd.startswith("redis-server")),
+            }
             say(f"bench: {label} for {args.seconds:.0f} s with {args.concurrency} clients ...")
-            rows.append((label, measure(port, path, token, args.seconds, args.concurrency)))
-        print(f"{'endpoint':<32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} errors")
+            rows.append((label, measure(port, path, token, args.seconds, args.concurrency,
+                                        watched, args.clients)))
+        print(f"{'endpoint':<32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} "
+              f"{'errors':>6}   CPU ms per request: server postgres redis clients")
         for label, r in rows:
             print(f"{label:<32} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                  f"{r['n']:>9,} {r['errors']}")
+                  f"{r['n']:>9,} {r['errors']:>6}   {r['cpu_server']:>25.2f} "
+                  f"{r['cpu_postgres']:>8.2f} {r['cpu_redis']:>5.2f} {r['cpu_clients']:>7.2f}")
         bare, listed = rows[0][1], rows[1][1]
         say(f"bench: list at {listed['rps'] / bare['rps']:.0%} of the bare endpoint's "
             f"throughput, p99 {listed['p99']:.1f} ms ({args.clients:,} clients, "
