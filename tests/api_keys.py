@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from retention import access
+from retention.config import Settings
 
 
 def make_key(store: Engine, role: str = "admin", clinics: Sequence[str] = (),
@@ -25,3 +28,12 @@ def keyed_client(app: Flask, token: str) -> FlaskClient:
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     return client
+
+
+def copied_store(settings: Settings, directory: Path) -> Settings:
+    """Settings over a copy of a SQLite store, for tests that change or break it."""
+    path = directory / "store.db"
+    with sqlite3.connect(settings.store_url.removeprefix("sqlite:///")) as src, \
+            sqlite3.connect(path) as dst:
+        src.backup(dst)
+    return settings.with_overrides(store_url=f"sqlite:///{path}")

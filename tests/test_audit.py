@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from api import create_app
 from pipelines.cli import main
 from retention import access, store
 from retention.access import AuditRecord
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import copied_store, keyed_client, make_key
 from tests.conftest import REPO, Scored
 
 
@@ -83,11 +82,7 @@ def test_the_application_cannot_change_or_remove_audit_records(
 
 
 def test_no_audit_record_means_no_data(scored: Scored, tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    with sqlite3.connect(scored.settings.store_url.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(path) as dst:
-        src.backup(dst)
-    settings = scored.settings.with_overrides(store_url=f"sqlite:///{path}")
+    settings = copied_store(scored.settings, tmp_path)
     engine = create_engine(settings.store_url)
     token = make_key(engine, "admin")
     with engine.begin() as conn:  # the audit table refuses every insert from now on

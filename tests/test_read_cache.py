@@ -7,7 +7,6 @@ checks the next answer comes from the database's current state.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,18 +22,14 @@ from api.cache import LRU
 from retention import access, store
 from retention.access import AuditRecord
 from retention.scoped_reads import still_published
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import copied_store, keyed_client, make_key
 from tests.conftest import Scored
 
 
 @pytest.fixture
 def own_store(scored: Scored, tmp_path: Path) -> Iterator[tuple[Flask, Engine]]:
     """An app over a copy of the scored store that tests may republish and break."""
-    path = tmp_path / "store.db"
-    with sqlite3.connect(scored.settings.store_url.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(path) as dst:
-        src.backup(dst)
-    settings = scored.settings.with_overrides(store_url=f"sqlite:///{path}")
+    settings = copied_store(scored.settings, tmp_path)
     engine = create_engine(settings.store_url)
     yield create_app(settings, TODAY=lambda: scored.as_of), engine
     engine.dispose()
