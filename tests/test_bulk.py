@@ -127,7 +127,7 @@ def test_a_first_load_that_fails_leaves_table_and_indexes_as_they_were(
     monkeypatch.setattr(bulk, "REBUILD_INDEXES_ROWS", 10)
     before = _indexes(conn)
     twice = pd.concat([_frame(20), _frame(20)], ignore_index=True)  # the key repeats
-    with pytest.raises(Exception, match="could not create unique index|duplicate key"):
+    with pytest.raises(Exception, match=r"could not create unique index|duplicate key"):
         bulk.sync_rows(conn, _table(), twice)
     conn.rollback()
     assert _indexes(conn) == before
