@@ -16,7 +16,9 @@ Then, each in its own process so its peak memory is its own:
    published;
 2. **incremental**: one day of changes later (a copy of the clinic made from the
    cached one, with a day's statuses, bookings, ratings and discharges applied), the
-   next night's run into the same store.
+   next night's run into the same store, vacuumed first as a day would have;
+3. **weekly_full**: the same night again as the weekly full reload, which reads every
+   row and reconciles deletions, into the store that already holds them.
 
 Each prints its stages' seconds (from the runs' own records) and its peak resident
 memory. The server is the one on this machine (RETENTION_BENCH_PG_URL overrides).
@@ -241,7 +243,7 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dic
         "source_url": url_for(source), "store_url": url_for(store), "models_dir": models,
         "reasons_file": str(ROOT / "config" / "reasons.toml")})
     started = time.perf_counter()
-    result = run_nightly(settings, as_of, full=(kind == "full"))
+    result = run_nightly(settings, as_of, full=(kind != "incremental"))
     total = time.perf_counter() - started
     engine = store_engine(settings.store_url)
     with engine.connect() as conn:
@@ -359,6 +361,10 @@ def main() -> None:
     print(f"setup: one day of changes {changes}", file=sys.stderr)
     runs.append(child("incremental", work, store, models, AS_OF + timedelta(days=1)))
     print(f"incremental: {runs[-1]}", file=sys.stderr)
+    # The weekly full reload (it reconciles deletions): every row again, into a store
+    # that holds them, so only what differs is written.
+    runs.append(child("weekly_full", work, store, models, AS_OF + timedelta(days=1)))
+    print(f"weekly_full: {runs[-1]}", file=sys.stderr)
     if not args.keep:
         drop(work)
         drop(store)
