@@ -33,7 +33,9 @@ from retention import pg_copy
 from retention.clinic_data import TRUE_TEXT
 
 CHUNK_ROWS = 20_000
-REBUILD_INDEXES_ROWS = 100_000  # a first load this large builds its indexes after the rows
+# A load this large builds its indexes once, after the rows: a first load into the
+# table, or a whole-table sync rebuilt beside it (the weekly full reload).
+REBUILD_INDEXES_ROWS = 100_000
 _PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -204,11 +206,15 @@ def sync_rows(
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns]
     compare = list(compare) if compare is not None else [c for c in columns if c not in keys]
-    if scope is None and scope_in is None and _is_empty(connection, table):
+    whole = scope is None and scope_in is None and delete_missing
+    if whole and _is_empty(connection, table):
         # A first load: nothing to compare with or delete, so no staging either.
         if is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS:
             return _load_then_index(connection, table, new[columns])
         return insert_frame(connection, table, new[columns])
+    if (whole and is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS
+            and set(compare) == set(columns) - set(keys)):
+        return _rebuild(connection, table, new[columns], keys)
     staging = _temp_table(connection, table, "stage")
     try:
         insert_frame(connection, staging, new[columns])
@@ -229,16 +235,9 @@ def _load_then_index(connection: Connection, table: Table, frame: pd.DataFrame) 
     loaded as they are.
     """
     name = table.name
-    referenced = connection.execute(text(
-        "SELECT 1 FROM pg_constraint WHERE confrelid = CAST(:t AS regclass) LIMIT 1"),
-        {"t": name}).first()
-    if referenced is not None:
+    if _referenced(connection, name):
         return insert_frame(connection, table, frame)
-    indexes = connection.execute(text(
-        "SELECT i.relname, pg_get_indexdef(i.oid), c.conname, pg_get_constraintdef(c.oid) "
-        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid "
-        "WHERE x.indrelid = CAST(:t AS regclass)"), {"t": name}).fetchall()
+    indexes = _indexes(connection, name)
     for index, _definition, constraint, _constraint_definition in indexes:
         connection.execute(text(f'ALTER TABLE "{name}" DROP CONSTRAINT "{constraint}"'
                                 if constraint else f'DROP INDEX "{index}"'))
@@ -249,6 +248,88 @@ def _load_then_index(connection: Connection, table: Table, frame: pd.DataFrame) 
             f'ALTER TABLE "{name}" ADD CONSTRAINT "{constraint}" {constraint_definition}'
             if constraint else definition))
     return loaded
+
+
+def _indexes(connection: Connection, name: str) -> list[tuple[str, str, str | None, str | None]]:
+    """The table's indexes: name, definition, and the constraint each backs (if any)."""
+    rows = connection.execute(text(
+        "SELECT i.relname, pg_get_indexdef(i.oid), c.conname, pg_get_constraintdef(c.oid) "
+        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid "
+        "WHERE x.indrelid = CAST(:t AS regclass) ORDER BY i.relname"), {"t": name})
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def _referenced(connection: Connection, name: str) -> bool:
+    """Whether a foreign key points at the table (it cannot then be dropped or emptied)."""
+    return connection.execute(text(
+        "SELECT 1 FROM pg_constraint WHERE confrelid = CAST(:t AS regclass) LIMIT 1"),
+        {"t": name}).first() is not None
+
+
+def _rebuild(connection: Connection, table: Table, frame: pd.DataFrame, keys: list[str]) -> int:
+    """Replace a whole table's rows with ``frame`` by building the new table beside it.
+
+    Upserting millions of rows into a table that holds them (the weekly full reload)
+    touches every row and index entry, changed or not. Instead the rows go into a
+    new table, its indexes are built once, the two are compared in one join, and the
+    new one takes the old one's place only if they differ. All in the caller's
+    transaction: a failure leaves the old table as it was. Returns the rows
+    inserted, updated or deleted, as the upsert would have.
+    """
+    name, after = table.name, f"{table.name}__next"
+    if _referenced(connection, name):
+        return _upsert_whole(connection, table, frame, keys)
+    indexes = _indexes(connection, name)
+    connection.execute(text(f'DROP TABLE IF EXISTS "{after}"'))
+    connection.execute(text(
+        f'CREATE TABLE "{after}" (LIKE "{name}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'))
+    _copy_in(connection, after, list(frame.columns), _csv_ready(table, frame))
+    connection.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+    for index, definition, constraint, constraint_definition in indexes:
+        if constraint:
+            connection.execute(text(f'ALTER TABLE "{after}" ADD CONSTRAINT '
+                                    f'"{constraint}__next" {constraint_definition}'))
+        else:
+            renamed = f'\\g<1>"{index}__next" ON "{after}" '
+            connection.execute(text(_INDEX_DEF.sub(renamed, definition, count=1)))
+    values = [c.name for c in table.columns if c.name not in keys]
+    match = " AND ".join(f'n."{k}" = o."{k}"' for k in keys)
+    differs = [f'n."{keys[0]}" IS NULL', f'o."{keys[0]}" IS NULL']
+    if values:
+        differs.append(f"({', '.join(f'n.{c}' for c in values)}) IS DISTINCT FROM "
+                       f"({', '.join(f'o.{c}' for c in values)})")
+    changed = int(connection.execute(text(
+        f'SELECT count(*) FROM "{after}" n FULL JOIN "{name}" o ON {match} '
+        f"WHERE {' OR '.join(differs)}")).scalar_one())
+    if changed == 0:
+        connection.execute(text(f'DROP TABLE "{after}"'))
+        return 0
+    connection.execute(text(f'DROP TABLE "{name}"'))
+    connection.execute(text(f'ALTER TABLE "{after}" RENAME TO "{name}"'))
+    for index, _definition, constraint, _constraint_definition in indexes:
+        connection.execute(text(
+            f'ALTER TABLE "{name}" RENAME CONSTRAINT "{constraint}__next" TO "{constraint}"'
+            if constraint else f'ALTER INDEX "{index}__next" RENAME TO "{index}"'))
+    connection.execute(text(f'ANALYZE "{name}"'))  # a new table has no statistics yet
+    return changed
+
+
+_INDEX_DEF = re.compile(r"^(CREATE (?:UNIQUE )?INDEX )\S+ ON \S+ ")
+
+
+def _upsert_whole(connection: Connection, table: Table, frame: pd.DataFrame,
+                  keys: list[str]) -> int:
+    columns = [c.name for c in table.columns]
+    staging = _temp_table(connection, table, "stage")
+    try:
+        insert_frame(connection, staging, frame)
+        changed = _upsert(connection, table, staging.name, keys, columns,
+                          [c for c in columns if c not in keys])
+        changed += _delete_missing(connection, table, staging.name, keys, None, None)
+    finally:
+        staging.drop(connection)
+    return changed
 
 
 def _is_empty(connection: Connection, table: Table) -> bool:

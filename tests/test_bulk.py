@@ -132,3 +132,46 @@ def test_a_first_load_that_fails_leaves_table_and_indexes_as_they_were(
     conn.rollback()
     assert _indexes(conn) == before
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 0
+
+
+def _oid(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT 'bulk_probe'::regclass::oid")).scalar_one())
+
+
+def test_a_large_full_sync_rebuilds_beside_the_table_and_counts_like_the_upsert(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_INDEXES_ROWS", 10)
+    table, before = _table(), _indexes(conn)
+    bulk.insert_frame(conn, table, _frame(50))
+    first = _oid(conn)
+    assert bulk.sync_rows(conn, table, _frame(50)) == 0  # the same rows: nothing changes...
+    assert _oid(conn) == first  # ...and the table is the same table
+    new = _frame(60).iloc[5:].copy()  # 5 rows gone, 10 new
+    new.loc[new["k"] == "K000007", "note"] = "changed"  # and one updated
+    assert bulk.sync_rows(conn, table, new) == 5 + 10 + 1
+    assert _oid(conn) != first
+    assert _indexes(conn) == before  # the same names and definitions
+    assert conn.execute(text(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'bulk_probe'::regclass "
+        "AND contype = 'p'")).scalar_one() == "bulk_probe_pkey"
+    stored = conn.execute(text("SELECT k, note FROM bulk_probe ORDER BY k")).fetchall()
+    assert [r.k for r in stored] == sorted(new["k"])
+    assert dict(stored)["K000007"] == "changed"
+    assert conn.execute(text("SELECT count(*) FROM pg_class WHERE relname LIKE '%__next'")
+                        ).scalar() == 0
+
+
+def test_a_rebuild_that_fails_leaves_the_old_table_in_place(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_INDEXES_ROWS", 10)
+    table, before = _table(), _indexes(conn)
+    bulk.insert_frame(conn, table, _frame(30))
+    conn.commit()
+    twice = pd.concat([_frame(20), _frame(20)], ignore_index=True)  # the key repeats
+    with pytest.raises(Exception, match=r"could not create unique index|duplicate key"):
+        bulk.sync_rows(conn, table, twice)
+    conn.rollback()
+    assert _indexes(conn) == before
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
