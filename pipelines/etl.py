@@ -72,7 +72,9 @@ def run_etl(
     """
     etl = etl or EtlSettings()
     with recorded_run(store_db, "etl", as_of) as run:
-        with store_db.connect() as conn:
+        with store_db.begin() as conn:
+            # Tables a killed full reload built beside the copy and never swapped in.
+            bulk.drop_beside(conn, list(store.copies.values()))
             marks = read_watermarks(conn)
             if full is None:
                 full = _full_reload_due(conn, marks, etl)
@@ -241,11 +243,24 @@ def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
 def _apply_copy(
     conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool
 ) -> int:
-    """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest."""
+    """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest.
+
+    On PostgreSQL a full reload builds its large tables beside the copy, two at a time
+    on connections of their own, and swaps each in here, inside the run's transaction.
+    """
     changed = 0
+    built: set[str] = set()
+    if full and bulk.is_postgres(conn):
+        large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS),
+                       key=lambda t: -_load_cost(outcome.valid[t]))
+        built = {t.name for t in bulk.build_beside_in_parallel(
+            conn, [(store.copies[t], outcome.valid[t]) for t in large])}
     for table in ORDER:
         copy = store.copies[table]
         valid = outcome.valid[table]
+        if copy.name in built:
+            changed += bulk.swap_in(conn, copy)
+            continue
         if full or table == "clients":  # read whole: anything not read is gone
             changed += bulk.sync_rows(conn, copy, valid)
             continue
@@ -257,6 +272,12 @@ def _apply_copy(
         changed += bulk.sync_rows(conn, copy, valid, delete_missing=False)
         changed += bulk.delete_keys(conn, copy, _key_frame(table, outcome.rejected_keys(table)))
     return changed
+
+
+def _load_cost(frame: pd.DataFrame) -> int:
+    """Roughly how long a table takes to load (cells, not rows: slots are wide), so the
+    largest start first and the two builders finish together."""
+    return len(frame) * len(frame.columns)
 
 
 def _key_frame(table: str, row_keys: pd.Index) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
 
@@ -70,6 +71,20 @@ def read_query(
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
 
 
+def _driver(connection: Connection) -> Any:
+    """The psycopg connection under ``connection``, inside its SQLAlchemy transaction.
+
+    COPY goes to the driver directly, which SQLAlchemy does not see: without this, a
+    COPY as a connection's first statement would run in a transaction SQLAlchemy does
+    not know it has, and the caller's ``commit()`` would do nothing.
+    """
+    if not connection.in_transaction():
+        connection.begin()
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    return raw
+
+
 def _typed_bind(name: str, value: Any) -> Any:
     """Dates and timestamps bound with their SQLAlchemy type, so SQLite compares like it stores."""
     if isinstance(value, datetime):
@@ -86,8 +101,7 @@ def _copy_out(
 ) -> pd.DataFrame:
     from psycopg import sql as pgsql
 
-    raw = connection.connection.driver_connection
-    assert raw is not None
+    raw = _driver(connection)
 
     def literal(match: re.Match[str]) -> str:
         return pgsql.Literal(params[match.group(1)]).as_string(raw)
@@ -116,8 +130,7 @@ def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> i
 
 
 def _copy_in(connection: Connection, name: str, columns: list[str], frame: pd.DataFrame) -> None:
-    raw = connection.connection.driver_connection
-    assert raw is not None
+    raw = _driver(connection)
     cols = ", ".join(f'"{c}"' for c in columns)
     with raw.cursor() as cursor:
         pg_copy.write_copy(cursor, f'COPY "{name}" ({cols}) FROM STDIN WITH (FORMAT csv)', frame)
@@ -277,34 +290,96 @@ def _rebuild(connection: Connection, table: Table, frame: pd.DataFrame, keys: li
     transaction: a failure leaves the old table as it was. Returns the rows
     inserted, updated or deleted, as the upsert would have.
     """
-    name, after = table.name, f"{table.name}__next"
-    if _referenced(connection, name):
+    if _referenced(connection, table.name):
         return _upsert_whole(connection, table, frame, keys)
-    indexes = _indexes(connection, name)
+    build_beside(connection, table, frame)
+    return swap_in(connection, table)
+
+
+def build_beside(connection: Connection, table: Table, frame: pd.DataFrame) -> None:
+    """Build ``<table>__next`` holding ``frame``, with the table's indexes under ``__next`` names.
+
+    Takes no lock that keeps others from reading the table, so several can be built at
+    once on connections of their own (``build_beside_in_parallel``).
+    """
+    name, after = table.name, f"{table.name}__next"
     connection.execute(text(f'DROP TABLE IF EXISTS "{after}"'))
     connection.execute(text(
         f'CREATE TABLE "{after}" (LIKE "{name}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'))
-    _copy_in(connection, after, list(frame.columns), _csv_ready(table, frame))
+    columns = [c.name for c in table.columns]
+    _copy_in(connection, after, columns, _csv_ready(table, frame[columns]))
     connection.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-    for index, definition, constraint, constraint_definition in indexes:
+    for index, definition, constraint, constraint_definition in _indexes(connection, name):
         if constraint:
             connection.execute(text(f'ALTER TABLE "{after}" ADD CONSTRAINT '
                                     f'"{constraint}__next" {constraint_definition}'))
         else:
             renamed = f'\\g<1>"{index}__next" ON "{after}" '
             connection.execute(text(_INDEX_DEF.sub(renamed, definition, count=1)))
-    values = [c.name for c in table.columns if c.name not in keys]
-    match = " AND ".join(f'n."{k}" = o."{k}"' for k in keys)
-    differs = [f'n."{keys[0]}" IS NULL', f'o."{keys[0]}" IS NULL']
-    if values:
-        differs.append(f"({', '.join(f'n.{c}' for c in values)}) IS DISTINCT FROM "
-                       f"({', '.join(f'o.{c}' for c in values)})")
-    changed = int(connection.execute(text(
-        f'SELECT count(*) FROM "{after}" n FULL JOIN "{name}" o ON {match} '
-        f"WHERE {' OR '.join(differs)}")).scalar_one())
+
+
+def build_beside_in_parallel(
+    connection: Connection, jobs: Sequence[tuple[Table, pd.DataFrame]], workers: int = 2
+) -> list[Table]:
+    """``build_beside`` for each job, ``workers`` at a time, each committed on its own connection.
+
+    COPY and index builds are the database's work, one core per connection: on two
+    cores two tables build in about the time of one. Nothing is visible under the
+    tables' own names until ``swap_in`` runs in the caller's transaction; if a build
+    fails, every ``__next`` table is dropped and the error raised. Tables a foreign key
+    refers to are left out (returns the tables built). The caller's transaction must
+    not yet have locked a ``__next`` table or locked a table exclusively: the builders
+    would wait for it while it waits for them.
+    """
+    engine = connection.engine
+    chosen = [(t, f) for t, f in jobs if not _referenced(connection, t.name)]
+
+    def build(job: tuple[Table, pd.DataFrame]) -> None:
+        with engine.begin() as own:
+            build_beside(own, *job)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(build, chosen))
+    except BaseException:
+        with engine.begin() as own:
+            for table, _frame in chosen:
+                own.execute(text(f'DROP TABLE IF EXISTS "{table.name}__next"'))
+        raise
+    return [t for t, _f in chosen]
+
+
+def drop_beside(connection: Connection, tables: Sequence[Table]) -> None:
+    """Drop any ``<table>__next`` left by a build whose swap never committed."""
+    if is_postgres(connection):
+        for table in tables:
+            connection.execute(text(f'DROP TABLE IF EXISTS "{table.name}__next"'))
+
+
+def swap_in(connection: Connection, table: Table) -> int:
+    """Put ``<table>__next`` in the table's place if their rows differ; drop it otherwise.
+
+    Returns the rows inserted, updated or deleted, counted in one join as an upsert
+    would have (every table in the copy has a primary key).
+    """
+    name, after = table.name, f"{table.name}__next"
+    keys = [c.name for c in table.primary_key.columns]
+    if _is_empty(connection, table):
+        changed = int(connection.execute(text(f'SELECT count(*) FROM "{after}"')).scalar_one())
+    else:
+        values = [c.name for c in table.columns if c.name not in keys]
+        match = " AND ".join(f'n."{k}" = o."{k}"' for k in keys)
+        differs = [f'n."{keys[0]}" IS NULL', f'o."{keys[0]}" IS NULL']
+        if values:
+            differs.append(f"({', '.join(f'n.{c}' for c in values)}) IS DISTINCT FROM "
+                           f"({', '.join(f'o.{c}' for c in values)})")
+        changed = int(connection.execute(text(
+            f'SELECT count(*) FROM "{after}" n FULL JOIN "{name}" o ON {match} '
+            f"WHERE {' OR '.join(differs)}")).scalar_one())
     if changed == 0:
         connection.execute(text(f'DROP TABLE "{after}"'))
         return 0
+    indexes = _indexes(connection, name)
     connection.execute(text(f'DROP TABLE "{name}"'))
     connection.execute(text(f'ALTER TABLE "{after}" RENAME TO "{name}"'))
     for index, _definition, constraint, _constraint_definition in indexes:

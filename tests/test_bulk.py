@@ -175,3 +175,37 @@ def test_a_rebuild_that_fails_leaves_the_old_table_in_place(
     conn.rollback()
     assert _indexes(conn) == before
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
+
+
+def test_tables_built_in_parallel_swap_in_only_in_the_callers_transaction(
+    conn: Connection,
+) -> None:
+    table = _table()
+    bulk.insert_frame(conn, table, _frame(30))
+    conn.commit()
+    built = bulk.build_beside_in_parallel(conn, [(table, _frame(40))])
+    assert built == [table]
+    # Built and committed beside the table, but the table is what it was...
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
+    assert bulk.swap_in(conn, table) == 10
+    conn.rollback()  # ...and stays so when the caller's transaction does not commit.
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
+    bulk.drop_beside(conn, [_table()])  # what the next ETL run does first, and commits
+    conn.commit()
+    assert conn.execute(text(
+        "SELECT count(*) FROM pg_class WHERE relname = 'bulk_probe__next'")).scalar() == 0
+    bulk.build_beside_in_parallel(conn, [(table, _frame(40))])
+    assert bulk.swap_in(conn, table) == 10
+    conn.commit()
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 40
+
+
+def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Connection) -> None:
+    table = _table()
+    twice = pd.concat([_frame(20), _frame(20)], ignore_index=True)  # the key repeats
+    with pytest.raises(Exception, match=r"could not create unique index|duplicate key"):
+        bulk.build_beside_in_parallel(conn, [(table, _frame(10)), (table.to_metadata(
+            MetaData()), twice)])
+    conn.rollback()
+    assert conn.execute(text(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk_probe__next%'")).scalar() == 0
