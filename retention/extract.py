@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import psycopg
 from sqlalchemy import Connection, Date, DateTime, Engine, Float, Integer, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -124,7 +125,7 @@ def read_source(
             frames = extract(conn, mapping, since)
             conn.rollback()
         return frames, now
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, psycopg.Error) as exc:  # COPY talks to psycopg itself
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
         raise SourceUnavailable(f"the clinic database could not be read: {reason}") from exc
 

@@ -209,3 +209,24 @@ def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Conn
     conn.rollback()
     assert conn.execute(text(
         "SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk_probe__next%'")).scalar() == 0
+
+
+def test_reads_by_copy_share_the_transaction_they_open(pg_url: str) -> None:
+    """A COPY as a connection's first statement opens its transaction, so later reads see
+    the same snapshot even when another connection commits in between."""
+    engine = store_engine(pg_url)
+    with engine.connect() as setup:
+        _table().create(setup)
+        bulk.insert_frame(setup, _table(), _frame(5))
+        setup.commit()
+    reader = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    first = bulk.read_query(reader, "SELECT k FROM bulk_probe", ["k"])
+    with engine.connect() as writer:
+        writer.execute(text("DELETE FROM bulk_probe"))
+        writer.commit()
+    again = bulk.read_query(reader, "SELECT k FROM bulk_probe", ["k"])
+    assert len(first) == len(again) == 5
+    reader.rollback()
+    assert bulk.read_query(reader, "SELECT k FROM bulk_probe", ["k"]).empty
+    reader.close()
+    engine.dispose()
