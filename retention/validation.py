@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -389,6 +390,8 @@ def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
         (code,) = codes
         counts = np.bincount(code[code >= 0], minlength=int(code.max(initial=0)) + 1)
         return pd.Series((code >= 0) & (counts[np.maximum(code, 0)] > 1), index=raw.index)
+    if math.prod(int(part.max(initial=0)) + 2 for part in codes) >= 2**62:
+        return raw.duplicated(subset=keys, keep=False)  # codes too many to pack in one int
     combined = np.zeros(len(raw), dtype=np.int64)
     for part in codes:
         combined = combined * (int(part.max(initial=0)) + 2) + (part + 1)
