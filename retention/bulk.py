@@ -219,14 +219,14 @@ def sync_rows(
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns]
     compare = list(compare) if compare is not None else [c for c in columns if c not in keys]
-    whole = scope is None and scope_in is None and delete_missing
-    if whole and _is_empty(connection, table):
+    unscoped = scope is None and scope_in is None
+    if unscoped and _is_empty(connection, table):
         # A first load: nothing to compare with or delete, so no staging either.
         if is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS:
             return _load_then_index(connection, table, new[columns])
         return insert_frame(connection, table, new[columns])
-    if (whole and is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS
-            and set(compare) == set(columns) - set(keys)):
+    if (unscoped and delete_missing and is_postgres(connection)
+            and len(new) >= REBUILD_INDEXES_ROWS and set(compare) == set(columns) - set(keys)):
         return _rebuild(connection, table, new[columns], keys)
     staging = _temp_table(connection, table, "stage")
     try:
