@@ -186,10 +186,11 @@ def _python_column(series: pd.Series, sqltype: Any) -> list[Any]:
         return [int(v) if ok else None for v, ok in zip(series, present, strict=True)]
     if isinstance(sqltype, Float):
         return [float(v) if ok else None for v, ok in zip(series, present, strict=True)]
-    return [_plain(v) if ok else None for v, ok in zip(series, present, strict=True)]
+    return [plain(v) if ok else None for v, ok in zip(series, present, strict=True)]
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds; anything else as it is."""
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -222,12 +223,12 @@ def sync_rows(
     unscoped = scope is None and scope_in is None
     if unscoped and _is_empty(connection, table):
         # A first load: nothing to compare with or delete, so no staging either.
-        if is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS:
-            return _load_then_index(connection, table, new[columns])
+        if _rebuilds(connection, table, new):
+            return _rebuild(connection, table, new[columns])
         return insert_frame(connection, table, new[columns])
-    if (unscoped and delete_missing and is_postgres(connection)
-            and len(new) >= REBUILD_INDEXES_ROWS and set(compare) == set(columns) - set(keys)):
-        return _rebuild(connection, table, new[columns], keys)
+    if (unscoped and delete_missing and set(compare) == set(columns) - set(keys)
+            and _rebuilds(connection, table, new)):
+        return _rebuild(connection, table, new[columns])
     staging = _temp_table(connection, table, "stage")
     try:
         insert_frame(connection, staging, new[columns])
@@ -239,28 +240,11 @@ def sync_rows(
     return changed
 
 
-def _load_then_index(connection: Connection, table: Table, frame: pd.DataFrame) -> int:
-    """COPY into an empty table with its indexes dropped, then build them again.
-
-    One sorted build of each b-tree is several times faster than growing it row by
-    row through millions of inserts. Inside the caller's transaction, so a failed
-    load rolls the indexes back with it. Tables that a foreign key refers to are
-    loaded as they are.
-    """
-    name = table.name
-    if _referenced(connection, name):
-        return insert_frame(connection, table, frame)
-    indexes = _indexes(connection, name)
-    for index, _definition, constraint, _constraint_definition in indexes:
-        connection.execute(text(f'ALTER TABLE "{name}" DROP CONSTRAINT "{constraint}"'
-                                if constraint else f'DROP INDEX "{index}"'))
-    loaded = insert_frame(connection, table, frame)
-    connection.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-    for _index, definition, constraint, constraint_definition in indexes:
-        connection.execute(text(
-            f'ALTER TABLE "{name}" ADD CONSTRAINT "{constraint}" {constraint_definition}'
-            if constraint else definition))
-    return loaded
+def _rebuilds(connection: Connection, table: Table, new: pd.DataFrame) -> bool:
+    """Whether syncing ``new`` into the whole table is done by ``_rebuild``: on PostgreSQL,
+    for loads large enough, into tables no foreign key refers to."""
+    return (is_postgres(connection) and len(new) >= REBUILD_INDEXES_ROWS
+            and not _referenced(connection, table.name))
 
 
 def _indexes(connection: Connection, name: str) -> list[tuple[str, str, str | None, str | None]]:
@@ -280,18 +264,17 @@ def _referenced(connection: Connection, name: str) -> bool:
         {"t": name}).first() is not None
 
 
-def _rebuild(connection: Connection, table: Table, frame: pd.DataFrame, keys: list[str]) -> int:
+def _rebuild(connection: Connection, table: Table, frame: pd.DataFrame) -> int:
     """Replace a whole table's rows with ``frame`` by building the new table beside it.
 
     Upserting millions of rows into a table that holds them (the weekly full reload)
-    touches every row and index entry, changed or not. Instead the rows go into a
-    new table, its indexes are built once, the two are compared in one join, and the
-    new one takes the old one's place only if they differ. All in the caller's
-    transaction: a failure leaves the old table as it was. Returns the rows
-    inserted, updated or deleted, as the upsert would have.
+    touches every row and index entry, changed or not, and a first load that grows
+    its b-trees row by row is several times slower than building each once. Instead
+    the rows go into a new table, its indexes are built once after them, the two are
+    compared in one join, and the new one takes the old one's place only if they
+    differ. All in the caller's transaction: a failure leaves the old table as it
+    was. Returns the rows inserted, updated or deleted, as the upsert would have.
     """
-    if _referenced(connection, table.name):
-        return _upsert_whole(connection, table, frame, keys)
     build_beside(connection, table, frame)
     return swap_in(connection, table)
 
@@ -343,8 +326,7 @@ def build_beside_in_parallel(
             list(pool.map(build, chosen))
     except BaseException:
         with engine.begin() as own:
-            for table, _frame in chosen:
-                own.execute(text(f'DROP TABLE IF EXISTS "{table.name}__next"'))
+            drop_beside(own, [t for t, _f in chosen])
         raise
     return [t for t, _f in chosen]
 
@@ -391,20 +373,6 @@ def swap_in(connection: Connection, table: Table) -> int:
 
 
 _INDEX_DEF = re.compile(r"^(CREATE (?:UNIQUE )?INDEX )\S+ ON \S+ ")
-
-
-def _upsert_whole(connection: Connection, table: Table, frame: pd.DataFrame,
-                  keys: list[str]) -> int:
-    columns = [c.name for c in table.columns]
-    staging = _temp_table(connection, table, "stage")
-    try:
-        insert_frame(connection, staging, frame)
-        changed = _upsert(connection, table, staging.name, keys, columns,
-                          [c for c in columns if c not in keys])
-        changed += _delete_missing(connection, table, staging.name, keys, None, None)
-    finally:
-        staging.drop(connection)
-    return changed
 
 
 def _is_empty(connection: Connection, table: Table) -> bool:

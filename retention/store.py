@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Boolean,
@@ -285,7 +284,7 @@ def write_features(
     records = []
     for episode_id, m, v in zip(frame.index, meta.itertuples(index=False, name=None),
                                 rows, strict=True):
-        payload = dict(zip(names, map(_json_value, v), strict=True))
+        payload = dict(zip(names, map(bulk.plain, v), strict=True))
         records.append({
             "as_of": as_of,
             "episode_id": str(episode_id),
@@ -316,14 +315,6 @@ def read_features(
     frame = pd.DataFrame([[getattr(r, m) for m in meta] for r in rows], columns=meta)
     frame = pd.concat([frame, values[list(feature_names)]], axis=1)
     return frame.set_index("episode_id", drop=False).rename_axis(None)
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float | int | None):  # the common case first: a float, an int, None
-        return None if v != v else v
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 # --- scores and publication ---------------------------------------------------------
