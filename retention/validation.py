@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from retention import contract, ids
 from retention.clinic_data import bool_from_text
@@ -379,8 +377,8 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 
 def _with(known: pd.Index, read: pd.Series) -> pd.Index:
     """Ids the store holds together with those read (just those read on a full reload)."""
-    ids = pd.Index(read.dropna())
-    return ids if known.empty else known.union(ids)
+    read_ids = pd.Index(read.dropna())
+    return read_ids if known.empty else known.union(read_ids)
 
 
 def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -408,15 +406,6 @@ def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def _codes(values: pd.Series) -> np.ndarray:
     """Dense integer codes of the values (-1 for missing)."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        return np.asarray(values.cat.codes, dtype=np.int64)
-    if isinstance(values.dtype, pd.StringDtype):
-        text = pa.array(values)
-        if isinstance(text, pa.ChunkedArray):
-            text = text.combine_chunks()
-        encoded = pc.dictionary_encode(text)
-        return np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False),
-                          dtype=np.int64)
     return np.asarray(pd.factorize(values)[0], dtype=np.int64)
 
 
