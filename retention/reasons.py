@@ -235,7 +235,7 @@ def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict
     measures = measures_before(data.measures, index, as_of)
     items = _light(srs_item_frame(measures, data.items))
     by_slots, by_ahead, by_measures = (_by_episode(f) for f in (slots, ahead, measures))
-    empty = {name: _light(f.iloc[0:0].drop(columns=[c for c in UNREAD if c in f.columns]))
+    empty = {name: _narrow(f.iloc[0:0])
              for name, f in (("slots", slots), ("ahead", ahead), ("measures", measures))}
     out = {}
     for eid in index:
@@ -258,8 +258,13 @@ UNREAD = ("episode_id", "client_id", "booked_at", "clinician_id", "updated_at")
 def _by_episode(frame: pd.DataFrame) -> dict[Any, pd.DataFrame]:
     """One frame per episode, in the frame's order, holding the columns phrasers read."""
     groups = frame.groupby("episode_id", sort=False, observed=True).indices
-    narrow = _light(frame.drop(columns=[c for c in UNREAD if c in frame.columns]))
+    narrow = _narrow(frame)
     return {eid: narrow.iloc[positions] for eid, positions in groups.items()}
+
+
+def _narrow(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns phrasers read, text as plain Python strings."""
+    return _light(frame.drop(columns=[c for c in UNREAD if c in frame.columns]))
 
 
 def _light(frame: pd.DataFrame) -> pd.DataFrame:

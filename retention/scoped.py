@@ -99,7 +99,7 @@ def scoped_frames(
         measures_sql = (
             f"WITH open_ep AS ({_OPEN}) SELECT {_cols('alliance_measures', 'm')}"
             f" FROM open_ep o CROSS JOIN (VALUES {latest}) AS k(instrument, rater, n)"
-            " CROSS JOIN LATERAL (SELECT * FROM clinic_alliance_measures x"
+            f" CROSS JOIN LATERAL (SELECT * FROM {P}alliance_measures x"
             "  WHERE x.episode_id = o.episode_id AND x.instrument = k.instrument"
             "   AND x.rater = k.rater AND x.administered_at < :cut"
             "   AND (k.instrument = 'WAI-SR' OR x.score_total IS NOT NULL)"
