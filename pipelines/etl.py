@@ -85,7 +85,7 @@ def run_etl(
             since[table] = None if full or mark is None else mark - overlap
         run.detail["full"] = full
         watch = Stopwatch(run.detail.setdefault("seconds", {}))
-        raw, clock = read_source(source, etl.mapping, since)
+        raw, clock = read_source(source, etl.mapping, since, etl.source_connections)
         watch.lap("extract")
         run.rows_read = sum(len(f) for f in raw.values())
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,

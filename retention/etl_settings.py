@@ -82,6 +82,9 @@ class EtlSettings:
     retry_attempts: int = 3
     retry_delay_seconds: float = 300.0
     retry_backoff: float = 3.0
+    # Connections that read the clinic's PostgreSQL at once, all in one snapshot: the
+    # server writes two tables' COPY on two cores. 1 reads one table after another.
+    source_connections: int = 2
     # Reasons (per-feature contributions, about 100 times the cost of a prediction, and
     # about 15 ms of wording per episode) are computed where a case manager reads them:
     # the top of the whole list and the top of each case manager's caseload.
@@ -131,9 +134,11 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
     if not 0 <= out.max_quarantine_share <= 1:
         raise ConfigError("[etl] max_quarantine_share must be between 0 and 1")
     if (out.overlap_minutes < 0 or out.retry_attempts < 1 or out.reasons_top_n < 1
-            or out.reasons_per_caseload < 0 or out.reasons_workers < 1):
+            or out.reasons_per_caseload < 0 or out.reasons_workers < 1
+            or out.source_connections < 1):
         raise ConfigError("[etl] overlap_minutes and reasons_per_caseload must be >= 0; "
-                          "retry_attempts, reasons_top_n and reasons_workers >= 1")
+                          "retry_attempts, reasons_top_n, reasons_workers and "
+                          "source_connections >= 1")
     if out.lookback_days < 91:
         raise ConfigError("[etl] lookback_days must be at least 91 (features look 90 days back)")
     return out

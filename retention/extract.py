@@ -9,6 +9,11 @@ them. Nothing here writes.
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -71,14 +76,56 @@ def extract(
     connection: Connection,
     mapping: SourceMapping,
     since: dict[str, datetime | None],
+    others: Sequence[Connection] = (),
 ) -> dict[str, pd.DataFrame]:
     """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
 
     ``alliance_items`` are read for the measures read (an item has no updated_at of
     its own: items change with their measure), and appointments also for the
-    episodes read. A missing optional table reads empty.
+    episodes read. A missing optional table reads empty. ``others`` are connections
+    in the same snapshot as ``connection`` (``shared_snapshot``): tables are then
+    read side by side, largest first, one per connection at a time.
     """
+    frames, reads = _reads(connection, mapping, since)
+    if not others:
+        for table, sql, params in reads:
+            frames[table] = _read(connection, mapping, table, sql, params)
+        return {t: frames[t] for t in contract.TABLES}
+    pending = sorted(reads, key=lambda r: READ_COST[r[0]], reverse=True)
+    lock = threading.Lock()
+
+    def work(conn: Connection) -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                table, sql, params = pending.pop(0)
+            try:
+                frames[table] = _read(conn, mapping, table, sql, params)
+            except BaseException:
+                with lock:
+                    pending.clear()  # the run fails: the other readers stop after theirs
+                raise
+
+    # COPY waits for the server and parses in Arrow without the GIL: threads overlap.
+    with ThreadPoolExecutor(max_workers=1 + len(others)) as pool:
+        for done in [pool.submit(work, c) for c in (connection, *others)]:
+            done.result()
+    return {t: frames[t] for t in contract.TABLES}
+
+
+# Relative size of a full read of each table (rows times columns at a year of history):
+# the largest start first so the connections finish together.
+READ_COST = {"alliance_items": 41, "appointments": 66, "alliance_measures": 36,
+             "episodes": 1, "clients": 1}
+
+
+def _reads(
+    connection: Connection, mapping: SourceMapping, since: dict[str, datetime | None]
+) -> tuple[dict[str, pd.DataFrame], list[tuple[str, str, dict[str, Any]]]]:
+    """Empty frames for the optional tables that are missing, and a query for each other."""
     frames: dict[str, pd.DataFrame] = {}
+    reads = []
     existing = None
     for table in contract.TABLES:
         if table in contract.OPTIONAL_TABLES and not mapping.is_mapped(table):
@@ -104,30 +151,60 @@ def extract(
                        "WHERE m.updated_at >= :since"
             sql += f" WHERE src.measure_id IN ({measures})"
             params["since"] = since["alliance_measures"]
-        frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
-        frames[table] = mapping.apply_codes(table, frame)
-    return frames
+        reads.append((table, sql, params))
+    return frames, reads
+
+
+def _read(connection: Connection, mapping: SourceMapping, table: str, sql: str,
+          params: dict[str, Any]) -> pd.DataFrame:
+    frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
+    return mapping.apply_codes(table, frame)
 
 
 def read_source(
-    engine: Engine, mapping: SourceMapping, since: dict[str, datetime | None]
+    engine: Engine,
+    mapping: SourceMapping,
+    since: dict[str, datetime | None],
+    connections: int = 1,
 ) -> tuple[dict[str, pd.DataFrame], datetime]:
     """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
 
-    Any failure to reach or read the database becomes ``SourceUnavailable``.
+    On PostgreSQL up to ``connections`` connections read at once, all in the first
+    one's snapshot. Any failure to reach or read the database becomes
+    ``SourceUnavailable``.
     """
     try:
         options: dict[str, Any] = {}
         if engine.dialect.name == "postgresql":
             options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        with engine.connect().execution_options(**options) as conn:
+        with ExitStack() as stack:
+            conn = stack.enter_context(engine.connect().execution_options(**options))
             now = source_clock(conn)
-            frames = extract(conn, mapping, since)
-            conn.rollback()
+            others = []
+            if engine.dialect.name == "postgresql" and connections > 1:
+                snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+                for _ in range(connections - 1):
+                    other = stack.enter_context(engine.connect().execution_options(**options))
+                    shared_snapshot(other, str(snapshot))
+                    others.append(other)
+            frames = extract(conn, mapping, since, others)
+            for c in (conn, *others):
+                c.rollback()
         return frames, now
     except (SQLAlchemyError, OSError, psycopg.Error) as exc:  # COPY talks to psycopg itself
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
         raise SourceUnavailable(f"the clinic database could not be read: {reason}") from exc
+
+
+def shared_snapshot(connection: Connection, snapshot: str) -> None:
+    """Start ``connection``'s transaction in an exported snapshot (``pg_export_snapshot``):
+    it then sees exactly what the exporting transaction sees, no later commit."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
 
 def source_clock(connection: Connection) -> datetime:

@@ -1,0 +1,97 @@
+"""Reading the clinic's PostgreSQL on several connections: one snapshot, the same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pytest
+from sqlalchemy import Connection
+
+from retention import contract, extract
+from retention.db import source_engine
+from retention.etl_settings import SourceMapping
+from tests.sources import AS_OF, Source, appointment
+
+EVERYTHING: dict[str, datetime | None] = {t: None for t in extract.INCREMENTAL}
+
+
+@pytest.fixture
+def source(pg_url: str) -> Iterator[Source]:
+    src = Source.synthetic(pg_url, n_clients=120, seed=3)
+    yield src
+    src.dispose()
+
+
+def read(src: Source, connections: int,
+         mapping: SourceMapping | None = None) -> dict[str, pd.DataFrame]:
+    engine = source_engine(src.url)
+    try:
+        return extract.read_source(engine, mapping or SourceMapping(), EVERYTHING, connections)[0]
+    finally:
+        engine.dispose()
+
+
+def sorted_frame(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    keys = [c.name for c in contract.TABLES[table].primary_key.columns]
+    return frame.astype(str).sort_values(keys).reset_index(drop=True)
+
+
+def test_reading_on_several_connections_gives_the_rows_one_connection_gives(
+        source: Source) -> None:
+    one, three = read(source, 1), read(source, 3)
+    assert list(one) == list(three) == list(contract.TABLES)
+    for table in contract.TABLES:
+        assert len(one[table]) == source.count(table) > 0
+        pd.testing.assert_frame_equal(sorted_frame(table, one[table]),
+                                      sorted_frame(table, three[table]))
+
+
+def test_every_connection_reads_the_snapshot_of_the_first(
+        source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows committed while the readers start are seen by none of them."""
+    episode = source.rows("episodes", {"episode_id": source.open_episode_ids()[0]})[0]
+    client = source.rows("clients", {"client_id": episode["client_id"]})[0]
+    later = datetime.combine(AS_OF, datetime.min.time()) + timedelta(hours=9)
+    real = extract.shared_snapshot
+    written: list[bool] = []
+
+    def commit_first(connection: Connection, snapshot: str) -> None:
+        if not written:  # another system writes to every table after the export
+            written.append(True)
+            write_late_rows()
+        real(connection, snapshot)
+
+    def write_late_rows() -> None:
+        source.insert("clients", [{**client, "client_id": "LATE-C"}])
+        source.insert("episodes", [{**episode, "episode_id": "LATE-E", "client_id": "LATE-C"}])
+        source.insert("appointments", [appointment("LATE-A", episode, later)])
+        source.insert("alliance_measures", [{
+            "measure_id": "LATE-M", "episode_id": episode["episode_id"],
+            "client_id": episode["client_id"], "appointment_id": None, "instrument": "SRS",
+            "rater": "client", "administered_at": later, "score_total": 30, "goal": None,
+            "task": None, "bond": None, "updated_at": later}])
+        source.insert("alliance_items", [{"measure_id": "LATE-M", "item_number": 1,
+                                          "response": 7}])
+
+    monkeypatch.setattr(extract, "shared_snapshot", commit_first)
+    frames = read(source, 3)
+    assert written
+    for table, key in (("clients", "client_id"), ("episodes", "episode_id"),
+                       ("appointments", "appointment_id"), ("alliance_measures", "measure_id"),
+                       ("alliance_items", "measure_id")):
+        assert not frames[table][key].astype(str).str.startswith("LATE").any(), table
+    # The rows are there for the next read.
+    assert (read(source, 3)["appointments"]["appointment_id"] == "LATE-A").sum() == 1
+
+
+def test_a_failed_read_on_any_connection_fails_the_extract(source: Source) -> None:
+    broken = SourceMapping(queries={"alliance_items": "SELECT * FROM no_such_table"})
+    with pytest.raises(extract.SourceUnavailable, match="no_such_table"):
+        read(source, 2, broken)
+
+
+def test_a_snapshot_id_is_checked_before_it_reaches_sql() -> None:
+    with pytest.raises(ValueError, match="not a snapshot id"):
+        extract.shared_snapshot(None, "1'; DROP TABLE clients; --")  # type: ignore[arg-type]
