@@ -10,9 +10,11 @@ suggested next step for that family.
 
 from __future__ import annotations
 
+import calendar
+import itertools
 import math
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -26,6 +28,7 @@ from retention.clinic_data import ClinicData, as_timestamp
 from retention.features import spec
 from retention.features.alliance import measures_before, wai_item_mean
 from retention.features.attendance import booked_ahead, past_slots
+from retention.ids import positions
 from retention.instruments import SRS_CUTOFF, srs_item_frame
 
 MAX_SENTENCE = 120
@@ -106,16 +109,64 @@ class Explanation:
     protective: list[Reason]
 
 
+class Rows:
+    """Some rows of one table as named numpy columns of equal length, in a set order.
+
+    An episode has a few dozen rows that each phraser filters several times: on numpy
+    columns a filter costs a microsecond or two, on a small Arrow-backed DataFrame a
+    tenth of a millisecond.
+    """
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Mapping[str, np.ndarray]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self)} rows of {', '.join(self.columns)})"
+
+    @property
+    def empty(self) -> bool:
+        return len(self) == 0
+
+    def where(self, mask: np.ndarray) -> Rows:
+        """The rows where ``mask`` holds, in the same order."""
+        return Rows({name: values[mask] for name, values in self.columns.items()})
+
+    def tail(self, n: int) -> Rows:
+        """The last ``n`` rows, or all of them when there are fewer."""
+        start = max(len(self) - n, 0)
+        return Rows({name: values[start:] for name, values in self.columns.items()})
+
+    def row(self, position: int) -> dict[str, Any]:
+        """One row by column name; ``-1`` is the last."""
+        return {name: values[position] for name, values in self.columns.items()}
+
+    def isin(self, name: str, values: Collection[str]) -> np.ndarray:
+        """Where column ``name`` holds one of ``values``."""
+        column = self.columns[name]
+        return np.fromiter(map(frozenset(values).__contains__, column), bool, len(column))
+
+    def ids(self, name: str) -> list[str]:
+        """Column ``name`` as a list, the evidence a phrase cites."""
+        return list(self.columns[name])
+
+
 @dataclass(frozen=True)
 class History:
     """The rows of one episode known at the as-of date, for wording and evidence."""
 
     as_of: date
     episode: Mapping[str, Any]
-    slots: pd.DataFrame  # scheduled before as_of, oldest first
-    ahead: pd.DataFrame  # booked at as_of for later, soonest first
-    measures: pd.DataFrame  # administered before as_of, oldest first
-    srs_items: pd.DataFrame  # SRS/GSRS items by measure id
+    slots: Rows  # scheduled before as_of, oldest first
+    ahead: Rows  # booked at as_of for later, soonest first
+    measures: Rows  # administered before as_of, oldest first; see _with_item_scores
 
 
 @dataclass(frozen=True)
@@ -223,55 +274,64 @@ def _sigmoid(x: float) -> float:
 
 
 def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict[str, History]:
-    """The rows behind each episode's reasons, grouped once for all episodes."""
+    """The rows behind each episode's reasons, selected and sorted once for all episodes."""
     index = pd.Index(episode_ids)
-    episodes = data.episodes.set_index("episode_id").loc[index]
-    slots = past_slots(data.appointments, index, as_of).sort_values(
-        ["scheduled_at", "appointment_id"]
-    )
-    ahead = booked_ahead(data.appointments, index, as_of).sort_values(
-        ["scheduled_at", "appointment_id"]
-    )
-    measures = measures_before(data.measures, index, as_of)
-    items = _light(srs_item_frame(measures, data.items))
-    by_slots, by_ahead, by_measures = (_by_episode(f) for f in (slots, ahead, measures))
-    empty = {name: _narrow(f.iloc[0:0])
-             for name, f in (("slots", slots), ("ahead", ahead), ("measures", measures))}
-    out = {}
-    for eid in index:
-        out[str(eid)] = History(
-            as_of=as_of,
-            episode={str(k): v for k, v in episodes.loc[eid].items()},
-            slots=by_slots.get(eid, empty["slots"]),
-            ahead=by_ahead.get(eid, empty["ahead"]),
-            measures=by_measures.get(eid, empty["measures"]),
-            srs_items=items,
-        )
-    return out
+    episodes = data.episodes.set_index("episode_id").loc[index].to_dict("records")
+    by_time = ["scheduled_at", "appointment_id"]
+    slots = _by_episode(past_slots(data.appointments, index, as_of), index, by_time,
+                        SLOT_COLUMNS)
+    ahead = _by_episode(booked_ahead(data.appointments, index, as_of), index, by_time,
+                        AHEAD_COLUMNS)
+    measures = _by_episode(
+        _with_item_scores(measures_before(data.measures, index, as_of), data.items), index,
+        ["administered_at", "measure_id"], MEASURE_COLUMNS)
+    return {
+        str(eid): History(as_of, {str(k): v for k, v in episode.items()}, s, a, m)
+        for eid, episode, s, a, m in zip(index, episodes, slots, ahead, measures, strict=True)
+    }
 
 
-# Columns no phraser reads: each episode's frames are filtered many times, and every
-# filter copies every column.
-UNREAD = ("episode_id", "client_id", "booked_at", "clinician_id", "updated_at")
+# The columns phrasers read.
+SLOT_COLUMNS = ("appointment_id", "scheduled_at", "status", "days_ago", "telehealth",
+                "service_type")
+AHEAD_COLUMNS = ("appointment_id", "scheduled_at", "days_ahead")
+MEASURE_COLUMNS = ("measure_id", "instrument", "rater", "administered_at", "score_total",
+                   "goal", "task", "bond", "wai_item_mean",
+                   "srs_relationship", "srs_goals", "srs_approach")
 
 
-def _by_episode(frame: pd.DataFrame) -> dict[Any, pd.DataFrame]:
-    """One frame per episode, in the frame's order, holding the columns phrasers read."""
-    groups = frame.groupby("episode_id", sort=False, observed=True).indices
-    narrow = _narrow(frame)
-    return {eid: narrow.iloc[positions] for eid, positions in groups.items()}
+def _with_item_scores(measures: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Measures with their SRS/GSRS item responses and WAI-SR mean item score as columns.
+
+    Worked out once for all episodes; an item not recorded, or a measure without
+    items, reads as NaN.
+    """
+    wide = srs_item_frame(measures, items).add_prefix("srs_")
+    scored = measures.join(wide, on="measure_id")
+    scored["wai_item_mean"] = wai_item_mean(measures)
+    return scored
 
 
-def _narrow(frame: pd.DataFrame) -> pd.DataFrame:
-    """The columns phrasers read, text as plain Python strings."""
-    return _light(frame.drop(columns=[c for c in UNREAD if c in frame.columns]))
+def _by_episode(frame: pd.DataFrame, index: pd.Index, order: list[str],
+                columns: Sequence[str]) -> list[Rows]:
+    """Each episode's rows of ``frame`` (in ``index`` order), sorted by ``order``.
+
+    One sort for all episodes, then each episode's rows are one slice of each column.
+    """
+    ordered = frame.sort_values(order)
+    episode = positions(ordered["episode_id"], index)
+    by_episode = np.argsort(episode, kind="stable")
+    bounds = np.searchsorted(episode[by_episode], np.arange(len(index) + 1))
+    arrays = {name: _array(ordered[name])[by_episode] for name in columns}
+    return [Rows({name: values[start:stop] for name, values in arrays.items()})
+            for start, stop in itertools.pairwise(bounds.tolist())]
 
 
-def _light(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as plain Python strings: on a few rows, a numpy take is several
-    times cheaper than an Arrow one."""
-    text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
-    return frame.astype(dict.fromkeys(text, object)) if text else frame
+def _array(column: pd.Series) -> np.ndarray:
+    """A column as numpy: text as Python strings, which compare fastest on a few rows."""
+    if isinstance(column.dtype, pd.StringDtype | pd.CategoricalDtype):
+        return column.to_numpy(dtype=object)
+    return column.to_numpy()
 
 
 # --- wording -----------------------------------------------------------------------
@@ -280,7 +340,8 @@ def _light(frame: pd.DataFrame) -> pd.DataFrame:
 def day_text(ts: Any) -> str:
     """A date as a case manager writes it: '3 Mar'."""
     d = pd.Timestamp(ts)
-    return f"{d.day} {d:%b}"
+    # The month as '%b' writes it; formatting the Timestamp itself costs twice as much.
+    return f"{d.day} {calendar.month_abbr[d.month]}"
 
 
 def days_list(stamps: Sequence[Any], most: int = 3) -> str:
@@ -309,9 +370,9 @@ def score_text(x: float) -> str:
     return f"{x:.1f}".removesuffix(".0")
 
 
-def _recent_facing(h: History, days: int) -> pd.DataFrame:
+def _recent_facing(h: History, days: int) -> Rows:
     s = h.slots
-    return s[(s["days_ago"] <= days) & s["status"].isin(contract.CLIENT_STATUSES)]
+    return s.where((s["days_ago"] <= days) & s.isin("status", contract.CLIENT_STATUSES))
 
 
 def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phrase:
@@ -319,13 +380,11 @@ def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phras
     days, span = (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
     facing = _recent_facing(h, days)
     n = len(facing)
-    missed = facing[facing["status"].isin(contract.MISSED_STATUSES)]
-    cancelled = facing[facing["status"] == "cancelled_by_client"]
-    attended = facing[facing["status"] == "attended"]
+    missed = facing.where(facing.isin("status", contract.MISSED_STATUSES))
     if raises and len(missed):
         parts = []
         for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation")):
-            rows = missed[missed["status"] == status]
+            rows = missed.where(missed["status"] == status)
             if len(rows):
                 on = days_list(list(rows["scheduled_at"]))
                 parts.append(f"{plural(len(rows), word)} on {on}")
@@ -333,37 +392,40 @@ def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phras
         if len(text) > MAX_SENTENCE:
             counts = [p.split(" on ")[0] for p in parts]
             text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(counts)
-        return Phrase("MISSED_SESSIONS", text, list(missed["appointment_id"]))
+        return Phrase("MISSED_SESSIONS", text, missed.ids("appointment_id"))
+    cancelled = facing.where(facing["status"] == "cancelled_by_client")
     if raises and len(cancelled):
         return Phrase(
             "CLIENT_CANCELLED",
             f"Cancelled {len(cancelled)} of {n} sessions in the last {span}, on "
             f"{days_list(list(cancelled['scheduled_at']))}",
-            list(cancelled["appointment_id"]),
+            cancelled.ids("appointment_id"),
         )
     if n == 0:
         return Phrase("NO_SESSIONS", f"No sessions were scheduled in the last {span}")
+    attended = facing.where(facing["status"] == "attended")
     if not raises and len(attended) == n:
         what = f"all {n} sessions" if n > 1 else "the one session"
         return Phrase(
             "ATTENDED_ALL",
             f"Attended {what} scheduled in the last {span}",
-            list(attended["appointment_id"]),
+            attended.ids("appointment_id"),
         )
     return Phrase(
         "ATTENDANCE",
         f"Attended {len(attended)} of {n} sessions scheduled in the last {span}",
-        list(facing["appointment_id"]),
+        facing.ids("appointment_id"),
     )
 
 
 def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
     """Time since last attended, the current run of misses, and what is booked."""
-    attended = h.slots[h.slots["status"] == "attended"]
-    last = attended.iloc[-1] if len(attended) else None
+    s = h.slots
+    attended = np.flatnonzero(s["status"] == "attended")
+    last = s.row(attended[-1]) if len(attended) else None
     since = last["scheduled_at"] if last is not None else None
-    after = h.slots if since is None else h.slots[h.slots["scheduled_at"] > since]
-    streak = after[after["status"].isin(contract.MISSED_STATUSES)]
+    missed = s.isin("status", contract.MISSED_STATUSES)
+    streak = s.where(missed if since is None else missed & (s["scheduled_at"] > since))
     last_ids = [str(last["appointment_id"])] if last is not None else []
     # Calendar days, as the date beside them reads: a session yesterday is 1 day ago.
     if since is None:
@@ -373,20 +435,20 @@ def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
     else:
         ago = plural(calendar_days(since, h.as_of), "day")
         last_text = f"last attended {ago} ago, on {day_text(since)}"
-    soon = h.ahead[h.ahead["days_ahead"] < 14]
+    soon = np.count_nonzero(h.ahead["days_ahead"] < 14)
     if raises:
         if lead == "consecutive_misses" and len(streak):
             return Phrase(
                 "CONSECUTIVE_MISSES",
                 (f"Missed the last {len(streak)} sessions in a row; {last_text}"
                  if len(streak) > 1 else f"Missed the last session; {last_text}"),
-                list(streak["appointment_id"]) + last_ids,
+                streak.ids("appointment_id") + last_ids,
             )
         if lead in ("booked_next_14d", "days_to_next_booked"):
-            if len(soon) == 0 and len(h.ahead) == 0:
+            if soon == 0 and len(h.ahead) == 0:
                 return Phrase("NOTHING_BOOKED", f"Nothing booked ahead; {last_text}", last_ids)
-            if len(soon) == 0:
-                nxt = h.ahead.iloc[0]
+            if soon == 0:
+                nxt = h.ahead.row(0)
                 return Phrase(
                     "NEXT_BOOKING_FAR",
                     "No session in the next 2 weeks; next booked on "
@@ -396,20 +458,19 @@ def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
         text = last_text[0].upper() + last_text[1:]
         if len(h.ahead) == 0:
             text += "; nothing booked ahead"
-        return Phrase("NO_RECENT_ATTENDANCE", text, list(streak["appointment_id"]) + last_ids)
+        return Phrase("NO_RECENT_ATTENDANCE", text, streak.ids("appointment_id") + last_ids)
     text = last_text[0].upper() + last_text[1:]
     if len(h.ahead):
-        nxt = h.ahead.iloc[0]
+        nxt = h.ahead.row(0)
         text += f"; next session booked for {day_text(nxt['scheduled_at'])}"
         return Phrase("ENGAGED", text, [*last_ids, str(nxt["appointment_id"])])
     return Phrase("ENGAGED", text, last_ids)
 
 
-def _rated(h: History, instrument: str, rater: str = "client") -> pd.DataFrame:
+def _rated(h: History, instrument: str, rater: str = "client") -> Rows:
     m = h.measures
-    return m[(m["instrument"] == instrument) & (m["rater"] == rater)].dropna(
-        subset=["score_total"]
-    )
+    return m.where((m["instrument"] == instrument) & (m["rater"] == rater)
+                   & ~np.isnan(m["score_total"]))
 
 
 def phrase_alliance_rupture(h: History, lead: str, raises: bool) -> Phrase:
@@ -420,10 +481,10 @@ def phrase_alliance_rupture(h: History, lead: str, raises: bool) -> Phrase:
     rated = _rated(h, instrument)
     if rated.empty:
         return Phrase(f"{instrument}_NONE", f"No {label} recorded yet")
-    latest = rated.iloc[-1]
+    latest = rated.row(-1)
     when = day_text(latest["administered_at"])
     if lead.endswith("_change") and len(rated) >= 2:
-        prev = rated.iloc[-2]
+        prev = rated.row(-2)
         a, b = score_text(prev["score_total"]), score_text(latest["score_total"])
         verb = "fell" if latest["score_total"] < prev["score_total"] else (
             "rose" if latest["score_total"] > prev["score_total"] else "stayed"
@@ -435,11 +496,11 @@ def phrase_alliance_rupture(h: History, lead: str, raises: bool) -> Phrase:
         return Phrase(f"{instrument}_CHANGE", text, measure_ids=ids)
     if lead == "srs_below_cutoff_last3":
         last3 = rated.tail(3)
-        below = last3[last3["score_total"] < SRS_CUTOFF]
+        below = int(np.count_nonzero(last3["score_total"] < SRS_CUTOFF))
         return Phrase(
             "SRS_BELOW_36_REPEATED",
-            f"{len(below)} of the last {len(last3)} session ratings (SRS) were below 36",
-            measure_ids=list(last3["measure_id"]),
+            f"{below} of the last {len(last3)} session ratings (SRS) were below 36",
+            measure_ids=last3.ids("measure_id"),
         )
     score = float(latest["score_total"])
     side = "below" if score < SRS_CUTOFF else "at or above"
@@ -463,12 +524,12 @@ def _phrase_srs_item(h: History, lead: str) -> Phrase:
     rated = _rated(h, "SRS")
     if rated.empty:
         return Phrase("SRS_NONE", "No session rating (SRS) recorded yet")
-    latest = rated.iloc[-1]
+    latest = rated.row(-1)
     mid = latest["measure_id"]
-    if mid not in h.srs_items.index or pd.isna(h.srs_items.loc[mid, item]):
+    value = float(latest[f"srs_{item}"])
+    if math.isnan(value):
         return Phrase("SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores",
                       measure_ids=[mid])
-    value = float(h.srs_items.loc[mid, item])
     return Phrase(
         f"SRS_{item.upper()}",
         f"Rated {words} {score_text(value)} of 10 on the session rating (SRS) of "
@@ -477,12 +538,17 @@ def _phrase_srs_item(h: History, lead: str) -> Phrase:
     )
 
 
+def _wai(h: History, rater: str) -> Rows:
+    m = h.measures
+    return m.where((m["instrument"] == "WAI-SR") & (m["rater"] == rater))
+
+
 def _phrase_wai(h: History, rater: str, scale: str) -> Phrase:
-    wai = h.measures[(h.measures["instrument"] == "WAI-SR") & (h.measures["rater"] == rater)]
+    wai = _wai(h, rater)
     who = "Client" if rater == "client" else "Therapist"
     if wai.empty:
         return Phrase("WAI_NONE", f"No {rater}-rated working alliance (WAI-SR) recorded yet")
-    latest = wai.iloc[-1]
+    latest = wai.row(-1)
     if pd.isna(latest[scale]):
         return Phrase(
             "WAI_UNSCORED",
@@ -512,12 +578,11 @@ def phrase_alliance_item(h: History, lead: str, raises: bool) -> Phrase:
 
 def phrase_rater_gap(h: History, lead: str, raises: bool) -> Phrase:
     """Client and therapist rating the working alliance differently."""
-    wai = h.measures[h.measures["instrument"] == "WAI-SR"]
-    latest = {r: wai[wai["rater"] == r].tail(1) for r in ("client", "therapist")}
-    if any(v.empty for v in latest.values()):
+    client, therapist = _wai(h, "client"), _wai(h, "therapist")
+    if client.empty or therapist.empty:
         return Phrase("WAI_PAIR_NONE", "No client and therapist working alliance (WAI-SR) pair yet")
-    c, t = (latest[r].iloc[0] for r in ("client", "therapist"))
-    cm, tm = (float(wai_item_mean(latest[r]).iloc[0]) for r in ("client", "therapist"))
+    c, t = client.row(-1), therapist.row(-1)
+    cm, tm = float(c["wai_item_mean"]), float(t["wai_item_mean"])
     if math.isnan(cm) or math.isnan(tm):
         return Phrase("WAI_PAIR_UNSCORED",
                       "Latest client and therapist working alliance (WAI-SR) pair has no scores",
@@ -570,23 +635,23 @@ def phrase_setting(h: History, lead: str, raises: bool) -> Phrase:
     """How care is delivered: program, telehealth and group shares."""
     recent = _recent_facing(h, 90)
     if lead == "telehealth_share_90d":
-        att = recent[recent["status"] == "attended"]
-        tele = att[att["telehealth"]]
+        att = recent.where(recent["status"] == "attended")
+        tele = att.where(att["telehealth"].astype(bool))
         if att.empty:
             return Phrase("NO_RECENT_SESSIONS", "No sessions attended in the last 3 months")
         return Phrase(
             "TELEHEALTH",
             f"{len(tele)} of {len(att)} sessions attended in the last 3 months were by telehealth",
-            list(tele["appointment_id"]),
+            tele.ids("appointment_id"),
         )
     if lead == "group_share_90d":
-        groups = recent[recent["service_type"] == "group"]
+        groups = recent.where(recent["service_type"] == "group")
         if recent.empty:
             return Phrase("NO_RECENT_SESSIONS", "No sessions scheduled in the last 3 months")
         return Phrase(
             "GROUP",
             f"{len(groups)} of {len(recent)} sessions in the last 3 months were group sessions",
-            list(groups["appointment_id"]),
+            groups.ids("appointment_id"),
         )
     program = PROGRAM_WORDS.get(str(h.episode["program"]), str(h.episode["program"]))
     return Phrase("PROGRAM", f"In the {program} program")

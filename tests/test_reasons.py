@@ -1190,6 +1190,51 @@ def test_one_day_is_singular() -> None:
     assert p.text == "Planned discharge in 1 day, on 21 Mar"
 
 
+def phrase_every_lead(data: ClinicData, episode_id: str) -> list[str]:
+    """Mismatches with the recomputation for one episode, every feature as lead both ways."""
+    h = reasons.histories(data, [episode_id], AS_OF)[episode_id]
+    facts = facts_of(data, episode_id, AS_OF)
+    problems = []
+    for f in spec.FEATURES:
+        for raises in (True, False):
+            p = reasons.PHRASERS[f.family](h, f.name, raises)
+            problems += [
+                f"{f.name} raises={raises}: {m}"
+                for m in mismatches(f"{f.family}.{p.variant}", p.text, p.appointment_ids,
+                                    p.measure_ids, facts, f.name, raises)
+            ]
+    return problems
+
+
+def test_a_clinic_with_no_appointments_measures_or_items_is_worded() -> None:
+    """Guards the empty edge: with no appointment, measure or item row in the whole clinic,
+    every lead is still worded truly ('nothing recorded'), citing no rows."""
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-03-02")
+    assert phrase_every_lead(b.build(), "E1") == []
+
+
+def test_ratings_without_any_item_responses_are_worded() -> None:
+    """Guards: a clinic that sends SRS totals but no item responses at all (the table is
+    optional) gets 'no item scores', not an error; the totals are still worded."""
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-03-02")
+    b.appointment("E1", at("2026-03-10"))
+    b.srs("E1", at("2026-03-10", 11), [9, 9, 9, 9])
+    b.srs("E1", at("2026-03-17", 11), [8, 8, 8, 8])
+    b.rows["alliance_items"] = []
+    data = b.build()
+    assert phrase_every_lead(data, "E1") == []
+    h = reasons.histories(data, ["E1"], AS_OF)["E1"]
+    item = reasons.PHRASERS["weak_bond"](h, "srs_relationship_latest", True)
+    assert (item.variant, item.text) == (
+        "SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores")
+    change = reasons.PHRASERS["alliance_rupture"](h, "srs_change", True)
+    assert change.text == "Session rating (SRS) fell from 36 to 32 on 17 Mar"
+
+
 # --- explain on hand-made contributions -----------------------------------------------------
 
 
