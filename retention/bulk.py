@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -24,13 +27,14 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     bindparam,
     insert,
     text,
 )
 
-from retention import pg_copy
+from retention import pg_arrow, pg_copy
 from retention.clinic_data import TRUE_TEXT
 
 CHUNK_ROWS = 20_000
@@ -94,19 +98,21 @@ def _typed_bind(name: str, value: Any) -> Any:
     return bindparam(name, value)
 
 
+def inline_params(raw: Any, sql: str, params: Mapping[str, Any]) -> str:
+    """``sql`` with each ``:name`` replaced by its value as a quoted PostgreSQL literal
+    (COPY takes no bind parameters); ``raw`` is a psycopg connection, for its encoding."""
+    from psycopg import sql as pgsql
+
+    return _PARAM.sub(lambda m: pgsql.Literal(params[m.group(1)]).as_string(raw), sql)
+
+
 def _copy_out(
     connection: Connection, sql: str, columns: Sequence[str], params: Mapping[str, Any],
     dates: Sequence[str] = (),
     kinds: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    from psycopg import sql as pgsql
-
     raw = _driver(connection)
-
-    def literal(match: re.Match[str]) -> str:
-        return pgsql.Literal(params[match.group(1)]).as_string(raw)
-
-    query = _PARAM.sub(literal, sql)
+    query = inline_params(raw, sql, params)
     kinds = dict(kinds or {})
     for c in columns:
         kinds.setdefault(c, "date" if c in dates else "object")
@@ -285,20 +291,29 @@ def build_beside(connection: Connection, table: Table, frame: pd.DataFrame) -> N
     Takes no lock that keeps others from reading the table, so several can be built at
     once on connections of their own (``build_beside_in_parallel``).
     """
-    name, after = table.name, f"{table.name}__next"
-    connection.execute(text(f'DROP TABLE IF EXISTS "{after}"'))
-    connection.execute(text(
-        f'CREATE TABLE "{after}" (LIKE "{name}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'))
+    create, index = _beside_statements(connection, table)
+    for statement in create:
+        connection.execute(text(statement))
     columns = [c.name for c in table.columns]
-    _copy_in(connection, after, columns, _csv_ready(table, frame[columns]))
-    connection.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-    for index, definition, constraint, constraint_definition in _indexes(connection, name):
+    _copy_in(connection, f"{table.name}__next", columns, _csv_ready(table, frame[columns]))
+    for statement in index:
+        connection.execute(text(statement))
+
+
+def _beside_statements(connection: Connection, table: Table) -> tuple[list[str], list[str]]:
+    """SQL that creates ``<table>__next`` empty, and SQL that indexes it once it is loaded."""
+    name, after = table.name, f"{table.name}__next"
+    create = [f'DROP TABLE IF EXISTS "{after}"',
+              f'CREATE TABLE "{after}" (LIKE "{name}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)']
+    index = ["SET LOCAL maintenance_work_mem = '256MB'"]
+    for name_of_index, definition, constraint, constraint_definition in _indexes(connection, name):
         if constraint:
-            connection.execute(text(f'ALTER TABLE "{after}" ADD CONSTRAINT '
-                                    f'"{constraint}__next" {constraint_definition}'))
+            index.append(f'ALTER TABLE "{after}" ADD CONSTRAINT "{constraint}__next" '
+                         f"{constraint_definition}")
         else:
-            renamed = f'\\g<1>"{index}__next" ON "{after}" '
-            connection.execute(text(_INDEX_DEF.sub(renamed, definition, count=1)))
+            renamed = f'\\g<1>"{name_of_index}__next" ON "{after}" '
+            index.append(_INDEX_DEF.sub(renamed, definition, count=1))
+    return create, index
 
 
 def build_beside_in_parallel(
@@ -307,19 +322,31 @@ def build_beside_in_parallel(
     """``build_beside`` for each job, ``workers`` at a time, each committed on its own connection.
 
     COPY and index builds are the database's work, one core per connection: on two
-    cores two tables build in about the time of one. Nothing is visible under the
-    tables' own names until ``swap_in`` runs in the caller's transaction; if a build
-    fails, every ``__next`` table is dropped and the error raised. Tables a foreign key
-    refers to are left out (returns the tables built). The caller's transaction must
-    not yet have locked a ``__next`` table or locked a table exclusively: the builders
-    would wait for it while it waits for them.
+    cores two tables build in about the time of one. The builders' connections are
+    ADBC's, whose binary COPY from Arrow columns runs without the GIL and spares the
+    server parsing text (a third of the time of the CSV path for 5.5 million slots).
+    Nothing is visible under the tables' own names until ``swap_in`` runs in the
+    caller's transaction; if a build fails, every ``__next`` table is dropped and the
+    error raised. Tables a foreign key refers to are left out (returns the tables
+    built). The caller's transaction must not yet have locked a ``__next`` table or
+    locked a table exclusively: the builders would wait for it while it waits for them.
     """
     engine = connection.engine
     chosen = [(t, f) for t, f in jobs if not _referenced(connection, t.name)]
+    plans = {t.name: _beside_statements(connection, t) for t, _f in chosen}
 
     def build(job: tuple[Table, pd.DataFrame]) -> None:
-        with engine.begin() as own:
-            build_beside(own, *job)
+        table, frame = job
+        create, index = plans[table.name]
+        data = arrow_table(table, frame)
+        own = pg_arrow.connect(engine.url)
+        try:
+            pg_arrow.execute(own, "BEGIN", *create)
+            pg_arrow.append(own, f"{table.name}__next", data)
+            del data
+            pg_arrow.execute(own, *index, "COMMIT")
+        finally:
+            own.close()
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -329,6 +356,34 @@ def build_beside_in_parallel(
             drop_beside(own, [t for t, _f in chosen])
         raise
     return [t for t, _f in chosen]
+
+
+def arrow_table(table: Table, frame: pd.DataFrame) -> pa.Table:
+    """``frame``'s columns as Arrow columns of exactly the types of ``table``'s columns."""
+    columns = [c.name for c in table.columns]
+    data = pg_copy.arrow_columns(frame[columns])
+    return pa.table({c: _cast(data.column(c), table.c[c].type) for c in columns})
+
+
+def _cast(values: pa.ChunkedArray, sqltype: Any) -> pa.ChunkedArray:
+    if isinstance(sqltype, BigInteger):
+        target = pa.int64()
+    elif isinstance(sqltype, SmallInteger):
+        target = pa.int16()
+    elif isinstance(sqltype, Integer):
+        target = pa.int32()
+    elif isinstance(sqltype, Float):
+        target = pa.float64()
+    elif isinstance(sqltype, Boolean):
+        target = pa.bool_()
+    elif isinstance(sqltype, DateTime):
+        # Nanoseconds do not fit the column's microseconds: they are cut, as on insert.
+        return pc.cast(values, pa.timestamp("us"), safe=False)
+    elif isinstance(sqltype, Date):
+        return pc.cast(pc.cast(values, pa.timestamp("us"), safe=False), pa.date32())
+    else:
+        target = pa.string()
+    return pc.cast(values, target)
 
 
 def drop_beside(connection: Connection, tables: Sequence[Table]) -> None:

@@ -9,20 +9,18 @@ them. Nothing here writes.
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import psycopg
 from sqlalchemy import Connection, Date, DateTime, Engine, Float, Integer, inspect, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention import bulk, contract
+from retention import bulk, contract, pg_arrow, pg_copy
 from retention.etl_settings import SourceMapping
 
 # Tables read in full each run: they carry no updated_at (clients) or follow their
@@ -76,42 +74,66 @@ def extract(
     connection: Connection,
     mapping: SourceMapping,
     since: dict[str, datetime | None],
-    others: Sequence[Connection] = (),
+    connections: int = 1,
 ) -> dict[str, pd.DataFrame]:
     """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
 
     ``alliance_items`` are read for the measures read (an item has no updated_at of
     its own: items change with their measure), and appointments also for the
-    episodes read. A missing optional table reads empty. ``others`` are connections
-    in the same snapshot as ``connection`` (``shared_snapshot``): tables are then
-    read side by side, largest first, one per connection at a time.
+    episodes read. A missing optional table reads empty. On PostgreSQL the tables
+    are read through ADBC on up to ``connections`` connections at once, largest
+    first, all in ``connection``'s snapshot.
     """
     frames, reads = _reads(connection, mapping, since)
-    if not others:
+    if bulk.is_postgres(connection):
+        raw = connection.connection.driver_connection
+        # Watermarks as untyped text: PostgreSQL reads them as the column's type, so a
+        # clinic whose updated_at is text (ISO) compares too ('::timestamp' would not).
+        statements = [(t, bulk.inline_params(raw, sql, {k: v.isoformat(sep=" ") for k, v in
+                                                        params.items()}))
+                      for t, sql, params in reads]
+        snapshot = str(connection.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+        frames.update(_read_in_snapshot(connection.engine.url, snapshot, statements, mapping,
+                                        connections))
+    else:
         for table, sql, params in reads:
-            frames[table] = _read(connection, mapping, table, sql, params)
-        return {t: frames[t] for t in contract.TABLES}
-    pending = sorted(reads, key=lambda r: READ_COST[r[0]], reverse=True)
-    lock = threading.Lock()
-
-    def work(conn: Connection) -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                table, sql, params = pending.pop(0)
-            try:
-                frames[table] = _read(conn, mapping, table, sql, params)
-            except BaseException:
-                with lock:
-                    pending.clear()  # the run fails: the other readers stop after theirs
-                raise
-
-    # COPY waits for the server and parses in Arrow without the GIL: threads overlap.
-    with ThreadPoolExecutor(max_workers=1 + len(others)) as pool:
-        for done in [pool.submit(work, c) for c in (connection, *others)]:
-            done.result()
+            frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
+            frames[table] = mapping.apply_codes(table, frame)
     return {t: frames[t] for t in contract.TABLES}
+
+
+def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]],
+                      mapping: SourceMapping, connections: int) -> dict[str, pd.DataFrame]:
+    """Each table's statement on one of ``connections`` ADBC connections in ``snapshot``."""
+    pending = sorted(statements, key=lambda s: READ_COST[s[0]], reverse=True)
+    lock = threading.Lock()
+    frames: dict[str, pd.DataFrame] = {}
+
+    def work() -> None:
+        reader = pg_arrow.connect(url)
+        try:
+            pg_arrow.begin_in_snapshot(reader, snapshot)
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    table, sql = pending.pop(0)
+                rows = pg_copy.frame_from_arrow(pg_arrow.read(reader, sql), _columns(table),
+                                                _kinds(table))
+                frames[table] = mapping.apply_codes(table, rows)
+        except BaseException:
+            with lock:
+                pending.clear()  # the run fails: the other readers stop after theirs
+            raise
+        finally:
+            pg_arrow.end(reader)
+
+    # ADBC reads without the GIL: the threads' reads overlap, as do the server's.
+    readers = max(1, min(connections, len(pending)))
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        for done in [pool.submit(work) for _ in range(readers)]:
+            done.result()
+    return frames
 
 
 # Relative size of a full read of each table (rows times columns at a year of history):
@@ -155,12 +177,6 @@ def _reads(
     return frames, reads
 
 
-def _read(connection: Connection, mapping: SourceMapping, table: str, sql: str,
-          params: dict[str, Any]) -> pd.DataFrame:
-    frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
-    return mapping.apply_codes(table, frame)
-
-
 def read_source(
     engine: Engine,
     mapping: SourceMapping,
@@ -169,42 +185,20 @@ def read_source(
 ) -> tuple[dict[str, pd.DataFrame], datetime]:
     """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
 
-    On PostgreSQL up to ``connections`` connections read at once, all in the first
-    one's snapshot. Any failure to reach or read the database becomes
-    ``SourceUnavailable``.
+    Any failure to reach or read the database becomes ``SourceUnavailable``.
     """
     try:
         options: dict[str, Any] = {}
         if engine.dialect.name == "postgresql":
             options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        with ExitStack() as stack:
-            conn = stack.enter_context(engine.connect().execution_options(**options))
+        with engine.connect().execution_options(**options) as conn:
             now = source_clock(conn)
-            others = []
-            if engine.dialect.name == "postgresql" and connections > 1:
-                snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-                for _ in range(connections - 1):
-                    other = stack.enter_context(engine.connect().execution_options(**options))
-                    shared_snapshot(other, str(snapshot))
-                    others.append(other)
-            frames = extract(conn, mapping, since, others)
-            for c in (conn, *others):
-                c.rollback()
+            frames = extract(conn, mapping, since, connections)
+            conn.rollback()
         return frames, now
-    except (SQLAlchemyError, OSError, psycopg.Error) as exc:  # COPY talks to psycopg itself
+    except (SQLAlchemyError, OSError, psycopg.Error, pg_arrow.Error) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
         raise SourceUnavailable(f"the clinic database could not be read: {reason}") from exc
-
-
-def shared_snapshot(connection: Connection, snapshot: str) -> None:
-    """Start ``connection``'s transaction in an exported snapshot (``pg_export_snapshot``):
-    it then sees exactly what the exporting transaction sees, no later commit."""
-    if not _SNAPSHOT_ID.fullmatch(snapshot):
-        raise ValueError(f"not a snapshot id: {snapshot!r}")
-    connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-
-
-_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
 
 def source_clock(connection: Connection) -> datetime:

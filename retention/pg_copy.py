@@ -43,7 +43,7 @@ def read_copy(connection: psycopg.Connection[Any], statement: str, columns: Sequ
             strings_can_be_null=True, quoted_strings_can_be_null=True),
     )
     del buffer
-    return pd.DataFrame({c: _typed(table.column(c), kinds.get(c, "object")) for c in columns})
+    return frame_from_arrow(table, columns, kinds)
 
 
 def _copied_out(connection: psycopg.Connection[Any], statement: str) -> io.BytesIO:
@@ -82,8 +82,27 @@ def _copied_out(connection: psycopg.Connection[Any], statement: str) -> io.Bytes
     return buffer
 
 
-def _typed(text: pa.ChunkedArray, kind: str) -> Any:
-    """One column of text as ``kind`` says; a column that does not parse stays text."""
+def frame_from_arrow(table: pa.Table, columns: Sequence[str],
+                     kinds: Mapping[str, str]) -> pd.DataFrame:
+    """Columns of ``table`` read as ``kinds`` say, whether they came as text (CSV) or typed."""
+    return pd.DataFrame({c: _typed(table.column(i), kinds.get(c, "object"))
+                         for i, c in enumerate(columns)})
+
+
+def _typed(values: pa.ChunkedArray, kind: str) -> Any:
+    """One column as ``kind`` says; a column that does not parse stays text.
+
+    Typed columns (ADBC) that already are what ``kind`` asks for are kept; any other
+    is first written as text, so it meets the same rules as CSV's text would.
+    """
+    vtype = values.type
+    if kind == "date" and (pa.types.is_date(vtype) or (
+            pa.types.is_timestamp(vtype) and vtype.tz is None)):
+        return pc.cast(values, pa.timestamp("us")).to_pandas()
+    if kind == "infer" and (pa.types.is_integer(vtype) or pa.types.is_floating(vtype)):
+        return pc.cast(values, pa.int64() if pa.types.is_integer(vtype) else pa.float64()
+                       ).to_pandas()
+    text = values if pa.types.is_string(vtype) else _as_text(values)
     if kind == "category":
         return text.dictionary_encode().to_pandas()
     targets = {"date": (pa.timestamp("us"),), "infer": (pa.int64(), pa.float64())}.get(kind, ())
@@ -95,6 +114,17 @@ def _typed(text: pa.ChunkedArray, kind: str) -> Any:
     return text.to_pandas()
 
 
+def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Any typed column as text (PostgreSQL's numeric comes as text in an extension type)."""
+    if isinstance(values.type, pa.BaseExtensionType):
+        values = pa.chunked_array([c.storage for c in values.chunks], values.type.storage_type)
+    try:
+        return pc.cast(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.chunked_array([pa.array([None if v is None else str(v)
+                                           for v in values.to_pylist()], pa.string())])
+
+
 def write_copy(cursor: Any, statement: str, frame: pd.DataFrame) -> None:
     """Run ``COPY ... FROM STDIN WITH (FORMAT csv)`` with the rows of ``frame``.
 
@@ -102,7 +132,7 @@ def write_copy(cursor: Any, statement: str, frame: pd.DataFrame) -> None:
     types (``bulk`` prepares them). Strings are quoted, so an empty string stays
     one; missing values are written unquoted empty, which COPY reads as NULL.
     """
-    table = _arrow_table(frame)
+    table = arrow_columns(frame)
     options = pacsv.WriteOptions(include_header=False)
     with cursor.copy(statement) as copy:
         for start in range(0, len(frame), WRITE_ROWS):
@@ -111,7 +141,7 @@ def write_copy(cursor: Any, statement: str, frame: pd.DataFrame) -> None:
             copy.write(sink.getbuffer())
 
 
-def _arrow_table(frame: pd.DataFrame) -> pa.Table:
+def arrow_columns(frame: pd.DataFrame) -> pa.Table:
     """The frame as Arrow columns; categoricals as their plain values, mixed objects as text."""
     arrays = {}
     for name in frame.columns:

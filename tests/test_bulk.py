@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Float,
     Index,
@@ -37,6 +38,7 @@ def _table() -> Table:
         Column("x", Float),
         Column("flag", Boolean),
         Column("at", DateTime),
+        Column("on", Date),
     )
     Index("ix_bulk_probe_n", table.c.n, table.c.at)
     return table
@@ -61,23 +63,32 @@ def _frame(n: int) -> pd.DataFrame:
         "x": [None if i % 5 == 0 else i / 3 for i in range(n)],
         "flag": [i % 2 == 0 for i in range(n)],
         "at": pd.to_datetime([datetime(2026, 1, 1, 8, 30, 15, 123456)] * n),
+        "on": pd.to_datetime([None if i % 3 == 0 else datetime(2026, 2, 1 + i % 28)
+                              for i in range(n)]),
     })
 
 
-def test_copy_round_trip_keeps_every_value(conn: Connection) -> None:
-    table, frame = _table(), _frame(40)
-    bulk.insert_frame(conn, table, frame)
-    # Empty text and NULL are distinct in the table...
-    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note = ''")).scalar() == 5
-    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note IS NULL")).scalar() == 5
-    stored = conn.execute(text("SELECT k, note, n, x, flag, at FROM bulk_probe ORDER BY k"))
+def assert_stored_exactly(conn: Connection, frame: pd.DataFrame) -> None:
+    """bulk_probe holds ``frame``'s rows, value for value (empty text and NULL apart)."""
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note = ''")).scalar() == (
+        frame["note"] == "").sum()
+    assert conn.execute(text("SELECT count(*) FROM bulk_probe WHERE note IS NULL")).scalar() == (
+        frame["note"].isna().sum())
+    stored = conn.execute(text('SELECT k, note, n, x, flag, at, "on" FROM bulk_probe ORDER BY k'))
     for row, (_, want) in zip(stored, frame.iterrows(), strict=True):
         assert row.note == want["note"]
         assert row.n == (None if pd.isna(want["n"]) else want["n"])
         assert row.x == pytest.approx(None if pd.isna(want["x"]) else want["x"])
         assert row.flag is bool(want["flag"])
         assert row.at == datetime(2026, 1, 1, 8, 30, 15, 123456)
-    # ...and come back as text the checks read (both as missing, as before), numbers
+        assert row.on == (None if pd.isna(want["on"]) else want["on"].date())
+
+
+def test_copy_round_trip_keeps_every_value(conn: Connection) -> None:
+    table, frame = _table(), _frame(40)
+    bulk.insert_frame(conn, table, frame)
+    assert_stored_exactly(conn, frame)
+    # Values come back as text the checks read (both as missing, as before), numbers
     # inferred where every value is one, timestamps parsed.
     back = bulk.read_query(conn, "SELECT k, note, n, x, at FROM bulk_probe ORDER BY k",
                            ["k", "note", "n", "x", "at"],
@@ -198,6 +209,15 @@ def test_tables_built_in_parallel_swap_in_only_in_the_callers_transaction(
     assert bulk.swap_in(conn, table) == 10
     conn.commit()
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 40
+
+
+def test_a_parallel_build_keeps_every_value(conn: Connection) -> None:
+    """The builders' binary COPY (ADBC) stores what the CSV path stores, categoricals too."""
+    table, frame = _table(), _frame(40)
+    frame["note"] = frame["note"].astype("category")
+    bulk.build_beside_in_parallel(conn, [(table, frame)])
+    assert bulk.swap_in(conn, table) == 40
+    assert_stored_exactly(conn, _frame(40))
 
 
 def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Connection) -> None:

@@ -7,9 +7,8 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
-from sqlalchemy import Connection
 
-from retention import contract, extract
+from retention import contract, extract, pg_arrow
 from retention.db import source_engine
 from retention.etl_settings import SourceMapping
 from tests.sources import AS_OF, Source, appointment
@@ -54,10 +53,10 @@ def test_every_connection_reads_the_snapshot_of_the_first(
     episode = source.rows("episodes", {"episode_id": source.open_episode_ids()[0]})[0]
     client = source.rows("clients", {"client_id": episode["client_id"]})[0]
     later = datetime.combine(AS_OF, datetime.min.time()) + timedelta(hours=9)
-    real = extract.shared_snapshot
+    real = pg_arrow.begin_in_snapshot
     written: list[bool] = []
 
-    def commit_first(connection: Connection, snapshot: str) -> None:
+    def commit_first(connection: object, snapshot: str) -> None:
         if not written:  # another system writes to every table after the export
             written.append(True)
             write_late_rows()
@@ -75,7 +74,7 @@ def test_every_connection_reads_the_snapshot_of_the_first(
         source.insert("alliance_items", [{"measure_id": "LATE-M", "item_number": 1,
                                           "response": 7}])
 
-    monkeypatch.setattr(extract, "shared_snapshot", commit_first)
+    monkeypatch.setattr(pg_arrow, "begin_in_snapshot", commit_first)
     frames = read(source, 3)
     assert written
     for table, key in (("clients", "client_id"), ("episodes", "episode_id"),
@@ -94,4 +93,4 @@ def test_a_failed_read_on_any_connection_fails_the_extract(source: Source) -> No
 
 def test_a_snapshot_id_is_checked_before_it_reaches_sql() -> None:
     with pytest.raises(ValueError, match="not a snapshot id"):
-        extract.shared_snapshot(None, "1'; DROP TABLE clients; --")  # type: ignore[arg-type]
+        pg_arrow.check_snapshot_id("1'; DROP TABLE clients; --")
