@@ -338,12 +338,10 @@ def build_beside_in_parallel(
     def build(job: tuple[Table, pd.DataFrame]) -> None:
         table, frame = job
         create, index = plans[table.name]
-        data = arrow_table(table, frame)
         own = pg_arrow.connect(engine.url)
         try:
             pg_arrow.execute(own, "BEGIN", *create)
-            pg_arrow.append(own, f"{table.name}__next", data)
-            del data
+            pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
             pg_arrow.execute(own, *index, "COMMIT")
         finally:
             own.close()
@@ -358,31 +356,39 @@ def build_beside_in_parallel(
     return [t for t, _f in chosen]
 
 
-def arrow_table(table: Table, frame: pd.DataFrame) -> pa.Table:
-    """``frame``'s columns as Arrow columns of exactly the types of ``table``'s columns."""
+def arrow_batches(table: Table, frame: pd.DataFrame, rows: int = 500_000) -> pa.RecordBatchReader:
+    """``frame``'s rows as Arrow batches with exactly the types of ``table``'s columns.
+
+    Made one batch at a time as COPY asks for them: a whole table in Arrow beside
+    its frame would add its size to the run's peak memory.
+    """
     columns = [c.name for c in table.columns]
-    data = pg_copy.arrow_columns(frame[columns])
-    return pa.table({c: _cast(data.column(c), table.c[c].type) for c in columns})
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(frame), rows):
+            data = pg_copy.arrow_columns(frame[columns].iloc[start:start + rows])
+            yield pa.record_batch([_cast(data.column(c), table.c[c].type).combine_chunks()
+                                   for c in columns], names=columns)
+
+    schema = pa.schema([(c, _arrow_type(table.c[c].type)) for c in columns])
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _arrow_type(sqltype: Any) -> pa.DataType:
+    """The Arrow type whose binary COPY form is the column type's."""
+    for kind, arrow in ((BigInteger, pa.int64()), (SmallInteger, pa.int16()),
+                        (Integer, pa.int32()), (Float, pa.float64()), (Boolean, pa.bool_()),
+                        (DateTime, pa.timestamp("us")), (Date, pa.date32())):
+        if isinstance(sqltype, kind):
+            return arrow
+    return pa.string()
 
 
 def _cast(values: pa.ChunkedArray, sqltype: Any) -> pa.ChunkedArray:
-    if isinstance(sqltype, BigInteger):
-        target = pa.int64()
-    elif isinstance(sqltype, SmallInteger):
-        target = pa.int16()
-    elif isinstance(sqltype, Integer):
-        target = pa.int32()
-    elif isinstance(sqltype, Float):
-        target = pa.float64()
-    elif isinstance(sqltype, Boolean):
-        target = pa.bool_()
-    elif isinstance(sqltype, DateTime):
+    target = _arrow_type(sqltype)
+    if pa.types.is_temporal(target):
         # Nanoseconds do not fit the column's microseconds: they are cut, as on insert.
-        return pc.cast(values, pa.timestamp("us"), safe=False)
-    elif isinstance(sqltype, Date):
-        return pc.cast(pc.cast(values, pa.timestamp("us"), safe=False), pa.date32())
-    else:
-        target = pa.string()
+        return pc.cast(pc.cast(values, pa.timestamp("us"), safe=False), target)
     return pc.cast(values, target)
 
 

@@ -9,6 +9,8 @@ them. Nothing here writes.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
 from sqlalchemy import Connection, Date, DateTime, Engine, Float, Integer, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -119,7 +122,7 @@ def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]]
                         return
                     table, sql = pending.pop(0)
                 rows = pg_copy.frame_from_arrow(pg_arrow.read(reader, sql), _columns(table),
-                                                _kinds(table))
+                                                _kinds(table), owned=True)
                 frames[table] = mapping.apply_codes(table, rows)
         except BaseException:
             with lock:
@@ -133,7 +136,21 @@ def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]]
     with ThreadPoolExecutor(max_workers=readers) as pool:
         for done in [pool.submit(work) for _ in range(readers)]:
             done.result()
+    _give_back_memory()
     return frames
+
+
+def _give_back_memory() -> None:
+    """Return the readers' freed buffers to the system before the checks allocate theirs.
+
+    Arrow's pool and the C library keep freed memory for reuse, but the checks
+    allocate through NumPy, which cannot reuse Arrow's pool, and the readers' threads
+    freed into allocator arenas of their own: 0.7 GB of the full read's peak at
+    100,000 clients.
+    """
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # Relative size of a full read of each table (rows times columns at a year of history):

@@ -70,7 +70,7 @@ def execute(connection: Any, *statements: str) -> None:
             cursor.execute(statement)
 
 
-def append(connection: Any, name: str, data: pa.Table) -> int:
+def append(connection: Any, name: str, data: pa.Table | pa.RecordBatchReader) -> int:
     """Append ``data`` to the existing table ``name`` by binary COPY; returns the rows.
 
     Binary COPY takes each value in its column's exact type: ``data``'s types must

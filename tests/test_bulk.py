@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sqlalchemy import (
     Boolean,
@@ -218,6 +219,15 @@ def test_a_parallel_build_keeps_every_value(conn: Connection) -> None:
     bulk.build_beside_in_parallel(conn, [(table, frame)])
     assert bulk.swap_in(conn, table) == 40
     assert_stored_exactly(conn, _frame(40))
+
+
+def test_rows_go_to_binary_copy_in_batches_of_the_tables_types() -> None:
+    whole = bulk.arrow_batches(_table(), _frame(40)).read_all()
+    batches = list(bulk.arrow_batches(_table(), _frame(40), rows=7))
+    assert [b.num_rows for b in batches] == [7, 7, 7, 7, 7, 5]
+    assert [str(t) for t in whole.schema.types] == [
+        "string", "string", "int32", "double", "bool", "timestamp[us]", "date32[day]"]
+    assert whole.equals(pa.Table.from_batches(batches))
 
 
 def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Connection) -> None:
