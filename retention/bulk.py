@@ -363,12 +363,13 @@ def arrow_batches(table: Table, frame: pd.DataFrame, rows: int = 500_000) -> pa.
     its frame would add its size to the run's peak memory.
     """
     columns = [c.name for c in table.columns]
+    arrays = {c: pg_copy.arrow_column(frame[c]) for c in columns}
 
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(frame), rows):
-            data = pg_copy.arrow_columns(frame[columns].iloc[start:start + rows])
-            yield pa.record_batch([_cast(data.column(c), table.c[c].type).combine_chunks()
-                                   for c in columns], names=columns)
+            yield pa.record_batch([_one_chunk(_cast(arrays[c].slice(start, rows),
+                                                    table.c[c].type)) for c in columns],
+                                  names=columns)
 
     schema = pa.schema([(c, _arrow_type(table.c[c].type)) for c in columns])
     return pa.RecordBatchReader.from_batches(schema, batches())
@@ -384,7 +385,11 @@ def _arrow_type(sqltype: Any) -> pa.DataType:
     return pa.string()
 
 
-def _cast(values: pa.ChunkedArray, sqltype: Any) -> pa.ChunkedArray:
+def _one_chunk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _cast(values: pa.Array | pa.ChunkedArray, sqltype: Any) -> pa.Array | pa.ChunkedArray:
     target = _arrow_type(sqltype)
     if pa.types.is_temporal(target):
         # Nanoseconds do not fit the column's microseconds: they are cut, as on insert.

@@ -154,12 +154,17 @@ def arrow_columns(frame: pd.DataFrame) -> pa.Table:
     """The frame as Arrow columns; categoricals as their plain values, mixed objects as text."""
     arrays = {}
     for name in frame.columns:
-        column = frame[name]
-        try:
-            array = pa.array(column, from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            array = pa.array([None if v is None or v != v else str(v) for v in column])
+        array = arrow_column(frame[name])
         if pa.types.is_dictionary(array.type):
             array = array.cast(array.type.value_type)
         arrays[str(name)] = array
     return pa.table(arrays)
+
+
+def arrow_column(column: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """One column in Arrow, without copying where Arrow can share pandas' memory
+    (categoricals stay dictionaries); mixed Python objects as text."""
+    try:
+        return pa.array(column, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None or v != v else str(v) for v in column])
