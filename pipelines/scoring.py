@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
@@ -51,6 +51,13 @@ def tier(risk: float, thresholds: Mapping[str, float]) -> str:
         if risk >= cut:
             return name
     return "low"
+
+
+def tier_names(risk: np.ndarray, thresholds: Mapping[str, float]) -> list[str]:
+    """``tier`` of each risk at once: the same names, without sorting the cuts per row."""
+    cuts = sorted(thresholds.items(), key=lambda kv: -kv[1])
+    names = np.select([risk >= cut for _, cut in cuts], [name for name, _ in cuts], "low")
+    return [str(n) for n in names]
 
 
 def run_scoring(
@@ -154,8 +161,10 @@ def inputs_digest(
                      etl_settings(settings).reasons_top_n,
                      etl_settings(settings).reasons_per_caseload],
         "copy_version": store.copy_version(connection),
+        # Hashed by dtype, not as text: formatting every float as a string took 8 times
+        # as long as the hash itself.
         "features": hashlib.sha256(pd.util.hash_pandas_object(
-            features.astype(str), index=True).to_numpy().tobytes()).hexdigest(),
+            features, index=True).to_numpy().tobytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -173,15 +182,16 @@ def score_rows(
     """The published rows: ranked risk, one per open episode, reasons for the top of the list.
 
     Per-feature contributions cost about a hundred predictions, and wording a
-    reason reads the client's rows (about 15 ms an episode): both are done where a
+    reason reads the client's rows (about 0.6 ms an episode): both are done where a
     case manager reads them, the ``reasons_top_n`` highest-ranked rows and the
     ``reasons_per_caseload`` highest of each case manager's caseload (``[etl]``).
     Every row carries its raw score and the model's expected value.
     """
     etl = etl_settings(settings)
     top_n = etl.reasons_top_n if reasons_top_n is None else reasons_top_n
-    risk = model.predict(features)
     raw = model.raw_score(features)
+    # model.predict would walk the trees a second time for the same raw score.
+    risk = model.calibrator.predict(raw)
     index = features.index
     # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
     order = np.lexsort((features.index.to_numpy(), -raw, -risk))
@@ -209,6 +219,7 @@ def score_rows(
     client = features["client_id"].to_numpy()
     clinic = features["clinic_id"].to_numpy()
     manager = features["case_manager_id"].to_numpy()
+    tiers = tier_names(risk, settings.tiers)
     rows = []
     for rank, i in enumerate(order, start=1):
         episode_id = str(index[i])
@@ -221,8 +232,8 @@ def score_rows(
             payload = {
                 "raw_score": round(explanation.raw_score, 6),
                 "expected_value": round(explanation.expected_value, 6),
-                "reasons": [r.to_dict() for r in explanation.reasons],
-                "protective": [r.to_dict() for r in explanation.protective],
+                "reasons": [_reason_fields(r) for r in explanation.reasons],
+                "protective": [_reason_fields(r) for r in explanation.protective],
             }
         rows.append({
             "as_of": as_of,
@@ -233,7 +244,7 @@ def score_rows(
             "program": program[i],
             "rank": rank,
             "risk": round(float(risk[i]), 6),
-            "tier": tier(float(risk[i]), settings.tiers),
+            "tier": tiers[i],
             "still_engaged": bool(
                 pd.notna(last) and days_since[i] <= settings.engaged_within_days
             ),
@@ -269,11 +280,14 @@ def explain_rows(
     as_of: date,
     max_reasons: int,
     workers: int = 1,
-    min_rows_per_worker: int = 100,
+    min_rows_per_worker: int = 1000,
 ) -> dict[str, reasons.Explanation]:
     """Reasons for each row of ``features``; large batches are split over ``workers`` processes.
 
     Each episode's reasons depend only on its own rows, so the split cannot change them.
+    Wording costs about 0.6 ms an episode; each worker is a fork and its own pass over
+    the clinic copy. On 2 cores the nightly's 800 episodes took 0.48 s in one process
+    and 0.51 s in two, 2,085 episodes 1.18 s and 1.06 s: hence 1,000 rows a worker.
     """
     ids = [str(i) for i in features.index]
     workers = min(workers, len(ids) // max(1, min_rows_per_worker))
@@ -307,6 +321,14 @@ def _explain_chunk(positions: list[int]) -> dict[str, reasons.Explanation]:
     histories = reasons.histories(data, list(part.index), as_of)
     return reasons.explain(contributions.loc[part.index], families, histories, catalogue,
                            max_reasons=max_reasons)
+
+
+def _reason_fields(reason: reasons.Reason) -> dict[str, Any]:
+    """``reason.to_dict()`` without ``asdict``'s deep copy, a third of the row loop's time.
+
+    The fields are strings, floats and lists of strings, so the JSON is the same.
+    """
+    return {f.name: getattr(reason, f.name) for f in fields(reason)}
 
 
 def _none_if_na(value: Any) -> Any:

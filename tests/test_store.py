@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -18,7 +20,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.exc import DBAPIError
 
 from pipelines.etl import run_etl
-from pipelines.scoring import explain_rows, score_rows
+from pipelines.scoring import _reason_fields, explain_rows, score_rows, tier, tier_names
 from retention import bulk, schema, store
 from retention.db import is_read_only, source_engine, store_engine
 from retention.etl_settings import EtlSettings
@@ -192,6 +194,31 @@ def test_reasons_worded_in_parallel_equal_those_worded_in_one_process(scored: Sc
     one = explain_rows(*args, workers=1)
     two = explain_rows(*args, workers=2, min_rows_per_worker=1)
     assert list(two) == list(one) and two == one
+
+
+def test_tiers_of_a_whole_list_are_those_of_each_risk() -> None:
+    thresholds = {"high": 0.5, "medium": 0.2}
+    risk = np.array([0.0, 0.19999, 0.2, 0.35, 0.5, 0.99, np.nan])
+    assert tier_names(risk, thresholds) == [tier(float(r), thresholds) for r in risk]
+
+
+def test_reason_json_is_that_of_to_dict(scored: Scored) -> None:
+    with scored.store.connect() as conn:
+        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
+        data = store.read_scoped_copy(conn, scored.as_of)
+    contributions = scored.model.contributions(features.iloc[:20])
+    families = {f["name"]: f["family"] for f in scored.model.metadata["features"]}
+    explained = explain_rows(data, features.iloc[:20], contributions, families,
+                             scored.catalogue, scored.as_of, 3)
+    shown = [r for e in explained.values() for r in [*e.reasons, *e.protective]]
+    assert shown
+    assert all(json.dumps(_reason_fields(r)) == json.dumps(r.to_dict()) for r in shown)
+
+
+def test_stored_json_is_read_back_with_nan_and_infinity() -> None:
+    documents = ['{"a": 1.5, "b": null}', '{"a": NaN, "b": Infinity}']
+    assert repr(store._json_array(documents)) == repr([json.loads(d) for d in documents])
+    assert store._json_array(documents[:1]) == [{"a": 1.5, "b": None}]
 
 
 def test_table_checksums_see_any_change(tmp_path: Path) -> None:
