@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from retention import contract, ids
 from retention.clinic_data import bool_from_text
@@ -382,7 +384,14 @@ def _with(known: pd.Index, read: pd.Series) -> pd.Index:
 
 
 def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Rows whose key another row shares, found on integer codes of the key columns."""
+    """Rows whose key another row shares, found on integer codes of the key columns.
+
+    A source usually sends rows in key order: keys that strictly increase are unique,
+    which one comparison of neighbours shows (0.03 s for 5.5 million text ids, where
+    coding them takes 2 s).
+    """
+    if len(keys) == 1 and _strictly_increasing(raw[keys[0]]):
+        return pd.Series(False, index=raw.index)
     codes = [_codes(raw[k]) for k in keys]
     if len(codes) == 1:
         (code,) = codes
@@ -393,6 +402,8 @@ def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
     combined = np.zeros(len(raw), dtype=np.int64)
     for part in codes:
         combined = combined * (int(part.max(initial=0)) + 2) + (part + 1)
+    if bool(np.all(combined[1:] > combined[:-1])):
+        return pd.Series(False, index=raw.index)
     # Neighbours after a stable sort (cheap when the source sends rows in key order).
     order = np.argsort(combined, kind="stable")
     same = combined[order][1:] == combined[order][:-1]
@@ -402,6 +413,22 @@ def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
     out = np.empty(len(raw), dtype=bool)
     out[order] = shared
     return pd.Series(out, index=raw.index)
+
+
+def _strictly_increasing(values: pd.Series) -> bool:
+    """Whether text values, none missing, each sort after the one before."""
+    if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
+        return False
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_string(array.type) or array.null_count or len(array) < 2:
+        return False
+    after = pc.less(array.slice(0, len(array) - 1), array.slice(1))
+    return bool(pc.all(after).as_py())
 
 
 def _codes(values: pd.Series) -> np.ndarray:

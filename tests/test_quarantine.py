@@ -19,7 +19,7 @@ from pipelines.etl import QuarantineLimitExceeded, run_etl
 from retention import store
 from retention.db import source_engine, store_engine
 from retention.etl_settings import EtlSettings
-from retention.validation import RULES, Context, validate
+from retention.validation import RULES, Context, _duplicated, validate
 from tests.conftest import REPO
 from tests.sources import AS_OF, Source, appointment
 
@@ -256,3 +256,29 @@ def test_validation_types_what_passes_as_the_contract_does() -> None:
     assert list(episodes["episode_id"]) == ["E2"]
     assert episodes["admitted_on"].iloc[0].date() == date(2026, 1, 5)
     assert out.valid["clients"]["birth_year"].tolist() == [1990]
+
+
+@pytest.mark.parametrize("ids", [
+    ["A1", "A2", "A3", "A4"],  # in key order: no duplicate (the fast path)
+    ["A1", "A2", "A2", "A3"],  # in order, one key twice
+    ["A3", "A1", "A2", "A1"],  # out of order, one key twice
+    ["A1", None, "A1", "A2"],  # a missing key between two equal ones
+    ["A2", "A1"],
+])
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_duplicate_keys_are_found_in_any_order(ids: list[str | None], dtype: Any) -> None:
+    frame = pd.DataFrame({"appointment_id": pd.Series(ids, dtype=dtype)})
+    want = [v is not None and ids.count(v) > 1 for v in ids]
+    assert _duplicated(frame, ["appointment_id"]).tolist() == want
+
+
+@pytest.mark.parametrize("pairs", [
+    [("M1", 1), ("M1", 2), ("M2", 1), ("M2", 2)],
+    [("M1", 1), ("M1", 2), ("M1", 2), ("M2", 1)],
+    [("M2", 1), ("M1", 2), ("M2", 1)],
+])
+def test_duplicate_composite_keys_are_found_in_any_order(pairs: list[tuple[str, int]]) -> None:
+    frame = pd.DataFrame(pairs, columns=["measure_id", "item_number"]).astype(
+        {"measure_id": "category"})
+    want = [pairs.count(p) > 1 for p in pairs]
+    assert _duplicated(frame, ["measure_id", "item_number"]).tolist() == want
