@@ -86,11 +86,12 @@ class EtlSettings:
     # server writes two tables' COPY on two cores. 1 reads one table after another.
     source_connections: int = 2
     # Reasons (per-feature contributions, about 100 times the cost of a prediction, and
-    # about 15 ms of wording per episode) are computed where a case manager reads them:
+    # about 0.6 ms of wording per episode) are computed where a case manager reads them:
     # the top of the whole list and the top of each case manager's caseload.
     reasons_top_n: int = 500
     reasons_per_caseload: int = 25
-    # Processes that word reasons in parallel (the nightly machine has 2 cores).
+    # Processes that word reasons in parallel (the nightly machine has 2 cores); a
+    # process is forked only per 1,000 episodes to word, below which forking costs more.
     reasons_workers: int = 2
     # Days of history the scoped read keeps before the as-of date (features look 90 back).
     lookback_days: int = 91
