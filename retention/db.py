@@ -13,6 +13,13 @@ from sqlalchemy.exc import DisconnectionError
 
 # How long to wait for a database before calling it down.
 CONNECT_TIMEOUT_SECONDS = 10
+# libpq settings of every connection to a clinic's PostgreSQL (the ADBC readers' too):
+# read-only by default, named for the clinic's DBA, and quick to give up when it is down.
+SOURCE_CONNECT_ARGS: dict[str, Any] = {
+    "options": "-c default_transaction_read_only=on",
+    "application_name": "retention-etl",
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+}
 
 
 def store_engine(url: str) -> Engine:
@@ -43,11 +50,7 @@ def source_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         return create_engine(
             _with_driver(url),
-            connect_args={
-                "options": "-c default_transaction_read_only=on",
-                "application_name": "retention-etl",
-                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            },
+            connect_args=SOURCE_CONNECT_ARGS,
             pool_pre_ping=True,
         )
     return _engine(url)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from retention import bulk, contract, pg_arrow, pg_copy
+from retention.db import SOURCE_CONNECT_ARGS
 from retention.etl_settings import SourceMapping
 
 # Tables read in full each run: they carry no updated_at (clients) or follow their
@@ -113,7 +114,7 @@ def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]]
     frames: dict[str, pd.DataFrame] = {}
 
     def work() -> None:
-        reader = pg_arrow.connect(url)
+        reader = pg_arrow.connect(url, SOURCE_CONNECT_ARGS)
         try:
             pg_arrow.begin_in_snapshot(reader, snapshot)
             while True:

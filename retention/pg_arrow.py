@@ -12,7 +12,9 @@ which shares one exported snapshot instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
@@ -25,10 +27,15 @@ Error = adbc_driver_manager.Error
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
 
-def connect(url: URL) -> Any:
-    """An ADBC connection to the database ``url`` (a SQLAlchemy URL) names, autocommit."""
-    return adbc.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
-                        autocommit=True)
+def connect(url: URL, settings: Mapping[str, Any] | None = None) -> Any:
+    """An ADBC connection to the database ``url`` (a SQLAlchemy URL) names, autocommit;
+    ``settings`` are libpq connection parameters (``application_name``, ``options``...)."""
+    query = {**{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()},
+             **{k: str(v) for k, v in (settings or {}).items()}}
+    base = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    # libpq reads %20, not '+', as a space ("-c default_transaction_read_only=on").
+    uri = f"{base}?{urlencode(query, quote_via=quote)}" if query else base
+    return adbc.connect(uri, autocommit=True)
 
 
 def check_snapshot_id(snapshot: str) -> str:

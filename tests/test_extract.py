@@ -94,3 +94,14 @@ def test_a_failed_read_on_any_connection_fails_the_extract(source: Source) -> No
 def test_a_snapshot_id_is_checked_before_it_reaches_sql() -> None:
     with pytest.raises(ValueError, match="not a snapshot id"):
         pg_arrow.check_snapshot_id("1'; DROP TABLE clients; --")
+
+
+def test_the_readers_sessions_are_read_only_and_named(source: Source) -> None:
+    """What the clinic's DBA sees of each reader: read-only by default, named retention-etl."""
+    clients = ("SELECT client_id, current_setting('application_name') AS clinic_id, "
+               "case_manager_id, birth_year, "
+               "current_setting('default_transaction_read_only') AS sex, race_ethnicity "
+               "FROM clients")
+    frames = read(source, 2, SourceMapping(queries={"clients": clients}))
+    assert set(frames["clients"]["clinic_id"].astype(str)) == {"retention-etl"}
+    assert set(frames["clients"]["sex"].astype(str)) == {"on"}
