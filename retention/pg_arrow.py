@@ -62,10 +62,16 @@ def read(connection: Any, query: str) -> pa.Table:
 
 
 def end(connection: Any) -> None:
-    """Roll back the connection's transaction (reads only) and close it."""
+    """Roll back the connection's transaction (reads only) and close it.
+
+    A connection already broken cannot roll back, and need not: its transaction died
+    with it. Its error is not raised here, so it does not hide the one that broke it.
+    """
     try:
         with connection.cursor() as cursor:
             cursor.execute("ROLLBACK")
+    except Error:
+        pass
     finally:
         connection.close()
 
