@@ -1,12 +1,13 @@
-"""Reading PostgreSQL straight into Arrow with ADBC: binary COPY, parsed in C++.
+"""PostgreSQL to and from Arrow with ADBC: binary COPY, encoded and parsed in C++.
 
 The CSV path (``pg_copy``) hands every row to Python once, as a COPY message (about
 a microsecond a row: 20 s of a full read at 100,000 clients), then parses text.
 ADBC's PostgreSQL driver reads ``COPY ... TO STDOUT (FORMAT binary)`` into Arrow
-columns without Python per row and without the GIL, so readers on several
-connections run side by side. Its connections are its own (libpq under ADBC), so
-it serves reads that need no transaction of the caller's: the source extract,
-which shares one exported snapshot instead.
+columns, and writes them back by binary COPY, without Python per row and without
+the GIL, so several connections work side by side. Its connections are its own
+(libpq under ADBC), so it serves work that needs no transaction of the caller's:
+the source extract, which shares one exported snapshot instead, and the full
+reload's builders, which commit tables of their own beside the copy.
 """
 
 from __future__ import annotations
