@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.exc import DBAPIError
 
 from pipelines.etl import run_etl
-from pipelines.scoring import _reason_fields, explain_rows, score_rows, tier, tier_names
+from pipelines.scoring import explain_rows, score_rows, tier_names
 from retention import bulk, schema, store
 from retention.db import is_read_only, source_engine, store_engine
 from retention.etl_settings import EtlSettings
@@ -196,6 +197,14 @@ def test_reasons_worded_in_parallel_equal_those_worded_in_one_process(scored: Sc
     assert list(two) == list(one) and two == one
 
 
+def tier(risk: float, thresholds: dict[str, float]) -> str:
+    """The tier rule one risk at a time, as written before the list's were computed at once."""
+    for name, cut in sorted(thresholds.items(), key=lambda kv: -kv[1]):
+        if risk >= cut:
+            return name
+    return "low"
+
+
 def test_tiers_of_a_whole_list_are_those_of_each_risk() -> None:
     thresholds = {"high": 0.5, "medium": 0.2}
     risk = np.array([0.0, 0.19999, 0.2, 0.35, 0.5, 0.99, np.nan])
@@ -212,7 +221,7 @@ def test_reason_json_is_that_of_to_dict(scored: Scored) -> None:
                              scored.catalogue, scored.as_of, 3)
     shown = [r for e in explained.values() for r in [*e.reasons, *e.protective]]
     assert shown
-    assert all(json.dumps(_reason_fields(r)) == json.dumps(r.to_dict()) for r in shown)
+    assert all(json.dumps(r.to_dict()) == json.dumps(asdict(r)) for r in shown)
 
 
 def test_stored_json_is_read_back_with_nan_and_infinity() -> None:
