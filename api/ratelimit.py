@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 WINDOW_SECONDS = 60
 
@@ -43,7 +45,14 @@ class MemoryCounter:
 
 
 class RedisCounter:
-    """Shared by every gunicorn worker (and every host) through Redis INCR."""
+    """Shared by every gunicorn worker (and every host) through Redis.
+
+    One connection per process, spoken to directly: redis-py's client-level call
+    (pool checkout, retry wrapper, command lookup) costs about three times the round
+    trip itself (75 against 25 microseconds of CPU here), a tenth of a cached list
+    request. A connection Redis dropped is replaced once; if that fails too the error
+    is raised (the limiter fails closed) and the next request connects again.
+    """
 
     # INCR and, for a new window, its expiry: one command and one reply per request
     # (a MULTI/INCR/EXPIRE/EXEC pipeline sends four and parses four).
@@ -53,13 +62,40 @@ class RedisCounter:
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         import redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._hit = self._redis.register_script(self._HIT)
+        self._pool = redis.ConnectionPool.from_url(url, socket_timeout=0.5,
+                                                   socket_connect_timeout=0.5)
+        self._no_script = redis.exceptions.NoScriptError
+        self._gone = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._sha = hashlib.sha1(self._HIT.encode()).hexdigest()
+        self._connection: Any = None
+        self._pid = 0
+        self._lock = threading.Lock()  # the dev server and gthread workers share it
         self._clock = clock
 
     def hit(self, key: str, window_seconds: int) -> int:
         window = int(self._clock() // window_seconds)
-        return int(self._hit(keys=[f"retention:rl:{key}:{window}"], args=[window_seconds * 2]))
+        name, ttl = f"retention:rl:{key}:{window}", window_seconds * 2
+        with self._lock:
+            try:
+                return self._count(name, ttl)
+            except self._gone:  # dropped by Redis (a restart, an idle timeout): once more
+                return self._count(name, ttl)
+
+    def _count(self, name: str, ttl: int) -> int:
+        if self._connection is None or self._pid != os.getpid():  # new, or forked
+            self._connection, self._pid = self._pool.make_connection(), os.getpid()
+        connection = self._connection
+        try:
+            try:
+                connection.send_command("EVALSHA", self._sha, 1, name, ttl)
+                return int(connection.read_response())
+            except self._no_script:  # a restarted Redis forgot it: EVAL loads it again
+                connection.send_command("EVAL", self._HIT, 1, name, ttl)
+                return int(connection.read_response())
+        except Exception:
+            connection.disconnect()
+            self._connection = None
+            raise
 
 
 class RateLimiter:

@@ -1,8 +1,10 @@
 """Throughput and latency of the list and client endpoints against a bare Flask endpoint.
 
 Publishes a list of 100,000 clients in a fresh PostgreSQL database, serves the real
-app and a bare Flask app (one constant JSON response) under the same gunicorn
-settings, and drives each with the same closed-loop load from local processes.
+app, a bare Flask app (one constant JSON response) and two floors (only what every
+list request must do: count it in Redis, append its audit record, send the page; as
+a WSGI function and as a Flask view) under the same gunicorn settings, and drives
+each with the same closed-loop load from local processes.
 Prints one table (with the CPU time each request cost the server, PostgreSQL, Redis
 and the load generator) and a one-line summary; record the output in
 docs/performance-api.md.
@@ -33,6 +35,7 @@ from sqlalchemy import create_engine, insert
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("RETENTION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = "redis://127.0.0.1:6379/14"
 AS_OF = date(2026, 6, 1)
 CLINICS = ("clinic-east", "clinic-north", "clinic-west")
 
@@ -115,7 +118,52 @@ def bare_app() -> Any:
     return app
 
 
-def serve(kind: str, store_url: str, port: int, workers: int) -> None:
+def floor_app(store_url: str, page: bytes, flask: bool) -> Any:
+    """The least a list request can cost: what the issue requires of every one, nothing else.
+
+    Counts the request in Redis (the app's own counter), appends its audit record
+    (one prepared INSERT, durable when it returns) and sends a page already made.
+    No key check, no scope, no claims, no metrics; ``flask`` puts it in one Flask view.
+    """
+    import psycopg
+
+    from api.ratelimit import RedisCounter
+
+    counter = RedisCounter(REDIS_URL)
+    audit = ("INSERT INTO audit_log (at, key_id, role, action, client_ids_json, request_id,"
+             " source, outcome, status) VALUES (now() AT TIME ZONE 'UTC', 'floor', 'ehr',"
+             " 'risk_list.read', %s, %s, %s, 'ok', 200)")
+    ids = json.dumps([item["client_id"] for item in json.loads(page)["items"]])
+    db: list[psycopg.Connection[Any]] = []
+
+    def serve_page(remote: str | None) -> None:
+        if not db:  # after the fork, in the worker
+            db.append(psycopg.connect(store_url.replace("+psycopg", ""), autocommit=True))
+        counter.hit("floor", 60)
+        db[0].execute(audit, (ids, uuid.uuid4().hex, remote), prepare=True)
+
+    if flask:
+        from flask import Flask, Response, request
+
+        app = Flask("floor")
+
+        @app.get("/floor")
+        def view() -> Response:
+            serve_page(request.remote_addr)
+            return Response(page, mimetype="application/json")
+
+        return app
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        serve_page(environ.get("REMOTE_ADDR"))
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(page)))])
+        return [page]
+
+    return wsgi
+
+
+def serve(kind: str, store_url: str, port: int, workers: int, page: bytes = b"") -> None:
     """Child process: gunicorn with the production options serving ``kind``."""
     from gunicorn.app.base import BaseApplication
 
@@ -124,7 +172,7 @@ def serve(kind: str, store_url: str, port: int, workers: int) -> None:
 
     settings = settings_from_mapping({
         "source_url": "sqlite:///unused.db", "store_url": store_url,
-        "api_rate_limit_per_minute": 10**9, "api_rate_limit_storage": "redis://127.0.0.1:6379/14",
+        "api_rate_limit_per_minute": 10**9, "api_rate_limit_storage": REDIS_URL,
     })
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -135,6 +183,8 @@ def serve(kind: str, store_url: str, port: int, workers: int) -> None:
         def load(self) -> Any:
             if kind == "bare":
                 return bare_app()
+            if kind.startswith("floor"):
+                return floor_app(store_url, page, flask=kind == "floor_flask")
             from api import create_app
 
             return create_app(settings)
@@ -232,11 +282,19 @@ def descendants(root: int) -> list[int]:
     return tree
 
 
-def wait_up(port: int) -> None:
+def first_page(port: int, token: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/v1/risk-list?limit=50", headers={"Authorization": f"Bearer {token}"})
+    body = conn.getresponse().read()
+    conn.close()
+    return body
+
+
+def wait_up(port: int, path: str = "/metrics") -> None:
     for _ in range(200):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/metrics")
+            conn.request("GET", path)
             conn.getresponse().read()
             return
         except OSError:
@@ -256,13 +314,18 @@ def main() -> None:
     servers: list[mp.Process] = []
     try:
         token, client_id = publish(store_url, args.clients)
-        ports = {"bare": 18301, "api": 18302}
+        ports = {"bare": 18301, "api": 18302, "floor_wsgi": 18303, "floor_flask": 18304}
+        page = b""
         for kind, port in ports.items():
-            proc = mp.Process(target=serve, args=(kind, store_url, port, args.workers))
+            proc = mp.Process(target=serve, args=(kind, store_url, port, args.workers, page))
             proc.start()
             servers.append(proc)
-            wait_up(port)
+            wait_up(port, "/floor" if kind.startswith("floor") else "/metrics")
+            if kind == "api":  # the floors send the page the API sends
+                page = first_page(port, token)
         cases = [("bare Flask constant", ports["bare"], "/bare"),
+                 ("floor: WSGI, count+audit+page", ports["floor_wsgi"], "/floor"),
+                 ("floor: Flask, count+audit+page", ports["floor_flask"], "/floor"),
                  ("ranked list, page of 50", ports["api"], "/v1/risk-list?limit=50"),
                  ("ranked list, tier=high, page 2", ports["api"],
                   "/v1/risk-list?limit=50&tier=high&cursor=" + _cursor(150)),
@@ -288,10 +351,14 @@ def main() -> None:
             print(f"{label:<32} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                   f"{r['n']:>9,} {r['errors']:>6}   {r['cpu_server']:>25.2f} "
                   f"{r['cpu_postgres']:>8.2f} {r['cpu_redis']:>5.2f} {r['cpu_clients']:>7.2f}")
-        bare, listed = rows[0][1], rows[1][1]
-        say(f"bench: list at {listed['rps'] / bare['rps']:.0%} of the bare endpoint's "
-            f"throughput, p99 {listed['p99']:.1f} ms ({args.clients:,} clients, "
-            f"{args.workers} workers, {args.concurrency} clients)")
+        by_label = dict(rows)
+        bare = by_label["bare Flask constant"]["rps"]
+        listed = by_label["ranked list, page of 50"]
+        floors = [by_label[f"floor: {kind}, count+audit+page"]["rps"] / bare
+                  for kind in ("WSGI", "Flask")]
+        say(f"bench: list at {listed['rps'] / bare:.0%} of the bare endpoint's throughput "
+            f"(floors: WSGI {floors[0]:.0%}, Flask {floors[1]:.0%}), p99 {listed['p99']:.1f} ms "
+            f"({args.clients:,} clients, {args.workers} workers, {args.concurrency} clients)")
     finally:
         for proc in servers:
             proc.terminate()

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import ColumnElement, Insert
 
-from retention import store
+from retention import bulk, store
 
 ROLES = ("case_manager", "ehr", "analyst", "admin")
 # Roles that read client data unless the key carries the client-data grant.
@@ -256,6 +256,7 @@ class Condition:
 _AUDIT_COLUMNS = ("at", "key_id", "role", "action", "client_ids_json", "request_id", "source",
                   "outcome", "status")
 _conditional_inserts: dict[tuple[str, ...], Insert] = {}
+_compiled_for_psycopg: dict[tuple[str, ...], str] = {}
 
 _KEY_STILL_VALID = exists().where(
     api_keys.c.key_id == bindparam("claim_key_id"),
@@ -292,8 +293,29 @@ def write_audit(
         _conditional_inserts[names] = statement
     for condition in only_if:
         values.update(condition.params)
+    if connection.dialect.name == "postgresql":
+        return _write_through_driver(connection, names, statement, values)
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... SELECT through SQLAlchemy.
     return connection.execute(statement, values).first() is not None
+
+
+def _write_through_driver(
+    connection: Connection, names: tuple[str, ...], statement: Insert, values: dict[str, Any]
+) -> bool:
+    """The same statement, compiled once and run as a prepared statement by psycopg.
+
+    This is every API request's one write: SQLAlchemy's execution machinery costs
+    about three times psycopg's own execute of it (160 against 50 microseconds of
+    CPU), a fifth of a cached list request. psycopg adapts the values as SQLAlchemy
+    would (naive datetimes, text, integers), and the statement runs in the caller's
+    transaction like any other.
+    """
+    sql = _compiled_for_psycopg.get(names)
+    if sql is None:
+        sql = _compiled_for_psycopg[names] = str(statement.compile(dialect=connection.dialect))
+    with bulk.driver(connection).cursor() as cursor:
+        cursor.execute(sql, values, prepare=True)
+        return cursor.fetchone() is not None
 
 
 def key_still_valid(key_id: str, token_sha256: str) -> Condition:

@@ -79,12 +79,13 @@ def read_query(
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
 
 
-def _driver(connection: Connection) -> Any:
+def driver(connection: Connection) -> Any:
     """The psycopg connection under ``connection``, inside its SQLAlchemy transaction.
 
-    COPY goes to the driver directly, which SQLAlchemy does not see: without this, a
-    COPY as a connection's first statement would run in a transaction SQLAlchemy does
-    not know it has, and the caller's ``commit()`` would do nothing.
+    COPY and the API's audit write go to the driver directly, which SQLAlchemy does
+    not see: without this, such a statement as a connection's first would run in a
+    transaction SQLAlchemy does not know it has, and the caller's ``commit()`` would
+    do nothing.
     """
     if not connection.in_transaction():
         connection.begin()
@@ -115,7 +116,7 @@ def _copy_out(
     dates: Sequence[str] = (),
     kinds: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    raw = _driver(connection)
+    raw = driver(connection)
     query = inline_params(raw, sql, params)
     kinds = dict(kinds or {})
     for c in columns:
@@ -140,7 +141,7 @@ def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> i
 
 
 def _copy_in(connection: Connection, name: str, columns: list[str], frame: pd.DataFrame) -> None:
-    raw = _driver(connection)
+    raw = driver(connection)
     cols = ", ".join(f'"{c}"' for c in columns)
     with raw.cursor() as cursor:
         pg_copy.write_copy(cursor, f'COPY "{name}" ({cols}) FROM STDIN WITH (FORMAT csv)', frame)

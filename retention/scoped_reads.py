@@ -69,6 +69,7 @@ _SAME_PUBLICATION = exists().where(
     _p.c.published_at == bindparam("claim_published_at"),
 )
 _NONE_NEWER = ~exists().where(_p.c.as_of > bindparam("claim_as_of"))
+_LATEST = and_(_SAME_PUBLICATION, _NONE_NEWER)  # built once: every API request names it
 
 
 def still_published(pub: dict[str, Any], latest: bool) -> Condition:
@@ -80,7 +81,7 @@ def still_published(pub: dict[str, Any], latest: bool) -> Condition:
     params = {"claim_as_of": pub["as_of"], "claim_run_id": pub["run_id"],
               "claim_published_at": pub["published_at"]}
     if latest:
-        return Condition("latest_list", and_(_SAME_PUBLICATION, _NONE_NEWER), params)
+        return Condition("latest_list", _LATEST, params)
     return Condition("list", _SAME_PUBLICATION, params)
 
 

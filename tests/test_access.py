@@ -215,3 +215,16 @@ def test_a_window_counter_expires_and_counts_atomically(redis_url: str) -> None:
     assert [counter.hit(key, 60) for _ in range(3)] == [1, 2, 3]
     slot = f"retention:rl:{key}:{2_000_000 // 60}"
     assert 60 < redis.Redis.from_url(redis_url).ttl(slot) <= 120  # two windows, then gone
+
+
+def test_the_counter_survives_a_dropped_connection_and_a_flushed_script(redis_url: str) -> None:
+    """What a Redis restart does to a worker's connection: it counts on, once per hit."""
+    counter = RedisCounter(redis_url, clock=lambda: 3_000_000.0)
+    key = f"drop-{uuid.uuid4().hex}"
+    admin = redis.Redis.from_url(redis_url)
+    assert counter.hit(key, 60) == 1
+    admin.script_flush()
+    assert counter.hit(key, 60) == 2
+    killed = admin.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert [counter.hit(key, 60) for _ in range(2)] == [3, 4]
