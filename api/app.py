@@ -10,6 +10,7 @@ from flask import Flask
 from api import fhir, openapi, operations, routes
 from api.auth import register_request_ids
 from api.cache import ReadCache
+from api.connections import RequestConnections
 from api.errors import register_errorhandlers
 from api.metrics import register_metrics
 from api.ratelimit import build_limiter
@@ -42,10 +43,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Engines, the rate-limit counter and the read cache: per app, so per worker after fork."""
+    """Engines, request connections, the rate-limit counter and the read cache: per app,
+    so per worker after fork."""
+    engine = store_engine(settings.store_url)
     app.extensions["retention"] = {
         "settings": settings,
-        "store": store_engine(settings.store_url),
+        "store": engine,
+        "connections": RequestConnections(engine),
         "limiter": build_limiter(settings.api_rate_limit_storage,
                                  settings.api_rate_limit_per_minute),
         "cache": ReadCache(),

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from api.cache import ReadCache
+from api.connections import RequestConnections
 from api.errors import Problem
 from api.ratelimit import RateLimiter
 from retention import access, scoped_reads
@@ -56,24 +57,28 @@ def register_request_ids(app: Flask) -> None:
         return response
 
     @app.teardown_request
-    def close_connection(_exc: BaseException | None) -> None:
+    def release_connection(_exc: BaseException | None) -> None:
         conn: Connection | None = g.pop("db", None)
         if conn is not None:
-            conn.close()
+            _connections().release(conn)
 
 
 def connection() -> Connection:
-    """The request's one store connection: auth, reads and the audit share its round trips."""
+    """The request's one store connection: auth, reads and the audit share its round trips.
+
+    On PostgreSQL every statement is its own transaction (autocommit): no BEGIN/COMMIT
+    round trips, and the audit INSERT is durable when it returns. SQLite's engine
+    emits its own BEGIN, so there the audit commits explicitly.
+    """
     conn: Connection | None = g.get("db")
     if conn is None:
-        engine: Engine = current_app.extensions["retention"]["store"]
-        conn = g.db = engine.connect()
-        if engine.dialect.name == "postgresql":
-            # Every statement its own transaction: no BEGIN/COMMIT round trips, and the
-            # audit INSERT is durable when it returns. (SQLite's engine emits its own
-            # BEGIN, so there the audit commits explicitly.)
-            conn = g.db = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn = g.db = _connections().acquire()
     return conn
+
+
+def _connections() -> RequestConnections:
+    found: RequestConnections = current_app.extensions["retention"]["connections"]
+    return found
 
 
 class StaleClaim(Exception):

@@ -75,8 +75,7 @@ class Page:
 
     items_json: bytes
     client_ids: tuple[str, ...]
-    last_rank: int  # 0 for an empty page
-    more: bool
+    next_cursor: str | None  # None on the last page
 
 
 @dataclass
@@ -85,5 +84,6 @@ class ReadCache:
 
     callers: LRU[Caller] = field(default_factory=lambda: LRU(1024))  # by token digest
     publications: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))  # by as_of
-    drift: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))  # by publication
+    # by publication: its drift and the rest of its freshness but the age
+    drift: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))
     pages: LRU[Page] = field(default_factory=lambda: LRU(4096, PAGE_BYTES_PER_WORKER))

@@ -94,11 +94,12 @@ def _parse_choice(name: str, choices: tuple[str, ...]) -> str | None:
 
 
 def check_params(allowed: set[str]) -> None:
-    unknown = sorted(set(request.args) - allowed)
+    args = request.args
+    unknown = sorted(args.keys() - allowed)
     if unknown:
         raise Problem(400, f"unknown query parameter(s): {', '.join(unknown)}; "
                       f"allowed: {', '.join(sorted(allowed))}", INVALID)
-    repeated = sorted(k for k in request.args if len(request.args.getlist(k)) > 1)
+    repeated = sorted(k for k, values in args.lists() if len(values) > 1)
     if repeated:
         raise Problem(400, f"query parameter(s) given more than once: {', '.join(repeated)}",
                       INVALID)
@@ -148,15 +149,17 @@ def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     as_of: date = pub["as_of"]
     age = (today() - as_of).days
     cache = read_cache()
-    # Drift is recorded in the transaction that publishes the list, so it is as fixed as the list.
-    found = cache.drift.get(identity(pub))
-    if found is None:
+    # Drift is recorded in the transaction that publishes the list, so it is as fixed
+    # as the list: all but the age is kept with it.
+    fixed = cache.drift.get(identity(pub))
+    if fixed is None:
         d = drift.run_drift(connection(), pub["run_id"])
-        found = {"drifted": d["drifted"], "flagged": d["flagged"], "score_psi": d["score_psi"]}
-        cache.drift.put(identity(pub), found)
-    return {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
-            "published_at": iso(pub["published_at"]), "age_days": age, "stale": age > 1,
-            "drift": found}
+        fixed = {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
+                 "published_at": iso(pub["published_at"]),
+                 "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
+                           "score_psi": d["score_psi"]}}
+        cache.drift.put(identity(pub), fixed)
+    return {**fixed, "age_days": age, "stale": age > 1}
 
 
 def iso(value: Any) -> Any:
@@ -197,7 +200,7 @@ def risk_list() -> ResponseReturnValue:
     returning(page.client_ids)
     body = {
         **freshness(pub), "count": len(page.client_ids),
-        "next_cursor": encode_cursor(pub["as_of"], page.last_rank) if page.more else None,
+        "next_cursor": page.next_cursor,
         "items": orjson.Fragment(page.items_json),
     }
     return Response(orjson.dumps(body), mimetype="application/json")
@@ -216,7 +219,7 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
         # orjson writes dates and naive datetimes as isoformat() does: no iso() per field.
         items = orjson.dumps([{k: r.get(k) for k in LIST_FIELDS} for r in rows])
         page = Page(items, tuple(r["client_id"] for r in rows),
-                    rows[-1]["rank"] if rows else 0, more)
+                    encode_cursor(pub["as_of"], rows[-1]["rank"]) if more else None)
         cache.pages.put(key, page, cost=len(items))
     return page
 

@@ -1,0 +1,76 @@
+"""The API's request connections: held by the worker thread on PostgreSQL, pooled on SQLite."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from api.connections import RequestConnections
+from retention import db
+from retention.db import store_engine
+
+
+def _backend(conn: object) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())  # type: ignore[attr-defined]
+
+
+def _kill(url: str, pid: int) -> None:
+    killer = create_engine(db._with_driver(url))
+    with killer.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    killer.dispose()
+
+
+def test_requests_on_postgresql_reuse_one_autocommit_connection(pg_url: str) -> None:
+    engine = store_engine(pg_url)
+    connections = RequestConnections(engine)
+    pids = []
+    for _ in range(3):
+        conn = connections.acquire()
+        pids.append(_backend(conn))
+        assert conn.connection.driver_connection.autocommit  # type: ignore[attr-defined]
+        connections.release(conn)
+    assert len(set(pids)) == 1
+    engine.dispose()
+
+
+def test_a_held_connection_killed_while_idle_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)
+    engine = store_engine(pg_url)
+    connections = RequestConnections(engine)
+    conn = connections.acquire()
+    pid = _backend(conn)
+    connections.release(conn)
+    _kill(pg_url, pid)
+    conn = connections.acquire()
+    assert _backend(conn) != pid
+    connections.release(conn)
+    engine.dispose()
+
+
+def test_a_held_connection_that_failed_is_replaced(pg_url: str) -> None:
+    """Killed in use (no idle pause, so no ping): that request fails, the next one works."""
+    engine = store_engine(pg_url)
+    connections = RequestConnections(engine)
+    conn = connections.acquire()
+    pid = _backend(conn)
+    _kill(pg_url, pid)
+    with pytest.raises(Exception):  # noqa: B017  (the driver's error, wrapped by SQLAlchemy)
+        _backend(conn)
+    connections.release(conn)
+    conn = connections.acquire()
+    assert _backend(conn) != pid
+    connections.release(conn)
+    engine.dispose()
+
+
+def test_sqlite_connections_go_back_to_the_pool(tmp_path: object) -> None:
+    engine = store_engine(f"sqlite:///{tmp_path}/store.db")
+    connections = RequestConnections(engine)
+    conn = connections.acquire()
+    conn.execute(text("SELECT 1"))
+    connections.release(conn)
+    assert conn.closed
+    engine.dispose()
