@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -28,6 +29,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from retention import store
 
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Label values come from this set only: a method is any token a client sends, and
+# each new one would be a new series kept for good.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class LastRunAge(Collector):
@@ -68,13 +72,22 @@ def register_metrics(app: Flask) -> None:
     def start_timer() -> None:
         g.started = time.perf_counter()
 
+    # Each label set's two series, looked up once: ``labels()`` validates and locks
+    # on every call, a third of this hook's cost.
+    series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     @app.after_request
     def observe(response: Response) -> Response:
         # The route template, not the path: client ids never become label values.
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        labels = (route, request.method, str(response.status_code))
-        requests.labels(*labels).inc()
-        latency.labels(*labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        rule = request.url_rule
+        method = request.method if request.method in METHODS else "other"
+        key = (rule.rule if rule else "unmatched", method, response.status_code)
+        found = series.get(key)
+        if found is None:
+            labels = (key[0], key[1], str(key[2]))
+            found = series[key] = (requests.labels(*labels), latency.labels(*labels))
+        found[0].inc()
+        found[1].observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     @app.get("/metrics")

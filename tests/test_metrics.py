@@ -26,3 +26,13 @@ def test_requests_are_counted_by_route_not_by_client(scored: Scored) -> None:
     assert not any(item["client_id"] in text for item in items)
     age = re.search(r'retention_last_successful_run_age_seconds\{kind="score"\} ([0-9.e+]+)', text)
     assert age and float(age.group(1)) >= 0
+
+
+def test_methods_a_client_makes_up_do_not_become_series(scored: Scored) -> None:
+    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    client = app.test_client()
+    for n in range(3):
+        assert client.open("/v1/risk-list", method=f"MADEUP{n}").status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "MADEUP" not in text
+    assert 'method="other",route="unmatched",status="405"} 3.0' in text
