@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text, update
 
 from pipelines.etl import read_watermarks, run_etl
 from pipelines.scoring import run_scoring
@@ -199,6 +199,39 @@ def test_incremental_runs_equal_a_full_reload_postgresql(
     assert_incremental_equals_full(src, store_db, pg_databases("full"), AS_OF + timedelta(days=2))
     store_db.dispose()
     src.dispose()
+
+
+def _analyses(store_db: Engine) -> int:
+    with store_db.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'clinic_appointments'"
+        )).scalar_one())
+
+
+def test_statistics_are_refreshed_after_changes_large_beside_the_copy_only(
+    source: Source, pg_url: str,
+) -> None:
+    """The first load and a night that rewrote much of the copy are analysed; a night of
+    a few changes keeps the statistics it has (sampling 22 million rows again took a
+    second of every incremental run at 100,000 clients)."""
+    store_db = store_engine(pg_url)
+    etl(source, store_db)
+    assert _analyses(store_db) == 1
+    with store_db.connect() as conn:
+        mark = read_watermarks(conn)["appointments"]
+    assert mark is not None
+    for a in source.rows("appointments", limit=3):
+        source.update("appointments", {"appointment_id": a["appointment_id"]},
+                      clinician_id="CL-NEW", updated_at=mark + timedelta(minutes=1))
+    assert etl(source, store_db).rows_changed >= 3  # type: ignore[attr-defined]
+    assert _analyses(store_db) == 1
+    slots = source.table("appointments")
+    with source.engine.begin() as conn:
+        conn.execute(update(slots).values(clinician_id="CL-ALL",
+                                          updated_at=mark + timedelta(minutes=2)))
+    etl(source, store_db)
+    assert _analyses(store_db) == 2
+    store_db.dispose()
 
 
 def test_deletions_at_the_source_are_reconciled_by_a_full_reload(source: Source,
