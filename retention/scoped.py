@@ -113,12 +113,14 @@ def scoped_frames(
     )
     items = ", ".join(str(n) for n in SRS_ITEMS)
     if bulk.is_postgres(connection):
-        # By key, for the measures just read: an index lookup each, not a scan of every item.
+        # By key, for the measures just read: an index lookup each. (Joined to the ids
+        # unnested, not filtered by ``= ANY``: given 95,000 ids at 100k clients the
+        # planner chose to scan all 14 million items, 1.0 s against 0.6 s.)
         m = frames["alliance_measures"]
         ids = sorted(m.loc[m["instrument"].isin(["SRS", "GSRS"]), "measure_id"].astype(str))
         frames["alliance_items"] = bulk.read_query(connection, (
-            f"SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
-            f" WHERE i.measure_id = ANY(:ids) AND i.item_number IN ({items})"
+            f"SELECT {_cols('alliance_items', 'i')} FROM unnest(CAST(:ids AS text[])) AS u(id)"
+            f" JOIN {P}alliance_items i ON i.measure_id = u.id WHERE i.item_number IN ({items})"
         ), _names("alliance_items"), {"ids": ids}, _dates("alliance_items"))
     else:
         frames["alliance_items"] = bulk.read_query(connection, (
