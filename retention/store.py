@@ -282,10 +282,13 @@ def write_features(
     # Plain Python values (numbers, None for missing) in one pass, not one call per value.
     rows = values.where(values.notna(), None).to_numpy(dtype=object).tolist()
     names = [str(n) for n in feature_names]
+    # orjson, not json: a third of this function's time went to encoding 21,000 rows.
+    # (Its text is compact, so the first run after the change rewrote every row once.)
+    options = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
     records = []
     for episode_id, m, v in zip(frame.index, meta.itertuples(index=False, name=None),
                                 rows, strict=True):
-        payload = dict(zip(names, map(bulk.plain, v), strict=True))
+        values_json = orjson.dumps(dict(zip(names, v, strict=True)), option=options).decode()
         records.append({
             "as_of": as_of,
             "episode_id": str(episode_id),
@@ -293,7 +296,7 @@ def write_features(
             "clinic_id": m[1],
             "case_manager_id": m[2],
             "run_id": run_id,
-            "values_json": json.dumps(payload, sort_keys=True),
+            "values_json": values_json,
         })
     new = pd.DataFrame(records, columns=[c.name for c in features.columns])
     return bulk.sync_rows(
