@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from sqlalchemy import Engine, text
 
@@ -245,7 +246,7 @@ def score_rows(
             "next_booked_at": None if pd.isna(nxt) else nxt.to_pydatetime(),
             "model_version": model.version,
             "run_id": run_id,
-            "reasons_json": json.dumps(payload),
+            "reasons_json": orjson.dumps(payload).decode(),  # 1 µs a row with reasons, json 16
         })
     return rows
 
