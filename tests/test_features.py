@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retention.clinic_data import ClinicData
+from retention import contract
+from retention.clinic_data import ClinicData, from_frames
 from retention.features import FEATURE_NAMES, build_features
 from retention.features.spec import META_COLUMNS
 from tests.factories import ClinicBuilder, at
@@ -154,3 +155,12 @@ def test_a_clinic_where_nobody_has_attended_yet(categorical: bool) -> None:
     row = build_features(data, AS_OF).loc["E1"]
     assert row["days_since_attended"] == 10
     assert row["consecutive_misses"] == 1
+
+
+def test_a_clinic_with_no_open_episode_has_no_rows() -> None:
+    """A new clinic, or one whose last client left: an empty frame, not an error."""
+    empty = from_frames({name: pd.DataFrame(columns=[c.name for c in table.columns])
+                         for name, table in contract.TABLES.items()})
+    features = build_features(empty, date(2026, 6, 1))
+    assert len(features) == 0
+    assert tuple(features.columns) == META_COLUMNS + FEATURE_NAMES

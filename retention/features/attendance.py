@@ -98,9 +98,10 @@ def disengagement_features(
     out["days_since_attended"] = in_days(cutoff - since).astype(float)
 
     missed = slots[slots["status"].isin(contract.MISSED_STATUSES)]
-    after_last = missed["scheduled_at"] > missed["episode_id"].map(last_attended).fillna(
-        pd.Timestamp.min
-    )
+    # reindex, not map: pandas cannot map an empty column through datetimes (a clinic
+    # with no open episode failed here).
+    previous = last_attended.reindex(missed["episode_id"].to_numpy()).fillna(pd.Timestamp.min)
+    after_last = missed["scheduled_at"].to_numpy() > previous.to_numpy()
     out["consecutive_misses"] = _count(missed[after_last], episodes.index)
 
     ahead = booked_ahead(appointments, episodes.index, as_of)
