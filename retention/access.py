@@ -40,6 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Insert
 
 from retention import bulk, store
@@ -313,9 +314,21 @@ def _write_through_driver(
     sql = _compiled_for_psycopg.get(names)
     if sql is None:
         sql = _compiled_for_psycopg[names] = str(statement.compile(dialect=connection.dialect))
-    with bulk.driver(connection).cursor() as cursor:
-        cursor.execute(sql, values, prepare=True)
-        return cursor.fetchone() is not None
+    driver = bulk.driver(connection)
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(sql, values, prepare=True)
+            return cursor.fetchone() is not None
+    except driver.Error as exc:
+        # As SQLAlchemy would have raised it: callers catch SQLAlchemyError, and a
+        # connection that broke is marked so, never handed out again. The values
+        # (client ids) stay out of the message.
+        lost = bool(driver.closed or driver.broken)
+        if lost:
+            connection.invalidate()
+        raise DBAPIError.instance(sql, None, exc, driver.Error, hide_parameters=True,
+                                  connection_invalidated=lost, dialect=connection.dialect
+                                  ) from exc
 
 
 def key_still_valid(key_id: str, token_sha256: str) -> Condition:

@@ -139,3 +139,32 @@ def test_reads_and_denials_are_audited_on_postgresql(
             conn, store.utcnow() - timedelta(hours=1), store.utcnow() + timedelta(hours=1))}
     assert [rows.get(r) for r in rids] == ["not_found", "unauthenticated"]
     engine.dispose()
+
+
+def test_a_failed_audit_write_on_postgresql_returns_no_data_and_the_next_request_recovers(
+    scored: Scored, pg_url: str,
+) -> None:
+    """The audit INSERT goes to psycopg directly: its errors still mean 503 and no data,
+    and a connection that broke under it is replaced, not handed to the next request."""
+    engine = create_engine(pg_url)
+    token = make_key(engine, "admin")
+    client = keyed_client(create_app(scored.settings.with_overrides(store_url=pg_url)), token)
+    assert client.get("/v1/risk-list").status_code == 404  # no list yet; audited
+    with engine.begin() as conn:
+        conn.execute(text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$"))
+        conn.execute(text("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log "
+                          "FOR EACH ROW EXECUTE FUNCTION refuse()"))
+    refused = client.get("/v1/risk-list")
+    assert refused.status_code == 503
+    assert refused.get_json()["title"] == "Audit unavailable"
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_down ON audit_log"))
+        # The worker's held connection dies while it is busy (no idle pause to ping).
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND pid <> pg_backend_pid() AND state = 'idle'"))
+    broken = client.get("/v1/risk-list")  # fails on the dead connection, says so, shows nothing
+    assert broken.status_code >= 500 and broken.mimetype == "application/problem+json"
+    assert client.get("/v1/risk-list").status_code == 404
+    engine.dispose()
