@@ -3,9 +3,9 @@
 A cached caller or publication is only a claim: the statement that writes a request's
 audit record re-checks it (``access.key_still_valid``, ``scoped_reads.still_published``)
 and writes nothing if it no longer holds, so a revoked key or a replaced list is noticed
-by the very statement that would have let data out. Pages and drift summaries are keyed
-by the publication they came from (as of, run id, published at), which never changes
-once committed: they can go unused, never stale.
+by the very statement that would have let data out. Pages and freshness summaries
+(drift included) are keyed by the publication they came from (as of, run id,
+published at), which never changes once committed: they can go unused, never stale.
 """
 
 from __future__ import annotations
@@ -84,6 +84,6 @@ class ReadCache:
 
     callers: LRU[Caller] = field(default_factory=lambda: LRU(1024))  # by token digest
     publications: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))  # by as_of
-    # by publication: its drift and the rest of its freshness but the age
-    drift: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))
+    # by publication: what of its freshness is fixed (all but the age), drift included
+    freshness: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))
     pages: LRU[Page] = field(default_factory=lambda: LRU(4096, PAGE_BYTES_PER_WORKER))

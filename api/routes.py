@@ -151,14 +151,14 @@ def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     cache = read_cache()
     # Drift is recorded in the transaction that publishes the list, so it is as fixed
     # as the list: all but the age is kept with it.
-    fixed = cache.drift.get(identity(pub))
+    fixed = cache.freshness.get(identity(pub))
     if fixed is None:
         d = drift.run_drift(connection(), pub["run_id"])
         fixed = {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
                  "published_at": iso(pub["published_at"]),
                  "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
                            "score_psi": d["score_psi"]}}
-        cache.drift.put(identity(pub), fixed)
+        cache.freshness.put(identity(pub), fixed)
     return {**fixed, "age_days": age, "stale": age > 1}
 
 
