@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from api.connections import RequestConnections
 from retention import db
 from retention.db import store_engine
 
 
-def _backend(conn: object) -> int:
-    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())  # type: ignore[attr-defined]
+def _backend(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
 def _kill(url: str, pid: int) -> None:
-    killer = create_engine(db._with_driver(url))
+    killer = store_engine(url)
     with killer.connect() as other:
         other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
     killer.dispose()
@@ -57,7 +58,7 @@ def test_a_held_connection_that_failed_is_replaced(pg_url: str) -> None:
     conn = connections.acquire()
     pid = _backend(conn)
     _kill(pg_url, pid)
-    with pytest.raises(Exception):  # noqa: B017  (the driver's error, wrapped by SQLAlchemy)
+    with pytest.raises(DBAPIError):
         _backend(conn)
     connections.release(conn)
     conn = connections.acquire()
