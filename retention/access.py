@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     DDL,
     Column,
@@ -277,7 +278,7 @@ def write_audit(
     """
     values = {
         "at": record.at or store.utcnow(), "key_id": record.key_id, "role": record.role,
-        "action": record.action, "client_ids_json": json.dumps(list(record.client_ids)),
+        "action": record.action, "client_ids_json": orjson.dumps(record.client_ids).decode(),
         "request_id": record.request_id, "source": record.source, "outcome": record.outcome,
         "status": record.status,
     }
@@ -314,11 +315,14 @@ def _write_through_driver(
     sql = _compiled_for_psycopg.get(names)
     if sql is None:
         sql = _compiled_for_psycopg[names] = str(statement.compile(dialect=connection.dialect))
-    driver = bulk.driver(connection)
+    raw = connection.connection.driver_connection
+    # In autocommit (the API's held connections) the INSERT is its own transaction and
+    # durable when it returns; otherwise it joins the caller's, begun where SQLAlchemy sees it.
+    driver = raw if raw is not None and raw.autocommit else bulk.driver(connection)
     try:
-        with driver.cursor() as cursor:
-            cursor.execute(sql, values, prepare=True)
-            return cursor.fetchone() is not None
+        cursor = _audit_cursor(connection, driver)
+        cursor.execute(sql, values, prepare=True)
+        return cursor.fetchone() is not None
     except driver.Error as exc:
         # As SQLAlchemy would have raised it: callers catch SQLAlchemyError, and a
         # connection that broke is marked so, never handed out again. The values
@@ -329,6 +333,20 @@ def _write_through_driver(
         raise DBAPIError.instance(sql, None, exc, driver.Error, hide_parameters=True,
                                   connection_invalidated=lost, dialect=connection.dialect
                                   ) from exc
+
+
+def _audit_cursor(connection: Connection, driver: Any) -> Any:
+    """One cursor per DBAPI connection, kept for its audit writes.
+
+    A new cursor costs a third of the write (15 of 45 microseconds of CPU): it starts
+    with no adapters looked up for the parameters' types. The pool clears ``info`` when
+    it replaces a connection, so a kept cursor never outlives the connection it is on.
+    """
+    info = connection.connection.info
+    cursor = info.get("retention_audit_cursor")
+    if cursor is None or cursor.closed or cursor.connection is not driver:
+        cursor = info["retention_audit_cursor"] = driver.cursor()
+    return cursor
 
 
 def key_still_valid(key_id: str, token_sha256: str) -> Condition:

@@ -168,3 +168,54 @@ def test_a_failed_audit_write_on_postgresql_returns_no_data_and_the_next_request
     assert broken.status_code >= 500 and broken.mimetype == "application/problem+json"
     assert client.get("/v1/risk-list").status_code == 404
     engine.dispose()
+
+
+def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) -> None:
+    """Autocommit: each write durable on its own, one cursor reused; a replaced connection
+    gets a new one; inside a transaction the write is the caller's to commit or roll back."""
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        access.create_schema(conn)
+    record = AuditRecord(action="t.read", outcome="ok", status=200, request_id="kept",
+                         client_ids=("C1", "C2"))
+    only_if = [access.key_still_valid("nokey", "nohash")]
+
+    def count() -> int:
+        with engine.connect() as other:
+            return int(other.execute(text(
+                "SELECT count(*) FROM audit_log WHERE request_id = 'kept'")).scalar_one())
+
+    auto = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    assert access.write_audit(auto, record, only_if) is False  # the key does not exist
+    cursor = auto.connection.info["retention_audit_cursor"]
+    with auto.begin():  # a key, so the condition holds
+        access.create_key(auto, "admin")
+    key_id, digest = auto.execute(text("SELECT key_id, token_sha256 FROM api_keys")).one()
+    valid = [access.key_still_valid(key_id, digest)]
+    assert access.write_audit(auto, record, valid) is True
+    assert auto.connection.info["retention_audit_cursor"] is cursor
+    assert count() == 1  # durable without a commit
+    auto.invalidate()
+    auto.rollback()  # the SELECT above began SQLAlchemy's (empty) transaction
+    assert access.write_audit(auto, record, valid) is True  # on a new DBAPI connection
+    assert auto.connection.info["retention_audit_cursor"] is not cursor
+    auto.commit()  # the new connection is not in autocommit: the write joined a transaction
+    auto.close()
+
+    with engine.connect() as conn:
+        assert access.write_audit(conn, record, valid) is True
+        conn.rollback()
+    assert count() == 2
+    with engine.connect() as conn:
+        assert access.write_audit(conn, record, valid) is True
+        conn.commit()
+    assert count() == 3
+    assert [r["client_ids"] for r in _records_kept(engine)] == [["C1", "C2"]] * 3
+    engine.dispose()
+
+
+def _records_kept(engine: object) -> list[dict]:
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        return [r for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
+                                             store.utcnow() + timedelta(hours=1))
+                if r["request_id"] == "kept"]
