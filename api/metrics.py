@@ -59,35 +59,48 @@ class LastRunAge(Collector):
         yield family
 
 
+class RequestMetrics:
+    """Requests and their latency by route template, method and status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._requests = Counter("retention_http_requests_total", "HTTP requests",
+                                 ["route", "method", "status"], registry=registry)
+        self._latency = Histogram("retention_http_request_duration_seconds",
+                                  "HTTP request latency", ["route", "method", "status"],
+                                  buckets=BUCKETS, registry=registry)
+        # Each label set's two series, looked up once: ``labels()`` validates and locks
+        # on every call, a third of the hook's cost.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request; ``route`` is a template, never a path with client ids in it."""
+        key = (route, method if method in METHODS else "other", status)
+        found = self._series.get(key)
+        if found is None:
+            labels = (key[0], key[1], str(key[2]))
+            found = self._series[key] = (self._requests.labels(*labels),
+                                         self._latency.labels(*labels))
+        found[0].inc()
+        found[1].observe(seconds)
+
+
 def register_metrics(app: Flask) -> None:
     """Time every request and serve ``/metrics`` (public: counts and ages, no client data)."""
     registry = CollectorRegistry()
-    requests = Counter("retention_http_requests_total", "HTTP requests",
-                       ["route", "method", "status"], registry=registry)
-    latency = Histogram("retention_http_request_duration_seconds", "HTTP request latency",
-                        ["route", "method", "status"], buckets=BUCKETS, registry=registry)
+    recorder = RequestMetrics(registry)
     app.extensions["retention"]["metrics"] = registry
+    app.extensions["retention"]["request_metrics"] = recorder
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
 
-    # Each label set's two series, looked up once: ``labels()`` validates and locks
-    # on every call, a third of this hook's cost.
-    series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
     @app.after_request
     def observe(response: Response) -> Response:
-        # The route template, not the path: client ids never become label values.
         rule = request.url_rule
-        method = request.method if request.method in METHODS else "other"
-        key = (rule.rule if rule else "unmatched", method, response.status_code)
-        found = series.get(key)
-        if found is None:
-            labels = (key[0], key[1], str(key[2]))
-            found = series[key] = (requests.labels(*labels), latency.labels(*labels))
-        found[0].inc()
-        found[1].observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        recorder.observe(rule.rule if rule else "unmatched", request.method,
+                         response.status_code,
+                         time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     @app.get("/metrics")

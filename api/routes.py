@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,7 @@ from api.auth import (
 from api.cache import Page
 from api.errors import Problem
 from retention import drift, scoped_reads, store
+from retention.access import Caller
 from retention.config import Settings
 from retention.scoped_reads import ListFilter
 
@@ -51,12 +54,17 @@ def store_engine() -> Engine:
 
 
 def today() -> date:
-    clock = current_app.config.get("TODAY")
+    return clock_today(current_app.config)
+
+
+def clock_today(config: Mapping[str, Any]) -> date:
+    """Today, or what a test's ``TODAY`` clock says it is."""
+    clock = config.get("TODAY")
     return clock() if callable(clock) else date.today()
 
 
-def parse_date(name: str) -> date | None:
-    raw = request.args.get(name)
+def parse_date(name: str, args: Mapping[str, str] | None = None) -> date | None:
+    raw = (request.args if args is None else args).get(name)
     if raw is None:
         return None
     try:
@@ -65,16 +73,15 @@ def parse_date(name: str) -> date | None:
         raise Problem(400, f"{name} must be a date as YYYY-MM-DD, got {raw!r}", INVALID) from None
 
 
-def _parse_limit(default: int = 50) -> int:
-    raw = request.args.get("limit", str(default))
-    maximum = settings().api_max_limit
+def _parse_limit(args: Mapping[str, str], maximum: int, default: int = 50) -> int:
+    raw = args.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
         raise Problem(400, f"limit must be a whole number from 1 to {maximum}", INVALID)
     return int(raw)
 
 
-def _parse_min_risk() -> float | None:
-    raw = request.args.get("min_risk")
+def _parse_min_risk(args: Mapping[str, str]) -> float | None:
+    raw = args.get("min_risk")
     if raw is None:
         return None
     try:
@@ -86,8 +93,8 @@ def _parse_min_risk() -> float | None:
     return value
 
 
-def _parse_choice(name: str, choices: tuple[str, ...]) -> str | None:
-    raw = request.args.get(name)
+def _parse_choice(args: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = args.get(name)
     if raw is not None and raw not in choices:
         raise Problem(400, f"{name} must be one of {', '.join(choices)}", INVALID)
     return raw
@@ -146,19 +153,23 @@ def identity(pub: dict[str, Any]) -> tuple[Any, ...]:
 
 def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     """How old the served list is, and whether its population drifted from training."""
-    as_of: date = pub["as_of"]
-    age = (today() - as_of).days
     cache = read_cache()
     # Drift is recorded in the transaction that publishes the list, so it is as fixed
     # as the list: all but the age is kept with it.
     fixed = cache.freshness.get(identity(pub))
     if fixed is None:
         d = drift.run_drift(connection(), pub["run_id"])
-        fixed = {"as_of": as_of.isoformat(), "model_version": pub["model_version"],
+        fixed = {"as_of": pub["as_of"].isoformat(), "model_version": pub["model_version"],
                  "published_at": iso(pub["published_at"]),
                  "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
                            "score_psi": d["score_psi"]}}
         cache.freshness.put(identity(pub), fixed)
+    return aged(fixed, pub["as_of"], today())
+
+
+def aged(fixed: dict[str, Any], as_of: date, on: date) -> dict[str, Any]:
+    """A list's fixed freshness fields with its age on ``on``."""
+    age = (on - as_of).days
     return {**fixed, "age_days": age, "stale": age > 1}
 
 
@@ -172,38 +183,62 @@ def public(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {k: iso(row.get(k)) for k in fields}
 
 
+@dataclass(frozen=True)
+class ListQuery:
+    """A valid list request's parameters."""
+
+    as_of: date | None
+    flt: ListFilter
+    limit: int
+
+
+def parse_list_query(args: Mapping[str, str], max_limit: int) -> ListQuery:
+    """The list's parameters from a query without unknown or repeated names; 400/404 if bad."""
+    limit = _parse_limit(args, max_limit)
+    as_of = parse_date("as_of", args)
+    after = 0
+    if "cursor" in args:
+        cursor_as_of, after = decode_cursor(args["cursor"])
+        if as_of is not None and as_of != cursor_as_of:
+            raise Problem(400, "as_of differs from the list the cursor belongs to", INVALID)
+        as_of = cursor_as_of
+    engaged = _parse_choice(args, "engaged_only", ("true", "false"))
+    flt = ListFilter(
+        clinic_id=args.get("clinic_id"),
+        case_manager_id=args.get("case_manager_id"),
+        program=args.get("program"),
+        tier=_parse_choice(args, "tier", TIERS),
+        min_risk=_parse_min_risk(args),
+        still_engaged=True if engaged == "true" else None,
+        after_rank=after,
+    )
+    return ListQuery(as_of, flt, limit)
+
+
 @bp.get("/v1/risk-list")
 @requires(CLIENT_DATA, "risk_list.read")
 def risk_list() -> ResponseReturnValue:
     """Open episodes in the caller's scope ranked by risk, highest first, with reasons."""
     check_params(LIST_PARAMS)
-    limit = _parse_limit()
-    as_of = parse_date("as_of")
-    after = 0
-    if "cursor" in request.args:
-        cursor_as_of, after = decode_cursor(request.args["cursor"])
-        if as_of is not None and as_of != cursor_as_of:
-            raise Problem(400, "as_of differs from the list the cursor belongs to", INVALID)
-        as_of = cursor_as_of
-    engaged = _parse_choice("engaged_only", ("true", "false"))
-    flt = ListFilter(
-        clinic_id=request.args.get("clinic_id"),
-        case_manager_id=request.args.get("case_manager_id"),
-        program=request.args.get("program"),
-        tier=_parse_choice("tier", TIERS),
-        min_risk=_parse_min_risk(),
-        still_engaged=True if engaged == "true" else None,
-        after_rank=after,
-    )
-    pub = publication(as_of)
-    page = list_page(pub, flt, limit)
+    # A plain dict: a MultiDict raises (and catches) an exception for each absent name.
+    query = parse_list_query(request.args.to_dict(), settings().api_max_limit)
+    pub = publication(query.as_of)
+    page = list_page(pub, query.flt, query.limit)
     returning(page.client_ids)
-    body = {
-        **freshness(pub), "count": len(page.client_ids),
-        "next_cursor": page.next_cursor,
+    return Response(list_body(freshness(pub), page), mimetype="application/json")
+
+
+def list_body(fresh: dict[str, Any], page: Page) -> bytes:
+    """The list response's JSON: the page's items embedded as they were encoded."""
+    return orjson.dumps({
+        **fresh, "count": len(page.client_ids), "next_cursor": page.next_cursor,
         "items": orjson.Fragment(page.items_json),
-    }
-    return Response(orjson.dumps(body), mimetype="application/json")
+    })
+
+
+def page_key(pub: dict[str, Any], who: Caller, flt: ListFilter, limit: int) -> tuple[Any, ...]:
+    """A cached page's key: the list, the scope (not the key), the filters and the limit."""
+    return identity(pub), scoped_reads.scope_of(who), flt, limit
 
 
 def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
@@ -212,7 +247,7 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
     Keyed by the scope, not the key: callers who see the same rows share pages.
     """
     cache = read_cache()
-    key = (identity(pub), scoped_reads.scope_of(caller()), flt, limit)
+    key = page_key(pub, caller(), flt, limit)
     page = cache.pages.get(key)
     if page is None:
         rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
