@@ -12,6 +12,7 @@ from api.auth import register_request_ids
 from api.cache import ReadCache
 from api.connections import RequestConnections
 from api.errors import register_errorhandlers
+from api.fastpath import register_fast_path
 from api.metrics import register_metrics
 from api.ratelimit import build_limiter
 from api.web import register_web
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # The case managers' pages; their session secret comes from the config or environment.
     register_web(app, os.environ)
     register_errorhandlers(app)
+    register_fast_path(app)
     return app
 
 

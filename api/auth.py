@@ -20,6 +20,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
@@ -30,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from api.cache import ReadCache
 from api.connections import RequestConnections
 from api.errors import Problem
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, Verdict
 from retention import access, scoped_reads
 from retention.access import AuditRecord, Caller
 
@@ -43,13 +44,46 @@ OPERATIONS = "operations"
 ANY = "any"
 
 
+def request_id(given: str) -> str:
+    """The caller's X-Request-ID if it is well formed, else a new one."""
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+@dataclass
+class Handover:
+    """What the cached-list path (``api.fastpath``) did before it left a request to Flask.
+
+    Its side effects are not repeated: the request keeps its id, its rate-limit count
+    (or the counter's error) is used as counted, a failed audit write answers its
+    problem, and a claim the audit statement refused leaves only the database retry.
+    """
+
+    request_id: str
+    rate_limit: Verdict | Exception | None = None
+    problem: Problem | None = None
+    stale: bool = False
+
+
+HANDOVER = "retention.handover"
+
+
+def handover() -> Handover | None:
+    found: Handover | None = request.environ.get(HANDOVER)
+    return found
+
+
 def register_request_ids(app: Flask) -> None:
     """Take a well-formed X-Request-ID from the caller or make one; echo it back."""
 
     @app.before_request
     def assign_request_id() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        handed = handover()
+        if handed is not None:
+            g.request_id = handed.request_id
+            if handed.problem is not None:
+                raise handed.problem
+            return
+        g.request_id = request_id(request.environ.get("HTTP_X_REQUEST_ID", ""))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -178,8 +212,15 @@ def _unauthorised(problem: Problem) -> Problem:
 
 def _rate_limit(who: Caller, action: str) -> None:
     limiter: RateLimiter = current_app.extensions["retention"]["limiter"]
+    handed = handover()
     try:
-        verdict = limiter.check(who.key_id)
+        if handed is not None and handed.rate_limit is not None:
+            # Counted already, once, by the cached-list path; an error it met is this one.
+            verdict, handed.rate_limit = handed.rate_limit, None
+            if isinstance(verdict, Exception):
+                raise verdict
+        else:
+            verdict = limiter.check(who.key_id)
     except Exception:  # the counter store is down: fail closed, say so
         log.error("rate-limit store unavailable for request %s", g.request_id)
         raise Problem(503, "the rate-limit store cannot be reached; retry later",
@@ -209,10 +250,12 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return _serve(view, permission, action, args, kwargs)
-            except StaleClaim:
-                _forget_claims()
+            handed = handover()
+            if handed is None or not handed.stale:  # else its claims were refused already
+                try:
+                    return _serve(view, permission, action, args, kwargs)
+                except StaleClaim:
+                    _forget_claims()
             try:  # from the database this time
                 return _serve(view, permission, action, args, kwargs)
             except StaleClaim:
@@ -251,11 +294,15 @@ def _serve(view: Callable[..., Any], permission: str, action: str, args: Any,
 
 def _forget_claims() -> None:
     """Drop what turned out stale, in the cache and in this request's state."""
-    cache = read_cache()
-    cache.callers.pop(g.token_digest)
-    cache.publications.clear()
+    forget_claims(read_cache(), g.token_digest)
     for name in ("caller", "publication_claim", "audit_client_ids", "audit_outcome"):
         g.pop(name, None)
+
+
+def forget_claims(cache: ReadCache, token_digest: str) -> None:
+    """The caller and every publication are read again from the database."""
+    cache.callers.pop(token_digest)
+    cache.publications.clear()
 
 
 def _permitted(who: Caller, permission: str) -> bool:

@@ -1,0 +1,171 @@
+"""The ranked list's cached pages served without Flask's request machinery.
+
+An EHR polls the same first page all day. Once a worker has served it, all such a
+request needs is what the issue requires of every list read: the key (by its hash,
+from the cache), the rate-limit count in Redis, the audit record written durably
+with the claims re-checked in its statement, and the page's bytes. Flask's request
+context, routing and hooks cost as much CPU as all of that together.
+
+Equivalence with the Flask path (``api.routes.risk_list``) is by construction: the
+same functions parse the query, name the page, build the body, the audit record and
+its claims, and the same recorder counts the request in the metrics. Only a request
+that is plainly a GET of a page the worker holds, from a key it holds, is served
+here; anything else goes to Flask untouched. Once this path has counted the request
+in Redis it does not count it again: if the count is refused or fails, the audit
+write fails, or the audit statement refuses a claim, it hands the request to Flask
+with what it did (``auth.Handover``) and Flask answers as it would have.
+``tests/test_fastpath.py`` runs requests through both paths and compares them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import routes
+from api.auth import HANDOVER, Handover, forget_claims, request_id
+from api.cache import ReadCache
+from api.connections import RequestConnections
+from api.errors import Problem
+from api.metrics import RequestMetrics
+from api.ratelimit import RateLimiter, Verdict
+from retention import access, scoped_reads
+from retention.access import AuditRecord
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/risk-list"
+ACTION = "risk_list.read"
+# Names and values that Werkzeug decodes as they are (no %-escapes, no '+'): any
+# other query goes to Flask.
+PLAIN_QUERY = re.compile(r"^(?:[a-z_]+=[A-Za-z0-9._~-]*(?:&[a-z_]+=[A-Za-z0-9._~-]*)*)?$")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def register_fast_path(app: Flask) -> None:
+    """Serve cached list pages ahead of Flask, unless ``LIST_FAST_PATH`` is False."""
+    # Host checks and host-based routing happen in Flask's request context: with
+    # either configured, every request goes through it.
+    if app.config.get("LIST_FAST_PATH", True) and not (
+            app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS")
+            or app.url_map.host_matching):
+        app.wsgi_app = CachedListPath(app, app.wsgi_app)  # type: ignore[method-assign]
+
+
+class CachedListPath:
+    """WSGI middleware in front of ``app.wsgi_app``; ``served`` counts what it answered."""
+
+    def __init__(self, app: Flask, flask_app: WSGIApp) -> None:
+        ext = app.extensions["retention"]
+        self._flask_app = flask_app
+        self._config = app.config
+        self._max_limit: int = ext["settings"].api_max_limit
+        self._cache: ReadCache = ext["cache"]
+        self._limiter: RateLimiter = ext["limiter"]
+        self._connections: RequestConnections = ext["connections"]
+        self._metrics: RequestMetrics = ext["request_metrics"]
+        self.served = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        plan = self._plan(environ)
+        if plan is None:
+            return self._flask_app(environ, start_response)
+        who, digest, pub, latest, page, body = plan
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        handed = Handover(rid)
+        verdict: Verdict | Exception
+        try:
+            verdict = self._limiter.check(who.key_id)
+        except Exception as exc:  # the counter store is down: Flask says so (503)
+            verdict = exc
+        if isinstance(verdict, Exception) or not verdict.allowed:
+            handed.rate_limit = verdict
+            return self._hand_over(environ, start_response, handed)
+        record = AuditRecord(
+            action=ACTION, outcome="ok", status=200, request_id=rid, key_id=who.key_id,
+            role=who.role, client_ids=page.client_ids,
+            source=(environ.get("REMOTE_ADDR") or "")[:64] or None,
+        )
+        claims = [access.key_still_valid(who.key_id, digest),
+                  scoped_reads.still_published(pub, latest)]
+        conn = self._connections.acquire()
+        try:
+            written = access.write_audit(conn, record, claims)
+            conn.commit()
+        except SQLAlchemyError:
+            log.error("audit write failed for request %s (%s); refusing the response",
+                      rid, ACTION)
+            handed.problem = Problem(
+                503, "The audit trail cannot be written, so no data is returned; retry "
+                "later or ask the operator to check the service database",
+                "Audit unavailable")
+            return self._hand_over(environ, start_response, handed)
+        finally:
+            self._connections.release(conn)
+        if not written:  # revoked or replaced since cached: Flask reads the database
+            forget_claims(self._cache, digest)
+            handed.stale = True
+            return self._hand_over(environ, start_response, handed)
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body))),
+                                  ("X-Request-ID", rid)])
+        self._metrics.observe(PATH, "GET", 200, time.perf_counter() - started)
+        self.served += 1
+        return [body]
+
+    def _plan(self, environ: dict[str, Any]) -> tuple[Any, ...] | None:
+        """What the answer would be, if everything it needs is cached; no side effects."""
+        if (environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "GET"
+                or environ.get("CONTENT_LENGTH") not in (None, "", "0")
+                or "HTTP_TRANSFER_ENCODING" in environ or "HTTP_COOKIE" in environ
+                or HANDOVER in environ):
+            return None
+        args = _plain_args(environ.get("QUERY_STRING", ""))
+        if args is None:
+            return None
+        try:
+            query = routes.parse_list_query(args, self._max_limit)
+        except Problem:
+            return None
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        digest = access.token_digest(token)
+        who = self._cache.callers.get(digest)
+        if who is None or not who.reads_client_data:
+            return None
+        pub = self._cache.publications.get(query.as_of)
+        if pub is None:
+            return None
+        fixed = self._cache.freshness.get(routes.identity(pub))
+        page = self._cache.pages.get(routes.page_key(pub, who, query.flt, query.limit))
+        if fixed is None or page is None:
+            return None
+        fresh = routes.aged(fixed, pub["as_of"], routes.clock_today(self._config))
+        return who, digest, pub, query.as_of is None, page, routes.list_body(fresh, page)
+
+    def _hand_over(self, environ: dict[str, Any], start_response: Callable[..., Any],
+                   handed: Handover) -> Iterable[bytes]:
+        environ[HANDOVER] = handed
+        return self._flask_app(environ, start_response)
+
+
+def _plain_args(query: str) -> dict[str, str] | None:
+    """The query's parameters, if they are the list's, each once, and need no decoding."""
+    if not PLAIN_QUERY.match(query):
+        return None
+    pairs = [pair.split("=", 1) for pair in query.split("&")] if query else []
+    args = dict(pairs)
+    if len(args) != len(pairs) or not args.keys() <= routes.LIST_PARAMS:
+        return None
+    return args
