@@ -54,13 +54,13 @@ class Handover:
     """What the cached-list path (``api.fastpath``) did before it left a request to Flask.
 
     Its side effects are not repeated: the request keeps its id, its rate-limit count
-    (or the counter's error) is used as counted, a failed audit write answers its
-    problem, and a claim the audit statement refused leaves only the database retry.
+    (or the counter's error) is used as counted, a failed audit write answers with its
+    error, and a claim the audit statement refused leaves only the database retry.
     """
 
     request_id: str
     rate_limit: Verdict | Exception | None = None
-    problem: Problem | None = None
+    error: Exception | None = None  # raised by the hook ``api.fastpath`` registers
     stale: bool = False
 
 
@@ -78,12 +78,8 @@ def register_request_ids(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         handed = handover()
-        if handed is not None:
-            g.request_id = handed.request_id
-            if handed.problem is not None:
-                raise handed.problem
-            return
-        g.request_id = request_id(request.environ.get("HTTP_X_REQUEST_ID", ""))
+        g.request_id = (handed.request_id if handed is not None
+                        else request_id(request.environ.get("HTTP_X_REQUEST_ID", "")))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:

@@ -29,7 +29,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import routes
-from api.auth import HANDOVER, Handover, forget_claims, request_id
+from api.auth import HANDOVER, Handover, forget_claims, handover, request_id
 from api.cache import ReadCache
 from api.connections import RequestConnections
 from api.errors import Problem
@@ -57,6 +57,15 @@ def register_fast_path(app: Flask) -> None:
             app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS")
             or app.url_map.host_matching):
         app.wsgi_app = CachedListPath(app, app.wsgi_app)  # type: ignore[method-assign]
+        # Last of the hooks: the request has its id, its timer and its body check.
+        app.before_request(raise_handed_error)
+
+
+def raise_handed_error() -> None:
+    """A request handed over after an error answers that error, as the view would have."""
+    handed = handover()
+    if handed is not None and handed.error is not None:
+        raise handed.error
 
 
 class CachedListPath:
@@ -97,23 +106,29 @@ class CachedListPath:
         )
         claims = [access.key_still_valid(who.key_id, digest),
                   scoped_reads.still_published(pub, latest)]
-        conn = self._connections.acquire()
+        written = False
+        conn = None
         try:
+            conn = self._connections.acquire()
             written = access.write_audit(conn, record, claims)
             conn.commit()
         except SQLAlchemyError:
             log.error("audit write failed for request %s (%s); refusing the response",
                       rid, ACTION)
-            handed.problem = Problem(
+            handed.error = Problem(
                 503, "The audit trail cannot be written, so no data is returned; retry "
                 "later or ask the operator to check the service database",
                 "Audit unavailable")
-            return self._hand_over(environ, start_response, handed)
+        except Exception as exc:  # Flask answers it as any unexpected error: 500, logged
+            handed.error = exc
         finally:
-            self._connections.release(conn)
-        if not written:  # revoked or replaced since cached: Flask reads the database
+            if conn is not None:
+                self._connections.release(conn)
+        if handed.error is None and not written:
+            # Revoked or replaced since cached: Flask tries again from the database.
             forget_claims(self._cache, digest)
             handed.stale = True
+        if handed.error is not None or handed.stale:
             return self._hand_over(environ, start_response, handed)
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body))),

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import OperationalError
 
 from api import create_app
+from api.connections import RequestConnections
 from api.fastpath import CachedListPath
 from api.routes import encode_cursor
 from retention import access, drift, store
@@ -294,3 +296,28 @@ def test_a_list_replaced_during_both_tries_gets_flasks_503_after_two_counts(
     assert fast[0] == 503 and b"List changed" in fast[2] and fast[3][0]["outcome"] == "error"
     assert fast_served(pair.fast) == 0
     assert counts(pair.fast) == counts(pair.flask) == [3]  # 1 before, 2 tries now
+
+
+@pytest.mark.parametrize("failure", ["connect", "unexpected"])
+def test_a_store_that_cannot_be_reached_or_a_bug_in_the_write_answers_as_flask_does(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, failure: str,
+) -> None:
+    token = make_key(pair.engine, "admin")
+    for app in (pair.fast, pair.flask):
+        answer(app, token, "/v1/risk-list?limit=5")
+    if failure == "connect":
+        def refuse(self: Any) -> Any:
+            raise OperationalError("connect", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(RequestConnections, "acquire", refuse)
+    else:
+        def broken(*args: Any, **kwargs: Any) -> bool:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(access, "write_audit", broken)
+    fast = same(pair, token, "/v1/risk-list?limit=5")
+    assert fast[0] == (503 if failure == "connect" else 500) and b"items" not in fast[2]
+    assert ("Content-Type", "application/problem+json") in fast[1]
+    assert fast_served(pair.fast) == 0
+    assert counts(pair.fast) == counts(pair.flask) == [2]
+    assert list_metrics(pair.fast) == list_metrics(pair.flask)
