@@ -165,7 +165,8 @@ class _Checked:
 
     @property
     def ok(self) -> pd.Series:
-        return self.rule.isna()
+        """Rows that broke no rule so far."""
+        return pd.Series(self._unflagged.copy(), index=self.raw.index)
 
 
 def validate(
@@ -292,12 +293,18 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
 
     # Items: their measure's instrument decides the item numbers and range.
     # The measure read in this run (its first row) decides, else the one the store holds.
+    # ``at``: each item's measure row among those read (-1 if not read), found once and
+    # used by every per-measure rule below.
     at = ids.positions(items.raw["measure_id"], raw["measure_id"])
-    item_instrument = pd.Series(instrument.astype(object).to_numpy()[np.maximum(at, 0)],
-                                index=items.raw.index).where(at >= 0)
-    if (at < 0).any() and len(context.instruments):
-        stored = _lookup(context.instruments, items.raw.loc[at < 0, "measure_id"])
-        item_instrument[at < 0] = stored
+    read = at >= 0
+    # Taken from the measures' own array (a categorical stays one: no Python object
+    # per item of millions).
+    item_instrument = pd.Series(instrument.array.take(np.maximum(at, 0)),
+                                index=items.raw.index).where(read)
+    if not read.all() and len(context.instruments):
+        stored = _lookup(context.instruments, items.raw.loc[~read, "measure_id"])
+        item_instrument = item_instrument.astype(object)
+        item_instrument[~read] = stored
     number, response = items.typed["item_number"], items.typed["response"]
     i_srs = item_instrument.isin(["SRS", "GSRS"])
     i_wai = item_instrument == "WAI-SR"
@@ -314,7 +321,8 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                lambda ix: "response " + _txt(response, ix) + " is outside 1-5")
 
     # A measure breaks the first rule any of its items broke.
-    bad_items = items.raw.loc[~items.ok & items.rule.isin(
+    flagged = ~items.ok
+    bad_items = items.raw.loc[flagged & items.rule.where(flagged).isin(
         ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range"])]
     if len(bad_items):
         first = pd.DataFrame({
@@ -330,21 +338,17 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                           lambda ix: _lookup(first["detail"], raw.loc[ix, "measure_id"]))
 
     # Totals and subscales against complete, valid item sets: sums and counts per
-    # measure over item codes (millions of items, no grouping of text keys).
+    # measure row over the items' positions (millions of items, no grouping of text
+    # keys). A measure id read twice sums on its first row; both rows are quarantined
+    # as duplicates already.
     ok = items.ok.to_numpy()
     if ok.any():
-        code, measure_of_code = pd.factorize(items.raw["measure_id"])
-        n_codes = len(measure_of_code)
-        at = ids.positions(raw["measure_id"], pd.Index(measure_of_code))
-        found = at >= 0
-
         def per_measure(use: np.ndarray, weights: np.ndarray | None = None) -> pd.Series:
             """Per measure row: the count (or sum of ``weights``) of its items in ``use``."""
-            sums = np.bincount(code[use & (code >= 0)], minlength=n_codes,
-                               weights=None if weights is None else weights[use & (code >= 0)])
-            out = np.full(len(raw), np.nan)
-            out[found] = sums[at[found]]
-            return pd.Series(out, index=raw.index)
+            use = use & read
+            sums = np.bincount(at[use], minlength=len(raw),
+                               weights=None if weights is None else weights[use])
+            return pd.Series(sums, index=raw.index)
 
         responses = response.to_numpy(dtype=float)
         have = per_measure(ok)
@@ -369,8 +373,8 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                               + mean.round(2).astype(str))
 
     # Items of a quarantined measure go with it.
-    quarantined = raw.loc[~measures.ok, "measure_id"]
-    items.flag(items.raw["measure_id"].isin(quarantined), "measure_quarantined",
+    # (A measure id read twice is quarantined on both rows, so its first row tells.)
+    items.flag(read & ~measures.ok.to_numpy()[np.maximum(at, 0)], "measure_quarantined",
                lambda ix: "measure " + _txt(items.raw["measure_id"], ix) + " is quarantined")
 
 
@@ -384,14 +388,11 @@ def _with(known: pd.Index, read: pd.Series) -> pd.Index:
 
 
 def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Rows whose key another row shares, found on integer codes of the key columns.
-
-    A source usually sends rows in key order: keys that strictly increase are unique,
-    which one comparison of neighbours shows (0.03 s for 5.5 million text ids, where
-    coding them takes 2 s).
-    """
-    if len(keys) == 1 and _strictly_increasing(raw[keys[0]]):
-        return pd.Series(False, index=raw.index)
+    """Rows whose key another row shares: text ids by sorting, others on integer codes."""
+    if len(keys) == 1:
+        shared = _shared_text(raw[keys[0]])
+        if shared is not None:
+            return pd.Series(shared, index=raw.index)
     codes = [_codes(raw[k]) for k in keys]
     if len(codes) == 1:
         (code,) = codes
@@ -406,29 +407,65 @@ def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
         return pd.Series(False, index=raw.index)
     # Neighbours after a stable sort (cheap when the source sends rows in key order).
     order = np.argsort(combined, kind="stable")
-    same = combined[order][1:] == combined[order][:-1]
-    shared = np.zeros(len(raw), dtype=bool)
+    return pd.Series(_shared_neighbours(combined[order][1:] == combined[order][:-1], order),
+                     index=raw.index)
+
+
+# Out-of-order neighbours, as a share of rows, up to which text ids are sorted to find
+# those shared; beyond it hashing them (``_codes``) costs no more than sorting.
+NEARLY_SORTED = 0.01
+
+
+def _shared_text(values: pd.Series) -> np.ndarray | None:
+    """Which text ids another row shares; None for ids that are not text, or far from order.
+
+    A source usually sends rows in key order, or nearly: in the order of its table's
+    storage, where rows updated or written late sit out of place. Ids that strictly
+    increase are unique, which one comparison of neighbours shows (0.02 s for 5.5
+    million slot ids); a few out of place are sorted in 0.5 s, where coding them by
+    hash takes 1.2-2.6 s. Missing ids share nothing.
+    """
+    array = _text_array(values)
+    if array is None:
+        return None
+    n = len(array)
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    in_order = pc.less(array.slice(0, n - 1), array.slice(1)).fill_null(False)
+    out_of_order = n - 1 - int(pc.sum(in_order).as_py() or 0)
+    if out_of_order == 0 and array.null_count == 0:
+        return np.zeros(n, dtype=bool)
+    if out_of_order > NEARLY_SORTED * n:
+        return None
+    order = pc.sort_indices(array)  # missing ids last; equal to nothing
+    ordered = array.take(order)
+    same = pc.equal(ordered.slice(1), ordered.slice(0, n - 1)).fill_null(False)
+    return _shared_neighbours(np.asarray(same), np.asarray(order))
+
+
+def _shared_neighbours(same: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows equal to a neighbour in ``order``, given ``same`` for each pair of neighbours."""
+    shared = np.zeros(len(order), dtype=bool)
     shared[1:] |= same
     shared[:-1] |= same
-    out = np.empty(len(raw), dtype=bool)
+    out = np.empty(len(order), dtype=bool)
     out[order] = shared
-    return pd.Series(out, index=raw.index)
+    return out
 
 
-def _strictly_increasing(values: pd.Series) -> bool:
-    """Whether text values, none missing, each sort after the one before."""
+def _text_array(values: pd.Series) -> pa.Array | None:
+    """Text values as one Arrow array (string or, as pandas 3 keeps it, large_string)."""
     if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
-        return False
+        return None
     try:
         array = pa.array(values, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return False
+        return None
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    if not pa.types.is_string(array.type) or array.null_count or len(array) < 2:
-        return False
-    after = pc.less(array.slice(0, len(array) - 1), array.slice(1))
-    return bool(pc.all(after).as_py())
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    return array
 
 
 def _codes(values: pd.Series) -> np.ndarray:
