@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from retention import contract, extract, pg_arrow
+from retention import contract, extract, pg_arrow, pg_copy
 from retention.db import source_engine
 from retention.etl_settings import SourceMapping
 from tests.sources import AS_OF, Source, appointment
@@ -105,3 +107,47 @@ def test_the_readers_sessions_are_read_only_and_named(source: Source) -> None:
     frames = read(source, 2, SourceMapping(queries={"clients": clients}))
     assert set(frames["clients"]["clinic_id"].astype(str)) == {"retention-etl"}
     assert set(frames["clients"]["sex"].astype(str)) == {"on"}
+
+
+def _ranges(array: pa.Array | pa.ChunkedArray) -> list[tuple[int, int]]:
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    return [(b.address, b.address + b.size) for c in chunks for b in c.buffers() if b]
+
+
+def _memory_of(column: pd.Series) -> list[tuple[int, int]]:
+    if isinstance(column.dtype, pd.StringDtype | pd.ArrowDtype):
+        return _ranges(pa.array(column.array))
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [_numpy_range(np.asarray(column.cat.codes))]
+    return [_numpy_range(column.to_numpy())]
+
+
+def _numpy_range(values: np.ndarray) -> tuple[int, int]:
+    start = values.__array_interface__["data"][0]
+    return start, start + values.nbytes
+
+
+def test_an_owned_frame_shares_no_memory_with_the_arrow_rows_it_came_from() -> None:
+    # ADBC frees a batch's memory only when no column of it is alive: a frame keeping
+    # one column's buffers would keep them all (1.5 GB at 100,000 clients).
+    n = 1000
+    table = pa.table({
+        "id": pa.array([f"A{i:05d}" for i in range(n)]),
+        "code": pa.array(["x", "y"] * (n // 2)),
+        "at": pa.array(pd.date_range("2026-01-01", periods=n, freq="h").as_unit("us")),
+        "count": pa.array(np.arange(n, dtype=np.int64)),
+        "score": pa.array(np.linspace(0, 40, n)),
+        "text_date": pa.array(["2026-01-02"] * n),
+    })
+    kinds = {"id": "object", "code": "category", "at": "date", "count": "infer",
+             "score": "infer", "text_date": "date"}
+    frame = pg_copy.frame_from_arrow(table, list(table.column_names), kinds, owned=True)
+    arrow = [r for column in table.columns for r in _ranges(column)]
+    for name in table.column_names:
+        for start, end in _memory_of(frame[name]):
+            assert not any(start < a_end and a_start < end for a_start, a_end in arrow), name
+    # Without ``owned`` text keeps the characters where they were read.
+    shared = pg_copy.frame_from_arrow(table, list(table.column_names), kinds)
+    assert set(_memory_of(shared["id"])) & set(_ranges(table.column("id")))
+    assert frame["count"].tolist() == list(range(n))
+    assert str(frame["text_date"].dtype).startswith("datetime64")
