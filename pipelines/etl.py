@@ -141,14 +141,17 @@ def _load(
             "mapping ([etl] in the config); `retention quality` lists the rules."
         )
 
-    changed = _apply_copy(conn, outcome, candidates, full)
+    changed, swapped = _apply_copy(conn, outcome, candidates, full)
     if changed:
         store.bump_copy_version(conn, run.run_id)
     if conn.dialect.name == "postgresql" and changed > 0.1 * max(1, _copy_rows_before(conn)):
         # Fresh statistics, or the planner reads a just-loaded copy as if it were empty.
         # Only after changes large beside the copy: a night's 100,000 changed rows of
-        # 22 million moved no statistic and cost a second to sample again.
-        conn.execute(text("ANALYZE " + ", ".join(t.name for t in store.copies.values())))
+        # 22 million moved no statistic and cost a second to sample again. Tables swapped
+        # in were analysed as they were.
+        stale = [t.name for t in store.copies.values() if t.name not in swapped]
+        if stale:
+            conn.execute(text("ANALYZE " + ", ".join(stale)))
     released = _apply_quarantine(conn, outcome, full, run.run_id)
     advanced = _advance_watermarks(conn, raw, marks, clock, run.run_id)
     watch.lap("load")
@@ -253,24 +256,27 @@ def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
 
 def _apply_copy(
     conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool
-) -> int:
+) -> tuple[int, set[str]]:
     """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest.
 
     On PostgreSQL a full reload builds its large tables beside the copy, two at a time
     on connections of their own, and swaps each in here, inside the run's transaction.
+    Returns the rows changed and the names of the tables swapped in.
     """
     changed = 0
-    built: set[str] = set()
+    built: dict[str, int] = {}
     if full and bulk.is_postgres(conn):
         large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS),
                        key=lambda t: -_load_cost(outcome.valid[t]))
-        built = {t.name for t in bulk.build_beside_in_parallel(
-            conn, [(store.copies[t], outcome.valid[t]) for t in large])}
+        built = bulk.build_beside_in_parallel(
+            conn, [(store.copies[t], outcome.valid[t]) for t in large])
+    swapped = set()
     for table in ORDER:
         copy = store.copies[table]
         valid = outcome.valid[table]
         if copy.name in built:
-            changed += bulk.swap_in(conn, copy)
+            changed += bulk.swap_in(conn, copy, built[copy.name])
+            swapped.add(copy.name)
             continue
         if full or table == "clients":  # read whole: anything not read is gone
             changed += bulk.sync_rows(conn, copy, valid)
@@ -282,7 +288,7 @@ def _apply_copy(
             continue
         changed += bulk.sync_rows(conn, copy, valid, delete_missing=False)
         changed += bulk.delete_keys(conn, copy, _key_frame(table, outcome.rejected_keys(table)))
-    return changed
+    return changed, swapped
 
 
 def _load_cost(frame: pd.DataFrame) -> int:

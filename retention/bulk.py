@@ -326,7 +326,7 @@ def _beside_statements(connection: Connection, table: Table) -> tuple[list[str],
 
 def build_beside_in_parallel(
     connection: Connection, jobs: Sequence[tuple[Table, pd.DataFrame]], workers: int = 2
-) -> list[Table]:
+) -> dict[str, int]:
     """``build_beside`` for each job, ``workers`` at a time, each committed on its own connection.
 
     COPY and index builds are the database's work, one core per connection: on two
@@ -335,33 +335,35 @@ def build_beside_in_parallel(
     server parsing text (a third of the time of the CSV path for 5.5 million slots).
     Nothing is visible under the tables' own names until ``swap_in`` runs in the
     caller's transaction; if a build fails, every ``__next`` table is dropped and the
-    error raised. Tables a foreign key refers to are left out (returns the tables
-    built). The caller's transaction must not yet have locked a ``__next`` table or
-    locked a table exclusively: the builders would wait for it while it waits for them.
+    error raised. Tables a foreign key refers to are left out. Returns the tables built,
+    by name, with the rows each holds. The caller's transaction must not yet have
+    locked a ``__next`` table or locked a table exclusively: the builders would wait
+    for it while it waits for them.
     """
     engine = connection.engine
     chosen = [(t, f) for t, f in jobs if not _referenced(connection, t.name)]
     plans = {t.name: _beside_statements(connection, t) for t, _f in chosen}
 
-    def build(job: tuple[Table, pd.DataFrame]) -> None:
+    def build(job: tuple[Table, pd.DataFrame]) -> int:
         table, frame = job
         create, index = plans[table.name]
         own = pg_arrow.connect(engine.url)
         try:
             pg_arrow.execute(own, "BEGIN", *create)
-            pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
+            rows = pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
             pg_arrow.execute(own, *index, "COMMIT")
         finally:
             own.close()
+        return rows
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(build, chosen))
+            rows = list(pool.map(build, chosen))
     except BaseException:
         with engine.begin() as own:
             drop_beside(own, [t for t, _f in chosen])
         raise
-    return [t for t, _f in chosen]
+    return {t.name: n for (t, _f), n in zip(chosen, rows, strict=True)}
 
 
 def arrow_batches(table: Table, frame: pd.DataFrame, rows: int = 500_000) -> pa.RecordBatchReader:
@@ -412,16 +414,19 @@ def drop_beside(connection: Connection, tables: Sequence[Table]) -> None:
             connection.execute(text(f'DROP TABLE IF EXISTS "{table.name}__next"'))
 
 
-def swap_in(connection: Connection, table: Table) -> int:
+def swap_in(connection: Connection, table: Table, rows: int | None = None) -> int:
     """Put ``<table>__next`` in the table's place if their rows differ; drop it otherwise.
 
     Returns the rows inserted, updated or deleted, counted in one join as an upsert
-    would have (every table in the copy has a primary key).
+    would have (every table in the copy has a primary key). ``rows``, what the builder
+    wrote, spares counting them again when the table was empty (a first load: 1.4 s
+    for 22 million rows).
     """
     name, after = table.name, f"{table.name}__next"
     keys = [c.name for c in table.primary_key.columns]
     if _is_empty(connection, table):
-        changed = int(connection.execute(text(f'SELECT count(*) FROM "{after}"')).scalar_one())
+        changed = rows if rows is not None and rows >= 0 else int(connection.execute(
+            text(f'SELECT count(*) FROM "{after}"')).scalar_one())
     else:
         values = [c.name for c in table.columns if c.name not in keys]
         match = " AND ".join(f'n."{k}" = o."{k}"' for k in keys)

@@ -196,7 +196,7 @@ def test_tables_built_in_parallel_swap_in_only_in_the_callers_transaction(
     bulk.insert_frame(conn, table, _frame(30))
     conn.commit()
     built = bulk.build_beside_in_parallel(conn, [(table, _frame(40))])
-    assert built == [table]
+    assert built == {"bulk_probe": 40}
     # Built and committed beside the table, but the table is what it was...
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
     assert bulk.swap_in(conn, table) == 10
@@ -216,8 +216,9 @@ def test_a_parallel_build_keeps_every_value(conn: Connection) -> None:
     """The builders' binary COPY (ADBC) stores what the CSV path stores, categoricals too."""
     table, frame = _table(), _frame(40)
     frame["note"] = frame["note"].astype("category")
-    bulk.build_beside_in_parallel(conn, [(table, frame)])
-    assert bulk.swap_in(conn, table) == 40
+    built = bulk.build_beside_in_parallel(conn, [(table, frame)])
+    assert built == {"bulk_probe": 40}
+    assert bulk.swap_in(conn, table, built["bulk_probe"]) == 40  # empty before: not counted
     assert_stored_exactly(conn, _frame(40))
 
 
