@@ -6,14 +6,15 @@ from the cache), the rate-limit count in Redis, the audit record written durably
 with the claims re-checked in its statement, and the page's bytes. Flask's request
 context, routing and hooks cost as much CPU as all of that together.
 
-Equivalence with the Flask path (``api.routes.risk_list``) is by construction: the
-same functions parse the query, name the page, build the body, the audit record and
-its claims, and the same recorder counts the request in the metrics. Only a request
-that is plainly a GET of a page the worker holds, from a key it holds, is served
-here; anything else goes to Flask untouched. Once this path has counted the request
-in Redis it does not count it again: if the count is refused or fails, the audit
-write fails, or the audit statement refuses a claim, it hands the request to Flask
-with what it did (``auth.Handover``) and Flask answers as it would have.
+Equivalence with the Flask path (``api.routes.risk_list``) is by construction where
+it can be: the same functions parse the query, name the page, build the body and the
+audit claims, the audit record has the fields ``auth.audit`` gives it, and the same
+recorder counts the request in the metrics. Only a request that is plainly a GET of
+a page the worker holds, from a key it holds, is served here; anything else goes to
+Flask untouched. Once this path has counted the request in Redis it does not count
+it again: if the count is refused or fails, the audit write fails (or anything else
+does), or the audit statement refuses a claim, it hands the request to Flask with
+what it did (``auth.Handover``) and Flask answers as it would have.
 ``tests/test_fastpath.py`` runs requests through both paths and compares them.
 """
 

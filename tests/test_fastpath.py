@@ -321,3 +321,12 @@ def test_a_store_that_cannot_be_reached_or_a_bug_in_the_write_answers_as_flask_d
     assert fast_served(pair.fast) == 0
     assert counts(pair.fast) == counts(pair.flask) == [2]
     assert list_metrics(pair.fast) == list_metrics(pair.flask)
+
+
+@pytest.mark.parametrize("config", [{"LIST_FAST_PATH": False}, {"SERVER_NAME": "api.test"},
+                                    {"TRUSTED_HOSTS": ["api.test"]}])
+def test_the_path_is_off_when_asked_or_when_flask_must_check_the_host(
+    scored: Scored, config: dict[str, Any],
+) -> None:
+    assert isinstance(create_app(scored.settings).wsgi_app, CachedListPath)
+    assert not isinstance(create_app(scored.settings, **config).wsgi_app, CachedListPath)
