@@ -434,9 +434,14 @@ def swap_in(connection: Connection, table: Table, rows: int | None = None) -> in
         if values:
             differs.append(f"({', '.join(f'n.{c}' for c in values)}) IS DISTINCT FROM "
                            f"({', '.join(f'o.{c}' for c in values)})")
+        # Merged along both primary keys, not hashed: the planner's hash join spills
+        # millions of rows to disk in batches (13.8 million items: 7.1-9.9 s, merged
+        # 5.5 s). The setting is put back for the rest of the caller's transaction.
+        connection.execute(text("SET LOCAL enable_hashjoin = off"))
         changed = int(connection.execute(text(
             f'SELECT count(*) FROM "{after}" n FULL JOIN "{name}" o ON {match} '
             f"WHERE {' OR '.join(differs)}")).scalar_one())
+        connection.execute(text("RESET enable_hashjoin"))
     if changed == 0:
         connection.execute(text(f'DROP TABLE "{after}"'))
         return 0

@@ -200,6 +200,8 @@ def test_tables_built_in_parallel_swap_in_only_in_the_callers_transaction(
     # Built and committed beside the table, but the table is what it was...
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
     assert bulk.swap_in(conn, table) == 10
+    # The comparison's planner setting does not outlive it.
+    assert conn.execute(text("SHOW enable_hashjoin")).scalar() == "on"
     conn.rollback()  # ...and stays so when the caller's transaction does not commit.
     assert conn.execute(text("SELECT count(*) FROM bulk_probe")).scalar() == 30
     bulk.drop_beside(conn, [_table()])  # what the next ETL run does first, and commits
