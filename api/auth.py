@@ -148,13 +148,18 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         written = access.write_audit(conn, record, _claims(who))
         conn.commit()
     except SQLAlchemyError:
-        log.error("audit write failed for request %s (%s); refusing the response",
-                  g.request_id, action)
-        raise Problem(503, "The audit trail cannot be written, so no data is returned; "
-                      "retry later or ask the operator to check the service database",
-                      "Audit unavailable") from None
+        raise audit_unavailable(g.request_id, action) from None
     if not written:
         raise StaleClaim
+
+
+def audit_unavailable(request_id: str, action: str) -> Problem:
+    """Logged, and the answer when an audit record cannot be written: no data without it."""
+    log.error("audit write failed for request %s (%s); refusing the response",
+              request_id, action)
+    return Problem(503, "The audit trail cannot be written, so no data is returned; "
+                   "retry later or ask the operator to check the service database",
+                   "Audit unavailable")
 
 
 def _claims(who: Caller | None) -> list[access.Condition]:

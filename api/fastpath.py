@@ -20,7 +20,6 @@ what it did (``auth.Handover``) and Flask answers as it would have.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +29,14 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import routes
-from api.auth import HANDOVER, Handover, forget_claims, handover, request_id
+from api.auth import (
+    HANDOVER,
+    Handover,
+    audit_unavailable,
+    forget_claims,
+    handover,
+    request_id,
+)
 from api.cache import ReadCache
 from api.connections import RequestConnections
 from api.errors import Problem
@@ -38,8 +44,6 @@ from api.metrics import RequestMetrics
 from api.ratelimit import RateLimiter, Verdict
 from retention import access, scoped_reads
 from retention.access import AuditRecord
-
-log = logging.getLogger(__name__)
 
 PATH = "/v1/risk-list"
 ACTION = "risk_list.read"
@@ -114,12 +118,7 @@ class CachedListPath:
             written = access.write_audit(conn, record, claims)
             conn.commit()
         except SQLAlchemyError:
-            log.error("audit write failed for request %s (%s); refusing the response",
-                      rid, ACTION)
-            handed.error = Problem(
-                503, "The audit trail cannot be written, so no data is returned; retry "
-                "later or ask the operator to check the service database",
-                "Audit unavailable")
+            handed.error = audit_unavailable(rid, ACTION)
         except Exception as exc:  # Flask answers it as any unexpected error: 500, logged
             handed.error = exc
         finally:

@@ -93,7 +93,7 @@ def frame_from_arrow(table: pa.Table, columns: Sequence[str], kinds: Mapping[str
     (1.5 GB at 100,000 clients). Only text kept as Arrow is copied for that: a frame
     made from a dict copies NumPy columns into its own blocks anyway, and categories
     and parsed columns are built in fresh memory (a second copy of every column cost
-    1.8 s of a full extract at 100,000 clients).
+    the readers 1.8 s of CPU in a full extract at 100,000 clients, about 0.5 s of its time).
     """
     return pd.DataFrame({c: _typed(table.column(i), kinds.get(c, "object"), owned)
                          for i, c in enumerate(columns)})
