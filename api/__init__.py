@@ -1,5 +1,4 @@
 """The Flask JSON API; build it with ``create_app``."""
-
-from api.app import create_app
+from retention.api.app import create_app
 
 __all__ = ["create_app"]

@@ -7,17 +7,17 @@ from typing import Any
 
 from flask import Flask
 
-from api import fhir, openapi, operations, routes
-from api.auth import register_request_ids
-from api.cache import ReadCache
-from api.connections import RequestConnections
-from api.errors import register_errorhandlers
-from api.fastpath import register_fast_path
-from api.metrics import register_metrics
-from api.ratelimit import build_limiter
-from api.web import register_web
-from retention.config import Settings, load_settings
-from retention.db import store_engine
+from retention.api import fhir, openapi, operations, routes
+from retention.api.auth import register_request_ids
+from retention.api.cache import ReadCache
+from retention.api.connections import RequestConnections
+from retention.api.errors import register_errorhandlers
+from retention.api.fastpath import register_fast_path
+from retention.api.metrics import register_metrics
+from retention.api.ratelimit import build_limiter
+from retention.api.web import register_web
+from retention.db.engines import store_engine
+from retention.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:

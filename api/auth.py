@@ -28,12 +28,13 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from api.cache import ReadCache
-from api.connections import RequestConnections
-from api.errors import Problem
-from api.ratelimit import RateLimiter, Verdict
-from retention import access, scoped_reads
-from retention.access import AuditRecord, Caller
+from retention.access.audit import AuditRecord, Condition, key_still_valid, write_audit
+from retention.access.keys import Caller, authenticate, key_id_of, token_digest
+from retention.access.scope import still_published
+from retention.api.cache import ReadCache
+from retention.api.connections import RequestConnections
+from retention.api.errors import Problem
+from retention.api.ratelimit import RateLimiter, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         conn = connection()
         if after_error:  # a failed statement may have left the transaction aborted
             conn.rollback()
-        written = access.write_audit(conn, record, _claims(who))
+        written = write_audit(conn, record, _claims(who))
         conn.commit()
     except SQLAlchemyError:
         raise audit_unavailable(g.request_id, action) from None
@@ -162,13 +163,13 @@ def audit_unavailable(request_id: str, action: str) -> Problem:
                    "Audit unavailable")
 
 
-def _claims(who: Caller | None) -> list[access.Condition]:
+def _claims(who: Caller | None) -> list[Condition]:
     """What must still hold when the record is written for the response to go out."""
     conditions = []
     if who is not None:
-        conditions.append(access.key_still_valid(who.key_id, g.token_digest))
+        conditions.append(key_still_valid(who.key_id, g.token_digest))
     if g.get("publication_claim") is not None:
-        conditions.append(scoped_reads.still_published(*g.publication_claim))
+        conditions.append(still_published(*g.publication_claim))
     return conditions
 
 
@@ -187,12 +188,12 @@ def _authenticate(action: str) -> Caller:
         raise _unauthorised(deny(action, 401, "unauthenticated",
                                  "send an API key as 'Authorization: Bearer <key>'",
                                  "Authentication required"))
-    g.claimed_key_id = access.key_id_of(token)
-    g.token_digest = access.token_digest(token)
+    g.claimed_key_id = key_id_of(token)
+    g.token_digest = token_digest(token)
     found = read_cache().callers.get(g.token_digest)
     if found is None:
         try:
-            found = access.authenticate(connection(), token)
+            found = authenticate(connection(), token)
         except SQLAlchemyError:
             log.error("key lookup failed for request %s", g.request_id)
             raise Problem(503, "the key store cannot be read; retry later",

@@ -16,7 +16,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from retention.access import Caller
+from retention.access.keys import Caller
 
 V = TypeVar("V")
 

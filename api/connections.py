@@ -18,7 +18,7 @@ import time
 
 from sqlalchemy import Connection, Engine
 
-from retention import db
+from retention.db import engines as db
 
 
 class RequestConnections:

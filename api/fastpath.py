@@ -28,8 +28,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import routes
-from api.auth import (
+from retention.access.audit import AuditRecord, key_still_valid, write_audit
+from retention.access.keys import token_digest
+from retention.access.scope import still_published
+from retention.api import routes
+from retention.api.auth import (
     HANDOVER,
     Handover,
     audit_unavailable,
@@ -37,13 +40,11 @@ from api.auth import (
     handover,
     request_id,
 )
-from api.cache import ReadCache
-from api.connections import RequestConnections
-from api.errors import Problem
-from api.metrics import RequestMetrics
-from api.ratelimit import RateLimiter, Verdict
-from retention import access, scoped_reads
-from retention.access import AuditRecord
+from retention.api.cache import ReadCache
+from retention.api.connections import RequestConnections
+from retention.api.errors import Problem
+from retention.api.metrics import RequestMetrics
+from retention.api.ratelimit import RateLimiter, Verdict
 
 PATH = "/v1/risk-list"
 ACTION = "risk_list.read"
@@ -109,13 +110,13 @@ class CachedListPath:
             role=who.role, client_ids=page.client_ids,
             source=(environ.get("REMOTE_ADDR") or "")[:64] or None,
         )
-        claims = [access.key_still_valid(who.key_id, digest),
-                  scoped_reads.still_published(pub, latest)]
+        claims = [key_still_valid(who.key_id, digest),
+                  still_published(pub, latest)]
         written = False
         conn = None
         try:
             conn = self._connections.acquire()
-            written = access.write_audit(conn, record, claims)
+            written = write_audit(conn, record, claims)
             conn.commit()
         except SQLAlchemyError:
             handed.error = audit_unavailable(rid, ACTION)
@@ -155,7 +156,7 @@ class CachedListPath:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
-        digest = access.token_digest(token)
+        digest = token_digest(token)
         who = self._cache.callers.get(digest)
         if who is None or not who.reads_client_data:
             return None

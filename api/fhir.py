@@ -16,10 +16,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from api.auth import CLIENT_DATA, caller, connection, requires, returning
-from api.errors import Problem
-from api.routes import check_params, settings
-from retention import scoped_reads
+from retention.access.scope import client_exists, read_client
+from retention.api.auth import CLIENT_DATA, caller, connection, requires, returning
+from retention.api.errors import Problem
+from retention.api.routes import check_params, settings
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
@@ -108,9 +108,9 @@ def search_risk_assessments() -> ResponseReturnValue:
     client_id = _subject()
     tests = _date_tests()
     conn = connection()
-    rows = scoped_reads.read_client(conn, caller(), client_id, date.max, HISTORY_LIMIT)
+    rows = read_client(conn, caller(), client_id, date.max, HISTORY_LIMIT)
     if not rows:
-        exists = scoped_reads.client_exists(conn, client_id)
+        exists = client_exists(conn, client_id)
         returning([client_id], "denied" if exists else "not_found")
     rows = [r for r in rows if all(COMPARE[op](r["as_of"], day) for op, day in tests)]
     if rows:

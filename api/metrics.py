@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention import store
+from retention.clock import utcnow
+from retention.store import tables
 
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Label values come from this set only: a method is any token a client sends, and
@@ -47,12 +48,12 @@ class LastRunAge(Collector):
         try:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    select(store.runs.c.kind, func.max(store.runs.c.finished_at))
-                    .where(store.runs.c.status == "succeeded").group_by(store.runs.c.kind)
+                    select(tables.runs.c.kind, func.max(tables.runs.c.finished_at))
+                    .where(tables.runs.c.status == "succeeded").group_by(tables.runs.c.kind)
                 ).all()
         except SQLAlchemyError:
             rows = []
-        now = store.utcnow()
+        now = utcnow()
         for kind, finished in rows:
             if finished is not None:
                 family.add_metric([kind], (now - finished).total_seconds())

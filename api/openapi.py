@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from api.routes import TIERS, settings
+from retention.api.routes import TIERS, settings
 
 bp = Blueprint("openapi", __name__)
 

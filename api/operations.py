@@ -11,11 +11,14 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.auth import ANY, OPERATIONS, requires
-from api.errors import Problem
-from api.routes import check_params, freshness, iso, settings, store_engine
-from retention import access, store
-from retention import model as model_io
+from retention.api.auth import ANY, OPERATIONS, requires
+from retention.api.errors import Problem
+from retention.api.routes import check_params, freshness, iso, settings, store_engine
+from retention.model import artifacts
+from retention.model.booster import ModelError
+from retention.store import tables
+from retention.store.lists import latest_publication
+from retention.store.runs import list_runs
 
 bp = Blueprint("operations", __name__)
 
@@ -28,7 +31,7 @@ def health() -> ResponseReturnValue:
     """Liveness plus the freshness of the served list; 200 even when stale."""
     try:
         with store_engine().connect() as conn:
-            pub = store.latest_publication(conn)
+            pub = latest_publication(conn)
     except SQLAlchemyError:
         raise Problem(503, "the store cannot be read; run the ETL first",
                       "Service unavailable") from None
@@ -40,11 +43,11 @@ def ready() -> ResponseReturnValue:
     """Ready to serve: the store answers, keys and audit tables exist, a list is published."""
     try:
         with store_engine().connect() as conn:
-            tables = set(inspect(conn).get_table_names())
-            pub = store.latest_publication(conn) if "publications" in tables else None
+            present = set(inspect(conn).get_table_names())
+            pub = latest_publication(conn) if "publications" in present else None
     except SQLAlchemyError:
         raise Problem(503, "the store cannot be read", "Not ready") from None
-    missing = sorted({access.api_keys.name, access.audit_log.name} - tables)
+    missing = sorted({tables.api_keys.name, tables.audit_log.name} - present)
     if missing:
         raise Problem(503, f"table(s) {', '.join(missing)} missing: run "
                       "`retention keys create` once to create them", "Not ready")
@@ -55,8 +58,8 @@ def ready() -> ResponseReturnValue:
 
 def _versions(models_dir: Path) -> list[dict[str, Any]]:
     try:
-        current: str | None = model_io.current_version(models_dir)
-    except model_io.ModelError:
+        current: str | None = artifacts.current_version(models_dir)
+    except ModelError:
         current = None
     out = []
     for folder in sorted(models_dir.glob("*/metadata.json"), reverse=True):
@@ -84,7 +87,7 @@ def model_card(version: str) -> ResponseReturnValue:
     if version not in known:
         raise Problem(404, f"no model version {version!r}; GET /v1/models lists them",
                       "Unknown model version")
-    meta = json.loads((settings().models_dir / version / model_io.METADATA_FILE).read_text())
+    meta = json.loads((settings().models_dir / version / artifacts.METADATA_FILE).read_text())
     card = {k: meta.get(k) for k in CARD_FIELDS}
     card["current"] = known[version]["current"]
     card["features"] = [{k: f.get(k) for k in ("name", "description", "family", "monotone")}
@@ -101,7 +104,7 @@ def runs() -> ResponseReturnValue:
     if not raw.isdigit() or not 1 <= int(raw) <= 200:
         raise Problem(400, "limit must be a whole number from 1 to 200", "Invalid query parameter")
     with store_engine().connect() as conn:
-        rows = store.list_runs(conn, int(raw))
+        rows = list_runs(conn, int(raw))
     # Errors stay in the CLI: their text is free-form and may name records.
     return jsonify({"items": [{k: iso(v) for k, v in r.items() if k != "error"}
                               | {"failed": r["status"] == "failed"} for r in rows]})

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis
+
 WINDOW_SECONDS = 60
 
 
@@ -60,8 +62,6 @@ class RedisCounter:
             "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n")
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
-        import redis
-
         self._pool = redis.ConnectionPool.from_url(url, socket_timeout=0.5,
                                                    socket_connect_timeout=0.5)
         self._no_script = redis.exceptions.NoScriptError

@@ -15,7 +15,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
 
-from api.auth import (
+from retention.access.keys import Caller
+from retention.access.scope import ListFilter, client_exists, read_client, read_page, scope_of
+from retention.api.auth import (
     CLIENT_DATA,
     caller,
     claim_publication,
@@ -24,12 +26,10 @@ from api.auth import (
     requires,
     returning,
 )
-from api.cache import Page
-from api.errors import Problem
-from retention import drift, scoped_reads, store
-from retention.access import Caller
-from retention.config import Settings
-from retention.scoped_reads import ListFilter
+from retention.api.cache import Page
+from retention.api.errors import Problem
+from retention.settings import Settings
+from retention.store.lists import latest_publication, run_drift
 
 bp = Blueprint("v1", __name__)
 
@@ -136,7 +136,7 @@ def publication(as_of: date | None) -> dict[str, Any]:
     cache = read_cache()
     pub = cache.publications.get(as_of)
     if pub is None:
-        pub = store.latest_publication(connection(), as_of)
+        pub = latest_publication(connection(), as_of)
         if pub is None:
             detail = (f"no list was published for {as_of}" if as_of
                       else "no list has been published yet; the nightly run has not completed")
@@ -158,7 +158,7 @@ def freshness(pub: dict[str, Any]) -> dict[str, Any]:
     # as the list: all but the age is kept with it.
     fixed = cache.freshness.get(identity(pub))
     if fixed is None:
-        d = drift.run_drift(connection(), pub["run_id"])
+        d = run_drift(connection(), pub["run_id"])
         fixed = {"as_of": pub["as_of"].isoformat(), "model_version": pub["model_version"],
                  "published_at": iso(pub["published_at"]),
                  "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
@@ -238,7 +238,7 @@ def list_body(fresh: dict[str, Any], page: Page) -> bytes:
 
 def page_key(pub: dict[str, Any], who: Caller, flt: ListFilter, limit: int) -> tuple[Any, ...]:
     """A cached page's key: the list, the scope (not the key), the filters and the limit."""
-    return identity(pub), scoped_reads.scope_of(who), flt, limit
+    return identity(pub), scope_of(who), flt, limit
 
 
 def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
@@ -250,7 +250,7 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
     key = page_key(pub, caller(), flt, limit)
     page = cache.pages.get(key)
     if page is None:
-        rows, more = scoped_reads.read_page(connection(), caller(), pub["as_of"], flt, limit)
+        rows, more = read_page(connection(), caller(), pub["as_of"], flt, limit)
         # orjson writes dates and naive datetimes as isoformat() does: no iso() per field.
         items = orjson.dumps([{k: r.get(k) for k in LIST_FIELDS} for r in rows])
         page = Page(items, tuple(r["client_id"] for r in rows),
@@ -266,11 +266,11 @@ def client_risk(client_id: str) -> ResponseReturnValue:
     check_params({"as_of"})
     pub = publication(parse_date("as_of"))
     conn = connection()
-    history = scoped_reads.read_client(conn, caller(), client_id, pub["as_of"])
+    history = read_client(conn, caller(), client_id, pub["as_of"])
     current = [h for h in history if h["as_of"] == pub["as_of"]]
     if not current:
         # Outside the scope and absent look the same to the caller; the audit knows.
-        exists = scoped_reads.client_exists(conn, client_id, pub["as_of"])
+        exists = client_exists(conn, client_id, pub["as_of"])
         returning([client_id], "denied" if exists else "not_found")
         raise Problem(404, f"no open episode for client {client_id} on the list of "
                       f"{pub['as_of']}", "Client not on the list")

@@ -33,6 +33,10 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine, insert
 
+from retention.access.keys import create_key
+from retention.clock import utcnow
+from retention.store import schema, tables
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("RETENTION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -77,15 +81,13 @@ def reasons(rng: random.Random) -> str:
 
 def publish(store_url: str, n: int) -> tuple[str, str]:
     """A published list of ``n`` clients and a scoped EHR key; returns (token, a client id)."""
-    from retention import access, store
-
     engine = create_engine(store_url)
     rng = random.Random(1)
     risks = sorted((rng.random() for _ in range(n)), reverse=True)
     with engine.begin() as conn:
-        access.create_schema(conn)
+        schema.upgrade(conn)
         for start in range(0, n, 5000):
-            conn.execute(insert(store.scores), [{
+            conn.execute(insert(tables.scores), [{
                 "as_of": AS_OF, "episode_id": f"E{i:07d}-1", "client_id": f"C{i:07d}",
                 "clinic_id": CLINICS[i % 3], "case_manager_id": f"cm-{i % 60:02d}",
                 "program": "outpatient", "rank": i + 1, "risk": round(risks[i], 6),
@@ -95,9 +97,9 @@ def publish(store_url: str, n: int) -> tuple[str, str]:
                 "run_id": 1, "reasons_json": reasons(rng),
             } for i in range(start, min(n, start + 5000))])
             say(f"  published {min(n, start + 5000):,}/{n:,} rows")
-        conn.execute(insert(store.publications).values(
-            as_of=AS_OF, run_id=1, model_version="bench", published_at=store.utcnow(), n_scored=n))
-        _, token = access.create_key(conn, "ehr", [CLINICS[0]], label="benchmark")
+        conn.execute(insert(tables.publications).values(
+            as_of=AS_OF, run_id=1, model_version="bench", published_at=utcnow(), n_scored=n))
+        _, token = create_key(conn, "ehr", [CLINICS[0]], label="benchmark")
     # Fresh planner statistics, as autovacuum gives a table after a nightly publish
     # (committed: statistics gathered in a rolled-back transaction are thrown away).
     with engine.begin() as conn:
@@ -127,7 +129,7 @@ def floor_app(store_url: str, page: bytes, flask: bool) -> Any:
     """
     import psycopg
 
-    from api.ratelimit import RedisCounter
+    from retention.api.ratelimit import RedisCounter
 
     counter = RedisCounter(REDIS_URL)
     audit = ("INSERT INTO audit_log (at, key_id, role, action, client_ids_json, request_id,"
@@ -167,8 +169,8 @@ def serve(kind: str, store_url: str, port: int, workers: int, page: bytes = b"")
     """Child process: gunicorn with the production options serving ``kind``."""
     from gunicorn.app.base import BaseApplication
 
-    from pipelines.gunicorn_app import gunicorn_options
-    from retention.config import settings_from_mapping
+    from retention.pipelines.gunicorn_app import gunicorn_options
+    from retention.settings import settings_from_mapping
 
     settings = settings_from_mapping({
         "source_url": "sqlite:///unused.db", "store_url": store_url,
@@ -185,7 +187,7 @@ def serve(kind: str, store_url: str, port: int, workers: int, page: bytes = b"")
                 return bare_app()
             if kind.startswith("floor"):
                 return floor_app(store_url, page, flask=kind == "floor_flask")
-            from api import create_app
+            from retention.api import create_app
 
             return create_app(settings)
 
@@ -367,7 +369,7 @@ def main() -> None:
 
 
 def _cursor(rank: int) -> str:
-    from api.routes import encode_cursor
+    from retention.api.routes import encode_cursor
 
     return encode_cursor(AS_OF, rank)
 

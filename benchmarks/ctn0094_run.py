@@ -21,12 +21,12 @@ from sqlalchemy import create_engine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ctn0094_loader import ENROLMENT_DAYS, FIRST_ADMISSION, load_frames
-from pipelines.etl import run_etl
-from pipelines.train import run_training
-from retention.config import settings_from_mapping
-from retention.db import source_engine, store_engine
-from retention.report import write_report
-from retention.synth import write
+from retention.clinic.synth import write
+from retention.db.engines import source_engine, store_engine
+from retention.evaluation.report import write_report
+from retention.pipelines.etl import run_etl
+from retention.pipelines.train import run_training
+from retention.settings import settings_from_mapping
 
 DATA = Path("/work/shared/data/ctn0094-trial27")
 # Train as of 60 days after the last admission: enrolment is still running in the

@@ -42,11 +42,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from retention.clinic import contract
+from retention.clinic.synth import SynthConfig
+from retention.store import tables
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retention import contract  # noqa: E402
-from retention.synth import SynthConfig  # noqa: E402
 
 ADMIN = os.environ.get("RETENTION_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AS_OF = date(2026, 6, 1)
@@ -112,7 +114,7 @@ def ensure_source(clients: int, rebuild: bool) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     from sqlalchemy import create_engine
 
-    from retention.synth import generate
+    from retention.clinic.synth import generate
 
     frames = generate(synth_config(clients))
     generated = time.perf_counter() - started
@@ -149,11 +151,11 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
     if (models / "CURRENT").exists():
         return models, {"cached": True}
     started = time.perf_counter()
-    from pipelines.etl import run_etl
-    from pipelines.train import run_training
-    from retention.config import settings_from_mapping
-    from retention.db import source_engine, store_engine
-    from retention.synth import generate, write
+    from retention.clinic.synth import generate, write
+    from retention.db.engines import source_engine, store_engine
+    from retention.pipelines.etl import run_etl
+    from retention.pipelines.train import run_training
+    from retention.settings import settings_from_mapping
 
     CACHE.mkdir(parents=True, exist_ok=True)
     clinic, store_file = CACHE / "model_clinic.db", CACHE / "model_store.db"
@@ -234,10 +236,9 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dic
     """One nightly run (ETL then scoring), timed by stage; runs in a process of its own."""
     from sqlalchemy import select
 
-    from pipelines.nightly import run_nightly
-    from retention import store as store_mod
-    from retention.config import settings_from_mapping
-    from retention.db import store_engine
+    from retention.db.engines import store_engine
+    from retention.pipelines.nightly import run_nightly
+    from retention.settings import settings_from_mapping
 
     settings = settings_from_mapping({
         "source_url": url_for(source), "store_url": url_for(store), "models_dir": models,
@@ -248,8 +249,8 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dic
     engine = store_engine(settings.store_url)
     with engine.connect() as conn:
         details = {r.kind: json.loads(r.detail) for r in conn.execute(
-            select(store_mod.runs.c.kind, store_mod.runs.c.detail)
-            .where(store_mod.runs.c.run_id.in_([result.etl.run_id, result.score.run_id])))}
+            select(tables.runs.c.kind, tables.runs.c.detail)
+            .where(tables.runs.c.run_id.in_([result.etl.run_id, result.score.run_id])))}
     engine.dispose()
     assert result.etl is not None and result.score is not None
     return {
@@ -348,8 +349,8 @@ def main() -> None:
         return
 
     store, work = f"retention_bench_store_{args.clients}", f"retention_bench_work_{args.clients}"
-    from retention import schema
-    from retention.db import store_engine
+    from retention.db.engines import store_engine
+    from retention.store import schema
 
     started = time.perf_counter()
     create(store)

@@ -20,13 +20,17 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from retention.access.keys import create_key
+from retention.api import create_app
+from retention.casework import outreach
+from retention.db.engines import store_engine
+from retention.settings import settings_from_mapping
+from retention.store import schema
+from retention.store.lists import publish_scores
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from api import create_app  # noqa: E402
-from retention import access, outreach, store  # noqa: E402
-from retention.config import settings_from_mapping  # noqa: E402
-from retention.db import store_engine  # noqa: E402
 
 AS_OF = date(2026, 6, 1)
 CLINIC = "clinic-bench"
@@ -42,7 +46,7 @@ def reason(rng: random.Random, i: int) -> dict[str, object]:
 
 def publish(engine: object, n: int, rng: random.Random) -> None:
     with engine.begin() as conn:  # type: ignore[attr-defined]
-        store.create_schema(conn)
+        schema.upgrade(conn)
         for day, shift in ((AS_OF - timedelta(days=1), 0.03), (AS_OF, 0.0)):
             risks = sorted((rng.random() - shift for _ in range(n)), reverse=True)
             rows = [{
@@ -56,7 +60,7 @@ def publish(engine: object, n: int, rng: random.Random) -> None:
                 "reasons_json": json.dumps({"reasons": [reason(rng, i) for _ in range(3)],
                                             "protective": [reason(rng, i)]}),
             } for rank, (i, r) in enumerate(zip(range(n), risks, strict=True), start=1)]
-            store.publish_scores(conn, day, rows, 1, "bench")
+            publish_scores(conn, day, rows, 1, "bench")
         for i in range(0, n, 4):
             outreach.record_outreach(conn, outreach.Outreach(
                 client_id=f"C{i:05d}", episode_id=f"E{i:05d}", clinic_id=CLINIC,
@@ -87,7 +91,7 @@ def main() -> None:
         engine = store_engine(settings.store_url)
         publish(engine, args.n, rng)
         with engine.begin() as conn:
-            _, token = access.create_key(conn, "case_manager", [CLINIC], case_manager_id="cm-1")
+            _, token = create_key(conn, "case_manager", [CLINIC], case_manager_id="cm-1")
         app = create_app(settings, TESTING=True, TODAY=lambda: AS_OF)
         client = app.test_client()
         form = client.get("/web/sign-in").get_data(as_text=True)

@@ -1,4 +1,4 @@
-"""Alembic environment: the store's tables come from retention.schema (every module)."""
+"""Alembic environment: every table of the store is in retention.store.tables."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from retention.db import store_engine
-from retention.schema import metadata
+from retention.db.engines import store_engine
+from retention.store.tables import metadata
 
 config = context.config
 target_metadata = metadata

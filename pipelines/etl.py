@@ -1,44 +1,33 @@
-"""The ETL job: read what changed at the source, check it, upsert it, compute features.
+"""The ETL job: read what changed at the source, check it, load it, compute features.
 
-One run:
-
-1. reads, in one read-only snapshot of the clinic's database, the rows updated
-   since each table's watermark less an overlap (everything on a full reload);
-2. checks them against the contract together with the rows still in quarantine
-   and the copy's appointments of episodes that changed (``retention.validation``);
-3. fails, changing nothing, if more than ``max_quarantine_share`` of the rows read
-   are bad;
-4. in one store transaction: upserts the good rows into the copy (only rows that
-   differ are written), removes quarantined keys from it, records the quarantine
-   (releasing rows fixed at the source), advances the watermarks, and stores the
-   features of every episode open at the as-of date.
-
-A run killed anywhere leaves the store as it was; re-running changes nothing.
+One run reads, in one read-only snapshot of the clinic's database, the rows updated
+since each table's watermark less an overlap (everything on a full reload), then in
+one store transaction checks and loads them (``retention.etl.load``) and stores the
+features of every episode open at the as-of date. A run killed anywhere leaves the
+store as it was; re-running changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import date
 
-import pandas as pd
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Engine
 
-from pipelines.runs import RunRecord, Stopwatch, recorded_run
-from retention import bulk, store
-from retention.clinic_data import ClinicData
-from retention.etl_settings import EtlSettings
-from retention.extract import INCREMENTAL, read_source
+from retention.clinic.data import ClinicData
+from retention.clock import Clock, SystemClock
+from retention.db import bulk
+from retention.etl import load
+from retention.etl.extract import read_source
 from retention.features import FEATURE_NAMES, build_features
-from retention.validation import KEYS, ORDER, Context, Outcome, rows_from_json, validate
+from retention.pipelines.runs import recorded_run
+from retention.settings import EtlSettings
+from retention.store import tables
+from retention.store.clinic_copy import copy_version, read_scoped_copy
+from retention.store.features import write_features
 
 log = logging.getLogger(__name__)
-
-
-class QuarantineLimitExceeded(RuntimeError):
-    """Too many of the rows read broke the contract: the run stops and publishes nothing."""
 
 
 @dataclass(frozen=True)
@@ -63,310 +52,54 @@ def run_etl(
     etl: EtlSettings | None = None,
     *,
     full: bool | None = None,
+    clock: Clock | None = None,
 ) -> EtlResult:
     """Bring the store's copy up to date with the source and store features for ``as_of``.
 
     ``full`` forces (True) or forbids (False) a full reload; by default a run is
     full when the store has no watermark yet or the last full reload is older
-    than ``full_reload_after_days``.
+    than ``full_reload_after_days`` (by ``clock``).
     """
     etl = etl or EtlSettings()
+    clock = clock or SystemClock()
     with recorded_run(store_db, "etl", as_of) as run:
         with store_db.begin() as conn:
             # Tables a killed full reload built beside the copy and never swapped in.
-            bulk.drop_beside(conn, list(store.copies.values()))
-            marks = read_watermarks(conn)
+            bulk.drop_beside(conn, list(tables.copies.values()))
+            marks = load.read_watermarks(conn)
             if full is None:
-                full = _full_reload_due(conn, marks, etl)
-        overlap = timedelta(minutes=etl.overlap_minutes)
-        since: dict[str, datetime | None] = {}
-        for table in INCREMENTAL:
-            mark = marks.get(table)
-            since[table] = None if full or mark is None else mark - overlap
+                full = load.full_reload_due(conn, marks, etl, clock.now())
         run.detail["full"] = full
-        watch = Stopwatch(run.detail.setdefault("seconds", {}))
-        raw, clock = read_source(source, etl.mapping, since, etl.source_connections)
+        watch = run.stopwatch()
+        raw, source_now = read_source(source, etl.mapping, load.since(marks, full, etl),
+                                      etl.source_connections)
         watch.lap("extract")
         run.rows_read = sum(len(f) for f in raw.values())
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
         with store_db.begin() as conn:
-            n_features, scoped = _load(conn, raw, clock, as_of, etl, full, run, marks, watch)
-            version = store.copy_version(conn)
+            checked = load.check(conn, raw, etl, full)
+            watch.lap("check")
+            run.rows_quarantined = checked.rows_quarantined
+            run.detail.update(checked.detail)
+            load.enforce_limit(checked, etl)
+            applied = load.apply(conn, checked, raw, source_now, full=full, run_id=run.run_id,
+                                 marks=marks)
+            watch.lap("load")
+            data = read_scoped_copy(conn, as_of, etl.lookback_days)
+            watch.lap("scoped_read")
+            features = build_features(data, as_of)
+            watch.lap("features")
+            feature_changes = write_features(conn, as_of, features, FEATURE_NAMES, run.run_id)
+            watch.lap("write_features")
+            run.rows_changed = applied.copy_changed + feature_changes
+            run.detail.update({"copy_changed": applied.copy_changed,
+                               "features_changed": feature_changes,
+                               "released": applied.released, "watermarks": applied.watermarks,
+                               "open_episodes": len(features)})
+            version = copy_version(conn)
         watch.lap("commit")
         log.info("etl run %s: %d rows changed, %d quarantined, %d open episodes as of %s",
-                 run.run_id, run.rows_changed, run.rows_quarantined, n_features, as_of)
-        return EtlResult(run.run_id, as_of, run.rows_read, n_features,
-                         run.rows_changed or 0, run.rows_quarantined or 0, full, scoped, version)
-
-
-def _load(
-    conn: Connection,
-    raw: dict[str, pd.DataFrame],
-    clock: datetime,
-    as_of: date,
-    etl: EtlSettings,
-    full: bool,
-    run: RunRecord,
-    marks: dict[str, datetime | None],
-    watch: Stopwatch,
-) -> tuple[int, ClinicData]:
-    """Check and apply one extract inside the caller's transaction.
-
-    Returns the number of open episodes and the scoped rows their features came from.
-    """
-    n_read = {t: len(raw[t]) for t in ORDER}
-    if full:
-        candidates, context = raw, Context()
-    else:
-        candidates = _with_carried_over(conn, raw)
-        context = _context(conn, candidates)
-    outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
-    watch.lap("check")
-
-    bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) for t in ORDER}
-    total_read = sum(n_read.values())
-    share = sum(bad_read.values()) / total_read if total_read else 0.0
-    run.rows_quarantined = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
-    run.detail.update({
-        "read": n_read, "checked": {t: len(candidates[t]) for t in ORDER},
-        "quarantined_read": bad_read, "quarantine_by_rule": outcome.counts(),
-        "quarantined_share": round(share, 6),
-    })
-    if share > etl.max_quarantine_share:
-        raise QuarantineLimitExceeded(
-            f"{sum(bad_read.values())} of {total_read} rows read ({share:.1%}) break the "
-            f"contract, over the limit of {etl.max_quarantine_share:.1%}; nothing was stored "
-            f"or published. By table and rule: {outcome.counts()}. Fix the source or its "
-            "mapping ([etl] in the config); `retention quality` lists the rules."
-        )
-
-    changed, swapped = _apply_copy(conn, outcome, candidates, full)
-    if changed:
-        store.bump_copy_version(conn, run.run_id)
-    if conn.dialect.name == "postgresql" and changed > 0.1 * max(1, _copy_rows_before(conn)):
-        # Fresh statistics, or the planner reads a just-loaded copy as if it were empty.
-        # Only after changes large beside the copy: a night's 100,000 changed rows of
-        # 22 million moved no statistic and cost a second to sample again. Tables swapped
-        # in were analysed as they were.
-        stale = [t.name for t in store.copies.values() if t.name not in swapped]
-        if stale:
-            conn.execute(text("ANALYZE " + ", ".join(stale)))
-    released = _apply_quarantine(conn, outcome, full, run.run_id)
-    advanced = _advance_watermarks(conn, raw, marks, clock, run.run_id)
-    watch.lap("load")
-
-    data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
-    watch.lap("scoped_read")
-    features = build_features(data, as_of)
-    watch.lap("features")
-    feature_changes = store.write_features(conn, as_of, features, FEATURE_NAMES, run.run_id)
-    watch.lap("write_features")
-    run.rows_changed = changed + feature_changes
-    run.detail.update({"copy_changed": changed, "features_changed": feature_changes,
-                       "released": released, "watermarks": advanced,
-                       "open_episodes": len(features)})
-    return len(features), data
-
-
-def _copy_rows_before(conn: Connection) -> int:
-    """The copy's size as its statistics last saw it (0 for tables never analysed)."""
-    names = [t.name for t in store.copies.values()]
-    found = conn.execute(text(
-        "SELECT coalesce(sum(greatest(reltuples, 0)), 0) FROM pg_class "
-        "WHERE oid IN (SELECT to_regclass(n) FROM unnest(CAST(:names AS text[])) AS n)"),
-        {"names": names}).scalar()
-    return int(found or 0)
-
-
-# --- context for incremental runs ---------------------------------------------------
-
-
-def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The rows read, then the quarantined rows not read again.
-
-    Rows read come first (the quarantine share counts them alone). Quarantined rows
-    are checked every run, so a row fixed by something other than its own update (its
-    episode arriving, say) is released.
-    """
-    out = {}
-    held = conn.execute(select(store.quarantine.c.table_name, store.quarantine.c.rows_json))
-    carried: dict[str, list[dict[str, Any]]] = {t: [] for t in ORDER}
-    for table_name, rows_json in held:
-        if table_name in carried:
-            carried[table_name].extend(rows_from_json(rows_json))
-    for table in ORDER:
-        frame = raw[table]
-        extra = pd.DataFrame(carried[table], columns=list(frame.columns), dtype=object)
-        if len(extra):
-            extra = extra[~_key_tuples(table, extra).isin(_key_tuples(table, frame))]
-        out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
-    return out
-
-
-def _context(conn: Connection, candidates: dict[str, pd.DataFrame]) -> Context:
-    """What the store holds that the candidates' cross-table rules refer to."""
-    episodes = conn.execute(select(store.copies["episodes"].c.episode_id,
-                                   store.copies["episodes"].c.admitted_on)).fetchall()
-    admitted = pd.Series(pd.to_datetime([e.admitted_on for e in episodes]),
-                         index=[e.episode_id for e in episodes], dtype="datetime64[ns]")
-    held = conn.execute(select(store.quarantine.c.row_key).where(
-        store.quarantine.c.table_name == "episodes")).scalars().all()
-    referenced = set(candidates["alliance_items"]["measure_id"].dropna()) - set(
-        candidates["alliance_measures"]["measure_id"].dropna())
-    known = _copy_rows(conn, "alliance_measures", "measure_id", sorted(referenced))
-    held_measures = conn.execute(select(store.quarantine.c.row_key).where(
-        store.quarantine.c.table_name == "alliance_measures")).scalars().all()
-    return Context(
-        client_ids=pd.Index([], dtype=object),  # clients are read whole every run
-        episode_ids=pd.Index(list(admitted.index) + list(held), dtype=object),
-        admitted_on=admitted,
-        measure_ids=pd.Index(list(known["measure_id"]) + list(held_measures), dtype=object),
-        instruments=pd.Series(known["instrument"].to_numpy(), index=known["measure_id"].to_numpy(),
-                              dtype=object),
-    )
-
-
-def _copy_rows(conn: Connection, table: str, column: str, values: list[Any]) -> pd.DataFrame:
-    """Rows of the copy whose ``column`` is in ``values``, as the driver returns them."""
-    copy = store.copies[table]
-    columns = [c.name for c in copy.columns]
-    parts = []
-    for start in range(0, len(values), 5000):
-        chunk = values[start:start + 5000]
-        rows = conn.execute(select(copy).where(copy.c[column].in_(chunk))).fetchall()
-        parts.append(pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=object))
-    if not parts:
-        return pd.DataFrame(columns=columns, dtype=object)
-    return pd.concat(parts, ignore_index=True)
-
-
-def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
-    keys = KEYS[table]
-    if frame.empty:
-        return pd.Index([])
-    if len(keys) == 1:
-        return pd.Index(frame[keys[0]].astype(str))
-    number = pd.to_numeric(frame["item_number"], errors="coerce")
-    return pd.Index(frame["measure_id"].astype(str) + "|" + number.astype(str))
-
-
-# --- applying ----------------------------------------------------------------------
-
-
-def _apply_copy(
-    conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool
-) -> tuple[int, set[str]]:
-    """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest.
-
-    On PostgreSQL a full reload builds its large tables beside the copy, two at a time
-    on connections of their own, and swaps each in here, inside the run's transaction.
-    Returns the rows changed and the names of the tables swapped in.
-    """
-    changed = 0
-    built: dict[str, int] = {}
-    if full and bulk.is_postgres(conn):
-        large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS),
-                       key=lambda t: -_load_cost(outcome.valid[t]))
-        built = bulk.build_beside_in_parallel(
-            conn, [(store.copies[t], outcome.valid[t]) for t in large])
-    swapped = set()
-    for table in ORDER:
-        copy = store.copies[table]
-        valid = outcome.valid[table]
-        if copy.name in built:
-            changed += bulk.swap_in(conn, copy, built[copy.name])
-            swapped.add(copy.name)
-            continue
-        if full or table == "clients":  # read whole: anything not read is gone
-            changed += bulk.sync_rows(conn, copy, valid)
-            continue
-        if table == "alliance_items":  # items of the measures checked are replaced as a set
-            scope = set(candidates["alliance_items"]["measure_id"].dropna()) | set(
-                candidates["alliance_measures"]["measure_id"].dropna())
-            changed += bulk.sync_rows(conn, copy, valid, scope_in=("measure_id", sorted(scope)))
-            continue
-        changed += bulk.sync_rows(conn, copy, valid, delete_missing=False)
-        changed += bulk.delete_keys(conn, copy, _key_frame(table, outcome.rejected_keys(table)))
-    return changed, swapped
-
-
-def _load_cost(frame: pd.DataFrame) -> int:
-    """Roughly how long a table takes to load (cells, not rows: slots are wide), so the
-    largest start first and the two builders finish together."""
-    return len(frame) * len(frame.columns)
-
-
-def _key_frame(table: str, row_keys: pd.Index) -> pd.DataFrame:
-    """Key columns from quarantine row keys (rows quarantined for a missing key have none)."""
-    keys = [k for k in row_keys if not str(k).startswith("no key ")]
-    if table == "alliance_items":
-        parts = [str(k).split("|", 1) for k in keys]
-        return pd.DataFrame({"measure_id": [p[0] for p in parts],
-                             "item_number": [int(p[1]) for p in parts]})
-    return pd.DataFrame({KEYS[table][0]: keys})
-
-
-def _apply_quarantine(conn: Connection, outcome: Outcome, full: bool, run_id: int) -> int:
-    """Record this run's rejects; release keys checked again and found good. Returns released."""
-    entries = outcome.rejects.drop(columns=["n_rows"]).assign(
-        run_id=run_id, quarantined_at=store.utcnow())
-    compare = ["rule", "detail", "rows_json"]
-    if full:
-        before = _count(conn, store.quarantine)
-        bulk.sync_rows(conn, store.quarantine, entries, compare=compare)
-        return max(0, before - len(entries))
-    bulk.sync_rows(conn, store.quarantine, entries, compare=compare, delete_missing=False)
-    checked = pd.concat([pd.DataFrame({"table_name": t, "row_key": k.unique()})
-                         for t, k in outcome.keys.items()], ignore_index=True)
-    rejected = pd.MultiIndex.from_frame(outcome.rejects[["table_name", "row_key"]])
-    good = checked[~pd.MultiIndex.from_frame(checked).isin(rejected)]
-    return bulk.delete_keys(conn, store.quarantine, good)
-
-
-def _count(conn: Connection, table: Any) -> int:
-    from sqlalchemy import func
-
-    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-
-
-def read_watermarks(conn: Connection) -> dict[str, datetime | None]:
-    """Each incremental table's watermark (absent before the first run)."""
-    rows = conn.execute(select(store.watermarks.c.table_name, store.watermarks.c.high_water)
-                        .where(store.watermarks.c.table_name.in_(INCREMENTAL)))
-    return {name: mark for name, mark in rows}
-
-
-def _advance_watermarks(
-    conn: Connection, raw: dict[str, pd.DataFrame], marks: dict[str, datetime | None],
-    clock: datetime, run_id: int,
-) -> dict[str, str]:
-    """Move each table's watermark to the newest updated_at read, never past the source clock."""
-    rows: list[dict[str, Any]] = []
-    for table in INCREMENTAL:
-        stamps = pd.to_datetime(raw[table]["updated_at"], format="ISO8601", errors="coerce")
-        newest = stamps.max() if len(stamps) else pd.NaT
-        mark = marks.get(table)
-        if mark is None and pd.isna(newest):
-            mark = clock  # nothing there yet: start from now (less the overlap next time)
-        if pd.notna(newest):
-            candidate = min(newest.to_pydatetime(), clock)
-            mark = candidate if mark is None else max(mark, candidate)
-        rows.append({"table_name": table, "high_water": mark, "run_id": run_id})
-    frame = pd.DataFrame(rows)
-    bulk.sync_rows(conn, store.watermarks, frame, compare=["high_water"], delete_missing=False)
-    return {str(r["table_name"]): str(r["high_water"]) for r in rows}
-
-
-def _full_reload_due(conn: Connection, marks: dict[str, datetime | None], etl: EtlSettings) -> bool:
-    """First run, or the last full reload (which reconciles deletions) is too old."""
-    if any(marks.get(t) is None for t in INCREMENTAL):
-        return True
-    last = conn.execute(
-        select(store.runs.c.started_at)
-        .where(store.runs.c.kind == "etl", store.runs.c.status == "succeeded",
-               store.runs.c.detail.like('%"full": true%'))
-        .order_by(store.runs.c.run_id.desc()).limit(1)
-    ).scalar()
-    return last is None or store.utcnow() - last > timedelta(days=etl.full_reload_after_days)
-
+                 run.run_id, run.rows_changed, run.rows_quarantined, len(features), as_of)
+        return EtlResult(run.run_id, as_of, run.rows_read, len(features),
+                         run.rows_changed or 0, run.rows_quarantined or 0, full, data, version)

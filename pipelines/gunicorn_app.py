@@ -12,8 +12,10 @@ import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from prometheus_client import multiprocess, values
 
-from retention.config import Settings
+from retention.api import create_app
+from retention.settings import Settings
 
 
 class _Server(BaseApplication):
@@ -28,10 +30,6 @@ class _Server(BaseApplication):
 
     def load(self) -> Any:
         # Called in each worker (preload_app is off): engines are made after fork.
-        from prometheus_client import values
-
-        from api import create_app
-
         # The master may have imported prometheus_client before the directory was set.
         values.ValueClass = values.get_value_class()
 
@@ -39,8 +37,6 @@ class _Server(BaseApplication):
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)
 
 

@@ -16,15 +16,15 @@ from datetime import date
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from pipelines.etl import EtlResult, run_etl
-from pipelines.scoring import ScoreResult, run_scoring
-from retention import locks, store
-from retention import model as model_io
-from retention.config import Settings
-from retention.db import source_engine, store_engine
-from retention.etl_settings import etl_settings
-from retention.extract import SourceUnavailable
-from retention.reasons import load_catalogue
+from retention.db import locks
+from retention.db.engines import source_engine, store_engine
+from retention.etl.extract import SourceUnavailable
+from retention.model import artifacts
+from retention.pipelines.etl import EtlResult, run_etl
+from retention.pipelines.scoring import ScoreResult, run_scoring
+from retention.reasons.catalogue import load_catalogue
+from retention.settings import Settings
+from retention.store.lists import latest_publication
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     The model and reason catalogue are checked before any data is read, so a
     bad model fails the run early and the last good list stays published.
     """
-    model = model_io.load(settings.models_dir)
+    model = artifacts.load(settings.models_dir)
     catalogue = load_catalogue(settings.reasons_file)
-    etl = etl_settings(settings)
+    etl = settings.etl
     source = source_engine(settings.source_url)
     store_db = store_engine(settings.store_url)
     try:
@@ -77,13 +77,13 @@ def run_slot(
     tried again after ``retry_delay_seconds``, growing by ``retry_backoff``; the
     last good list stays published meanwhile.
     """
-    etl = etl_settings(settings)
+    etl = settings.etl
     store_db = store_engine(settings.store_url)
     try:
         with locks.try_lock(store_db, LOCK_NAME) as got:
             if not got:
                 return NightlyResult(None, None, "another process is running the nightly job")
-            if _published(store_db, as_of):
+            if is_published(store_db, as_of):
                 return NightlyResult(None, None, f"the list for {as_of} is already published")
             for attempt in range(1, etl.retry_attempts + 1):
                 try:
@@ -101,9 +101,9 @@ def run_slot(
         store_db.dispose()
 
 
-def _published(store_db: Engine, as_of: date) -> bool:
+def is_published(store_db: Engine, as_of: date) -> bool:
     """Whether a list for ``as_of`` is published (False for a store not yet set up)."""
     with store_db.connect() as conn:
         if "publications" not in inspect(conn).get_table_names():
             return False
-        return store.latest_publication(conn, as_of) is not None
+        return latest_publication(conn, as_of) is not None

@@ -11,10 +11,10 @@ import logging
 from datetime import date
 from pathlib import Path
 
-from pipelines.etl import run_etl
-from pipelines.train import TrainResult, run_training
-from retention.config import Settings, load_settings
-from retention.db import source_engine, store_engine
+from retention.db.engines import source_engine, store_engine
+from retention.pipelines.etl import run_etl
+from retention.pipelines.train import TrainResult, run_training
+from retention.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def run_retrain(settings: Settings, as_of: date) -> TrainResult:
     source = source_engine(settings.source_url)
     store_db = store_engine(settings.store_url)
     try:
-        run_etl(source, store_db, as_of)
+        run_etl(source, store_db, as_of, settings.etl)
         return run_training(settings, store_db, as_of, make_current=True)
     finally:
         source.dispose()

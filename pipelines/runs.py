@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from retention import store
+from retention.store import schema
+from retention.store.runs import finish_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,9 @@ class RunRecord:
     model_version: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def rows_written(self) -> int | None:
-        """Older name of ``rows_changed``."""
-        return self.rows_changed
-
-    @rows_written.setter
-    def rows_written(self, value: int | None) -> None:
-        self.rows_changed = value
+    def stopwatch(self) -> Stopwatch:
+        """A stopwatch whose laps go into this run's detail, under "seconds"."""
+        return Stopwatch(self.detail.setdefault("seconds", {}))
 
 
 class Stopwatch:
@@ -61,13 +57,13 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
     up to date first (the same migrations as `retention migrate`).
     """
     with store_db.begin() as conn:
-        store.create_schema(conn)
-        record = RunRecord(run_id=store.start_run(conn, kind, as_of))
+        schema.upgrade(conn)
+        record = RunRecord(run_id=start_run(conn, kind, as_of))
     try:
         yield record
     except BaseException as exc:
         with store_db.begin() as conn:
-            store.finish_run(
+            finish_run(
                 conn, record.run_id, "failed",
                 rows_read=record.rows_read, rows_quarantined=record.rows_quarantined,
                 model_version=record.model_version, detail=record.detail,
@@ -76,7 +72,7 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
         log.error("%s run %s failed: %s", kind, record.run_id, type(exc).__name__)
         raise
     with store_db.begin() as conn:
-        store.finish_run(
+        finish_run(
             conn, record.run_id, "succeeded",
             rows_read=record.rows_read, rows_changed=record.rows_changed,
             rows_quarantined=record.rows_quarantined, model_version=record.model_version,

@@ -6,43 +6,55 @@ briefly down at the scheduled time (misfire grace). A scheduler started after
 downtime runs the missed slot once, if it is still within the grace time. Two
 scheduler processes started by mistake still give one run per slot: the job
 takes a lock on the store and skips a date whose list is published
-(``pipelines.nightly.run_slot``).
+(``retention.pipelines.nightly.run_slot``).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 
-from pipelines.nightly import run_slot
-from pipelines.retrain import JOB_ID as RETRAIN_ID
-from pipelines.retrain import retrain_job
-from retention.config import Settings, load_settings
-from retention.model_settings import model_settings
+from retention.clock import Clock, SystemClock
+from retention.db.engines import store_engine
+from retention.pipelines.nightly import is_published, run_slot
+from retention.pipelines.retrain import JOB_ID as RETRAIN_ID
+from retention.pipelines.retrain import retrain_job
+from retention.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "nightly"
+RUN_NOW_ID = "nightly-now"
 
 
-def nightly_job(config_path: str | None = None) -> None:
-    """Module-level job function: settings are read fresh at each run."""
+def nightly_job(config_path: str | None = None, as_of: str | None = None) -> None:
+    """Module-level job function: settings are read fresh at each run.
+
+    The run is for ``as_of`` (YYYY-MM-DD) if given, else for the date of the
+    schedule's latest slot.
+    """
     settings = load_settings(Path(config_path) if config_path else None)
-    trigger = CronTrigger.from_crontab(settings.schedule_cron, timezone=settings.schedule_timezone)
-    slot = latest_slot(trigger, datetime.now(trigger.timezone))
-    as_of = slot.date() if slot is not None else date.today()
-    result = run_slot(settings, as_of)
+    if as_of is not None:
+        day = date.fromisoformat(as_of)
+    else:
+        trigger = CronTrigger.from_crontab(settings.schedule_cron,
+                                           timezone=settings.schedule_timezone)
+        now = datetime.now(trigger.timezone)
+        slot = latest_slot(trigger, now)
+        day = slot.date() if slot is not None else now.date()
+    result = run_slot(settings, day)
     if result.skipped:
-        log.info("nightly run for %s skipped: %s", as_of, result.skipped)
+        log.info("nightly run for %s skipped: %s", day, result.skipped)
         return
     assert result.etl is not None and result.score is not None
     log.info(
         "nightly run for %s: etl run %s, score run %s, %d episodes scored",
-        as_of, result.etl.run_id, result.score.run_id, result.score.scored,
+        day, result.etl.run_id, result.score.run_id, result.score.scored,
     )
 
 
@@ -61,12 +73,9 @@ def catch_up_due(settings: Settings, trigger: CronTrigger, now: datetime) -> boo
     slot = latest_slot(trigger, now)
     if slot is None or (now - slot).total_seconds() > settings.misfire_grace_seconds:
         return False
-    from pipelines.nightly import _published
-    from retention.db import store_engine
-
     engine = store_engine(settings.store_url)
     try:
-        return not _published(engine, slot.date())
+        return not is_published(engine, slot.date())
     except Exception:  # a store that cannot be read now: the catch-up run will say why
         return True
     finally:
@@ -74,15 +83,19 @@ def catch_up_due(settings: Settings, trigger: CronTrigger, now: datetime) -> boo
 
 
 def build_scheduler(
-    settings: Settings, config_path: str | None = None, run_now: bool = False
+    settings: Settings, config_path: str | None = None, run_now: bool = False,
+    clock: Clock | None = None, run_now_as_of: date | None = None,
 ) -> BlockingScheduler:
-    """A blocking scheduler with the nightly job; ``run_now`` also runs it once at start."""
+    """A blocking scheduler with the nightly and weekly jobs.
+
+    ``run_now`` also runs the nightly job once at start (for ``run_now_as_of``, or
+    the latest slot's date); a slot missed while no scheduler ran is caught up once.
+    """
+    clock = clock or SystemClock()
     scheduler = BlockingScheduler(timezone=settings.schedule_timezone)
     trigger = CronTrigger.from_crontab(settings.schedule_cron, timezone=settings.schedule_timezone)
-    # The first run time is the trigger's own unless a run now was asked for, or the
-    # last slot was missed while no scheduler ran: then it is caught up once, now.
-    now = datetime.now(trigger.timezone)
-    first = {"next_run_time": now} if run_now or catch_up_due(settings, trigger, now) else {}
+    now = clock.now().replace(tzinfo=UTC).astimezone(trigger.timezone)
+    first = {"next_run_time": now} if not run_now and catch_up_due(settings, trigger, now) else {}
     scheduler.add_job(
         nightly_job, trigger, args=[config_path], id=JOB_ID, name="nightly ETL and scoring",
         replace_existing=True,
@@ -91,10 +104,17 @@ def build_scheduler(
         misfire_grace_time=settings.misfire_grace_seconds,
         **first,
     )
+    if run_now:
+        day = run_now_as_of.isoformat() if run_now_as_of else None
+        scheduler.add_job(
+            nightly_job, DateTrigger(run_date=now), args=[config_path, day], id=RUN_NOW_ID,
+            name="nightly ETL and scoring, once now", replace_existing=True,
+            misfire_grace_time=settings.misfire_grace_seconds,
+        )
     # Weekly: retrain, evaluate and promote only through the gate (pipelines/retrain.py).
     scheduler.add_job(
         retrain_job,
-        CronTrigger.from_crontab(model_settings(settings).retrain_cron,
+        CronTrigger.from_crontab(settings.evaluation.retrain_cron,
                                  timezone=settings.schedule_timezone),
         args=[config_path], id=RETRAIN_ID, name="weekly retrain behind the promotion gate",
         replace_existing=True, coalesce=True, max_instances=1,

@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import multiprocessing
-from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
-import numpy as np
-import orjson
-import pandas as pd
 from sqlalchemy import Engine, text
 
-from pipelines.runs import Stopwatch, recorded_run
-from retention import drift, reasons, store
-from retention.clinic_data import ClinicData
-from retention.config import Settings
-from retention.etl_settings import etl_settings
+from retention.clinic.data import ClinicData
 from retention.features import FEATURE_NAMES
-from retention.features.attendance import booked_ahead, past_slots
-from retention.model import TrainedModel
-from retention.model_settings import model_settings
+from retention.model.booster import TrainedModel
+from retention.model.drift import SCORE
+from retention.pipelines.runs import recorded_run
+from retention.reasons.catalogue import Catalogue
+from retention.scoring import ScoringError, drift_rows, inputs_digest, score_rows
+from retention.settings import Settings
+from retention.store.clinic_copy import copy_version, read_scoped_copy
+from retention.store.features import read_features
+from retention.store.lists import count_scores, latest_publication, publish_scores, record_drift
 
 log = logging.getLogger(__name__)
-
-# Contributions must add up to the model's own log-odds; beyond this, something is wrong.
-FAITHFULNESS_TOLERANCE = 1e-6
-
-
-class ScoringError(RuntimeError):
-    """Scoring cannot go ahead; the message says what to run first."""
 
 
 @dataclass(frozen=True)
@@ -46,19 +32,11 @@ class ScoreResult:
     model_version: str
 
 
-def tier_names(risk: np.ndarray, thresholds: Mapping[str, float]) -> list[str]:
-    """'high', 'medium' or 'low' for each risk by the configured thresholds (the highest
-    cut a risk reaches names it; below every cut, or NaN, is 'low')."""
-    cuts = sorted(thresholds.items(), key=lambda kv: -kv[1])
-    names = np.select([risk >= cut for _, cut in cuts], [name for name, _ in cuts], "low")
-    return [str(n) for n in names]
-
-
 def run_scoring(
     settings: Settings,
     store_db: Engine,
     model: TrainedModel,
-    catalogue: reasons.Catalogue,
+    catalogue: Catalogue,
     as_of: date,
     scoped: tuple[ClinicData, int] | None = None,
 ) -> ScoreResult:
@@ -69,37 +47,36 @@ def run_scoring(
     """
     with recorded_run(store_db, "score", as_of) as run:
         run.model_version = model.version
-        etl = etl_settings(settings)
-        clock = Stopwatch(run.detail.setdefault("seconds", {}))
+        watch = run.stopwatch()
         with store_db.connect() as conn:
-            features = store.read_features(conn, as_of, FEATURE_NAMES)
+            features = read_features(conn, as_of, FEATURE_NAMES)
             if features.empty:
                 raise ScoringError(
                     f"no features stored for {as_of}: run `retention etl --as-of {as_of}` first"
                 )
             digest = inputs_digest(conn, settings, model, catalogue, features, as_of)
-            published = store.latest_publication(conn, as_of)
+            published = latest_publication(conn, as_of)
             if published is not None and published.get("inputs_digest") == digest:
                 # Same model, data, features and settings: the list stands as published.
                 run.rows_read, run.rows_changed = len(features), 0
                 run.detail["unchanged"] = True
-                high = store.count_scores(conn, as_of, tier="high")
+                high = count_scores(conn, as_of, tier="high")
                 log.info("score run %s: list of %s already published from the same inputs",
                          run.run_id, as_of)
                 return ScoreResult(run.run_id, as_of, int(published["n_scored"]), high,
                                    model.version)
-            if scoped is not None and scoped[1] == store.copy_version(conn):
+            if scoped is not None and scoped[1] == copy_version(conn):
                 data = scoped[0]
             else:
-                data = store.read_scoped_copy(conn, as_of, etl.lookback_days)
-        clock.lap("read")
+                data = read_scoped_copy(conn, as_of, settings.etl.lookback_days)
+        watch.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
-        clock.lap("score_and_reasons")
+        watch.lap("score_and_reasons")
         drifted = drift_rows(settings, model, features, rows)
         with store_db.begin() as conn:
-            store.publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
-            drift.record_drift(conn, run.run_id, as_of, model.version, drifted)
+            publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
+            record_drift(conn, run.run_id, as_of, model.version, drifted)
         if store_db.dialect.name == "postgresql":
             # Fresh statistics for the new list: with stale ones the planner sorted all
             # 100,000 rows for every page instead of walking the rank index.
@@ -107,215 +84,13 @@ def run_scoring(
                 conn.execute(text("ANALYZE scores"))
         flagged = [d["feature"] for d in drifted if d["flagged"]]
         # The run record says so, not only the log.
-        run.detail["drift_flagged"] = ["score" if f == drift.SCORE else f for f in flagged]
+        run.detail["drift_flagged"] = ["score" if f == SCORE else f for f in flagged]
         if flagged:
             log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
-                        run.run_id, model_settings(settings).drift_psi_threshold,
+                        run.run_id, settings.evaluation.drift_psi_threshold,
                         len(flagged), len(drifted))
-        clock.lap("publish")
-        run.rows_written = len(rows)
+        watch.lap("publish")
+        run.rows_changed = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
         return ScoreResult(run.run_id, as_of, len(rows), high, model.version)
-
-
-def drift_rows(settings: Settings, model: TrainedModel, features: pd.DataFrame,
-               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """PSI of each feature and of the published risk against the model's training rows."""
-    reference = model.metadata.get("drift_reference")
-    if not reference:
-        return []
-    risk = np.array([r["risk"] for r in rows], dtype=float)
-    ordered = features.loc[[r["episode_id"] for r in rows]]
-    return drift.drift_table(reference, ordered, risk,
-                             model_settings(settings).drift_psi_threshold,
-                             model_settings(settings).drift_min_rows)
-
-
-def inputs_digest(
-    connection: Any,
-    settings: Settings,
-    model: TrainedModel,
-    catalogue: reasons.Catalogue,
-    features: pd.DataFrame,
-    as_of: date,
-) -> str:
-    """What a published list was computed from: equal digests give equal lists.
-
-    The model (version and file hash), the reason wording, the settings that shape
-    the list, the features for ``as_of`` and the version of the clinic copy the
-    reasons quote from.
-    """
-    parts = {
-        "as_of": as_of.isoformat(),
-        "model": [model.version, model.metadata.get("sha256")],
-        "catalogue": sorted((f.code, f.title, f.suggestion)
-                            for f in catalogue.families.values()),
-        "settings": [dict(settings.tiers), settings.max_reasons, settings.engaged_within_days,
-                     etl_settings(settings).reasons_top_n,
-                     etl_settings(settings).reasons_per_caseload],
-        "copy_version": store.copy_version(connection),
-        # Hashed by dtype, not as text: formatting every float as a string took 8 times
-        # as long as the hash itself.
-        "features": hashlib.sha256(pd.util.hash_pandas_object(
-            features, index=True).to_numpy().tobytes()).hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def score_rows(
-    settings: Settings,
-    model: TrainedModel,
-    catalogue: reasons.Catalogue,
-    data: Any,
-    features: pd.DataFrame,
-    as_of: date,
-    run_id: int,
-    reasons_top_n: int | None = None,
-) -> list[dict[str, Any]]:
-    """The published rows: ranked risk, one per open episode, reasons for the top of the list.
-
-    Per-feature contributions cost about a hundred predictions, and wording a
-    reason reads the client's rows (about 0.6 ms an episode): both are done where a
-    case manager reads them, the ``reasons_top_n`` highest-ranked rows and the
-    ``reasons_per_caseload`` highest of each case manager's caseload (``[etl]``).
-    Every row carries its raw score and the model's expected value.
-    """
-    etl = etl_settings(settings)
-    top_n = etl.reasons_top_n if reasons_top_n is None else reasons_top_n
-    raw = model.raw_score(features)
-    # model.predict would walk the trees a second time for the same raw score.
-    risk = model.calibrator.predict(raw)
-    index = features.index
-    # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
-    order = np.lexsort((features.index.to_numpy(), -raw, -risk))
-    picked = explained_positions(features, order, top_n, etl.reasons_per_caseload)
-    shown = index[picked]
-    contributions = model.contributions(features.loc[shown])
-    summed = contributions.sum(axis=1).to_numpy()
-    worst = float(np.max(np.abs(summed - raw[picked]))) if len(shown) else 0.0
-    if worst > FAITHFULNESS_TOLERANCE:
-        raise ScoringError(f"contributions do not add up to the model's score (off by {worst})")
-    expected = float(contributions["expected_value"].iloc[0]) if len(shown) else 0.0
-    families = {f["name"]: f["family"] for f in model.metadata["features"]}
-    explanations = explain_rows(data, features.loc[shown], contributions, families, catalogue,
-                                as_of, settings.max_reasons, etl.reasons_workers)
-
-    slots = past_slots(data.appointments, index, as_of)
-    attended = slots.loc[slots["status"] == "attended"]
-    ahead = booked_ahead(data.appointments, index, as_of)
-    # Plain lists for the loop below: a label or position lookup per row costs more
-    # than the row itself at 20,000 rows.
-    last_attended = list(attended.groupby("episode_id")["scheduled_at"].max().reindex(index))
-    next_booked = list(ahead.groupby("episode_id")["scheduled_at"].min().reindex(index))
-    program = [str(p) for p in data.episodes.set_index("episode_id")["program"].reindex(index)]
-    days_since = features["days_since_attended"].to_numpy()
-    client = features["client_id"].to_numpy()
-    clinic = features["clinic_id"].to_numpy()
-    manager = features["case_manager_id"].to_numpy()
-    tiers = tier_names(risk, settings.tiers)
-    rows = []
-    for rank, i in enumerate(order, start=1):
-        episode_id = str(index[i])
-        last, nxt = last_attended[i], next_booked[i]
-        explanation = explanations.get(episode_id)
-        if explanation is None:
-            payload = {"raw_score": round(float(raw[i]), 6), "expected_value": round(expected, 6),
-                       "reasons": [], "protective": []}
-        else:
-            payload = {
-                "raw_score": round(explanation.raw_score, 6),
-                "expected_value": round(explanation.expected_value, 6),
-                "reasons": [r.to_dict() for r in explanation.reasons],
-                "protective": [r.to_dict() for r in explanation.protective],
-            }
-        rows.append({
-            "as_of": as_of,
-            "episode_id": episode_id,
-            "client_id": client[i],
-            "clinic_id": clinic[i],
-            "case_manager_id": _none_if_na(manager[i]),
-            "program": program[i],
-            "rank": rank,
-            "risk": round(float(risk[i]), 6),
-            "tier": tiers[i],
-            "still_engaged": bool(
-                pd.notna(last) and days_since[i] <= settings.engaged_within_days
-            ),
-            "last_attended_on": None if pd.isna(last) else last.date(),
-            "next_booked_at": None if pd.isna(nxt) else nxt.to_pydatetime(),
-            "model_version": model.version,
-            "run_id": run_id,
-            "reasons_json": orjson.dumps(payload).decode(),  # 1 µs a row with reasons, json 16
-        })
-    return rows
-
-
-def explained_positions(
-    features: pd.DataFrame, order: np.ndarray, top_n: int, per_caseload: int
-) -> np.ndarray:
-    """Positions (in rank order) of the rows to explain: the list's top and each caseload's."""
-    chosen = np.zeros(len(order), dtype=bool)
-    chosen[:top_n] = True
-    if per_caseload > 0 and len(order):
-        ranked = features.iloc[order]
-        caseload = ranked["case_manager_id"].astype(object).where(
-            ranked["case_manager_id"].notna(), "clinic:" + ranked["clinic_id"].astype(str))
-        chosen |= (caseload.groupby(caseload.to_numpy()).cumcount() < per_caseload).to_numpy()
-    return order[chosen]
-
-
-def explain_rows(
-    data: Any,
-    features: pd.DataFrame,
-    contributions: pd.DataFrame,
-    families: Mapping[str, str],
-    catalogue: reasons.Catalogue,
-    as_of: date,
-    max_reasons: int,
-    workers: int = 1,
-    min_rows_per_worker: int = 1000,
-) -> dict[str, reasons.Explanation]:
-    """Reasons for each row of ``features``; large batches are split over ``workers`` processes.
-
-    Each episode's reasons depend only on its own rows, so the split cannot change them.
-    Wording costs about 0.6 ms an episode; each worker is a fork and its own pass over
-    the clinic copy. On 2 cores the nightly's 800 episodes took 0.48 s in one process
-    and 0.51 s in two, 2,085 episodes 1.18 s and 1.06 s: hence 1,000 rows a worker.
-    """
-    ids = [str(i) for i in features.index]
-    workers = min(workers, len(ids) // max(1, min_rows_per_worker))
-    if workers <= 1:
-        histories = reasons.histories(data, list(features.index), as_of)
-        return reasons.explain(contributions, families, histories, catalogue,
-                               max_reasons=max_reasons)
-    global _EXPLAIN_JOB
-    _EXPLAIN_JOB = (data, features, contributions, families, catalogue, as_of, max_reasons)
-    chunks = [list(range(k, len(ids), workers)) for k in range(workers)]
-    try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            parts = list(pool.map(_explain_chunk, chunks))
-    finally:
-        _EXPLAIN_JOB = None
-    merged: dict[str, reasons.Explanation] = {}
-    for part in parts:
-        merged.update(part)
-    return {i: merged[i] for i in ids}
-
-
-_EXPLAIN_JOB: tuple[Any, ...] | None = None
-
-
-def _explain_chunk(positions: list[int]) -> dict[str, reasons.Explanation]:
-    """In a forked worker: reasons for some rows of the job its parent set up."""
-    assert _EXPLAIN_JOB is not None
-    data, features, contributions, families, catalogue, as_of, max_reasons = _EXPLAIN_JOB
-    part = features.iloc[positions]
-    histories = reasons.histories(data, list(part.index), as_of)
-    return reasons.explain(contributions.loc[part.index], families, histories, catalogue,
-                           max_reasons=max_reasons)
-
-
-def _none_if_na(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value

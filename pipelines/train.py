@@ -15,13 +15,14 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pipelines.runs import recorded_run
-from retention import model as model_io
-from retention import registry, store
-from retention.assessment import assess
-from retention.config import Settings
-from retention.model_settings import model_settings
-from retention.training import Progress, fit, snapshot_dates, time_split, training_rows
+from retention.evaluation.candidate import assess
+from retention.evaluation.gate import GateDecision, gate
+from retention.model import artifacts, registry
+from retention.model.booster import ModelError, TrainedModel
+from retention.model.training import Progress, fit, snapshot_dates, time_split, training_rows
+from retention.pipelines.runs import recorded_run
+from retention.settings import Settings
+from retention.store.clinic_copy import read_clinic_copy
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class TrainResult:
     snapshots: int
     metrics: dict[str, dict[str, float]]
     evaluation: dict[str, Any]
-    gate: registry.GateDecision
+    gate: GateDecision
     promoted: bool
 
 
@@ -51,10 +52,10 @@ def run_training(
 
     ``make_current=False`` saves and judges the candidate without promoting it.
     """
-    ms = model_settings(settings)
+    ms = settings.evaluation
     with recorded_run(store_db, "train", as_of) as run:
         with store_db.connect() as conn:
-            data = store.read_clinic_copy(conn)
+            data = read_clinic_copy(conn)
         if data.episodes.empty:
             raise RuntimeError("the store holds no clinic data: run `retention etl` first")
         dates = snapshot_dates(
@@ -71,8 +72,8 @@ def run_training(
         evaluation = assess(trained, split, data.clients, ms,
                             engaged_within_days=settings.engaged_within_days,
                             seed=settings.seed, current=current)
-        folder = model_io.save(trained, settings.models_dir, evaluation)
-        decision = registry.gate(trained.version, evaluation, ms.promotion_tolerance)
+        folder = artifacts.save(trained, settings.models_dir, evaluation)
+        decision = gate(trained.version, evaluation, ms.promotion_tolerance)
         registry.write_gate(settings.models_dir, decision)
         promoted = False
         if make_current and decision.passed:
@@ -87,14 +88,14 @@ def run_training(
                            trained.metadata["metrics"], evaluation, decision, promoted)
 
 
-def _current_model(models_dir: Path, candidate: str) -> model_io.TrainedModel | None:
+def _current_model(models_dir: Path, candidate: str) -> TrainedModel | None:
     """The model in service, to compare on the candidate's rows (None if none or the same)."""
     version = registry.current_or_none(models_dir)
     if version is None or version == candidate:
         return None
     try:
-        return model_io.load(models_dir, version)
-    except model_io.ModelError as exc:
+        return artifacts.load(models_dir, version)
+    except ModelError as exc:
         # A broken current model cannot be a reference; the gate then checks baselines only.
         log.warning("current model %s unusable as a reference: %s", version, exc)
         return None

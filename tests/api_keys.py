@@ -10,16 +10,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
-from retention import access
-from retention.config import Settings
+from retention.access.keys import create_key
+from retention.settings import Settings
+from retention.store import schema
 
 
 def make_key(store: Engine, role: str = "admin", clinics: Sequence[str] = (),
              **kwargs: object) -> str:
     """A fresh key in ``store`` (creating the access tables if needed); returns the token."""
     with store.begin() as conn:
-        access.create_schema(conn)
-        _, token = access.create_key(conn, role, clinics, **kwargs)  # type: ignore[arg-type]
+        schema.upgrade(conn)
+        _, token = create_key(conn, role, clinics, **kwargs)  # type: ignore[arg-type]
     return token
 
 

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from pipelines.etl import run_etl
-from pipelines.scoring import run_scoring
-from pipelines.train import run_training
-from retention import model as model_io
-from retention.clinic_data import ClinicData, read_clinic
-from retention.config import Settings, settings_from_mapping
-from retention.db import source_engine, store_engine
-from retention.reasons import Catalogue, load_catalogue
-from retention.synth import SynthConfig, generate, write
+from retention.clinic.data import ClinicData, read_clinic
+from retention.clinic.synth import SynthConfig, generate, write
+from retention.db.engines import source_engine, store_engine
+from retention.model import artifacts
+from retention.model.booster import TrainedModel
+from retention.pipelines.etl import run_etl
+from retention.pipelines.scoring import run_scoring
+from retention.pipelines.train import run_training
+from retention.reasons.catalogue import Catalogue, load_catalogue
+from retention.settings import Settings, settings_from_mapping
 
 # PostgreSQL fixtures (pg_server, store_url, ...): a database per session or test, dropped after.
 pytest_plugins = ("tests.pg",)
@@ -54,7 +55,7 @@ class Scored:
     as_of: date
     source: Engine
     store: Engine
-    model: model_io.TrainedModel
+    model: TrainedModel
     catalogue: Catalogue
 
     def clinic(self) -> ClinicData:
@@ -70,7 +71,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
     run_etl(source, store_db, AS_OF)
     run_training(settings, store_db, AS_OF)
-    model = model_io.load(settings.models_dir)
+    model = artifacts.load(settings.models_dir)
     catalogue = load_catalogue(settings.reasons_file)
     run_scoring(settings, store_db, model, catalogue, AS_OF)
     yield Scored(settings, AS_OF, source, store_db, model, catalogue)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from retention import contract
-from retention.clinic_data import ClinicData, from_frames
-from retention.instruments import WAI_SR_KEY
+from retention.clinic import contract
+from retention.clinic.data import ClinicData, from_frames
+from retention.clinic.instruments import WAI_SR_KEY
 
 
 def at(day: str, hour: int = 10) -> datetime:

@@ -28,13 +28,14 @@ from sqlalchemy import (
     update,
 )
 
-from retention import contract, store
-from retention.synth import SynthConfig, generate, write
+from retention.clinic import contract
+from retention.clinic.synth import SynthConfig, generate, write
+from retention.store import tables
 
 AS_OF = date(2026, 6, 1)
 # Everything but the run bookkeeping: what a store holds that a run decides.
 COMPARED = {
-    **{t.name: None for t in store.copies.values()},
+    **{t.name: None for t in tables.copies.values()},
     "features": ["as_of", "episode_id", "client_id", "clinic_id", "case_manager_id",
                  "values_json"],
     "quarantine": ["table_name", "row_key", "rule", "detail", "rows_json"],
@@ -159,7 +160,7 @@ def stored(engine: Engine, as_of: date | None = None) -> dict[str, list[tuple[An
     out = {}
     with engine.connect() as conn:
         for name, columns in COMPARED.items():
-            table = store.metadata.tables[name]
+            table = tables.metadata.tables[name]
             cols = [table.c[c] for c in columns] if columns else list(table.columns)
             keys = list(table.primary_key.columns)
             query = select(*cols).order_by(*keys)

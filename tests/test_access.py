@@ -10,9 +10,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
-from api.ratelimit import RateLimiter, RedisCounter
-from retention import access
+from retention.access.keys import AccessError, create_key, revoke_key
+from retention.api import create_app
+from retention.api.ratelimit import RateLimiter, RedisCounter
+from retention.store import tables
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import Scored
 
@@ -41,8 +42,8 @@ def clinics(everyone: list[dict]) -> list[str]:
 
 def audit_rows(scored: Scored, request_id: str) -> list[dict]:
     with scored.store.connect() as conn:
-        rows = conn.execute(access.audit_log.select()
-                            .where(access.audit_log.c.request_id == request_id)).fetchall()
+        rows = conn.execute(tables.audit_log.select()
+                            .where(tables.audit_log.c.request_id == request_id)).fetchall()
     return [dict(r._mapping) for r in rows]
 
 
@@ -66,11 +67,11 @@ def test_without_a_valid_key_nothing_is_returned(app: Flask, scored: Scored,
 
 def test_a_revoked_key_gets_nothing(app: Flask, scored: Scored, clinics: list[str]) -> None:
     with scored.store.begin() as conn:
-        key_id, token = access.create_key(conn, "ehr", [clinics[0]])
+        key_id, token = create_key(conn, "ehr", [clinics[0]])
     client = keyed_client(app, token)
     assert client.get("/v1/risk-list?limit=1").status_code == 200
     with scored.store.begin() as conn:
-        access.revoke_key(conn, key_id)
+        revoke_key(conn, key_id)
     response = client.get("/v1/risk-list?limit=1")
     assert response.status_code == 401
     assert "items" not in response.get_json()
@@ -85,7 +86,7 @@ def test_a_tampered_secret_with_a_real_key_id_is_refused(app: Flask, scored: Sco
 def test_keys_are_stored_only_as_hashes(scored: Scored) -> None:
     token = make_key(scored.store, "admin")
     with scored.store.connect() as conn:
-        stored = [tuple(str(v) for v in r) for r in conn.execute(access.api_keys.select())]
+        stored = [tuple(str(v) for v in r) for r in conn.execute(tables.api_keys.select())]
     assert not any(token in value or token.split("_")[-1] in value
                    for row in stored for value in row)
 
@@ -161,8 +162,8 @@ def test_roles_decide_the_endpoints(app: Flask, scored: Scored, clinics: list[st
 ])
 def test_keys_that_make_no_sense_are_refused(scored: Scored, role: str, clinics: list[str],
                                              kwargs: dict) -> None:
-    with pytest.raises(access.AccessError), scored.store.begin() as conn:
-        access.create_key(conn, role, clinics, **kwargs)
+    with pytest.raises(AccessError), scored.store.begin() as conn:
+        create_key(conn, role, clinics, **kwargs)
 
 
 def test_rate_limit_answers_429_with_retry_after(scored: Scored) -> None:

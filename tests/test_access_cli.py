@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from api import create_app
-from pipelines.cli import main
+from retention.api import create_app
+from retention.pipelines.cli import main
 from tests.api_keys import keyed_client
 from tests.conftest import REPO, Scored
 

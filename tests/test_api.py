@@ -11,8 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
-from api import create_app
-from retention import contract, store
+from retention.api import create_app
+from retention.clinic import contract
+from retention.clock import utcnow
+from retention.store import schema, tables
+from retention.store.lists import latest_publication, run_drift
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import Scored
 
@@ -167,8 +170,8 @@ def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_
     engine = create_engine(settings.store_url)
     token = make_key(engine)
     with engine.begin() as conn:
-        conn.execute(store.publications.insert().values(
-            as_of=scored.as_of, run_id=1, model_version="v", published_at=store.utcnow(),
+        conn.execute(tables.publications.insert().values(
+            as_of=scored.as_of, run_id=1, model_version="v", published_at=utcnow(),
             n_scored=1))
         conn.execute(text("DROP TABLE scores"))
     # Keys and a publication but no scores table: the request fails inside the handler.
@@ -194,7 +197,7 @@ def test_no_list_yet_is_a_clear_404(scored: Scored, tmp_path) -> None:
     settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/empty.db")
     engine = create_engine(settings.store_url)
     with engine.begin() as conn:
-        store.create_schema(conn)
+        schema.upgrade(conn)
     token = make_key(engine)
     response = keyed_client(create_app(settings), token).get("/v1/risk-list")
     assert response.status_code == 404
@@ -242,12 +245,10 @@ def test_filters_narrow_the_list(client: FlaskClient, full_list: list[dict]) -> 
 
 def test_the_list_says_whether_its_population_drifted(scored: Scored) -> None:
     """Drift recorded by the list's scoring run is shown with the list it concerns."""
-    from retention import drift
-
     with scored.store.connect() as conn:
-        pub = store.latest_publication(conn, scored.as_of)
+        pub = latest_publication(conn, scored.as_of)
         assert pub is not None
-        recorded = drift.run_drift(conn, pub["run_id"])
+        recorded = run_drift(conn, pub["run_id"])
     app = create_app(scored.settings, TODAY=lambda: scored.as_of)
     client = keyed_client(app, make_key(scored.store, "admin", label="drift"))
     body = client.get("/v1/risk-list?limit=1").get_json()

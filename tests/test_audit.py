@@ -13,10 +13,12 @@ from flask import Flask
 from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.exc import DBAPIError
 
-from api import create_app
-from pipelines.cli import main
-from retention import access, store
-from retention.access import AuditRecord
+from retention.access.audit import AuditRecord, key_still_valid, read_audit, write_audit
+from retention.access.keys import create_key
+from retention.api import create_app
+from retention.clock import utcnow
+from retention.pipelines.cli import main
+from retention.store import schema, tables
 from tests.api_keys import copied_store, keyed_client, make_key
 from tests.conftest import REPO, Scored
 
@@ -28,16 +30,16 @@ def app(scored: Scored) -> Flask:
 
 def records_for(scored: Scored, request_id: str) -> list[dict]:
     with scored.store.connect() as conn:
-        return [r for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                             store.utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
+                                             utcnow() + timedelta(hours=1))
                 if r["request_id"] == request_id]
 
 
 def test_each_read_records_who_what_and_the_client_ids_returned(app: Flask,
                                                                 scored: Scored) -> None:
     with scored.store.begin() as conn:
-        access.create_schema(conn)
-        key_id, token = access.create_key(conn, "admin")
+        schema.upgrade(conn)
+        key_id, token = create_key(conn, "admin")
     client = keyed_client(app, token)
     rid = uuid.uuid4().hex
     body = client.get("/v1/risk-list?limit=7", headers={"X-Request-ID": rid}).get_json()
@@ -46,7 +48,7 @@ def test_each_read_records_who_what_and_the_client_ids_returned(app: Flask,
     assert (record["key_id"], record["role"], record["action"], record["outcome"],
             record["status"]) == (key_id, "admin", "risk_list.read", "ok", 200)
     assert record["source"] == "127.0.0.1"
-    assert abs((store.utcnow() - record["at"]).total_seconds()) < 60
+    assert abs((utcnow() - record["at"]).total_seconds()) < 60
 
     one = body["items"][0]["client_id"]
     for url, action in ((f"/v1/clients/{one}/risk", "client_risk.read"),
@@ -64,19 +66,19 @@ def test_the_application_cannot_change_or_remove_audit_records(
 ) -> None:
     engine = create_engine(store_url)
     with engine.begin() as conn:
-        access.create_schema(conn)
-        access.write_audit(conn, AuditRecord("risk_list.read", "ok", 200, "r1",
+        schema.upgrade(conn)
+        write_audit(conn, AuditRecord("risk_list.read", "ok", 200, "r1",
                                              client_ids=("C1",)))
-    for statement in (update(access.audit_log).values(outcome="edited"),
-                      delete(access.audit_log)):
+    for statement in (update(tables.audit_log).values(outcome="edited"),
+                      delete(tables.audit_log)):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(statement)
     if engine.dialect.name == "postgresql":
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text("TRUNCATE audit_log"))
     with engine.connect() as conn:
-        rows = access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                 store.utcnow() + timedelta(hours=1))
+        rows = read_audit(conn, utcnow() - timedelta(hours=1),
+                                 utcnow() + timedelta(hours=1))
     assert [(r["outcome"], r["client_ids"]) for r in rows] == [("ok", ["C1"])]
     engine.dispose()
 
@@ -106,7 +108,7 @@ def test_audit_export_covers_the_requested_days(app: Flask, scored: Scored,
     config.write_text(f'source_url = "{scored.settings.source_url}"\n'
                       f'store_url = "{scored.settings.store_url}"\n'
                       f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
-    today = store.utcnow().date()
+    today = utcnow().date()
     out = tmp_path / "audit.jsonl"
     result = CliRunner().invoke(main, ["--config", str(config), "audit", "export",
                                        "--from", str(today), "--to", str(today), "-o", str(out)])
@@ -135,8 +137,8 @@ def test_reads_and_denials_are_audited_on_postgresql(
     assert app.test_client().get(
         "/v1/risk-list", headers={"X-Request-ID": rids[1]}).status_code == 401
     with engine.connect() as conn:
-        rows = {r["request_id"]: r["outcome"] for r in access.read_audit(
-            conn, store.utcnow() - timedelta(hours=1), store.utcnow() + timedelta(hours=1))}
+        rows = {r["request_id"]: r["outcome"] for r in read_audit(
+            conn, utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1))}
     assert [rows.get(r) for r in rids] == ["not_found", "unauthenticated"]
     engine.dispose()
 
@@ -175,10 +177,10 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
     gets a new one; inside a transaction the write is the caller's to commit or roll back."""
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        access.create_schema(conn)
+        schema.upgrade(conn)
     record = AuditRecord(action="t.read", outcome="ok", status=200, request_id="kept",
                          client_ids=("C1", "C2"))
-    only_if = [access.key_still_valid("nokey", "nohash")]
+    only_if = [key_still_valid("nokey", "nohash")]
 
     def count() -> int:
         with engine.connect() as other:
@@ -186,28 +188,28 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
                 "SELECT count(*) FROM audit_log WHERE request_id = 'kept'")).scalar_one())
 
     auto = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    assert access.write_audit(auto, record, only_if) is False  # the key does not exist
+    assert write_audit(auto, record, only_if) is False  # the key does not exist
     cursor = auto.connection.info["retention_audit_cursor"]
     with auto.begin():  # a key, so the condition holds
-        access.create_key(auto, "admin")
+        create_key(auto, "admin")
     key_id, digest = auto.execute(text("SELECT key_id, token_sha256 FROM api_keys")).one()
-    valid = [access.key_still_valid(key_id, digest)]
-    assert access.write_audit(auto, record, valid) is True
+    valid = [key_still_valid(key_id, digest)]
+    assert write_audit(auto, record, valid) is True
     assert auto.connection.info["retention_audit_cursor"] is cursor
     assert count() == 1  # durable without a commit
     auto.invalidate()
     auto.rollback()  # the SELECT above began SQLAlchemy's (empty) transaction
-    assert access.write_audit(auto, record, valid) is True  # on a new DBAPI connection
+    assert write_audit(auto, record, valid) is True  # on a new DBAPI connection
     assert auto.connection.info["retention_audit_cursor"] is not cursor
     auto.commit()  # the new connection is not in autocommit: the write joined a transaction
     auto.close()
 
     with engine.connect() as conn:
-        assert access.write_audit(conn, record, valid) is True
+        assert write_audit(conn, record, valid) is True
         conn.rollback()
     assert count() == 2
     with engine.connect() as conn:
-        assert access.write_audit(conn, record, valid) is True
+        assert write_audit(conn, record, valid) is True
         conn.commit()
     assert count() == 3
     assert [r["client_ids"] for r in _records_kept(engine)] == [["C1", "C2"]] * 3
@@ -216,6 +218,6 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
 
 def _records_kept(engine: object) -> list[dict]:
     with engine.connect() as conn:  # type: ignore[attr-defined]
-        return [r for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                             store.utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
+                                             utcnow() + timedelta(hours=1))
                 if r["request_id"] == "kept"]

@@ -21,9 +21,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from api import create_app
-from retention import store
-from retention.db import store_engine
+from retention.api import create_app
+from retention.db.engines import store_engine
+from retention.store import tables
 from tests.api_keys import make_key
 from tests.conftest import REPO, Scored
 
@@ -48,8 +48,8 @@ def site(scored: Scored, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     engine = store_engine(url)
     token = make_key(engine, "case_manager", [CLINIC], label="Dana Reyes")
     with engine.connect() as conn:
-        other = conn.execute(select(store.scores.c.client_id).where(
-            store.scores.c.as_of == scored.as_of, store.scores.c.clinic_id != CLINIC)
+        other = conn.execute(select(tables.scores.c.client_id).where(
+            tables.scores.c.as_of == scored.as_of, tables.scores.c.clinic_id != CLINIC)
             .limit(1)).scalar_one()
     app = create_app(scored.settings.with_overrides(store_url=url), TESTING=True,
                      TODAY=lambda: scored.as_of)

@@ -24,8 +24,8 @@ from sqlalchemy import (
     text,
 )
 
-from retention import bulk
-from retention.db import store_engine
+from retention.db import bulk
+from retention.db.engines import store_engine
 
 TRICKY = ["plain", "", 'a "quoted", comma', "two\nlines", "ünïcode ✓", None, "NULL", "\\N"]
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from retention import metrics as m
-from retention.calibration import CalibrationError, Calibrator
+from retention.evaluation import bootstrap as m
+from retention.model.calibration import CalibrationError, Calibrator
 
 
 def overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

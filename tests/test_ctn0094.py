@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.ctn0094_loader import WEEKS, load_frames
-from retention import contract
+from retention.clinic import contract
 
 DATA = Path("/work/shared/data/ctn0094-trial27")
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from retention import db
-from retention.db import store_engine
+from retention.db import engines as db
+from retention.db.engines import store_engine
 
 
 def _engine_and_backend(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, int, list[int]]:

@@ -7,9 +7,12 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from retention import drift, store
 from retention.features import FEATURE_NAMES
-from retention.training import training_rows
+from retention.model import drift
+from retention.model.training import training_rows
+from retention.store import tables
+from retention.store.clinic_copy import read_clinic_copy
+from retention.store.lists import latest_drift
 from tests.conftest import Scored
 
 
@@ -30,7 +33,7 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
 
 def test_each_scoring_run_records_drift_of_every_feature_and_the_score(scored: Scored) -> None:
     with scored.store.connect() as conn:
-        latest = drift.latest_drift(conn)
+        latest = latest_drift(conn)
     assert latest["model_version"] == scored.model.version
     assert latest["as_of"] == scored.as_of.isoformat()
     assert set(latest["psi"]) == set(FEATURE_NAMES)
@@ -47,7 +50,7 @@ def test_a_shifted_population_is_flagged(scored: Scored) -> None:
     start = date.fromisoformat(meta["window"]["calibrate_from"])
     end = date.fromisoformat(meta["window"]["calibrate_until"])
     with scored.store.connect() as conn:
-        data = store.read_clinic_copy(conn)
+        data = read_clinic_copy(conn)
     dates = [start + timedelta(days=7 * i) for i in range((end - start).days // 7 + 1)]
     rows = training_rows(data, sorted(dates), 30, scored.as_of)
     shifted = rows.copy()
@@ -71,8 +74,8 @@ def test_latest_drift_without_runs_is_empty(tmp_path) -> None:  # type: ignore[n
 
     engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with engine.begin() as conn:
-        drift.drift.create(conn)
-        assert drift.latest_drift(conn)["run_id"] is None
+        tables.drift.create(conn)
+        assert latest_drift(conn)["run_id"] is None
     engine.dispose()
 
 
@@ -80,7 +83,7 @@ def test_a_small_sample_is_recorded_but_not_flagged(scored: Scored) -> None:
     """PSI over a handful of rows is noise: it is kept, not raised as drift."""
     reference = scored.model.metadata["drift_reference"]
     with scored.store.connect() as conn:
-        data = store.read_clinic_copy(conn)
+        data = read_clinic_copy(conn)
     rows = training_rows(data, [scored.as_of - timedelta(days=60)], 30, scored.as_of)
     shifted = rows.assign(days_since_attended=rows["days_since_attended"] + 60)
     risk = scored.model.predict(shifted)
@@ -95,7 +98,7 @@ def test_flagged_drift_is_in_the_run_record() -> None:
     """`retention runs` shows which inputs drifted, from the run's own record."""
     from datetime import datetime
 
-    from pipelines.runs import format_runs
+    from retention.pipelines.runs import format_runs
 
     run = {"run_id": 3, "kind": "score", "as_of": None, "status": "succeeded",
            "rows_read": 74, "rows_changed": 74, "rows_quarantined": 0, "finished_at": None,

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from pipelines.etl import read_watermarks, run_etl
-from pipelines.scoring import run_scoring
-from retention import store
-from retention.db import source_engine, store_engine
-from retention.etl_settings import EtlSettings
+from retention.db.engines import source_engine, store_engine
+from retention.etl.load import read_watermarks
+from retention.pipelines.etl import run_etl
+from retention.pipelines.scoring import run_scoring
+from retention.settings import EtlSettings
+from retention.store import tables
+from retention.store.checks import table_checksums
+from retention.store.runs import list_runs
 from tests.conftest import Scored
 from tests.sources import AS_OF, Source, appointment, stored
 
@@ -37,7 +40,7 @@ def etl(src: Source, store_db: Engine, as_of: date = AS_OF, full: bool | None = 
 
 def checksums(store_db: Engine) -> dict[str, tuple[int, str]]:
     with store_db.connect() as conn:
-        return store.table_checksums(conn)
+        return table_checksums(conn)
 
 
 def test_first_run_is_a_full_reload_then_runs_are_incremental(source: Source,
@@ -74,7 +77,7 @@ def test_rerunning_the_same_as_of_changes_nothing(source: Source, store_url: str
     assert full.rows_changed == 0  # type: ignore[attr-defined]
     assert checksums(store_db) == before
     with store_db.connect() as conn:
-        runs = store.list_runs(conn, 10)
+        runs = list_runs(conn, 10)
     assert [r["status"] for r in runs] == ["succeeded"] * 6
     assert rescored.scored == before["scores"][0]
     store_db.dispose()
@@ -88,7 +91,7 @@ def test_a_new_as_of_adds_features_and_keeps_the_copy(source: Source, store_url:
     after = checksums(store_db)
     assert {k: v for k, v in after.items() if k.startswith("clinic_")} == copy_before
     with store_db.connect() as conn:
-        days = conn.execute(select(store.features.c.as_of).distinct()).scalars().all()
+        days = conn.execute(select(tables.features.c.as_of).distinct()).scalars().all()
     assert sorted(days) == [AS_OF, AS_OF + timedelta(days=1)]
     assert result.open_episodes > 0  # type: ignore[attr-defined]
     store_db.dispose()
@@ -178,7 +181,7 @@ def test_incremental_runs_equal_a_full_reload_sqlite(tmp_path: Path, seed: int) 
         assert_incremental_equals_full(src, store_db, f"sqlite:///{tmp_path / f'full{step}.db'}",
                                        day + timedelta(days=1))
     with store_db.connect() as conn:
-        held = conn.execute(select(store.quarantine.c.row_key)).scalars().all()
+        held = conn.execute(select(tables.quarantine.c.row_key)).scalars().all()
     # Only the last step's bad rows are still held; earlier ones were fixed and released.
     assert sorted(k for k in held if k.startswith(("BAD", "ORPH"))) == ["BAD02", "ORPH02"]
     store_db.dispose()
@@ -240,7 +243,7 @@ def test_deletions_at_the_source_are_reconciled_by_a_full_reload(source: Source,
     etl(source, store_db)
     gone = source.rows("appointments", limit=1)[0]["appointment_id"]
     source.delete("appointments", {"appointment_id": gone})
-    ids = store.copies["appointments"].c.appointment_id
+    ids = tables.copies["appointments"].c.appointment_id
 
     def present() -> bool:
         with store_db.connect() as conn:

@@ -12,11 +12,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from pipelines.etl import run_etl
-from retention.config import ConfigError
-from retention.db import is_read_only, source_engine, store_engine
-from retention.etl_settings import EtlSettings, parse_etl
-from retention.synth import SynthConfig, generate, write
+from retention.clinic.synth import SynthConfig, generate, write
+from retention.db.engines import is_read_only, source_engine, store_engine
+from retention.pipelines.etl import run_etl
+from retention.settings import ConfigError, EtlSettings, parse_etl
 from tests.sources import AS_OF, stored
 
 PROGRAMS = {"outpatient": "OP", "intensive_outpatient": "IOP", "residential": "RES",

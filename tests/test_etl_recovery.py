@@ -13,10 +13,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from pipelines.etl import read_watermarks, run_etl
-from retention import store
-from retention.db import source_engine, store_engine
-from retention.etl_settings import EtlSettings
+from retention.db.engines import source_engine, store_engine
+from retention.etl.load import read_watermarks
+from retention.pipelines import etl as etl_job
+from retention.pipelines.etl import run_etl
+from retention.settings import EtlSettings
+from retention.store.checks import table_checksums
+from retention.store.runs import list_runs
 from tests.sources import AS_OF, Source, appointment, stored
 
 
@@ -26,7 +29,7 @@ def libpq(url: str) -> str:
 
 def data_checksums(engine: Engine) -> dict[str, tuple[int, str]]:
     with engine.connect() as conn:
-        return store.table_checksums(conn)
+        return table_checksums(conn)
 
 
 def test_a_run_killed_mid_load_leaves_the_store_as_it_was(
@@ -81,7 +84,7 @@ def test_a_run_killed_mid_load_leaves_the_store_as_it_was(
     assert data_checksums(store_db) == before  # nothing of the run's writes remains
     with store_db.connect() as conn:
         assert read_watermarks(conn) == marks
-        last = store.list_runs(conn, 1)[0]
+        last = list_runs(conn, 1)[0]
     assert last["status"] == "failed"
 
     after = run_etl(source, store_db, AS_OF + timedelta(days=1), EtlSettings())
@@ -114,7 +117,7 @@ def test_a_failure_inside_the_load_rolls_everything_back(
     def boom(*args: object, **kwargs: object) -> int:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "write_features", boom)
+    monkeypatch.setattr(etl_job, "write_features", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_etl(source, store_db, AS_OF, EtlSettings())
     assert data_checksums(store_db) == before

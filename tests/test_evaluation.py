@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from retention import metrics as m
-from retention.evaluation import best_baseline, top_k_flags
+from retention.evaluation import bootstrap as m
+from retention.evaluation.heldout import best_baseline, top_k_flags
 from tests.conftest import Scored
 
 

@@ -10,9 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from retention import contract, extract, pg_arrow, pg_copy
-from retention.db import source_engine
-from retention.etl_settings import SourceMapping
+from retention.clinic import contract
+from retention.db import pg_arrow, pg_copy
+from retention.db.engines import source_engine
+from retention.etl import extract
+from retention.settings import SourceMapping
 from tests.sources import AS_OF, Source, appointment
 
 EVERYTHING: dict[str, datetime | None] = {t: None for t in extract.INCREMENTAL}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from retention.fairness import fairness_report, group_columns
+from retention.evaluation.fairness import fairness_report, group_columns
 from retention.features import FEATURE_NAMES
 from tests.conftest import Scored
 

@@ -21,12 +21,15 @@ from flask import Flask
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from api import create_app
-from api.connections import RequestConnections
-from api.fastpath import CachedListPath
-from api.routes import encode_cursor
-from retention import access, drift, store
-from retention.config import Settings
+from retention.access.audit import read_audit, write_audit
+from retention.access.keys import create_key, revoke_key
+from retention.api import auth, create_app, fastpath
+from retention.api.connections import RequestConnections
+from retention.api.fastpath import CachedListPath
+from retention.api.routes import encode_cursor
+from retention.clock import utcnow
+from retention.settings import Settings
+from retention.store import schema, tables
 from tests.api_keys import copied_store, keyed_client, make_key
 from tests.conftest import Scored
 from tests.test_read_cache import republish
@@ -59,7 +62,7 @@ def pair(request: pytest.FixtureRequest, scored: Scored, tmp_path: Path) -> Iter
         _copy_list(scored.store, create_engine(settings.store_url))
     engine = create_engine(settings.store_url)
     with engine.begin() as conn:
-        access.create_schema(conn)
+        schema.upgrade(conn)
     yield Pair(_app(settings, scored, True), _app(settings, scored, False), engine, settings,
                scored)
     engine.dispose()
@@ -68,9 +71,9 @@ def pair(request: pytest.FixtureRequest, scored: Scored, tmp_path: Path) -> Iter
 def _copy_list(source: Engine, target: Engine) -> None:
     """The published lists (scores, publications, drift) of the scored store."""
     with target.begin() as conn:
-        access.create_schema(conn)
+        schema.upgrade(conn)
         with source.connect() as src:
-            for table in (store.scores, store.publications, drift.drift):
+            for table in (tables.scores, tables.publications, tables.drift):
                 rows = [dict(r._mapping) for r in src.execute(select(table))]
                 if rows:
                     conn.execute(table.insert(), rows)
@@ -94,8 +97,8 @@ def answer(app: Flask, token: str | None, url: str, method: str = "GET",
 def audited(engine: Engine, request_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [{k: v for k, v in r.items() if k not in ("audit_id", "at", "request_id")}
-                for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                           store.utcnow() + timedelta(hours=1))
+                for r in read_audit(conn, utcnow() - timedelta(hours=1),
+                                           utcnow() + timedelta(hours=1))
                 if r["request_id"] == request_id]
 
 
@@ -157,7 +160,7 @@ def test_cached_pages_are_answered_as_flask_answers_them(pair: Pair) -> None:
 
 def _a_clinic(pair: Pair) -> list[str]:
     with pair.engine.connect() as conn:
-        return [conn.execute(select(store.scores.c.clinic_id).limit(1)).scalar_one()]
+        return [conn.execute(select(tables.scores.c.clinic_id).limit(1)).scalar_one()]
 
 
 def test_what_the_path_does_not_hold_goes_to_flask_unchanged(pair: Pair) -> None:
@@ -259,7 +262,7 @@ def test_a_failed_audit_write_gets_flasks_503_and_no_data(pair: Pair) -> None:
 
 def test_a_revoked_key_and_a_new_list_are_seen_as_flask_sees_them(pair: Pair) -> None:
     with pair.engine.begin() as conn:
-        key_id, token = access.create_key(conn, "admin")
+        key_id, token = create_key(conn, "admin")
     for app in (pair.fast, pair.flask):
         answer(app, token, "/v1/risk-list?limit=5")
     republish(pair.engine, pair.scored.as_of + timedelta(days=1))
@@ -269,7 +272,7 @@ def test_a_revoked_key_and_a_new_list_are_seen_as_flask_sees_them(pair: Pair) ->
     assert same(pair, token, "/v1/risk-list?limit=5")[0] == 200
     assert fast_served(pair.fast) == 1
     with pair.engine.begin() as conn:
-        access.revoke_key(conn, key_id)
+        revoke_key(conn, key_id)
     fast = same(pair, token, "/v1/risk-list?limit=5")
     assert fast[0] == 401 and fast[3][0]["outcome"] == "unauthenticated"
     assert fast_served(pair.fast) == 1
@@ -284,14 +287,15 @@ def test_a_list_replaced_during_both_tries_gets_flasks_503_after_two_counts(
     token = make_key(pair.engine, "admin")
     for app in (pair.fast, pair.flask):
         answer(app, token, "/v1/risk-list?limit=5")
-    write = access.write_audit
+    write = write_audit
 
     def list_always_replaced(conn: Any, record: Any, only_if: Any = ()) -> bool:
         if any(c.name in ("list", "latest_list") for c in only_if):
             return False
         return write(conn, record, only_if)
 
-    monkeypatch.setattr(access, "write_audit", list_always_replaced)
+    for module in (auth, fastpath):  # the Flask path and the cached-list path
+        monkeypatch.setattr(module, "write_audit", list_always_replaced)
     fast = same(pair, token, "/v1/risk-list?limit=5")
     assert fast[0] == 503 and b"List changed" in fast[2] and fast[3][0]["outcome"] == "error"
     assert fast_served(pair.fast) == 0
@@ -314,7 +318,8 @@ def test_a_store_that_cannot_be_reached_or_a_bug_in_the_write_answers_as_flask_d
         def broken(*args: Any, **kwargs: Any) -> bool:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(access, "write_audit", broken)
+        for module in (auth, fastpath):
+            monkeypatch.setattr(module, "write_audit", broken)
     fast = same(pair, token, "/v1/risk-list?limit=5")
     assert fast[0] == (503 if failure == "connect" else 500) and b"items" not in fast[2]
     assert ("Content-Type", "application/problem+json") in fast[1]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retention import contract
-from retention.clinic_data import ClinicData, from_frames
+from retention.clinic import contract
+from retention.clinic.data import ClinicData, from_frames
 from retention.features import FEATURE_NAMES, build_features
 from retention.features.spec import META_COLUMNS
 from tests.factories import ClinicBuilder, at

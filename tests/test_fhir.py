@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Flask
 
-from api import create_app
+from retention.api import create_app
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import Scored
 

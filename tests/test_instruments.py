@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retention.instruments import score_srs, score_wai_sr
+from retention.clinic.instruments import score_srs, score_wai_sr
 
 
 def test_srs_total_is_the_sum_of_four_items() -> None:

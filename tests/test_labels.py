@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from retention.labels import disengagement_labels, label_observable
+from retention.features.labels import disengagement_labels, label_observable
 from tests.factories import ClinicBuilder, at
 
 AS_OF = date(2026, 3, 1)

@@ -13,9 +13,9 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from retention.clinic_data import ClinicData, as_timestamp, from_frames
+from retention.clinic.data import ClinicData, as_timestamp, from_frames
+from retention.clinic.synth import SynthConfig, generate
 from retention.features import build_features
-from retention.synth import SynthConfig, generate
 
 
 def known_at(data: ClinicData, day: date) -> ClinicData:

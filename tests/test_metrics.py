@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from api import create_app
+from retention.api import create_app
 from tests.api_keys import keyed_client, make_key
 from tests.conftest import Scored
 

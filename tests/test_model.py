@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retention import model as model_io
-from retention import store
 from retention.features import FEATURE_NAMES
-from retention.training import fit, snapshot_dates, time_split, training_rows
+from retention.model import artifacts
+from retention.model.booster import ModelError
+from retention.model.training import fit, snapshot_dates, time_split, training_rows
+from retention.store.clinic_copy import read_clinic_copy
+from retention.store.features import read_features
 from tests.conftest import Scored
 
 
@@ -24,7 +26,7 @@ def rows(scored: Scored) -> pd.DataFrame:
     s = scored.settings
     dates = snapshot_dates(scored.as_of, s.horizon_days, s.snapshot_every_days, 360)
     with scored.store.connect() as conn:
-        data = store.read_clinic_copy(conn)
+        data = read_clinic_copy(conn)
     return training_rows(data, dates, s.horizon_days, scored.as_of)
 
 
@@ -61,7 +63,7 @@ def test_training_is_deterministic(rows: pd.DataFrame, scored: Scored) -> None:
     a = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
     b = fit(rows, horizon_days=30, seed=3, trained_as_of=scored.as_of)
     assert a.booster.model_to_string() == b.booster.model_to_string()
-    assert model_io.calibrator_json(a.calibrator) == model_io.calibrator_json(b.calibrator)
+    assert artifacts.calibrator_json(a.calibrator) == artifacts.calibrator_json(b.calibrator)
     assert a.version == b.version
     np.testing.assert_array_equal(a.predict(rows), b.predict(rows))
     c = fit(rows, horizon_days=30, seed=4, trained_as_of=scored.as_of)
@@ -71,7 +73,7 @@ def test_training_is_deterministic(rows: pd.DataFrame, scored: Scored) -> None:
 def test_the_saved_model_reproduces_the_trained_predictions(
     scored: Scored, rows: pd.DataFrame
 ) -> None:
-    again = model_io.load(scored.settings.models_dir, scored.model.version)
+    again = artifacts.load(scored.settings.models_dir, scored.model.version)
     np.testing.assert_array_equal(again.predict(rows), scored.model.predict(rows))
 
 
@@ -92,7 +94,7 @@ def test_no_client_is_given_exactly_0_or_100_percent(scored: Scored) -> None:
     of clients; the default calibration is smooth.
     """
     with scored.store.connect() as conn:
-        features = store.read_features(conn, scored.as_of, FEATURE_NAMES)
+        features = read_features(conn, scored.as_of, FEATURE_NAMES)
     risk = scored.model.predict(features)
     assert ((risk > 0) & (risk < 1)).all()
 
@@ -128,18 +130,18 @@ def test_loading_refuses_a_tampered_model_file(scored: Scored, tmp_path: Path) -
     folder = copy_version(scored, tmp_path)
     text = (folder / "model.txt").read_text()
     (folder / "model.txt").write_text(text.replace("shrinkage=0.05", "shrinkage=0.5", 1))
-    with pytest.raises(model_io.ModelError, match="integrity check"):
-        model_io.load(tmp_path, scored.model.version)
+    with pytest.raises(ModelError, match="integrity check"):
+        artifacts.load(tmp_path, scored.model.version)
 
 
 def test_loading_refuses_a_feature_list_the_etl_does_not_produce(
     scored: Scored, tmp_path: Path
 ) -> None:
     copy_version(scored, tmp_path)
-    with pytest.raises(model_io.ModelError, match="expects different features"):
-        model_io.load(tmp_path, scored.model.version, expected_features=FEATURE_NAMES[:-1])
-    with pytest.raises(model_io.ModelError, match="expects different features"):
-        model_io.load(tmp_path, scored.model.version,
+    with pytest.raises(ModelError, match="expects different features"):
+        artifacts.load(tmp_path, scored.model.version, expected_features=FEATURE_NAMES[:-1])
+    with pytest.raises(ModelError, match="expects different features"):
+        artifacts.load(tmp_path, scored.model.version,
                       expected_features=tuple(reversed(FEATURE_NAMES)))
 
 
@@ -148,11 +150,11 @@ def test_loading_refuses_a_tampered_calibrator(scored: Scored, tmp_path: Path) -
     state = json.loads((folder / "calibrator.json").read_text())
     state["intercept"] = state["intercept"] + 0.5  # every risk a little higher
     (folder / "calibrator.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    with pytest.raises(model_io.ModelError, match=r"calibrator\.json does not match"):
-        model_io.load(tmp_path, scored.model.version)
+    with pytest.raises(ModelError, match=r"calibrator\.json does not match"):
+        artifacts.load(tmp_path, scored.model.version)
     (folder / "calibrator.json").unlink()
-    with pytest.raises(model_io.ModelError, match="incomplete"):
-        model_io.load(tmp_path, scored.model.version)
+    with pytest.raises(ModelError, match="incomplete"):
+        artifacts.load(tmp_path, scored.model.version)
 
 
 def test_a_version_is_text_and_json_only(scored: Scored) -> None:
@@ -169,12 +171,12 @@ def test_a_version_is_text_and_json_only(scored: Scored) -> None:
 
 
 def test_no_current_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(model_io.ModelError, match="run `retention train` first"):
-        model_io.load(tmp_path)
+    with pytest.raises(ModelError, match="run `retention train` first"):
+        artifacts.load(tmp_path)
 
 
 def test_no_version_past_the_gate_says_so(scored: Scored, tmp_path: Path) -> None:
     """Trained versions but none current: the error points at the gate, not at training."""
     copy_version(scored, tmp_path)
-    with pytest.raises(model_io.ModelError, match="no trained version has passed the"):
-        model_io.load(tmp_path)
+    with pytest.raises(ModelError, match="no trained version has passed the"):
+        artifacts.load(tmp_path)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
-from api import create_app
+from retention.api import create_app
 from tests.api_keys import make_key
 from tests.conftest import Scored
 

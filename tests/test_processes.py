@@ -13,19 +13,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import date
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import create_engine
 
-from pipelines.scheduler import JOB_ID, build_scheduler
-from retention import store
+from retention.pipelines.scheduler import JOB_ID, build_scheduler
+from retention.store.lists import latest_publication
+from retention.store.runs import list_runs
 from tests.api_keys import make_key
-from tests.conftest import REPO, Scored, make_settings
+from tests.conftest import AS_OF, REPO, Scored, make_settings
 
-RETENTION = [sys.executable, "-m", "pipelines.cli"]
+RETENTION = [sys.executable, "-m", "retention.pipelines.cli"]
 
 
 def write_config(path: Path, root: Path, **extra: object) -> Path:
@@ -139,10 +140,12 @@ def test_scheduler_job_is_configured_to_never_overlap(tmp_path: Path) -> None:
 
 
 def test_scheduler_process_runs_the_nightly_job(copied: Path) -> None:
-    """A real scheduler process, asked to run once at start, publishes today's list."""
+    """A real scheduler process, asked to run once at start, publishes that night's list."""
     config = write_config(copied / "cfg.toml", copied)
+    tonight = AS_OF + timedelta(days=1)
     proc = subprocess.Popen(
-        [*RETENTION, "--config", str(config), "scheduler", "--run-now"],
+        [*RETENTION, "--config", str(config), "scheduler", "--run-now", "--as-of",
+         tonight.isoformat()],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -153,23 +156,25 @@ def test_scheduler_process_runs_the_nightly_job(copied: Path) -> None:
         while time.monotonic() < deadline and published is None:
             time.sleep(0.5)
             with engine.connect() as conn:
-                published = store.latest_publication(conn, date.today())
-                failed = [r for r in store.list_runs(conn, 2) if r["status"] == "failed"]
+                published = latest_publication(conn, tonight)
+                failed = [r for r in list_runs(conn, 2) if r["status"] == "failed"]
             assert not failed, f"the nightly run failed: {failed[0]['error']}"
-        assert published is not None, "the scheduler published no list for today"
+        assert published is not None, f"the scheduler published no list for {tonight}"
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
         engine.dispose()
     assert "nightly run for" in output
     with engine.connect() as conn:
-        kinds = [(r["kind"], r["status"]) for r in store.list_runs(conn, 2)]
+        kinds = [(r["kind"], r["status"]) for r in list_runs(conn, 2)]
     assert kinds == [("score", "succeeded"), ("etl", "succeeded")]
 
 
 def test_demo_runs_end_to_end_without_serving(tmp_path: Path) -> None:
+    """The demo on a pinned day: its synthetic clinic, model and list are the same any day."""
     config = write_config(tmp_path / "cfg.toml", tmp_path)
-    result = run_cli("--config", str(config), "demo", "--clients", "300", "--no-serve")
+    result = run_cli("--config", str(config), "demo", "--clients", "300", "--no-serve",
+                     "--as-of", AS_OF.isoformat())
     assert result.returncode == 0, result.stderr
     assert "demo: ready in" in result.stderr
     runs = run_cli("--config", str(config), "runs")

@@ -16,11 +16,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
-from pipelines.etl import QuarantineLimitExceeded, run_etl
-from retention import store
-from retention.db import source_engine, store_engine
-from retention.etl_settings import EtlSettings
-from retention.validation import RULES, Context, _duplicated, _shared_text, validate
+from retention.db.engines import source_engine, store_engine
+from retention.etl.load import QuarantineLimitExceeded
+from retention.etl.validation import RULES, Context, _duplicated, _shared_text, validate
+from retention.pipelines.etl import run_etl
+from retention.settings import EtlSettings
+from retention.store import tables
+from retention.store.checks import table_checksums
+from retention.store.runs import list_runs
 from tests.conftest import REPO
 from tests.sources import AS_OF, Source, appointment
 
@@ -50,13 +53,13 @@ def etl(src: Source, store_db: Engine, **settings: Any) -> Any:
 
 def held(store_db: Engine) -> dict[tuple[str, str], str]:
     with store_db.connect() as conn:
-        rows = conn.execute(select(store.quarantine.c.table_name, store.quarantine.c.row_key,
-                                   store.quarantine.c.rule))
+        rows = conn.execute(select(tables.quarantine.c.table_name, tables.quarantine.c.row_key,
+                                   tables.quarantine.c.rule))
         return {(t, k): r for t, k, r in rows}
 
 
 def copied(store_db: Engine, table: str) -> set[str]:
-    copy = store.copies[table]
+    copy = tables.copies[table]
     key = copy.primary_key.columns.values()[0]
     with store_db.connect() as conn:
         return set(conn.execute(select(key)).scalars())
@@ -154,9 +157,9 @@ def test_each_rule_holds_its_row_back_and_the_run_goes_on(loose: Source, store_u
         store_db, "alliance_measures")
     assert result.open_episodes > 0 and result.rows_quarantined >= len(EXPECTED)
     with store_db.connect() as conn:
-        run = store.list_runs(conn, 1)[0]
-        entry = conn.execute(select(store.quarantine).where(
-            store.quarantine.c.row_key == "Q-DUP")).one()
+        run = list_runs(conn, 1)[0]
+        entry = conn.execute(select(tables.quarantine).where(
+            tables.quarantine.c.row_key == "Q-DUP")).one()
     assert run["status"] == "succeeded"
     assert json.loads(run["detail"])["quarantine_by_rule"]["appointments"]["duplicate_key"] == 2
     # Both rows of the duplicate key are kept, so a fix can be checked again.
@@ -191,7 +194,7 @@ def test_rows_fixed_at_the_source_are_released_by_the_next_run(loose: Source,
     assert "Q-SRS-ITEM" in copied(store_db, "alliance_measures")
     assert ("appointments", "Q-DUP") in now_held  # not fixed: still held
     with store_db.connect() as conn:
-        detail = json.loads(store.list_runs(conn, 1)[0]["detail"])
+        detail = json.loads(list_runs(conn, 1)[0]["detail"])
     assert detail["released"] >= 4 and result.rows_changed > 0
     store_db.dispose()
 
@@ -202,7 +205,7 @@ def test_a_run_over_the_quarantine_limit_fails_loudly_and_changes_nothing(
     store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
     etl(loose, store_db)
     with store_db.connect() as conn:
-        before = store.table_checksums(conn)
+        before = table_checksums(conn)
     episode = loose.rows("episodes", limit=1)[0]
     loose.insert("appointments", [
         appointment(f"Q-BULK{n:03d}", episode, STAMP + timedelta(days=1), status="??",
@@ -210,8 +213,8 @@ def test_a_run_over_the_quarantine_limit_fails_loudly_and_changes_nothing(
     with pytest.raises(QuarantineLimitExceeded, match=r"over the limit of 5\.0%"):
         etl(loose, store_db, max_quarantine_share=0.05)
     with store_db.connect() as conn:
-        assert store.table_checksums(conn) == before
-        run = store.list_runs(conn, 1)[0]
+        assert table_checksums(conn) == before
+        run = list_runs(conn, 1)[0]
     assert run["status"] == "failed" and "unknown_code" in run["error"]
     assert run["rows_quarantined"] == 60
     # A looser limit lets the same rows through to quarantine.
@@ -227,7 +230,7 @@ def test_quality_reports_the_quarantine_by_table_and_rule(loose: Source, tmp_pat
     store_db.dispose()
     config = tmp_path / "cfg.toml"
     config.write_text(f'source_url = "{loose.url}"\nstore_url = "sqlite:///{tmp_path}/store.db"\n')
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "--config", str(config),
+    run = subprocess.run([sys.executable, "-m", "retention.pipelines.cli", "--config", str(config),
                           "quality"], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr

@@ -17,11 +17,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import Engine, create_engine, select, text
 
-from api import create_app
-from api.cache import LRU
-from retention import access, store
-from retention.access import AuditRecord
-from retention.scoped_reads import still_published
+from retention.access.audit import AuditRecord, key_still_valid, read_audit, write_audit
+from retention.access.keys import create_key, revoke_key, token_digest
+from retention.access.scope import still_published
+from retention.api import create_app
+from retention.api.cache import LRU
+from retention.clock import utcnow
+from retention.store import schema, tables
+from retention.store.lists import latest_publication, publish_scores
 from tests.api_keys import copied_store, keyed_client, make_key
 from tests.conftest import Scored
 
@@ -37,23 +40,23 @@ def own_store(scored: Scored, tmp_path: Path) -> Iterator[tuple[Flask, Engine]]:
 
 def audit_of(engine: Engine, request_id: str) -> list[dict]:
     with engine.connect() as conn:
-        return [r for r in access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                             store.utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
+                                             utcnow() + timedelta(hours=1))
                 if r["request_id"] == request_id]
 
 
 def republish(engine: Engine, as_of, reverse: bool = True) -> None:  # type: ignore[no-untyped-def]
     """Publish the list of ``as_of`` again under a new run, in reverse rank order."""
     with engine.begin() as conn:
-        pub = store.latest_publication(conn)
+        pub = latest_publication(conn)
         assert pub is not None
         rows = [dict(r._mapping) for r in conn.execute(
-            select(store.scores).where(store.scores.c.as_of == pub["as_of"])
-            .order_by(store.scores.c.rank))]
+            select(tables.scores).where(tables.scores.c.as_of == pub["as_of"])
+            .order_by(tables.scores.c.rank))]
         if reverse:
             rows = [{**r, "rank": len(rows) - r["rank"] + 1} for r in rows]
         rows = [{**r, "as_of": as_of, "run_id": pub["run_id"] + 1000} for r in rows]
-        store.publish_scores(conn, as_of, rows, pub["run_id"] + 1000, pub["model_version"])
+        publish_scores(conn, as_of, rows, pub["run_id"] + 1000, pub["model_version"])
 
 
 def test_a_revoked_key_gets_nothing_though_its_answers_are_cached(
@@ -61,14 +64,14 @@ def test_a_revoked_key_gets_nothing_though_its_answers_are_cached(
 ) -> None:
     app, engine = own_store
     with engine.begin() as conn:
-        key_id, token = access.create_key(conn, "admin")
+        key_id, token = create_key(conn, "admin")
     client = keyed_client(app, token)
     first = client.get("/v1/risk-list?limit=5").get_json()["items"][0]["client_id"]
     urls = ("/v1/risk-list?limit=5", f"/v1/clients/{first}/risk",
             f"/fhir/RiskAssessment?subject=Patient/{first}")
     assert all(client.get(url).status_code == 200 for url in urls)  # all cached now
     with engine.begin() as conn:
-        access.revoke_key(conn, key_id)
+        revoke_key(conn, key_id)
     for url in urls:
         rid = uuid.uuid4().hex
         response = client.get(url, headers={"X-Request-ID": rid})
@@ -115,8 +118,8 @@ def test_a_replaced_list_is_served_at_once(own_store: tuple[Flask, Engine],
     assert [i["rank"] for i in after["items"]] == [1, 2, 3]
     with engine.connect() as conn:
         top = [r.client_id for r in conn.execute(
-            select(store.scores.c.client_id).where(store.scores.c.as_of == scored.as_of)
-            .order_by(store.scores.c.rank).limit(3))]
+            select(tables.scores.c.client_id).where(tables.scores.c.as_of == scored.as_of)
+            .order_by(tables.scores.c.rank).limit(3))]
     assert [i["client_id"] for i in after["items"]] == top
     assert [r["client_ids"] for r in audit_of(engine, rid)] == [top]
 
@@ -164,33 +167,33 @@ def test_the_audit_write_checks_the_key_and_the_list_in_its_own_statement(
     """On SQLite and PostgreSQL: a failed condition writes nothing and says so."""
     engine = create_engine(store_url)
     with engine.begin() as conn:
-        access.create_schema(conn)
-        key_id, token = access.create_key(conn, "admin")
-    pub = {"as_of": scored.as_of, "run_id": 7, "published_at": store.utcnow(),
+        schema.upgrade(conn)
+        key_id, token = create_key(conn, "admin")
+    pub = {"as_of": scored.as_of, "run_id": 7, "published_at": utcnow(),
            "model_version": "m", "n_scored": 0}
     with engine.begin() as conn:
-        conn.execute(store.publications.insert().values(**pub))
+        conn.execute(tables.publications.insert().values(**pub))
     record = AuditRecord("risk_list.read", "ok", 200, uuid.uuid4().hex, key_id=key_id,
                          client_ids=("C1",))
-    key = access.key_still_valid(key_id, access.token_digest(token))
+    key = key_still_valid(key_id, token_digest(token))
     with engine.begin() as conn:
-        assert access.write_audit(conn, record, [key, still_published(pub, latest=True)])
-        assert not access.write_audit(conn, replace(record, request_id="wrong-token"), [
-            access.key_still_valid(key_id, access.token_digest(token + "x"))])
-        assert not access.write_audit(conn, replace(record, request_id="replaced"), [
+        assert write_audit(conn, record, [key, still_published(pub, latest=True)])
+        assert not write_audit(conn, replace(record, request_id="wrong-token"), [
+            key_still_valid(key_id, token_digest(token + "x"))])
+        assert not write_audit(conn, replace(record, request_id="replaced"), [
             key, still_published({**pub, "run_id": 8}, latest=False)])
     with engine.begin() as conn:
-        conn.execute(store.publications.insert().values(
+        conn.execute(tables.publications.insert().values(
             **{**pub, "as_of": scored.as_of + timedelta(days=1), "run_id": 9}))
-        assert not access.write_audit(conn, replace(record, request_id="newer"), [
+        assert not write_audit(conn, replace(record, request_id="newer"), [
             key, still_published(pub, latest=True)])
-        assert access.write_audit(conn, replace(record, request_id="by-date"), [
+        assert write_audit(conn, replace(record, request_id="by-date"), [
             key, still_published(pub, latest=False)])
-        access.revoke_key(conn, key_id)
-        assert not access.write_audit(conn, replace(record, request_id="revoked"), [key])
+        revoke_key(conn, key_id)
+        assert not write_audit(conn, replace(record, request_id="revoked"), [key])
     with engine.connect() as conn:
-        written = [r["request_id"] for r in access.read_audit(
-            conn, store.utcnow() - timedelta(hours=1), store.utcnow() + timedelta(hours=1))]
+        written = [r["request_id"] for r in read_audit(
+            conn, utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1))]
     assert written == [record.request_id, "by-date"]
     engine.dispose()
 

@@ -23,10 +23,17 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from pipelines.scoring import score_rows
-from retention import reasons, store
-from retention.clinic_data import ClinicData
+from retention.clinic.data import ClinicData
 from retention.features import FEATURE_NAMES, build_features, spec
+from retention.reasons.catalogue import Catalogue, Family
+from retention.reasons.explain import Explanation, explain, family_contributions
+from retention.reasons.history import History, histories
+from retention.reasons.phrases import MAX_SENTENCE, PHRASERS, Phrase
+from retention.scoring import score_rows
+from retention.store import tables
+from retention.store.clinic_copy import read_clinic_copy
+from retention.store.features import read_features
+from retention.store.lists import count_scores, read_list
 from tests.factories import ClinicBuilder, at
 
 # --- the clinic's vocabulary, written out here rather than imported ------------------------
@@ -97,9 +104,9 @@ class Published:
 @pytest.fixture(scope="module")
 def published(scored: Any) -> Published:
     with scored.store.connect() as conn:
-        rows = store.read_list(conn, scored.as_of, limit=100_000)
-        n = store.count_scores(conn, scored.as_of)
-        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
+        rows = read_list(conn, scored.as_of, limit=100_000)
+        n = count_scores(conn, scored.as_of)
+        features = read_features(conn, scored.as_of, scored.model.feature_names)
     assert rows and len(rows) == n, "the whole list is read back"
     contributions = scored.model.contributions(features)
     raw = pd.Series(scored.model.raw_score(features), index=features.index)
@@ -140,7 +147,7 @@ def test_contributions_add_up_to_the_models_score(scored: Any, published: Publis
 @pytest.mark.slow
 def test_family_contributions_are_sums_of_their_features(published: Published) -> None:
     """Guards: each family's log-odds is the sum of exactly its own features' contributions."""
-    by_family = reasons.family_contributions(published.contributions, published.families)
+    by_family = family_contributions(published.contributions, published.families)
     assert sorted(by_family.columns) == sorted(set(published.families.values()))
     for family in by_family.columns:
         expected = published.contributions[published.members(family)].sum(axis=1)
@@ -151,9 +158,9 @@ def test_family_contributions_are_sums_of_their_features(published: Published) -
 def test_reasons_are_the_largest_families_in_order(scored: Any, published: Published) -> None:
     """Guards: reasons are the families raising risk most (largest first, at most
     ``max_reasons``), protective factors those lowering it most; log-odds and points match."""
-    threshold = inspect.signature(reasons.explain).parameters["min_log_odds"].default
+    threshold = inspect.signature(explain).parameters["min_log_odds"].default
     most = scored.settings.max_reasons
-    by_family = reasons.family_contributions(published.contributions, published.families)
+    by_family = family_contributions(published.contributions, published.families)
     for row in published.rows:
         eid = row["episode_id"]
         values = by_family.loc[eid]
@@ -302,7 +309,7 @@ def _missed(f: Facts, lead: str, raises: bool) -> Expected:
         if len(rows := missed[missed["status"] == status])
     ]
     text = head + ", ".join(f"{n} on {when}" for n, when in parts)
-    if len(text) > reasons.MAX_SENTENCE:
+    if len(text) > MAX_SENTENCE:
         text = head + ", ".join(n for n, _ in parts)
     return Expected(text, ids(missed))
 
@@ -809,8 +816,8 @@ def test_evidence_is_the_clients_own_rows_known_at_as_of(scored: Any, published:
 def store_inputs(scored: Any) -> tuple[pd.DataFrame, ClinicData]:
     """What the scoring job reads: stored features and the store's copy of the clinic."""
     with scored.store.connect() as conn:
-        features = store.read_features(conn, scored.as_of, FEATURE_NAMES)
-        data = store.read_clinic_copy(conn)
+        features = read_features(conn, scored.as_of, FEATURE_NAMES)
+        data = read_clinic_copy(conn)
     return features, data
 
 
@@ -821,10 +828,10 @@ def test_explain_is_deterministic(scored: Any, published: Published,
     of the rows, and those are the reasons that were published."""
     features, data = store_inputs
     contributions = scored.model.contributions(features)
-    hist = reasons.histories(data, list(features.index), scored.as_of)
+    hist = histories(data, list(features.index), scored.as_of)
 
-    def run(frame: pd.DataFrame) -> dict[str, reasons.Explanation]:
-        return reasons.explain(frame, published.families, hist, scored.catalogue,
+    def run(frame: pd.DataFrame) -> dict[str, Explanation]:
+        return explain(frame, published.families, hist, scored.catalogue,
                                max_reasons=scored.settings.max_reasons)
 
     first, second = run(contributions), run(contributions)
@@ -853,7 +860,7 @@ def test_score_rows_are_reproducible(scored: Any,
     assert first == second
     with scored.store.connect() as conn:
         stored = conn.execute(
-            select(store.scores).where(store.scores.c.as_of == scored.as_of)
+            select(tables.scores).where(tables.scores.c.as_of == scored.as_of)
         ).mappings().all()
     keys = ("rank", "risk", "tier", "reasons_json")
     assert {r["episode_id"]: tuple(r[k] for k in keys) for r in stored} == {
@@ -927,7 +934,7 @@ def test_no_reason_mentions_demographics(published: Published, source: ClinicDat
 def unreadable(text: str, feature_names: list[str]) -> list[str]:
     """Why a sentence would confuse a case manager (empty if it would not)."""
     problems = []
-    if not text or len(text) > reasons.MAX_SENTENCE:
+    if not text or len(text) > MAX_SENTENCE:
         problems.append(f"length {len(text)}")
     # Single-word names ('program') are plain English; compound names are code.
     problems += [f"feature name {n}" for n in feature_names if "_" in n and n in text]
@@ -1014,14 +1021,14 @@ def rich_clinic() -> ClinicBuilder:
     return b
 
 
-def history(data: ClinicData, episode_id: str, as_of: date = AS_OF) -> reasons.History:
+def history(data: ClinicData, episode_id: str, as_of: date = AS_OF) -> History:
     features = build_features(data, as_of)
-    return reasons.histories(data, list(features.index), as_of)[episode_id]
+    return histories(data, list(features.index), as_of)[episode_id]
 
 
 def phrase(b: ClinicBuilder, episode_id: str, family: str, lead: str,
-           raises: bool = True) -> reasons.Phrase:
-    return reasons.PHRASERS[family](history(b.build(), episode_id), lead, raises)
+           raises: bool = True) -> Phrase:
+    return PHRASERS[family](history(b.build(), episode_id), lead, raises)
 
 
 def test_recomputations_agree_with_the_phrasers_on_every_variant() -> None:
@@ -1030,14 +1037,14 @@ def test_recomputations_agree_with_the_phrasers_on_every_variant() -> None:
     recomputation is exercised (none is dead code that would pass unchecked)."""
     data = rich_clinic().build()
     features = build_features(data, AS_OF)
-    hist = reasons.histories(data, list(features.index), AS_OF)
+    hist = histories(data, list(features.index), AS_OF)
     seen, problems = set(), []
     for eid, h in hist.items():
         facts = facts_of(data, eid, AS_OF)
         for name in FEATURE_NAMES:
             family = next(f.family for f in spec.FEATURES if f.name == name)
             for raises in (True, False):
-                p = reasons.PHRASERS[family](h, name, raises)
+                p = PHRASERS[family](h, name, raises)
                 code = f"{family}.{p.variant}"
                 seen.add(code)
                 problems += [
@@ -1192,12 +1199,12 @@ def test_one_day_is_singular() -> None:
 
 def phrase_every_lead(data: ClinicData, episode_id: str) -> list[str]:
     """Mismatches with the recomputation for one episode, every feature as lead both ways."""
-    h = reasons.histories(data, [episode_id], AS_OF)[episode_id]
+    h = histories(data, [episode_id], AS_OF)[episode_id]
     facts = facts_of(data, episode_id, AS_OF)
     problems = []
     for f in spec.FEATURES:
         for raises in (True, False):
-            p = reasons.PHRASERS[f.family](h, f.name, raises)
+            p = PHRASERS[f.family](h, f.name, raises)
             problems += [
                 f"{f.name} raises={raises}: {m}"
                 for m in mismatches(f"{f.family}.{p.variant}", p.text, p.appointment_ids,
@@ -1227,11 +1234,11 @@ def test_ratings_without_any_item_responses_are_worded() -> None:
     b.rows["alliance_items"] = []
     data = b.build()
     assert phrase_every_lead(data, "E1") == []
-    h = reasons.histories(data, ["E1"], AS_OF)["E1"]
-    item = reasons.PHRASERS["weak_bond"](h, "srs_relationship_latest", True)
+    h = histories(data, ["E1"], AS_OF)["E1"]
+    item = PHRASERS["weak_bond"](h, "srs_relationship_latest", True)
     assert (item.variant, item.text) == (
         "SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores")
-    change = reasons.PHRASERS["alliance_rupture"](h, "srs_change", True)
+    change = PHRASERS["alliance_rupture"](h, "srs_change", True)
     assert change.text == "Session rating (SRS) fell from 36 to 32 on 17 Mar"
 
 
@@ -1243,15 +1250,15 @@ def hand_contributions(values: Mapping[str, float], expected: float = -1.0) -> p
     return pd.DataFrame([row], index=["E1"])
 
 
-def explain_one(values: Mapping[str, float], **kwargs: Any) -> reasons.Explanation:
+def explain_one(values: Mapping[str, float], **kwargs: Any) -> Explanation:
     data = rich_clinic().build()
     features = build_features(data, AS_OF)
-    hist = reasons.histories(data, list(features.index), AS_OF)
+    hist = histories(data, list(features.index), AS_OF)
     families = {f.name: f.family for f in spec.FEATURES}
-    catalogue = reasons.Catalogue({
-        fam: reasons.Family(fam, f"title {fam}", f"suggest {fam}") for fam in spec.FAMILIES
+    catalogue = Catalogue({
+        fam: Family(fam, f"title {fam}", f"suggest {fam}") for fam in spec.FAMILIES
     })
-    return reasons.explain(hand_contributions(values), families, hist, catalogue, **kwargs)["E1"]
+    return explain(hand_contributions(values), families, hist, catalogue, **kwargs)["E1"]
 
 
 def test_explain_ranks_by_size_breaks_ties_by_code_and_drops_tiny_families() -> None:

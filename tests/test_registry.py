@@ -12,15 +12,17 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import main
-from retention import model as model_io
-from retention import registry, store
-from retention.assessment import assess
-from retention.model_settings import ModelSettings
-from retention.training import fit, snapshot_dates, time_split, training_rows
+from retention.evaluation.candidate import assess
+from retention.evaluation.gate import gate
+from retention.model import artifacts, registry
+from retention.model.booster import ModelError, TrainedModel
+from retention.model.training import fit, snapshot_dates, time_split, training_rows
+from retention.pipelines.cli import main
+from retention.settings import EvaluationSettings
+from retention.store.clinic_copy import read_clinic_copy
 from tests.conftest import Scored
 
-FAST = ModelSettings(bootstrap_samples=30)
+FAST = EvaluationSettings(bootstrap_samples=30)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,12 @@ def rows(scored: Scored) -> pd.DataFrame:
     dates = snapshot_dates(scored.as_of, s.horizon_days, s.snapshot_every_days,
                            s.training_window_days)
     with scored.store.connect() as conn:
-        data = store.read_clinic_copy(conn)
+        data = read_clinic_copy(conn)
     return training_rows(data, dates, s.horizon_days, scored.as_of)
 
 
 @pytest.fixture(scope="module")
-def worse(scored: Scored, rows: pd.DataFrame) -> tuple[model_io.TrainedModel, dict]:
+def worse(scored: Scored, rows: pd.DataFrame) -> tuple[TrainedModel, dict]:
     """A candidate trained on labels shuffled within each snapshot date: it learns nothing."""
     rng = np.random.default_rng(0)
     shuffled = rows.copy()
@@ -50,7 +52,7 @@ def worse(scored: Scored, rows: pd.DataFrame) -> tuple[model_io.TrainedModel, di
 
 def test_the_gate_refuses_a_deliberately_worse_candidate(worse: tuple) -> None:
     model, evaluation = worse
-    decision = registry.gate(model.version, evaluation, tolerance=0.01)
+    decision = gate(model.version, evaluation, tolerance=0.01)
     assert not decision.passed
     text = " ".join(decision.refusals)
     assert "beats the best baseline" in text
@@ -74,15 +76,15 @@ def test_a_refused_version_is_kept_but_not_promoted_without_force(
 ) -> None:
     models = copied_registry(scored, tmp_path)
     model, evaluation = worse
-    model_io.save(model, models, evaluation)
-    registry.write_gate(models, registry.gate(model.version, evaluation, 0.01))
+    artifacts.save(model, models, evaluation)
+    registry.write_gate(models, gate(model.version, evaluation, 0.01))
     with pytest.raises(registry.RegistryError, match="refused by the promotion gate"):
         registry.promote(models, model.version, reason="test")
-    assert model_io.current_version(models) == scored.model.version
+    assert artifacts.current_version(models) == scored.model.version
     registry.promote(models, model.version, reason="testing an override", force=True)
-    assert model_io.current_version(models) == model.version
+    assert artifacts.current_version(models) == model.version
     assert registry.rollback(models, reason="it was worse") == scored.model.version
-    assert model_io.current_version(models) == scored.model.version
+    assert artifacts.current_version(models) == scored.model.version
     actions = [e["action"] for e in registry.history(models)]
     assert actions[-2:] == ["force-promote", "rollback"]
 
@@ -95,15 +97,15 @@ def test_promotion_refuses_a_version_that_fails_its_hashes(
     report = json.loads(path.read_text())
     report["subsets"]["engaged"]["metrics"]["model"]["auroc"]["value"] = 0.99
     path.write_text(json.dumps(report))
-    with pytest.raises(model_io.ModelError, match=r"evaluation\.json does not match"):
+    with pytest.raises(ModelError, match=r"evaluation\.json does not match"):
         registry.promote(models, scored.model.version, reason="test")
 
 
 def test_models_commands(scored: Scored, worse: tuple, tmp_path: Path) -> None:
     models = copied_registry(scored, tmp_path)
     model, evaluation = worse
-    model_io.save(model, models, evaluation)
-    registry.write_gate(models, registry.gate(model.version, evaluation, 0.01))
+    artifacts.save(model, models, evaluation)
+    registry.write_gate(models, gate(model.version, evaluation, 0.01))
     config = tmp_path / "retention.toml"
     config.write_text(f'source_url = "{scored.settings.source_url}"\n'
                       f'store_url = "{scored.settings.store_url}"\n'

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from pipelines.cli import main
+from retention.pipelines.cli import main
 from tests.conftest import Scored
 
 HTI1_ATTRIBUTES = {

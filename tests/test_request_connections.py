@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from api.connections import RequestConnections
-from retention import db
-from retention.db import store_engine
+from retention.api.connections import RequestConnections
+from retention.db import engines as db
+from retention.db.engines import store_engine
 
 
 def _backend(conn: Connection) -> int:

@@ -10,24 +10,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, insert
 
-from api import create_app
-from pipelines.nightly import run_slot
-from pipelines.scheduler import JOB_ID, build_scheduler, catch_up_due, latest_slot
-from retention import store
-from retention.config import Settings
-from retention.db import store_engine
-from retention.extract import SourceUnavailable
+from retention.api import create_app
+from retention.clock import FixedClock, utcnow
+from retention.db.engines import store_engine
+from retention.etl.extract import SourceUnavailable
+from retention.pipelines.nightly import run_slot
+from retention.pipelines.scheduler import JOB_ID, build_scheduler, catch_up_due, latest_slot
+from retention.settings import Settings
+from retention.store import schema, tables
+from retention.store.lists import latest_publication
+from retention.store.runs import list_runs
 from tests.api_keys import keyed_client, make_key
-from tests.conftest import REPO, Scored, make_settings
+from tests.conftest import AS_OF, REPO, Scored, make_settings
 
-RETENTION = [sys.executable, "-m", "pipelines.cli"]
+RETENTION = [sys.executable, "-m", "retention.pipelines.cli"]
 
 
 def copy_sqlite(src_url: str, dst: Path) -> None:
@@ -68,7 +71,9 @@ def test_two_scheduler_processes_make_one_run_per_slot(
         make: Callable[[str], str] = request.getfixturevalue("pg_databases")
         store_url = make("sched")
     config = config_file(clinic, store_url)
-    procs = [subprocess.Popen([*RETENTION, "--config", str(config), "scheduler", "--run-now"],
+    command = [*RETENTION, "--config", str(config), "scheduler", "--run-now",
+               "--as-of", AS_OF.isoformat()]
+    procs = [subprocess.Popen(command,
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
@@ -81,7 +86,7 @@ def test_two_scheduler_processes_make_one_run_per_slot(
             time.sleep(1)
             try:
                 with engine.connect() as conn:
-                    runs = store.list_runs(conn, 10)
+                    runs = list_runs(conn, 10)
             except Exception:  # the store is still being created
                 continue
             done = any(r["kind"] == "score" and r["status"] != "running" for r in runs)
@@ -91,8 +96,8 @@ def test_two_scheduler_processes_make_one_run_per_slot(
             proc.terminate()
             outputs.append(proc.communicate(timeout=30)[0])
     with engine.connect() as conn:
-        runs = store.list_runs(conn, 10)
-        published = store.latest_publication(conn, date.today())
+        runs = list_runs(conn, 10)
+        published = latest_publication(conn, AS_OF)
     engine.dispose()
     assert sorted((r["kind"], r["status"]) for r in runs) == [
         ("etl", "succeeded"), ("score", "succeeded")], outputs
@@ -116,7 +121,7 @@ def test_a_slot_already_published_is_not_run_again(published: Settings, scored: 
     assert result.skipped == f"the list for {scored.as_of} is already published"
     engine = store_engine(published.store_url)
     with engine.connect() as conn:
-        assert [r["kind"] for r in store.list_runs(conn, 5)] == ["score", "train", "etl"]
+        assert [r["kind"] for r in list_runs(conn, 5)] == ["score", "train", "etl"]
     engine.dispose()
 
 
@@ -134,8 +139,8 @@ def test_source_down_is_recorded_retried_with_backoff_and_the_last_list_served_a
     assert waits == [10, 20]
     engine = store_engine(settings.store_url)
     with engine.connect() as conn:
-        runs = store.list_runs(conn, 3)
-        latest = store.latest_publication(conn)
+        runs = list_runs(conn, 3)
+        latest = latest_publication(conn)
     assert [(r["kind"], r["status"]) for r in runs] == [("etl", "failed")] * 3
     assert all("clinic database could not be read" in r["error"] for r in runs)
     assert latest is not None and latest["as_of"] == scored.as_of
@@ -149,24 +154,25 @@ def test_source_down_is_recorded_retried_with_backoff_and_the_last_list_served_a
 
 
 def test_the_scheduler_catches_up_a_missed_slot_once(tmp_path: Path) -> None:
-    now = datetime.now(UTC)
+    now = datetime(2026, 12, 6, 3, 40, tzinfo=UTC)  # a Sunday
     slot = now - timedelta(hours=1)
+    clock = FixedClock(now.replace(tzinfo=None))
     settings = make_settings(tmp_path, schedule_cron=f"{slot.minute} {slot.hour} * * *")
     trigger = CronTrigger.from_crontab(settings.schedule_cron, timezone="UTC")
     assert latest_slot(trigger, now) == slot.replace(second=0, microsecond=0)
     assert catch_up_due(settings, trigger, now)  # nothing published for the slot yet
-    job = build_scheduler(settings).get_job(JOB_ID)
-    assert job.next_run_time <= datetime.now(UTC) + timedelta(seconds=5)
+    job = build_scheduler(settings, clock=clock).get_job(JOB_ID)
+    assert job.next_run_time == now
 
     engine: Engine = store_engine(settings.store_url)
     with engine.begin() as conn:
-        store.create_schema(conn)
-        conn.execute(insert(store.publications).values(
-            as_of=slot.date(), run_id=1, model_version="v", published_at=store.utcnow(),
+        schema.upgrade(conn)
+        conn.execute(insert(tables.publications).values(
+            as_of=slot.date(), run_id=1, model_version="v", published_at=utcnow(),
             n_scored=0))
     engine.dispose()
     assert not catch_up_due(settings, trigger, now)  # the slot ran: nothing to catch up
-    job = build_scheduler(settings).get_job(JOB_ID)
+    job = build_scheduler(settings, clock=clock).get_job(JOB_ID)
     assert getattr(job, "next_run_time", None) is None  # left to the trigger: tomorrow
     # A slot missed longer ago than the grace time is left alone.
     late = settings.with_overrides(misfire_grace_seconds=60)

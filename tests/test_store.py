@@ -20,12 +20,18 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from pipelines.etl import run_etl
-from pipelines.scoring import explain_rows, score_rows, tier_names
-from retention import bulk, schema, store
-from retention.db import is_read_only, source_engine, store_engine
-from retention.etl_settings import EtlSettings
+from retention.clock import utcnow
+from retention.db import bulk
+from retention.db.engines import is_read_only, source_engine, store_engine
 from retention.features import build_features
+from retention.pipelines.etl import run_etl
+from retention.scoring import explain_rows, score_rows, tier_names
+from retention.settings import EtlSettings
+from retention.store import schema, tables
+from retention.store.checks import table_checksums
+from retention.store.clinic_copy import read_clinic_copy, read_scoped_copy
+from retention.store.features import _json_array, read_features
+from retention.store.lists import count_scores, latest_publication, publish_scores, read_list
 from tests.conftest import REPO, Scored
 
 # --- migrations -------------------------------------------------------------------------
@@ -38,7 +44,7 @@ def test_migrations_build_exactly_the_schema_the_code_defines(store_url: str) ->
     assert schema.upgrade_engine(engine) == (after, after)  # applying again does nothing
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                 schema.metadata)
+                                 tables.metadata)
     assert diffs == [], "a table or column changed without a migration (docs/migrations.md)"
     engine.dispose()
 
@@ -71,9 +77,9 @@ def test_retention_migrate_applies_and_checks(tmp_path: Path) -> None:
                       f'store_url = "sqlite:///{tmp_path}/store.db"\n')
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipelines.cli", "--config", str(config),
-                               *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        return subprocess.run([sys.executable, "-m", "retention.pipelines.cli", "--config",
+                               str(config), *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     assert cli("migrate", "--check").returncode == 1
     first = cli("migrate")
@@ -143,10 +149,10 @@ def test_the_scoped_read_gives_the_same_features_and_list_as_the_whole_copy(
         engine, owned = store_engine(make("scoped")), True
         run_etl(scored.source, engine, scored.as_of, EtlSettings())
     with engine.connect() as conn:
-        whole = store.read_clinic_copy(conn)
+        whole = read_clinic_copy(conn)
         for shift in DAYS:
             as_of = scored.as_of + timedelta(days=shift)
-            scoped = store.read_scoped_copy(conn, as_of)
+            scoped = read_scoped_copy(conn, as_of)
             assert len(scoped.appointments) < len(whole.appointments)
             features = build_features(whole, as_of)
             pd.testing.assert_frame_equal(build_features(scoped, as_of), features)
@@ -165,8 +171,8 @@ def test_reasons_are_worded_for_the_top_of_the_list_and_of_each_caseload(
     scored: Scored,
 ) -> None:
     with scored.store.connect() as conn:
-        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
-        data = store.read_scoped_copy(conn, scored.as_of)
+        features = read_features(conn, scored.as_of, scored.model.feature_names)
+        data = read_scoped_copy(conn, scored.as_of)
     every = score_rows(scored.settings, scored.model, scored.catalogue, data, features,
                        scored.as_of, run_id=1)
     for per_caseload in (0, 2):
@@ -187,8 +193,8 @@ def test_reasons_are_worded_for_the_top_of_the_list_and_of_each_caseload(
 
 def test_reasons_worded_in_parallel_equal_those_worded_in_one_process(scored: Scored) -> None:
     with scored.store.connect() as conn:
-        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
-        data = store.read_scoped_copy(conn, scored.as_of)
+        features = read_features(conn, scored.as_of, scored.model.feature_names)
+        data = read_scoped_copy(conn, scored.as_of)
     contributions = scored.model.contributions(features)
     families = {f["name"]: f["family"] for f in scored.model.metadata["features"]}
     args = (data, features, contributions, families, scored.catalogue, scored.as_of, 3)
@@ -213,8 +219,8 @@ def test_tiers_of_a_whole_list_are_those_of_each_risk() -> None:
 
 def test_reason_json_is_that_of_to_dict(scored: Scored) -> None:
     with scored.store.connect() as conn:
-        features = store.read_features(conn, scored.as_of, scored.model.feature_names)
-        data = store.read_scoped_copy(conn, scored.as_of)
+        features = read_features(conn, scored.as_of, scored.model.feature_names)
+        data = read_scoped_copy(conn, scored.as_of)
     contributions = scored.model.contributions(features.iloc[:20])
     families = {f["name"]: f["family"] for f in scored.model.metadata["features"]}
     explained = explain_rows(data, features.iloc[:20], contributions, families,
@@ -226,20 +232,20 @@ def test_reason_json_is_that_of_to_dict(scored: Scored) -> None:
 
 def test_stored_json_is_read_back_with_nan_and_infinity() -> None:
     documents = ['{"a": 1.5, "b": null}', '{"a": NaN, "b": Infinity}']
-    assert repr(store._json_array(documents)) == repr([json.loads(d) for d in documents])
-    assert store._json_array(documents[:1]) == [{"a": 1.5, "b": None}]
+    assert repr(_json_array(documents)) == repr([json.loads(d) for d in documents])
+    assert _json_array(documents[:1]) == [{"a": 1.5, "b": None}]
 
 
 def test_table_checksums_see_any_change(tmp_path: Path) -> None:
     engine = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
     schema.upgrade_engine(engine)
     with engine.begin() as conn:
-        empty = store.table_checksums(conn)
-        conn.execute(store.publications.insert().values(
-            as_of=date(2026, 1, 1), run_id=1, model_version="v", published_at=store.utcnow(),
+        empty = table_checksums(conn)
+        conn.execute(tables.publications.insert().values(
+            as_of=date(2026, 1, 1), run_id=1, model_version="v", published_at=utcnow(),
             n_scored=0))
-        assert store.table_checksums(conn)["publications"][0] == 1
-        assert store.table_checksums(conn) != empty
+        assert table_checksums(conn)["publications"][0] == 1
+        assert table_checksums(conn) != empty
     engine.dispose()
 
 
@@ -256,19 +262,19 @@ def test_readers_see_the_previous_list_until_the_new_one_is_committed(store_url:
                  "reasons_json": '{"reasons": [], "protective": []}'} for i in range(n)]
 
     with engine.begin() as conn:
-        store.publish_scores(conn, old, rows(old, 3), 1, "v")
+        publish_scores(conn, old, rows(old, 3), 1, "v")
     writer = engine.connect()
     transaction = writer.begin()
-    store.publish_scores(writer, new, rows(new, 5), 2, "v")
+    publish_scores(writer, new, rows(new, 5), 2, "v")
     with engine.connect() as reader:  # the new list is written but not committed
-        latest = store.latest_publication(reader)
+        latest = latest_publication(reader)
         assert latest is not None and latest["as_of"] == old
-        assert len(store.read_list(reader, old)) == 3
-        assert store.count_scores(reader, new) == 0
+        assert len(read_list(reader, old)) == 3
+        assert count_scores(reader, new) == 0
     transaction.commit()
     writer.close()
     with engine.connect() as reader:
-        latest = store.latest_publication(reader)
+        latest = latest_publication(reader)
         assert latest is not None and latest["as_of"] == new
-        assert len(store.read_list(reader, new)) == 5
+        assert len(read_list(reader, new)) == 5
     engine.dispose()

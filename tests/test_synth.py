@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from retention import contract
-from retention.instruments import SRS_ITEMS, WAI_SR_KEY
-from retention.synth import SynthConfig, generate, write
+from retention.clinic import contract
+from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY
+from retention.clinic.synth import SynthConfig, generate, write
 
 CONFIG = SynthConfig(end=date(2026, 6, 1), n_clients=300, seed=3)
 END = pd.Timestamp(CONFIG.end)

@@ -13,10 +13,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, text
 
-from api import create_app
-from api.web.session import WebConfigError
-from retention import access, caseload, outreach, store
-from retention.db import store_engine
+from retention.access.audit import read_audit
+from retention.access.keys import key_id_of, revoke_key
+from retention.api import create_app
+from retention.api.web.session import WebConfigError
+from retention.casework import caseload, outreach
+from retention.clock import utcnow
+from retention.db.engines import store_engine
+from retention.store import tables
+from retention.store.lists import publish_scores, read_list
+from retention.store.runs import finish_run, start_run
 from tests.api_keys import make_key
 from tests.conftest import Scored
 
@@ -56,8 +62,8 @@ def signed_in(app: Flask, token: str) -> FlaskClient:
 
 def audit_rows(engine: Engine, action: str) -> list[dict]:
     with engine.connect() as conn:
-        rows = access.read_audit(conn, store.utcnow() - timedelta(hours=1),
-                                 store.utcnow() + timedelta(hours=1))
+        rows = read_audit(conn, utcnow() - timedelta(hours=1),
+                                 utcnow() + timedelta(hours=1))
     return [r for r in rows if r["action"] == action]
 
 
@@ -67,9 +73,9 @@ def clients_on(page: str) -> list[str]:
 
 def in_clinic(scored: Scored, clinic: str, other: bool = False) -> str:
     with scored.store.connect() as conn:
-        query = select(store.scores.c.client_id).where(store.scores.c.as_of == scored.as_of)
-        query = query.where(store.scores.c.clinic_id != clinic if other
-                            else store.scores.c.clinic_id == clinic)
+        query = select(tables.scores.c.client_id).where(tables.scores.c.as_of == scored.as_of)
+        query = query.where(tables.scores.c.clinic_id != clinic if other
+                            else tables.scores.c.clinic_id == clinic)
         return str(conn.execute(query.limit(1)).scalar_one())
 
 
@@ -118,9 +124,9 @@ def test_the_list_shows_only_the_callers_clinic_and_is_audited(
     shown = clients_on(page)
     with scored.store.connect() as conn:
         expected = conn.execute(
-            select(store.scores.c.client_id).where(store.scores.c.as_of == scored.as_of,
-                                                   store.scores.c.clinic_id == CLINIC)
-            .order_by(store.scores.c.rank)).scalars().all()
+            select(tables.scores.c.client_id).where(tables.scores.c.as_of == scored.as_of,
+                                                   tables.scores.c.clinic_id == CLINIC)
+            .order_by(tables.scores.c.rank)).scalars().all()
     assert shown == list(expected) and shown
     assert "List as of" in page and "Signed in as" in page and "Dana (test)" in page
     last = audit_rows(scored.store, "web.list")[-1]
@@ -204,7 +210,7 @@ def test_sign_out_ends_the_session_and_a_revoked_key_ends_it_too(
     assert out.status_code == 303 and client.get("/web/").status_code == 303
     client = signed_in(app, token)
     with scored.store.begin() as conn:
-        access.revoke_key(conn, access.key_id_of(token) or "")
+        revoke_key(conn, key_id_of(token) or "")
     ended = client.get("/web/")
     assert ended.status_code == 303 and "ended=1" in ended.headers["Location"]
 
@@ -251,16 +257,16 @@ def test_changes_since_the_previous_list_and_a_failed_run_are_shown(
 ) -> None:
     url, engine = copied
     with engine.begin() as conn:
-        current = store.read_list(conn, scored.as_of, clinic_id=CLINIC, limit=1000)
-        rows = conn.execute(select(store.scores).where(store.scores.c.as_of == scored.as_of))
+        current = read_list(conn, scored.as_of, clinic_id=CLINIC, limit=1000)
+        rows = conn.execute(select(tables.scores).where(tables.scores.c.as_of == scored.as_of))
         previous = [dict(r._mapping) for r in rows if r.episode_id != current[0]["episode_id"]]
         for r in previous:
             r["as_of"] = scored.as_of - timedelta(days=1)
             if r["episode_id"] == current[1]["episode_id"]:
                 r["risk"], r["tier"] = 0.01, "low"
-        store.publish_scores(conn, scored.as_of - timedelta(days=1), previous, 1, "old")
-        run = store.start_run(conn, "score", scored.as_of)
-        store.finish_run(conn, run, "failed", error="boom")
+        publish_scores(conn, scored.as_of - timedelta(days=1), previous, 1, "old")
+        run = start_run(conn, "score", scored.as_of)
+        finish_run(conn, run, "failed", error="boom")
     app = _app(scored, url)
     page = signed_in(app, make_key(engine, "case_manager", [CLINIC])).get("/web/?sort=change")
     html = page.get_data(as_text=True)
@@ -318,12 +324,12 @@ def test_contacted_episodes_are_known_to_monitoring(scored: Scored,
                                                     copied: tuple[str, Engine]) -> None:
     _, engine = copied
     with engine.begin() as conn:
-        row = store.read_list(conn, scored.as_of, limit=1)[0]
+        row = read_list(conn, scored.as_of, limit=1)[0]
         outreach.record_outreach(conn, outreach.Outreach(
             client_id=row["client_id"], episode_id=row["episode_id"],
             clinic_id=row["clinic_id"], list_as_of=scored.as_of, risk=row["risk"],
             tier=row["tier"], key_id="k", reached=False, channel="phone"))
-        now = store.utcnow()
+        now = utcnow()
         assert row["episode_id"] in outreach.contacted_episodes(
             conn, now - timedelta(hours=1), now + timedelta(hours=1))
         assert outreach.contacted_episodes(conn, now - timedelta(hours=2),

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from api.web.session import configure_sessions
-from api.web.views import bp
+from retention.api.web.session import configure_sessions
+from retention.api.web.views import bp
 
 
 def register_web(app: Flask, environ: Mapping[str, str]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from retention.instruments import SRS_CUTOFF
+from retention.clinic.instruments import SRS_CUTOFF
 
 WIDTH, LEFT, RIGHT = 760, 84, 16
 MISSED = ("no_show", "late_cancel")

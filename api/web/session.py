@@ -21,9 +21,9 @@ from flask import Flask, current_app, g, redirect, request, session, url_for
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import Problem
-from retention import access, page_sessions
-from retention.access import AuditRecord, Caller
+from retention.access.audit import AuditRecord, write_audit
+from retention.access.keys import Caller, page_caller
+from retention.api.errors import Problem
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def signed_in_caller() -> Caller | None:
         return None
     try:
         with _store().connect() as conn:
-            return page_sessions.active_caller(conn, str(key_id))
+            return page_caller(conn, str(key_id))
     except SQLAlchemyError:
         log.error("key lookup failed for request %s", g.get("request_id"))
         raise Problem(503, "The service database cannot be read; try again shortly.",
@@ -131,7 +131,7 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
     )
     try:
         with _store().begin() as conn:
-            access.write_audit(conn, record)
+            write_audit(conn, record)
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the page",
                   g.get("request_id"), action)

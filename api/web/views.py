@@ -12,10 +12,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from api.errors import Problem
-from api.routes import today
-from api.web import charts
-from api.web.session import (
+from retention.access.keys import Caller, authenticate, key_id_of, key_label, page_caller
+from retention.access.scope import client_exists, read_client
+from retention.api.errors import Problem
+from retention.api.routes import today
+from retention.api.web import charts
+from retention.api.web.session import (
     CSRF_FIELD,
     audit,
     check_csrf,
@@ -24,9 +26,13 @@ from api.web.session import (
     sign_in,
     signed_in,
 )
-from retention import access, caseload, contract, outreach, page_sessions, scoped_reads, store
-from retention.access import Caller
-from retention.config import Settings
+from retention.casework import caseload, outreach
+from retention.clinic import contract
+from retention.clock import utcnow
+from retention.settings import Settings
+from retention.store import tables
+from retention.store.lists import latest_publication
+from retention.store.runs import list_runs
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +121,11 @@ def sign_in_submit() -> ResponseReturnValue:
     check_csrf()
     token = request.form.get("key", "").strip()
     next_page = request.form.get("next", "")
-    claimed = access.key_id_of(token)
+    claimed = key_id_of(token)
     try:
         with _store().connect() as conn:
-            who = access.authenticate(conn, token)
-            allowed = who is not None and page_sessions.active_caller(conn, who.key_id)
+            who = authenticate(conn, token)
+            allowed = who is not None and page_caller(conn, who.key_id)
     except SQLAlchemyError:
         raise Problem(503, "The service database cannot be read; try again shortly.",
                       "Service unavailable") from None
@@ -149,7 +155,7 @@ def sign_out() -> ResponseReturnValue:
 
 def _freshness(conn: Any, pub: dict[str, Any] | None) -> dict[str, Any]:
     """The list's date, how old it is, and whether the last nightly run failed."""
-    runs = [r for r in store.list_runs(conn, 20) if r["kind"] in NIGHTLY_KINDS]
+    runs = [r for r in list_runs(conn, 20) if r["kind"] in NIGHTLY_KINDS]
     failed = runs[0] if runs and runs[0]["status"] == "failed" else None
     age = (today() - pub["as_of"]).days if pub else None
     return {"as_of": pub["as_of"] if pub else None, "age_days": age,
@@ -182,11 +188,11 @@ def _list_filter() -> caseload.DailyFilter:
 def daily_list() -> ResponseReturnValue:
     """Whom to reach today and why, in the signed-in person's scope."""
     flt = _list_filter()
-    since = store.utcnow() - timedelta(days=OUTREACH_DAYS)
+    since = utcnow() - timedelta(days=OUTREACH_DAYS)
     with _store().connect() as conn:
-        pub = store.latest_publication(conn)
+        pub = latest_publication(conn)
         fresh = _freshness(conn, pub)
-        label = page_sessions.key_label(conn, _caller().key_id)
+        label = key_label(conn, _caller().key_id)
         daily = (caseload.daily_list(conn, _caller(), pub["as_of"], flt, since)
                  if pub else None)
     rows = daily.rows if daily else []
@@ -204,16 +210,16 @@ def daily_list() -> ResponseReturnValue:
 def _client_page(client_id: str, form_error: str | None = None,
                  form: dict[str, str] | None = None) -> ResponseReturnValue:
     with _store().connect() as conn:
-        pub = store.latest_publication(conn)
+        pub = latest_publication(conn)
         fresh = _freshness(conn, pub)
         story = (caseload.client_story(conn, _caller(), client_id, pub["as_of"])
                  if pub else None)
         if story is None:
-            exists = scoped_reads.client_exists(conn, client_id,
+            exists = client_exists(conn, client_id,
                                                 pub["as_of"] if pub else None)
         else:
             history = outreach.client_history(conn, client_id)
-        label = page_sessions.key_label(conn, _caller().key_id)
+        label = key_label(conn, _caller().key_id)
     if story is None:
         # Outside the scope and absent look the same; the audit knows which.
         audit("web.client", "denied" if exists else "not_found", 404, [client_id],
@@ -226,7 +232,7 @@ def _client_page(client_id: str, form_error: str | None = None,
     return render_template(
         "client.html", story=story, row=story.current, fresh=fresh, who=_caller(), label=label,
         history=history, channels=outreach.CHANNELS, outcomes=outreach.OUTCOMES,
-        note_max=outreach.NOTE_MAX, form_error=form_error, form=form or {},
+        note_max=tables.NOTE_MAX, form_error=form_error, form=form or {},
         risk_svg=charts.risk_chart(story.history, _settings().tiers),
         timeline_svg=charts.timeline_chart(story.appointments, story.measures, start,
                                            pub["as_of"], story.evidence),
@@ -255,8 +261,8 @@ def record_outreach(client_id: str) -> ResponseReturnValue:
         return _client_page(client_id, form_error=str(exc)[0].upper() + str(exc)[1:] + ".",
                             form=form)
     with _store().begin() as conn:
-        pub = store.latest_publication(conn)
-        rows = (scoped_reads.read_client(conn, who, client_id, pub["as_of"], limit=1)
+        pub = latest_publication(conn)
+        rows = (read_client(conn, who, client_id, pub["as_of"], limit=1)
                 if pub else [])
         current = rows[0] if rows and pub and rows[0]["as_of"] == pub["as_of"] else None
         if current is not None:

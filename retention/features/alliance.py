@@ -11,9 +11,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from retention.clinic_data import as_timestamp
-from retention.ids import member
-from retention.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
+from retention.clinic.data import as_timestamp
+from retention.clinic.ids import member
+from retention.clinic.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
 
 
 def measures_before(measures: pd.DataFrame, episode_index: pd.Index, as_of: date) -> pd.DataFrame:

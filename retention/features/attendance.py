@@ -12,9 +12,9 @@ from datetime import date
 
 import pandas as pd
 
-from retention import contract
-from retention.clinic_data import as_timestamp, in_days
-from retention.ids import member
+from retention.clinic import contract
+from retention.clinic.data import as_timestamp, in_days
+from retention.clinic.ids import member
 
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
 

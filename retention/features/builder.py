@@ -11,7 +11,7 @@ from datetime import date
 
 import pandas as pd
 
-from retention.clinic_data import ClinicData
+from retention.clinic.data import ClinicData
 from retention.features.alliance import session_rating_features, working_alliance_features
 from retention.features.attendance import (
     attendance_features,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from retention import contract
+from retention.clinic import contract
 
 Kind = Literal["numeric", "categorical"]
 

@@ -6,7 +6,7 @@ from datetime import date
 
 import pandas as pd
 
-from retention.clinic_data import as_timestamp, in_days
+from retention.clinic.data import as_timestamp, in_days
 
 
 def open_episodes(episodes: pd.DataFrame, as_of: date) -> pd.DataFrame:

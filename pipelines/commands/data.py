@@ -1,0 +1,159 @@
+"""Commands for the clinic data: a synthetic clinic, migrations, the ETL, quality and runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from retention.clinic import contract
+from retention.clinic.synth import SynthConfig, generate, write
+from retention.clock import Clock
+from retention.db.engines import source_engine, store_engine
+from retention.etl import quarantine
+from retention.etl.extract import SourceUnavailable
+from retention.etl.load import QuarantineLimitExceeded
+from retention.pipelines.commands.common import Context, as_of_option, say
+from retention.pipelines.etl import EtlResult, run_etl
+from retention.pipelines.runs import format_runs
+from retention.settings import ConfigError, Settings
+from retention.store import schema
+from retention.store.runs import list_runs
+
+
+@click.command()
+@click.option("--clients", "n_clients", default=600, show_default=True, help="Clients to create.")
+@click.option("--clinics", "n_clinics", default=3, show_default=True)
+@click.option("--end", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The synthetic clinic's today (default: today). Fix it for reproducibility.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--url", default=None, help="Database URL to write (default: source_url).")
+@click.pass_obj
+def synth(obj: Context, n_clients: int, n_clinics: int, end: datetime | None, seed: int,
+          url: str | None) -> None:
+    """Write a synthetic clinic database in the clinic contract."""
+    result = synthesize(url or obj.settings().source_url, n_clients, n_clinics, obj.day(end),
+                        seed)
+    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
+    say(f"synth: wrote {result['total']:,} rows ({counts}) to {result['url']}")
+
+
+def synthesize(target: str, n_clients: int, n_clinics: int, end: date,
+               seed: int) -> dict[str, Any]:
+    """Write a synthetic clinic to ``target`` (a SQLite file is replaced)."""
+    parsed = make_url(target)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        path = Path(parsed.database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+    say(f"synth: generating {n_clients} clients in {n_clinics} clinics up to {end} ...")
+    frames = generate(SynthConfig(end=end, n_clients=n_clients, n_clinics=n_clinics, seed=seed))
+    engine = create_engine(target)
+    try:
+        with engine.begin() as conn:
+            contract.metadata.drop_all(conn)
+            counts = write(conn, frames)
+    finally:
+        engine.dispose()
+    return {"counts": counts, "total": sum(counts.values()), "url": parsed.render_as_string()}
+
+
+@click.command()
+@click.option("--check", is_flag=True,
+              help="Only say whether the store is at the latest revision (exit 1 if not).")
+@click.pass_obj
+def migrate(obj: Context, check: bool) -> None:
+    """Bring the store's schema to the latest migration (Alembic)."""
+    engine = store_engine(obj.settings().store_url)
+    try:
+        head = schema.head_revision()
+        if check:
+            with engine.connect() as conn:
+                current = schema.current_revision(conn)
+            click.echo(f"store at {current or 'no revision'}; latest is {head}")
+            if current != head:
+                raise click.exceptions.Exit(1)
+            return
+        try:
+            before, after = schema.upgrade_engine(engine)
+        except schema.SchemaError as exc:
+            raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
+    if before == after:
+        say(f"migrate: store already at {after}")
+    else:
+        say(f"migrate: store upgraded from {before or 'empty'} to {after}")
+
+
+@click.command()
+@as_of_option
+@click.option("--full", is_flag=True,
+              help="Reload every row (and reconcile rows deleted at the source).")
+@click.pass_obj
+def etl(obj: Context, as_of: datetime | None, full: bool) -> None:
+    """Extract what changed at the source, check it, and store features for open episodes."""
+    result = extract(obj.settings(), obj.day(as_of), obj.clock, full=True if full else None)
+    say(f"etl: read {result.rows_read:,} rows ({'full reload' if result.full else 'incremental'})"
+        f", changed {result.rows_changed:,}, quarantined {result.rows_quarantined:,}; stored "
+        f"features for {result.open_episodes:,} open episodes as of {result.as_of} "
+        f"(run {result.run_id})")
+
+
+def extract(settings: Settings, as_of: date, clock: Clock,
+            full: bool | None = None) -> EtlResult:
+    """Run the ETL job; what stops it is a clear error, not a traceback."""
+    try:
+        source = source_engine(settings.source_url)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    store_db = store_engine(settings.store_url)
+    try:
+        return run_etl(source, store_db, as_of, settings.etl, full=full, clock=clock)
+    except (SourceUnavailable, QuarantineLimitExceeded, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        source.dispose()
+        store_db.dispose()
+
+
+@click.command()
+@click.option("--examples", default=3, show_default=True,
+              help="Keys to show per table and rule (ids only, never values).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def quality(obj: Context, examples: int, as_json: bool) -> None:
+    """Report the quarantine: rows held back from the copy, by table and rule."""
+    engine = store_engine(obj.settings().store_url)
+    try:
+        with engine.begin() as conn:
+            schema.upgrade(conn)
+            report = quarantine.report(conn, examples)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    for line in quarantine.format_report(report):
+        click.echo(line)
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def runs(obj: Context, limit: int) -> None:
+    """List recent runs: kind, as-of, status, rows read/changed/quarantined, model, errors."""
+    engine = store_engine(obj.settings().store_url)
+    try:
+        with engine.begin() as conn:
+            schema.upgrade(conn)
+            rows = list_runs(conn, limit)
+    finally:
+        engine.dispose()
+    for line in format_runs(rows):
+        click.echo(line)

@@ -1,0 +1,135 @@
+"""Commands for the model: training, the registry, evaluation reports and model cards."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retention.db.engines import store_engine
+from retention.evaluation.report import write_report
+from retention.model import registry
+from retention.model.booster import ModelError
+from retention.pipelines.commands.common import Context, as_of_option, progress, say
+from retention.pipelines.train import TrainResult, run_training
+from retention.settings import Settings
+
+
+@click.command()
+@as_of_option
+@click.option("--no-promote", is_flag=True, help="Save the version without making it current.")
+@click.pass_obj
+def train(obj: Context, as_of: datetime | None, no_promote: bool) -> None:
+    """Train a model on snapshots whose outcome window ends before the as-of date."""
+    result = train_model(obj.settings(), obj.day(as_of), not no_promote)
+    v = result.metrics["evaluation"]
+    verdict = ("promoted" if result.promoted else "gate passed, not promoted (--no-promote)"
+               if result.gate.passed else "refused by the gate: " + "; ".join(result.gate.refusals))
+    say(f"train: version {result.version} from {result.rows:,} rows over "
+        f"{result.snapshots} snapshots; held-out AUROC {v['auroc']:.3f}, "
+        f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f} "
+        f"(base rate {v['base_rate']:.3f}, n {int(v['n']):,}); saved to {result.folder}; "
+        f"{verdict}. `retention report {result.version}` writes its report")
+
+
+def train_model(settings: Settings, as_of: date, promote: bool) -> TrainResult:
+    """Run the training job with progress on stderr; what stops it is a clear error."""
+    store_db = store_engine(settings.store_url)
+    say(f"train: building snapshots up to {as_of} ...")
+    try:
+        return run_training(settings, store_db, as_of, make_current=promote,
+                            progress=progress("snapshots"))
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store_db.dispose()
+
+
+def _models_dir(ctx: click.Context) -> Path:
+    found: Context = ctx.find_root().obj
+    return Path(found.settings().models_dir)
+
+
+@click.group()
+def models() -> None:
+    """The model registry: list, show, promote and roll back versions."""
+
+
+@models.command("list")
+@click.pass_context
+def list_command(ctx: click.Context) -> None:
+    """Every version, newest first: held-out AUROC, gate outcome, which is current."""
+    rows = registry.list_versions(_models_dir(ctx))
+    click.echo(f"  {'version':<22} {'trained as of':<13} {'AUROC':>6} {'Brier':>6} gate")
+    for r in rows:
+        gate = {True: "passed", False: "refused", None: "none"}[r["gate"]]
+        auroc = f"{r['auroc']:.3f}" if r["auroc"] is not None else "n/a"
+        brier = f"{r['brier']:.3f}" if r["brier"] is not None else "n/a"
+        click.echo(f"{'*' if r['current'] else ' '} {r['version']:<22} "
+                   f"{r['trained_as_of'] or '':<13} {auroc:>6} {brier:>6} {gate}")
+    current = next((r["version"] for r in rows if r["current"]), "none")
+    say(f"models: {len(rows)} version(s); current {current}")
+
+
+@models.command()
+@click.argument("version", required=False)
+@click.pass_context
+def show(ctx: click.Context, version: str | None) -> None:
+    """A version's metadata and gate decision as JSON (default: the current version)."""
+    try:
+        meta = registry.show(_models_dir(ctx), version)
+    except (registry.RegistryError, ModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(meta, indent=2, sort_keys=True))
+    say(f"models show: {meta['version']}{' (current)' if meta['current'] else ''}")
+
+
+@models.command()
+@click.argument("version")
+@click.option("--force", is_flag=True, help="Promote even though the gate refused it.")
+@click.option("--reason", default="manual promotion", show_default=True,
+              help="Why; recorded in the history.")
+@click.pass_context
+def promote(ctx: click.Context, version: str, force: bool, reason: str) -> None:
+    """Make VERSION current if its promotion gate passed."""
+    if force and reason == "manual promotion":
+        raise click.ClickException("--force needs a --reason saying why the gate is overridden")
+    try:
+        previous = registry.promote(_models_dir(ctx), version, reason=reason, force=force)
+    except (registry.RegistryError, ModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(f"models promote: {version} is current (was {previous or 'none'})")
+
+
+@models.command()
+@click.option("--reason", default="manual rollback", show_default=True)
+@click.pass_context
+def rollback(ctx: click.Context, reason: str) -> None:
+    """Make the version current before the present one current again."""
+    try:
+        version = registry.rollback(_models_dir(ctx), reason=reason)
+    except (registry.RegistryError, ModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(f"models rollback: {version} is current again")
+
+
+@click.command()
+@click.argument("version", required=False)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports"),
+              show_default=True, help="Directory for <version>/report.html and friends.")
+@click.option("--external", type=click.Path(exists=True, path_type=Path), default=None,
+              help="JSON with an external validation result to cite in the model card.")
+@click.pass_context
+def report(ctx: click.Context, version: str | None, out_dir: Path,
+           external: Path | None) -> None:
+    """Write the HTML+JSON evaluation report and the model card of a version."""
+    extra: dict[str, Any] | None = json.loads(external.read_text()) if external else None
+    try:
+        paths = write_report(_models_dir(ctx), out_dir, version, extra)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    folder = next(iter(paths.values())).parent
+    say(f"report: wrote {', '.join(paths)} to {folder}")

@@ -1,0 +1,133 @@
+"""Commands that keep running: the API server, the scheduler, and the demo that ends serving."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from retention.access.keys import create_key
+from retention.api import create_app
+from retention.db.engines import store_engine
+from retention.pipelines.commands.common import Context, say
+from retention.pipelines.commands.data import extract, synthesize
+from retention.pipelines.commands.model import train_model
+from retention.pipelines.commands.scoring import score_list
+from retention.pipelines.gunicorn_app import run_gunicorn
+from retention.pipelines.scheduler import JOB_ID, build_scheduler
+from retention.settings import Settings
+from retention.store import schema, tables
+
+
+@click.command()
+@click.option("--dev", is_flag=True, help="Flask's development server (one process).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+@click.pass_obj
+def serve(obj: Context, dev: bool, host: str, port: int, workers: int) -> None:
+    """Serve the JSON API (gunicorn; --dev for Flask's server)."""
+    _serve(obj.settings(), dev, host, port, workers)
+
+
+def _serve(settings: Settings, dev: bool, host: str, port: int, workers: int) -> None:
+    say(f"serve: API on http://{host}:{port}/v1/risk-list (Ctrl-C to stop)")
+    if dev:
+        # One process: the pages may sign with a per-process secret if none is set.
+        create_app(settings, WEB_DEV=True).run(host=host, port=port)
+        return
+    run_gunicorn(settings, host, port, workers)
+
+
+@click.command()
+@click.option("--run-now", is_flag=True, help="Also run the nightly job once at start.")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="With --run-now: the date that run is for (default: the latest slot's).")
+@click.pass_obj
+def scheduler(obj: Context, run_now: bool, as_of: datetime | None) -> None:
+    """Run the scheduler process: the nightly ETL and scoring at the configured time."""
+    if as_of is not None and not run_now:
+        raise click.UsageError("--as-of applies to --run-now only")
+    settings = obj.settings()
+    sched = build_scheduler(settings, str(obj.config_path) if obj.config_path else None, run_now,
+                            obj.clock, as_of.date() if as_of else None)
+    say(f"scheduler: job {JOB_ID!r} on cron '{settings.schedule_cron}' "
+        f"({settings.schedule_timezone}){'; running once now' if run_now else ''}. Ctrl-C stops.")
+    try:
+        sched.start()
+    except (KeyboardInterrupt, SystemExit):
+        say("scheduler: stopped")
+
+
+@click.command()
+@click.option("--clients", "n_clients", default=2000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The demo clinic's today (YYYY-MM-DD; default: today). Fix it to repeat a demo.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--no-serve", is_flag=True, help="Stop after scoring (for scripts and tests).")
+@click.pass_obj
+def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: int,
+         no_serve: bool) -> None:
+    """Synthetic clinic -> ETL -> train -> score -> API on localhost, all on SQLite."""
+    started = time.monotonic()
+    settings = obj.settings()
+    today = obj.day(as_of)
+    steps = 5 if not no_serve else 4
+    say(f"demo [1/{steps}] synthetic clinic")
+    counts = synthesize(settings.source_url, n_clients, 3, today, seed)
+    say(f"  {counts['total']:,} rows in {counts['url']}")
+    say(f"demo [2/{steps}] store (migrations) and ETL as of {today}")
+    _fresh_store(settings)
+    etl_result = extract(settings, today, obj.clock, full=True)
+    say(f"  {etl_result.open_episodes:,} open episodes")
+    say(f"demo [3/{steps}] training")
+    trained = train_model(settings, today, True)
+    v = trained.metrics["evaluation"]
+    say(f"  version {trained.version}: held-out AUROC {v['auroc']:.3f}, "
+        f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f}")
+    say(f"demo [4/{steps}] scoring")
+    scored = score_list(settings, today, None)
+    say(f"  {scored.scored:,} episodes ranked, {scored.high_risk:,} high risk")
+    say(f"demo: ready in {time.monotonic() - started:.1f} s")
+    if no_serve:
+        return
+    _demo_sign_in(settings, port)
+    say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
+    _serve(settings, False, "127.0.0.1", port, 2)
+
+
+def _demo_sign_in(settings: Settings, port: int) -> None:
+    """A case-manager key for the pages, and one session secret every worker inherits."""
+    # gunicorn's workers are forked from this process: they share this secret. The
+    # demo serves plain http on localhost, so its cookie cannot be Secure-only.
+    os.environ.setdefault("RETENTION_SECRET_KEY", secrets.token_urlsafe(48))
+    os.environ["RETENTION_INSECURE_COOKIES"] = "1"
+    engine = store_engine(settings.store_url)
+    try:
+        with engine.begin() as conn:
+            clinic = conn.execute(select(tables.scores.c.clinic_id).limit(1)).scalar_one()
+            _, token = create_key(conn, "case_manager", [clinic], label="Demo case manager")
+    finally:
+        engine.dispose()
+    say(f"demo: case managers' daily list at http://127.0.0.1:{port}/web/ ; sign in "
+        f"with this access key (case manager, {clinic}):\n  {token}")
+
+
+def _fresh_store(settings: Settings) -> None:
+    """A new clinic needs a new copy: the demo's SQLite store starts empty, then migrated."""
+    parsed = make_url(settings.store_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        for suffix in ("", "-wal", "-shm"):
+            Path(parsed.database + suffix).unlink(missing_ok=True)
+    engine = store_engine(settings.store_url)
+    try:
+        schema.upgrade_engine(engine)
+    finally:
+        engine.dispose()

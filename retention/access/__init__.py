@@ -1,0 +1,1 @@
+"""Access: API keys and roles, the audit trail, and the scope of every read."""

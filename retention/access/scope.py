@@ -1,0 +1,123 @@
+"""Reads of the published list limited to a caller's scope, with filters and keyset paging.
+
+The scope is part of every query, never a filter applied after reading, so a row
+outside it cannot reach the API layer by mistake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    select,
+    true,
+)
+
+from retention.access.audit import Condition
+from retention.access.keys import Caller
+from retention.store.lists import score_row
+from retention.store.tables import publications, scores
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """What the caller asked to narrow the list to."""
+
+    clinic_id: str | None = None
+    case_manager_id: str | None = None
+    program: str | None = None
+    tier: str | None = None
+    min_risk: float | None = None
+    still_engaged: bool | None = None
+    after_rank: int = 0
+
+
+def scope_clause(caller: Caller) -> ColumnElement[bool]:
+    """The SQL condition for the rows this caller may see."""
+    if not caller.reads_client_data:
+        return false()
+    conditions: list[ColumnElement[bool]] = []
+    if caller.clinics is not None:
+        conditions.append(scores.c.clinic_id.in_(caller.clinics))
+    if caller.case_manager_id is not None:
+        conditions.append(scores.c.case_manager_id == caller.case_manager_id)
+    return and_(*conditions) if conditions else true()
+
+
+def scope_of(caller: Caller) -> tuple[bool, tuple[str, ...] | None, str | None]:
+    """What ``scope_clause`` depends on: callers with equal scopes see the same rows."""
+    return caller.reads_client_data, caller.clinics, caller.case_manager_id
+
+
+_p = publications
+_SAME_PUBLICATION = exists().where(
+    _p.c.as_of == bindparam("claim_as_of"), _p.c.run_id == bindparam("claim_run_id"),
+    _p.c.published_at == bindparam("claim_published_at"),
+)
+_NONE_NEWER = ~exists().where(_p.c.as_of > bindparam("claim_as_of"))
+_LATEST = and_(_SAME_PUBLICATION, _NONE_NEWER)  # built once: every API request names it
+
+
+def still_published(pub: dict[str, Any], latest: bool) -> Condition:
+    """``pub`` is still the list served: not replaced, and (if ``latest``) none newer since.
+
+    A list is replaced as a whole under a new run id (``store.lists.publish_scores``), so
+    while this holds every row read from it earlier is still what it holds.
+    """
+    params = {"claim_as_of": pub["as_of"], "claim_run_id": pub["run_id"],
+              "claim_published_at": pub["published_at"]}
+    if latest:
+        return Condition("latest_list", _LATEST, params)
+    return Condition("list", _SAME_PUBLICATION, params)
+
+
+def read_page(
+    connection: Connection, caller: Caller, as_of: date, flt: ListFilter, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of the list in rank order after ``flt.after_rank``; and whether more follow."""
+    query: Select[Any] = (
+        select(scores)
+        .where(scores.c.as_of == as_of, scope_clause(caller), scores.c.rank > flt.after_rank)
+    )
+    for column, value in (("clinic_id", flt.clinic_id), ("case_manager_id", flt.case_manager_id),
+                          ("program", flt.program), ("tier", flt.tier),
+                          ("still_engaged", flt.still_engaged)):
+        if value is not None:
+            query = query.where(scores.c[column] == value)
+    if flt.min_risk is not None:
+        query = query.where(scores.c.risk >= flt.min_risk)
+    rows = connection.execute(query.order_by(scores.c.rank).limit(limit + 1)).fetchall()
+    return [score_row(r._mapping) for r in rows[:limit]], len(rows) > limit
+
+
+def read_client(
+    connection: Connection, caller: Caller, client_id: str, until: date, limit: int = 12
+) -> list[dict[str, Any]]:
+    """A client's published rows up to ``until`` inside the caller's scope, newest first."""
+    published = select(publications.c.as_of)
+    query = (
+        select(scores)
+        .where(scores.c.client_id == client_id, scores.c.as_of <= until,
+               scores.c.as_of.in_(published), scope_clause(caller))
+        .order_by(scores.c.as_of.desc(), scores.c.risk.desc())
+        .limit(limit)
+    )
+    return [score_row(r._mapping) for r in connection.execute(query)]
+
+
+def client_exists(connection: Connection, client_id: str, as_of: date | None = None) -> bool:
+    """Whether the client is on a list (that of ``as_of``, or any), to audit a denial as one."""
+    query = select(scores.c.episode_id).where(scores.c.client_id == client_id)
+    if as_of is not None:
+        query = query.where(scores.c.as_of == as_of)
+    return connection.execute(query.limit(1)).first() is not None
+

@@ -1,0 +1,120 @@
+"""What case managers did about the list: calls, texts and visits, and how they went.
+
+Domain code without Flask. Each row says who reached out (key id), to which client
+and episode, on which published list (its as-of date, with the risk and tier shown),
+whether the client was reached, how, and what came of it, with a short note written
+by the case manager. Kept so that two people do not call the same client, and so
+that monitoring can measure the model on clients nobody contacted (an outreach that
+worked hides the dropout the model predicted). Functions take a connection first and
+never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select
+
+from retention.clock import utcnow
+from retention.store.tables import NOTE_MAX, outreach
+
+CHANNELS = ("phone", "text", "email", "in_person", "letter")
+OUTCOMES = ("re_engaged", "booked", "declined", "other")
+
+class OutreachError(ValueError):
+    """An outreach entry that cannot be recorded as given."""
+
+
+@dataclass(frozen=True)
+class Outreach:
+    """One attempt to reach a client, as the case manager reports it."""
+
+    client_id: str
+    episode_id: str
+    clinic_id: str
+    list_as_of: date
+    risk: float
+    tier: str
+    key_id: str
+    reached: bool
+    channel: str
+    outcome: str | None = None
+    note: str | None = None
+    case_manager_id: str | None = None
+
+
+def parse_entry(form: Mapping[str, str]) -> tuple[bool, str, str | None, str | None]:
+    """Check a submitted entry; returns (reached, channel, outcome, note) or says what is wrong."""
+    result = form.get("result", "")
+    if result not in ("reached", "not_reached"):
+        raise OutreachError("choose whether the client was reached or not reached")
+    reached = result == "reached"
+    channel = form.get("channel", "")
+    if channel not in CHANNELS:
+        raise OutreachError("choose how you reached out: " + ", ".join(CHANNELS))
+    outcome = form.get("outcome") or None
+    if reached and outcome not in OUTCOMES:
+        raise OutreachError("choose what came of the contact: " + ", ".join(OUTCOMES))
+    if not reached and outcome is not None:
+        raise OutreachError("an outcome applies only when the client was reached")
+    note = " ".join((form.get("note") or "").split()) or None
+    if note is not None and len(note) > NOTE_MAX:
+        raise OutreachError(f"keep the note to {NOTE_MAX} characters (it has {len(note)})")
+    return reached, channel, outcome, note
+
+
+def record_outreach(connection: Connection, entry: Outreach, at: datetime | None = None) -> int:
+    """Store one entry; returns its id."""
+    if entry.channel not in CHANNELS:
+        raise OutreachError(f"unknown channel {entry.channel!r}")
+    if entry.outcome is not None and (not entry.reached or entry.outcome not in OUTCOMES):
+        raise OutreachError(f"outcome {entry.outcome!r} does not fit this entry")
+    if entry.note is not None and len(entry.note) > NOTE_MAX:
+        raise OutreachError(f"the note is longer than {NOTE_MAX} characters")
+    result = connection.execute(insert(outreach).values(
+        recorded_at=at or utcnow(), client_id=entry.client_id,
+        episode_id=entry.episode_id, clinic_id=entry.clinic_id, list_as_of=entry.list_as_of,
+        risk=entry.risk, tier=entry.tier, key_id=entry.key_id,
+        case_manager_id=entry.case_manager_id, reached=entry.reached, channel=entry.channel,
+        outcome=entry.outcome, note=entry.note,
+    ))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def client_history(connection: Connection, client_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """A client's outreach, newest first."""
+    rows = connection.execute(
+        select(outreach).where(outreach.c.client_id == client_id)
+        .order_by(outreach.c.recorded_at.desc(), outreach.c.outreach_id.desc()).limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+def latest_since(
+    connection: Connection, client_ids: Iterable[str], since: datetime
+) -> dict[str, dict[str, Any]]:
+    """Per client, the newest entry recorded at or after ``since`` (clients without one absent)."""
+    ids = sorted(set(client_ids))
+    if not ids:
+        return {}
+    newest = (
+        select(outreach.c.client_id, func.max(outreach.c.outreach_id).label("last_id"))
+        .where(outreach.c.recorded_at >= since, outreach.c.client_id.in_(ids))
+        .group_by(outreach.c.client_id).subquery()
+    )
+    rows = connection.execute(
+        select(outreach).join(newest, outreach.c.outreach_id == newest.c.last_id)
+    )
+    return {r.client_id: dict(r._mapping) for r in rows}
+
+
+def contacted_episodes(connection: Connection, start: datetime, end: datetime) -> set[str]:
+    """Episodes with any outreach recorded in ``[start, end)``: monitoring leaves them out."""
+    rows = connection.execute(
+        select(outreach.c.episode_id).distinct()
+        .where(outreach.c.recorded_at >= start, outreach.c.recorded_at < end)
+    )
+    return {r.episode_id for r in rows}

@@ -1,0 +1,132 @@
+"""The simulation's rows as contract frames, and writing them to a clinic database."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from retention.clinic import contract
+from retention.clinic.synth.config import EPOCH_ORDINAL
+from retention.db import bulk
+
+
+@dataclass
+class Sink:
+    """Rows of every table, as tuples in contract column order (ids resolved later)."""
+
+    clients: list[tuple[Any, ...]] = field(default_factory=list)
+    episodes: list[tuple[Any, ...]] = field(default_factory=list)
+    appointments: list[tuple[Any, ...]] = field(default_factory=list)
+    measures: list[tuple[Any, ...]] = field(default_factory=list)
+    items: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _columns(name: str) -> list[str]:
+    return [column.name for column in contract.TABLES[name].columns]
+
+
+def _timestamps(minutes: Sequence[int]) -> np.ndarray:
+    return np.asarray(minutes, dtype="int64").astype("datetime64[m]").astype("datetime64[us]")
+
+
+def _dates(days: Sequence[int | None]) -> list[date | None]:
+    return [None if d is None else date.fromordinal(d + EPOCH_ORDINAL) for d in days]
+
+
+def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
+    """Turn the row tuples into typed frames and resolve row indices into ids."""
+    appt_width = max(8, len(str(len(sink.appointments))))
+    appt_ids = [f"A{i:0{appt_width}d}" for i in range(1, len(sink.appointments) + 1)]
+    measure_width = max(8, len(str(len(sink.measures))))
+    measure_ids = [f"M{i:0{measure_width}d}" for i in range(1, len(sink.measures) + 1)]
+
+    clients = pd.DataFrame(sink.clients, columns=_columns("clients"))
+    clients["birth_year"] = clients["birth_year"].astype("int64")
+
+    ep = list(zip(*sink.episodes, strict=True))
+    episodes = pd.DataFrame(
+        {
+            "episode_id": list(ep[0]),
+            "client_id": list(ep[1]),
+            "program": list(ep[2]),
+            "admitted_on": _dates(ep[3]),
+            "planned_discharge_on": _dates(ep[4]),
+            "discharged_on": _dates(ep[5]),
+            "discharge_reason": list(ep[6]),
+            "updated_at": _timestamps(ep[7]),
+        }
+    )
+
+    ap = list(zip(*sink.appointments, strict=True)) or [()] * 9
+    appointments = pd.DataFrame(
+        {
+            "appointment_id": appt_ids,
+            "episode_id": list(ap[0]),
+            "client_id": list(ap[1]),
+            "scheduled_at": _timestamps(ap[2]),
+            "booked_at": _timestamps(ap[3]),
+            "status": list(ap[4]),
+            "service_type": list(ap[5]),
+            "telehealth": np.asarray(ap[6], dtype=bool),
+            "clinician_id": list(ap[7]),
+            "updated_at": _timestamps(ap[8]),
+        }
+    )
+
+    ms = list(zip(*sink.measures, strict=True)) or [()] * 11
+    measures = pd.DataFrame(
+        {
+            "measure_id": measure_ids,
+            "episode_id": list(ms[0]),
+            "client_id": list(ms[1]),
+            "appointment_id": [appt_ids[i] for i in ms[2]],
+            "instrument": list(ms[3]),
+            "rater": list(ms[4]),
+            "administered_at": _timestamps(ms[5]),
+            "score_total": np.asarray(ms[6], dtype="float64"),
+            "goal": np.asarray(ms[7], dtype="float64"),
+            "task": np.asarray(ms[8], dtype="float64"),
+            "bond": np.asarray(ms[9], dtype="float64"),
+            "updated_at": _timestamps(ms[10]),
+        }
+    )
+
+    it = list(zip(*sink.items, strict=True)) or [()] * 3
+    items = pd.DataFrame(
+        {
+            "measure_id": [measure_ids[i] for i in it[0]],
+            "item_number": np.asarray(it[1], dtype="int64"),
+            "response": np.asarray(it[2], dtype="float64"),
+        }
+    )
+    frames = {
+        "clients": clients,
+        "episodes": episodes,
+        "appointments": appointments,
+        "alliance_measures": measures,
+        "alliance_items": items,
+    }
+    return {name: frame[_columns(name)] for name, frame in frames.items()}
+
+
+def write(connection: sa.Connection, frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+    """Create the contract tables and insert ``frames``; the caller owns the transaction."""
+    unknown = set(frames) - set(contract.TABLES)
+    if unknown:
+        raise ValueError(f"not contract tables: {sorted(unknown)}")
+    contract.metadata.create_all(connection)
+    counts: dict[str, int] = {}
+    for name, table in contract.TABLES.items():
+        if name not in frames:
+            continue
+        frame = frames[name]
+        for chunk in bulk.record_chunks(table, frame[_columns(name)]):
+            connection.execute(table.insert(), chunk)
+        counts[name] = len(frame)
+    return counts

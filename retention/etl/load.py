@@ -1,0 +1,328 @@
+"""Loading one extract into the store's copy: check, apply, quarantine, watermarks.
+
+The steps of an ETL run inside the store's transaction (``retention.pipelines.etl``
+owns the transaction and the run record):
+
+1. ``check``: the rows read, with the rows still in quarantine and the copy's
+   appointments of episodes that changed, against the contract
+   (``retention.etl.validation``); nothing is written;
+2. ``enforce_limit``: the run stops, changing nothing, if more than
+   ``max_quarantine_share`` of the rows read are bad;
+3. ``apply``: upsert the good rows into the copy (only rows that differ are
+   written), remove quarantined keys from it, record the quarantine (releasing rows
+   fixed at the source) and advance the watermarks.
+
+Functions take a connection first and never commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, func, select, text
+
+from retention.clock import utcnow
+from retention.db import bulk
+from retention.etl.extract import INCREMENTAL
+from retention.etl.validation import KEYS, ORDER, Context, Outcome, rows_from_json, validate
+from retention.settings import EtlSettings
+from retention.store import tables
+from retention.store.clinic_copy import bump_copy_version
+
+
+class QuarantineLimitExceeded(RuntimeError):
+    """Too many of the rows read broke the contract: the run stops and publishes nothing."""
+
+
+@dataclass
+class Checked:
+    """An extract checked against the contract, with what the run record keeps of it."""
+
+    candidates: dict[str, pd.DataFrame]
+    outcome: Outcome
+    bad_read: int
+    total_read: int
+    rows_quarantined: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        """The share of the rows read that broke a rule."""
+        return self.bad_read / self.total_read if self.total_read else 0.0
+
+
+def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
+          full: bool) -> Checked:
+    """Check the rows read (with the quarantine carried over on an incremental run)."""
+    n_read = {t: len(raw[t]) for t in ORDER}
+    if full:
+        candidates, context = raw, Context()
+    else:
+        candidates = _with_carried_over(conn, raw)
+        context = _context(conn, candidates)
+    outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
+    bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) for t in ORDER}
+    checked = Checked(
+        candidates=candidates, outcome=outcome, bad_read=sum(bad_read.values()),
+        total_read=sum(n_read.values()),
+        rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
+    )
+    checked.detail = {
+        "read": n_read, "checked": {t: len(candidates[t]) for t in ORDER},
+        "quarantined_read": bad_read, "quarantine_by_rule": outcome.counts(),
+        "quarantined_share": round(checked.share, 6),
+    }
+    return checked
+
+
+def enforce_limit(checked: Checked, etl: EtlSettings) -> None:
+    """Stop the run if more of the rows read are bad than the configured share."""
+    if checked.share > etl.max_quarantine_share:
+        raise QuarantineLimitExceeded(
+            f"{checked.bad_read} of {checked.total_read} rows read ({checked.share:.1%}) "
+            f"break the contract, over the limit of {etl.max_quarantine_share:.1%}; nothing "
+            f"was stored or published. By table and rule: {checked.outcome.counts()}. Fix the "
+            "source or its mapping ([etl] in the config); `retention quality` lists the rules."
+        )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` changed."""
+
+    copy_changed: int
+    released: int
+    watermarks: dict[str, str]
+
+
+def apply(conn: Connection, checked: Checked, raw: dict[str, pd.DataFrame], clock: datetime,
+          *, full: bool, run_id: int, marks: dict[str, datetime | None]) -> Applied:
+    """Write a checked extract into the copy, the quarantine and the watermarks."""
+    changed, swapped = _apply_copy(conn, checked.outcome, checked.candidates, full)
+    if changed:
+        bump_copy_version(conn, run_id)
+    if conn.dialect.name == "postgresql" and changed > 0.1 * max(1, _copy_rows_before(conn)):
+        # Fresh statistics, or the planner reads a just-loaded copy as if it were empty;
+        # only after changes large beside the copy (docs/performance.md). Tables swapped
+        # in were analysed as they were.
+        stale = [t.name for t in tables.copies.values() if t.name not in swapped]
+        if stale:
+            conn.execute(text("ANALYZE " + ", ".join(stale)))
+    released = _apply_quarantine(conn, checked.outcome, full, run_id)
+    advanced = _advance_watermarks(conn, raw, marks, clock, run_id)
+    return Applied(changed, released, advanced)
+
+
+def since(marks: dict[str, datetime | None], full: bool,
+          etl: EtlSettings) -> dict[str, datetime | None]:
+    """Where each incremental table is read from: None (everything) on a full reload."""
+    overlap = timedelta(minutes=etl.overlap_minutes)
+    out: dict[str, datetime | None] = {}
+    for table in INCREMENTAL:
+        mark = marks.get(table)
+        out[table] = None if full or mark is None else mark - overlap
+    return out
+
+
+def _copy_rows_before(conn: Connection) -> int:
+    """The copy's size as its statistics last saw it (0 for tables never analysed)."""
+    names = [t.name for t in tables.copies.values()]
+    found = conn.execute(text(
+        "SELECT coalesce(sum(greatest(reltuples, 0)), 0) FROM pg_class "
+        "WHERE oid IN (SELECT to_regclass(n) FROM unnest(CAST(:names AS text[])) AS n)"),
+        {"names": names}).scalar()
+    return int(found or 0)
+
+
+# --- context for incremental runs ---------------------------------------------------
+
+
+def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The rows read, then the quarantined rows not read again.
+
+    Rows read come first (the quarantine share counts them alone). Quarantined rows
+    are checked every run, so a row fixed by something other than its own update (its
+    episode arriving, say) is released.
+    """
+    out = {}
+    held = conn.execute(select(tables.quarantine.c.table_name, tables.quarantine.c.rows_json))
+    carried: dict[str, list[dict[str, Any]]] = {t: [] for t in ORDER}
+    for table_name, rows_json in held:
+        if table_name in carried:
+            carried[table_name].extend(rows_from_json(rows_json))
+    for table in ORDER:
+        frame = raw[table]
+        extra = pd.DataFrame(carried[table], columns=list(frame.columns), dtype=object)
+        if len(extra):
+            extra = extra[~_key_tuples(table, extra).isin(_key_tuples(table, frame))]
+        out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
+    return out
+
+
+def _context(conn: Connection, candidates: dict[str, pd.DataFrame]) -> Context:
+    """What the store holds that the candidates' cross-table rules refer to."""
+    episodes = conn.execute(select(tables.copies["episodes"].c.episode_id,
+                                   tables.copies["episodes"].c.admitted_on)).fetchall()
+    admitted = pd.Series(pd.to_datetime([e.admitted_on for e in episodes]),
+                         index=[e.episode_id for e in episodes], dtype="datetime64[ns]")
+    held = conn.execute(select(tables.quarantine.c.row_key).where(
+        tables.quarantine.c.table_name == "episodes")).scalars().all()
+    referenced = set(candidates["alliance_items"]["measure_id"].dropna()) - set(
+        candidates["alliance_measures"]["measure_id"].dropna())
+    known = _copy_rows(conn, "alliance_measures", "measure_id", sorted(referenced))
+    held_measures = conn.execute(select(tables.quarantine.c.row_key).where(
+        tables.quarantine.c.table_name == "alliance_measures")).scalars().all()
+    return Context(
+        client_ids=pd.Index([], dtype=object),  # clients are read whole every run
+        episode_ids=pd.Index(list(admitted.index) + list(held), dtype=object),
+        admitted_on=admitted,
+        measure_ids=pd.Index(list(known["measure_id"]) + list(held_measures), dtype=object),
+        instruments=pd.Series(known["instrument"].to_numpy(), index=known["measure_id"].to_numpy(),
+                              dtype=object),
+    )
+
+
+def _copy_rows(conn: Connection, table: str, column: str, values: list[Any]) -> pd.DataFrame:
+    """Rows of the copy whose ``column`` is in ``values``, as the driver returns them."""
+    copy = tables.copies[table]
+    columns = [c.name for c in copy.columns]
+    parts = []
+    for start in range(0, len(values), 5000):
+        chunk = values[start:start + 5000]
+        rows = conn.execute(select(copy).where(copy.c[column].in_(chunk))).fetchall()
+        parts.append(pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=object))
+    if not parts:
+        return pd.DataFrame(columns=columns, dtype=object)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
+    keys = KEYS[table]
+    if frame.empty:
+        return pd.Index([])
+    if len(keys) == 1:
+        return pd.Index(frame[keys[0]].astype(str))
+    number = pd.to_numeric(frame["item_number"], errors="coerce")
+    return pd.Index(frame["measure_id"].astype(str) + "|" + number.astype(str))
+
+
+# --- applying ----------------------------------------------------------------------
+
+
+def _apply_copy(
+    conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool
+) -> tuple[int, set[str]]:
+    """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest.
+
+    On PostgreSQL a full reload builds its large tables beside the copy, two at a time
+    on connections of their own, and swaps each in here, inside the run's transaction.
+    Returns the rows changed and the names of the tables swapped in.
+    """
+    changed = 0
+    built: dict[str, int] = {}
+    if full and bulk.is_postgres(conn):
+        large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS),
+                       key=lambda t: -_load_cost(outcome.valid[t]))
+        built = bulk.build_beside_in_parallel(
+            conn, [(tables.copies[t], outcome.valid[t]) for t in large])
+    swapped = set()
+    for table in ORDER:
+        copy = tables.copies[table]
+        valid = outcome.valid[table]
+        if copy.name in built:
+            changed += bulk.swap_in(conn, copy, built[copy.name])
+            swapped.add(copy.name)
+            continue
+        if full or table == "clients":  # read whole: anything not read is gone
+            changed += bulk.sync_rows(conn, copy, valid)
+            continue
+        if table == "alliance_items":  # items of the measures checked are replaced as a set
+            scope = set(candidates["alliance_items"]["measure_id"].dropna()) | set(
+                candidates["alliance_measures"]["measure_id"].dropna())
+            changed += bulk.sync_rows(conn, copy, valid, scope_in=("measure_id", sorted(scope)))
+            continue
+        changed += bulk.sync_rows(conn, copy, valid, delete_missing=False)
+        changed += bulk.delete_keys(conn, copy, _key_frame(table, outcome.rejected_keys(table)))
+    return changed, swapped
+
+
+def _load_cost(frame: pd.DataFrame) -> int:
+    """Roughly how long a table takes to load (cells, not rows: slots are wide), so the
+    largest start first and the two builders finish together."""
+    return len(frame) * len(frame.columns)
+
+
+def _key_frame(table: str, row_keys: pd.Index) -> pd.DataFrame:
+    """Key columns from quarantine row keys (rows quarantined for a missing key have none)."""
+    keys = [k for k in row_keys if not str(k).startswith("no key ")]
+    if table == "alliance_items":
+        parts = [str(k).split("|", 1) for k in keys]
+        return pd.DataFrame({"measure_id": [p[0] for p in parts],
+                             "item_number": [int(p[1]) for p in parts]})
+    return pd.DataFrame({KEYS[table][0]: keys})
+
+
+def _apply_quarantine(conn: Connection, outcome: Outcome, full: bool, run_id: int) -> int:
+    """Record this run's rejects; release keys checked again and found good. Returns released."""
+    entries = outcome.rejects.drop(columns=["n_rows"]).assign(
+        run_id=run_id, quarantined_at=utcnow())
+    compare = ["rule", "detail", "rows_json"]
+    if full:
+        before = _count(conn, tables.quarantine)
+        bulk.sync_rows(conn, tables.quarantine, entries, compare=compare)
+        return max(0, before - len(entries))
+    bulk.sync_rows(conn, tables.quarantine, entries, compare=compare, delete_missing=False)
+    checked = pd.concat([pd.DataFrame({"table_name": t, "row_key": k.unique()})
+                         for t, k in outcome.keys.items()], ignore_index=True)
+    rejected = pd.MultiIndex.from_frame(outcome.rejects[["table_name", "row_key"]])
+    good = checked[~pd.MultiIndex.from_frame(checked).isin(rejected)]
+    return bulk.delete_keys(conn, tables.quarantine, good)
+
+
+def _count(conn: Connection, table: Any) -> int:
+    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def read_watermarks(conn: Connection) -> dict[str, datetime | None]:
+    """Each incremental table's watermark (absent before the first run)."""
+    rows = conn.execute(select(tables.watermarks.c.table_name, tables.watermarks.c.high_water)
+                        .where(tables.watermarks.c.table_name.in_(INCREMENTAL)))
+    return {name: mark for name, mark in rows}
+
+
+def _advance_watermarks(
+    conn: Connection, raw: dict[str, pd.DataFrame], marks: dict[str, datetime | None],
+    clock: datetime, run_id: int,
+) -> dict[str, str]:
+    """Move each table's watermark to the newest updated_at read, never past the source clock."""
+    rows: list[dict[str, Any]] = []
+    for table in INCREMENTAL:
+        stamps = pd.to_datetime(raw[table]["updated_at"], format="ISO8601", errors="coerce")
+        newest = stamps.max() if len(stamps) else pd.NaT
+        mark = marks.get(table)
+        if mark is None and pd.isna(newest):
+            mark = clock  # nothing there yet: start from now (less the overlap next time)
+        if pd.notna(newest):
+            candidate = min(newest.to_pydatetime(), clock)
+            mark = candidate if mark is None else max(mark, candidate)
+        rows.append({"table_name": table, "high_water": mark, "run_id": run_id})
+    frame = pd.DataFrame(rows)
+    bulk.sync_rows(conn, tables.watermarks, frame, compare=["high_water"], delete_missing=False)
+    return {str(r["table_name"]): str(r["high_water"]) for r in rows}
+
+
+def full_reload_due(conn: Connection, marks: dict[str, datetime | None], etl: EtlSettings,
+                    now: datetime) -> bool:
+    """First run, or the last full reload (which reconciles deletions) is too old at ``now``."""
+    if any(marks.get(t) is None for t in INCREMENTAL):
+        return True
+    last = conn.execute(
+        select(tables.runs.c.started_at)
+        .where(tables.runs.c.kind == "etl", tables.runs.c.status == "succeeded",
+               tables.runs.c.detail.like('%"full": true%'))
+        .order_by(tables.runs.c.run_id.desc()).limit(1)
+    ).scalar()
+    return last is None or now - last > timedelta(days=etl.full_reload_after_days)

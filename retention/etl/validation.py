@@ -1,0 +1,589 @@
+"""Checking source rows against the contract: what passes is copied, the rest quarantined.
+
+Every row read from the clinic's database is checked before it reaches the copy.
+A row that breaks a rule goes to quarantine with the first rule it broke (in the
+order of ``RULES``) and the run goes on without it. Checks are vectorised over
+whole tables; rules that look across tables (orphans, appointments before
+admission, a total that disagrees with its items) use the rows read in this run
+together with the ``Context`` of what the store already holds.
+
+Alliance measures are checked with their items: a measure whose item breaks a
+range, or whose total disagrees with its items, is quarantined together with all
+its items, so the copy never holds half a measure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from retention.clinic import contract, ids
+from retention.clinic.data import bool_from_text
+from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
+from retention.settings import CODED_COLUMNS
+
+# Every rule, with what it means. A row is quarantined under the first rule it breaks;
+# rows under one key (duplicates) are listed under the earliest rule here.
+RULES: dict[str, str] = {
+    "duplicate_key": "two or more rows share the key",
+    "missing_required": "a required field is empty",
+    "malformed_date": "a date or timestamp that cannot be read",
+    "malformed_value": "a number or yes/no that cannot be read",
+    "unknown_code": "a code the contract (and the configured mapping) does not know",
+    "orphan": "refers to a client, episode or measure the source does not have",
+    "discharge_before_admission": "discharged before admitted",
+    "before_admission": "appointment scheduled before its episode's admission",
+    "far_future": "appointment scheduled implausibly far after its row was written",
+    "unknown_item": "an item number the instrument does not have",
+    "srs_total_out_of_range": "SRS/GSRS total outside 0-40",
+    "srs_item_out_of_range": "SRS/GSRS item outside 0-10",
+    "wai_total_out_of_range": "WAI-SR total outside 12-60",
+    "wai_subscale_out_of_range": "WAI-SR goal, task or bond outside 1-5",
+    "wai_item_out_of_range": "WAI-SR item outside 1-5",
+    "total_disagrees_with_items": "a given total or subscale that disagrees with its items",
+    "measure_quarantined": "an item of a measure that is quarantined",
+}
+
+ORDER = tuple(contract.TABLES)  # clients, episodes, appointments, measures, items
+KEYS = {name: [c.name for c in t.primary_key.columns] for name, t in contract.TABLES.items()}
+REQUIRED = {
+    name: [c.name for c in t.columns if not c.nullable] for name, t in contract.TABLES.items()
+}
+NUMBERS = {
+    "clients": ("birth_year",),
+    "alliance_measures": ("score_total", "goal", "task", "bond"),
+    "alliance_items": ("item_number", "response"),
+}
+INTEGERS = {"clients": ("birth_year",), "alliance_items": ("item_number",)}
+BOOLEANS = {"appointments": ("telehealth",)}
+TOTAL_TOLERANCE = 0.051  # totals are recorded to a tenth
+SUBSCALE_TOLERANCE = 0.01
+REJECT_COLUMNS = ["table_name", "row_key", "rule", "detail", "rows_json", "n_rows"]
+
+
+@dataclass
+class Context:
+    """What the store already holds, for the rules that look beyond the rows read.
+
+    Empty for a full reload, where the rows read are the whole source.
+    """
+
+    client_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    episode_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    admitted_on: pd.Series = field(default_factory=lambda: pd.Series([], dtype="datetime64[ns]"))
+    measure_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
+    instruments: pd.Series = field(default_factory=lambda: pd.Series([], dtype=object))
+
+
+@dataclass
+class Outcome:
+    """Rows that passed (typed, contract columns) and rows quarantined (one entry per key)."""
+
+    valid: dict[str, pd.DataFrame]
+    rejects: pd.DataFrame
+    checked: dict[str, pd.DataFrame]  # the rows given, per table, in the order given
+    ok: dict[str, pd.Series]  # whether each row given passed, in the order given
+
+    @property
+    def keys(self) -> dict[str, pd.Series]:
+        """The row keys checked, per table, in the order given.
+
+        Worked out on demand: a full reload of millions of rows never needs them all.
+        """
+        return {name: _row_keys(name, frame) for name, frame in self.checked.items()}
+
+    def rejected_keys(self, table: str) -> pd.Index:
+        r = self.rejects
+        return pd.Index(r.loc[r["table_name"] == table, "row_key"])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Quarantined source rows by table and rule."""
+        out: dict[str, dict[str, int]] = {}
+        grouped = self.rejects.groupby(["table_name", "rule"])["n_rows"].sum()
+        for key, n in grouped.items():
+            parts: tuple[Any, ...] = tuple(key)  # type: ignore[arg-type]
+            out.setdefault(str(parts[0]), {})[str(parts[1])] = int(n)
+        return out
+
+
+class _Checked:
+    """One table's rows: raw values, typed values, and the first rule each row broke."""
+
+    def __init__(self, table: str, raw: pd.DataFrame) -> None:
+        self.table = table
+        columns = [c.name for c in contract.TABLES[table].columns]
+        # No copies of millions of rows unless needed: same columns, a fresh index, and
+        # empty text read as missing, column by column.
+        if list(raw.columns) != columns:
+            raw = raw.reindex(columns=columns)
+        if not isinstance(raw.index, pd.RangeIndex) or raw.index.start != 0:
+            raw = raw.reset_index(drop=True)
+        for col in columns:
+            if raw[col].dtype == object or isinstance(raw[col].dtype, pd.StringDtype):
+                blank = raw[col].eq("")
+                if blank.any():
+                    raw[col] = raw[col].astype(object).mask(blank)
+        self.raw = raw
+        self.typed = pd.DataFrame(index=self.raw.index)
+        self.rule = pd.Series(None, index=self.raw.index, dtype=object)
+        self.detail = pd.Series(None, index=self.raw.index, dtype=object)
+        self._unflagged = np.ones(len(raw), dtype=bool)  # rule.isna(), kept as flags are set
+
+    def keys(self, ix: pd.Index) -> pd.Series:
+        """The keys of the rows ``ix``, as quarantine records them."""
+        return _row_keys(self.table, self.raw.loc[ix])
+
+    def flag(self, mask: pd.Series | np.ndarray, rule: str,
+             detail: str | pd.Series | Callable[[pd.Index], pd.Series]) -> None:
+        """Mark rows under ``rule`` unless they already broke an earlier one.
+
+        ``detail`` is text, or a function that words it for the rows marked only (most
+        runs mark none of millions of rows: wording them all would dominate the check).
+        """
+        hit = np.asarray(mask, dtype=bool) & self._unflagged
+        if not hit.any():
+            return
+        self._unflagged &= ~hit
+        mask = pd.Series(hit, index=self.raw.index)
+        self.rule[mask] = rule
+        if callable(detail):
+            self.detail[mask] = detail(mask.index[mask])
+        elif isinstance(detail, pd.Series):
+            self.detail[mask] = detail[mask]
+        else:
+            self.detail[mask] = detail
+
+    @property
+    def ok(self) -> pd.Series:
+        """Rows that broke no rule so far."""
+        return pd.Series(self._unflagged.copy(), index=self.raw.index)
+
+
+def validate(
+    raw: Mapping[str, pd.DataFrame],
+    context: Context,
+    *,
+    codes_allowed: Mapping[tuple[str, str], tuple[str, ...]] = CODED_COLUMNS,
+    max_days_ahead: int = 366,
+) -> Outcome:
+    """Check the rows of each contract table in ``raw`` (raw values, any types)."""
+    checked = {name: _Checked(name, raw.get(name, pd.DataFrame())) for name in ORDER}
+    for c in checked.values():
+        _row_rules(c, codes_allowed)
+
+    clients, episodes = checked["clients"], checked["episodes"]
+    appts, measures, items = (checked["appointments"], checked["alliance_measures"],
+                              checked["alliance_items"])
+    client_ids = _with(context.client_ids, clients.raw["client_id"])
+    episode_ids = _with(context.episode_ids, episodes.raw["episode_id"])
+    measure_ids = _with(context.measure_ids, measures.raw["measure_id"])
+
+    _orphans(episodes, {"client_id": client_ids})
+    e = episodes.typed
+    episodes.flag(e["discharged_on"].notna() & (e["discharged_on"] < e["admitted_on"]),
+                  "discharge_before_admission", "discharged_on is before admitted_on")
+
+    _orphans(appts, {"episode_id": episode_ids, "client_id": client_ids})
+    # Admission dates of episodes that are valid now: those read in this run override
+    # the store's; a quarantined episode has no trusted date to compare with.
+    admitted = context.admitted_on[~context.admitted_on.index.isin(episodes.raw["episode_id"])]
+    good = episodes.ok
+    admitted = pd.concat([admitted, pd.Series(e.loc[good, "admitted_on"].to_numpy(),
+                                              index=episodes.raw.loc[good, "episode_id"])])
+    a = appts.typed
+    start = _lookup(admitted, appts.raw["episode_id"])
+    appts.flag(pd.to_datetime(start).notna() & (a["scheduled_at"] < pd.to_datetime(start)),
+               "before_admission",
+               lambda ix: "scheduled_at " + _txt(a["scheduled_at"], ix)
+               + " is before admission on " + pd.to_datetime(start.loc[ix]).dt.date.astype(str))
+    ahead = a["scheduled_at"] - a["updated_at"]
+    appts.flag(ahead > pd.Timedelta(days=max_days_ahead), "far_future",
+               lambda ix: "scheduled_at " + _txt(a["scheduled_at"], ix) + " is more than "
+               f"{max_days_ahead} days after the row was written")
+
+    _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
+    _orphans(items, {"measure_id": measure_ids})
+    _measure_rules(measures, items, context)
+
+    valid = {name: _valid_frame(c) for name, c in checked.items()}
+    rejects = pd.concat([_rejects(c) for c in checked.values()], ignore_index=True)
+    return Outcome(valid=valid, rejects=rejects,
+                   checked={name: c.raw for name, c in checked.items()},
+                   ok={name: c.ok for name, c in checked.items()})
+
+
+# --- row rules ----------------------------------------------------------------------
+
+
+def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
+    table, raw = c.table, c.raw
+    keys = KEYS[table]
+    key_present = raw[keys].notna().all(axis=1)
+    dup = _duplicated(raw, keys) & key_present
+
+    def sharing(ix: pd.Index) -> pd.Series:
+        shared = c.keys(ix)
+        return "rows sharing this key: " + shared.map(shared.value_counts()).astype(str)
+
+    c.flag(dup, "duplicate_key", sharing)
+    for col in REQUIRED[table]:
+        c.flag(raw[col].isna(), "missing_required", f"{col} is empty")
+    dates = contract.DATE_COLUMNS.get(table, ())
+    stamps = contract.TIMESTAMP_COLUMNS.get(table, ())
+    for col in (*dates, *stamps):
+        parsed = _parse_timestamps(raw[col])
+        if col in dates:
+            parsed = parsed.dt.normalize()
+        c.typed[col] = parsed
+        c.flag(raw[col].notna() & parsed.isna(), "malformed_date",
+               _said(f"{col} ", raw[col], " is not a date"))
+    for col in NUMBERS.get(table, ()):
+        parsed = pd.to_numeric(raw[col], errors="coerce").astype(float)
+        bad = raw[col].notna() & parsed.isna()
+        if col in INTEGERS.get(table, ()):
+            bad |= parsed.notna() & (parsed != np.floor(parsed))
+        c.typed[col] = parsed
+        c.flag(bad, "malformed_value",
+               _said(f"{col} ", raw[col], " is not a number"))
+    for col in BOOLEANS.get(table, ()):
+        parsed = raw[col].map(_bool_or_nan)
+        c.typed[col] = parsed
+        c.flag(raw[col].notna() & parsed.isna(), "malformed_value",
+               _said(f"{col} ", raw[col], " is not yes/no"))
+    for (t, col), allowed in codes_allowed.items():
+        if t != table:
+            continue
+        unknown = raw[col].notna() & ~raw[col].isin(allowed)
+        c.flag(unknown, "unknown_code",
+               _said(f"{col} ", raw[col], " is not a contract code"))
+
+
+def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
+    for col, present in parents.items():
+        missing = c.raw[col].notna() & (ids.positions(c.raw[col], present) < 0)
+        c.flag(missing, "orphan",
+               _said(f"{col} ", c.raw[col], " is not in the source"))
+
+
+def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> None:
+    """Ranges of totals, subscales and items; totals against items; items follow measures."""
+    m, raw = measures.typed, measures.raw
+    instrument = raw["instrument"]
+    srs = instrument.isin(["SRS", "GSRS"])
+    wai = instrument == "WAI-SR"
+    total = m["score_total"]
+    measures.flag(srs & total.notna() & ((total < 0) | (total > 40)), "srs_total_out_of_range",
+                  lambda ix: "score_total " + _txt(total, ix) + " is outside 0-40")
+    measures.flag(wai & total.notna() & ((total < 12) | (total > 60)), "wai_total_out_of_range",
+                  lambda ix: "score_total " + _txt(total, ix) + " is outside 12-60")
+    for scale in ("goal", "task", "bond"):
+        v = m[scale]
+        measures.flag(wai & v.notna() & ((v < 1) | (v > 5)), "wai_subscale_out_of_range",
+                      _said(f"{scale} ", v, " is outside 1-5"))
+
+    # Items: their measure's instrument decides the item numbers and range.
+    # The measure read in this run (its first row) decides, else the one the store holds.
+    # ``at``: each item's measure row among those read (-1 if not read), found once and
+    # used by every per-measure rule below.
+    at = ids.positions(items.raw["measure_id"], raw["measure_id"])
+    read = at >= 0
+    # Taken from the measures' own array (a categorical stays one: no Python object
+    # per item of millions).
+    item_instrument = pd.Series(instrument.array.take(np.maximum(at, 0)),
+                                index=items.raw.index).where(read)
+    if not read.all() and len(context.instruments):
+        stored = _lookup(context.instruments, items.raw.loc[~read, "measure_id"])
+        item_instrument = item_instrument.astype(object)
+        item_instrument[~read] = stored
+    number, response = items.typed["item_number"], items.typed["response"]
+    i_srs = item_instrument.isin(["SRS", "GSRS"])
+    i_wai = item_instrument == "WAI-SR"
+    valid_number = (i_srs & number.isin(list(SRS_ITEMS))) | (
+        i_wai & number.isin(list(range(1, WAI_SR_N_ITEMS + 1)))) | ~(i_srs | i_wai)
+    items.flag(number.notna() & ~valid_number, "unknown_item",
+               lambda ix: "item_number " + _txt(number, ix) + " is not an item of "
+               + _txt(item_instrument, ix))
+    items.flag(i_srs & response.notna() & ((response < 0) | (response > 10)),
+               "srs_item_out_of_range",
+               lambda ix: "response " + _txt(response, ix) + " is outside 0-10")
+    items.flag(i_wai & response.notna() & ((response < 1) | (response > 5)),
+               "wai_item_out_of_range",
+               lambda ix: "response " + _txt(response, ix) + " is outside 1-5")
+
+    # A measure breaks the first rule any of its items broke.
+    flagged = ~items.ok
+    bad_items = items.raw.loc[flagged & items.rule.where(flagged).isin(
+        ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range"])]
+    if len(bad_items):
+        first = pd.DataFrame({
+            "measure_id": bad_items["measure_id"],
+            "rule": items.rule[bad_items.index],
+            "detail": "item " + bad_items["item_number"].astype(str) + ": "
+                      + items.detail[bad_items.index].astype(str),
+        }).drop_duplicates("measure_id")
+        first = first.set_index("measure_id")
+        hit = _lookup(first["rule"], raw["measure_id"])
+        for rule in first["rule"].unique():
+            measures.flag(hit == rule, str(rule),
+                          lambda ix: _lookup(first["detail"], raw.loc[ix, "measure_id"]))
+
+    # Totals and subscales against complete, valid item sets: sums and counts per
+    # measure row over the items' positions (millions of items, no grouping of text
+    # keys). A measure id read twice sums on its first row; both rows are quarantined
+    # as duplicates already.
+    ok = items.ok.to_numpy()
+    if ok.any():
+        def per_measure(use: np.ndarray, weights: np.ndarray | None = None) -> pd.Series:
+            """Per measure row: the count (or sum of ``weights``) of its items in ``use``."""
+            use = use & read
+            sums = np.bincount(at[use], minlength=len(raw),
+                               weights=None if weights is None else weights[use])
+            return pd.Series(sums, index=raw.index)
+
+        responses = response.to_numpy(dtype=float)
+        have = per_measure(ok)
+        summed = per_measure(ok, responses)
+        complete = (srs & (have == len(SRS_ITEMS))) | (wai & (have == WAI_SR_N_ITEMS))
+        off = complete & total.notna() & ((total - summed).abs() > TOTAL_TOLERANCE)
+        measures.flag(off, "total_disagrees_with_items",
+                      lambda ix: "score_total " + _txt(total, ix) + " but items sum to "
+                      + _txt(summed.round(2), ix))
+        numbers = number.to_numpy(dtype=float)
+        for scale, key in WAI_SR_KEY.items():
+            in_scale = ok & np.isin(numbers, list(key))
+            # The mean of the scale's items, only where all of them are there.
+            mean = (per_measure(in_scale, responses) / len(key)).where(
+                per_measure(in_scale) == len(key))
+            v = m[scale]
+            off = wai & complete & v.notna() & mean.notna()
+            off &= (v - mean).abs() > SUBSCALE_TOLERANCE
+            if off.any():
+                measures.flag(off, "total_disagrees_with_items",
+                              f"{scale} " + v.astype(str) + " but its items average "
+                              + mean.round(2).astype(str))
+
+    # Items of a quarantined measure go with it.
+    # (A measure id read twice is quarantined on both rows, so its first row tells.)
+    items.flag(read & ~measures.ok.to_numpy()[np.maximum(at, 0)], "measure_quarantined",
+               lambda ix: "measure " + _txt(items.raw["measure_id"], ix) + " is quarantined")
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _with(known: pd.Index, read: pd.Series) -> pd.Index:
+    """Ids the store holds together with those read (just those read on a full reload)."""
+    read_ids = pd.Index(read.dropna())
+    return read_ids if known.empty else known.union(read_ids)
+
+
+def _duplicated(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Rows whose key another row shares: text ids by sorting, others on integer codes."""
+    if len(keys) == 1:
+        shared = _shared_text(raw[keys[0]])
+        if shared is not None:
+            return pd.Series(shared, index=raw.index)
+    codes = [_codes(raw[k]) for k in keys]
+    if len(codes) == 1:
+        (code,) = codes
+        counts = np.bincount(code[code >= 0], minlength=int(code.max(initial=0)) + 1)
+        return pd.Series((code >= 0) & (counts[np.maximum(code, 0)] > 1), index=raw.index)
+    if math.prod(int(part.max(initial=0)) + 2 for part in codes) >= 2**62:
+        return raw.duplicated(subset=keys, keep=False)  # codes too many to pack in one int
+    combined = np.zeros(len(raw), dtype=np.int64)
+    for part in codes:
+        combined = combined * (int(part.max(initial=0)) + 2) + (part + 1)
+    if bool(np.all(combined[1:] > combined[:-1])):
+        return pd.Series(False, index=raw.index)
+    # Neighbours after a stable sort (cheap when the source sends rows in key order).
+    order = np.argsort(combined, kind="stable")
+    return pd.Series(_shared_neighbours(combined[order][1:] == combined[order][:-1], order),
+                     index=raw.index)
+
+
+# Out-of-order neighbours, as a share of rows, up to which text ids are sorted to find
+# those shared; beyond it hashing them (``_codes``) costs no more than sorting.
+NEARLY_SORTED = 0.01
+
+
+def _shared_text(values: pd.Series) -> np.ndarray | None:
+    """Which text ids another row shares; None for ids that are not text, or far from order.
+
+    A source usually sends rows in key order, or nearly: in the order of its table's
+    storage, where rows updated or written late sit out of place. Ids that strictly
+    increase are unique, which one comparison of neighbours shows (0.02 s for 5.5
+    million slot ids); a few out of place are sorted in 0.5 s, where coding them by
+    hash takes 1.2-2.6 s. Missing ids share nothing.
+    """
+    array = _text_array(values)
+    if array is None:
+        return None
+    n = len(array)
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    in_order = pc.less(array.slice(0, n - 1), array.slice(1)).fill_null(False)
+    out_of_order = n - 1 - int(pc.sum(in_order).as_py() or 0)
+    if out_of_order == 0 and array.null_count == 0:
+        return np.zeros(n, dtype=bool)
+    if out_of_order > NEARLY_SORTED * n:
+        return None
+    order = pc.sort_indices(array)  # missing ids last; equal to nothing
+    ordered = array.take(order)
+    same = pc.equal(ordered.slice(1), ordered.slice(0, n - 1)).fill_null(False)
+    return _shared_neighbours(np.asarray(same), np.asarray(order))
+
+
+def _shared_neighbours(same: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows equal to a neighbour in ``order``, given ``same`` for each pair of neighbours."""
+    shared = np.zeros(len(order), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    out = np.empty(len(order), dtype=bool)
+    out[order] = shared
+    return out
+
+
+def _text_array(values: pd.Series) -> pa.Array | None:
+    """Text values as one Arrow array (string or, as pandas 3 keeps it, large_string)."""
+    if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
+        return None
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    return array
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    """Dense integer codes of the values (-1 for missing)."""
+    return np.asarray(pd.factorize(values)[0], dtype=np.int64)
+
+
+def _lookup(mapping: pd.Series, keys: pd.Series) -> pd.Series:
+    """``mapping[key]`` for each key (missing where absent), whatever the keys' dtype."""
+    at = ids.positions(keys, mapping.index)
+    spread = pd.api.extensions.take(mapping.to_numpy(), at, allow_fill=True)
+    return pd.Series(spread, index=keys.index)
+
+
+def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], pd.Series]:
+    """A detail worded, when needed, for the rows marked: prefix, their value, suffix."""
+    return lambda ix: prefix + _txt(values, ix) + suffix
+
+
+def _txt(values: pd.Series, ix: pd.Index, width: int = 40) -> pd.Series:
+    """Values of the rows ``ix`` as short text, for a quarantine detail."""
+    return values.loc[ix].astype(str).str.slice(0, width)
+
+
+def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
+    """The row's key as text; items join measure and item number with '|'."""
+    keys = KEYS[table]
+    if len(keys) == 1:
+        key = raw[keys[0]].astype(object)
+    else:
+        number = pd.to_numeric(raw["item_number"], errors="coerce")
+        whole = number.notna() & (number == np.floor(number))
+        # Whole numbers as integers ("3", not "3.0"); anything else as it came.
+        shown = raw["item_number"].astype(str).astype(object)
+        shown[whole] = number[whole].astype("int64").astype(str).astype(object)
+        key = raw["measure_id"].astype(str).astype(object) + "|" + shown
+        key = key.where(raw[keys].notna().all(axis=1), None)
+    missing = key.isna()
+    if missing.any():
+        key = key.copy()
+        key[missing] = [
+            "no key " + hashlib.sha1(_row_json(r).encode()).hexdigest()[:12]
+            for r in raw.loc[missing].to_dict("records")
+        ]
+    return key.astype(str)
+
+
+def _parse_timestamps(values: pd.Series) -> pd.Series:
+    if values.isna().all():
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    return pd.to_datetime(values, format="ISO8601", errors="coerce").astype("datetime64[ns]")
+
+
+def _bool_or_nan(value: Any) -> Any:
+    if value is None:
+        return np.nan
+    if isinstance(value, str):
+        parsed = bool_from_text(value)
+        return np.nan if parsed is None else parsed
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        return bool(value)
+    return np.nan
+
+
+def _valid_frame(c: _Checked) -> pd.DataFrame:
+    """The rows that passed, typed as the contract types them (dates as midnight)."""
+    ok = c.ok
+    every = bool(ok.all())
+    out = c.raw.copy(deep=False) if every else c.raw.loc[ok].copy()
+    for col in c.typed.columns:
+        out[col] = c.typed[col] if every else c.typed.loc[ok, col]
+    for col in INTEGERS.get(c.table, ()):
+        out[col] = out[col].astype("Int64")
+    for col in BOOLEANS.get(c.table, ()):
+        out[col] = out[col].astype(bool)
+    return out.reset_index(drop=True)
+
+
+def _rejects(c: _Checked) -> pd.DataFrame:
+    bad = ~c.ok
+    if not bad.any():
+        return pd.DataFrame(columns=REJECT_COLUMNS)
+    rows = c.raw.loc[bad]
+    frame = pd.DataFrame({
+        "row_key": c.keys(rows.index).to_numpy(),
+        "rule": c.rule[bad].to_numpy(),
+        "detail": c.detail[bad].astype(str).to_numpy(),
+        "row": [_row_json(r) for r in rows.to_dict("records")],
+    })
+    # One entry per key: duplicates keep every row, the first rule by rule order.
+    rank = frame["rule"].map({r: i for i, r in enumerate(RULES)})
+    frame = frame.assign(rank=rank).sort_values(["row_key", "rank", "row"])
+    grouped = frame.groupby("row_key", sort=True)
+    out = grouped.agg(rule=("rule", "first"), detail=("detail", "first"),
+                      rows=("row", list), n_rows=("row", "size")).reset_index()
+    out["rows_json"] = out["rows"].map(lambda rs: "[" + ", ".join(rs) + "]")
+    out["table_name"] = c.table
+    out["detail"] = out["detail"].str.slice(0, 500)
+    return out[REJECT_COLUMNS]
+
+
+def _row_json(row: Mapping[Any, Any]) -> str:
+    return json.dumps({str(k): _text(v) for k, v in row.items()}, sort_keys=True)
+
+
+def _text(value: Any) -> str | None:
+    """A raw value as the text it would have come as (None for missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp | datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def rows_from_json(rows_json: str) -> list[dict[str, Any]]:
+    """The raw rows a quarantine entry holds."""
+    return list(json.loads(rows_json))

@@ -1,0 +1,1 @@
+"""The model: booster and calibration, training, versions on disk, the registry, drift."""

@@ -1,0 +1,1 @@
+"""The service's own database: tables, migrations, the clinic copy, runs and lists."""
