@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-26
 
 Issue 4 (retention/drift.py): written by every scoring run beside its published list;
-read by ``retention.drift.latest_drift`` for the API and monitoring.
+read by ``retention.store.lists.latest_drift`` for the API and monitoring.
 """
 
 from __future__ import annotations
