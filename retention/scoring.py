@@ -79,8 +79,7 @@ def inputs_digest(
         "settings": [dict(settings.tiers), settings.max_reasons, settings.engaged_within_days,
                      settings.etl.reasons_top_n, settings.etl.reasons_per_caseload],
         "copy_version": copy_version(connection),
-        # Hashed by dtype, not as text: formatting every float as a string took 8 times
-        # as long as the hash itself.
+        # Hashed by dtype, not as text: formatting every float costs far more than the hash.
         "features": hashlib.sha256(pd.util.hash_pandas_object(
             features, index=True).to_numpy().tobytes()).hexdigest(),
     }
@@ -99,10 +98,10 @@ def score_rows(
 ) -> list[dict[str, Any]]:
     """The published rows: ranked risk, one per open episode, reasons for the top of the list.
 
-    Per-feature contributions cost about a hundred predictions, and wording a
-    reason reads the client's rows (about 0.6 ms an episode): both are done where a
-    case manager reads them, the ``reasons_top_n`` highest-ranked rows and the
-    ``reasons_per_caseload`` highest of each case manager's caseload (``[etl]``).
+    Per-feature contributions cost far more than a prediction, and wording a reason
+    reads the client's rows: both are done where a case manager reads them, the
+    ``reasons_top_n`` highest-ranked rows and the ``reasons_per_caseload`` highest of
+    each case manager's caseload (``[etl]``).
     Every row carries its raw score and the model's expected value.
     """
     etl = settings.etl
@@ -128,8 +127,7 @@ def score_rows(
     slots = past_slots(data.appointments, index, as_of)
     attended = slots.loc[slots["status"] == "attended"]
     ahead = booked_ahead(data.appointments, index, as_of)
-    # Plain lists for the loop below: a label or position lookup per row costs more
-    # than the row itself at 20,000 rows.
+    # Plain lists for the loop below: a label or position lookup per row costs more than the row.
     last_attended = list(attended.groupby("episode_id")["scheduled_at"].max().reindex(index))
     next_booked = list(ahead.groupby("episode_id")["scheduled_at"].min().reindex(index))
     program = [str(p) for p in data.episodes.set_index("episode_id")["program"].reindex(index)]
@@ -170,7 +168,7 @@ def score_rows(
             "next_booked_at": None if pd.isna(nxt) else nxt.to_pydatetime(),
             "model_version": model.version,
             "run_id": run_id,
-            "reasons_json": orjson.dumps(payload).decode(),  # 1 µs a row with reasons, json 16
+            "reasons_json": orjson.dumps(payload).decode(),  # orjson: json is far slower
         })
     return rows
 
@@ -203,9 +201,8 @@ def explain_rows(
     """Reasons for each row of ``features``; large batches are split over ``workers`` processes.
 
     Each episode's reasons depend only on its own rows, so the split cannot change them.
-    Wording costs about 0.6 ms an episode; each worker is a fork and its own pass over
-    the clinic copy. On 2 cores the nightly's 800 episodes took 0.48 s in one process
-    and 0.51 s in two, 2,085 episodes 1.18 s and 1.06 s: hence 1,000 rows a worker.
+    Each worker is a fork and its own pass over the clinic copy, which pays off only for
+    large batches: hence ``min_rows_per_worker`` (docs/performance.md).
     """
     ids = [str(i) for i in features.index]
     workers = min(workers, len(ids) // max(1, min_rows_per_worker))

@@ -42,9 +42,7 @@ CHUNK_ROWS = 20_000
 # A load this large builds its indexes once, after the rows: a first load into the
 # table, or a whole-table sync rebuilt beside it (the weekly full reload).
 REBUILD_INDEXES_ROWS = 100_000
-# Memory for each index build of a rebuilt table, so the largest (13.8 million item
-# keys at 100,000 clients) sorts in memory rather than in passes on disk; two builds
-# run at once, so the store's server needs twice this free during a full reload.
+# Sort memory per index build, enough for the items' key; two builds at once need twice this free.
 BUILD_SORT_MEMORY = "1GB"
 _PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -310,8 +308,7 @@ def _beside_statements(connection: Connection, table: Table) -> tuple[list[str],
     create = [f'DROP TABLE IF EXISTS "{after}"',
               f'CREATE TABLE "{after}" (LIKE "{name}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)']
     index = [f"SET LOCAL maintenance_work_mem = '{BUILD_SORT_MEMORY}'",
-             # The builders already run one per core: a parallel sort inside one of them
-             # only takes the other's core (13.8 million item keys: 12.0 s -> 8.9 s).
+             # The builders already run one per core: a parallel sort only takes the other's.
              "SET LOCAL max_parallel_maintenance_workers = 0"]
     for name_of_index, definition, constraint, constraint_definition in _indexes(connection, name):
         if constraint:
@@ -331,7 +328,7 @@ def build_beside_in_parallel(
     COPY and index builds are the database's work, one core per connection: on two
     cores two tables build in about the time of one. The builders' connections are
     ADBC's, whose binary COPY from Arrow columns runs without the GIL and spares the
-    server parsing text (a third of the time of the CSV path for 5.5 million slots).
+    server parsing text, much faster than the CSV path (docs/performance.md).
     Nothing is visible under the tables' own names until ``swap_in`` runs in the
     caller's transaction; if a build fails, every ``__next`` table is dropped and the
     error raised. Tables a foreign key refers to are left out. Returns the tables built,
@@ -418,8 +415,7 @@ def swap_in(connection: Connection, table: Table, rows: int | None = None) -> in
 
     Returns the rows inserted, updated or deleted, counted in one join as an upsert
     would have (every table in the copy has a primary key). ``rows``, what the builder
-    wrote, spares counting them again when the table was empty (a first load: 1.4 s
-    for 22 million rows).
+    wrote, spares counting them again when the table was empty (a first load).
     """
     name, after = table.name, f"{table.name}__next"
     keys = [c.name for c in table.primary_key.columns]
@@ -433,9 +429,7 @@ def swap_in(connection: Connection, table: Table, rows: int | None = None) -> in
         if values:
             differs.append(f"({', '.join(f'n.{c}' for c in values)}) IS DISTINCT FROM "
                            f"({', '.join(f'o.{c}' for c in values)})")
-        # Merged along both primary keys, not hashed: the planner's hash join spills
-        # millions of rows to disk in batches (13.8 million items: 7.1-9.9 s, merged
-        # 5.5 s). The setting is put back for the rest of the caller's transaction.
+        # Merged along both keys, not hashed (the hash join spills to disk); RESET puts it back.
         connection.execute(text("SET LOCAL enable_hashjoin = off"))
         changed = int(connection.execute(text(
             f'SELECT count(*) FROM "{after}" n FULL JOIN "{name}" o ON {match} '

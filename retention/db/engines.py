@@ -89,9 +89,7 @@ def _engine(url: str, application_name: str | None = None) -> Engine:
     return create_engine(url)
 
 
-# A pooled connection used this recently is taken as alive: pinging on every checkout
-# (``pool_pre_ping``) was a sixth of an API list request's cost. One idle longer is
-# pinged, so a database restart overnight costs no request an error.
+# Pinged only when idle this long: a ping per checkout was costly; a restart still costs no error.
 IDLE_PING_SECONDS = 10.0
 
 

@@ -1,7 +1,7 @@
 """PostgreSQL to and from Arrow with ADBC: binary COPY, encoded and parsed in C++.
 
-The CSV path (``pg_copy``) hands every row to Python once, as a COPY message (about
-a microsecond a row: 20 s of a full read at 100,000 clients), then parses text.
+The CSV path (``pg_copy``) hands every row to Python once, as a COPY message, then
+parses text.
 ADBC's PostgreSQL driver reads ``COPY ... TO STDOUT (FORMAT binary)`` into Arrow
 columns, and writes them back by binary COPY, without Python per row and without
 the GIL, so several connections work side by side. Its connections are its own

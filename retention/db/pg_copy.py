@@ -51,8 +51,7 @@ def _copied_out(connection: psycopg.Connection[Any], statement: str) -> io.Bytes
     """The bytes of a COPY TO STDOUT, read with libpq's own blocking loop.
 
     PostgreSQL sends one message per row. psycopg's ``Copy.read`` goes through its
-    wait machinery for each (about 1.5 microseconds a row, a third of a full
-    reload's extract at 100,000 clients); ``PQgetCopyData`` in blocking mode through
+    wait machinery for each; ``PQgetCopyData`` in blocking mode through
     ``psycopg.pq`` costs a fraction of that. The statement runs in the connection's
     transaction, like any other.
     """
@@ -89,11 +88,10 @@ def frame_from_arrow(table: pa.Table, columns: Sequence[str], kinds: Mapping[str
 
     With ``owned`` no column shares ``table``'s memory. Columns imported from ADBC
     (the Arrow C data interface) release their memory only together, per batch: one
-    text column kept as it is would keep every other column of the table alive too
-    (1.5 GB at 100,000 clients). Only text kept as Arrow is copied for that: a frame
-    made from a dict copies NumPy columns into its own blocks anyway, and categories
-    and parsed columns are built in fresh memory (a second copy of every column cost
-    the readers 1.8 s of CPU in a full extract at 100,000 clients, about 0.5 s of its time).
+    text column kept as it is would keep every other column of the table alive too.
+    Only text kept as Arrow is copied for that: a frame made from a dict copies NumPy
+    columns into its own blocks anyway, and categories and parsed columns are built in
+    fresh memory (a second copy of every column would cost the readers CPU time).
     """
     return pd.DataFrame({c: _typed(table.column(i), kinds.get(c, "object"), owned)
                          for i, c in enumerate(columns)})

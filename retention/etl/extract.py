@@ -3,7 +3,7 @@
 Every table is read in one read-only, repeatable-read transaction, so an
 appointment and its episode come from the same moment of a database that other
 systems write to all day. Values are returned as the database gives them (text
-on PostgreSQL, where COPY moves them); ``retention.validation`` types and checks
+on PostgreSQL, where COPY moves them); ``retention.etl.validation`` types and checks
 them. Nothing here writes.
 """
 
@@ -147,8 +147,7 @@ def _give_back_memory() -> None:
 
     Arrow's pool and the C library keep freed memory for reuse, but the checks
     allocate through NumPy, which cannot reuse Arrow's pool, and the readers' threads
-    freed into allocator arenas of their own: 0.7 GB of the full read's peak at
-    100,000 clients.
+    freed into allocator arenas of their own, which would otherwise stay in the peak.
     """
     pa.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim

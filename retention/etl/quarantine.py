@@ -1,6 +1,6 @@
 """Reading the quarantine: what is held back from the copy, by table and rule.
 
-Rows are written by the ETL (``pipelines/etl.py``); here they are summarised for
+Rows are written by the ETL (``retention.etl.load.apply``); here they are summarised for
 `retention quality`. Reports show keys and counts, never row values: quarantined
 rows are clinic data like any other.
 """

@@ -2,7 +2,7 @@
 
 One call gathers the evaluation against baselines (and the current model if
 there is one), the subgroup report, and the top features, in one JSON-ready
-dict that is saved with the version and rendered by ``retention.report``.
+dict that is saved with the version and rendered by ``retention.evaluation.report``.
 """
 
 from __future__ import annotations

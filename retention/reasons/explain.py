@@ -38,8 +38,8 @@ class Reason:
     measure_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values (what ``asdict`` gives, without its deep copy:
-        a third of the scoring loop's time; the evidence lists are copied)."""
+        """The fields as plain JSON values (what ``asdict`` gives, without its deep copy,
+        which is costly in the scoring loop; the evidence lists are copied)."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
                 for f in fields(self)}
 

@@ -45,7 +45,7 @@ Phraser = Callable[[History, str, bool], Phrase]
 def day_text(ts: Any) -> str:
     """A date as a case manager writes it: '3 Mar'."""
     d = pd.Timestamp(ts)
-    # The month as '%b' writes it; formatting the Timestamp itself costs twice as much.
+    # The month as '%b' writes it; formatting the Timestamp itself is slower.
     return f"{d.day} {calendar.month_abbr[d.month]}"
 
 
