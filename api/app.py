@@ -1,11 +1,13 @@
-"""The application factory."""
+"""The application factory: a list of small named steps, nothing configured at import."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from retention.api import fhir, openapi, operations, routes
 from retention.api.auth import register_request_ids
@@ -13,18 +15,23 @@ from retention.api.cache import ReadCache
 from retention.api.connections import RequestConnections
 from retention.api.errors import register_errorhandlers
 from retention.api.fastpath import register_fast_path
-from retention.api.metrics import register_metrics
+from retention.api.metrics import RequestMetrics, register_metrics
 from retention.api.ratelimit import build_limiter
+from retention.api.services import Services, install
 from retention.api.web import register_web
+from retention.clock import Clock, SystemClock
 from retention.db.engines import store_engine
 from retention.settings import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
-    """Build the API: settings from the entry point (or the config file), engines per app.
+def create_app(settings: Settings | None = None, clock: Clock | None = None,
+               environ: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
+    """Build the API and the pages: settings and clock from the entry point, engines per app.
 
-    ``overrides`` go into ``app.config`` last, so tests can set TESTING or a
-    clock without patching globals.
+    ``overrides`` go into ``app.config`` last, so tests can set TESTING without
+    patching globals; they hand in a fixed ``clock`` the same way. ``environ``
+    (default: the process's) holds the pages' session secret and the metrics
+    directory gunicorn sets.
     """
     app = Flask(__name__)
     # "//" must not redirect: an empty client id is a 404 like any other unknown one.
@@ -32,30 +39,36 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     settings = settings or load_settings()
+    environ = os.environ if environ is None else environ
     app.config.update(overrides)
-    register_extensions(app, settings)
+    register_services(app, settings, clock or SystemClock())
     register_request_ids(app)
-    register_metrics(app)
+    register_metrics(app, environ.get("PROMETHEUS_MULTIPROC_DIR"))
     register_blueprints(app)
     # The case managers' pages; their session secret comes from the config or environment.
-    register_web(app, os.environ)
+    register_web(app, environ)
     register_errorhandlers(app)
     register_fast_path(app)
     return app
 
 
-def register_extensions(app: Flask, settings: Settings) -> None:
-    """Engines, request connections, the rate-limit counter and the read cache: per app,
-    so per worker after fork."""
+def register_services(app: Flask, settings: Settings, clock: Clock) -> None:
+    """Engines, request connections, the rate limiter, the read cache and the metrics
+    registry: per app, so per worker after fork."""
     engine = store_engine(settings.store_url)
-    app.extensions["retention"] = {
-        "settings": settings,
-        "store": engine,
-        "connections": RequestConnections(engine),
-        "limiter": build_limiter(settings.api_rate_limit_storage,
-                                 settings.api_rate_limit_per_minute),
-        "cache": ReadCache(),
-    }
+    registry = CollectorRegistry()
+    install(app, Services(
+        settings=settings,
+        clock=clock,
+        store=engine,
+        connections=RequestConnections(engine),
+        limiter=build_limiter(settings.api_rate_limit_storage,
+                              settings.api_rate_limit_per_minute,
+                              lambda: clock.now().timestamp()),
+        cache=ReadCache(),
+        metrics=registry,
+        request_metrics=RequestMetrics(registry),
+    ))
 
 
 def register_blueprints(app: Flask) -> None:

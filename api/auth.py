@@ -23,18 +23,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, request
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from retention.access.audit import AuditRecord, Condition, key_still_valid, write_audit
+from retention.access.audit import Condition, audit_record, key_still_valid, write_audit
 from retention.access.keys import Caller, authenticate, key_id_of, token_digest
 from retention.access.scope import still_published
 from retention.api.cache import ReadCache
-from retention.api.connections import RequestConnections
 from retention.api.errors import Problem
-from retention.api.ratelimit import RateLimiter, Verdict
+from retention.api.ratelimit import Verdict
+from retention.api.services import begin_request, services, state, state_or_none
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +79,21 @@ def register_request_ids(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         handed = handover()
-        g.request_id = (handed.request_id if handed is not None
-                        else request_id(request.environ.get("HTTP_X_REQUEST_ID", "")))
+        begin_request(handed.request_id if handed is not None
+                      else request_id(request.environ.get("HTTP_X_REQUEST_ID", "")))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
+        current = state_or_none()
+        response.headers["X-Request-ID"] = current.request_id if current is not None else ""
         return response
 
     @app.teardown_request
     def release_connection(_exc: BaseException | None) -> None:
-        conn: Connection | None = g.pop("db", None)
-        if conn is not None:
-            _connections().release(conn)
+        current = state_or_none()
+        if current is not None and current.db is not None:
+            conn, current.db = current.db, None
+            services().connections.release(conn)
 
 
 def connection() -> Connection:
@@ -101,15 +103,10 @@ def connection() -> Connection:
     round trips, and the audit INSERT is durable when it returns. SQLite's engine
     emits its own BEGIN, so there the audit commits explicitly.
     """
-    conn: Connection | None = g.get("db")
-    if conn is None:
-        conn = g.db = _connections().acquire()
-    return conn
-
-
-def _connections() -> RequestConnections:
-    found: RequestConnections = current_app.extensions["retention"]["connections"]
-    return found
+    current = state()
+    if current.db is None:
+        current.db = services().connections.acquire()
+    return current.db
 
 
 class StaleClaim(Exception):
@@ -117,31 +114,30 @@ class StaleClaim(Exception):
 
 
 def read_cache() -> ReadCache:
-    found: ReadCache = current_app.extensions["retention"]["cache"]
-    return found
+    return services().cache
 
 
 def claim_publication(pub: dict[str, Any], latest: bool) -> None:
     """The response is built from ``pub``: the audit record is written only while it is served."""
-    g.publication_claim = (pub, latest)
+    state().publication_claim = (pub, latest)
 
 
 def caller() -> Caller:
     """The authenticated caller of the current request (only inside ``@requires`` views)."""
-    found: Caller = g.caller
+    found = state().caller
+    assert found is not None, "caller() outside a @requires view"
     return found
 
 
 def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
           after_error: bool = False) -> None:
     """Append the audit record for this request, committed before any response leaves."""
-    who: Caller | None = g.get("caller")
-    record = AuditRecord(
-        action=action, outcome=outcome, status=status, request_id=g.request_id,
-        key_id=who.key_id if who else g.get("claimed_key_id"),
-        role=who.role if who else None, client_ids=tuple(client_ids),
-        source=(request.remote_addr or "")[:64] or None,
-    )
+    current = state()
+    who = current.caller
+    record = audit_record(action, outcome, status, request_id=current.request_id,
+                          remote_addr=request.remote_addr, caller=who,
+                          key_id=current.claimed_key_id, client_ids=client_ids,
+                          at=services().clock.now())
     try:
         conn = connection()
         if after_error:  # a failed statement may have left the transaction aborted
@@ -149,7 +145,7 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
         written = write_audit(conn, record, _claims(who))
         conn.commit()
     except SQLAlchemyError:
-        raise audit_unavailable(g.request_id, action) from None
+        raise audit_unavailable(current.request_id, action) from None
     if not written:
         raise StaleClaim
 
@@ -165,11 +161,12 @@ def audit_unavailable(request_id: str, action: str) -> Problem:
 
 def _claims(who: Caller | None) -> list[Condition]:
     """What must still hold when the record is written for the response to go out."""
+    current = state()
     conditions = []
-    if who is not None:
-        conditions.append(key_still_valid(who.key_id, g.token_digest))
-    if g.get("publication_claim") is not None:
-        conditions.append(still_published(*g.publication_claim))
+    if who is not None and current.token_digest is not None:
+        conditions.append(key_still_valid(who.key_id, current.token_digest))
+    if current.publication_claim is not None:
+        conditions.append(still_published(*current.publication_claim))
     return conditions
 
 
@@ -188,18 +185,19 @@ def _authenticate(action: str) -> Caller:
         raise _unauthorised(deny(action, 401, "unauthenticated",
                                  "send an API key as 'Authorization: Bearer <key>'",
                                  "Authentication required"))
-    g.claimed_key_id = key_id_of(token)
-    g.token_digest = token_digest(token)
-    found = read_cache().callers.get(g.token_digest)
+    current = state()
+    current.claimed_key_id = key_id_of(token)
+    digest = current.token_digest = token_digest(token)
+    found = read_cache().callers.get(digest)
     if found is None:
         try:
             found = authenticate(connection(), token)
         except SQLAlchemyError:
-            log.error("key lookup failed for request %s", g.request_id)
+            log.error("key lookup failed for request %s", current.request_id)
             raise Problem(503, "the key store cannot be read; retry later",
                           "Authentication unavailable") from None
         if found is not None:
-            read_cache().callers.put(g.token_digest, found)
+            read_cache().callers.put(digest, found)
     if found is None:
         raise _unauthorised(deny(action, 401, "unauthenticated",
                                  "the API key is not valid or has been revoked",
@@ -213,7 +211,7 @@ def _unauthorised(problem: Problem) -> Problem:
 
 
 def _rate_limit(who: Caller, action: str) -> None:
-    limiter: RateLimiter = current_app.extensions["retention"]["limiter"]
+    limiter = services().limiter
     handed = handover()
     try:
         if handed is not None and handed.rate_limit is not None:
@@ -224,7 +222,7 @@ def _rate_limit(who: Caller, action: str) -> None:
         else:
             verdict = limiter.check(who.key_id)
     except Exception:  # the counter store is down: fail closed, say so
-        log.error("rate-limit store unavailable for request %s", g.request_id)
+        log.error("rate-limit store unavailable for request %s", state().request_id)
         raise Problem(503, "the rate-limit store cannot be reached; retry later",
                       "Rate limiting unavailable") from None
     if not verdict.allowed:
@@ -237,8 +235,9 @@ def _rate_limit(who: Caller, action: str) -> None:
 
 def returning(client_ids: Iterable[str], outcome: str = "ok") -> None:
     """Tell the audit which client ids this request returns (or was refused)."""
-    g.audit_client_ids = tuple(client_ids)
-    g.audit_outcome = outcome
+    current = state()
+    current.audit_client_ids = tuple(client_ids)
+    current.audit_outcome = outcome
 
 
 def requires(permission: str, action: str) -> Callable[[F], F]:
@@ -263,7 +262,7 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
             except StaleClaim:
                 # Revoked or replaced between this request's own reads and its audit write.
                 _forget_claims()
-                g.caller = _authenticate(action)  # a revoked key: 401, audited
+                state().caller = _authenticate(action)  # a revoked key: 401, audited
                 raise deny(action, 503, "error", "the list was replaced while this request "
                            "read it; retry", "List changed") from None
 
@@ -275,7 +274,8 @@ def requires(permission: str, action: str) -> Callable[[F], F]:
 def _serve(view: Callable[..., Any], permission: str, action: str, args: Any,
            kwargs: Any) -> Any:
     who = _authenticate(action)
-    g.caller = who
+    current = state()
+    current.caller = who
     _rate_limit(who, action)
     if not _permitted(who, permission):
         raise deny(action, 403, "forbidden",
@@ -284,21 +284,23 @@ def _serve(view: Callable[..., Any], permission: str, action: str, args: Any,
         result = view(*args, **kwargs)
     except HTTPException as exc:
         status = exc.code or 500
-        audit(action, g.get("audit_outcome") or _outcome(status), status,
-              g.get("audit_client_ids", ()), after_error=True)
+        audit(action, current.audit_outcome or _outcome(status), status,
+              current.audit_client_ids, after_error=True)
         raise
     except Exception:
-        audit(action, "error", 500, g.get("audit_client_ids", ()), after_error=True)
+        audit(action, "error", 500, current.audit_client_ids, after_error=True)
         raise
-    audit(action, g.get("audit_outcome") or "ok", 200, g.get("audit_client_ids", ()))
+    audit(action, current.audit_outcome or "ok", 200, current.audit_client_ids)
     return result
 
 
 def _forget_claims() -> None:
     """Drop what turned out stale, in the cache and in this request's state."""
-    forget_claims(read_cache(), g.token_digest)
-    for name in ("caller", "publication_claim", "audit_client_ids", "audit_outcome"):
-        g.pop(name, None)
+    current = state()
+    if current.token_digest is not None:
+        forget_claims(read_cache(), current.token_digest)
+    current.caller = current.publication_claim = current.audit_outcome = None
+    current.audit_client_ids = ()
 
 
 def forget_claims(cache: ReadCache, token_digest: str) -> None:

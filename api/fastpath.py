@@ -8,7 +8,7 @@ context, routing and hooks cost as much CPU as all of that together.
 
 Equivalence with the Flask path (``api.routes.risk_list``) is by construction where
 it can be: the same functions parse the query, name the page, build the body and the
-audit claims, the audit record has the fields ``auth.audit`` gives it, and the same
+audit claims, the audit record is built by the same ``audit_record``, and the same
 recorder counts the request in the metrics. Only a request that is plainly a GET of
 a page the worker holds, from a key it holds, is served here; anything else goes to
 Flask untouched. Once this path has counted the request in Redis it does not count
@@ -28,7 +28,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention.access.audit import AuditRecord, key_still_valid, write_audit
+from retention.access.audit import audit_record, key_still_valid, write_audit
 from retention.access.keys import token_digest
 from retention.access.scope import still_published
 from retention.api import routes
@@ -40,11 +40,9 @@ from retention.api.auth import (
     handover,
     request_id,
 )
-from retention.api.cache import ReadCache
-from retention.api.connections import RequestConnections
 from retention.api.errors import Problem
-from retention.api.metrics import RequestMetrics
-from retention.api.ratelimit import RateLimiter, Verdict
+from retention.api.ratelimit import Verdict
+from retention.api.services import services_of
 
 PATH = "/v1/risk-list"
 ACTION = "risk_list.read"
@@ -78,14 +76,14 @@ class CachedListPath:
     """WSGI middleware in front of ``app.wsgi_app``; ``served`` counts what it answered."""
 
     def __init__(self, app: Flask, flask_app: WSGIApp) -> None:
-        ext = app.extensions["retention"]
+        found = services_of(app)
         self._flask_app = flask_app
-        self._config = app.config
-        self._max_limit: int = ext["settings"].api_max_limit
-        self._cache: ReadCache = ext["cache"]
-        self._limiter: RateLimiter = ext["limiter"]
-        self._connections: RequestConnections = ext["connections"]
-        self._metrics: RequestMetrics = ext["request_metrics"]
+        self._clock = found.clock
+        self._max_limit = found.settings.api_max_limit
+        self._cache = found.cache
+        self._limiter = found.limiter
+        self._connections = found.connections
+        self._metrics = found.request_metrics
         self.served = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -105,11 +103,9 @@ class CachedListPath:
         if isinstance(verdict, Exception) or not verdict.allowed:
             handed.rate_limit = verdict
             return self._hand_over(environ, start_response, handed)
-        record = AuditRecord(
-            action=ACTION, outcome="ok", status=200, request_id=rid, key_id=who.key_id,
-            role=who.role, client_ids=page.client_ids,
-            source=(environ.get("REMOTE_ADDR") or "")[:64] or None,
-        )
+        record = audit_record(ACTION, "ok", 200, request_id=rid,
+                              remote_addr=environ.get("REMOTE_ADDR"), caller=who,
+                              client_ids=page.client_ids, at=self._clock.now())
         claims = [key_still_valid(who.key_id, digest),
                   still_published(pub, latest)]
         written = False
@@ -167,7 +163,7 @@ class CachedListPath:
         page = self._cache.pages.get(routes.page_key(pub, who, query.flt, query.limit))
         if fixed is None or page is None:
             return None
-        fresh = routes.aged(fixed, pub["as_of"], routes.clock_today(self._config))
+        fresh = routes.aged(fixed, pub["as_of"], self._clock.today())
         return who, digest, pub, query.as_of is None, page, routes.list_body(fresh, page)
 
     def _hand_over(self, environ: dict[str, Any], start_response: Callable[..., Any],

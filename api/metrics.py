@@ -7,12 +7,11 @@ scrape of any worker reports all of them.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,7 +25,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention.clock import utcnow
+from retention.api.services import services_of, state_or_none
+from retention.clock import Clock
 from retention.store import tables
 
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -38,8 +38,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 class LastRunAge(Collector):
     """Seconds since the newest successful run of each kind, read at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine
+        self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("retention_last_successful_run_age_seconds",
@@ -53,7 +54,7 @@ class LastRunAge(Collector):
                 ).all()
         except SQLAlchemyError:
             rows = []
-        now = utcnow()
+        now = self._clock.now()
         for kind, finished in rows:
             if finished is not None:
                 family.add_metric([kind], (now - finished).total_seconds())
@@ -85,39 +86,36 @@ class RequestMetrics:
         found[1].observe(seconds)
 
 
-def register_metrics(app: Flask) -> None:
-    """Time every request and serve ``/metrics`` (public: counts and ages, no client data)."""
-    registry = CollectorRegistry()
-    recorder = RequestMetrics(registry)
-    app.extensions["retention"]["metrics"] = registry
-    app.extensions["retention"]["request_metrics"] = recorder
+def register_metrics(app: Flask, multiprocess_dir: str | None) -> None:
+    """Time every request and serve ``/metrics`` (public: counts and ages, no client data).
 
-    @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
+    Under gunicorn (``multiprocess_dir`` set) a scrape reports every worker's samples.
+    """
+    found = services_of(app)
+    registry, recorder, engine = found.metrics, found.request_metrics, found.store
 
     @app.after_request
     def observe(response: Response) -> Response:
         rule = request.url_rule
+        current = state_or_none()
+        started = current.started if current is not None else time.perf_counter()
         recorder.observe(rule.rule if rule else "unmatched", request.method,
-                         response.status_code,
-                         time.perf_counter() - g.get("started", time.perf_counter()))
+                         response.status_code, time.perf_counter() - started)
         return response
 
     @app.get("/metrics")
     def metrics() -> Response:
-        engine: Engine = current_app.extensions["retention"]["store"]
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if multiprocess_dir:
             scrape = CollectorRegistry()
             MultiProcessCollector(scrape)
         else:
             scrape = registry
-        body = generate_latest(scrape) + generate_latest(_run_age_registry(engine))
+        body = generate_latest(scrape) + generate_latest(_run_age_registry(engine, found.clock))
         return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _run_age_registry(engine: Engine) -> CollectorRegistry:
+def _run_age_registry(engine: Engine, clock: Clock) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(LastRunAge(engine))
+    registry.register(LastRunAge(engine, clock))
     return registry

@@ -113,11 +113,13 @@ class RateLimiter:
         return Verdict(count <= self.limit, max(0, self.limit - count), retry)
 
 
-def build_limiter(storage_url: str, limit: int) -> RateLimiter:
-    """The limiter for a storage URL: ``memory://`` or ``redis://...``."""
+def build_limiter(storage_url: str, limit: int,
+                  clock: Callable[[], float] = time.time) -> RateLimiter:
+    """The limiter for a storage URL (``memory://`` or ``redis://...``); ``clock`` gives
+    the seconds that decide each one-minute window."""
     if storage_url.startswith("memory://"):
-        return RateLimiter(MemoryCounter(), limit)
+        return RateLimiter(MemoryCounter(clock), limit, clock)
     if storage_url.startswith(("redis://", "rediss://", "unix://")):
-        return RateLimiter(RedisCounter(storage_url), limit)
+        return RateLimiter(RedisCounter(storage_url, clock), limit, clock)
     raise ValueError(f"api_rate_limit_storage must be memory:// or redis://..., "
                      f"got {storage_url.split(':', 1)[0]}://")

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
 
@@ -28,6 +28,7 @@ from retention.api.auth import (
 )
 from retention.api.cache import Page
 from retention.api.errors import Problem
+from retention.api.services import services
 from retention.settings import Settings
 from retention.store.lists import latest_publication, run_drift
 
@@ -44,23 +45,16 @@ INVALID = "Invalid query parameter"
 
 
 def settings() -> Settings:
-    found: Settings = current_app.extensions["retention"]["settings"]
-    return found
+    return services().settings
 
 
 def store_engine() -> Engine:
-    engine: Engine = current_app.extensions["retention"]["store"]
-    return engine
+    return services().store
 
 
 def today() -> date:
-    return clock_today(current_app.config)
-
-
-def clock_today(config: Mapping[str, Any]) -> date:
-    """Today, or what a test's ``TODAY`` clock says it is."""
-    clock = config.get("TODAY")
-    return clock() if callable(clock) else date.today()
+    """Today by the app's clock."""
+    return services().clock.today()
 
 
 def parse_date(name: str, args: Mapping[str, str] | None = None) -> date | None:

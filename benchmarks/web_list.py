@@ -18,11 +18,13 @@ import sys
 import tempfile
 import time
 from datetime import date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 
 from retention.access.keys import create_key
 from retention.api import create_app
 from retention.casework import outreach
+from retention.clock import FixedClock
 from retention.db.engines import store_engine
 from retention.settings import settings_from_mapping
 from retention.store import schema
@@ -92,7 +94,8 @@ def main() -> None:
         publish(engine, args.n, rng)
         with engine.begin() as conn:
             _, token = create_key(conn, "case_manager", [CLINIC], case_manager_id="cm-1")
-        app = create_app(settings, TESTING=True, TODAY=lambda: AS_OF)
+        clock = FixedClock(datetime.combine(AS_OF, clock_time(9)))
+        app = create_app(settings, TESTING=True, clock=clock)
         client = app.test_client()
         form = client.get("/web/sign-in").get_data(as_text=True)
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]

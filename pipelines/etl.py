@@ -62,7 +62,7 @@ def run_etl(
     """
     etl = etl or EtlSettings()
     clock = clock or SystemClock()
-    with recorded_run(store_db, "etl", as_of) as run:
+    with recorded_run(store_db, "etl", as_of, clock) as run:
         with store_db.begin() as conn:
             # Tables a killed full reload built beside the copy and never swapped in.
             bulk.drop_beside(conn, list(tables.copies.values()))

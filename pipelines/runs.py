@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from retention.clock import Clock, SystemClock
 from retention.store import schema
 from retention.store.runs import finish_run, start_run
 
@@ -49,16 +50,19 @@ class Stopwatch:
 
 
 @contextmanager
-def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[RunRecord]:
+def recorded_run(store_db: Engine, kind: str, as_of: date | None,
+                 clock: Clock | None = None) -> Iterator[RunRecord]:
     """Open a run row, and close it as succeeded or failed with the error's type and text.
 
     The run row is written in its own transactions, so a failure that rolls
     back the job's data still leaves its record. The store's schema is brought
-    up to date first (the same migrations as `retention migrate`).
+    up to date first (the same migrations as `retention migrate`). Start and end
+    times come from ``clock`` (the machine's by default).
     """
+    clock = clock or SystemClock()
     with store_db.begin() as conn:
         schema.upgrade(conn)
-        record = RunRecord(run_id=start_run(conn, kind, as_of))
+        record = RunRecord(run_id=start_run(conn, kind, as_of, clock.now()))
     try:
         yield record
     except BaseException as exc:
@@ -67,7 +71,7 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
                 conn, record.run_id, "failed",
                 rows_read=record.rows_read, rows_quarantined=record.rows_quarantined,
                 model_version=record.model_version, detail=record.detail,
-                error=f"{type(exc).__name__}: {exc}"[:2000],
+                error=f"{type(exc).__name__}: {exc}"[:2000], at=clock.now(),
             )
         log.error("%s run %s failed: %s", kind, record.run_id, type(exc).__name__)
         raise
@@ -76,7 +80,7 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None) -> Iterator[Ru
             conn, record.run_id, "succeeded",
             rows_read=record.rows_read, rows_changed=record.rows_changed,
             rows_quarantined=record.rows_quarantined, model_version=record.model_version,
-            detail=record.detail,
+            detail=record.detail, at=clock.now(),
         )
 
 

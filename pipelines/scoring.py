@@ -9,6 +9,7 @@ from datetime import date
 from sqlalchemy import Engine, text
 
 from retention.clinic.data import ClinicData
+from retention.clock import Clock, SystemClock
 from retention.features import FEATURE_NAMES
 from retention.model.booster import TrainedModel
 from retention.model.drift import SCORE
@@ -39,13 +40,16 @@ def run_scoring(
     catalogue: Catalogue,
     as_of: date,
     scoped: tuple[ClinicData, int] | None = None,
+    clock: Clock | None = None,
 ) -> ScoreResult:
     """Score the features stored for ``as_of`` and publish the ranked list atomically.
 
     ``scoped`` is the ETL run's scoped read with the copy version it came from (the
     nightly run passes it on); it is used only if the copy has not changed since.
+    ``clock`` times the run record and the publication (the machine's by default).
     """
-    with recorded_run(store_db, "score", as_of) as run:
+    clock = clock or SystemClock()
+    with recorded_run(store_db, "score", as_of, clock) as run:
         run.model_version = model.version
         watch = run.stopwatch()
         with store_db.connect() as conn:
@@ -75,7 +79,7 @@ def run_scoring(
         watch.lap("score_and_reasons")
         drifted = drift_rows(settings, model, features, rows)
         with store_db.begin() as conn:
-            publish_scores(conn, as_of, rows, run.run_id, model.version, digest)
+            publish_scores(conn, as_of, rows, run.run_id, model.version, digest, clock.now())
             record_drift(conn, run.run_id, as_of, model.version, drifted)
         if store_db.dialect.name == "postgresql":
             # Fresh statistics for the new list: with stale ones the planner sorted all

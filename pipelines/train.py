@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from retention.clock import Clock
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import GateDecision, gate
 from retention.model import artifacts, registry
@@ -47,13 +48,14 @@ def run_training(
     *,
     make_current: bool = True,
     progress: Progress | None = None,
+    clock: Clock | None = None,
 ) -> TrainResult:
     """Train on snapshots whose horizon ends by ``as_of``, evaluate, save, apply the gate.
 
     ``make_current=False`` saves and judges the candidate without promoting it.
     """
     ms = settings.evaluation
-    with recorded_run(store_db, "train", as_of) as run:
+    with recorded_run(store_db, "train", as_of, clock) as run:
         with store_db.connect() as conn:
             data = read_clinic_copy(conn)
         if data.episodes.empty:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from datetime import date, datetime, time
 from pathlib import Path
 
 from flask import Flask
@@ -11,6 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from retention.access.keys import create_key
+from retention.clock import FixedClock
 from retention.settings import Settings
 from retention.store import schema
 
@@ -38,3 +40,8 @@ def copied_store(settings: Settings, directory: Path) -> Settings:
             sqlite3.connect(path) as dst:
         src.backup(dst)
     return settings.with_overrides(store_url=f"sqlite:///{path}")
+
+
+def clock_on(day: date, hour: int = 9) -> FixedClock:
+    """A clock stopped at ``hour`` o'clock (UTC) on ``day``: what tests hand the app."""
+    return FixedClock(datetime.combine(day, time(hour)))

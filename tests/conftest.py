@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine
 
 from retention.clinic.data import ClinicData, read_clinic
 from retention.clinic.synth import SynthConfig, generate, write
+from retention.clock import FixedClock
 from retention.db.engines import source_engine, store_engine
 from retention.model import artifacts
 from retention.model.booster import TrainedModel
@@ -69,11 +70,12 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     settings = make_settings(root)
     write_clinic(settings.source_url, SynthConfig(end=AS_OF, n_clients=500, seed=11))
     source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
-    run_etl(source, store_db, AS_OF)
-    run_training(settings, store_db, AS_OF)
+    night = FixedClock(datetime.combine(AS_OF, time(2, 30)))  # the nightly slot
+    run_etl(source, store_db, AS_OF, clock=night)
+    run_training(settings, store_db, AS_OF, clock=night)
     model = artifacts.load(settings.models_dir)
     catalogue = load_catalogue(settings.reasons_file)
-    run_scoring(settings, store_db, model, catalogue, AS_OF)
+    run_scoring(settings, store_db, model, catalogue, AS_OF, clock=night)
     yield Scored(settings, AS_OF, source, store_db, model, catalogue)
     source.dispose()
     store_db.dispose()

@@ -13,8 +13,9 @@ from flask.testing import FlaskClient
 from retention.access.keys import AccessError, create_key, revoke_key
 from retention.api import create_app
 from retention.api.ratelimit import RateLimiter, RedisCounter
+from retention.api.services import services_of
 from retention.store import tables
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import clock_on, keyed_client, make_key
 from tests.conftest import Scored
 
 PROBLEM = "application/problem+json"
@@ -22,7 +23,7 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def app(scored: Scored) -> Flask:
-    return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
+    return create_app(scored.settings, TESTING=True, clock=clock_on(scored.as_of))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_keys_that_make_no_sense_are_refused(scored: Scored, role: str, clinics:
 
 def test_rate_limit_answers_429_with_retry_after(scored: Scored) -> None:
     app = create_app(scored.settings.with_overrides(api_rate_limit_per_minute=3),
-                     TODAY=lambda: scored.as_of)
+                     clock=clock_on(scored.as_of))
     client: FlaskClient = keyed_client(app, make_key(scored.store, "admin"))
     statuses = [client.get("/v1/risk-list?limit=1").status_code for _ in range(4)]
     if statuses[-1] == 200:  # the minute turned over between requests; once more
@@ -201,10 +202,11 @@ def test_the_limit_is_shared_across_workers_through_redis(scored: Scored,
                                               api_rate_limit_storage=redis_url)
     token = make_key(scored.store, "admin")
     # Two apps stand for two gunicorn workers: separate processes share only Redis.
-    workers = [keyed_client(create_app(settings), token) for _ in range(2)]
+    workers = [keyed_client(create_app(settings, clock=clock_on(scored.as_of)), token)
+               for _ in range(2)]
     fixed = 1_000_000.0  # one window for the whole test, whatever the wall clock does
     for worker in workers:
-        worker.application.extensions["retention"]["limiter"] = RateLimiter(
+        services_of(worker.application).limiter = RateLimiter(
             RedisCounter(redis_url, clock=lambda: fixed), 4, clock=lambda: fixed)
     statuses = [workers[n % 2].get("/v1/models").status_code for n in range(5)]
     assert statuses == [200, 200, 200, 200, 429]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from retention.api import create_app
 from retention.pipelines.cli import main
-from tests.api_keys import keyed_client
+from tests.api_keys import clock_on, keyed_client
 from tests.conftest import REPO, Scored
 
 
@@ -25,7 +25,7 @@ def test_create_list_revoke(scored: Scored, tmp_path: Path) -> None:
     token = created.stdout.strip()
     assert token.startswith("rk_") and "shown only this once" in created.stderr
     key_id = token.split("_")[1]
-    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    app = create_app(scored.settings, clock=clock_on(scored.as_of))
     body = keyed_client(app, token).get("/v1/risk-list?limit=500").get_json()
     assert body["items"] and {i["clinic_id"] for i in body["items"]} == {"clinic-east"}
 

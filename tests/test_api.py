@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -13,10 +13,9 @@ from sqlalchemy import create_engine, text
 
 from retention.api import create_app
 from retention.clinic import contract
-from retention.clock import utcnow
 from retention.store import schema, tables
 from retention.store.lists import latest_publication, run_drift
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import clock_on, keyed_client, make_key
 from tests.conftest import Scored
 
 PROBLEM = "application/problem+json"
@@ -24,7 +23,7 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def app(scored: Scored) -> Flask:
-    return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
+    return create_app(scored.settings, TESTING=True, clock=clock_on(scored.as_of))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_list_carries_freshness(client: FlaskClient, scored: Scored) -> None:
 
 
 def test_an_old_list_is_marked_stale(scored: Scored, admin_key: str) -> None:
-    later = create_app(scored.settings, TODAY=lambda: scored.as_of + timedelta(days=3))
+    later = create_app(scored.settings, clock=clock_on(scored.as_of + timedelta(days=3)))
     body = keyed_client(later, admin_key).get("/v1/risk-list?limit=1").get_json()
     assert body["stale"] is True and body["age_days"] == 3
 
@@ -171,11 +170,13 @@ def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_
     token = make_key(engine)
     with engine.begin() as conn:
         conn.execute(tables.publications.insert().values(
-            as_of=scored.as_of, run_id=1, model_version="v", published_at=utcnow(),
+            as_of=scored.as_of, run_id=1, model_version="v",
+            published_at=datetime(2026, 6, 1, 3, 0),
             n_scored=1))
         conn.execute(text("DROP TABLE scores"))
     # Keys and a publication but no scores table: the request fails inside the handler.
-    response = keyed_client(create_app(settings), token).get("/v1/risk-list")
+    response = keyed_client(create_app(settings, clock=clock_on(scored.as_of)),
+                            token).get("/v1/risk-list")
     assert response.status_code == 500
     assert response.mimetype == PROBLEM
     assert "Traceback" not in response.get_data(as_text=True)
@@ -189,7 +190,7 @@ def test_health_reports_the_served_list(client: FlaskClient, scored: Scored) -> 
 
 def test_health_without_a_store_is_503(scored: Scored, tmp_path) -> None:
     settings = scored.settings.with_overrides(store_url=f"sqlite:///{tmp_path}/empty.db")
-    response = create_app(settings).test_client().get("/health")
+    response = create_app(settings, clock=clock_on(scored.as_of)).test_client().get("/health")
     assert response.status_code == 503
 
 
@@ -199,7 +200,8 @@ def test_no_list_yet_is_a_clear_404(scored: Scored, tmp_path) -> None:
     with engine.begin() as conn:
         schema.upgrade(conn)
     token = make_key(engine)
-    response = keyed_client(create_app(settings), token).get("/v1/risk-list")
+    response = keyed_client(create_app(settings, clock=clock_on(scored.as_of)),
+                            token).get("/v1/risk-list")
     assert response.status_code == 404
     assert "no list has been published" in response.get_json()["detail"]
 
@@ -249,7 +251,7 @@ def test_the_list_says_whether_its_population_drifted(scored: Scored) -> None:
         pub = latest_publication(conn, scored.as_of)
         assert pub is not None
         recorded = run_drift(conn, pub["run_id"])
-    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    app = create_app(scored.settings, clock=clock_on(scored.as_of))
     client = keyed_client(app, make_key(scored.store, "admin", label="drift"))
     body = client.get("/v1/risk-list?limit=1").get_json()
     assert recorded["psi"], "the scoring run recorded drift"

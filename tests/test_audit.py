@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,22 +16,20 @@ from sqlalchemy.exc import DBAPIError
 from retention.access.audit import AuditRecord, key_still_valid, read_audit, write_audit
 from retention.access.keys import create_key
 from retention.api import create_app
-from retention.clock import utcnow
 from retention.pipelines.cli import main
 from retention.store import schema, tables
-from tests.api_keys import copied_store, keyed_client, make_key
+from tests.api_keys import clock_on, copied_store, keyed_client, make_key
 from tests.conftest import REPO, Scored
 
 
 @pytest.fixture(scope="module")
 def app(scored: Scored) -> Flask:
-    return create_app(scored.settings, TESTING=True, TODAY=lambda: scored.as_of)
+    return create_app(scored.settings, TESTING=True, clock=clock_on(scored.as_of))
 
 
 def records_for(scored: Scored, request_id: str) -> list[dict]:
     with scored.store.connect() as conn:
-        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
-                                             utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, datetime.min, datetime.max)
                 if r["request_id"] == request_id]
 
 
@@ -48,7 +46,7 @@ def test_each_read_records_who_what_and_the_client_ids_returned(app: Flask,
     assert (record["key_id"], record["role"], record["action"], record["outcome"],
             record["status"]) == (key_id, "admin", "risk_list.read", "ok", 200)
     assert record["source"] == "127.0.0.1"
-    assert abs((utcnow() - record["at"]).total_seconds()) < 60
+    assert record["at"] == clock_on(scored.as_of).now()  # the app's clock, not the wall
 
     one = body["items"][0]["client_id"]
     for url, action in ((f"/v1/clients/{one}/risk", "client_risk.read"),
@@ -77,8 +75,7 @@ def test_the_application_cannot_change_or_remove_audit_records(
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text("TRUNCATE audit_log"))
     with engine.connect() as conn:
-        rows = read_audit(conn, utcnow() - timedelta(hours=1),
-                                 utcnow() + timedelta(hours=1))
+        rows = read_audit(conn, datetime.min, datetime.max)
     assert [(r["outcome"], r["client_ids"]) for r in rows] == [("ok", ["C1"])]
     engine.dispose()
 
@@ -90,7 +87,7 @@ def test_no_audit_record_means_no_data(scored: Scored, tmp_path: Path) -> None:
     with engine.begin() as conn:  # the audit table refuses every insert from now on
         conn.execute(text("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log "
                           "BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
-    client = keyed_client(create_app(settings, TODAY=lambda: scored.as_of), token)
+    client = keyed_client(create_app(settings, clock=clock_on(scored.as_of)), token)
     for url in ("/v1/risk-list?limit=5", "/v1/risk-list?colour=red", "/v1/clients/NOBODY/risk"):
         response = client.get(url)
         assert response.status_code == 503, url
@@ -108,7 +105,7 @@ def test_audit_export_covers_the_requested_days(app: Flask, scored: Scored,
     config.write_text(f'source_url = "{scored.settings.source_url}"\n'
                       f'store_url = "{scored.settings.store_url}"\n'
                       f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
-    today = utcnow().date()
+    today = scored.as_of  # the day the app's clock says it is
     out = tmp_path / "audit.jsonl"
     result = CliRunner().invoke(main, ["--config", str(config), "audit", "export",
                                        "--from", str(today), "--to", str(today), "-o", str(out)])
@@ -130,15 +127,15 @@ def test_reads_and_denials_are_audited_on_postgresql(
 ) -> None:
     engine = create_engine(store_url)
     token = make_key(engine, "admin")
-    app = create_app(scored.settings.with_overrides(store_url=store_url))
+    app = create_app(scored.settings.with_overrides(store_url=store_url),
+                     clock=clock_on(scored.as_of))
     rids = [uuid.uuid4().hex for _ in range(2)]
     assert keyed_client(app, token).get(
         "/v1/risk-list", headers={"X-Request-ID": rids[0]}).status_code == 404
     assert app.test_client().get(
         "/v1/risk-list", headers={"X-Request-ID": rids[1]}).status_code == 401
     with engine.connect() as conn:
-        rows = {r["request_id"]: r["outcome"] for r in read_audit(
-            conn, utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1))}
+        rows = {r["request_id"]: r["outcome"] for r in read_audit(conn, datetime.min, datetime.max)}
     assert [rows.get(r) for r in rids] == ["not_found", "unauthenticated"]
     engine.dispose()
 
@@ -150,7 +147,8 @@ def test_a_failed_audit_write_on_postgresql_returns_no_data_and_the_next_request
     and a connection that broke under it is replaced, not handed to the next request."""
     engine = create_engine(pg_url)
     token = make_key(engine, "admin")
-    client = keyed_client(create_app(scored.settings.with_overrides(store_url=pg_url)), token)
+    client = keyed_client(create_app(scored.settings.with_overrides(store_url=pg_url),
+                                     clock=clock_on(scored.as_of)), token)
     assert client.get("/v1/risk-list").status_code == 404  # no list yet; audited
     with engine.begin() as conn:
         conn.execute(text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -218,6 +216,5 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
 
 def _records_kept(engine: object) -> list[dict]:
     with engine.connect() as conn:  # type: ignore[attr-defined]
-        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
-                                             utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, datetime.min, datetime.max)
                 if r["request_id"] == "kept"]

@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 from retention.api import create_app
 from retention.db.engines import store_engine
 from retention.store import tables
-from tests.api_keys import make_key
+from tests.api_keys import clock_on, make_key
 from tests.conftest import REPO, Scored
 
 CHROMIUM = os.environ.get("RETENTION_CHROMIUM", "/usr/bin/chromium")
@@ -52,7 +52,7 @@ def site(scored: Scored, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             tables.scores.c.as_of == scored.as_of, tables.scores.c.clinic_id != CLINIC)
             .limit(1)).scalar_one()
     app = create_app(scored.settings.with_overrides(store_url=url), TESTING=True,
-                     TODAY=lambda: scored.as_of)
+                     clock=clock_on(scored.as_of))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

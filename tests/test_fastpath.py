@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from retention.api import auth, create_app, fastpath
 from retention.api.connections import RequestConnections
 from retention.api.fastpath import CachedListPath
 from retention.api.routes import encode_cursor
-from retention.clock import utcnow
+from retention.api.services import services_of
 from retention.settings import Settings
 from retention.store import schema, tables
-from tests.api_keys import copied_store, keyed_client, make_key
+from tests.api_keys import clock_on, copied_store, keyed_client, make_key
 from tests.conftest import Scored
 from tests.test_read_cache import republish
 
@@ -51,7 +51,7 @@ class Pair:
 
 
 def _app(settings: Settings, scored: Scored, fast: bool) -> Flask:
-    return create_app(settings, TODAY=lambda: scored.as_of, LIST_FAST_PATH=fast)
+    return create_app(settings, clock=clock_on(scored.as_of), LIST_FAST_PATH=fast)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -97,8 +97,7 @@ def answer(app: Flask, token: str | None, url: str, method: str = "GET",
 def audited(engine: Engine, request_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [{k: v for k, v in r.items() if k not in ("audit_id", "at", "request_id")}
-                for r in read_audit(conn, utcnow() - timedelta(hours=1),
-                                           utcnow() + timedelta(hours=1))
+                for r in read_audit(conn, datetime.min, datetime.max)
                 if r["request_id"] == request_id]
 
 
@@ -110,7 +109,7 @@ def list_metrics(app: Flask) -> list[str]:
 
 
 def counts(app: Flask) -> list[int]:
-    return sorted(app.extensions["retention"]["limiter"].counter._counts.values())
+    return sorted(services_of(app).limiter.counter._counts.values())
 
 
 def both(pair: Pair, token: str | None, url: str, **kwargs: Any) -> tuple[Any, ...]:
@@ -228,7 +227,7 @@ def test_a_rate_limit_store_that_fails_gets_flasks_503(pair: Pair) -> None:
         raise ConnectionError("redis is down")
 
     for app in (pair.fast, pair.flask):
-        app.extensions["retention"]["limiter"].counter.hit = down
+        services_of(app).limiter.counter.hit = down
     fast = same(pair, token, "/v1/risk-list?limit=5")
     assert fast[0] == 503 and b"Rate limiting unavailable" in fast[2] and fast[3] == []
     assert fast_served(pair.fast) == 0
@@ -333,5 +332,7 @@ def test_a_store_that_cannot_be_reached_or_a_bug_in_the_write_answers_as_flask_d
 def test_the_path_is_off_when_asked_or_when_flask_must_check_the_host(
     scored: Scored, config: dict[str, Any],
 ) -> None:
-    assert isinstance(create_app(scored.settings).wsgi_app, CachedListPath)
-    assert not isinstance(create_app(scored.settings, **config).wsgi_app, CachedListPath)
+    clock = clock_on(scored.as_of)
+    assert isinstance(create_app(scored.settings, clock=clock).wsgi_app, CachedListPath)
+    assert not isinstance(create_app(scored.settings, clock=clock, **config).wsgi_app,
+                          CachedListPath)

@@ -12,13 +12,13 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Flask
 
 from retention.api import create_app
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import clock_on, keyed_client, make_key
 from tests.conftest import Scored
 
 
 @pytest.fixture(scope="module")
 def app(scored: Scored) -> Flask:
-    return create_app(scored.settings, TODAY=lambda: scored.as_of)
+    return create_app(scored.settings, clock=clock_on(scored.as_of))
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 from retention.api import create_app
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import clock_on, keyed_client, make_key
 from tests.conftest import Scored
 
 
 def test_requests_are_counted_by_route_not_by_client(scored: Scored) -> None:
-    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    app = create_app(scored.settings, clock=clock_on(scored.as_of))
     client = keyed_client(app, make_key(scored.store, "admin"))
     items = client.get("/v1/risk-list?limit=3").get_json()["items"]
     for item in items:
@@ -29,7 +29,7 @@ def test_requests_are_counted_by_route_not_by_client(scored: Scored) -> None:
 
 
 def test_methods_a_client_makes_up_do_not_become_series(scored: Scored) -> None:
-    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    app = create_app(scored.settings, clock=clock_on(scored.as_of))
     client = app.test_client()
     for n in range(3):
         assert client.open("/v1/risk-list", method=f"MADEUP{n}").status_code == 405

@@ -10,7 +10,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
 from retention.api import create_app
-from tests.api_keys import make_key
+from tests.api_keys import clock_on, make_key
 from tests.conftest import Scored
 
 
@@ -18,7 +18,7 @@ from tests.conftest import Scored
 def app(scored: Scored) -> Flask:
     # A limit high enough for the run: 429 is documented but would hide the other checks.
     return create_app(scored.settings.with_overrides(api_rate_limit_per_minute=100_000),
-                      TODAY=lambda: scored.as_of)
+                      clock=clock_on(scored.as_of))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,10 +22,9 @@ from retention.access.keys import create_key, revoke_key, token_digest
 from retention.access.scope import still_published
 from retention.api import create_app
 from retention.api.cache import LRU
-from retention.clock import utcnow
 from retention.store import schema, tables
 from retention.store.lists import latest_publication, publish_scores
-from tests.api_keys import copied_store, keyed_client, make_key
+from tests.api_keys import clock_on, copied_store, keyed_client, make_key
 from tests.conftest import Scored
 
 
@@ -34,14 +33,13 @@ def own_store(scored: Scored, tmp_path: Path) -> Iterator[tuple[Flask, Engine]]:
     """An app over a copy of the scored store that tests may republish and break."""
     settings = copied_store(scored.settings, tmp_path)
     engine = create_engine(settings.store_url)
-    yield create_app(settings, TODAY=lambda: scored.as_of), engine
+    yield create_app(settings, clock=clock_on(scored.as_of)), engine
     engine.dispose()
 
 
 def audit_of(engine: Engine, request_id: str) -> list[dict]:
     with engine.connect() as conn:
-        return [r for r in read_audit(conn, utcnow() - timedelta(hours=1),
-                                             utcnow() + timedelta(hours=1))
+        return [r for r in read_audit(conn, datetime.min, datetime.max)
                 if r["request_id"] == request_id]
 
 
@@ -100,7 +98,7 @@ def test_pages_are_never_shared_across_scopes(app_and_clinics: tuple[Flask, list
 
 @pytest.fixture
 def app_and_clinics(scored: Scored) -> tuple[Flask, list[str]]:
-    app = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    app = create_app(scored.settings, clock=clock_on(scored.as_of))
     admin = keyed_client(app, make_key(scored.store, "admin"))
     items = admin.get("/v1/risk-list?limit=500").get_json()["items"]
     return app, sorted({i["clinic_id"] for i in items})
@@ -169,7 +167,7 @@ def test_the_audit_write_checks_the_key_and_the_list_in_its_own_statement(
     with engine.begin() as conn:
         schema.upgrade(conn)
         key_id, token = create_key(conn, "admin")
-    pub = {"as_of": scored.as_of, "run_id": 7, "published_at": utcnow(),
+    pub = {"as_of": scored.as_of, "run_id": 7, "published_at": datetime(2026, 6, 1, 3, 0),
            "model_version": "m", "n_scored": 0}
     with engine.begin() as conn:
         conn.execute(tables.publications.insert().values(**pub))
@@ -192,8 +190,7 @@ def test_the_audit_write_checks_the_key_and_the_list_in_its_own_statement(
         revoke_key(conn, key_id)
         assert not write_audit(conn, replace(record, request_id="revoked"), [key])
     with engine.connect() as conn:
-        written = [r["request_id"] for r in read_audit(
-            conn, utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1))]
+        written = [r["request_id"] for r in read_audit(conn, datetime.min, datetime.max)]
     assert written == [record.request_id, "by-date"]
     engine.dispose()
 

@@ -18,7 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, insert
 
 from retention.api import create_app
-from retention.clock import FixedClock, utcnow
+from retention.clock import FixedClock
 from retention.db.engines import store_engine
 from retention.etl.extract import SourceUnavailable
 from retention.pipelines.nightly import run_slot
@@ -27,7 +27,7 @@ from retention.settings import Settings
 from retention.store import schema, tables
 from retention.store.lists import latest_publication
 from retention.store.runs import list_runs
-from tests.api_keys import keyed_client, make_key
+from tests.api_keys import clock_on, keyed_client, make_key
 from tests.conftest import AS_OF, REPO, Scored, make_settings
 
 RETENTION = [sys.executable, "-m", "retention.pipelines.cli"]
@@ -146,7 +146,7 @@ def test_source_down_is_recorded_retried_with_backoff_and_the_last_list_served_a
     assert latest is not None and latest["as_of"] == scored.as_of
     token = make_key(engine)
     engine.dispose()
-    app = create_app(settings, TESTING=True, TODAY=lambda: tonight + timedelta(days=1))
+    app = create_app(settings, TESTING=True, clock=clock_on(tonight + timedelta(days=1)))
     body = keyed_client(app, token).get("/v1/risk-list?limit=3").get_json()
     assert body["as_of"] == scored.as_of.isoformat()
     assert body["stale"] is True and body["age_days"] == 2
@@ -168,7 +168,7 @@ def test_the_scheduler_catches_up_a_missed_slot_once(tmp_path: Path) -> None:
     with engine.begin() as conn:
         schema.upgrade(conn)
         conn.execute(insert(tables.publications).values(
-            as_of=slot.date(), run_id=1, model_version="v", published_at=utcnow(),
+            as_of=slot.date(), run_id=1, model_version="v", published_at=datetime(2026, 6, 1, 3, 0),
             n_scored=0))
     engine.dispose()
     assert not catch_up_due(settings, trigger, now)  # the slot ran: nothing to catch up

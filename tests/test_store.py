@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from retention.clock import utcnow
 from retention.db import bulk
 from retention.db.engines import is_read_only, source_engine, store_engine
 from retention.features import build_features
@@ -242,7 +241,8 @@ def test_table_checksums_see_any_change(tmp_path: Path) -> None:
     with engine.begin() as conn:
         empty = table_checksums(conn)
         conn.execute(tables.publications.insert().values(
-            as_of=date(2026, 1, 1), run_id=1, model_version="v", published_at=utcnow(),
+            as_of=date(2026, 1, 1), run_id=1, model_version="v",
+            published_at=datetime(2026, 6, 1, 3, 0),
             n_scored=0))
         assert table_checksums(conn)["publications"][0] == 1
         assert table_checksums(conn) != empty

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,12 +18,11 @@ from retention.access.keys import key_id_of, revoke_key
 from retention.api import create_app
 from retention.api.web.session import WebConfigError
 from retention.casework import caseload, outreach
-from retention.clock import utcnow
 from retention.db.engines import store_engine
 from retention.store import tables
 from retention.store.lists import publish_scores, read_list
 from retention.store.runs import finish_run, start_run
-from tests.api_keys import make_key
+from tests.api_keys import clock_on, make_key
 from tests.conftest import Scored
 
 CLINIC = "clinic-east"
@@ -33,7 +32,7 @@ def _app(scored: Scored, settings_store: str | None = None, **overrides: object)
     settings = scored.settings
     if settings_store:
         settings = settings.with_overrides(store_url=settings_store)
-    return create_app(settings, TESTING=True, TODAY=lambda: scored.as_of, **overrides)
+    return create_app(settings, TESTING=True, clock=clock_on(scored.as_of), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,7 @@ def signed_in(app: Flask, token: str) -> FlaskClient:
 
 def audit_rows(engine: Engine, action: str) -> list[dict]:
     with engine.connect() as conn:
-        rows = read_audit(conn, utcnow() - timedelta(hours=1),
-                                 utcnow() + timedelta(hours=1))
+        rows = read_audit(conn, datetime.min, datetime.max)
     return [r for r in rows if r["action"] == action]
 
 
@@ -277,7 +275,7 @@ def test_changes_since_the_previous_list_and_a_failed_run_are_shown(
 
 def test_a_stale_list_is_flagged(scored: Scored, cm_key: str) -> None:
     app = create_app(scored.settings, TESTING=True,
-                     TODAY=lambda: scored.as_of + timedelta(days=4))
+                     clock=clock_on(scored.as_of + timedelta(days=4)))
     html = signed_in(app, cm_key).get("/web/").get_data(as_text=True)
     assert "this list is 4 days old" in html and 'role="alert"' in html
 
@@ -285,12 +283,12 @@ def test_a_stale_list_is_flagged(scored: Scored, cm_key: str) -> None:
 def test_the_secret_comes_from_the_environment_and_cookies_are_locked_down(
     scored: Scored, cm_key: str
 ) -> None:
-    off = create_app(scored.settings, TODAY=lambda: scored.as_of)
+    off = create_app(scored.settings, clock=clock_on(scored.as_of))
     assert off.test_client().get("/web/").status_code == 503
     assert off.test_client().get("/health").status_code == 200  # the API is unaffected
     with pytest.raises(WebConfigError):
-        create_app(scored.settings, SECRET_KEY="short")
-    app = create_app(scored.settings, SECRET_KEY="k" * 40, TODAY=lambda: scored.as_of)
+        create_app(scored.settings, clock=clock_on(scored.as_of), SECRET_KEY="short")
+    app = create_app(scored.settings, SECRET_KEY="k" * 40, clock=clock_on(scored.as_of))
     client = app.test_client()
     form = client.get("/web/sign-in")
     answer = client.post("/web/sign-in", data={"csrf_token": csrf(form.get_data(as_text=True)),
@@ -328,8 +326,9 @@ def test_contacted_episodes_are_known_to_monitoring(scored: Scored,
         outreach.record_outreach(conn, outreach.Outreach(
             client_id=row["client_id"], episode_id=row["episode_id"],
             clinic_id=row["clinic_id"], list_as_of=scored.as_of, risk=row["risk"],
-            tier=row["tier"], key_id="k", reached=False, channel="phone"))
-        now = utcnow()
+            tier=row["tier"], key_id="k", reached=False, channel="phone"),
+            at=datetime(2026, 6, 1, 9))
+        now = datetime(2026, 6, 1, 9, 30)
         assert row["episode_id"] in outreach.contacted_episodes(
             conn, now - timedelta(hours=1), now + timedelta(hours=1))
         assert outreach.contacted_episodes(conn, now - timedelta(hours=2),

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from retention.api.services import services_of
 from retention.api.web.session import configure_sessions
 from retention.api.web.views import bp
 
 
 def register_web(app: Flask, environ: Mapping[str, str]) -> None:
     """Configure the session cookie and add the pages (off, with an error logged, if no secret)."""
-    app.extensions["retention"]["web_pages"] = configure_sessions(app, environ)
+    services_of(app).web_pages = configure_sessions(app, environ)
     app.register_blueprint(bp)

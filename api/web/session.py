@@ -12,18 +12,18 @@ import functools
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, redirect, request, session, url_for
+from flask import Flask, redirect, request, session, url_for
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention.access.audit import AuditRecord, write_audit
+from retention.access.audit import audit_record, write_audit
 from retention.access.keys import Caller, page_caller
 from retention.api.errors import Problem
+from retention.api.services import services, state
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def configure_sessions(app: Flask, environ: Mapping[str, str]) -> bool:
 
 
 def _store() -> Engine:
-    engine: Engine = current_app.extensions["retention"]["store"]
-    return engine
+    return services().store
 
 
 def csrf_token() -> str:
@@ -103,20 +102,20 @@ def sign_in(caller: Caller) -> None:
     """Start a fresh session for ``caller`` (a new CSRF token too: no fixation)."""
     session.clear()
     session["key_id"] = caller.key_id
-    session["at"] = int(time.time())
+    session["at"] = int(services().clock.now().timestamp())
     session["csrf"] = secrets.token_urlsafe(32)
 
 
 def signed_in_caller() -> Caller | None:
     """The caller of this session if it is young enough and its key still valid."""
     key_id, at = session.get("key_id"), session.get("at", 0)
-    if not key_id or time.time() - float(at) > SESSION_SECONDS:
+    if not key_id or services().clock.now().timestamp() - float(at) > SESSION_SECONDS:
         return None
     try:
         with _store().connect() as conn:
             return page_caller(conn, str(key_id))
     except SQLAlchemyError:
-        log.error("key lookup failed for request %s", g.get("request_id"))
+        log.error("key lookup failed for request %s", state().request_id)
         raise Problem(503, "The service database cannot be read; try again shortly.",
                       "Service unavailable") from None
 
@@ -124,26 +123,23 @@ def signed_in_caller() -> Caller | None:
 def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
           who: Caller | None = None, key_id: str | None = None) -> None:
     """Append the audit record now; if it cannot be written, refuse the page."""
-    record = AuditRecord(
-        action=action, outcome=outcome, status=status, request_id=g.get("request_id", ""),
-        key_id=who.key_id if who else key_id, role=who.role if who else None,
-        client_ids=tuple(client_ids), source=(request.remote_addr or "")[:64] or None,
-    )
+    record = audit_record(action, outcome, status, request_id=state().request_id,
+                          remote_addr=request.remote_addr, caller=who, key_id=key_id,
+                          client_ids=client_ids, at=services().clock.now())
     try:
         with _store().begin() as conn:
             write_audit(conn, record)
     except SQLAlchemyError:
         log.error("audit write failed for request %s (%s); refusing the page",
-                  g.get("request_id"), action)
+                  state().request_id, action)
         raise Problem(503, "The audit trail cannot be written, so no client data is shown. "
                       "Try again shortly or ask the operator to check the service database.",
                       "Audit unavailable") from None
 
 
 def _rate_limit(who: Caller) -> None:
-    limiter = current_app.extensions["retention"]["limiter"]
     try:
-        verdict = limiter.check(who.key_id)
+        verdict = services().limiter.check(who.key_id)
     except Exception:  # the counter store is down: fail closed, say so
         raise Problem(503, "The service is busy; try again shortly.",
                       "Service unavailable") from None
@@ -157,7 +153,7 @@ def signed_in(view: F) -> F:
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not current_app.extensions["retention"].get("web_pages"):
+        if not services().web_pages:
             raise Problem(503, f"Sign-in is not configured: the operator must set {SECRET_ENV}.",
                           "Pages unavailable")
         who = signed_in_caller()
@@ -170,7 +166,7 @@ def signed_in(view: F) -> F:
         _rate_limit(who)
         if request.method == "POST":
             check_csrf()
-        g.caller = who
+        state().caller = who
         return view(*args, **kwargs)
 
     return cast(F, wrapped)

@@ -6,7 +6,7 @@ import logging
 from datetime import date, timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,6 +16,7 @@ from retention.access.keys import Caller, authenticate, key_id_of, key_label, pa
 from retention.access.scope import client_exists, read_client
 from retention.api.errors import Problem
 from retention.api.routes import today
+from retention.api.services import services, state
 from retention.api.web import charts
 from retention.api.web.session import (
     CSRF_FIELD,
@@ -28,7 +29,6 @@ from retention.api.web.session import (
 )
 from retention.casework import caseload, outreach
 from retention.clinic import contract
-from retention.clock import utcnow
 from retention.settings import Settings
 from retention.store import tables
 from retention.store.lists import latest_publication
@@ -50,17 +50,16 @@ OUTREACH_DAYS = 7
 
 
 def _settings() -> Settings:
-    found: Settings = current_app.extensions["retention"]["settings"]
-    return found
+    return services().settings
 
 
 def _store() -> Engine:
-    engine: Engine = current_app.extensions["retention"]["store"]
-    return engine
+    return services().store
 
 
 def _caller() -> Caller:
-    who: Caller = g.caller
+    who = state().caller
+    assert who is not None, "_caller() outside a @signed_in view"
     return who
 
 
@@ -115,7 +114,7 @@ def sign_in_form() -> ResponseReturnValue:
 @bp.post("/sign-in")
 def sign_in_submit() -> ResponseReturnValue:
     """Check the key like the API does; only case managers and administrators get in."""
-    if not current_app.extensions["retention"].get("web_pages"):
+    if not services().web_pages:
         raise Problem(503, "Sign-in is not configured: the operator must set "
                       "RETENTION_SECRET_KEY.", "Pages unavailable")
     check_csrf()
@@ -188,7 +187,7 @@ def _list_filter() -> caseload.DailyFilter:
 def daily_list() -> ResponseReturnValue:
     """Whom to reach today and why, in the signed-in person's scope."""
     flt = _list_filter()
-    since = utcnow() - timedelta(days=OUTREACH_DAYS)
+    since = services().clock.now() - timedelta(days=OUTREACH_DAYS)
     with _store().connect() as conn:
         pub = latest_publication(conn)
         fresh = _freshness(conn, pub)
@@ -272,7 +271,7 @@ def record_outreach(client_id: str) -> ResponseReturnValue:
                 risk=current["risk"], tier=current["tier"], key_id=who.key_id,
                 case_manager_id=who.case_manager_id, reached=reached, channel=channel,
                 outcome=result, note=note,
-            ))
+            ), at=services().clock.now())
     if current is None:
         audit("web.outreach", "denied", 404, [client_id], who=who)
         raise Problem(404, "This client is not on your list.", "Client not on your list")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
@@ -29,6 +29,7 @@ def publish_scores(
     run_id: int,
     model_version: str,
     inputs_digest: str | None = None,
+    at: datetime | None = None,
 ) -> None:
     """Replace the list for ``as_of`` and mark it published, in the caller's transaction."""
     connection.execute(delete(scores).where(scores.c.as_of == as_of))
@@ -40,7 +41,7 @@ def publish_scores(
             as_of=as_of,
             run_id=run_id,
             model_version=model_version,
-            published_at=utcnow(),
+            published_at=at or utcnow(),
             n_scored=len(rows),
             inputs_digest=inputs_digest,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -16,10 +16,11 @@ from retention.clock import utcnow
 from retention.store.tables import runs
 
 
-def start_run(connection: Connection, kind: str, as_of: date | None) -> int:
-    """Record that a run began; returns its id."""
+def start_run(connection: Connection, kind: str, as_of: date | None,
+              at: datetime | None = None) -> int:
+    """Record that a run began (at ``at``, naive UTC; default now); returns its id."""
     result = connection.execute(
-        insert(runs).values(kind=kind, as_of=as_of, started_at=utcnow(), status="running")
+        insert(runs).values(kind=kind, as_of=as_of, started_at=at or utcnow(), status="running")
     )
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
@@ -35,13 +36,14 @@ def finish_run(
     model_version: str | None = None,
     error: str | None = None,
     detail: Mapping[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Record how a run ended."""
+    """Record how a run ended (at ``at``, naive UTC; default now)."""
     connection.execute(
         update(runs)
         .where(runs.c.run_id == run_id)
         .values(
-            finished_at=utcnow(),
+            finished_at=at or utcnow(),
             status=status,
             rows_read=rows_read,
             rows_changed=rows_changed,
