@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup lint migrate bench
+.PHONY: demo test check setup lint migrate bench
 
 $(BIN)/retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The inner loop: everything but the tests marked slow (under a minute).
+check: lint
+	$(BIN)/pytest -m "not slow"
 
 # Apply the store's migrations (the jobs also apply pending ones before they run).
 migrate: setup

@@ -15,7 +15,7 @@ Flask untouched. Once this path has counted the request in Redis it does not cou
 it again: if the count is refused or fails, the audit write fails (or anything else
 does), or the audit statement refuses a claim, it hands the request to Flask with
 what it did (``auth.Handover``) and Flask answers as it would have.
-``tests/test_fastpath.py`` runs requests through both paths and compares them.
+``tests/api/test_fastpath.py`` runs requests through both paths and compares them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of this API, served at /openapi.json.
 
 Written by hand next to the routes and checked against the real responses by
-schemathesis (tests/test_openapi.py), so the two cannot drift apart unnoticed.
+schemathesis (tests/api/test_openapi.py), so the two cannot drift apart unnoticed.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 
 Setup is done once and cached on the PostgreSQL server: a synthetic clinic of
 ``--clients`` clients with a year of history is generated and loaded with COPY into
-the database ``retention_bench_src_<clients>`` (kept between runs; ``--rebuild``
-makes it again), and a model is trained once on a small clinic of the same kind
+the database ``retention_bench_src_<checkout>_<clients>`` (kept between runs;
+``--rebuild`` makes it again), and a model is trained once on a small clinic of the same kind
 (``var/bench/models``). Setup time is reported separately from the runs.
 
 Then, each in its own process so its peak memory is its own:
@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import subprocess
 import sys
 import time
@@ -75,6 +76,30 @@ def admin() -> psycopg.Connection[Any]:
     return psycopg.connect(ADMIN, autocommit=True)
 
 
+# The server may be shared: every database this checkout's benchmark creates is named
+# for this checkout (the cached clinic) or this run (the store and the changed clinic),
+# listed in a ledger before it is created, and only databases in the ledger are dropped.
+LEDGER = CACHE / "databases.txt"
+RUN = secrets.token_hex(4)
+
+
+def checkout_id() -> str:
+    """A random id made once for this checkout, so two checkouts never share a cache."""
+    path = CACHE / "checkout-id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(4) + "\n")
+    return path.read_text().strip()
+
+
+def ours() -> set[str]:
+    return set(LEDGER.read_text().split()) if LEDGER.exists() else set()
+
+
+def _forget(database: str) -> None:
+    LEDGER.write_text("".join(f"{n}\n" for n in sorted(ours() - {database})))
+
+
 def exists(database: str) -> bool:
     with admin() as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
@@ -82,14 +107,23 @@ def exists(database: str) -> bool:
 
 
 def drop(database: str) -> None:
+    """Drop a database this checkout's benchmark created (and nothing else)."""
+    if database not in ours():
+        raise RuntimeError(f"{database} is not in {LEDGER}: not ours, not dropping it")
     with admin() as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+    _forget(database)
 
 
 def create(database: str, template: str | None = None) -> None:
-    drop(database)
+    """A new database (replacing one of ours of that name), listed before it exists."""
+    if exists(database):
+        drop(database)
+    LEDGER.parent.mkdir(parents=True, exist_ok=True)
+    with LEDGER.open("a") as ledger:
+        ledger.write(database + "\n")
     with admin() as conn:
         if template:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -103,10 +137,10 @@ def create(database: str, template: str | None = None) -> None:
 
 def ensure_source(clients: int, rebuild: bool) -> tuple[str, dict[str, Any]]:
     """The cached clinic database for ``clients``; builds it when missing or stale."""
-    name = f"retention_bench_src_{clients}"
+    name = f"retention_bench_src_{checkout_id()}_{clients}"
     config = asdict(synth_config(clients))
     config["end"] = str(config["end"])
-    if not rebuild and exists(name):
+    if not rebuild and name in ours() and exists(name):
         with psycopg.connect(url_for(name)) as conn:
             row = conn.execute("SELECT config, counts FROM bench_meta").fetchone()
         if row and json.loads(row[0]) == config:
@@ -348,7 +382,7 @@ def main() -> None:
     if args.setup_only:
         return
 
-    store, work = f"retention_bench_store_{args.clients}", f"retention_bench_work_{args.clients}"
+    store, work = f"retention_bench_store_{RUN}", f"retention_bench_work_{RUN}"
     from retention.db.engines import store_engine
     from retention.store import schema
 

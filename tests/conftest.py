@@ -21,9 +21,10 @@ from retention.pipelines.scoring import run_scoring
 from retention.pipelines.train import run_training
 from retention.reasons.catalogue import Catalogue, load_catalogue
 from retention.settings import Settings, settings_from_mapping
+from tests.support.apps import copied_store
 
-# PostgreSQL fixtures (pg_server, store_url, ...): a database per session or test, dropped after.
-pytest_plugins = ("tests.pg",)
+# PostgreSQL and Redis fixtures (pg_server, store_url, redis_url, private_redis, ...).
+pytest_plugins = ("tests.support.pg", "tests.support.redis")
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 1)
@@ -79,3 +80,12 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     yield Scored(settings, AS_OF, source, store_db, model, catalogue)
     source.dispose()
     store_db.dispose()
+
+
+@pytest.fixture
+def private_store(scored: Scored, tmp_path: Path) -> Iterator[tuple[str, Engine]]:
+    """A private copy of the scored store (URL and engine), to change without touching it."""
+    url = copied_store(scored.settings, tmp_path).store_url
+    engine = store_engine(url)
+    yield url, engine
+    engine.dispose()

@@ -5,7 +5,7 @@ little of each one's history: the last 90 days of slots, the slots since the las
 attended one (the current run of misses), what is booked ahead, and the latest few
 alliance measures. Reading just those rows (the scoped read) keeps the nightly run's
 reading proportional to the open caseload rather than to years of history.
-``tests/store/test_copy.py`` checks that features and reasons computed from the
+``tests/store/test_clinic_copy.py`` checks that features and reasons computed from the
 scoped read equal those computed from the whole copy.
 
 The copy version (the last ETL run that changed the copy) tells a later step
@@ -66,7 +66,7 @@ def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 9
     SRS and GSRS with a total, and the last WAI-SR by each rater, administered before
     ``as_of``, with the items of those SRS and GSRS. ``build_features`` and the reason
     histories give the same answers on this as on the whole copy (see
-    tests/test_store.py), at a fraction of the reading.
+    tests/store/test_clinic_copy.py), at a fraction of the reading.
     """
     return from_frames(scoped_frames(connection, as_of, lookback_days))
 

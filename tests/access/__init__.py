@@ -1,0 +1,1 @@
+"""Tests of retention.access: keys and the audit log."""

@@ -1,0 +1,1 @@
+"""Tests of the case managers' pages (retention.api.web)."""

@@ -1,0 +1,282 @@
+"""The case managers' pages through Flask's test client: sign-in, scope, CSRF, audit, outreach."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, select, text
+
+from retention.access.audit import read_audit
+from retention.access.keys import key_id_of, revoke_key
+from retention.api import create_app
+from retention.api.web.session import WebConfigError
+from retention.casework import outreach
+from retention.store import tables
+from retention.store.lists import publish_scores, read_list
+from retention.store.runs import finish_run, start_run
+from tests.conftest import Scored
+from tests.support.apps import clock_on, make_key
+
+CLINIC = "clinic-east"
+
+
+def _app(scored: Scored, settings_store: str | None = None, **overrides: object) -> Flask:
+    settings = scored.settings
+    if settings_store:
+        settings = settings.with_overrides(store_url=settings_store)
+    return create_app(settings, TESTING=True, clock=clock_on(scored.as_of), **overrides)
+
+
+@pytest.fixture(scope="module")
+def app(scored: Scored) -> Flask:
+    return _app(scored)
+
+
+@pytest.fixture(scope="module")
+def cm_key(scored: Scored) -> str:
+    return make_key(scored.store, "case_manager", [CLINIC], label="Dana (test)")
+
+
+def csrf(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, "the page has no CSRF field"
+    return found.group(1)
+
+
+def signed_in(app: Flask, token: str) -> FlaskClient:
+    client = app.test_client()
+    form = client.get("/web/sign-in").get_data(as_text=True)
+    answer = client.post("/web/sign-in", data={"csrf_token": csrf(form), "key": token})
+    assert answer.status_code == 303, answer.get_data(as_text=True)
+    return client
+
+
+def audit_rows(engine: Engine, action: str) -> list[dict]:
+    with engine.connect() as conn:
+        rows = read_audit(conn, datetime.min, datetime.max)
+    return [r for r in rows if r["action"] == action]
+
+
+def clients_on(page: str) -> list[str]:
+    return re.findall(r'<tr id="c-([^"]+)"', page)
+
+
+def in_clinic(scored: Scored, clinic: str, other: bool = False) -> str:
+    with scored.store.connect() as conn:
+        query = select(tables.scores.c.client_id).where(tables.scores.c.as_of == scored.as_of)
+        query = query.where(tables.scores.c.clinic_id != clinic if other
+                            else tables.scores.c.clinic_id == clinic)
+        return str(conn.execute(query.limit(1)).scalar_one())
+
+
+def test_sign_in_page_asks_for_the_access_key_and_is_never_cached(app: Flask) -> None:
+    answer = app.test_client().get("/web/sign-in")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 200 and "Sign in with your access key" in page
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert not re.search(r'(src|href)="https?://', page)  # nothing from elsewhere
+
+
+def test_pages_need_a_session(app: Flask) -> None:
+    answer = app.test_client().get("/web/")
+    assert answer.status_code == 303 and "/web/sign-in" in answer.headers["Location"]
+
+
+def test_a_bad_key_or_an_api_only_role_cannot_sign_in(app: Flask, scored: Scored) -> None:
+    client = app.test_client()
+    token = csrf(client.get("/web/sign-in").get_data(as_text=True))
+    fake = "rk_000000000000_" + "x" * 43
+    bad = client.post("/web/sign-in", data={"csrf_token": token, "key": fake})
+    assert bad.status_code == 401 and "not valid" in bad.get_data(as_text=True)
+    ehr = make_key(scored.store, "ehr", [CLINIC])
+    refused = client.post("/web/sign-in", data={"csrf_token": token, "key": ehr})
+    assert refused.status_code == 403 and "API only" in refused.get_data(as_text=True)
+    assert client.get("/web/").status_code == 303
+    outcomes = {r["outcome"] for r in audit_rows(scored.store, "web.sign_in")}
+    assert {"unauthenticated", "forbidden"} <= outcomes
+
+
+def test_sign_in_without_the_form_token_is_refused(app: Flask, cm_key: str) -> None:
+    client = app.test_client()
+    client.get("/web/sign-in")
+    answer = client.post("/web/sign-in", data={"key": cm_key})
+    assert answer.status_code == 400 and "text/html" in answer.content_type
+    assert client.get("/web/").status_code == 303
+
+
+def test_the_list_shows_only_the_callers_clinic_and_is_audited(
+    app: Flask, scored: Scored, cm_key: str
+) -> None:
+    answer = signed_in(app, cm_key).get("/web/")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    shown = clients_on(page)
+    with scored.store.connect() as conn:
+        expected = conn.execute(
+            select(tables.scores.c.client_id).where(tables.scores.c.as_of == scored.as_of,
+                                                   tables.scores.c.clinic_id == CLINIC)
+            .order_by(tables.scores.c.rank)).scalars().all()
+    assert shown == list(expected) and shown
+    assert "List as of" in page and "Signed in as" in page and "Dana (test)" in page
+    last = audit_rows(scored.store, "web.list")[-1]
+    assert last["client_ids"] == shown and last["outcome"] == "ok"
+
+
+def test_filters_and_sorting(app: Flask, scored: Scored, cm_key: str) -> None:
+    client = signed_in(app, cm_key)
+    high = client.get("/web/?tier=high").get_data(as_text=True)
+    assert clients_on(high) and 'badge-medium' not in high and 'badge-low' not in high
+    by_booking = client.get("/web/?sort=next_booked").get_data(as_text=True)
+    assert sorted(clients_on(by_booking)) == sorted(clients_on(client.get("/web/").get_data(
+        as_text=True)))
+    bad = client.get("/web/?tier=urgent")
+    assert bad.status_code == 400 and "high, medium or low" in bad.get_data(as_text=True)
+
+
+def test_client_page_tells_the_story(app: Flask, scored: Scored, cm_key: str) -> None:
+    client_id = in_clinic(scored, CLINIC)
+    answer = signed_in(app, cm_key).get(f"/web/clients/{client_id}")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert page.count("<svg") >= 2 and "concern line 36" in page and "Next step:" in page
+    assert "Record outreach" in page
+    last = audit_rows(scored.store, "web.client")[-1]
+    assert last["client_ids"] == [client_id] and last["outcome"] == "ok"
+
+
+def test_another_clinics_client_cannot_be_opened_by_url(
+    app: Flask, scored: Scored, cm_key: str
+) -> None:
+    other = in_clinic(scored, CLINIC, other=True)
+    client = signed_in(app, cm_key)
+    answer = client.get(f"/web/clients/{other}")
+    assert answer.status_code == 404 and "text/html" in answer.content_type
+    page = answer.get_data(as_text=True)
+    assert "not on your list" in page and "Record outreach" not in page and "<svg" not in page
+    post = client.post(f"/web/clients/{other}/outreach", data={
+        "csrf_token": csrf(client.get("/web/").get_data(as_text=True)),
+        "result": "reached", "channel": "phone", "outcome": "booked"})
+    assert post.status_code == 404
+    with scored.store.connect() as conn:
+        assert outreach.client_history(conn, other) == []
+    assert audit_rows(scored.store, "web.client")[-1]["outcome"] == "denied"
+
+
+def test_outreach_is_recorded_escaped_and_shown_on_the_list(
+    app: Flask, scored: Scored, cm_key: str
+) -> None:
+    client_id = in_clinic(scored, CLINIC)
+    client = signed_in(app, cm_key)
+    token = csrf(client.get(f"/web/clients/{client_id}").get_data(as_text=True))
+    missing = client.post(f"/web/clients/{client_id}/outreach",
+                          data={"csrf_token": token, "result": "reached", "channel": "phone"})
+    assert missing.status_code == 400 and "what came of the contact" in missing.get_data(
+        as_text=True)
+    no_token = client.post(f"/web/clients/{client_id}/outreach",
+                           data={"result": "not_reached", "channel": "text"})
+    assert no_token.status_code == 400
+    saved = client.post(f"/web/clients/{client_id}/outreach", data={
+        "csrf_token": token, "result": "reached", "channel": "phone", "outcome": "booked",
+        "note": "<b>call</b> back Tue", "back": "list"})
+    assert saved.status_code == 303 and f"#c-{client_id}" in saved.headers["Location"]
+    page = client.get(f"/web/clients/{client_id}").get_data(as_text=True)
+    assert "&lt;b&gt;call&lt;/b&gt; back Tue" in page and "<b>call</b>" not in page
+    row = client.get("/web/").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
+    assert "Reached by phone" in row.split("</tr>")[0]
+    with scored.store.connect() as conn:
+        history = outreach.client_history(conn, client_id)
+    assert len(history) == 1 and history[0]["outcome"] == "booked"
+    assert history[0]["list_as_of"] == scored.as_of and history[0]["reached"] is True
+
+
+def test_sign_out_ends_the_session_and_a_revoked_key_ends_it_too(
+    app: Flask, scored: Scored
+) -> None:
+    token = make_key(scored.store, "case_manager", [CLINIC])
+    client = signed_in(app, token)
+    page = client.get("/web/").get_data(as_text=True)
+    out = client.post("/web/sign-out", data={"csrf_token": csrf(page)})
+    assert out.status_code == 303 and client.get("/web/").status_code == 303
+    client = signed_in(app, token)
+    with scored.store.begin() as conn:
+        revoke_key(conn, key_id_of(token) or "")
+    ended = client.get("/web/")
+    assert ended.status_code == 303 and "ended=1" in ended.headers["Location"]
+
+
+def test_errors_are_pages_on_the_web_and_problem_json_on_the_api(app: Flask) -> None:
+    page = app.test_client().get("/web/no-such-page")
+    assert page.status_code == 404 and "text/html" in page.content_type
+    api = app.test_client().get("/v1/no-such-thing")
+    assert api.status_code == 404 and api.mimetype == "application/problem+json"
+    body = app.test_client().post("/v1/risk-list", data="x=1",
+                                  content_type="application/x-www-form-urlencoded")
+    assert body.mimetype == "application/problem+json"
+
+
+def test_audit_failure_shows_an_error_page_not_the_data(
+    scored: Scored, private_store: tuple[str, Engine]
+) -> None:
+    url, engine = private_store
+    app = _app(scored, url)
+    client = signed_in(app, make_key(engine, "case_manager", [CLINIC]))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                          "BEGIN SELECT RAISE(ABORT, 'down'); END"))
+    answer = client.get("/web/")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 503 and "audit trail cannot be written" in page
+    assert clients_on(page) == [] and in_clinic(scored, CLINIC) not in page
+
+
+def test_changes_since_the_previous_list_and_a_failed_run_are_shown(
+    scored: Scored, private_store: tuple[str, Engine]
+) -> None:
+    url, engine = private_store
+    with engine.begin() as conn:
+        current = read_list(conn, scored.as_of, clinic_id=CLINIC, limit=1000)
+        rows = conn.execute(select(tables.scores).where(tables.scores.c.as_of == scored.as_of))
+        previous = [dict(r._mapping) for r in rows if r.episode_id != current[0]["episode_id"]]
+        for r in previous:
+            r["as_of"] = scored.as_of - timedelta(days=1)
+            if r["episode_id"] == current[1]["episode_id"]:
+                r["risk"], r["tier"] = 0.01, "low"
+        publish_scores(conn, scored.as_of - timedelta(days=1), previous, 1, "old")
+        run = start_run(conn, "score", scored.as_of)
+        finish_run(conn, run, "failed", error="boom")
+    app = _app(scored, url)
+    page = signed_in(app, make_key(engine, "case_manager", [CLINIC])).get("/web/?sort=change")
+    html = page.get_data(as_text=True)
+    assert clients_on(html)[:2] == [current[0]["client_id"], current[1]["client_id"]]
+    assert "New on the list" in html and "Risk up" in html
+    assert "the last nightly run failed" in html
+
+
+def test_a_stale_list_is_flagged(scored: Scored, cm_key: str) -> None:
+    app = create_app(scored.settings, TESTING=True,
+                     clock=clock_on(scored.as_of + timedelta(days=4)))
+    html = signed_in(app, cm_key).get("/web/").get_data(as_text=True)
+    assert "this list is 4 days old" in html and 'role="alert"' in html
+
+
+def test_the_secret_comes_from_the_environment_and_cookies_are_locked_down(
+    scored: Scored, cm_key: str
+) -> None:
+    off = create_app(scored.settings, clock=clock_on(scored.as_of))
+    assert off.test_client().get("/web/").status_code == 503
+    assert off.test_client().get("/health").status_code == 200  # the API is unaffected
+    with pytest.raises(WebConfigError):
+        create_app(scored.settings, clock=clock_on(scored.as_of), SECRET_KEY="short")
+    app = create_app(scored.settings, SECRET_KEY="k" * 40, clock=clock_on(scored.as_of))
+    client = app.test_client()
+    form = client.get("/web/sign-in")
+    answer = client.post("/web/sign-in", data={"csrf_token": csrf(form.get_data(as_text=True)),
+                                               "key": cm_key})
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    assert "Path=/web" in cookie and cm_key not in cookie

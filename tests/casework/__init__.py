@@ -1,0 +1,1 @@
+"""Tests of retention.casework: caseloads and outreach."""

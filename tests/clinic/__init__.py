@@ -1,0 +1,1 @@
+"""Tests of retention.clinic: the data contract, instruments and the synthetic clinic."""

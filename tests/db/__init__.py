@@ -1,0 +1,1 @@
+"""Tests of retention.db: engines and the bulk paths."""

@@ -1,0 +1,69 @@
+"""Engines: store connections on PostgreSQL pinged only after they sat idle; the clinic source
+opened read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from retention.db import engines as db
+from retention.db.engines import is_read_only, source_engine, store_engine
+
+
+def _engine_and_backend(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, int, list[int]]:
+    """An engine with one pooled connection, its server pid, and a count of pings."""
+    engine = store_engine(url)
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return bool(ping(dbapi_connection))
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    with engine.connect() as conn:
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    return engine, pid, pings
+
+
+def test_a_connection_killed_while_idle_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)
+    engine, pid, pings = _engine_and_backend(pg_url, monkeypatch)
+    killer = store_engine(pg_url)
+    with killer.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    killer.dispose()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    assert pings  # it was pinged, found dead, and replaced
+    engine.dispose()
+
+
+def test_a_connection_used_moments_ago_is_not_pinged(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)
+    engine, pid, pings = _engine_and_backend(pg_url, monkeypatch)
+    pings.clear()  # a brand-new connection may be pinged once
+    for _ in range(3):
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
+    assert pings == []
+    engine.dispose()
+
+
+def test_the_clinic_source_is_opened_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "clinic.db"
+    create_engine(f"sqlite:///{path}").connect().close()
+    engine = source_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert is_read_only(conn)
+        with pytest.raises(DBAPIError, match="readonly"):
+            conn.execute(text("CREATE TABLE intruder (x integer)"))
+    engine.dispose()

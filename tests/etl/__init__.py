@@ -1,0 +1,1 @@
+"""Tests of retention.etl: extract, validation, quarantine and mapped sources."""

@@ -1,0 +1,182 @@
+"""A clinic's own schema mapped in config, read from PostgreSQL without ever writing to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from retention.clinic.synth import SynthConfig, generate, write
+from retention.db.engines import is_read_only, source_engine, store_engine
+from retention.pipelines.etl import run_etl
+from retention.settings import EtlSettings, parse_etl
+from tests.support.sources import AS_OF, stored
+
+PROGRAMS = {"outpatient": "OP", "intensive_outpatient": "IOP", "residential": "RES",
+            "partial_hospitalization": "PHP", "medication_assisted": "MAT", "detox": "DTX",
+            "other": "OTH"}
+STATUSES = {"scheduled": "SCH", "attended": "ATT", "no_show": "NS", "late_cancel": "LC",
+            "cancelled_by_client": "CXL", "cancelled_by_clinic": "CC"}
+
+# How this clinic maps its EHR: the [etl] section of its config, as TOML would give it.
+ETL_CONFIG: dict[str, Any] = {
+    "queries": {
+        "clients": "SELECT pid AS client_id, site AS clinic_id, cm AS case_manager_id, "
+                   "yob AS birth_year, gender AS sex, ethnicity AS race_ethnicity "
+                   "FROM ehr.patients",
+        "episodes": "SELECT adm_id AS episode_id, pid AS client_id, prog AS program, "
+                    "start_date AS admitted_on, plan_end AS planned_discharge_on, "
+                    "end_date AS discharged_on, end_reason AS discharge_reason, "
+                    "modified AS updated_at FROM ehr.admissions",
+        "appointments": "SELECT visit_id AS appointment_id, adm_id AS episode_id, "
+                        "pid AS client_id, slot AS scheduled_at, booked AS booked_at, "
+                        "status_code AS status, kind AS service_type, "
+                        "remote = 'Y' AS telehealth, staff AS clinician_id, "
+                        "modified AS updated_at FROM ehr.visits",
+        "alliance_measures": "SELECT rid AS measure_id, adm_id AS episode_id, "
+                             "pid AS client_id, visit_id AS appointment_id, "
+                             "tool AS instrument, who AS rater, taken AS administered_at, "
+                             "total AS score_total, g AS goal, t AS task, b AS bond, "
+                             "modified AS updated_at FROM ehr.ratings",
+        "alliance_items": "SELECT rid AS measure_id, q AS item_number, answer AS response "
+                          "FROM ehr.rating_items",
+    },
+    "codes": {
+        "episodes": {"program": {v: k for k, v in PROGRAMS.items()}},
+        "appointments": {"status": {v: k for k, v in STATUSES.items()}},
+        "alliance_measures": {"instrument": {"WAI": "WAI-SR"},
+                              "rater": {"C": "client", "T": "therapist"}},
+    },
+}
+
+EHR_DDL = """
+CREATE SCHEMA ehr;
+CREATE TABLE ehr.patients (pid text, site text, cm text, yob int, gender text, ethnicity text);
+CREATE TABLE ehr.admissions (adm_id text, pid text, prog text, start_date text, plan_end text,
+                             end_date text, end_reason text, modified timestamp);
+CREATE TABLE ehr.visits (visit_id text, adm_id text, pid text, slot text, booked timestamp,
+                         status_code text, kind text, remote char(1), staff text,
+                         modified timestamp);
+CREATE TABLE ehr.ratings (rid text, adm_id text, pid text, visit_id text, tool text, who text,
+                          taken timestamp, total numeric, g numeric, t numeric, b numeric,
+                          modified timestamp);
+CREATE TABLE ehr.rating_items (rid text, q int, answer numeric)
+"""
+
+
+def _day(v: Any) -> str | None:
+    return None if v is None or pd.isna(v) else f"{v:%Y-%m-%d}"
+
+
+def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
+    """The synthetic clinic as an EHR stores it: other names, codes and text dates."""
+    c, e, a = frames["clients"], frames["episodes"], frames["appointments"]
+    m, i = frames["alliance_measures"], frames["alliance_items"]
+    tables = {
+        "patients": pd.DataFrame({"pid": c.client_id, "site": c.clinic_id,
+                                  "cm": c.case_manager_id, "yob": c.birth_year,
+                                  "gender": c.sex, "ethnicity": c.race_ethnicity}),
+        "admissions": pd.DataFrame({
+            "adm_id": e.episode_id, "pid": e.client_id, "prog": e.program.map(PROGRAMS),
+            "start_date": e.admitted_on.map(_day), "plan_end": e.planned_discharge_on.map(_day),
+            "end_date": e.discharged_on.map(_day), "end_reason": e.discharge_reason,
+            "modified": e.updated_at}),
+        "visits": pd.DataFrame({
+            "visit_id": a.appointment_id, "adm_id": a.episode_id, "pid": a.client_id,
+            "slot": a.scheduled_at.dt.strftime("%Y-%m-%d %H:%M"), "booked": a.booked_at,
+            "status_code": a.status.map(STATUSES), "kind": a.service_type,
+            "remote": a.telehealth.map({True: "Y", False: "N"}), "staff": a.clinician_id,
+            "modified": a.updated_at}),
+        "ratings": pd.DataFrame({
+            "rid": m.measure_id, "adm_id": m.episode_id, "pid": m.client_id,
+            "visit_id": m.appointment_id, "tool": m.instrument.replace({"WAI-SR": "WAI"}),
+            "who": m.rater.map({"client": "C", "therapist": "T"}), "taken": m.administered_at,
+            "total": m.score_total, "g": m.goal, "t": m.task, "b": m.bond,
+            "modified": m.updated_at}),
+        "rating_items": pd.DataFrame({"rid": i.measure_id, "q": i.item_number,
+                                      "answer": i.response}),
+    }
+    with engine.begin() as conn:
+        for statement in EHR_DDL.split(";"):
+            conn.execute(text(statement))
+        for name, frame in tables.items():
+            frame.astype(object).where(frame.notna(), None).to_sql(
+                name, conn, schema="ehr", if_exists="append", index=False, chunksize=5000)
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    return generate(SynthConfig(end=AS_OF, n_clients=150, seed=21))
+
+
+@pytest.mark.slow
+def test_a_mapped_ehr_loads_exactly_like_the_contract(
+    frames: dict[str, pd.DataFrame], pg_databases: Callable[[str], str], tmp_path: Path
+) -> None:
+    ehr_url = pg_databases("ehr")
+    writer = create_engine(ehr_url)
+    write_ehr(writer, frames)
+    contract_url = f"sqlite:///{tmp_path / 'contract.db'}"
+    plain = create_engine(contract_url)
+    with plain.begin() as conn:
+        write(conn, frames)
+    plain.dispose()
+
+    mapped_store, plain_store = store_engine(pg_databases("mapped")), store_engine(
+        f"sqlite:///{tmp_path / 'store.db'}")
+    mapped_source, plain_source = source_engine(ehr_url), source_engine(contract_url)
+    settings = parse_etl(ETL_CONFIG)
+    result = run_etl(mapped_source, mapped_store, AS_OF, settings)
+    run_etl(plain_source, plain_store, AS_OF, EtlSettings())
+    assert result.rows_quarantined == 0 and result.open_episodes > 0
+    assert stored(mapped_store, AS_OF) == stored(plain_store, AS_OF)
+
+    # The clinic's own codes and text dates can still be wrong: those rows are held back.
+    stamp = datetime(2026, 6, 1, 15)
+    with writer.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO ehr.visits SELECT 'V-BADDATE', adm_id, pid, '2026-02-30 10:00', "
+            "booked, 'ATT', kind, remote, staff, :s FROM ehr.visits LIMIT 1"), {"s": stamp})
+        conn.execute(text(
+            "INSERT INTO ehr.visits SELECT 'V-ZZ', adm_id, pid, '2026-06-03 10:00', "
+            "booked, 'ZZ', kind, remote, staff, :s FROM ehr.visits LIMIT 1"), {"s": stamp})
+    again = run_etl(mapped_source, mapped_store, AS_OF + timedelta(days=1), settings)
+    assert not again.full and again.rows_quarantined == 2
+    quarantined = {(r[1], r[2]) for r in stored(mapped_store)["quarantine"]}
+    assert quarantined == {("V-BADDATE", "malformed_date"), ("V-ZZ", "unknown_code")}
+    for engine in (writer, mapped_store, plain_store, mapped_source, plain_source):
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_source_is_opened_read_only_and_left_unchanged(
+    frames: dict[str, pd.DataFrame], pg_databases: Callable[[str], str], tmp_path: Path
+) -> None:
+    url = pg_databases("clinic")
+    writer = create_engine(url)
+    with writer.begin() as conn:
+        write(conn, frames)
+
+    def fingerprint() -> list[Any]:
+        with writer.connect() as conn:
+            return [conn.execute(text(f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY "
+                                      f"t::text)) FROM {name} t")).one()
+                    for name in ("clients", "episodes", "appointments", "alliance_measures",
+                                 "alliance_items")]
+
+    before = fingerprint()
+    source = source_engine(url)
+    with source.connect() as conn:
+        assert is_read_only(conn)
+        with pytest.raises(DBAPIError, match="read-only"):
+            conn.execute(text("CREATE TABLE intruder (x int)"))
+    run_etl(source, store_engine(f"sqlite:///{tmp_path / 'store.db'}"), AS_OF, EtlSettings())
+    assert fingerprint() == before
+    source.dispose()
+    writer.dispose()

@@ -1,0 +1,1 @@
+"""Tests of retention.evaluation: held-out metrics, bootstrap, fairness, report."""

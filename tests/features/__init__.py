@@ -1,0 +1,1 @@
+"""Tests of retention.features: feature families, labels, no leakage."""

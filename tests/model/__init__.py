@@ -1,0 +1,1 @@
+"""Tests of retention.model: training, booster, artifacts, calibration, registry, drift."""

@@ -1,0 +1,1 @@
+"""Tests of retention.reasons: explain, history and phrases."""

@@ -1,0 +1,1 @@
+"""Tests of retention.store: schema, the clinic copy, lists, stored features, checks."""

@@ -1,0 +1,130 @@
+"""Small, readable clinic data for tests: build rows by hand, get a ClinicData; or give a
+clinic's clients other demographics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from retention.clinic import contract
+from retention.clinic.data import ClinicData, from_frames
+from retention.clinic.instruments import WAI_SR_KEY
+
+
+def at(day: str, hour: int = 10) -> datetime:
+    """A timestamp on an ISO day, at ``hour`` o'clock."""
+    return datetime.combine(date.fromisoformat(day), datetime.min.time()) + timedelta(hours=hour)
+
+
+@dataclass
+class ClinicBuilder:
+    """Accumulates contract rows; ``build()`` returns them as ClinicData."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {name: [] for name in contract.TABLES}
+    )
+    _n: int = 0
+
+    def _id(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n:05d}"
+
+    def client(self, client_id: str, clinic_id: str = "clinic-a", case_manager_id: str = "cm-1",
+               **demographics: Any) -> str:
+        self.rows["clients"].append({
+            "client_id": client_id, "clinic_id": clinic_id, "case_manager_id": case_manager_id,
+            "birth_year": demographics.get("birth_year", 1985),
+            "sex": demographics.get("sex", "female"),
+            "race_ethnicity": demographics.get("race_ethnicity"),
+        })
+        return client_id
+
+    def episode(self, episode_id: str, client_id: str, admitted_on: str,
+                program: str = "outpatient", planned_discharge_on: str | None = None,
+                discharged_on: str | None = None, discharge_reason: str | None = None) -> str:
+        self.rows["episodes"].append({
+            "episode_id": episode_id, "client_id": client_id, "program": program,
+            "admitted_on": date.fromisoformat(admitted_on),
+            "planned_discharge_on": (date.fromisoformat(planned_discharge_on)
+                                     if planned_discharge_on else None),
+            "discharged_on": date.fromisoformat(discharged_on) if discharged_on else None,
+            "discharge_reason": discharge_reason,
+            "updated_at": at(discharged_on or admitted_on, 18),
+        })
+        return episode_id
+
+    def appointment(self, episode_id: str, when: datetime, status: str = "attended",
+                    service_type: str = "individual", telehealth: bool = False,
+                    booked_at: datetime | None = None, updated_at: datetime | None = None,
+                    appointment_id: str | None = None) -> str:
+        appointment_id = appointment_id or self._id("A")
+        self.rows["appointments"].append({
+            "appointment_id": appointment_id, "episode_id": episode_id,
+            "client_id": self._client_of(episode_id), "scheduled_at": when,
+            "booked_at": booked_at if booked_at is not None else when - timedelta(days=7),
+            "status": status, "service_type": service_type, "telehealth": telehealth,
+            "clinician_id": "th-1",
+            "updated_at": updated_at or (when + timedelta(hours=2) if status != "scheduled"
+                                         else (booked_at or when - timedelta(days=7))),
+        })
+        return appointment_id
+
+    def srs(self, episode_id: str, when: datetime, items: Sequence[float],
+            instrument: str = "SRS", appointment_id: str | None = None) -> str:
+        measure_id = self._id("M")
+        self._measure(measure_id, episode_id, when, instrument, "client", appointment_id,
+                      float(sum(items)), None)
+        for n, response in enumerate(items, start=1):
+            self.rows["alliance_items"].append(
+                {"measure_id": measure_id, "item_number": n, "response": float(response)})
+        return measure_id
+
+    def wai(self, episode_id: str, when: datetime, rater: str, items: Sequence[int]) -> str:
+        measure_id = self._id("M")
+        scales = {k: sum(items[i - 1] for i in key) / len(key) for k, key in WAI_SR_KEY.items()}
+        self._measure(measure_id, episode_id, when, "WAI-SR", rater, None, float(sum(items)),
+                      scales)
+        for n, response in enumerate(items, start=1):
+            self.rows["alliance_items"].append(
+                {"measure_id": measure_id, "item_number": n, "response": float(response)})
+        return measure_id
+
+    def _measure(self, measure_id: str, episode_id: str, when: datetime, instrument: str,
+                 rater: str, appointment_id: str | None, total: float,
+                 scales: dict[str, float] | None) -> None:
+        scales = scales or {}
+        self.rows["alliance_measures"].append({
+            "measure_id": measure_id, "episode_id": episode_id,
+            "client_id": self._client_of(episode_id), "appointment_id": appointment_id,
+            "instrument": instrument, "rater": rater, "administered_at": when,
+            "score_total": total, "goal": scales.get("goal"), "task": scales.get("task"),
+            "bond": scales.get("bond"), "updated_at": when,
+        })
+
+    def _client_of(self, episode_id: str) -> str:
+        for e in self.rows["episodes"]:
+            if e["episode_id"] == episode_id:
+                return str(e["client_id"])
+        raise KeyError(episode_id)
+
+    def build(self) -> ClinicData:
+        frames = {
+            name: pd.DataFrame(rows, columns=[c.name for c in contract.TABLES[name].columns])
+            for name, rows in self.rows.items()
+        }
+        return from_frames(frames)
+
+
+def with_other_demographics(data: ClinicData) -> ClinicData:
+    """Every client's sex, race/ethnicity and birth year changed to another value."""
+    clients = data.clients.copy()
+    for col in ("sex", "race_ethnicity"):
+        values = sorted({str(v) for v in clients[col].dropna()} | {"unrecorded"})
+        following = dict(zip(values, values[1:] + values[:1], strict=True))
+        clients[col] = [following[str(v) if pd.notna(v) else "unrecorded"] for v in clients[col]]
+    clients["birth_year"] = clients["birth_year"].fillna(1980).astype(int) - 23
+    return replace(data, clients=clients)
