@@ -24,6 +24,7 @@ from benchmarks.ctn0094_loader import ENROLMENT_DAYS, FIRST_ADMISSION, load_fram
 from retention.clinic.synth import write
 from retention.db.engines import source_engine, store_engine
 from retention.evaluation.report import write_report
+from retention.pipelines.commands.model import calibration_line
 from retention.pipelines.etl import run_etl
 from retention.pipelines.train import run_training
 from retention.settings import settings_from_mapping
@@ -72,7 +73,7 @@ def main() -> None:
     source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
     say(f"ETL as of {AS_OF}")
     run_etl(source, store_db, AS_OF)
-    say("training (snapshots every 7 days)")
+    say(f"training (snapshots every {settings.snapshot_every_days} days)")
     result = run_training(settings, store_db, AS_OF,
                           progress=lambda d, t: d % 20 == 0 and say(f"  snapshots {d}/{t}"))
     paths = write_report(settings.models_dir, work / "reports", result.version)
@@ -88,7 +89,8 @@ def main() -> None:
         for name, values in data["metrics"].items():
             cells = "".join(f"{_ci(values[m]):>22}" for m in METRICS)
             print(f"  {ev['scorers'][name]['label']:<38}{cells}")
-    print("\ngate:", "passed" if result.gate.passed else "refused: "
+    print("\n" + calibration_line(result))
+    print("gate:", "passed" if result.gate.passed else "refused: "
           + "; ".join(result.gate.refusals))
     print("fairness flags:", ev["fairness"]["all"]["flags"] or "none")
     print("top features:", ", ".join(f"{f['feature']} {f['gain_share']:.2f}"

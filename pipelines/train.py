@@ -39,6 +39,9 @@ class TrainResult:
     evaluation: dict[str, Any]
     gate: GateDecision
     promoted: bool
+    # The calibration kept, and how the candidates compared (None when one was named).
+    calibration_method: str = ""
+    calibration_choice: dict[str, Any] | None = None
 
 
 def run_training(
@@ -68,7 +71,8 @@ def run_training(
         run.rows_read = len(rows)
         split_args = {"evaluate_share": ms.evaluate_share, "calibrate_share": ms.calibrate_share}
         trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
-                      trained_as_of=as_of, calibration=ms.calibration_method, **split_args)
+                      trained_as_of=as_of, calibration=ms.calibration_method,
+                      isotonic_min_outcomes=ms.isotonic_min_outcomes, **split_args)
         split = time_split(rows, settings.horizon_days, **split_args)
         current = _current_model(settings.models_dir, trained.version)
         evaluation = assess(trained, split, data.clients, ms,
@@ -87,7 +91,8 @@ def run_training(
                  trained.version, len(rows), "passed" if decision.passed else "refused",
                  promoted)
         return TrainResult(run.run_id, trained.version, folder, len(rows), len(dates),
-                           trained.metadata["metrics"], evaluation, decision, promoted)
+                           trained.metadata["metrics"], evaluation, decision, promoted,
+                           trained.calibrator.method, trained.metadata.get("calibration_choice"))
 
 
 def _current_model(models_dir: Path, candidate: str) -> TrainedModel | None:

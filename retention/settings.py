@@ -38,8 +38,9 @@ ENV_OVERRIDES = {
     "RETENTION_REASONS_FILE": "reasons_file",
 }
 
-# Calibration maps a model may be stored with (``retention.model.calibration``).
-CALIBRATION_METHODS: tuple[str, ...] = ("isotonic", "platt")
+# Calibration maps a model may be stored with (``retention.model.calibration``); "auto"
+# in the settings chooses among them by comparison at each training.
+CALIBRATION_METHODS: tuple[str, ...] = ("platt", "beta", "isotonic")
 
 # Coded columns and the contract's codes for each: what ``[etl.codes]`` may map.
 CODED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -127,9 +128,19 @@ class EvaluationSettings:
     # Share of snapshot dates held out for evaluation (latest) and calibration (before it).
     evaluate_share: float = 0.2
     calibrate_share: float = 0.15
-    # Platt by default: a clinic's calibration slice holds few dropouts, and isotonic
-    # steps then put whole blocks of clients at exactly 0% or 100% risk.
-    calibration_method: str = "platt"
+    # "auto" compares Platt, beta and (with enough outcomes) isotonic calibration out of
+    # time on the calibration slice and keeps the best; or name one of them.
+    calibration_method: str = "auto"
+    # Isotonic steps need many outcomes: fewer of either kind than this and it is not tried.
+    isotonic_min_outcomes: int = 100
+    # The calibration bound on the evaluation slice: expected calibration error (10
+    # equal-width bins) at most max_ece, and no decile of predicted risk with at least
+    # min_decile_rows rows off by more than max_decile_gap. The gate refuses a candidate
+    # whose 95% interval lies beyond either (a point estimate over the bound, on a slice
+    # too small to tell, is reported as a warning).
+    calibration_max_ece: float = 0.02
+    calibration_max_decile_gap: float = 0.08
+    calibration_min_decile_rows: int = 30
     # A case manager's capacity: the top k episodes per clinic per snapshot date.
     capacity_k: int = 10
     # Bootstrap resamples of clients (clustered) for confidence intervals.
@@ -158,17 +169,27 @@ class Settings:
     models_dir: Path = Path("models")
     reasons_file: Path = Path("config/reasons.toml")
     horizon_days: int = 30
-    snapshot_every_days: int = 7
+    # Training snapshots every this many days. 6 is coprime with 7, so the snapshots fall on
+    # every weekday in turn: the list is scored every night, and days since the last session
+    # or until the next one follow the week's timetable.
+    snapshot_every_days: int = 6
     # Training uses snapshots no older than this before the training as-of date.
     training_window_days: int = 540
     # "Still engaged": attended a session within this many days before the as-of date.
     engaged_within_days: int = 14
     max_reasons: int = 3
+    # A reason is shown only if it carries at least this share of the client's movement
+    # from the starting point (an average client's risk), and at least this many points.
+    min_reason_share: float = 0.1
+    min_reason_points: float = 1.0
     seed: int = 42
     schedule_cron: str = "30 2 * * *"
     schedule_timezone: str = "UTC"
     misfire_grace_seconds: int = 6 * 3600
     api_max_limit: int = 500
+    # /ready answers 503 when the served list is older than this (the API still serves it,
+    # marked stale, to callers; a probe should route traffic elsewhere or page someone).
+    max_list_age_days: int = 3
     # Requests per minute per API key; the counter store is shared by every worker
     # ("redis://host:port/db"); "memory://" counts per process (dev server, tests).
     api_rate_limit_per_minute: int = 600
@@ -271,6 +292,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("snapshot_every_days must be at least 1")
     if not 1 <= s.max_reasons <= 10:
         raise ConfigError("max_reasons must be between 1 and 10")
+    if not 0 <= s.min_reason_share < 1 or s.min_reason_points < 0:
+        raise ConfigError("min_reason_share must be in [0, 1) and min_reason_points >= 0")
     if any(not 0 < v < 1 for v in s.tiers.values()):
         raise ConfigError("tier thresholds must be probabilities between 0 and 1")
 
@@ -323,8 +346,13 @@ def parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSettings:
     for name in ("evaluate_share", "calibrate_share"):
         if not 0 < getattr(ev, name) < 0.5:
             raise ConfigError(f"[evaluation] {name} must be between 0 and 0.5")
-    if ev.calibration_method not in CALIBRATION_METHODS:
-        raise ConfigError(f"[evaluation] calibration_method must be one of {CALIBRATION_METHODS}")
+    if ev.calibration_method not in (*CALIBRATION_METHODS, "auto"):
+        raise ConfigError("[evaluation] calibration_method must be auto or one of "
+                          f"{', '.join(CALIBRATION_METHODS)}")
+    if not (0 < ev.calibration_max_ece < 1 and 0 < ev.calibration_max_decile_gap < 1
+            and ev.calibration_min_decile_rows >= 1 and ev.isotonic_min_outcomes >= 1):
+        raise ConfigError("[evaluation] calibration bounds must be between 0 and 1, and "
+                          "calibration_min_decile_rows and isotonic_min_outcomes at least 1")
     if ev.capacity_k < 1 or ev.bootstrap_samples < 10:
         raise ConfigError("[evaluation] capacity_k must be >= 1 and bootstrap_samples >= 10")
     for name in ("fairness_tolerance", "promotion_tolerance"):

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from retention.db.engines import store_engine
+from retention.evaluation.calibration import summary
 from retention.evaluation.report import write_report
 from retention.model import registry
 from retention.model.booster import ModelError
@@ -33,6 +34,19 @@ def train(obj: Context, as_of: datetime | None, no_promote: bool) -> None:
         f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f} "
         f"(base rate {v['base_rate']:.3f}, n {int(v['n']):,}); saved to {result.folder}; "
         f"{verdict}. `retention report {result.version}` writes its report")
+    say("  " + calibration_line(result))
+
+
+def calibration_line(result: TrainResult) -> str:
+    """The calibration chosen and how it holds on the evaluation slice, for people."""
+    choice = result.calibration_choice
+    chosen = f"{result.calibration_method}"
+    if choice is not None:
+        scores = ", ".join(f"{m} {v:.4f}" for m, v in choice["log_loss"].items() if v is not None)
+        chosen += f" (chosen by out-of-time log loss: {scores})"
+    report = result.evaluation.get("calibration")
+    return f"calibration {chosen}; on the evaluation slice " + (
+        summary(report) if report else "not evaluated")
 
 
 def train_model(settings: Settings, as_of: date, promote: bool) -> TrainResult:

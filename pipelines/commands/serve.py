@@ -17,7 +17,7 @@ from retention.api import create_app
 from retention.db.engines import store_engine
 from retention.pipelines.commands.common import Context, say
 from retention.pipelines.commands.data import extract, synthesize
-from retention.pipelines.commands.model import train_model
+from retention.pipelines.commands.model import calibration_line, train_model
 from retention.pipelines.commands.scoring import score_list
 from retention.pipelines.gunicorn_app import run_gunicorn
 from retention.pipelines.scheduler import JOB_ID, build_scheduler
@@ -92,6 +92,7 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
     v = trained.metrics["evaluation"]
     say(f"  version {trained.version}: held-out AUROC {v['auroc']:.3f}, "
         f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f}")
+    say("  " + calibration_line(trained))
     say(f"demo [4/{steps}] scoring")
     scored = score_list(settings, today, None)
     say(f"  {scored.scored:,} episodes ranked, {scored.high_risk:,} high risk")

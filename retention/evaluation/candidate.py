@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from retention.evaluation.baselines import fit_logistic, logistic_baseline, rule_baselines
+from retention.evaluation.calibration import calibration_report
 from retention.evaluation.fairness import fairness_report, group_columns
 from retention.evaluation.heldout import (
     baseline_scorer,
@@ -63,6 +64,8 @@ def assess(
             groups[mask], tolerance=ms.fairness_tolerance, min_outcomes=ms.fairness_min_outcomes,
         )
     evaluation["fairness"] = fairness
+    evaluation["calibration"] = calibration_report(y, candidate.probability,
+                                                   rows["client_id"].to_numpy(), ms)
     evaluation["top_features"] = top_features(model)
     evaluation["version"] = model.version
     if current is not None:

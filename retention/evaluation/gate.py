@@ -40,6 +40,17 @@ def gate(version: str, evaluation: dict[str, Any], tolerance: float) -> GateDeci
         "candidate": model_auroc, "reference": value, "against": name,
         "passed": _finite(model_auroc) and model_auroc > value,
     })
+    calibration = evaluation.get("calibration")
+    if calibration is not None:
+        bound = calibration["bound"]
+        checks.append({
+            "check": f"calibrated on the evaluation slice (ECE at most {bound['max_ece']}, "
+                     f"no decile of {bound['min_decile_rows']}+ rows off by more than "
+                     f"{bound['max_decile_gap']}; refused when clearly beyond)",
+            "candidate": calibration["ece"]["value"], "reference": bound["max_ece"],
+            "against": "the calibration bound", "passed": not bound["broken"],
+            "within_bound": bound["met"],
+        })
     current = next((n for n, s in evaluation["scorers"].items() if s["kind"] == "current"), None)
     if current is not None:
         for subset in ("all", "engaged"):

@@ -1,9 +1,10 @@
 """The evaluation report of a version: HTML with plots, and the same numbers as JSON.
 
 Everything comes from the version's checked ``evaluation.json`` (hash-verified),
-so a report cannot show numbers the training run did not produce. Plots:
-calibration curve, ROC and precision-recall curves with the baselines, the
-score distribution by outcome, the subgroup table and the top features.
+so a report cannot show numbers the training run did not produce. Plots: ROC and
+precision-recall curves with the baselines, the calibration curve with intervals and
+counts, the score distribution by outcome (one colour per scorer in every panel);
+the calibration bound by decile, the subgroup table and the top features.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def render_report(meta: dict[str, Any], evaluation: dict[str, Any],
         parts.append(f"<h2>{title}</h2><p>{data['n']:,} rows, {data['positives']:,} "
                      f"disengaged ({data['base_rate']:.1%}), {data['clients']:,} clients.</p>")
         parts.append(_metrics_table(evaluation, data))
-        parts.append(_img(_curves_figure(evaluation, data)))
+        calibration = evaluation.get("calibration") if subset == "all" else None
+        parts.append(_img(_curves_figure(evaluation, data, calibration)))
+        if subset == "all":
+            parts.append(_calibration_html(calibration))
     parts.append("<h2>Subgroups (all open episodes)</h2>")
     parts.append(_fairness_html(evaluation["fairness"]["all"]))
     parts.append("<h2>Top features (share of total gain)</h2><table><tr><th>feature</th>"
@@ -161,38 +165,105 @@ def _fairness_html(report: dict[str, Any]) -> str:
             f"<th>gaps</th></tr>{''.join(rows)}</table>")
 
 
-def _curves_figure(evaluation: dict[str, Any], data: dict[str, Any]) -> Any:
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+# One colour per scorer, the same in every panel: the candidate first, then the others in
+# the evaluation's order.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#7f7f7f")
+
+
+def _colours(evaluation: dict[str, Any]) -> dict[str, str]:
+    kinds = {"model": 0, "current": 1, "baseline": 2}
+    order = sorted(evaluation["scorers"],
+                   key=lambda n: (kinds.get(evaluation["scorers"][n]["kind"], 3), n))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(order)}
+
+
+def _curves_figure(evaluation: dict[str, Any], data: dict[str, Any],
+                   calibration: dict[str, Any] | None = None) -> Any:
+    """ROC, precision-recall, calibration and score distribution, one legend for all.
+
+    The calibration panel shows every scorer with probabilities in its own colour; on
+    all open episodes the model's points carry their 95% interval (clients resampled)
+    and the number of rows in each bin.
+    """
+    colours = _colours(evaluation)
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
     roc, pr, cal, hist = axes
     for name, curves in data["curves"].items():
         if not curves:
             continue
         label = evaluation["scorers"][name]["label"]
         style = "-" if evaluation["scorers"][name]["kind"] != "baseline" else "--"
-        roc.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], style, label=label)
-        pr.plot(curves["pr"]["recall"], curves["pr"]["precision"], style, label=label)
-        if "calibration" in curves:
+        colour = colours[name]
+        roc.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], style, color=colour, label=label)
+        pr.plot(curves["pr"]["recall"], curves["pr"]["precision"], style, color=colour,
+                label=label)
+        if "calibration" not in curves:
+            continue
+        if name == "model" and calibration is not None:
+            bins = calibration["bins"]
+            x = [b["predicted"] for b in bins]
+            y = [b["observed"]["value"] for b in bins]
+            err = [[b["observed"]["value"] - b["observed"]["low"] for b in bins],
+                   [b["observed"]["high"] - b["observed"]["value"] for b in bins]]
+            cal.errorbar(x, y, yerr=err, fmt="o-", color=colour, capsize=3, label=label)
+            for b in bins:
+                cal.annotate(f"{b['n']}", (b["predicted"], b["observed"]["value"]),
+                             textcoords="offset points", xytext=(4, -10), fontsize=6,
+                             color=colour)
+        else:
             cal.plot(curves["calibration"]["predicted"], curves["calibration"]["observed"],
-                     "o" + style, label=label)
+                     "o" + style, color=colour, label=label, markersize=4)
     roc.plot([0, 1], [0, 1], ":", color="grey")
     roc.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
-    pr.axhline(data["base_rate"], ls=":", color="grey")
+    pr.axhline(data["base_rate"], ls=":", color="grey", label="base rate")
     pr.set(title="Precision-recall", xlabel="recall", ylabel="precision")
-    cal.plot([0, 1], [0, 1], ":", color="grey")
-    cal.set(title="Calibration", xlabel="predicted risk", ylabel="observed rate")
+    cal.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    cal.set(title="Calibration (10 bins; numbers: rows)", xlabel="predicted risk",
+            ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
     model_hist = data["curves"].get("model", {}).get("histogram")
     if model_hist:
         edges = model_hist["edges"]
         width = edges[1] - edges[0]
         hist.bar(edges[:-1], model_hist["negatives"], width=width, align="edge", alpha=0.6,
-                 label="stayed engaged")
+                 color="#9ecae1", label="stayed engaged")
         hist.bar(edges[:-1], model_hist["positives"], width=width, align="edge", alpha=0.6,
-                 label="disengaged")
+                 color="#fc9272", label="disengaged")
         hist.set(title="Score distribution (model)", xlabel="calibrated risk", ylabel="rows")
         hist.legend(fontsize=7)
-    roc.legend(fontsize=7, loc="lower right")
+    for panel in (roc, pr, cal):
+        panel.legend(fontsize=7, loc="lower right" if panel is not pr else "upper right")
     fig.tight_layout()
     return fig
+
+
+def _calibration_html(calibration: dict[str, Any] | None) -> str:
+    """The calibration bound and the deciles of predicted risk, with intervals."""
+    if calibration is None:
+        return "<p>No calibration check recorded for this version.</p>"
+    b = calibration["bound"]
+    verdict = ("within the bound" if b["met"] else
+               "<span class='bad'>clearly beyond the bound</span>" if b["broken"] else
+               "<span class='bad'>over the bound</span>, within chance at this size")
+    rows = "".join(
+        f"<tr><td>{d['group'] + 1}</td><td>{d['n']:,}</td>"
+        f"<td>{d['low_risk']:.3f}&ndash;{d['high_risk']:.3f}</td><td>{d['predicted']:.3f}</td>"
+        f"<td>{_fmt(d['observed'])}</td><td class='{_gap_class(d, b)}'>{_fmt(d['gap'])}</td>"
+        "</tr>" for d in calibration["deciles"])
+    return (f"<h2>Calibration: {verdict}</h2><p>Expected calibration error "
+            f"{_fmt(calibration['ece'])} (bound {b['max_ece']}); mean predicted "
+            f"{calibration['mean_predicted']:.3f} against "
+            f"{calibration['observed_rate']:.3f} observed. Deciles of predicted risk with "
+            f"{b['min_decile_rows']}+ rows may be off by at most {b['max_decile_gap']}; a bound "
+            "is broken (and the gate refuses) when the 95% interval lies wholly beyond it.</p>"
+            "<table><tr><th>decile</th><th>rows</th><th>predicted range</th><th>mean "
+            "predicted</th><th>observed</th><th>predicted &minus; observed</th></tr>"
+            f"{rows}</table>")
+
+
+def _gap_class(decile: dict[str, Any], bound: dict[str, Any]) -> str:
+    judged = decile["n"] >= bound["min_decile_rows"]
+    return "bad" if judged and abs(decile["gap"]["value"]) > bound["max_decile_gap"] else ""
 
 
 def _img(fig: Any) -> str:

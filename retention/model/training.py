@@ -25,7 +25,7 @@ from retention.features.labels import disengagement_labels, label_observable
 from retention.model import drift
 from retention.model.artifacts import build_metadata, fingerprint
 from retention.model.booster import TrainedModel, metrics, to_matrix, train_booster
-from retention.model.calibration import Calibrator
+from retention.model.calibration import Calibrator, choose
 
 Progress = Callable[[int, int], None]
 
@@ -142,14 +142,17 @@ def fit(
     horizon_days: int,
     seed: int,
     trained_as_of: date,
-    calibration: str = "isotonic",
+    calibration: str = "auto",
     evaluate_share: float = 0.2,
     calibrate_share: float = 0.15,
+    isotonic_min_outcomes: int = 100,
 ) -> TrainedModel:
     """Train on the oldest slice, calibrate on the next, and record headline metrics.
 
-    The full evaluation against baselines (``retention.evaluation``) runs on
-    ``time_split(...).evaluate`` with the same arguments.
+    ``calibration`` "auto" compares the calibrations out of time on the calibration
+    slice and keeps the best (``calibration.choose``). The full evaluation against
+    baselines (``retention.evaluation``) runs on ``time_split(...).evaluate`` with the
+    same arguments.
     """
     split = time_split(rows, horizon_days, evaluate_share, calibrate_share)
     y_train = split.train["label"].to_numpy()
@@ -157,8 +160,13 @@ def fit(
     raw = {name: np.asarray(booster.predict(to_matrix(part), raw_score=True))
            for name, part in (("train", split.train), ("calibration", split.calibrate),
                               ("evaluation", split.evaluate))}
-    calibrator = Calibrator(calibration).fit(raw["calibration"],
-                                             split.calibrate["label"].to_numpy())
+    y_cal = split.calibrate["label"].to_numpy()
+    choice = None
+    if calibration == "auto":
+        choice = choose(raw["calibration"], y_cal, split.calibrate["as_of"].to_numpy(),
+                        isotonic_min_outcomes)
+        calibration = choice.method
+    calibrator = Calibrator(calibration).fit(raw["calibration"], y_cal)
     headline = {
         name: metrics(part["label"].to_numpy(), calibrator.predict(raw[name]))
         for name, part in (("train", split.train), ("calibration", split.calibrate),
@@ -178,13 +186,13 @@ def fit(
                      "evaluation": len(split.evaluate)},
             "clients": {"train": int(split.train["client_id"].nunique()),
                         "evaluation": int(split.evaluate["client_id"].nunique())},
-            # Features against the training rows; the score against out-of-sample
-            # scores (the calibration slice): on its own training rows the booster
-            # is far more confident than on any new day, which would flag drift
-            # on every run.
+            # The latest rows the model was judged on (the evaluation slice), features
+            # and out-of-sample risks: the population closest to the days it will score,
+            # so a list scored on its first days is compared with data like its own.
             "drift_reference": drift.reference(
-                split.train, calibrator.predict(raw["calibration"]),
+                split.evaluate, calibrator.predict(raw["evaluation"]),
             ),
+            "calibration_choice": None if choice is None else choice.to_dict(),
             "split": {"evaluate_share": evaluate_share, "calibrate_share": calibrate_share},
         },
     )

@@ -43,7 +43,12 @@ def test_loading_refuses_a_feature_list_the_etl_does_not_produce(
 def test_loading_refuses_a_tampered_calibrator(scored: Scored, tmp_path: Path) -> None:
     folder = copy_version(scored, tmp_path)
     state = json.loads((folder / "calibrator.json").read_text())
-    state["intercept"] = state["intercept"] + 0.5  # every risk a little higher
+    # Every risk a little higher, whichever map was chosen.
+    key = {"platt": "intercept", "beta": "c"}.get(state["method"])
+    if key is None:
+        state["y_thresholds"] = [min(1.0, v + 0.05) for v in state["y_thresholds"]]
+    else:
+        state[key] = state[key] + 0.5
     (folder / "calibrator.json").write_text(json.dumps(state, indent=2, sort_keys=True))
     with pytest.raises(ModelError, match=r"calibrator\.json does not match"):
         artifacts.load(tmp_path, scored.model.version)

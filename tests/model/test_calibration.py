@@ -60,6 +60,9 @@ def test_malformed_or_unfittable_calibrators_are_refused() -> None:
     with pytest.raises(CalibrationError, match="one outcome class"):
         Calibrator().fit(raw, np.zeros_like(y))
     with pytest.raises(CalibrationError, match="unknown calibration method"):
-        Calibrator("beta").fit(raw, y)
-    with pytest.raises(CalibrationError, match="does not rank"):
-        Calibrator("platt").fit(-raw, y)
+        Calibrator("spline").fit(raw, y)
+    for method in ("platt", "beta"):
+        with pytest.raises(CalibrationError, match="does not rank"):
+            Calibrator(method).fit(-raw, y)
+    with pytest.raises(CalibrationError, match="not increasing"):
+        Calibrator.from_dict({"method": "beta", "a": -1.0, "b": 0.5, "c": 0.0, "n_rows": 3})

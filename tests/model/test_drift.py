@@ -43,15 +43,16 @@ def test_each_scoring_run_records_drift_of_every_feature_and_the_score(scored: S
 def test_a_shifted_population_is_flagged(scored: Scored) -> None:
     """Rows like the reference's match it; shifting one feature is flagged.
 
-    The score's reference is the calibration slice (out-of-sample scores), so
-    the rows here are that slice's snapshots.
+    The reference is the evaluation slice (features and out-of-sample scores), so the
+    rows here are that slice's snapshots.
     """
     meta = scored.model.metadata
-    start = date.fromisoformat(meta["window"]["calibrate_from"])
-    end = date.fromisoformat(meta["window"]["calibrate_until"])
+    start = date.fromisoformat(meta["window"]["evaluate_from"])
+    end = date.fromisoformat(meta["window"]["last_snapshot"])
     with scored.store.connect() as conn:
         data = read_clinic_copy(conn)
-    dates = [start + timedelta(days=7 * i) for i in range((end - start).days // 7 + 1)]
+    step = scored.settings.snapshot_every_days
+    dates = [start + timedelta(days=step * i) for i in range((end - start).days // step + 1)]
     rows = training_rows(data, sorted(dates), 30, scored.as_of)
     shifted = rows.copy()
     shifted["days_since_attended"] = shifted["days_since_attended"] + 60
