@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from sqlalchemy import Engine, text
@@ -15,7 +15,13 @@ from retention.model.booster import TrainedModel
 from retention.model.drift import SCORE
 from retention.pipelines.runs import recorded_run
 from retention.reasons.catalogue import Catalogue
-from retention.scoring import ScoringError, drift_rows, inputs_digest, score_rows
+from retention.scoring import (
+    ScoringError,
+    drift_rows,
+    inputs_digest,
+    reasons_summary,
+    score_rows,
+)
 from retention.settings import Settings
 from retention.store.clinic_copy import copy_version, read_scoped_copy
 from retention.store.features import read_features
@@ -31,6 +37,10 @@ class ScoreResult:
     scored: int
     high_risk: int
     model_version: str
+    # Rows with reasons, and families left out of them because the client's facts point
+    # the other way from the model's contribution (by family).
+    explained: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
 def run_scoring(
@@ -76,8 +86,10 @@ def run_scoring(
         watch.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
+        summary = reasons_summary(rows)
+        run.detail["reasons"] = summary
         watch.lap("score_and_reasons")
-        drifted = drift_rows(settings, model, features, rows)
+        drifted = drift_rows(settings, model, features, rows, as_of)
         with store_db.begin() as conn:
             publish_scores(conn, as_of, rows, run.run_id, model.version, digest, clock.now())
             record_drift(conn, run.run_id, as_of, model.version, drifted)
@@ -97,4 +109,8 @@ def run_scoring(
         run.rows_changed = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
-        return ScoreResult(run.run_id, as_of, len(rows), high, model.version)
+        if summary["left_out"]:
+            log.info("score run %s: families left out of reasons where the client's facts "
+                     "point the other way: %s", run.run_id, summary["left_out"])
+        return ScoreResult(run.run_id, as_of, len(rows), high, model.version,
+                           summary["explained"], summary["left_out"])

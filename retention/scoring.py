@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
@@ -23,7 +24,7 @@ from retention.features.attendance import booked_ahead, past_slots
 from retention.model import drift
 from retention.model.booster import TrainedModel
 from retention.reasons.catalogue import Catalogue
-from retention.reasons.explain import Explanation, explain
+from retention.reasons.explain import Explanation, Limits, RiskOf, explain
 from retention.reasons.history import histories
 from retention.settings import Settings
 from retention.store.clinic_copy import copy_version
@@ -45,14 +46,15 @@ def tier_names(risk: np.ndarray, thresholds: Mapping[str, float]) -> list[str]:
 
 
 def drift_rows(settings: Settings, model: TrainedModel, features: pd.DataFrame,
-               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """PSI of each feature and of the published risk against the model's training rows."""
+               rows: list[dict[str, Any]], as_of: date) -> list[dict[str, Any]]:
+    """Drift of each feature and of the published risk against the rows the model was
+    judged on (those of the list's weekday, where the model has enough of them)."""
     reference = model.metadata.get("drift_reference")
     if not reference:
         return []
     risk = np.array([r["risk"] for r in rows], dtype=float)
     ordered = features.loc[[r["episode_id"] for r in rows]]
-    return drift.drift_table(reference, ordered, risk,
+    return drift.drift_table(drift.for_weekday(reference, as_of.weekday()), ordered, risk,
                              settings.evaluation.drift_psi_threshold,
                              settings.evaluation.drift_min_rows)
 
@@ -74,9 +76,9 @@ def inputs_digest(
     parts = {
         "as_of": as_of.isoformat(),
         "model": [model.version, model.metadata.get("sha256")],
-        "catalogue": sorted((f.code, f.title, f.suggestion)
-                            for f in catalogue.families.values()),
-        "settings": [dict(settings.tiers), settings.max_reasons, settings.engaged_within_days,
+        "catalogue": catalogue.digest_parts(),
+        "settings": [dict(settings.tiers), settings.max_reasons, settings.min_reason_share,
+                     settings.min_reason_points, settings.engaged_within_days,
                      settings.etl.reasons_top_n, settings.etl.reasons_per_caseload],
         "copy_version": copy_version(connection),
         # Hashed by dtype, not as text: formatting every float costs far more than the hash.
@@ -122,7 +124,8 @@ def score_rows(
     expected = float(contributions["expected_value"].iloc[0]) if len(shown) else 0.0
     families = {f["name"]: f["family"] for f in model.metadata["features"]}
     explanations = explain_rows(data, features.loc[shown], contributions, families, catalogue,
-                                as_of, settings.max_reasons, etl.reasons_workers)
+                                as_of, model.calibrator.predict, limits(settings),
+                                etl.reasons_workers)
 
     slots = past_slots(data.appointments, index, as_of)
     attended = slots.loc[slots["status"] == "attended"]
@@ -143,14 +146,10 @@ def score_rows(
         explanation = explanations.get(episode_id)
         if explanation is None:
             payload = {"raw_score": round(float(raw[i]), 6), "expected_value": round(expected, 6),
-                       "reasons": [], "protective": []}
+                       "reasons": [], "protective": [], "context": [], "prompts": [],
+                       "points": None, "left_out": []}
         else:
-            payload = {
-                "raw_score": round(explanation.raw_score, 6),
-                "expected_value": round(explanation.expected_value, 6),
-                "reasons": [r.to_dict() for r in explanation.reasons],
-                "protective": [r.to_dict() for r in explanation.protective],
-            }
+            payload = payload_of(explanation)
         rows.append({
             "as_of": as_of,
             "episode_id": episode_id,
@@ -171,6 +170,37 @@ def score_rows(
             "reasons_json": orjson.dumps(payload).decode(),  # orjson: json is far slower
         })
     return rows
+
+
+def limits(settings: Settings) -> Limits:
+    """How many reasons a list shows, and the least a reason must carry to be shown."""
+    return Limits(settings.max_reasons, settings.min_reason_share, settings.min_reason_points)
+
+
+def payload_of(explanation: Explanation) -> dict[str, Any]:
+    """What a published row keeps of an explanation (its ``reasons_json``)."""
+    return {
+        "raw_score": round(explanation.raw_score, 6),
+        "expected_value": round(explanation.expected_value, 6),
+        "reasons": [r.to_dict() for r in explanation.reasons],
+        "protective": [r.to_dict() for r in explanation.protective],
+        "context": [r.to_dict() for r in explanation.context],
+        "prompts": [p.to_dict() for p in explanation.prompts],
+        "points": explanation.points(),
+        "left_out": explanation.left_out,
+    }
+
+
+def reasons_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """For the run record: how many rows were explained, and how often a family the model
+    moved was left out because the client's facts point the other way, by family."""
+    explained, left_out = 0, Counter[str]()
+    for row in rows:
+        payload = orjson.loads(row["reasons_json"])
+        if payload.get("points") is not None:
+            explained += 1
+        left_out.update(payload.get("left_out", []))
+    return {"explained": explained, "left_out": dict(sorted(left_out.items()))}
 
 
 def explained_positions(
@@ -194,7 +224,8 @@ def explain_rows(
     families: Mapping[str, str],
     catalogue: Catalogue,
     as_of: date,
-    max_reasons: int,
+    risk_of: RiskOf,
+    limits: Limits,
     workers: int = 1,
     min_rows_per_worker: int = 1000,
 ) -> dict[str, Explanation]:
@@ -208,9 +239,9 @@ def explain_rows(
     workers = min(workers, len(ids) // max(1, min_rows_per_worker))
     if workers <= 1:
         rows = histories(data, list(features.index), as_of)
-        return explain(contributions, families, rows, catalogue, max_reasons=max_reasons)
+        return explain(contributions, families, rows, catalogue, risk_of, limits)
     global _EXPLAIN_JOB
-    _EXPLAIN_JOB = (data, features, contributions, families, catalogue, as_of, max_reasons)
+    _EXPLAIN_JOB = (data, features, contributions, families, catalogue, as_of, risk_of, limits)
     chunks = [list(range(k, len(ids), workers)) for k in range(workers)]
     try:
         context = multiprocessing.get_context("fork")
@@ -230,11 +261,10 @@ _EXPLAIN_JOB: tuple[Any, ...] | None = None
 def _explain_chunk(positions: list[int]) -> dict[str, Explanation]:
     """In a forked worker: reasons for some rows of the job its parent set up."""
     assert _EXPLAIN_JOB is not None
-    data, features, contributions, families, catalogue, as_of, max_reasons = _EXPLAIN_JOB
+    data, features, contributions, families, catalogue, as_of, risk_of, limits = _EXPLAIN_JOB
     part = features.iloc[positions]
     rows = histories(data, list(part.index), as_of)
-    return explain(contributions.loc[part.index], families, rows, catalogue,
-                   max_reasons=max_reasons)
+    return explain(contributions.loc[part.index], families, rows, catalogue, risk_of, limits)
 
 
 def _none_if_na(value: Any) -> Any:

@@ -26,6 +26,12 @@ def score(obj: Context, as_of: datetime | None, model_version: str | None) -> No
     say(f"score: published {result.scored:,} episodes as of {result.as_of} "
         f"({result.high_risk:,} high risk) with model {result.model_version} "
         f"(run {result.run_id})")
+    if result.explained:
+        left = sum(result.left_out.values())
+        say(f"  reasons for {result.explained:,} episodes; {left:,} famil"
+            f"{'y' if left == 1 else 'ies'} left out where the client's facts point the other "
+            "way from the model" + (": " + ", ".join(f"{k} {v}" for k, v in
+                                                    result.left_out.items()) if left else ""))
 
 
 def score_list(settings: Settings, as_of: date, version: str | None) -> ScoreResult:

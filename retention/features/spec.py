@@ -34,6 +34,9 @@ FAMILIES = (
     EARLY_TREATMENT,
     SETTING,
 )
+# Families that describe where the client is and how care is delivered: shown as
+# context, never as a cause of risk or as something going well.
+CONTEXT_FAMILIES = (EARLY_TREATMENT, SETTING)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""Reasons in words: one phraser per family, from the client's own rows.
+"""Reasons in words: one phraser per family, from the client's own rows, pointing one way.
 
-Each phraser gets the episode's history, the feature that leads the family's
-contribution, and whether the family raises risk, and returns a sentence with the
-ids of the appointments and measures behind it.
+A phraser gets the episode's history, the feature that leads the family's contribution,
+the direction the model moved the risk (``CONCERN`` when the family raises it,
+``REASSURING`` when it lowers it) and the clinic's thresholds. It returns a sentence
+whose fact points that way by the thresholds, with the ids of the rows behind it;
+``Missing`` when the family's measure was never taken (a prompt, not a cause); or None
+when the client's facts do not point the way the model moved the risk (the family is
+then left out, and counted). Context families (stage of treatment, how care is
+delivered) always return a ``CONTEXT`` sentence. Every sentence names an instrument in
+words the first time it uses it.
 """
 
 from __future__ import annotations
@@ -19,24 +25,40 @@ import pandas as pd
 
 from retention.clinic import contract
 from retention.clinic.data import as_timestamp
-from retention.clinic.instruments import SRS_CUTOFF
 from retention.features import spec
+from retention.reasons.catalogue import Thresholds
 from retention.reasons.history import History, Rows
 
 MAX_SENTENCE = 120
+CONCERN = "concern"
+REASSURING = "reassuring"
+CONTEXT = "context"
+
+SRS_WORDS = "session rating (SRS)"
+GSRS_WORDS = "group session rating (GSRS)"
+WAI_WORDS = "working alliance questionnaire (WAI-SR)"
 
 
 @dataclass(frozen=True)
 class Phrase:
-    """A variant code, its sentence, and the rows behind it."""
+    """A variant code, its sentence, which way its fact points, and the rows behind it."""
 
     variant: str
     text: str
+    direction: str
     appointment_ids: list[str] = field(default_factory=list)
     measure_ids: list[str] = field(default_factory=list)
 
 
-Phraser = Callable[[History, str, bool], Phrase]
+@dataclass(frozen=True)
+class Missing:
+    """The family's measure was never taken: a prompt to collect it, never a cause."""
+
+    variant: str
+    text: str
+
+
+Phraser = Callable[[History, str, str, Thresholds], "Phrase | Missing | None"]
 
 
 # --- wording -----------------------------------------------------------------------
@@ -75,101 +97,159 @@ def score_text(x: float) -> str:
     return f"{x:.1f}".removesuffix(".0")
 
 
+def shown(x: float) -> float:
+    """A score as the sentence shows it (one decimal): lines are compared with what is read,
+    so '3.0 of 5' is never called 'below 3' and two means shown 0.5 apart are 0.5 apart."""
+    return float(f"{x:.1f}")
+
+
+def capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 def _recent_facing(h: History, days: int) -> Rows:
     s = h.slots
     return s.where((s["days_ago"] <= days) & s.isin("status", contract.CLIENT_STATUSES))
 
 
-def phrase_inconsistent_engagement(h: History, lead: str, raises: bool) -> Phrase:
-    """Misses and cancellations in the last 4 weeks (or 3 months when that drives risk)."""
+# --- attendance ----------------------------------------------------------------------
+
+
+def phrase_inconsistent_engagement(h: History, lead: str, wanted: str,
+                                   t: Thresholds) -> Phrase | Missing | None:
+    """Misses and cancellations in the last 4 weeks (or 3 months when that drives risk).
+
+    A concern when more than the usual share of client-facing sessions were missed or
+    cancelled by the client; reassuring when nearly all were kept.
+    """
     days, span = (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
     facing = _recent_facing(h, days)
     n = len(facing)
+    if n == 0:
+        return None  # no sessions to judge: contact gaps are the disengagement family's
     missed = facing.where(facing.isin("status", contract.MISSED_STATUSES))
-    if raises and len(missed):
-        parts = []
-        for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation")):
-            rows = missed.where(missed["status"] == status)
-            if len(rows):
-                on = days_list(list(rows["scheduled_at"]))
-                parts.append(f"{plural(len(rows), word)} on {on}")
-        text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(parts)
-        if len(text) > MAX_SENTENCE:
-            counts = [p.split(" on ")[0] for p in parts]
-            text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(counts)
-        return Phrase("MISSED_SESSIONS", text, missed.ids("appointment_id"))
     cancelled = facing.where(facing["status"] == "cancelled_by_client")
-    if raises and len(cancelled):
+    share = (len(missed) + len(cancelled)) / n
+    if wanted == CONCERN:
+        if share <= t.attendance.concern_share_above:
+            return None
+        if len(missed):
+            parts = []
+            for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation")):
+                rows = missed.where(missed["status"] == status)
+                if len(rows):
+                    parts.append(f"{plural(len(rows), word)} on "
+                                 f"{days_list(list(rows['scheduled_at']))}")
+            if len(cancelled):
+                parts.append(f"{len(cancelled)} cancelled")
+            text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(parts)
+            if len(text) > MAX_SENTENCE:
+                counts = [p.split(" on ")[0] for p in parts]
+                text = (f"Missed {len(missed)} of {n} sessions in the last {span}: "
+                        + ", ".join(counts))
+            return Phrase("MISSED_SESSIONS", text, CONCERN,
+                          missed.ids("appointment_id") + cancelled.ids("appointment_id"))
         return Phrase(
             "CLIENT_CANCELLED",
             f"Cancelled {len(cancelled)} of {n} sessions in the last {span}, on "
             f"{days_list(list(cancelled['scheduled_at']))}",
-            cancelled.ids("appointment_id"),
+            CONCERN, cancelled.ids("appointment_id"),
         )
-    if n == 0:
-        return Phrase("NO_SESSIONS", f"No sessions were scheduled in the last {span}")
+    if n < t.attendance.reassure_sessions_at_least or share > t.attendance.reassure_share_at_most:
+        return None
     attended = facing.where(facing["status"] == "attended")
-    if not raises and len(attended) == n:
-        what = f"all {n} sessions" if n > 1 else "the one session"
-        return Phrase(
-            "ATTENDED_ALL",
-            f"Attended {what} scheduled in the last {span}",
-            attended.ids("appointment_id"),
-        )
-    return Phrase(
-        "ATTENDANCE",
-        f"Attended {len(attended)} of {n} sessions scheduled in the last {span}",
-        facing.ids("appointment_id"),
-    )
+    if len(attended) == n:
+        return Phrase("ATTENDED_ALL", f"Attended all {n} sessions scheduled in the last {span}",
+                      REASSURING, attended.ids("appointment_id"))
+    return Phrase("ATTENDANCE", f"Attended {len(attended)} of {n} sessions scheduled in the "
+                  f"last {span}", REASSURING, facing.ids("appointment_id"))
 
 
-def phrase_disengagement(h: History, lead: str, raises: bool) -> Phrase:
-    """Time since last attended, the current run of misses, and what is booked."""
+# --- contact -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ContactFacts:
+    last_text: str  # "last attended 20 days ago, on 3 Mar"
+    days_since: int
+    last_ids: list[str]
+    streak: Rows  # misses since the last attended session
+    ahead: Rows
+    soon: int  # sessions booked within the concern window
+
+
+def _contact_facts(h: History, t: Thresholds) -> _ContactFacts:
     s = h.slots
     attended = np.flatnonzero(s["status"] == "attended")
     last = s.row(attended[-1]) if len(attended) else None
     since = last["scheduled_at"] if last is not None else None
     missed = s.isin("status", contract.MISSED_STATUSES)
     streak = s.where(missed if since is None else missed & (s["scheduled_at"] > since))
-    last_ids = [str(last["appointment_id"])] if last is not None else []
     # Calendar days, as the date beside them reads: a session yesterday is 1 day ago.
     if since is None:
         admitted = pd.Timestamp(h.episode["admitted_on"])
-        ago = plural(calendar_days(admitted, h.as_of), "day")
-        last_text = f"no session attended since admission {ago} ago, on {day_text(admitted)}"
+        days = calendar_days(admitted, h.as_of)
+        text = f"no session attended since admission {plural(days, 'day')} ago, on " \
+               f"{day_text(admitted)}"
     else:
-        ago = plural(calendar_days(since, h.as_of), "day")
-        last_text = f"last attended {ago} ago, on {day_text(since)}"
-    soon = np.count_nonzero(h.ahead["days_ahead"] < 14)
-    if raises:
-        if lead == "consecutive_misses" and len(streak):
-            return Phrase(
-                "CONSECUTIVE_MISSES",
-                (f"Missed the last {len(streak)} sessions in a row; {last_text}"
-                 if len(streak) > 1 else f"Missed the last session; {last_text}"),
-                streak.ids("appointment_id") + last_ids,
-            )
-        if lead in ("booked_next_14d", "days_to_next_booked"):
-            if soon == 0 and len(h.ahead) == 0:
-                return Phrase("NOTHING_BOOKED", f"Nothing booked ahead; {last_text}", last_ids)
-            if soon == 0:
-                nxt = h.ahead.row(0)
-                return Phrase(
-                    "NEXT_BOOKING_FAR",
-                    "No session in the next 2 weeks; next booked on "
-                    + day_text(nxt["scheduled_at"]),
-                    [str(nxt["appointment_id"])],
-                )
-        text = last_text[0].upper() + last_text[1:]
-        if len(h.ahead) == 0:
-            text += "; nothing booked ahead"
-        return Phrase("NO_RECENT_ATTENDANCE", text, streak.ids("appointment_id") + last_ids)
-    text = last_text[0].upper() + last_text[1:]
-    if len(h.ahead):
-        nxt = h.ahead.row(0)
-        text += f"; next session booked for {day_text(nxt['scheduled_at'])}"
-        return Phrase("ENGAGED", text, [*last_ids, str(nxt["appointment_id"])])
-    return Phrase("ENGAGED", text, last_ids)
+        days = calendar_days(since, h.as_of)
+        text = f"last attended {plural(days, 'day')} ago, on {day_text(since)}"
+    window = t.contact.concern_nothing_booked_within_days
+    return _ContactFacts(text, days, [str(last["appointment_id"])] if last is not None else [],
+                         streak, h.ahead, int(np.count_nonzero(h.ahead["days_ahead"] < window)))
+
+
+def phrase_disengagement(h: History, lead: str, wanted: str,
+                         t: Thresholds) -> Phrase | Missing | None:
+    """Time since last attended, the current run of misses, and what is booked.
+
+    A concern: misses in a row, nothing booked soon, or too long since the last
+    session (the lead feature's fact first, then the others). Reassuring: attended
+    recently and booked soon.
+    """
+    f = _contact_facts(h, t)
+    c = t.contact
+    window = c.concern_nothing_booked_within_days
+    if wanted == REASSURING:
+        if (not f.last_ids or f.days_since > c.reassure_attended_within_days or f.soon == 0
+                or len(f.streak)):
+            return None
+        nxt = f.ahead.row(0)
+        return Phrase("ENGAGED", f"{capital(f.last_text)}; next session booked for "
+                      f"{day_text(nxt['scheduled_at'])}", REASSURING,
+                      [*f.last_ids, str(nxt["appointment_id"])])
+    gap = f.days_since > c.concern_days_since_attended_above
+    facts: dict[str, Phrase] = {}
+    if len(f.streak) >= c.concern_consecutive_misses_at_least:
+        run = ("Missed the last session" if len(f.streak) == 1
+               else f"Missed the last {len(f.streak)} sessions in a row")
+        facts["consecutive_misses"] = Phrase(
+            "CONSECUTIVE_MISSES", run + (f"; {f.last_text}" if gap else ""), CONCERN,
+            f.streak.ids("appointment_id") + (f.last_ids if gap else []))
+    if f.soon == 0:
+        if len(f.ahead) == 0:
+            booked = Phrase("NOTHING_BOOKED", "Nothing booked ahead"
+                            + (f"; {f.last_text}" if gap else ""), CONCERN,
+                            f.last_ids if gap else [])
+        else:
+            nxt = f.ahead.row(0)
+            booked = Phrase("NEXT_BOOKING_FAR", f"No session booked in the next {window} days; "
+                            f"next booked on {day_text(nxt['scheduled_at'])}", CONCERN,
+                            [str(nxt["appointment_id"])])
+        facts["booked_next_14d"] = facts["days_to_next_booked"] = booked
+    if gap:
+        facts["days_since_attended"] = Phrase(
+            "NO_RECENT_ATTENDANCE", capital(f.last_text)
+            + ("; nothing booked ahead" if len(f.ahead) == 0 else ""), CONCERN, f.last_ids)
+    if lead in facts:
+        return facts[lead]
+    for key in ("consecutive_misses", "booked_next_14d", "days_since_attended"):
+        if key in facts:
+            return facts[key]
+    return None
+
+
+# --- session ratings ------------------------------------------------------------------
 
 
 def _rated(h: History, instrument: str, rater: str = "client") -> Rows:
@@ -178,69 +258,84 @@ def _rated(h: History, instrument: str, rater: str = "client") -> Rows:
                    & ~np.isnan(m["score_total"]))
 
 
-def phrase_alliance_rupture(h: History, lead: str, raises: bool) -> Phrase:
-    """Session ratings: a drop from the previous session, or scores under 36."""
-    instrument, label = ("GSRS", "group session rating (GSRS)") if lead.startswith(
-        "gsrs"
-    ) else ("SRS", "session rating (SRS)")
+def phrase_alliance_rupture(h: History, lead: str, wanted: str,
+                            t: Thresholds) -> Phrase | Missing | None:
+    """Session ratings: a concern below the cutoff or after a fall; reassuring at or above
+    the cutoff without a fall."""
+    instrument, words = ("GSRS", GSRS_WORDS) if lead.startswith("gsrs") else ("SRS", SRS_WORDS)
+    r = t.session_rating
     rated = _rated(h, instrument)
     if rated.empty:
-        return Phrase(f"{instrument}_NONE", f"No {label} recorded yet")
+        return Missing(f"{instrument}_NONE",
+                       f"No {words} recorded yet: consider asking for one at the next session")
     latest = rated.row(-1)
-    when = day_text(latest["administered_at"])
-    if lead.endswith("_change") and len(rated) >= 2:
-        prev = rated.row(-2)
-        a, b = score_text(prev["score_total"]), score_text(latest["score_total"])
-        verb = "fell" if latest["score_total"] < prev["score_total"] else (
-            "rose" if latest["score_total"] > prev["score_total"] else "stayed"
-        )
-        text = (f"{label[0].upper() + label[1:]} {verb} from {a} to {b} on {when}"
-                if verb != "stayed" else
-                f"{label[0].upper() + label[1:]} stayed at {b} on {when}")
-        ids = [prev["measure_id"], latest["measure_id"]]
-        return Phrase(f"{instrument}_CHANGE", text, measure_ids=ids)
-    if lead == "srs_below_cutoff_last3":
-        last3 = rated.tail(3)
-        below = int(np.count_nonzero(last3["score_total"] < SRS_CUTOFF))
-        return Phrase(
-            "SRS_BELOW_36_REPEATED",
-            f"{below} of the last {len(last3)} session ratings (SRS) were below 36",
-            measure_ids=last3.ids("measure_id"),
-        )
     score = float(latest["score_total"])
-    side = "below" if score < SRS_CUTOFF else "at or above"
-    return Phrase(
-        f"{instrument}_LATEST",
-        f"Latest {label} was {score_text(score)} on {when}, {side} the concern line of 36",
-        measure_ids=[latest["measure_id"]],
-    )
+    when = day_text(latest["administered_at"])
+    prev = rated.row(-2) if len(rated) >= 2 else None
+    # Totals are sums of float items: compare the drop as recorded (to a tenth), not as summed.
+    drop = round(float(prev["score_total"]) - score, 6) if prev is not None else 0.0
+    fell = prev is not None and drop >= r.concern_drop_at_least
+    cutoff = score_text(r.concern_below)
+    if wanted == REASSURING:
+        if score < r.concern_below or fell:
+            return None
+        rose = prev is not None and drop < 0
+        text = (f"{capital(words)} rose from {score_text(prev['score_total'])} to "
+                f"{score_text(score)} on {when}, at or above {cutoff}" if rose and prev is not None
+                else f"Latest {words} was {score_text(score)} on {when}, at or above {cutoff}")
+        ids = [prev["measure_id"], latest["measure_id"]] if rose and prev is not None \
+            else [latest["measure_id"]]
+        return Phrase(f"{instrument}_GOOD", text, REASSURING, measure_ids=ids)
+    facts: list[tuple[str, Phrase]] = []
+    if fell and prev is not None:
+        facts.append(("_change", Phrase(
+            f"{instrument}_FELL", f"{capital(words)} fell from {score_text(prev['score_total'])} "
+            f"to {score_text(score)} on {when}", CONCERN,
+            measure_ids=[prev["measure_id"], latest["measure_id"]])))
+    last3 = rated.tail(3)
+    below = int(np.count_nonzero(last3["score_total"] < r.concern_below))
+    if instrument == "SRS" and below >= 2 and score < r.concern_below:
+        facts.append(("below_cutoff_last3", Phrase(
+            "SRS_BELOW_CUTOFF_REPEATED", f"{below} of the last {len(last3)} session ratings "
+            f"(SRS) were below {cutoff}", CONCERN, measure_ids=last3.ids("measure_id"))))
+    if score < r.concern_below:
+        facts.append(("_latest", Phrase(
+            f"{instrument}_LOW", f"Latest {words} was {score_text(score)} on {when}, below "
+            f"{cutoff}", CONCERN, measure_ids=[latest["measure_id"]])))
+    for suffix, phrase in facts:
+        if lead.endswith(suffix):
+            return phrase
+    return facts[0][1] if facts else None
 
+
+# --- bond, goals and tasks -------------------------------------------------------------
 
 SRS_ITEM_WORDS = {
     "srs_relationship_latest": ("relationship", "the relationship"),
     "srs_goals_latest": ("goals", "goals and topics"),
     "srs_approach_latest": ("approach", "the approach"),
 }
-WAI_WORDS = {"goal": "agreement on goals", "task": "agreement on tasks", "bond": "bond"}
+SCALE_WORDS = {"goal": "agreement on goals", "task": "agreement on tasks", "bond": "bond"}
 
 
-def _phrase_srs_item(h: History, lead: str) -> Phrase:
+def _srs_item(h: History, lead: str, wanted: str, t: Thresholds) -> Phrase | Missing | None:
     item, words = SRS_ITEM_WORDS[lead]
     rated = _rated(h, "SRS")
     if rated.empty:
-        return Phrase("SRS_NONE", "No session rating (SRS) recorded yet")
+        return Missing("SRS_NONE", f"No {SRS_WORDS} recorded yet: consider asking for one at "
+                       "the next session")
     latest = rated.row(-1)
-    mid = latest["measure_id"]
     value = float(latest[f"srs_{item}"])
     if math.isnan(value):
-        return Phrase("SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores",
-                      measure_ids=[mid])
-    return Phrase(
-        f"SRS_{item.upper()}",
-        f"Rated {words} {score_text(value)} of 10 on the session rating (SRS) of "
-        f"{day_text(latest['administered_at'])}",
-        measure_ids=[mid],
-    )
+        return None  # a total without items: the total is the alliance family's fact
+    line = t.session_rating.item_concern_below
+    direction = CONCERN if value < line else REASSURING
+    if direction != wanted:
+        return None
+    side = "below" if direction == CONCERN else "at or above"
+    return Phrase(f"SRS_{item.upper()}", f"Rated {words} {score_text(value)} of 10 on the "
+                  f"{SRS_WORDS} of {day_text(latest['administered_at'])}, {side} "
+                  f"{score_text(line)}", direction, measure_ids=[latest["measure_id"]])
 
 
 def _wai(h: History, rater: str) -> Rows:
@@ -248,81 +343,155 @@ def _wai(h: History, rater: str) -> Rows:
     return m.where((m["instrument"] == "WAI-SR") & (m["rater"] == rater))
 
 
-def _phrase_wai(h: History, rater: str, scale: str) -> Phrase:
+def _wai_scale(h: History, rater: str, scale: str, wanted: str,
+               t: Thresholds) -> Phrase | Missing | None:
     wai = _wai(h, rater)
-    who = "Client" if rater == "client" else "Therapist"
     if wai.empty:
-        return Phrase("WAI_NONE", f"No {rater}-rated working alliance (WAI-SR) recorded yet")
+        return Missing("WAI_NONE", f"No {rater}-rated {WAI_WORDS} yet: consider one at a "
+                       "coming session")
     latest = wai.row(-1)
     if pd.isna(latest[scale]):
-        return Phrase(
-            "WAI_UNSCORED",
-            f"{who}-rated working alliance (WAI-SR) of {day_text(latest['administered_at'])} "
-            "has no subscale scores",
-            measure_ids=[latest["measure_id"]],
-        )
-    return Phrase(
-        f"WAI_{rater.upper()}_{scale.upper()}",
-        f"{who}-rated {WAI_WORDS[scale]} (WAI-SR) was {latest[scale]:.1f} of 5 on "
-        f"{day_text(latest['administered_at'])}",
-        measure_ids=[latest["measure_id"]],
-    )
+        return None
+    value = shown(float(latest[scale]))
+    w = t.working_alliance
+    direction = CONCERN if value < w.concern_below else REASSURING if value >= w.reassure_from \
+        else None
+    if direction != wanted:
+        return None
+    side = (f"below {score_text(w.concern_below)}" if direction == CONCERN
+            else f"at or above {score_text(w.reassure_from)}")
+    who = "Client" if rater == "client" else "Therapist"
+    return Phrase(f"WAI_{rater.upper()}_{scale.upper()}",
+                  f"{who}-rated {SCALE_WORDS[scale]}, {WAI_WORDS}: {value:.1f} of 5 on "
+                  f"{day_text(latest['administered_at'])}, {side}", direction,
+                  measure_ids=[latest["measure_id"]])
 
 
-def phrase_alliance_item(h: History, lead: str, raises: bool) -> Phrase:
-    """Bond, goals and tasks: an SRS item or a WAI-SR subscale by rater, whichever leads.
+def _latest_value(rows: Rows, *columns: str) -> float:
+    """The latest recorded value of the first column that has one, scanning back in time.
+
+    A later questionnaire recorded without this score does not hide an earlier low one.
+    """
+    for i in range(len(rows) - 1, -1, -1):
+        row = rows.row(i)
+        for column in columns:
+            if not pd.isna(row[column]):
+                return float(row[column])
+    return math.nan
+
+
+def _client_reassuring(h: History, feature: str, t: Thresholds) -> bool:
+    """Whether the client's latest rating behind ``feature`` is reassuring, or was never given.
+
+    Where the client's questionnaire has no item or subscale score, its total stands in
+    (the SRS total against its cutoff, the WAI-SR item mean for a subscale).
+    """
+    if feature.startswith("srs_"):
+        r = t.session_rating
+        rated = _rated(h, "SRS")
+        item = _latest_value(rated, f"srs_{SRS_ITEM_WORDS[feature][0]}")
+        if not math.isnan(item):
+            return item >= r.item_concern_below
+        total = _latest_value(rated, "score_total")
+        return math.isnan(total) or total >= r.concern_below
+    _, rater, scale = feature.split("_")
+    value = _latest_value(_wai(h, rater), scale, "wai_item_mean")
+    return math.isnan(value) or shown(value) >= t.working_alliance.reassure_from
+
+
+def _alliance_fact(h: History, feature: str, wanted: str,
+                   t: Thresholds) -> Phrase | Missing | None:
+    if feature.startswith("srs_"):
+        return _srs_item(h, feature, wanted, t)
+    _, rater, scale = feature.split("_")
+    return _wai_scale(h, rater, scale, wanted, t)
+
+
+def phrase_alliance_item(h: History, lead: str, wanted: str,
+                         t: Thresholds) -> Phrase | Missing | None:
+    """Bond, goals and tasks: an SRS item or a WAI-SR subscale by rater.
 
     Serves two families: weak bond or trust (WAI-SR bond, SRS relationship) and
-    disagreement on goals or tasks (WAI-SR goal and task, SRS goals and approach).
+    disagreement on goals or tasks (WAI-SR goal and task, SRS goals and approach). The
+    lead feature's fact first; if it does not point the way wanted, another measure of
+    the same family that does (client ratings before the therapist's).
     """
-    if lead.startswith("srs_"):
-        return _phrase_srs_item(h, lead)
-    _, rater, scale = lead.split("_")
-    return _phrase_wai(h, rater, scale)
+    family = spec.BY_NAME[lead].family
+    members = [f.name for f in spec.FEATURES if f.family == family and f.name != lead]
+    members.sort(key=lambda name: ("therapist" in name, name))
+    first = _alliance_fact(h, lead, wanted, t)
+    if wanted == REASSURING and not all(
+            _client_reassuring(h, name, t) for name in [lead, *members]
+            if "therapist" not in name):
+        # Therapists tend to rate the alliance above their clients: a reassuring rating
+        # (the therapist's, or another item's) is listed only when every rating the
+        # client gave in this family is reassuring too (or was never given). A prompt
+        # for the lead's measure never taken still stands.
+        return first if isinstance(first, Missing) else None
+    if isinstance(first, Phrase):
+        return first
+    for name in members:
+        found = _alliance_fact(h, name, wanted, t)
+        if isinstance(found, Phrase):
+            return found
+    return first  # a Missing prompt for the lead's measure, or None
 
 
-def phrase_rater_gap(h: History, lead: str, raises: bool) -> Phrase:
-    """Client and therapist rating the working alliance differently."""
+def phrase_rater_gap(h: History, lead: str, wanted: str,
+                     t: Thresholds) -> Phrase | Missing | None:
+    """Client and therapist rating the working alliance differently.
+
+    A concern when the client rates it clearly below the therapist; reassuring when the
+    two see it alike (closer than that) and the client's rating is strong.
+    """
     client, therapist = _wai(h, "client"), _wai(h, "therapist")
     if client.empty or therapist.empty:
-        return Phrase("WAI_PAIR_NONE", "No client and therapist working alliance (WAI-SR) pair yet")
-    c, t = client.row(-1), therapist.row(-1)
-    cm, tm = float(c["wai_item_mean"]), float(t["wai_item_mean"])
-    if math.isnan(cm) or math.isnan(tm):
-        return Phrase("WAI_PAIR_UNSCORED",
-                      "Latest client and therapist working alliance (WAI-SR) pair has no scores",
-                      measure_ids=[c["measure_id"], t["measure_id"]])
-    return Phrase(
-        "WAI_GAP",
-        f"Working alliance (WAI-SR): client rates it {cm:.1f}, therapist {tm:.1f} of 5 "
-        f"({day_text(max(c['administered_at'], t['administered_at']))})",
-        measure_ids=[c["measure_id"], t["measure_id"]],
-    )
+        return Missing("WAI_PAIR_NONE", f"No client and therapist {WAI_WORDS} pair yet: "
+                       "consider both rating the same session")
+    c, th = client.row(-1), therapist.row(-1)
+    if pd.isna(c["wai_item_mean"]) or pd.isna(th["wai_item_mean"]):
+        return None
+    cm, tm = shown(float(c["wai_item_mean"])), shown(float(th["wai_item_mean"]))
+    w = t.working_alliance
+    when = day_text(max(c["administered_at"], th["administered_at"]))
+    ids = [c["measure_id"], th["measure_id"]]
+    gap = round(tm - cm, 6)  # the gap between the means as shown
+    if wanted == CONCERN and gap >= w.concern_client_below_therapist_by:
+        return Phrase("WAI_CLIENT_BELOW", f"Client rates the alliance {cm:.1f} of 5 on the "
+                      f"{WAI_WORDS}, the therapist {tm:.1f} ({when})", CONCERN,
+                      measure_ids=ids)
+    alike = abs(gap) < w.concern_client_below_therapist_by
+    if wanted == REASSURING and alike and cm >= w.reassure_from:
+        return Phrase("WAI_ALIKE", f"Client rates the alliance {cm:.1f} of 5 on the "
+                      f"{WAI_WORDS}, the therapist {tm:.1f} ({when})", REASSURING,
+                      measure_ids=ids)
+    return None
 
 
-def phrase_early_treatment(h: History, lead: str, raises: bool) -> Phrase:
+# --- context ---------------------------------------------------------------------------
+
+
+def phrase_early_treatment(h: History, lead: str, wanted: str,
+                           t: Thresholds) -> Phrase | Missing | None:
     """Where the client is in the episode: first weeks, or near the planned end."""
     cutoff = as_timestamp(h.as_of)
     if lead == "days_to_planned_end":
         planned = h.episode.get("planned_discharge_on")
         if planned is None or pd.isna(planned):
-            return Phrase("NO_PLANNED_END", "No planned discharge date recorded")
+            return Phrase("NO_PLANNED_END", "No planned discharge date recorded", CONTEXT)
         days = int((pd.Timestamp(planned) - cutoff).days)
         if days < 0:
-            return Phrase(
-                "PAST_PLANNED_END",
-                f"Past the planned discharge date of {day_text(planned)} by {plural(-days, 'day')}",
-            )
-        return Phrase("PLANNED_END",
-                      f"Planned discharge in {plural(days, 'day')}, on {day_text(planned)}")
+            return Phrase("PAST_PLANNED_END", f"Past the planned discharge date of "
+                          f"{day_text(planned)} by {plural(-days, 'day')}", CONTEXT)
+        when = "today" if days == 0 else f"in {plural(days, 'day')}"
+        return Phrase("PLANNED_END", f"Planned discharge {when}, on {day_text(planned)}",
+                      CONTEXT)
     admitted = pd.Timestamp(h.episode["admitted_on"])
     days = int((cutoff - admitted).days)
     weeks = f" ({plural(days // 7, 'week')})" if days >= 7 else ""
     stage = "In the first weeks of treatment" if days < 42 else "In treatment"
-    return Phrase(
-        "STAGE",
-        f"{stage}: admitted {plural(days, 'day')} ago{weeks}, on {day_text(admitted)}",
-    )
+    return Phrase("STAGE", f"{stage}: admitted {plural(days, 'day')} ago{weeks}, on "
+                  f"{day_text(admitted)}", CONTEXT)
 
 
 PROGRAM_WORDS = {
@@ -336,30 +505,27 @@ PROGRAM_WORDS = {
 }
 
 
-def phrase_setting(h: History, lead: str, raises: bool) -> Phrase:
+def phrase_setting(h: History, lead: str, wanted: str,
+                   t: Thresholds) -> Phrase | Missing | None:
     """How care is delivered: program, telehealth and group shares."""
     recent = _recent_facing(h, 90)
     if lead == "telehealth_share_90d":
         att = recent.where(recent["status"] == "attended")
         tele = att.where(att["telehealth"].astype(bool))
         if att.empty:
-            return Phrase("NO_RECENT_SESSIONS", "No sessions attended in the last 3 months")
-        return Phrase(
-            "TELEHEALTH",
-            f"{len(tele)} of {len(att)} sessions attended in the last 3 months were by telehealth",
-            tele.ids("appointment_id"),
-        )
+            return Phrase("NO_RECENT_SESSIONS", "No sessions attended in the last 3 months",
+                          CONTEXT)
+        return Phrase("TELEHEALTH", f"{len(tele)} of {len(att)} sessions attended in the last 3 "
+                      "months were by telehealth", CONTEXT, tele.ids("appointment_id"))
     if lead == "group_share_90d":
         groups = recent.where(recent["service_type"] == "group")
         if recent.empty:
-            return Phrase("NO_RECENT_SESSIONS", "No sessions scheduled in the last 3 months")
-        return Phrase(
-            "GROUP",
-            f"{len(groups)} of {len(recent)} sessions in the last 3 months were group sessions",
-            groups.ids("appointment_id"),
-        )
+            return Phrase("NO_RECENT_SESSIONS", "No sessions scheduled in the last 3 months",
+                          CONTEXT)
+        return Phrase("GROUP", f"{len(groups)} of {len(recent)} sessions in the last 3 months "
+                      "were group sessions", CONTEXT, groups.ids("appointment_id"))
     program = PROGRAM_WORDS.get(str(h.episode["program"]), str(h.episode["program"]))
-    return Phrase("PROGRAM", f"In the {program} program")
+    return Phrase("PROGRAM", f"In the {program} program", CONTEXT)
 
 
 PHRASERS: dict[str, Phraser] = {

@@ -80,9 +80,15 @@ def read_list(
     return [score_row(r._mapping) for r in connection.execute(query)]
 
 
+# What a row's reasons JSON holds when a list published before it did has none of it.
+REASON_DEFAULTS: dict[str, Any] = {"reasons": [], "protective": [], "context": [],
+                                   "prompts": [], "points": None, "left_out": []}
+
+
 def score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
     """A published score row with its reasons JSON unpacked into the row."""
     out = {str(k): v for k, v in row.items()}
+    out.update(REASON_DEFAULTS)
     out.update(json.loads(out.pop("reasons_json")))
     return out
 

@@ -17,8 +17,9 @@ from tests.support.reasons import CANCELLED, Published
 
 def test_evidence_is_the_clients_own_rows_known_at_as_of(scored: Any, published: Published,
                                                          source: ClinicData) -> None:
-    """Guards: cited appointments and measures exist, are this client's episode's, and were
-    known at the as-of date (a booked-ahead slot: booked before, not cancelled by then)."""
+    """Guards: the appointments and measures cited by every reason, reassuring fact and
+    context item exist, are this client's episode's, and were known at the as-of date (a
+    booked-ahead slot: booked before, not cancelled by then)."""
     cutoff = pd.Timestamp(scored.as_of)
     appts = source.appointments.set_index("appointment_id")
     measures = source.measures.set_index("measure_id")

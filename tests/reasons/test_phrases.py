@@ -1,669 +1,100 @@
-"""Reasons in words (``retention.reasons.phrases``): true to the client's rows, blind to
-demographics and readable by a case manager.
+"""Reasons in words (``retention.reasons.phrases``): true to the client's rows, pointing the way
+they are listed, blind to demographics and readable by a case manager.
+
+The rule: every reason states a fact in the direction it is listed. A reason under "Why"
+states a concern and one under "Going well" a reassuring fact, by the clinic's lines in
+``config/reasons.toml`` ``[thresholds.*]``; stage of treatment and how care is delivered
+are context only; a measure never taken is a prompt, never a reason; a family whose facts
+do not point the way the model moved the risk is left out.
 
 The first part checks the list published by the session's scored synthetic clinic
 (``tests/conftest.py``; the fixtures are in ``tests/reasons/conftest.py``). Every sentence
-is recomputed here, from the source clinic rows, with plain pandas: nothing below asks
-``retention`` for the expected numbers. The second part checks the wording on small
-hand-built clinics where the sentence can be read off.
+and prompt is recomputed from the source clinic rows with plain pandas, and so is the way
+its fact points, by the lines read straight from ``config/reasons.toml``
+(``tests/support/recompute.py``): nothing asks ``retention`` for the expected numbers, nor
+on which side of a line a fact falls. The second part checks the wording, and the
+recomputations themselves, on small hand-built clinics where the sentence can be read off,
+including the contradictions a reviewer reported.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from retention.clinic.data import ClinicData
 from retention.features import FEATURE_NAMES, build_features, spec
+from retention.reasons.catalogue import load_catalogue
 from retention.reasons.history import History, histories
-from retention.reasons.phrases import MAX_SENTENCE, PHRASERS, Phrase
+from retention.reasons.phrases import MAX_SENTENCE, PHRASERS, Missing, Phrase
 from tests.support.factories import ClinicBuilder, at
-from tests.support.reasons import AS_OF, CANCELLED, Published, rich_clinic
-
-# --- the clinic's vocabulary, written out here rather than imported ------------------------
-
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-FACING = ("attended", "no_show", "late_cancel", "cancelled_by_client")
-MISSED = ("no_show", "late_cancel")
-PROGRAM_WORDS = {
-    "outpatient": "outpatient",
-    "intensive_outpatient": "intensive outpatient",
-    "residential": "residential",
-    "partial_hospitalization": "partial hospitalization",
-    "medication_assisted": "medication-assisted treatment",
-    "detox": "detox",
-    "other": "other",
-}
-SRS_ITEM = {  # lead feature -> (item number, words in the sentence)
-    "srs_relationship_latest": (1, "the relationship"),
-    "srs_goals_latest": (2, "goals and topics"),
-    "srs_approach_latest": (3, "the approach"),
-}
-WAI_WORDS = {"goal": "agreement on goals", "task": "agreement on tasks", "bond": "bond"}
-DEMOGRAPHIC_WORDS = {
-    "age", "aged", "birth", "born", "year-old", "years old", "sex", "gender", "female", "male",
-    "woman", "women", "man", "men", "race", "racial", "ethnic", "ethnicity", "white", "black",
-    "hispanic", "latino", "latina", "asian", "native", "american", "multiracial",
-}
-JARGON = re.compile(
-    r"log[- ]?odds|logit|shap|contribution|expected value|sigmoid|probabilit|feature",
-    re.IGNORECASE,
+from tests.support.reasons import AS_OF, HEADING, Published, rich_clinic
+from tests.support.recompute import (
+    CONCERN,
+    CONTEXT,
+    CONTEXT_FAMILIES,
+    DEMOGRAPHIC_WORDS,
+    INSTRUMENT_WORDS,
+    JARGON,
+    LONG_DECIMAL,
+    MISSING,
+    REASONS_TOML,
+    REASSURING,
+    RECOMPUTE,
+    SNAKE,
+    WANTED,
+    facts_of,
+    phrased_mismatches,
+    published_codes,
+    published_mismatches,
 )
-MISSING = re.compile(r"\b(nan|NaN|NAN|None|NaT|null|inf)\b")
-SNAKE = re.compile(r"\b[A-Za-z0-9]+_[A-Za-z0-9_]+\b")
-LONG_DECIMAL = re.compile(r"\d\.\d{2,}")
-
-
-# --- 1. true: recomputed from the source rows -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Facts:
-    """One episode's source rows as known at the as-of date, selected with plain pandas."""
-
-    cutoff: pd.Timestamp  # midnight starting the as-of date
-    episode: pd.Series
-    past: pd.DataFrame  # appointments scheduled before the cutoff, oldest first
-    ahead: pd.DataFrame  # booked before the cutoff for later, not cancelled by then
-    measures: pd.DataFrame  # administered before the cutoff, oldest first
-    items: pd.DataFrame  # item responses of those measures
-
-    def facing(self, days: int) -> pd.DataFrame:
-        """Client-facing slots in the ``days`` before the cutoff."""
-        p = self.past
-        recent = p["scheduled_at"] >= self.cutoff - pd.Timedelta(days=days)
-        return p[recent & p["status"].isin(FACING)]
-
-    def rated(self, instrument: str) -> pd.DataFrame:
-        m = self.measures
-        keep = (m["instrument"] == instrument) & (m["rater"] == "client")
-        return m[keep & m["score_total"].notna()]
-
-    def wai(self, rater: str) -> pd.DataFrame:
-        m = self.measures
-        return m[(m["instrument"] == "WAI-SR") & (m["rater"] == rater)]
-
-
-def facts_of(clinic: ClinicData, episode_id: str, as_of: date) -> Facts:
-    cutoff = pd.Timestamp(as_of)
-    order = ["scheduled_at", "appointment_id"]
-    a = clinic.appointments[clinic.appointments["episode_id"] == episode_id]
-    cancelled_by_then = a["status"].isin(CANCELLED) & (a["updated_at"] < cutoff)
-    ahead = a[(a["scheduled_at"] >= cutoff) & (a["booked_at"] < cutoff) & ~cancelled_by_then]
-    m = clinic.measures
-    m = m[(m["episode_id"] == episode_id) & (m["administered_at"] < cutoff)]
-    episode = clinic.episodes.loc[clinic.episodes["episode_id"] == episode_id]
-    assert len(episode) == 1, episode_id
-    return Facts(
-        cutoff=cutoff,
-        episode=episode.iloc[0],
-        past=a[a["scheduled_at"] < cutoff].sort_values(order),
-        ahead=ahead.sort_values(order),
-        measures=m.sort_values(["administered_at", "measure_id"]),
-        items=clinic.items[clinic.items["measure_id"].isin(m["measure_id"])],
-    )
-
-
-def on(ts: Any) -> str:
-    """'3 Mar'."""
-    t = pd.Timestamp(ts)
-    return f"{t.day} {MONTHS[t.month - 1]}"
-
-
-def dates(stamps: list[Any]) -> str:
-    """'3 Mar, 10 Mar and 17 Mar'; beyond three, the first three and 'and N more'."""
-    shown = [on(s) for s in stamps[:3]]
-    if len(stamps) > 3:
-        return ", ".join(shown) + f" and {len(stamps) - 3} more"
-    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
-
-
-def count(n: int, word: str, many: str | None = None) -> str:
-    return f"{n} {word if n == 1 else many or word + 's'}"
-
-
-def tenth(x: float) -> str:
-    """Scores to a tenth, whole numbers without '.0'."""
-    text = f"{x:.1f}"
-    return text[:-2] if text.endswith(".0") else text
-
-
-def ids(frame: pd.DataFrame, column: str = "appointment_id") -> list[str]:
-    return [str(v) for v in frame[column]]
-
-
-@dataclass(frozen=True)
-class Expected:
-    text: str
-    appointment_ids: list[str] = field(default_factory=list)
-    measure_ids: list[str] = field(default_factory=list)
-
-
-class NotThisVariant(AssertionError):
-    """The rows do not call for the variant that was published."""
-
-
-def need(condition: Any, why: str) -> None:
-    if not condition:
-        raise NotThisVariant(why)
-
-
-Recompute = Callable[[Facts, str, bool], Expected]
-RECOMPUTE: dict[str, Recompute] = {}
-
-
-def recomputes(*codes: str) -> Callable[[Recompute], Recompute]:
-    def register(fn: Recompute) -> Recompute:
-        for code in codes:
-            assert code not in RECOMPUTE, code
-            RECOMPUTE[code] = fn
-        return fn
-
-    return register
-
-
-# inconsistent_engagement
-
-
-def _span(lead: str) -> tuple[int, str]:
-    return (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
-
-
-@recomputes("inconsistent_engagement.MISSED_SESSIONS")
-def _missed(f: Facts, lead: str, raises: bool) -> Expected:
-    days, span = _span(lead)
-    facing = f.facing(days)
-    missed = facing[facing["status"].isin(MISSED)]
-    need(raises and len(missed), "no missed sessions to raise risk with")
-    head = f"Missed {len(missed)} of {len(facing)} sessions in the last {span}: "
-    parts = [
-        (count(len(rows), word), dates(list(rows["scheduled_at"])))
-        for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation"))
-        if len(rows := missed[missed["status"] == status])
-    ]
-    text = head + ", ".join(f"{n} on {when}" for n, when in parts)
-    if len(text) > MAX_SENTENCE:
-        text = head + ", ".join(n for n, _ in parts)
-    return Expected(text, ids(missed))
-
-
-@recomputes("inconsistent_engagement.CLIENT_CANCELLED")
-def _cancelled(f: Facts, lead: str, raises: bool) -> Expected:
-    days, span = _span(lead)
-    facing = f.facing(days)
-    cancelled = facing[facing["status"] == "cancelled_by_client"]
-    need(raises and len(cancelled), "no client cancellations to raise risk with")
-    need(not facing["status"].isin(MISSED).any(), "missed sessions come first")
-    return Expected(
-        f"Cancelled {len(cancelled)} of {len(facing)} sessions in the last {span}, on "
-        f"{dates(list(cancelled['scheduled_at']))}",
-        ids(cancelled),
-    )
-
-
-def _not_missed_or_cancelled(facing: pd.DataFrame, raises: bool) -> None:
-    bad = facing["status"].isin([*MISSED, "cancelled_by_client"]).any()
-    need(not (raises and bad), "misses or cancellations should have been named")
-
-
-@recomputes("inconsistent_engagement.NO_SESSIONS")
-def _no_sessions(f: Facts, lead: str, raises: bool) -> Expected:
-    days, span = _span(lead)
-    need(f.facing(days).empty, "sessions were scheduled")
-    return Expected(f"No sessions were scheduled in the last {span}")
-
-
-@recomputes("inconsistent_engagement.ATTENDED_ALL")
-def _attended_all(f: Facts, lead: str, raises: bool) -> Expected:
-    days, span = _span(lead)
-    facing = f.facing(days)
-    need(not raises and len(facing) and (facing["status"] == "attended").all(),
-         "not a protective full attendance")
-    what = f"all {len(facing)} sessions" if len(facing) > 1 else "the one session"
-    return Expected(f"Attended {what} scheduled in the last {span}", ids(facing))
-
-
-@recomputes("inconsistent_engagement.ATTENDANCE")
-def _attendance(f: Facts, lead: str, raises: bool) -> Expected:
-    days, span = _span(lead)
-    facing = f.facing(days)
-    attended = facing[facing["status"] == "attended"]
-    need(len(facing), "no sessions were scheduled")
-    need(raises or len(attended) < len(facing), "all attended: ATTENDED_ALL")
-    _not_missed_or_cancelled(facing, raises)
-    return Expected(
-        f"Attended {len(attended)} of {len(facing)} sessions scheduled in the last {span}",
-        ids(facing),
-    )
-
-
-# disengagement
-
-
-@dataclass(frozen=True)
-class Contact:
-    """Last attended session, the misses since, and what is booked in the next 2 weeks."""
-
-    text: str
-    last_ids: list[str]
-    streak: pd.DataFrame
-    soon: pd.DataFrame
-
-
-def _contact(f: Facts) -> Contact:
-    attended = f.past[f.past["status"] == "attended"]
-    if attended.empty:
-        admitted = pd.Timestamp(f.episode["admitted_on"])
-        text = (f"no session attended since admission {count((f.cutoff - admitted).days, 'day')}"
-                f" ago, on {on(admitted)}")
-        after, last_ids = f.past, []
-    else:
-        last = attended.iloc[-1]
-        # Calendar days from the session's date to the as-of date, as a reader counts them.
-        days = (f.cutoff - pd.Timestamp(last["scheduled_at"]).normalize()).days
-        text = f"last attended {count(days, 'day')} ago, on {on(last['scheduled_at'])}"
-        after = f.past[f.past["scheduled_at"] > last["scheduled_at"]]
-        last_ids = [str(last["appointment_id"])]
-    soon = f.ahead[f.ahead["scheduled_at"] < f.cutoff + pd.Timedelta(days=14)]
-    return Contact(text, last_ids, after[after["status"].isin(MISSED)], soon)
-
-
-BOOKING_LEADS = ("booked_next_14d", "days_to_next_booked")
-
-
-def _capital(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-@recomputes("disengagement.CONSECUTIVE_MISSES")
-def _consecutive(f: Facts, lead: str, raises: bool) -> Expected:
-    c = _contact(f)
-    need(raises and lead == "consecutive_misses" and len(c.streak), "no run of misses")
-    run = (f"the last {len(c.streak)} sessions in a row" if len(c.streak) > 1
-           else "the last session")
-    return Expected(f"Missed {run}; {c.text}", ids(c.streak) + c.last_ids)
-
-
-@recomputes("disengagement.NOTHING_BOOKED")
-def _nothing_booked(f: Facts, lead: str, raises: bool) -> Expected:
-    c = _contact(f)
-    need(raises and lead in BOOKING_LEADS and f.ahead.empty, "something is booked")
-    return Expected(f"Nothing booked ahead; {c.text}", c.last_ids)
-
-
-@recomputes("disengagement.NEXT_BOOKING_FAR")
-def _booking_far(f: Facts, lead: str, raises: bool) -> Expected:
-    c = _contact(f)
-    need(raises and lead in BOOKING_LEADS and len(f.ahead) and c.soon.empty,
-         "not booked only beyond 2 weeks")
-    nxt = f.ahead.iloc[0]
-    return Expected(
-        f"No session in the next 2 weeks; next booked on {on(nxt['scheduled_at'])}",
-        [str(nxt["appointment_id"])],
-    )
-
-
-@recomputes("disengagement.NO_RECENT_ATTENDANCE")
-def _no_recent(f: Facts, lead: str, raises: bool) -> Expected:
-    c = _contact(f)
-    need(raises, "protective contact is ENGAGED")
-    need(not (lead == "consecutive_misses" and len(c.streak)), "a run of misses to name")
-    need(not (lead in BOOKING_LEADS and c.soon.empty), "booking gap to name")
-    text = _capital(c.text) + ("; nothing booked ahead" if f.ahead.empty else "")
-    return Expected(text, ids(c.streak) + c.last_ids)
-
-
-@recomputes("disengagement.ENGAGED")
-def _engaged(f: Facts, lead: str, raises: bool) -> Expected:
-    c = _contact(f)
-    need(not raises, "ENGAGED raising risk")
-    if f.ahead.empty:
-        return Expected(_capital(c.text), c.last_ids)
-    nxt = f.ahead.iloc[0]
-    return Expected(
-        f"{_capital(c.text)}; next session booked for {on(nxt['scheduled_at'])}",
-        [*c.last_ids, str(nxt["appointment_id"])],
-    )
-
-
-# alliance_rupture
-
-
-def _instrument(lead: str) -> tuple[str, str]:
-    if lead.startswith("gsrs"):
-        return "GSRS", "group session rating (GSRS)"
-    return "SRS", "session rating (SRS)"
-
-
-@recomputes("alliance_rupture.SRS_NONE", "alliance_rupture.GSRS_NONE")
-def _rating_none(f: Facts, lead: str, raises: bool) -> Expected:
-    instrument, label = _instrument(lead)
-    need(f.rated(instrument).empty, f"a {instrument} was recorded")
-    return Expected(f"No {label} recorded yet")
-
-
-@recomputes("alliance_rupture.SRS_CHANGE", "alliance_rupture.GSRS_CHANGE")
-def _rating_change(f: Facts, lead: str, raises: bool) -> Expected:
-    instrument, label = _instrument(lead)
-    rated = f.rated(instrument)
-    need(lead.endswith("_change") and len(rated) >= 2, "no change to describe")
-    prev, last = rated.iloc[-2], rated.iloc[-1]
-    a, b = float(prev["score_total"]), float(last["score_total"])
-    when = on(last["administered_at"])
-    if a == b:
-        text = f"{_capital(label)} stayed at {tenth(b)} on {when}"
-    else:
-        verb = "fell" if b < a else "rose"
-        text = f"{_capital(label)} {verb} from {tenth(a)} to {tenth(b)} on {when}"
-    return Expected(text, measure_ids=[str(prev["measure_id"]), str(last["measure_id"])])
-
-
-@recomputes("alliance_rupture.SRS_BELOW_36_REPEATED")
-def _below_repeated(f: Facts, lead: str, raises: bool) -> Expected:
-    rated = f.rated("SRS")
-    need(lead == "srs_below_cutoff_last3" and len(rated), "not about the last three SRS")
-    last3 = rated.tail(3)
-    below = int((last3["score_total"] < 36).sum())
-    return Expected(
-        f"{below} of the last {len(last3)} session ratings (SRS) were below 36",
-        measure_ids=ids(last3, "measure_id"),
-    )
-
-
-@recomputes("alliance_rupture.SRS_LATEST", "alliance_rupture.GSRS_LATEST")
-def _rating_latest(f: Facts, lead: str, raises: bool) -> Expected:
-    instrument, label = _instrument(lead)
-    rated = f.rated(instrument)
-    need(len(rated), f"no {instrument} recorded")
-    need(not (lead.endswith("_change") and len(rated) >= 2), "the change should be named")
-    need(lead != "srs_below_cutoff_last3", "the last three should be named")
-    last = rated.iloc[-1]
-    score = float(last["score_total"])
-    side = "below" if score < 36 else "at or above"
-    return Expected(
-        f"Latest {label} was {tenth(score)} on {on(last['administered_at'])}, "
-        f"{side} the concern line of 36",
-        measure_ids=[str(last["measure_id"])],
-    )
-
-
-# weak_bond and goal_task_disagreement: SRS items and WAI-SR scales
-
-
-@recomputes("weak_bond.SRS_NONE", "goal_task_disagreement.SRS_NONE")
-def _item_no_srs(f: Facts, lead: str, raises: bool) -> Expected:
-    need(lead in SRS_ITEM and f.rated("SRS").empty, "an SRS was recorded")
-    return Expected("No session rating (SRS) recorded yet")
-
-
-def _latest_item(f: Facts, lead: str) -> tuple[pd.Series, float]:
-    rated = f.rated("SRS")
-    need(lead in SRS_ITEM and len(rated), "no SRS item to name")
-    last = rated.iloc[-1]
-    number = SRS_ITEM[lead][0]
-    rows = f.items[(f.items["measure_id"] == last["measure_id"])
-                   & (f.items["item_number"] == number)]
-    return last, float(rows["response"].iloc[0]) if len(rows) else float("nan")
-
-
-@recomputes("weak_bond.SRS_ITEMS_NONE", "goal_task_disagreement.SRS_ITEMS_NONE")
-def _item_missing(f: Facts, lead: str, raises: bool) -> Expected:
-    last, value = _latest_item(f, lead)
-    need(math.isnan(value), "the item was recorded")
-    return Expected("Latest session rating (SRS) has no item scores",
-                    measure_ids=[str(last["measure_id"])])
-
-
-@recomputes("weak_bond.SRS_RELATIONSHIP", "goal_task_disagreement.SRS_GOALS",
-            "goal_task_disagreement.SRS_APPROACH")
-def _item(f: Facts, lead: str, raises: bool) -> Expected:
-    last, value = _latest_item(f, lead)
-    need(not math.isnan(value), "the item is missing")
-    return Expected(
-        f"Rated {SRS_ITEM[lead][1]} {tenth(value)} of 10 on the session rating (SRS) of "
-        f"{on(last['administered_at'])}",
-        measure_ids=[str(last["measure_id"])],
-    )
-
-
-def _wai_lead(lead: str) -> tuple[str, str]:
-    need(lead.startswith("wai_") and lead.count("_") == 2, f"{lead} is not a WAI-SR scale")
-    _, rater, scale = lead.split("_")
-    return rater, scale
-
-
-@recomputes("weak_bond.WAI_NONE", "goal_task_disagreement.WAI_NONE")
-def _wai_none(f: Facts, lead: str, raises: bool) -> Expected:
-    rater, _ = _wai_lead(lead)
-    wai = f.wai(rater)
-    need(wai.empty, "a WAI-SR was recorded")
-    return Expected(f"No {rater}-rated working alliance (WAI-SR) recorded yet")
-
-
-@recomputes("weak_bond.WAI_UNSCORED", "goal_task_disagreement.WAI_UNSCORED")
-def _wai_unscored(f: Facts, lead: str, raises: bool) -> Expected:
-    rater, scale = _wai_lead(lead)
-    wai = f.wai(rater)
-    need(len(wai) and pd.isna(wai.iloc[-1][scale]), "the latest WAI-SR has this subscale")
-    last = wai.iloc[-1]
-    who = "Client" if rater == "client" else "Therapist"
-    return Expected(
-        f"{who}-rated working alliance (WAI-SR) of {on(last['administered_at'])} "
-        "has no subscale scores",
-        measure_ids=[str(last["measure_id"])],
-    )
-
-
-@recomputes("weak_bond.WAI_CLIENT_BOND", "weak_bond.WAI_THERAPIST_BOND",
-            "goal_task_disagreement.WAI_CLIENT_GOAL", "goal_task_disagreement.WAI_CLIENT_TASK",
-            "goal_task_disagreement.WAI_THERAPIST_GOAL",
-            "goal_task_disagreement.WAI_THERAPIST_TASK")
-def _wai_scale(f: Facts, lead: str, raises: bool) -> Expected:
-    rater, scale = _wai_lead(lead)
-    wai = f.wai(rater)
-    need(len(wai) and not pd.isna(wai.iloc[-1][scale]), "no WAI-SR scale recorded")
-    last = wai.iloc[-1]
-    who = "Client" if rater == "client" else "Therapist"
-    return Expected(
-        f"{who}-rated {WAI_WORDS[scale]} (WAI-SR) was {float(last[scale]):.1f} of 5 on "
-        f"{on(last['administered_at'])}",
-        measure_ids=[str(last["measure_id"])],
-    )
-
-
-# rater_gap
-
-
-@recomputes("rater_gap.WAI_PAIR_NONE")
-def _pair_none(f: Facts, lead: str, raises: bool) -> Expected:
-    need(f.wai("client").empty or f.wai("therapist").empty, "both raters have a WAI-SR")
-    return Expected("No client and therapist working alliance (WAI-SR) pair yet")
-
-
-@recomputes("rater_gap.WAI_PAIR_UNSCORED")
-def _pair_unscored(f: Facts, lead: str, raises: bool) -> Expected:
-    need(len(f.wai("client")) and len(f.wai("therapist")), "no WAI-SR pair")
-    c, t = f.wai("client").iloc[-1], f.wai("therapist").iloc[-1]
-    need(pd.isna(c["score_total"]) or pd.isna(t["score_total"]), "both have totals")
-    return Expected(
-        "Latest client and therapist working alliance (WAI-SR) pair has no scores",
-        measure_ids=[str(c["measure_id"]), str(t["measure_id"])],
-    )
-
-
-@recomputes("rater_gap.WAI_GAP")
-def _gap(f: Facts, lead: str, raises: bool) -> Expected:
-    need(len(f.wai("client")) and len(f.wai("therapist")), "no WAI-SR pair")
-    c, t = f.wai("client").iloc[-1], f.wai("therapist").iloc[-1]
-    # The mean item score: the total over 12 items (the mean of the three subscale means).
-    cm, tm = float(c["score_total"]) / 12, float(t["score_total"]) / 12
-    need(not (np.isnan(cm) or np.isnan(tm)), "a WAI-SR of the pair has no total")
-    when = on(max(c["administered_at"], t["administered_at"]))
-    return Expected(
-        f"Working alliance (WAI-SR): client rates it {cm:.1f}, therapist {tm:.1f} of 5 ({when})",
-        measure_ids=[str(c["measure_id"]), str(t["measure_id"])],
-    )
-
-
-# early_treatment
-
-
-def _planned(f: Facts, lead: str) -> Any:
-    need(lead == "days_to_planned_end", "not about the planned end")
-    return f.episode["planned_discharge_on"]
-
-
-@recomputes("early_treatment.NO_PLANNED_END")
-def _no_planned_end(f: Facts, lead: str, raises: bool) -> Expected:
-    need(pd.isna(_planned(f, lead)), "a planned discharge was recorded")
-    return Expected("No planned discharge date recorded")
-
-
-@recomputes("early_treatment.PAST_PLANNED_END")
-def _past_planned_end(f: Facts, lead: str, raises: bool) -> Expected:
-    planned = _planned(f, lead)
-    need(not pd.isna(planned) and planned < f.cutoff, "not past the planned end")
-    days = (f.cutoff - pd.Timestamp(planned)).days
-    return Expected(f"Past the planned discharge date of {on(planned)} by {count(days, 'day')}")
-
-
-@recomputes("early_treatment.PLANNED_END")
-def _planned_end(f: Facts, lead: str, raises: bool) -> Expected:
-    planned = _planned(f, lead)
-    need(not pd.isna(planned) and planned >= f.cutoff, "no planned end ahead")
-    days = (pd.Timestamp(planned) - f.cutoff).days
-    return Expected(f"Planned discharge in {count(days, 'day')}, on {on(planned)}")
-
-
-@recomputes("early_treatment.STAGE")
-def _stage(f: Facts, lead: str, raises: bool) -> Expected:
-    need(lead != "days_to_planned_end", "the planned end should be named")
-    admitted = pd.Timestamp(f.episode["admitted_on"])
-    days = (f.cutoff - admitted).days
-    stage = "In the first weeks of treatment" if days < 6 * 7 else "In treatment"
-    weeks = f" ({count(days // 7, 'week')})" if days >= 7 else ""
-    return Expected(f"{stage}: admitted {count(days, 'day')} ago{weeks}, on {on(admitted)}")
-
-
-# setting
-
-
-@recomputes("setting.NO_RECENT_SESSIONS")
-def _no_recent_sessions(f: Facts, lead: str, raises: bool) -> Expected:
-    recent = f.facing(90)
-    if lead == "telehealth_share_90d":
-        need((recent["status"] != "attended").all(), "sessions were attended")
-        return Expected("No sessions attended in the last 3 months")
-    need(lead == "group_share_90d" and recent.empty, "sessions were scheduled")
-    return Expected("No sessions scheduled in the last 3 months")
-
-
-@recomputes("setting.TELEHEALTH")
-def _telehealth(f: Facts, lead: str, raises: bool) -> Expected:
-    recent = f.facing(90)
-    attended = recent[recent["status"] == "attended"]
-    need(lead == "telehealth_share_90d" and len(attended), "not about attended telehealth")
-    tele = attended[attended["telehealth"].astype(bool)]
-    return Expected(
-        f"{len(tele)} of {len(attended)} sessions attended in the last 3 months were by "
-        "telehealth",
-        ids(tele),
-    )
-
-
-@recomputes("setting.GROUP")
-def _group(f: Facts, lead: str, raises: bool) -> Expected:
-    recent = f.facing(90)
-    need(lead == "group_share_90d" and len(recent), "not about recent groups")
-    groups = recent[recent["service_type"] == "group"]
-    return Expected(
-        f"{len(groups)} of {len(recent)} sessions in the last 3 months were group sessions",
-        ids(groups),
-    )
-
-
-@recomputes("setting.PROGRAM")
-def _program(f: Facts, lead: str, raises: bool) -> Expected:
-    need(lead not in ("telehealth_share_90d", "group_share_90d"), "a share should be named")
-    return Expected(f"In the {PROGRAM_WORDS[f.episode['program']]} program")
-
-
-# comparing
-
-
-def mismatches(
-    code: str, text: str, appointment_ids: list[str], measure_ids: list[str],
-    facts: Facts, lead: str, raises: bool,
-) -> list[str]:
-    """What differs between a reason and its recomputation from the source rows."""
-    recompute = RECOMPUTE.get(code)
-    if recompute is None:
-        return [f"{code}: no recomputation in tests/reasons/test_phrases.py; add one"]
-    try:
-        expected = recompute(facts, lead, raises)
-    except NotThisVariant as exc:
-        return [f"{code} (lead {lead}, raises={raises}) does not fit the rows: {exc}"]
-    out = []
-    if text != expected.text:
-        out.append(f"{code}: {text!r} != recomputed {expected.text!r}")
-    if sorted(appointment_ids) != sorted(expected.appointment_ids):
-        out.append(f"{code}: appointments {appointment_ids} != {expected.appointment_ids}")
-    if sorted(measure_ids) != sorted(expected.measure_ids):
-        out.append(f"{code}: measures {measure_ids} != {expected.measure_ids}")
-    return out
-
-
-def published_mismatches(
-    published: Published, source: ClinicData, as_of: date,
-    families: tuple[str, ...] | None = None,
-) -> list[str]:
-    problems = []
-    facts: dict[str, Facts] = {}
-    for row, kind, r in published.entries():
-        if families is not None and r["family"] not in families:
-            continue
-        eid = row["episode_id"]
-        if eid not in facts:
-            facts[eid] = facts_of(source, eid, as_of)
-        raises = kind == "reasons"
-        lead = published.lead(eid, r["family"], raises)
-        problems += [
-            f"{eid}: {p}"
-            for p in mismatches(r["code"], r["text"], r["appointment_ids"], r["measure_ids"],
-                                facts[eid], lead, raises)
-        ]
-    return problems
 
 
 def test_every_published_variant_has_a_recomputation(published: Published) -> None:
-    """Guards: a new wording variant cannot reach the list without a truth check here."""
-    codes = {r["code"] for _, _, r in published.entries()}
-    assert codes, "the synthetic clinic publishes reasons"
+    """Guards: a new wording variant, reason or prompt, cannot reach the list without a truth
+    and direction check here."""
+    codes = published_codes(published)
+    assert {r["direction"] for _, _, r in published.entries()} >= {CONCERN, REASSURING}, \
+        "the synthetic clinic publishes concerns and reassuring facts"
     assert sorted(codes - set(RECOMPUTE)) == []
 
 
 @pytest.mark.slow
-def test_sentences_are_true_to_the_source_rows(scored: Any, published: Published,
-                                               source: ClinicData) -> None:
-    """Guards: every count, score, date and day number in every reason and protective
-    factor, and the rows cited as evidence, match the client's own source rows."""
+def test_sentences_are_true_to_the_source_rows_and_point_the_way_listed(
+    scored: Any, published: Published, source: ClinicData,
+) -> None:
+    """Guards: every count, score, date and day number in every reason, reassuring fact,
+    context and prompt, and the rows cited as evidence, match the client's own source rows;
+    each fact is on the side of the clinic's line its heading says (a concern under "Why",
+    a reassuring fact under "Going well"); and no family left out had a fact pointing the
+    way the model moved the risk."""
+    assert Path(scored.settings.reasons_file).resolve() == REASONS_TOML
     problems = published_mismatches(published, source, scored.as_of)
     assert problems == [], "\n".join(problems[:20])
+
+
+def test_published_directions_match_their_headings(published: Published) -> None:
+    """Guards the shape of the rule on the whole list: what is under "Why" says it is a
+    concern, under "Going well" reassuring, and stage and setting are only context."""
+    for row, kind, r in published.entries():
+        assert r["direction"] == HEADING[kind], (row["episode_id"], kind, r["code"])
+        assert (r["family"] in CONTEXT_FAMILIES) == (kind == "context"), (row["episode_id"], r)
+    for row, p in published.prompts():
+        assert p["family"] not in CONTEXT_FAMILIES, (row["episode_id"], p)
 
 
 # --- 2. no demographics ---------------------------------------------------------------------
 
 
 def test_no_reason_mentions_demographics(published: Published, source: ClinicData) -> None:
-    """Guards: no title, sentence or suggestion names a demographic group or attribute."""
+    """Guards: no title, sentence, suggestion or prompt names a demographic group or
+    attribute."""
     values = {
         str(v).lower() for col in ("sex", "race_ethnicity")
         for v in source.clients[col].dropna().unique()
@@ -673,40 +104,68 @@ def test_no_reason_mentions_demographics(published: Published, source: ClinicDat
     for _, _, r in published.entries():
         for key in ("title", "text", "suggestion"):
             assert not pattern.search(r[key]), (r["code"], key, r[key])
+    for _, p in published.prompts():
+        assert not pattern.search(p["text"]), (p["code"], p["text"])
 
 
 # --- 3. readable ----------------------------------------------------------------------------
 
 
 def unreadable(text: str, feature_names: list[str]) -> list[str]:
-    """Why a sentence would confuse a case manager (empty if it would not)."""
-    problems = []
-    if not text or len(text) > MAX_SENTENCE:
-        problems.append(f"length {len(text)}")
+    """Why a sentence would confuse a case manager (empty if it would not); its length is
+    checked apart, by ``too_long``."""
+    problems = [] if text else ["empty"]
     # Single-word names ('program') are plain English; compound names are code.
     problems += [f"feature name {n}" for n in feature_names if "_" in n and n in text]
     problems += [f"code word {m}" for m in SNAKE.findall(text)]
     problems += [f"missing value {m}" for m in MISSING.findall(text)]
     problems += [f"jargon {m}" for m in JARGON.findall(text)]
     problems += [f"long decimal {m}" for m in LONG_DECIMAL.findall(text)]
+    # Every instrument is named in words wherever its abbreviation is used.
+    for abbr, words in INSTRUMENT_WORDS.items():
+        used = len(re.findall(rf"(?<![\w-]){re.escape(abbr)}(?![\w-])", text))
+        if used != text.lower().count(words.lower()):
+            problems.append(f"{abbr} not named as {words!r}")
+    problems += [f"word glued to a bracket {m!r}" for m in re.findall(r"\)\w+", text)]
     return problems
 
 
+def too_long(text: str) -> bool:
+    return len(text) > MAX_SENTENCE
+
+
 def test_sentences_are_readable(scored: Any, published: Published) -> None:
-    """Guards: short plain sentences with no code names, missing-value markers, model jargon
-    or raw floats; each reason carries its family's title and suggestion from the catalogue."""
+    """Guards: plain sentences and prompts with no code names, missing-value markers, model
+    jargon or raw floats, naming each instrument in words; a concern carries its family's
+    title and suggested next step, a reassuring fact the family's reassuring title and no
+    suggestion, context its heading and suggestion (all from the catalogue)."""
     names = list(scored.model.feature_names)
     problems = []
     for row, _, r in published.entries():
         for why in unreadable(r["text"], names):
             problems.append(f"{row['episode_id']} {r['code']}: {why}: {r['text']!r}")
         entry = scored.catalogue.families[r["family"]]
-        assert r["title"] and r["title"] == entry.title, r["code"]
-        assert r["suggestion"] and r["suggestion"] == entry.suggestion, r["code"]
+        if r["direction"] == REASSURING:
+            assert (r["title"], r["suggestion"]) == (entry.reassuring_title, ""), r["code"]
+        else:
+            assert (r["title"], r["suggestion"]) == (entry.title, entry.suggestion), r["code"]
+            assert r["suggestion"], r["code"]
+    for row, p in published.prompts():
+        problems += [f"{row['episode_id']} {p['code']}: {why}: {p['text']!r}"
+                     for why in unreadable(p["text"], names)]
     assert problems == [], "\n".join(problems[:20])
 
 
+def test_published_sentences_fit_in_120_characters(published: Published) -> None:
+    """Guards: every published sentence and prompt fits the list's width."""
+    texts = [r["text"] for _, _, r in published.entries()]
+    texts += [p["text"] for _, p in published.prompts()]
+    assert [t for t in texts if too_long(t)] == []
+
+
 # --- wording on hand-built clinics ----------------------------------------------------------
+
+THRESHOLDS = load_catalogue(REASONS_TOML).thresholds  # the phrasers' input: the same lines
 
 
 def history(data: ClinicData, episode_id: str, as_of: date = AS_OF) -> History:
@@ -715,45 +174,86 @@ def history(data: ClinicData, episode_id: str, as_of: date = AS_OF) -> History:
 
 
 def phrase(b: ClinicBuilder, episode_id: str, family: str, lead: str,
-           raises: bool = True) -> Phrase:
-    return PHRASERS[family](history(b.build(), episode_id), lead, raises)
+           wanted: str = CONCERN) -> Phrase | Missing | None:
+    return PHRASERS[family](history(b.build(), episode_id), lead, wanted, THRESHOLDS)
+
+
+def sentence(b: ClinicBuilder, episode_id: str, family: str, lead: str,
+             wanted: str = CONCERN) -> Phrase:
+    """A phraser's answer that must be a sentence."""
+    p = phrase(b, episode_id, family, lead, wanted)
+    assert isinstance(p, Phrase), p
+    return p
+
+
+def every_lead(data: ClinicData, episode_id: str,
+               seen: set[str] | None = None) -> list[str]:
+    """Mismatches with the recomputation for one episode, every feature as lead both ways."""
+    h = history(data, episode_id)
+    facts = facts_of(data, episode_id, AS_OF)
+    problems = []
+    for f in spec.FEATURES:
+        for wanted in WANTED:
+            code, found = phrased_mismatches(
+                PHRASERS[f.family](h, f.name, wanted, THRESHOLDS), f.family, facts, f.name,
+                wanted)
+            if code is not None and seen is not None:
+                seen.add(code)
+            problems += [f"{episode_id} {f.name} {wanted}: {m}" for m in found]
+    return problems
 
 
 def test_recomputations_agree_with_the_phrasers_on_every_variant() -> None:
-    """Guards the truth checks themselves: on hand-built clients, for every feature as lead
-    in both directions, the recomputation matches the sentence and its evidence, and every
-    recomputation is exercised (none is dead code that would pass unchecked)."""
+    """Guards the truth checks themselves: on hand-built clients, for every feature as lead in
+    both directions, the recomputation matches the sentence, its evidence and the way it
+    points; a family left out has no fact pointing the wanted way; and every recomputation
+    is exercised (none is dead code that would pass unchecked)."""
     data = rich_clinic().build()
-    features = build_features(data, AS_OF)
-    hist = histories(data, list(features.index), AS_OF)
-    seen, problems = set(), []
-    for eid, h in hist.items():
-        facts = facts_of(data, eid, AS_OF)
-        for name in FEATURE_NAMES:
-            family = next(f.family for f in spec.FEATURES if f.name == name)
-            for raises in (True, False):
-                p = PHRASERS[family](h, name, raises)
-                code = f"{family}.{p.variant}"
-                seen.add(code)
-                problems += [
-                    f"{eid} {name} raises={raises}: {m}"
-                    for m in mismatches(code, p.text, [str(i) for i in p.appointment_ids],
-                                        [str(i) for i in p.measure_ids], facts, name, raises)
-                ]
+    seen: set[str] = set()
+    problems = []
+    for eid in data.episodes["episode_id"]:
+        problems += every_lead(data, str(eid), seen)
     assert problems == [], "\n".join(problems[:20])
     assert sorted(set(RECOMPUTE) - seen) == []
 
 
+def test_a_clinic_with_no_appointments_measures_or_items_is_worded() -> None:
+    """Guards the empty edge: with no appointment, measure or item row in the whole clinic,
+    every lead is left out, prompted for or worded truly, citing no rows."""
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-03-02")
+    assert every_lead(b.build(), "E1") == []
+
+
+def test_ratings_without_any_item_responses_are_worded() -> None:
+    """Guards: a clinic that sends SRS totals but no item responses at all (the table is
+    optional) leaves the item families out rather than failing or saying 'nan'; the totals
+    are still worded."""
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-03-02")
+    b.appointment("E1", at("2026-03-10"))
+    b.srs("E1", at("2026-03-10", 11), [9, 9, 9, 9])
+    b.srs("E1", at("2026-03-17", 11), [8, 8, 8, 8])
+    b.rows["alliance_items"] = []
+    assert every_lead(b.build(), "E1") == []
+    for wanted in WANTED:
+        assert phrase(b, "E1", "weak_bond", "srs_relationship_latest", wanted) is None
+    change = sentence(b, "E1", "alliance_rupture", "srs_change")
+    assert change.text == "Session rating (SRS) fell from 36 to 32 on 17 Mar"
+
+
 def test_missed_sessions_name_each_kind_with_dates() -> None:
-    """Guards the example sentence: 2 no-shows on 3 and 10 Mar and a late cancellation."""
-    b = rich_clinic()
-    p = phrase(b, "E1", "inconsistent_engagement", "missed_28d")
-    assert p.variant == "MISSED_SESSIONS"
+    """Guards the example sentence: 2 no-shows on 3 and 10 Mar, a late cancellation and a
+    client cancellation, all cited."""
+    p = sentence(rich_clinic(), "E1", "inconsistent_engagement", "missed_28d")
+    assert (p.variant, p.direction) == ("MISSED_SESSIONS", CONCERN)
     assert p.text == (
         "Missed 3 of 5 sessions in the last 4 weeks: "
-        "2 no-shows on 3 Mar and 10 Mar, 1 late cancellation on 13 Mar"
+        "2 no-shows on 3 Mar and 10 Mar, 1 late cancellation on 13 Mar, 1 cancelled"
     )
-    assert len(p.appointment_ids) == 3
+    assert len(p.appointment_ids) == 4
 
 
 def test_many_misses_list_three_dates_then_a_count() -> None:
@@ -763,27 +263,32 @@ def test_many_misses_list_three_dates_then_a_count() -> None:
     b.episode("E1", "C1", "2026-01-05")
     for day in range(2, 18, 3):  # 2, 5, 8, 11, 14, 17 Mar
         b.appointment("E1", at(f"2026-03-{day:02d}"), "no_show")
-    p = phrase(b, "E1", "inconsistent_engagement", "missed_28d")
+    p = sentence(b, "E1", "inconsistent_engagement", "missed_28d")
     assert p.text == (
         "Missed 6 of 6 sessions in the last 4 weeks: 6 no-shows on 2 Mar, 5 Mar, 8 Mar and 3 more"
     )
     for day in range(3, 19, 3):
         b.appointment("E1", at(f"2026-03-{day:02d}"), "late_cancel")
-    p = phrase(b, "E1", "inconsistent_engagement", "missed_28d")
+    p = sentence(b, "E1", "inconsistent_engagement", "missed_28d")
     assert p.text == (
         "Missed 12 of 12 sessions in the last 4 weeks: 6 no-shows, 6 late cancellations"
     )
 
 
-def test_protective_attendance_and_a_quiet_start() -> None:
-    """Guards the protective and empty attendance sentences."""
+def test_attendance_sentences_each_way() -> None:
+    """Guards the attendance sentences: all kept and nearly all kept are reassuring, client
+    cancellations a concern, and no sessions at all nothing to judge."""
     b = rich_clinic()
-    full = phrase(b, "E3", "inconsistent_engagement", "attended_28d", raises=False)
-    assert full.text == "Attended all 3 sessions scheduled in the last 4 weeks"
-    cancelled = phrase(b, "E4", "inconsistent_engagement", "client_cancelled_28d")
+    full = sentence(b, "E3", "inconsistent_engagement", "attended_28d", REASSURING)
+    assert (full.text, full.direction) == (
+        "Attended all 3 sessions scheduled in the last 4 weeks", REASSURING)
+    most = sentence(b, "E6", "inconsistent_engagement", "attended_28d", REASSURING)
+    assert (most.variant, most.text) == (
+        "ATTENDANCE", "Attended 10 of 11 sessions scheduled in the last 4 weeks")
+    cancelled = sentence(b, "E4", "inconsistent_engagement", "client_cancelled_28d")
     assert cancelled.text == "Cancelled 2 of 3 sessions in the last 4 weeks, on 10 Mar and 17 Mar"
-    none = phrase(b, "E2", "inconsistent_engagement", "miss_rate_90d")
-    assert none.text == "No sessions were scheduled in the last 3 months"
+    for wanted in WANTED:
+        assert phrase(b, "E2", "inconsistent_engagement", "miss_rate_90d", wanted) is None
 
 
 def test_disengagement_sentences() -> None:
@@ -794,19 +299,19 @@ def test_disengagement_sentences() -> None:
     b.episode("E1", "C1", "2026-03-02")
     b.appointment("E1", at("2026-03-03"), "no_show")
     b.appointment("E1", at("2026-03-10"), "late_cancel")
-    streak = phrase(b, "E1", "disengagement", "consecutive_misses")
+    streak = sentence(b, "E1", "disengagement", "consecutive_misses")
     assert streak.text == (
         "Missed the last 2 sessions in a row; no session attended since admission 18 days ago, "
         "on 2 Mar"
     )
-    nothing = phrase(b, "E1", "disengagement", "booked_next_14d")
+    nothing = sentence(b, "E1", "disengagement", "booked_next_14d")
     assert nothing.text == (
         "Nothing booked ahead; no session attended since admission 18 days ago, on 2 Mar"
     )
     b.appointment("E1", at("2026-04-08"), "scheduled", booked_at=at("2026-03-18"))
-    far = phrase(b, "E1", "disengagement", "days_to_next_booked")
+    far = sentence(b, "E1", "disengagement", "days_to_next_booked")
     assert (far.variant, far.text) == (
-        "NEXT_BOOKING_FAR", "No session in the next 2 weeks; next booked on 8 Apr"
+        "NEXT_BOOKING_FAR", "No session booked in the next 14 days; next booked on 8 Apr"
     )
 
 
@@ -817,114 +322,684 @@ def test_last_attended_counts_calendar_days() -> None:
     b.episode("E1", "C1", "2026-03-02")
     b.appointment("E1", at("2026-03-17"))
     b.appointment("E1", at("2026-03-24"), "scheduled", booked_at=at("2026-03-17"))
-    p = phrase(b, "E1", "disengagement", "days_since_attended", raises=False)
+    p = sentence(b, "E1", "disengagement", "days_since_attended", REASSURING)
     assert p.text == "Last attended 3 days ago, on 17 Mar; next session booked for 24 Mar"
 
 
 def test_alliance_rupture_sentences() -> None:
-    """Guards the drop, the repeated low ratings and the latest group rating."""
+    """Guards the fall, the repeated low ratings, the latest low group rating, a rise that is
+    going well, and the prompt when no rating was taken."""
     b = rich_clinic()
-    drop = phrase(b, "E1", "alliance_rupture", "srs_change")
+    drop = sentence(b, "E1", "alliance_rupture", "srs_change")
     assert drop.text == "Session rating (SRS) fell from 36.5 to 28.5 on 24 Feb"
-    below = phrase(b, "E1", "alliance_rupture", "srs_below_cutoff_last3")
-    assert below.text == "1 of the last 3 session ratings (SRS) were below 36"
-    group = phrase(b, "E1", "alliance_rupture", "gsrs_latest")
-    assert group.text == (
-        "Latest group session rating (GSRS) was 32 on 13 Mar, below the concern line of 36"
-    )
+    below = sentence(b, "E6", "alliance_rupture", "srs_below_cutoff_last3")
+    assert below.variant == "SRS_BELOW_CUTOFF_REPEATED"
+    group = sentence(b, "E1", "alliance_rupture", "gsrs_latest")
+    assert group.text == "Latest group session rating (GSRS) was 32 on 13 Mar, below 36"
+    rose = sentence(b, "E6", "alliance_rupture", "gsrs_change", REASSURING)
+    assert (rose.text, rose.direction) == (
+        "Group session rating (GSRS) rose from 36 to 38 on 11 Mar, at or above 36", REASSURING)
     none = phrase(b, "E2", "alliance_rupture", "srs_latest")
-    assert none.text == "No session rating (SRS) recorded yet"
+    assert isinstance(none, Missing)
+    assert none.text == (
+        "No session rating (SRS) recorded yet: consider asking for one at the next session")
 
 
 def test_bond_goal_and_gap_sentences() -> None:
-    """Guards SRS item, WAI-SR scale and rater-gap sentences."""
+    """Guards SRS item, WAI-SR subscale and rater-gap sentences, each with its line."""
     b = rich_clinic()
-    item = phrase(b, "E1", "goal_task_disagreement", "srs_approach_latest")
-    assert item.text == "Rated the approach 6.5 of 10 on the session rating (SRS) of 24 Feb"
-    bond = phrase(b, "E1", "weak_bond", "wai_client_bond")
-    assert bond.text == "Client-rated bond (WAI-SR) was 2.5 of 5 on 17 Feb"
-    gap = phrase(b, "E1", "rater_gap", "wai_rater_gap")
-    assert gap.text == "Working alliance (WAI-SR): client rates it 3.8, therapist 4.0 of 5 (18 Feb)"
-    bare = phrase(b, "E3", "weak_bond", "srs_relationship_latest")
-    assert bare.text == "Latest session rating (SRS) has no item scores"
+    item = sentence(b, "E1", "goal_task_disagreement", "srs_approach_latest")
+    assert item.text == (
+        "Rated the approach 6.5 of 10 on the session rating (SRS) of 24 Feb, below 9")
+    bond = sentence(b, "E1", "weak_bond", "wai_client_bond")
+    assert (bond.variant, bond.direction, bond.text) == (
+        "WAI_CLIENT_BOND", CONCERN,
+        "Client-rated bond, working alliance questionnaire (WAI-SR): 2.5 of 5 on 17 Feb, below 3")
+    task = sentence(b, "E10", "goal_task_disagreement", "wai_therapist_task", REASSURING)
+    assert (task.variant, task.direction, task.text) == (
+        "WAI_THERAPIST_TASK", REASSURING,
+        "Therapist-rated agreement on tasks, working alliance questionnaire (WAI-SR): 4.0 of 5 "
+        "on 9 Mar, at or above 4")
+    # The therapist's bond of 3.5 is between the lines: the client's own 4.0 is named.
+    bond_good = sentence(b, "E10", "weak_bond", "wai_therapist_bond", REASSURING)
+    assert (bond_good.variant, bond_good.text) == (
+        "WAI_CLIENT_BOND",
+        "Client-rated bond, working alliance questionnaire (WAI-SR): 4.0 of 5 on 9 Mar, at or "
+        "above 4")
+    gap = sentence(b, "E6", "rater_gap", "wai_rater_gap")
+    assert (gap.variant, gap.direction, gap.text) == (
+        "WAI_CLIENT_BELOW", CONCERN,
+        "Client rates the alliance 2.1 of 5 on the working alliance questionnaire (WAI-SR), the "
+        "therapist 3.2 (9 Mar)")
+    alike = sentence(b, "E10", "rater_gap", "wai_rater_gap", REASSURING)
+    assert (alike.variant, alike.direction, alike.text) == (
+        "WAI_ALIKE", REASSURING,
+        "Client rates the alliance 4.1 of 5 on the working alliance questionnaire (WAI-SR), the "
+        "therapist 3.8 (9 Mar)")
+    # E7's client is 0.7 above the therapist (4.5 against 3.8): not alike, and no concern.
+    for wanted in WANTED:
+        assert phrase(b, "E7", "rater_gap", "wai_rater_gap", wanted) is None, wanted
+    # E3's latest SRS has no item scores: its bond is the WAI-SR's, not a 'nan' item.
+    for wanted in WANTED:
+        p = phrase(b, "E3", "weak_bond", "srs_relationship_latest", wanted)
+        assert p is None or p.variant == "WAI_CLIENT_BOND", p
 
 
 def test_rater_gap_never_says_nan() -> None:
-    """Guards: a WAI-SR without subscale scores is not worded as 'nan'."""
+    """Guards: a WAI-SR without subscale scores is not worded as 'nan': the total still gives
+    the mean item score (the 12-item sum over 12)."""
     b = rich_clinic()
     for row in b.rows["alliance_measures"]:
-        if row["episode_id"] == "E1" and row["rater"] == "client":
+        if row["episode_id"] == "E6" and row["rater"] == "client":
             row.update(goal=None, task=None, bond=None)
-    p = phrase(b, "E1", "rater_gap", "wai_rater_gap")
+    p = sentence(b, "E6", "rater_gap", "wai_rater_gap")
     assert unreadable(p.text, list(FEATURE_NAMES)) == [], p.text
-    # The total still gives the mean item score: 12-item sum over 12.
-    assert p.text.startswith("Working alliance (WAI-SR): client rates it 3.8, therapist 4.0")
+    assert p.text == ("Client rates the alliance 2.1 of 5 on the working alliance questionnaire "
+                      "(WAI-SR), the therapist 3.2 (9 Mar)")
 
 
 def test_stage_and_setting_sentences() -> None:
     """Guards stage of treatment, planned end, telehealth, group and program sentences."""
     b = rich_clinic()
-    stage = phrase(b, "E2", "early_treatment", "days_in_treatment")
+    stage = sentence(b, "E2", "early_treatment", "days_in_treatment")
     assert stage.text == "In the first weeks of treatment: admitted 5 days ago, on 15 Mar"
-    planned = phrase(b, "E1", "early_treatment", "days_to_planned_end")
+    planned = sentence(b, "E1", "early_treatment", "days_to_planned_end")
     assert planned.text == "Planned discharge in 46 days, on 5 May"
-    past = phrase(b, "E3", "early_treatment", "days_to_planned_end", raises=False)
+    today = sentence(b, "E8", "early_treatment", "days_to_planned_end", REASSURING)
+    assert (today.variant, today.direction, today.text) == (
+        "PLANNED_END", CONTEXT, "Planned discharge today, on 20 Mar")
+    past = sentence(b, "E3", "early_treatment", "days_to_planned_end", REASSURING)
     assert past.text == "Past the planned discharge date of 1 Mar by 19 days"
-    tele = phrase(b, "E1", "setting", "telehealth_share_90d")
+    tele = sentence(b, "E1", "setting", "telehealth_share_90d")
     assert tele.text == "1 of 2 sessions attended in the last 3 months were by telehealth"
-    group = phrase(b, "E1", "setting", "group_share_90d")
+    group = sentence(b, "E1", "setting", "group_share_90d")
     assert group.text == "1 of 6 sessions in the last 3 months were group sessions"
-    program = phrase(b, "E1", "setting", "program")
+    program = sentence(b, "E1", "setting", "program")
     assert program.text == "In the intensive outpatient program"
 
 
 def test_one_day_is_singular() -> None:
     """Guards: a count of one day reads '1 day'."""
-    b = rich_clinic()
-    p = phrase(b, "E4", "early_treatment", "days_to_planned_end")
+    p = sentence(rich_clinic(), "E4", "early_treatment", "days_to_planned_end")
     assert p.text == "Planned discharge in 1 day, on 21 Mar"
 
 
-def phrase_every_lead(data: ClinicData, episode_id: str) -> list[str]:
-    """Mismatches with the recomputation for one episode, every feature as lead both ways."""
-    h = histories(data, [episode_id], AS_OF)[episode_id]
-    facts = facts_of(data, episode_id, AS_OF)
-    problems = []
-    for f in spec.FEATURES:
-        for raises in (True, False):
-            p = PHRASERS[f.family](h, f.name, raises)
-            problems += [
-                f"{f.name} raises={raises}: {m}"
-                for m in mismatches(f"{f.family}.{p.variant}", p.text, p.appointment_ids,
-                                    p.measure_ids, facts, f.name, raises)
-            ]
-    return problems
+def test_a_run_of_one_miss_reads_singular() -> None:
+    """Guards "Missed the last 1 sessions in a row" when a clinic counts one miss as a run."""
+    lines = dataclasses.replace(THRESHOLDS, contact=dataclasses.replace(
+        THRESHOLDS.contact, concern_consecutive_misses_at_least=1))
+    b = clinic_with({"03-10": "attended", "03-17": "no_show"}, booked="03-24")
+    said = PHRASERS["disengagement"](history(b.build(), "E1"), "consecutive_misses", CONCERN,
+                                     lines)
+    assert isinstance(said, Phrase) and said.text == "Missed the last session"
 
 
-def test_a_clinic_with_no_appointments_measures_or_items_is_worded() -> None:
-    """Guards the empty edge: with no appointment, measure or item row in the whole clinic,
-    every lead is still worded truly ('nothing recorded'), citing no rows."""
+# --- the contradictions a reviewer reported, on one-client clinics --------------------------
+
+
+def one_client(admitted_on: str = "2026-01-05", **episode: Any) -> ClinicBuilder:
+    """A clinic with one client, C1, in one episode, E1."""
     b = ClinicBuilder()
     b.client("C1")
-    b.episode("E1", "C1", "2026-03-02")
-    assert phrase_every_lead(b.build(), "E1") == []
+    b.episode("E1", "C1", admitted_on, **episode)
+    return b
 
 
-def test_ratings_without_any_item_responses_are_worded() -> None:
-    """Guards: a clinic that sends SRS totals but no item responses at all (the table is
-    optional) gets 'no item scores', not an error; the totals are still worded."""
-    b = ClinicBuilder()
-    b.client("C1")
-    b.episode("E1", "C1", "2026-03-02")
-    b.appointment("E1", at("2026-03-10"))
-    b.srs("E1", at("2026-03-10", 11), [9, 9, 9, 9])
-    b.srs("E1", at("2026-03-17", 11), [8, 8, 8, 8])
-    b.rows["alliance_items"] = []
+def leads(family: str) -> list[str]:
+    return [f.name for f in spec.FEATURES if f.family == family]
+
+
+def never(b: ClinicBuilder, family: str, wanted: str, episode_id: str = "E1") -> list[str]:
+    """For every lead of ``family``: the sentences its phraser gives in the ``wanted``
+    direction for ``episode_id`` (each also checked against the rows and lines)."""
     data = b.build()
-    assert phrase_every_lead(data, "E1") == []
-    h = histories(data, ["E1"], AS_OF)["E1"]
-    item = PHRASERS["weak_bond"](h, "srs_relationship_latest", True)
+    h, facts = history(data, episode_id), facts_of(data, episode_id, AS_OF)
+    said = []
+    for lead in leads(family):
+        result = PHRASERS[family](h, lead, wanted, THRESHOLDS)
+        _, problems = phrased_mismatches(result, family, facts, lead, wanted)
+        assert problems == [], problems
+        if isinstance(result, Phrase):
+            said.append(result.text)
+    return said
+
+
+def test_a_therapist_bond_of_5_is_never_a_concern() -> None:
+    """Guards the reported "Weak bond or trust: therapist-rated bond 5.0 of 5": with only the
+    therapist's 5.0 the family is left out as a concern and reassuring the other way; with
+    a client's own weak bond too, the concern named is the client's, not the 5.0."""
+    b = one_client()
+    b.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+    assert never(b, "weak_bond", CONCERN) == []
+    good = sentence(b, "E1", "weak_bond", "wai_therapist_bond", REASSURING)
+    assert (good.variant, good.direction) == ("WAI_THERAPIST_BOND", REASSURING)
+    assert "5.0 of 5" in good.text and "at or above 4" in good.text
+    b.wai("E1", at("2026-03-09", 11), "client", [2] * 12)
+    for lead in leads("weak_bond"):
+        p = sentence(b, "E1", "weak_bond", lead)
+        assert (p.variant, p.direction) == ("WAI_CLIENT_BOND", CONCERN), lead
+        assert "Client-rated bond" in p.text and "2.0 of 5" in p.text
+    # Nor does the therapist's 5.0 reassure while the client's own bond is weak.
+    assert never(b, "weak_bond", REASSURING) == []
+
+
+def test_a_client_concern_is_never_outweighed_by_another_good_rating() -> None:
+    """Guards: bond, goals and tasks are never going well while a client rating of them (an
+    SRS item or the client's WAI-SR subscale, the lead or not) is a concern, however well
+    the therapist or another item rates them; without the client's concern the good
+    ratings are named, the client's first."""
+    b = one_client()
+    b.wai("E1", at("2026-03-09", 11), "client", [5] * 12)
+    b.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+    for family in ("weak_bond", "goal_task_disagreement"):
+        assert never(b, family, REASSURING), family
+    good = sentence(b, "E1", "weak_bond", "srs_relationship_latest", REASSURING)
+    assert (good.variant, good.direction) == ("WAI_CLIENT_BOND", REASSURING)
+    # The client's latest SRS rates the relationship 8 and the approach 6.5 of 10.
+    b.srs("E1", at("2026-03-17", 11), [8, 10, 6.5, 10])
+    for family in ("weak_bond", "goal_task_disagreement"):
+        assert never(b, family, REASSURING) == [], family
+        for lead in leads(family):
+            assert phrase(b, "E1", family, lead, REASSURING) is None, (family, lead)
+    bond = sentence(b, "E1", "weak_bond", "wai_therapist_bond")
+    assert (bond.variant, bond.text) == (
+        "SRS_RELATIONSHIP",
+        "Rated the relationship 8 of 10 on the session rating (SRS) of 17 Mar, below 9")
+    # A client without any rating yet is asked for one, whatever the therapist's rating.
+    unrated = one_client()
+    unrated.wai("E1", at("2026-03-09", 12), "therapist", [2] * 12)
+    p = phrase(unrated, "E1", "weak_bond", "wai_client_bond", REASSURING)
+    assert isinstance(p, Missing) and p.variant == "WAI_NONE", p
+
+
+def test_a_client_rating_between_the_lines_holds_back_every_good_rating() -> None:
+    """Guards: bond, goals and tasks are going well only when every rating the client gave of
+    them is reassuring (or was never given, or has no score). A client WAI-SR of 3.0 of 5,
+    neither weak nor strong, is no concern, yet it holds back the therapist's 5.0 and the
+    client's own SRS items of 10, whatever the lead; at 4.0 it lets them through."""
+    b = one_client()
+    b.srs("E1", at("2026-03-17", 11), [10, 10, 10, 10])
+    b.wai("E1", at("2026-03-09", 11), "client", [3] * 12)
+    b.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+    for family in ("weak_bond", "goal_task_disagreement"):
+        assert never(b, family, CONCERN) == [], family
+        assert never(b, family, REASSURING) == [], family
+        for lead in leads(family):
+            assert phrase(b, "E1", family, lead, REASSURING) is None, (family, lead)
+        # The same in the hand-built clinic: E8's client 3.0 against the therapist's 4.0.
+        assert never(rich_clinic(), family, REASSURING, "E8") == [], family
+    strong = one_client()
+    strong.srs("E1", at("2026-03-17", 11), [10, 10, 10, 10])
+    strong.wai("E1", at("2026-03-09", 11), "client", [4] * 12)
+    strong.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+    bond = sentence(strong, "E1", "weak_bond", "wai_therapist_bond", REASSURING)
+    assert (bond.variant, bond.text) == (
+        "WAI_THERAPIST_BOND",
+        "Therapist-rated bond, working alliance questionnaire (WAI-SR): 5.0 of 5 on 9 Mar, at or "
+        "above 4")
+    item = sentence(strong, "E1", "goal_task_disagreement", "srs_approach_latest", REASSURING)
     assert (item.variant, item.text) == (
-        "SRS_ITEMS_NONE", "Latest session rating (SRS) has no item scores")
-    change = PHRASERS["alliance_rupture"](h, "srs_change", True)
-    assert change.text == "Session rating (SRS) fell from 36 to 32 on 17 Mar"
+        "SRS_APPROACH",
+        "Rated the approach 10 of 10 on the session rating (SRS) of 17 Mar, at or above 9")
+    # A client WAI-SR sent without subscale scores, or an SRS without items, is weighed by
+    # its total: a mean of 3.0 or a total of 32 holds the family back, a mean of 4.5 and a
+    # total of 40 do not.
+    for client_items, srs_items, held in (([3] * 12, [8] * 4, True),
+                                          ([4, 5] * 6, [10] * 4, False)):
+        unscored = one_client()
+        unscored.wai("E1", at("2026-03-09", 11), "client", client_items)
+        unscored.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+        bare = unscored.srs("E1", at("2026-03-17", 11), srs_items)
+        unscored.rows["alliance_items"] = [i for i in unscored.rows["alliance_items"]
+                                           if i["measure_id"] != bare]
+        for row in unscored.rows["alliance_measures"]:
+            if row["rater"] == "client" and row["instrument"] == "WAI-SR":
+                row.update(goal=None, task=None, bond=None)
+        for family in ("weak_bond", "goal_task_disagreement"):
+            said = never(unscored, family, REASSURING)
+            if held:
+                assert said == [], (family, said)
+            else:
+                assert said and all(t.startswith("Therapist-rated ") for t in said), (
+                    family, said)
+    # A later questionnaire recorded without the bond does not hide an earlier low one.
+    hidden = one_client()
+    hidden.wai("E1", at("2026-03-02", 11), "client", [2] * 12)
+    hidden.wai("E1", at("2026-03-09", 11), "client", [5] * 12)
+    hidden.wai("E1", at("2026-03-09", 12), "therapist", [5] * 12)
+    for row in hidden.rows["alliance_measures"]:
+        if row["rater"] == "client" and str(row["administered_at"]).startswith("2026-03-09"):
+            row.update(goal=None, task=None, bond=None, score_total=None)
+    assert never(hidden, "weak_bond", REASSURING) == []
+
+
+def test_an_srs_of_38_4_is_never_a_low_rating() -> None:
+    """Guards the reported "Session ratings show a strain: latest SRS 38.4": 38.4 on its own or
+    after a lower rating is no concern (it is going well); after a fall of the clinic's
+    1 point it is named as the fall, never as a low rating."""
+    b = one_client()
+    b.srs("E1", at("2026-03-17", 11), [10, 10, 9.4, 9])
+    assert never(b, "alliance_rupture", CONCERN) == []
+    good = sentence(b, "E1", "alliance_rupture", "srs_latest", REASSURING)
+    assert good.text == "Latest session rating (SRS) was 38.4 on 17 Mar, at or above 36"
+    b.srs("E1", at("2026-03-10", 11), [9.5, 9.5, 9.5, 9.5])  # 38: a rise to 38.4
+    assert never(b, "alliance_rupture", CONCERN) == []
+    after_40 = one_client()
+    after_40.srs("E1", at("2026-03-10", 11), [10, 10, 10, 10])
+    after_40.srs("E1", at("2026-03-17", 11), [10, 10, 9.4, 9])
+    said = never(after_40, "alliance_rupture", CONCERN)
+    assert said and set(said) == {"Session rating (SRS) fell from 40 to 38.4 on 17 Mar"}
+    assert never(after_40, "alliance_rupture", REASSURING) == []
+
+
+def test_an_srs_of_40_never_gets_the_rupture_title() -> None:
+    """Guards: a latest SRS of 40 alone, after 38 or after another 40 is never a strain."""
+    for before in ([], [9.5] * 4, [10] * 4):
+        b = one_client()
+        if before:
+            b.srs("E1", at("2026-03-10", 11), before)
+        b.srs("E1", at("2026-03-17", 11), [10, 10, 10, 10])
+        assert never(b, "alliance_rupture", CONCERN) == [], before
+        assert never(b, "weak_bond", CONCERN) == [], before
+        assert never(b, "goal_task_disagreement", CONCERN) == [], before
+        assert never(b, "alliance_rupture", REASSURING), before
+
+
+def test_an_srs_of_40_after_two_low_ones_is_no_strain() -> None:
+    """Guards: after two low ratings, a latest SRS of 40 (the best there is, 10 points up) is
+    not listed under "Session ratings show a strain" but as a rise going well; while the
+    latest is low too, the repeated low ratings are the strain named."""
+    b = one_client()
+    b.srs("E1", at("2026-03-03", 11), [7.5] * 4)
+    b.srs("E1", at("2026-03-10", 11), [7.5] * 4)
+    b.srs("E1", at("2026-03-17", 11), [10] * 4)
+    assert never(b, "alliance_rupture", CONCERN) == []
+    assert phrase(b, "E1", "alliance_rupture", "srs_below_cutoff_last3") is None
+    good = sentence(b, "E1", "alliance_rupture", "srs_below_cutoff_last3", REASSURING)
+    assert (good.variant, good.text) == (
+        "SRS_GOOD", "Session rating (SRS) rose from 30 to 40 on 17 Mar, at or above 36")
+    still = one_client()
+    still.srs("E1", at("2026-03-03", 11), [7.5] * 4)
+    still.srs("E1", at("2026-03-10", 11), [10] * 4)
+    still.srs("E1", at("2026-03-17", 11), [8.5] * 4)
+    p = sentence(still, "E1", "alliance_rupture", "srs_below_cutoff_last3")
+    assert (p.variant, p.direction, p.text) == (
+        "SRS_BELOW_CUTOFF_REPEATED", CONCERN, "2 of the last 3 session ratings (SRS) were below 36")
+    assert never(still, "alliance_rupture", REASSURING) == []
+
+
+def test_a_client_above_the_therapist_is_never_a_concern() -> None:
+    """Guards the reported "client 4.5, therapist 3.8 of 5" under "Why": no alliance family
+    calls it a concern; nor is the rater gap reassuring the other way, as the two do not
+    see the alliance alike (0.7 apart, the concern line is 0.5). A client a little above
+    the therapist (4.1 against 3.8) sees it alike, and that is reassuring."""
+    b = one_client()
+    b.wai("E1", at("2026-03-09", 11), "client", [5, 4] * 6)
+    b.wai("E1", at("2026-03-09", 12), "therapist", [4] * 10 + [3, 3])
+    for family in ("rater_gap", "weak_bond", "goal_task_disagreement"):
+        assert never(b, family, CONCERN) == [], family
+    assert never(b, "rater_gap", REASSURING) == []
+    for wanted in WANTED:
+        assert phrase(b, "E1", "rater_gap", "wai_rater_gap", wanted) is None, wanted
+    close = one_client()
+    close.wai("E1", at("2026-03-09", 11), "client", [4] * 11 + [5])
+    close.wai("E1", at("2026-03-09", 12), "therapist", [4] * 10 + [3, 3])
+    assert never(close, "rater_gap", CONCERN) == []
+    alike = sentence(close, "E1", "rater_gap", "wai_rater_gap", REASSURING)
+    assert (alike.variant, alike.direction, alike.text) == (
+        "WAI_ALIKE", REASSURING,
+        "Client rates the alliance 4.1 of 5 on the working alliance questionnaire (WAI-SR), the "
+        "therapist 3.8 (9 Mar)")
+
+
+def test_a_client_below_the_therapist_is_never_reassuring() -> None:
+    """Guards the reported "client 2.1, therapist 3.2 of 5" under "Going well": no alliance
+    family calls it reassuring, and the rater gap is a concern the other way."""
+    b = one_client()
+    b.wai("E1", at("2026-03-09", 11), "client", [2] * 11 + [3])
+    b.wai("E1", at("2026-03-09", 12), "therapist", [3] * 10 + [4, 4])
+    for family in ("rater_gap", "weak_bond", "goal_task_disagreement"):
+        assert never(b, family, REASSURING) == [], family
+    below = sentence(b, "E1", "rater_gap", "wai_rater_gap")
+    assert (below.variant, below.direction) == ("WAI_CLIENT_BELOW", CONCERN)
+    assert below.text.startswith("Client rates the alliance 2.1 of 5 on the working alliance "
+                                 "questionnaire (WAI-SR), the therapist 3.2 (")
+
+
+def test_attending_3_days_ago_is_no_concern_on_its_own() -> None:
+    """Guards the reported "Drifting out of contact: last attended 3 days ago": with a session
+    booked soon there is no contact concern at all; with nothing booked the concern named
+    is that, not the recent session."""
+    b = one_client()
+    b.appointment("E1", at("2026-03-17"))
+    b.appointment("E1", at("2026-03-24"), "scheduled", booked_at=at("2026-03-17"))
+    assert never(b, "disengagement", CONCERN) == []
+    assert never(b, "disengagement", REASSURING)
+    unbooked = one_client()
+    unbooked.appointment("E1", at("2026-03-17"))
+    said = never(unbooked, "disengagement", CONCERN)
+    assert said and set(said) == {"Nothing booked ahead"}
+    # The recent session is not named, so it is not cited either.
+    nothing = sentence(unbooked, "E1", "disengagement", "booked_next_14d")
+    assert (nothing.variant, nothing.appointment_ids, nothing.measure_ids) == (
+        "NOTHING_BOOKED", [], [])
+
+
+def test_nothing_booked_cites_the_last_session_when_it_names_it() -> None:
+    """Guards the evidence of "Nothing booked ahead": the last attended session is cited
+    exactly when the sentence names it, that is when the gap since it is a concern too."""
+    b = one_client()
+    b.appointment("E1", at("2026-02-24"))
+    last = b.appointment("E1", at("2026-02-28"))
+    for lead in ("booked_next_14d", "days_to_next_booked"):
+        p = sentence(b, "E1", "disengagement", lead)
+        assert (p.variant, p.text, p.appointment_ids) == (
+            "NOTHING_BOOKED", "Nothing booked ahead; last attended 20 days ago, on 28 Feb", [last])
+    assert never(b, "disengagement", CONCERN)
+
+
+def test_no_contact_for_4_weeks_is_never_reassuring() -> None:
+    """Guards the reported "In regular contact: last attended 28 days ago" and "Keeps their
+    sessions: no sessions were scheduled in the last 4 weeks": neither is going well, and
+    the 28 days are a concern the other way."""
+    b = one_client()
+    b.appointment("E1", at("2026-02-13"))
+    b.appointment("E1", at("2026-02-20"))  # 28 days before 20 Mar
+    b.appointment("E1", at("2026-03-23"), "scheduled", booked_at=at("2026-02-20"))
+    assert never(b, "disengagement", REASSURING) == []
+    gap = sentence(b, "E1", "disengagement", "days_since_attended")
+    assert gap.text == "Last attended 28 days ago, on 20 Feb"
+    quiet = one_client()
+    for day in ("2026-02-06", "2026-02-13", "2026-02-19"):  # over 4 weeks ago
+        quiet.appointment("E1", at(day))
+    for lead in leads("inconsistent_engagement"):
+        if lead != "miss_rate_90d":  # the 3-month rate is about 3 months
+            for wanted in WANTED:
+                assert phrase(quiet, "E1", "inconsistent_engagement", lead, wanted) is None
+    assert never(quiet, "disengagement", REASSURING) == []
+
+
+def test_a_measure_never_taken_is_a_prompt_never_a_reason() -> None:
+    """Guards: with no SRS, GSRS or WAI-SR, the rating families prompt for the measure
+    whichever way the model moved the risk; they are never worded as a fact."""
+    b = one_client()
+    b.appointment("E1", at("2026-03-17"))
+    prompts = {
+        ("alliance_rupture", "srs_latest"): "SRS_NONE",
+        ("alliance_rupture", "gsrs_change"): "GSRS_NONE",
+        ("weak_bond", "srs_relationship_latest"): "SRS_NONE",
+        ("weak_bond", "wai_client_bond"): "WAI_NONE",
+        ("goal_task_disagreement", "wai_therapist_task"): "WAI_NONE",
+        ("rater_gap", "wai_rater_gap"): "WAI_PAIR_NONE",
+    }
+    for (family, lead), variant in prompts.items():
+        for wanted in WANTED:
+            p = phrase(b, "E1", family, lead, wanted)
+            assert isinstance(p, Missing) and p.variant == variant, (family, lead, wanted, p)
+            assert p.text.startswith("No ") and "consider" in p.text
+    assert never(b, "rater_gap", CONCERN) == []
+
+
+def test_planned_discharge_and_program_are_context_only() -> None:
+    """Guards: stage of treatment (planned discharge included) and how care is delivered
+    (program included) are context whichever way the model moved the risk."""
+    b = rich_clinic()
+    data = b.build()
+    for eid in data.episodes["episode_id"]:
+        h = history(data, str(eid))
+        for family in CONTEXT_FAMILIES:
+            for lead in leads(family):
+                for wanted in WANTED:
+                    p = PHRASERS[family](h, lead, wanted, THRESHOLDS)
+                    assert isinstance(p, Phrase) and p.direction == CONTEXT, (eid, lead, p)
+
+
+# --- each line of [thresholds.*] drawn where the catalogue draws it, on both sides ----------
+
+
+def clinic_with(sessions: dict[str, str] | None = None, booked: str | None = None,
+                srs: tuple[list[float], ...] = (), wai: dict[str, list[int]] | None = None,
+                ) -> ClinicBuilder:
+    """One client (E1): sessions by day ('03-17': 'no_show'), a session booked on ``booked``,
+    SRS item lists a week apart ending on 17 Mar, and WAI-SR items by rater on 9 Mar."""
+    b = one_client()
+    for day, status in (sessions or {}).items():
+        b.appointment("E1", at(f"2026-{day}"), status)
+    if booked:
+        b.appointment("E1", at(f"2026-{booked}"), "scheduled", booked_at=at("2026-03-01"))
+    for weeks_before, items in enumerate(reversed(srs)):
+        day = pd.Timestamp("2026-03-17") - pd.Timedelta(weeks=weeks_before)
+        b.srs("E1", at(day.date().isoformat(), 11), items)
+    for hour, (rater, items) in enumerate((wai or {}).items(), start=11):
+        b.wai("E1", at("2026-03-09", hour), rater, items)
+    return b
+
+
+KEPT = {"02-24": "attended", "03-03": "attended", "03-12": "attended", "03-17": "attended"}
+EIGHT_KEPT = {f"03-{d:02d}": "attended" for d in range(1, 17, 2)}  # 1, 3, ..., 15 Mar
+LINE_CASES = [
+    # [thresholds.attendance]: concern above 0.2 not kept, reassuring at 2+ sessions, <= 0.1
+    pytest.param(clinic_with(KEPT | {"03-10": "no_show"}), "inconsistent_engagement",
+                 "missed_28d", CONCERN, None, id="1 of 5 missed is no concern"),
+    pytest.param(clinic_with(dict(list(KEPT.items())[1:]) | {"03-10": "no_show"}),
+                 "inconsistent_engagement", "missed_28d", CONCERN, "MISSED_SESSIONS",
+                 id="1 of 4 missed is a concern"),
+    pytest.param(clinic_with(EIGHT_KEPT | {"03-16": "attended", "03-10": "no_show"}),
+                 "inconsistent_engagement", "attended_28d", REASSURING, "ATTENDANCE",
+                 id="1 of 10 missed is reassuring"),
+    pytest.param(clinic_with(EIGHT_KEPT | {"03-10": "no_show"}), "inconsistent_engagement",
+                 "attended_28d", REASSURING, None, id="1 of 9 missed is neither"),
+    pytest.param(clinic_with({"03-10": "attended", "03-17": "attended"}),
+                 "inconsistent_engagement", "attended_28d", REASSURING, "ATTENDED_ALL",
+                 id="2 of 2 kept is reassuring"),
+    pytest.param(clinic_with({"03-17": "attended"}), "inconsistent_engagement",
+                 "attended_28d", REASSURING, None, id="1 of 1 kept is too few to reassure"),
+    # [thresholds.contact]
+    pytest.param(clinic_with({"03-06": "attended"}, booked="03-23"), "disengagement",
+                 "days_since_attended", CONCERN, None, id="attended 14 days ago is no gap"),
+    pytest.param(clinic_with({"03-05": "attended"}, booked="03-23"), "disengagement",
+                 "days_since_attended", CONCERN, "NO_RECENT_ATTENDANCE",
+                 id="attended 15 days ago is a gap"),
+    pytest.param(clinic_with({"03-13": "attended"}, booked="03-23"), "disengagement",
+                 "days_since_attended", REASSURING, "ENGAGED",
+                 id="attended 7 days ago and booked is in contact"),
+    pytest.param(clinic_with({"03-12": "attended"}, booked="03-23"), "disengagement",
+                 "days_since_attended", REASSURING, None, id="attended 8 days ago is not"),
+    pytest.param(clinic_with({"03-16": "attended", "03-18": "no_show"}, booked="03-24"),
+                 "disengagement", "days_since_attended", REASSURING, None,
+                 id="a miss since the last session is not in contact"),
+    pytest.param(clinic_with({"03-17": "attended"}, booked="04-02"), "disengagement",
+                 "booked_next_14d", CONCERN, None, id="booked 13 days ahead is soon"),
+    pytest.param(clinic_with({"03-17": "attended"}, booked="04-03"), "disengagement",
+                 "booked_next_14d", CONCERN, "NEXT_BOOKING_FAR",
+                 id="booked 14 days ahead is not soon"),
+    pytest.param(clinic_with({"03-10": "attended", "03-17": "no_show"}, booked="03-24"),
+                 "disengagement", "consecutive_misses", CONCERN, None,
+                 id="one miss is no run"),
+    pytest.param(clinic_with({"03-10": "attended", "03-13": "no_show", "03-17": "no_show"},
+                             booked="03-24"),
+                 "disengagement", "consecutive_misses", CONCERN, "CONSECUTIVE_MISSES",
+                 id="two misses in a row are a run"),
+    # [thresholds.session_rating]
+    pytest.param(clinic_with(srs=([9, 9, 9, 9],)), "alliance_rupture", "srs_latest", CONCERN,
+                 None, id="an SRS of 36 is not low"),
+    pytest.param(clinic_with(srs=([9, 9, 9, 9],)), "alliance_rupture", "srs_latest",
+                 REASSURING, "SRS_GOOD", id="an SRS of 36 is good"),
+    pytest.param(clinic_with(srs=([9, 9, 9, 8.9],)), "alliance_rupture", "srs_latest", CONCERN,
+                 "SRS_LOW", id="an SRS of 35.9 is low"),
+    pytest.param(clinic_with(srs=([10, 9, 9, 9], [9, 9, 9, 9])), "alliance_rupture",
+                 "srs_change", CONCERN, "SRS_FELL", id="37 to 36 is a fall"),
+    pytest.param(clinic_with(srs=([10, 9, 9, 9], [9.5, 9, 9, 9])), "alliance_rupture",
+                 "srs_change", CONCERN, None, id="37 to 36.5 is no fall"),
+    pytest.param(clinic_with(srs=([9, 10, 10, 10],)), "weak_bond", "srs_relationship_latest",
+                 CONCERN, None, id="a relationship item of 9 is no concern"),
+    pytest.param(clinic_with(srs=([9, 10, 10, 10],)), "weak_bond", "srs_relationship_latest",
+                 REASSURING, "SRS_RELATIONSHIP", id="a relationship item of 9 is good"),
+    pytest.param(clinic_with(srs=([8.9, 10, 10, 10],)), "weak_bond", "srs_relationship_latest",
+                 CONCERN, "SRS_RELATIONSHIP", id="a relationship item of 8.9 is a concern"),
+    # [thresholds.working_alliance]: bond is items 3, 5, 7 and 9
+    pytest.param(clinic_with(wai={"client": [3] * 12}), "weak_bond", "wai_client_bond",
+                 CONCERN, None, id="a bond of 3.0 is no concern"),
+    pytest.param(clinic_with(wai={"client": [3] * 12}), "weak_bond", "wai_client_bond",
+                 REASSURING, None, id="a bond of 3.0 is not reassuring"),
+    pytest.param(clinic_with(wai={"client": [3] * 8 + [2] + [3] * 3}), "weak_bond",
+                 "wai_client_bond", CONCERN, "WAI_CLIENT_BOND", id="a bond of 2.75 is weak"),
+    pytest.param(clinic_with(wai={"client": [4] * 12}), "weak_bond", "wai_client_bond",
+                 REASSURING, "WAI_CLIENT_BOND", id="a bond of 4.0 is good"),
+    pytest.param(clinic_with(wai={"client": [3] * 12, "therapist": [3] * 6 + [4] * 6}),
+                 "rater_gap", "wai_rater_gap", CONCERN, "WAI_CLIENT_BELOW",
+                 id="client 3.0 under therapist 3.5 is a concern"),
+    pytest.param(clinic_with(wai={"client": [3] * 12, "therapist": [3] * 7 + [4] * 5}),
+                 "rater_gap", "wai_rater_gap", CONCERN, None,
+                 id="client 3.0 under therapist 3.4 is no concern"),
+    # Alike: less than concern_client_below_therapist_by apart either way, the client's mean
+    # at or above reassure_from.
+    pytest.param(clinic_with(wai={"client": [4] * 10 + [5, 5], "therapist": [5] * 7 + [4] * 5}),
+                 "rater_gap", "wai_rater_gap", REASSURING, "WAI_ALIKE",
+                 id="client 4.2 under therapist 4.6 is alike"),
+    pytest.param(clinic_with(wai={"client": [4] * 12, "therapist": [5] * 6 + [4] * 6}),
+                 "rater_gap", "wai_rater_gap", REASSURING, None,
+                 id="client 4.0 under therapist 4.5 is not alike"),
+    pytest.param(clinic_with(wai={"client": [4] * 12, "therapist": [5] * 6 + [4] * 6}),
+                 "rater_gap", "wai_rater_gap", CONCERN, "WAI_CLIENT_BELOW",
+                 id="client 4.0 under therapist 4.5 is a concern"),
+    # Compared as shown: 4.25 and 4.67 read "4.2" and "4.7", half a point apart.
+    pytest.param(clinic_with(wai={"client": [4] * 9 + [5] * 3, "therapist": [5] * 8 + [4] * 4}),
+                 "rater_gap", "wai_rater_gap", CONCERN, "WAI_CLIENT_BELOW",
+                 id="client shown 4.2 under therapist shown 4.7 is a concern"),
+    pytest.param(clinic_with(wai={"client": [4] * 9 + [5] * 3, "therapist": [5] * 8 + [4] * 4}),
+                 "rater_gap", "wai_rater_gap", REASSURING, None,
+                 id="client shown 4.2 under therapist shown 4.7 is not alike"),
+    pytest.param(clinic_with(wai={"client": [4] * 12, "therapist": [4] * 12}),
+                 "rater_gap", "wai_rater_gap", REASSURING, "WAI_ALIKE",
+                 id="client and therapist at 4.0 are alike"),
+    pytest.param(clinic_with(wai={"client": [5] * 5 + [4] * 7, "therapist": [4] * 12}),
+                 "rater_gap", "wai_rater_gap", REASSURING, "WAI_ALIKE",
+                 id="client 4.4 over therapist 4.0 is alike"),
+    pytest.param(clinic_with(wai={"client": [5] * 6 + [4] * 6, "therapist": [4] * 12}),
+                 "rater_gap", "wai_rater_gap", REASSURING, None,
+                 id="client 4.5 over therapist 4.0 is not alike"),
+    pytest.param(clinic_with(wai={"client": [5] * 6 + [4] * 6, "therapist": [4] * 12}),
+                 "rater_gap", "wai_rater_gap", CONCERN, None,
+                 id="client 4.5 over therapist 4.0 is no concern"),
+    pytest.param(clinic_with(wai={"client": [4] * 11 + [3], "therapist": [4] * 11 + [3]}),
+                 "rater_gap", "wai_rater_gap", REASSURING, None,
+                 id="client and therapist alike at 3.9 is not reassuring"),
+    # Bond, goals and tasks: a reassuring rating only while every client rating of the
+    # family is reassuring (an SRS item at or above 9, a WAI-SR subscale at or above 4).
+    pytest.param(clinic_with(wai={"client": [4] * 12, "therapist": [5] * 12}), "weak_bond",
+                 "wai_therapist_bond", REASSURING, "WAI_THERAPIST_BOND",
+                 id="a client bond of 4.0 lets the therapist's 5.0 reassure"),
+    pytest.param(clinic_with(wai={"client": [4, 4, 3] + [4] * 9, "therapist": [5] * 12}),
+                 "weak_bond", "wai_therapist_bond", REASSURING, None,
+                 id="a client bond of 3.75 holds back the therapist's 5.0"),
+    pytest.param(clinic_with(srs=([9, 10, 10, 10],), wai={"therapist": [5] * 12}), "weak_bond",
+                 "wai_therapist_bond", REASSURING, "WAI_THERAPIST_BOND",
+                 id="a relationship item of 9 lets the therapist's 5.0 reassure"),
+    pytest.param(clinic_with(srs=([8.9, 10, 10, 10],), wai={"therapist": [5] * 12}),
+                 "weak_bond", "wai_therapist_bond", REASSURING, None,
+                 id="a relationship item of 8.9 holds back the therapist's 5.0"),
+    pytest.param(clinic_with(wai={"client": [4] * 12, "therapist": [5] * 12}),
+                 "goal_task_disagreement", "wai_therapist_goal", REASSURING, "WAI_THERAPIST_GOAL",
+                 id="client goal and task of 4.0 let the therapist's 5.0 reassure"),
+    pytest.param(clinic_with(wai={"client": [3] + [4] * 11, "therapist": [5] * 12}),
+                 "goal_task_disagreement", "wai_therapist_goal", REASSURING, None,
+                 id="a client task of 3.75 holds back the therapist's goal of 5.0"),
+]
+
+
+@pytest.mark.parametrize(("b", "family", "lead", "wanted", "variant"), LINE_CASES)
+def test_each_line_is_drawn_where_the_catalogue_draws_it(
+    b: ClinicBuilder, family: str, lead: str, wanted: str, variant: str | None,
+) -> None:
+    """Guards the lines of config/reasons.toml on both sides: a fact just inside a line is
+    named that way, one on or just past it is not (None: the family is left out). The answer
+    is also checked against the recomputation from the rows."""
+    data = b.build()
+    result = PHRASERS[family](history(data, "E1"), lead, wanted, THRESHOLDS)
+    _, problems = phrased_mismatches(result, family, facts_of(data, "E1", AS_OF), lead, wanted)
+    assert problems == []
+    assert (None if result is None else result.variant) == variant, result
+
+
+# --- once known bugs, now fixed ------------------------------------------------------------
+
+
+def test_a_client_who_never_attended_is_not_in_regular_contact() -> None:
+    """Guards: admitted 3 days ago with a session booked but none attended, the client is not
+    "In regular contact" ([thresholds.contact] reassures on a session attended recently),
+    nor drifting out of contact yet."""
+    b = one_client("2026-03-17")
+    b.appointment("E1", at("2026-03-24"), "scheduled", booked_at=at("2026-03-17"))
+    assert never(b, "disengagement", REASSURING) == []
+    assert never(b, "disengagement", CONCERN) == []
+    assert never(rich_clinic(), "disengagement", REASSURING, "E8") == []
+
+
+def test_a_fall_of_exactly_one_point_is_never_reassuring() -> None:
+    """Guards: an SRS falling from 37.8 to 36.8 fell by the clinic's 1 point, so it is not
+    "Session ratings are good" but a fall (totals are sums of tenths, held as floats)."""
+    b = one_client()
+    b.srs("E1", at("2026-03-10", 11), [9.9, 8.2, 10.0, 9.7])
+    b.srs("E1", at("2026-03-17", 11), [9.7, 9.9, 9.1, 8.1])
+    assert never(b, "alliance_rupture", REASSURING) == []
+    p = sentence(b, "E1", "alliance_rupture", "srs_change")
+    assert (p.variant, p.direction, p.text) == (
+        "SRS_FELL", CONCERN, "Session rating (SRS) fell from 37.8 to 36.8 on 17 Mar")
+
+
+def test_a_client_half_a_point_below_the_therapist_is_a_concern() -> None:
+    """Guards: a client at 3.58 and a therapist at 4.08 of 5 are 0.5 apart, the clinic's line
+    (item means of whole responses, held as floats)."""
+    b = one_client()
+    b.wai("E1", at("2026-03-09", 11), "client", [4] * 7 + [3] * 5)  # 43 / 12
+    b.wai("E1", at("2026-03-09", 12), "therapist", [4] * 11 + [5])  # 49 / 12
+    p = sentence(b, "E1", "rater_gap", "wai_rater_gap")
+    assert (p.variant, p.direction, p.text) == (
+        "WAI_CLIENT_BELOW", CONCERN,
+        "Client rates the alliance 3.6 of 5 on the working alliance questionnaire (WAI-SR), the "
+        "therapist 4.1 (9 Mar)")
+    assert never(b, "rater_gap", CONCERN) and never(b, "rater_gap", REASSURING) == []
+
+
+def test_repeated_low_ratings_read_as_a_plural() -> None:
+    """Guards the plural of the instrument in words: 'session ratings (SRS)'."""
+    p = sentence(rich_clinic(), "E6", "alliance_rupture", "srs_below_cutoff_last3")
+    assert p.text == "3 of the last 3 session ratings (SRS) were below 36"
+
+
+def longest_wai_sr(day: str) -> ClinicBuilder:
+    """A client rating the alliance on ``day`` (in March), a two-digit day for the longest
+    date, with the therapist a little lower (5.0 against 4.6 of 5: they see it alike)."""
+    b = one_client()
+    b.wai("E1", at(f"2026-03-{day}", 11), "client", [5] * 12)
+    b.wai("E1", at(f"2026-03-{day}", 12), "therapist", [5] * 7 + [4] * 5)
+    return b
+
+
+def test_wai_sr_sentences_fit_in_120_characters() -> None:
+    """Guards: the WAI-SR subscale and rater-gap concern sentences, at their longest (the
+    longest subscale words, a two-digit day), fit the list's width."""
+    subscale = sentence(longest_wai_sr("19"), "E1", "goal_task_disagreement",
+                        "wai_therapist_task", REASSURING)
+    assert subscale.variant == "WAI_THERAPIST_TASK"
+    low = one_client()
+    low.wai("E1", at("2026-03-19", 11), "client", [2] * 12)
+    low.wai("E1", at("2026-03-19", 12), "therapist", [4] * 12)
+    gap = sentence(low, "E1", "rater_gap", "wai_rater_gap")
+    goals = sentence(low, "E1", "goal_task_disagreement", "wai_therapist_goal")
+    assert (gap.variant, goals.variant) == ("WAI_CLIENT_BELOW", "WAI_CLIENT_GOAL")
+    texts = [subscale.text, gap.text, goals.text]
+    assert [t for t in texts if too_long(t)] == []
+
+
+@pytest.mark.parametrize("day", ["09", "19"])
+def test_the_alike_rater_sentence_fits_in_120_characters_on_any_day(day: str) -> None:
+    """Guards the once known bug of a 121-character "... as high as the therapist (4.0, 19
+    Mar)": "Client rates the alliance ..., the therapist ... (D Mon)", reassuring, fits the
+    list's width whatever the day of the month."""
+    p = sentence(longest_wai_sr(day), "E1", "rater_gap", "wai_rater_gap", REASSURING)
+    assert (p.variant, p.direction) == ("WAI_ALIKE", REASSURING)
+    assert p.text == ("Client rates the alliance 5.0 of 5 on the working alliance questionnaire "
+                      f"(WAI-SR), the therapist 4.6 ({int(day)} Mar)")
+    assert not too_long(p.text), (len(p.text), p.text)

@@ -18,6 +18,9 @@ from retention.store.lists import count_scores, read_list
 from tests.support.factories import ClinicBuilder, at
 
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
+# Where an explanation lists a family, and the way its fact must point to be listed there.
+KINDS = ("reasons", "protective", "context")
+HEADING = {"reasons": "concern", "protective": "reassuring", "context": "context"}
 
 # --- the published list of the scored synthetic clinic --------------------------------------
 
@@ -36,11 +39,21 @@ class Published:
         return [f for f, fam in self.families.items() if fam == family]
 
     def entries(self) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
-        """(row, 'reasons' or 'protective', reason) for every published reason."""
+        """(row, kind, reason) for every published reason, kind one of ``KINDS``."""
         for row in self.rows:
-            for kind in ("reasons", "protective"):
+            for kind in KINDS:
                 for reason in row[kind]:
                     yield row, kind, reason
+
+    def prompts(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(row, prompt) for every published prompt to take a missing measure."""
+        for row in self.rows:
+            for prompt in row["prompts"]:
+                yield row, prompt
+
+    def family_log_odds(self, episode_id: str, family: str) -> float:
+        """The family's summed contribution for the episode, from the model."""
+        return float(self.contributions.loc[episode_id, self.members(family)].sum())
 
     def lead(self, episode_id: str, family: str, raises: bool) -> str:
         """The family's member that pushes hardest in the reason's direction."""
@@ -76,8 +89,19 @@ AS_OF = date(2026, 3, 20)  # the as-of date of the hand-built clinics
 
 
 def rich_clinic() -> ClinicBuilder:
-    """E1 misses and cancels, E2 has just started, E3 attends but is past its planned end,
-    E4 only cancels."""
+    """Clients between them calling for every wording variant, each way it can point.
+
+    E1 misses and cancels, with falling session ratings; E2 has just started and has no
+    ratings; E3 attends but is past its planned end; E4 only cancels; E5's WAI-SR have
+    totals without subscales; E6 keeps nearly every session but rates them low, and
+    rates the alliance well below the therapist (2.1 against 3.2 of 5); E7 rates the
+    alliance well above the therapist (4.5 against 3.8 of 5: they do not see it alike); E8
+    started 3 days ago, has attended nothing yet but has a session booked, is due to be
+    discharged on the as-of date, and rates the alliance 3.0 of 5 (neither weak nor strong,
+    which holds back the therapist's 4.0); E9 rated two sessions 30 and the latest 40; E10
+    and the therapist see the alliance alike (4.1 against 3.8 of 5), the client's goal, task
+    and bond all at or above 4, the therapist's goal and task 4.0 and bond 3.5.
+    """
     b = ClinicBuilder()
     b.client("C1")
     b.episode("E1", "C1", "2026-01-05", program="intensive_outpatient",
@@ -128,4 +152,42 @@ def rich_clinic() -> ClinicBuilder:
             row.update(goal=None, task=None, bond=None)
             if row["rater"] == "therapist":
                 row.update(score_total=None)
+    b.client("C6")
+    b.episode("E6", "C6", "2026-01-05")
+    for day in ("02-21", "02-24", "02-27", "03-02", "03-07", "03-09", "03-13", "03-16", "03-19"):
+        b.appointment("E6", at(f"2026-{day}"))
+    b.appointment("E6", at("2026-03-05"), "no_show")
+    b.appointment("E6", at("2026-03-11"), service_type="group")
+    b.appointment("E6", at("2026-03-23"), "scheduled", booked_at=at("2026-03-16"))
+    b.srs("E6", at("2026-03-09", 11), [9, 9, 8.5, 8.5])
+    b.srs("E6", at("2026-03-13", 11), [9, 9, 8.5, 8.5])
+    b.srs("E6", at("2026-03-16", 11), [8.5, 8.5, 8.5, 8.5])
+    b.srs("E6", at("2026-03-02", 12), [9, 9, 9, 9], instrument="GSRS")
+    b.srs("E6", at("2026-03-11", 12), [9.5, 9.5, 9.5, 9.5], instrument="GSRS")
+    b.wai("E6", at("2026-03-09", 11), "client", [2] * 11 + [3])  # item mean 2.1
+    b.wai("E6", at("2026-03-09", 12), "therapist", [3] * 10 + [4, 4])  # item mean 3.2
+    b.client("C7")
+    b.episode("E7", "C7", "2026-02-02", program="medication_assisted")
+    for day in ("2026-03-02", "2026-03-09", "2026-03-16"):
+        b.appointment("E7", at(day))
+    b.wai("E7", at("2026-03-09", 11), "client", [5, 4] * 6)  # item mean 4.5
+    b.wai("E7", at("2026-03-09", 12), "therapist", [4] * 10 + [3, 3])  # item mean 3.8
+    b.client("C8")
+    b.episode("E8", "C8", "2026-03-17", planned_discharge_on="2026-03-20")
+    b.appointment("E8", at("2026-03-18"), "cancelled_by_clinic")
+    b.appointment("E8", at("2026-03-24"), "scheduled", booked_at=at("2026-03-17"))
+    b.wai("E8", at("2026-03-18", 11), "client", [3] * 12)
+    b.wai("E8", at("2026-03-18", 12), "therapist", [4] * 12)
+    b.client("C9")
+    b.episode("E9", "C9", "2026-01-05")
+    for day in ("2026-03-03", "2026-03-10", "2026-03-17"):
+        b.appointment("E9", at(day))
+        b.srs("E9", at(day, 11), [10] * 4 if day.endswith("17") else [7.5] * 4)
+    b.client("C10")
+    b.episode("E10", "C10", "2026-02-02")
+    for day in ("2026-03-02", "2026-03-09", "2026-03-16"):
+        b.appointment("E10", at(day))
+    # Goal is items 4, 6, 8, 11, task 1, 2, 10, 12 and bond 3, 5, 7, 9.
+    b.wai("E10", at("2026-03-09", 11), "client", [4] * 11 + [5])  # item mean 4.1
+    b.wai("E10", at("2026-03-09", 12), "therapist", [4, 4, 3, 4, 3] + [4] * 7)  # item mean 3.8
     return b
