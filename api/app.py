@@ -21,6 +21,7 @@ from retention.api.services import Services, install
 from retention.api.web import register_web
 from retention.clock import Clock, SystemClock
 from retention.db.engines import store_engine
+from retention.reasons.catalogue import load_catalogue
 from retention.settings import Settings, load_settings
 
 
@@ -60,6 +61,7 @@ def register_services(app: Flask, settings: Settings, clock: Clock) -> None:
     install(app, Services(
         settings=settings,
         clock=clock,
+        catalogue=load_catalogue(settings.reasons_file),
         store=engine,
         connections=RequestConnections(engine),
         limiter=build_limiter(settings.api_rate_limit_storage,

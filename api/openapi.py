@@ -74,21 +74,41 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 def _schemas(max_limit: int) -> dict[str, Any]:
     reason = _obj({
-        "code": STR, "family": STR, "title": STR, "text": STR,
-        "log_odds": {"type": "number"}, "percentage_points": {"type": "number"},
-        "suggestion": STR,
+        "code": STR, "family": STR,
+        "direction": {"enum": ["concern", "reassuring", "context"],
+                      "description": "which way the fact points: reasons are concerns, "
+                                     "protective factors reassuring, context neither"},
+        "title": STR, "text": STR,
+        "log_odds": {"type": "number"},
+        "percentage_points": {"type": "number",
+                              "description": "points of the displayed risk (see points)"},
+        "suggestion": {**STR, "description": "a next step; empty for what is going well"},
         "appointment_ids": {"type": "array", "items": STR},
         "measure_ids": {"type": "array", "items": STR},
     })
+    prompt = _obj({"code": STR, "family": STR, "text": STR})
+    number = {"type": "number"}
+    points = {"oneOf": [{"type": "null"}, _obj({
+        "start": number, "reasons": number, "protective": number, "context": number,
+        "other": number, "risk": number})],
+        "description": "Where the risk comes from, in points (percent): the starting point "
+                       "(a client with typical values on every input) plus the reasons, "
+                       "what is going well, the context and everything else add up to the "
+                       "risk. Null for rows below the explained top of the list."}
     item = _obj({
-        "rank": {"type": "integer", "minimum": 1}, "client_id": STR, "episode_id": STR,
+        "rank": {"type": "integer", "minimum": 1,
+                 "description": "position in what the caller may see, after the filters"},
+        "client_id": STR, "episode_id": STR,
         "clinic_id": STR, "case_manager_id": NULLABLE_STR, "program": STR,
         "risk": {"type": "number", "minimum": 0, "maximum": 1},
         "tier": {"enum": list(TIERS)}, "still_engaged": {"type": "boolean"},
         "last_attended_on": {"type": ["string", "null"], "format": "date"},
         "next_booked_at": {**NULLABLE_STR, "description": "local clinic time, no offset"},
-        "reasons": {"type": "array", "items": _ref("Reason")},
-        "protective": {"type": "array", "items": _ref("Reason")},
+        "reasons": {"type": "array", "items": _ref("Reason"), "maxItems": 10},
+        "protective": {"type": "array", "items": _ref("Reason"), "maxItems": 10},
+        "context": {"type": "array", "items": _ref("Reason"), "maxItems": 10},
+        "prompts": {"type": "array", "items": _ref("Prompt"), "maxItems": 10},
+        "points": points,
     })
     item["additionalProperties"] = False
     freshness = {
@@ -97,7 +117,10 @@ def _schemas(max_limit: int) -> dict[str, Any]:
         # Population stability of the list's run against the training data.
         "drift": _obj({"drifted": {"type": "boolean"},
                        "flagged": {"type": "array", "items": STR},
-                       "score_psi": {"type": ["number", "null"]}}),
+                       "score_psi": {"type": ["number", "null"]},
+                       "explanation": {**NULLABLE_STR,
+                                       "description": "what changed and what to do, when "
+                                                      "drifted"}}),
     }
     history = _obj({"as_of": DATE, "episode_id": STR, "risk": {"type": "number"},
                     "tier": {"enum": list(TIERS)}, "rank": {"type": "integer"}})
@@ -105,6 +128,7 @@ def _schemas(max_limit: int) -> dict[str, Any]:
         "Problem": _obj({"type": STR, "title": STR, "status": {"type": "integer"},
                          "detail": STR}, instance=STR),
         "Reason": reason,
+        "Prompt": prompt,
         "ListItem": item,
         "Freshness": _obj(freshness),
         "RiskList": _obj({**freshness, "count": {"type": "integer", "minimum": 0,

@@ -13,12 +13,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retention.api.auth import ANY, OPERATIONS, requires
 from retention.api.errors import Problem
-from retention.api.routes import check_params, freshness, iso, settings, store_engine
+from retention.api.routes import check_params, freshness, iso, settings, store_engine, today
 from retention.model import artifacts
 from retention.model.booster import ModelError
 from retention.store import tables
-from retention.store.lists import latest_publication
 from retention.store.runs import list_runs
+from retention.store.status import service_status
 
 bp = Blueprint("operations", __name__)
 
@@ -28,32 +28,41 @@ CARD_FIELDS = ("version", "task", "created_at", "trained_as_of", "horizon_days",
 
 @bp.get("/health")
 def health() -> ResponseReturnValue:
-    """Liveness plus the freshness of the served list; 200 even when stale."""
+    """Liveness, and how the service stands: "degraded" (still 200) when the list is stale
+    or the last nightly run failed, with the problems in words."""
     try:
         with store_engine().connect() as conn:
-            pub = latest_publication(conn)
+            status = service_status(conn, today())
     except SQLAlchemyError:
         raise Problem(503, "the store cannot be read; run the ETL first",
                       "Service unavailable") from None
-    return jsonify({"status": "ok", "list": freshness(pub) if pub else None})
+    pub = status.publication
+    return jsonify({"status": "degraded" if status.problems else "ok",
+                    "list": freshness(pub) if pub else None, **status.to_dict()})
 
 
 @bp.get("/ready")
 def ready() -> ResponseReturnValue:
-    """Ready to serve: the store answers, keys and audit tables exist, a list is published."""
+    """Ready to serve: the store answers, keys and audit tables exist, a list is published
+    and is not older than ``max_list_age_days``; otherwise 503 with the reason."""
     try:
         with store_engine().connect() as conn:
             present = set(inspect(conn).get_table_names())
-            pub = latest_publication(conn) if "publications" in present else None
+            status = service_status(conn, today()) if "publications" in present else None
     except SQLAlchemyError:
         raise Problem(503, "the store cannot be read", "Not ready") from None
     missing = sorted({tables.api_keys.name, tables.audit_log.name} - present)
     if missing:
         raise Problem(503, f"table(s) {', '.join(missing)} missing: run "
                       "`retention keys create` once to create them", "Not ready")
-    if pub is None:
+    if status is None or status.publication is None:
         raise Problem(503, "no list has been published yet", "Not ready")
-    return jsonify({"status": "ready", "list": freshness(pub)})
+    limit = settings().max_list_age_days
+    if status.age_days is not None and status.age_days > limit:
+        raise Problem(503, "; ".join(status.problems) + f" (more than {limit} days: not fit to "
+                      "serve; see `retention runs`)", "Not ready")
+    return jsonify({"status": "degraded" if status.problems else "ready",
+                    "list": freshness(status.publication), **status.to_dict()})
 
 
 def _versions(models_dir: Path) -> list[dict[str, Any]]:

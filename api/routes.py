@@ -29,6 +29,7 @@ from retention.api.auth import (
 from retention.api.cache import Page
 from retention.api.errors import Problem
 from retention.api.services import services
+from retention.model.drift import drift_explanation
 from retention.settings import Settings
 from retention.store.lists import latest_publication, run_drift
 
@@ -37,6 +38,7 @@ bp = Blueprint("v1", __name__)
 LIST_FIELDS = (
     "rank", "client_id", "episode_id", "clinic_id", "case_manager_id", "program", "risk",
     "tier", "still_engaged", "last_attended_on", "next_booked_at", "reasons", "protective",
+    "context", "prompts", "points",
 )
 TIERS = ("high", "medium", "low")
 LIST_PARAMS = {"limit", "cursor", "as_of", "clinic_id", "case_manager_id", "program", "tier",
@@ -106,8 +108,10 @@ def check_params(allowed: set[str]) -> None:
                       INVALID)
 
 
-def encode_cursor(as_of: date, rank: int) -> str:
-    raw = json.dumps({"as_of": as_of.isoformat(), "after": rank}, separators=(",", ":"))
+def encode_cursor(as_of: date, position: int) -> str:
+    """The next page starts after ``position`` rows of the caller's filtered view; a
+    position in their own view reveals nothing of other clinics' rows."""
+    raw = json.dumps({"as_of": as_of.isoformat(), "pos": position}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -115,7 +119,7 @@ def decode_cursor(raw: str) -> tuple[date, int]:
     """A cursor pins the list it came from, so later pages never mix two nights' lists."""
     try:
         body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        as_of, after = date.fromisoformat(body["as_of"]), int(body["after"])
+        as_of, after = date.fromisoformat(body["as_of"]), int(body["pos"])
     except (ValueError, KeyError, TypeError, binascii.Error):
         after = -1
     if after < 0:
@@ -156,7 +160,8 @@ def freshness(pub: dict[str, Any]) -> dict[str, Any]:
         fixed = {"as_of": pub["as_of"].isoformat(), "model_version": pub["model_version"],
                  "published_at": iso(pub["published_at"]),
                  "drift": {"drifted": d["drifted"], "flagged": d["flagged"],
-                           "score_psi": d["score_psi"]}}
+                           "score_psi": d["score_psi"],
+                           "explanation": drift_explanation(d["flagged"])}}
         cache.freshness.put(identity(pub), fixed)
     return aged(fixed, pub["as_of"], today())
 
@@ -204,7 +209,7 @@ def parse_list_query(args: Mapping[str, str], max_limit: int) -> ListQuery:
         tier=_parse_choice(args, "tier", TIERS),
         min_risk=_parse_min_risk(args),
         still_engaged=True if engaged == "true" else None,
-        after_rank=after,
+        offset=after,
     )
     return ListQuery(as_of, flt, limit)
 

@@ -23,6 +23,7 @@ from retention.api.cache import ReadCache
 from retention.api.connections import RequestConnections
 from retention.api.ratelimit import RateLimiter
 from retention.clock import Clock
+from retention.reasons.catalogue import Catalogue
 from retention.settings import Settings
 
 EXTENSION = "retention"
@@ -40,6 +41,8 @@ class Services:
 
     settings: Settings
     clock: Clock
+    # The reason catalogue: its thresholds are what the pages' glossary explains.
+    catalogue: Catalogue
     store: Engine
     connections: RequestConnections
     limiter: RateLimiter

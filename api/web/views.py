@@ -29,10 +29,11 @@ from retention.api.web.session import (
 )
 from retention.casework import caseload, outreach
 from retention.clinic import contract
+from retention.model.drift import drift_explanation
 from retention.settings import Settings
 from retention.store import tables
-from retention.store.lists import latest_publication
-from retention.store.runs import list_runs
+from retention.store.lists import latest_publication, run_drift
+from retention.store.status import service_status
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ TIERS = ("high", "medium", "low")
 SORT_WORDS = {"rank": "Risk (highest first)", "change": "What changed since yesterday",
               "last_attended": "Longest since last attended", "next_booked": "Nothing booked first"}
 LIST_PARAMS = {"program", "tier", "engaged", "sort", "recorded"}
-# Runs of the nightly job; a failure of the newest is shown on every page.
-NIGHTLY_KINDS = ("etl", "score")
 # Outreach recorded this recently shows on the list, so two people do not call one client.
 OUTREACH_DAYS = 7
 
@@ -152,14 +151,15 @@ def sign_out() -> ResponseReturnValue:
 # --- freshness --------------------------------------------------------------------
 
 
-def _freshness(conn: Any, pub: dict[str, Any] | None) -> dict[str, Any]:
-    """The list's date, how old it is, and whether the last nightly run failed."""
-    runs = [r for r in list_runs(conn, 20) if r["kind"] in NIGHTLY_KINDS]
-    failed = runs[0] if runs and runs[0]["status"] == "failed" else None
-    age = (today() - pub["as_of"]).days if pub else None
-    return {"as_of": pub["as_of"] if pub else None, "age_days": age,
-            "stale": age is None or age > 1,
-            "failed_at": (failed["finished_at"] or failed["started_at"]) if failed else None}
+def _freshness(conn: Any) -> dict[str, Any]:
+    """The list's date and age, whether the last nightly run failed, and whether the list's
+    population drifted (what /health says, worded for the banner)."""
+    status = service_status(conn, today())
+    pub = status.publication
+    drifted = run_drift(conn, pub["run_id"])["flagged"] if pub else []
+    return {"as_of": pub["as_of"] if pub else None, "age_days": status.age_days,
+            "stale": status.stale, "failed_at": status.failed_at,
+            "drift": drift_explanation(drifted)}
 
 
 # --- today's list -----------------------------------------------------------------
@@ -190,7 +190,7 @@ def daily_list() -> ResponseReturnValue:
     since = services().clock.now() - timedelta(days=OUTREACH_DAYS)
     with _store().connect() as conn:
         pub = latest_publication(conn)
-        fresh = _freshness(conn, pub)
+        fresh = _freshness(conn)
         label = key_label(conn, _caller().key_id)
         daily = (caseload.daily_list(conn, _caller(), pub["as_of"], flt, since)
                  if pub else None)
@@ -210,7 +210,7 @@ def _client_page(client_id: str, form_error: str | None = None,
                  form: dict[str, str] | None = None) -> ResponseReturnValue:
     with _store().connect() as conn:
         pub = latest_publication(conn)
-        fresh = _freshness(conn, pub)
+        fresh = _freshness(conn)
         story = (caseload.client_story(conn, _caller(), client_id, pub["as_of"])
                  if pub else None)
         if story is None:
@@ -279,6 +279,16 @@ def record_outreach(client_id: str) -> ResponseReturnValue:
     if request.form.get("back") == "list":
         return redirect(url_for("web.daily_list", recorded=client_id) + f"#c-{client_id}", 303)
     return redirect(url_for("web.client_page", client_id=client_id) + "#outreach", 303)
+
+
+@bp.get("/glossary")
+def glossary() -> ResponseReturnValue:
+    """What the list's words, ratings and lines mean (no client data: no sign-in needed)."""
+    settings = _settings()
+    thresholds = services().catalogue.thresholds
+    return render_template("glossary.html", thresholds=thresholds,
+                           max_reasons=settings.max_reasons,
+                           engaged_days=settings.engaged_within_days)
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST"])

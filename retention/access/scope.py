@@ -1,7 +1,9 @@
-"""Reads of the published list limited to a caller's scope, with filters and keyset paging.
+"""Reads of the published list limited to a caller's scope, with filters and paging.
 
 The scope is part of every query, never a filter applied after reading, so a row
-outside it cannot reach the API layer by mistake.
+outside it cannot reach the API layer by mistake. Ranks are positions within what the
+caller sees (their scope and filters): 1, 2, 3 ... with no gaps, so nothing read
+reveals how many clients of other clinics or caseloads rank above.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    FromClause,
     Select,
     and_,
     bindparam,
     exists,
     false,
+    func,
     select,
     true,
 )
@@ -38,18 +42,21 @@ class ListFilter:
     tier: str | None = None
     min_risk: float | None = None
     still_engaged: bool | None = None
-    after_rank: int = 0
+    # How many rows of this filtered view earlier pages held (the next page's first
+    # position is one more).
+    offset: int = 0
 
 
-def scope_clause(caller: Caller) -> ColumnElement[bool]:
-    """The SQL condition for the rows this caller may see."""
+def scope_clause(caller: Caller, table: FromClause = scores) -> ColumnElement[bool]:
+    """The SQL condition for the rows of ``table`` (the scores, or an alias) this caller
+    may see."""
     if not caller.reads_client_data:
         return false()
     conditions: list[ColumnElement[bool]] = []
     if caller.clinics is not None:
-        conditions.append(scores.c.clinic_id.in_(caller.clinics))
+        conditions.append(table.c.clinic_id.in_(caller.clinics))
     if caller.case_manager_id is not None:
-        conditions.append(scores.c.case_manager_id == caller.case_manager_id)
+        conditions.append(table.c.case_manager_id == caller.case_manager_id)
     return and_(*conditions) if conditions else true()
 
 
@@ -83,11 +90,9 @@ def still_published(pub: dict[str, Any], latest: bool) -> Condition:
 def read_page(
     connection: Connection, caller: Caller, as_of: date, flt: ListFilter, limit: int
 ) -> tuple[list[dict[str, Any]], bool]:
-    """One page of the list in rank order after ``flt.after_rank``; and whether more follow."""
-    query: Select[Any] = (
-        select(scores)
-        .where(scores.c.as_of == as_of, scope_clause(caller), scores.c.rank > flt.after_rank)
-    )
+    """One page of the filtered list in rank order from ``flt.offset``; and whether more
+    follow. Each row's ``rank`` is its position in the caller's filtered view."""
+    query: Select[Any] = select(scores).where(scores.c.as_of == as_of, scope_clause(caller))
     for column, value in (("clinic_id", flt.clinic_id), ("case_manager_id", flt.case_manager_id),
                           ("program", flt.program), ("tier", flt.tier),
                           ("still_engaged", flt.still_engaged)):
@@ -95,23 +100,46 @@ def read_page(
             query = query.where(scores.c[column] == value)
     if flt.min_risk is not None:
         query = query.where(scores.c.risk >= flt.min_risk)
-    rows = connection.execute(query.order_by(scores.c.rank).limit(limit + 1)).fetchall()
-    return [score_row(r._mapping) for r in rows[:limit]], len(rows) > limit
+    rows = connection.execute(
+        query.order_by(scores.c.rank).offset(flt.offset).limit(limit + 1)).fetchall()
+    page = []
+    for position, r in enumerate(rows[:limit], start=flt.offset + 1):
+        row = score_row(r._mapping)
+        row["rank"] = position
+        page.append(row)
+    return page, len(rows) > limit
 
 
 def read_client(
     connection: Connection, caller: Caller, client_id: str, until: date, limit: int = 12
 ) -> list[dict[str, Any]]:
-    """A client's published rows up to ``until`` inside the caller's scope, newest first."""
+    """A client's published rows up to ``until`` inside the caller's scope, newest first.
+
+    Each row's ``rank`` is its position among the rows the caller sees on that list.
+    """
+    other = scores.alias("seen")
+    position = (
+        select(func.count()).select_from(other)
+        .where(other.c.as_of == scores.c.as_of, other.c.rank <= scores.c.rank,
+               scope_clause(caller, other))
+        .scalar_subquery()
+    )
     published = select(publications.c.as_of)
     query = (
-        select(scores)
+        select(scores, position.label("scope_rank"))
         .where(scores.c.client_id == client_id, scores.c.as_of <= until,
                scores.c.as_of.in_(published), scope_clause(caller))
         .order_by(scores.c.as_of.desc(), scores.c.risk.desc())
         .limit(limit)
     )
-    return [score_row(r._mapping) for r in connection.execute(query)]
+    out = []
+    for r in connection.execute(query):
+        values = dict(r._mapping)
+        scope_rank = values.pop("scope_rank")
+        row = score_row(values)
+        row["rank"] = int(scope_rank)
+        out.append(row)
+    return out
 
 
 def client_exists(connection: Connection, client_id: str, as_of: date | None = None) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine
 
 from retention.api import create_app
 from retention.clinic import contract
+from retention.model.drift import drift_explanation
 from retention.store import schema
 from retention.store.lists import latest_publication, run_drift
 from tests.conftest import Scored
@@ -185,4 +186,5 @@ def test_the_list_says_whether_its_population_drifted(scored: Scored) -> None:
     body = client.get("/v1/risk-list?limit=1").get_json()
     assert recorded["psi"], "the scoring run recorded drift"
     assert body["drift"] == {"drifted": recorded["drifted"], "flagged": recorded["flagged"],
-                             "score_psi": recorded["score_psi"]}
+                             "score_psi": recorded["score_psi"],
+                             "explanation": drift_explanation(recorded["flagged"])}

@@ -119,6 +119,7 @@ def test_a_case_managers_morning(page: Page, site: dict[str, str]) -> None:
     expect(page.get_by_role("img", name="Sessions and alliance ratings")).to_be_visible()
     expect(page.get_by_role("img", name="Risk of disengaging on each list")).to_be_visible()
     expect(page.get_by_text("Next step:").first).to_be_visible()
+    expect(page.get_by_text("How to read the points")).to_be_visible()
     screenshot(page, "client.png", full_page=True)
 
     page.get_by_label("Contacted", exact=True).check()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 from sqlalchemy import Engine, select, text
 
 from retention.access.audit import read_audit
@@ -18,7 +20,7 @@ from retention.casework import outreach
 from retention.store import tables
 from retention.store.lists import publish_scores, read_list
 from retention.store.runs import finish_run, start_run
-from tests.conftest import Scored
+from tests.conftest import REPO, Scored
 from tests.support.apps import clock_on, make_key
 
 CLINIC = "clinic-east"
@@ -147,6 +149,44 @@ def test_client_page_tells_the_story(app: Flask, scored: Scored, cm_key: str) ->
     assert "Record outreach" in page
     last = audit_rows(scored.store, "web.client")[-1]
     assert last["client_ids"] == [client_id] and last["outcome"] == "ok"
+
+
+def test_the_client_page_says_how_to_read_its_headings_and_points(
+    app: Flask, scored: Scored, cm_key: str
+) -> None:
+    """Each reason under the heading of the way it points, and the points explained from the
+    same starting point the list records."""
+    with scored.store.connect() as conn:
+        row = next(r for r in read_list(conn, scored.as_of, clinic_id=CLINIC, limit=1000)
+                   if r["reasons"] and r["protective"])
+    page = signed_in(app, cm_key).get(f"/web/clients/{row['client_id']}").get_data(as_text=True)
+    why, rest = page.split('<h2 id="why">')[1].split("<h3>Going well</h3>")
+    for reason in row["reasons"]:
+        assert str(escape(reason["text"])) in why
+    for good in row["protective"]:
+        assert str(escape(good["text"])) in rest.split("How to read the points")[0]
+    assert f"starts at <strong>{row['points']['start']:.0f}%</strong>" in page
+    assert "add up to the risk shown" in page and 'href="/web/glossary"' in page
+
+
+def test_the_glossary_shows_the_clinics_own_lines(scored: Scored, tmp_path: Path) -> None:
+    """The lines are read from the clinic's reasons file, not written into the page; the
+    glossary holds no client data and needs no sign-in."""
+    toml = (REPO / "config" / "reasons.toml").read_text()
+    assert "concern_below = 36.0" in toml and "concern_below = 3.0" in toml
+    edited = tmp_path / "reasons.toml"
+    edited.write_text(toml.replace("concern_below = 36.0", "concern_below = 34.0")
+                      .replace("concern_below = 3.0", "concern_below = 2.5"))
+    app = create_app(scored.settings.with_overrides(reasons_file=edited), TESTING=True,
+                     clock=clock_on(scored.as_of))
+    answer = app.test_client().get("/web/glossary")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert "A total below\n    34, a fall" in page and "Below\n    2.5 (" in page
+    assert "Duncan BL" in page and "Hatcher RL" in page  # each line's source
+    plain = create_app(scored.settings, TESTING=True, clock=clock_on(scored.as_of))
+    assert "A total below\n    36, a fall" in plain.test_client().get(
+        "/web/glossary").get_data(as_text=True)
 
 
 def test_another_clinics_client_cannot_be_opened_by_url(
