@@ -20,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import create_engine
 
 from retention.pipelines.scheduler import JOB_ID, build_scheduler
-from retention.store.lists import latest_publication
+from retention.store.lists import latest_drift, latest_publication
 from retention.store.runs import list_runs
 from tests.conftest import AS_OF, REPO, Scored, make_settings
 from tests.support.apps import free_port, make_key
@@ -180,6 +180,12 @@ def test_demo_runs_end_to_end_without_serving(tmp_path: Path) -> None:
     runs = run_cli("--config", str(config), "runs")
     assert runs.returncode == 0
     assert runs.stdout.count("succeeded") == 3
+    # Scored minutes after training, on data like its own: no input has drifted.
+    engine = create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with engine.connect() as conn:
+        drift = latest_drift(conn)
+    engine.dispose()
+    assert drift["psi"] and not drift["drifted"] and drift["flagged"] == []
 
 
 def test_missing_source_database_is_a_clear_error(tmp_path: Path) -> None:
