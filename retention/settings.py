@@ -136,8 +136,8 @@ class EvaluationSettings:
     # The calibration bound on the evaluation slice: expected calibration error (10
     # equal-width bins) at most max_ece, and no decile of predicted risk with at least
     # min_decile_rows rows off by more than max_decile_gap. The gate refuses a candidate
-    # whose 95% interval lies beyond either (a point estimate over the bound, on a slice
-    # too small to tell, is reported as a warning).
+    # only when either is broken beyond chance (retention/evaluation/calibration.py); a
+    # point estimate over the bound on a slice too small to tell is reported as a warning.
     calibration_max_ece: float = 0.02
     calibration_max_decile_gap: float = 0.08
     calibration_min_decile_rows: int = 30

@@ -254,8 +254,10 @@ def _calibration_html(calibration: dict[str, Any] | None) -> str:
             f"{_fmt(calibration['ece'])} (bound {b['max_ece']}); mean predicted "
             f"{calibration['mean_predicted']:.3f} against "
             f"{calibration['observed_rate']:.3f} observed. Deciles of predicted risk with "
-            f"{b['min_decile_rows']}+ rows may be off by at most {b['max_decile_gap']}; a bound "
-            "is broken (and the gate refuses) when the 95% interval lies wholly beyond it.</p>"
+            f"{b['min_decile_rows']}+ rows may be off by at most {b['max_decile_gap']}. The "
+            "bound is broken (and the gate refuses) only beyond chance: ECE's interval is "
+            "corrected for its upward bias on small slices, and a decile must be off by more "
+            "than its error allowing for every decile judged.</p>"
             "<table><tr><th>decile</th><th>rows</th><th>predicted range</th><th>mean "
             "predicted</th><th>observed</th><th>predicted &minus; observed</th></tr>"
             f"{rows}</table>")

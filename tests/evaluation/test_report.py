@@ -32,6 +32,9 @@ def test_report_and_model_card_render(scored: Scored, tmp_path: Path) -> None:
     for text in ("2+ consecutive missed sessions", "SRS below 36", "days since last attended",
                  "logistic regression", "Promotion gate: passed", "Subgroups", "Top features"):
         assert text in page, text
+    # The calibration bound with its verdict and the deciles behind it.
+    assert "<h2>Calibration: " in page and "<th>decile</th>" in page
+    assert page.count("<tr><td>") >= 10
     summary = json.loads((folder / "report.json").read_text())
     assert summary["version"] == scored.model.version
 
