@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,6 +37,9 @@ ENV_OVERRIDES = {
     "RETENTION_STORE_URL": "store_url",
     "RETENTION_MODELS_DIR": "models_dir",
     "RETENTION_REASONS_FILE": "reasons_file",
+    "RETENTION_STORE_OWNER_URL": "store_owner_url",
+    "RETENTION_MODEL_KEY_FILE": "model_key_file",
+    "RETENTION_MODEL_KEY": "model_key",
 }
 
 # Calibration maps a model may be stored with (``retention.model.calibration``); "auto"
@@ -96,8 +100,21 @@ class EtlSettings:
     # Rows updated this long before the last watermark are read again: rows that share
     # the boundary, or whose transaction committed after a later one was read.
     overlap_minutes: int = 60
-    # A run fails, publishing nothing, when more of the rows it read than this are bad.
+    # A run fails, publishing nothing, when more of the rows it read than a limit are bad
+    # (``retention.etl.quarantine.limits_broken``): of all rows read; of one table's rows;
+    # of one table's rows whose code in one coded column is neither a contract code nor
+    # mapped; of one clinic's rows of one table. A mapping typo that drops a program is a
+    # third of the episodes, however small a share of all rows (mostly items) it is.
     max_quarantine_share: float = 0.05
+    max_table_quarantine_share: float = 0.05
+    max_code_quarantine_share: float = 0.02
+    max_clinic_quarantine_share: float = 0.05
+    # A share for one table ("alliance_items") or coded column ("appointments.status")
+    # in place of the one above.
+    quarantine_limits: Mapping[str, float] = field(default_factory=dict)
+    # Shares are judged from this many bad rows up: 3 bad of 20 rows changed on a quiet
+    # night are not a broken mapping.
+    quarantine_min_rows: int = 10
     # An appointment scheduled more than this many days after its row was last
     # written is a typing error ("2062" for "2026"), not a booking.
     max_days_ahead: int = 366
@@ -111,6 +128,9 @@ class EtlSettings:
     retry_backoff: float = 3.0
     # Connections that read the clinic's PostgreSQL at once, all in one snapshot.
     source_connections: int = 2
+    # A PostgreSQL source role that is a superuser (or may read the server's files) is
+    # refused: a mapping's query could copy any file or table into the store.
+    allow_superuser_source: bool = False
     # Reasons cost far more than a risk (docs/performance.md), so they are worded where
     # a case manager reads them: the top of the whole list and of each caseload.
     reasons_top_n: int = 500
@@ -168,6 +188,16 @@ class Settings:
     store_url: str
     models_dir: Path = Path("models")
     reasons_file: Path = Path("config/reasons.toml")
+    # The store's owner, which runs migrations (`retention migrate`), so that store_url can
+    # be an application role with only what it needs (`retention db roles`). Empty:
+    # migrations run as store_url (with a warning on PostgreSQL).
+    store_owner_url: str = ""
+    # The key that signs model versions and the registry (retention/model/signing.py): a
+    # file only its owner can read, outside models_dir; RETENTION_MODEL_KEY (the secret
+    # itself, from the environment only) overrides it. Neither: the account's
+    # ~/.config/retention/model-signing.key, created by the first training.
+    model_key_file: Path | None = None
+    model_key: str = field(default="", repr=False)
     horizon_days: int = 30
     # Training snapshots every this many days. 6 is coprime with 7, so the snapshots fall on
     # every weekday in turn: the list is scored every night, and days since the last session
@@ -190,10 +220,40 @@ class Settings:
     # /ready answers 503 when the served list is older than this (the API still serves it,
     # marked stale, to callers; a probe should route traffic elsewhere or page someone).
     max_list_age_days: int = 3
+    # The publish guard (retention/publish_guard.py): a list whose open episodes or high
+    # tier, in a clinic or in one of its programs, moved since the last published list by
+    # more than this share and by at least publish_min_change is not published until an
+    # operator accepts it (`retention score --accept-change "reason"`). On the synthetic
+    # clinics (500 and 2,000 clients, 90 nights) no clinic moved by more than 6 open or 6
+    # high-tier episodes (6.4 %) in a night, these limits stop none of the 90 nights nor a
+    # list three nights after the last, and a weekly retrain moved a clinic's high tier by
+    # at most 4; issue 16's incidents moved a clinic by 55 open (-40 %) and 13 high (+144 %).
+    # The minimum keeps a small program's 3 becoming 5 from stopping a clinic.
+    publish_max_change_share: float = 0.25
+    publish_min_change: int = 8
     # Requests per minute per API key; the counter store is shared by every worker
     # ("redis://host:port/db"); "memory://" counts per process (dev server, tests).
     api_rate_limit_per_minute: int = 600
     api_rate_limit_storage: str = "memory://"
+    # Access (issue 17). Requests that do not come from a key this worker already knows are
+    # counted by client address before the key is looked at (sign-ins included); the address
+    # is the socket's, or with trusted_proxies > 0 the one that many proxies forwarded
+    # (X-Forwarded-For, werkzeug's ProxyFix). The first audit_denials_per_minute denials from
+    # one address (or key) a minute are written one by one, the rest counted per minute.
+    api_rate_limit_per_address_per_minute: int = 120
+    trusted_proxies: int = 0
+    audit_denials_per_minute: int = 30
+    # The pages' sessions end after this long without a page, and this long after sign-in.
+    web_session_idle_minutes: int = 30
+    web_session_max_hours: int = 10
+    # Every statement of an API request is cancelled after this long, and one waiting on
+    # a lock after api_lock_timeout_seconds (PostgreSQL; on SQLite the wait for the write
+    # lock): the caller gets 503 with Retry-After instead of a worker held until killed.
+    api_statement_timeout_seconds: float = 5.0
+    api_lock_timeout_seconds: float = 1.0
+    # Where clients reach the API ("https://risk.clinic.example"): absolute URLs in FHIR
+    # Bundles are built from it, never from the request's Host header; empty: relative.
+    public_base_url: str = ""
     tiers: Mapping[str, float] = field(
         default_factory=lambda: {"high": 0.5, "medium": 0.25}
     )
@@ -226,6 +286,9 @@ def load_settings(
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
         values.update(_flatten(raw))
+        if "model_key" in values:
+            raise ConfigError(f"model_key is a secret and is not read from {path}: set "
+                              "RETENTION_MODEL_KEY in the environment, or model_key_file")
     elif "RETENTION_CONFIG" in environ:
         raise ConfigError(f"config file {path} does not exist (set by RETENTION_CONFIG)")
     for var, name in ENV_OVERRIDES.items():
@@ -245,18 +308,23 @@ def settings_from_mapping(values: Mapping[str, Any], origin: str = "mapping") ->
             "set them in the config file or as RETENTION_SOURCE_URL / RETENTION_STORE_URL"
         )
     coerced = dict(values)
-    for key in ("models_dir", "reasons_file"):
-        if key in coerced:
+    for key in ("models_dir", "reasons_file", "model_key_file"):
+        if coerced.get(key) is not None:
             coerced[key] = Path(coerced[key])
     if isinstance(coerced.get("etl"), Mapping):
         coerced["etl"] = parse_etl(coerced["etl"])
     if isinstance(coerced.get("evaluation"), Mapping):
         coerced["evaluation"] = parse_evaluation(coerced["evaluation"])
+    if isinstance(coerced.get("tiers"), Mapping):
+        # The list, its pages and the publish guard know these tiers (and "low", the rest):
+        # a misspelt one would be a tier nobody shows and a high tier that is empty.
+        _refuse_unknown(coerced["tiers"], TIER_NAMES, "[list.tiers]")
     settings = Settings(**coerced)
     _check(settings)
     return settings
 
 
+TIER_NAMES = ("high", "medium")
 # Sections kept whole as one setting rather than flattened into their keys.
 NESTED_SECTIONS = ("tiers", "etl", "evaluation")
 
@@ -296,9 +364,26 @@ def _check(s: Settings) -> None:
         raise ConfigError("min_reason_share must be in [0, 1) and min_reason_points >= 0")
     if any(not 0 < v < 1 for v in s.tiers.values()):
         raise ConfigError("tier thresholds must be probabilities between 0 and 1")
+    if min(s.api_rate_limit_per_address_per_minute, s.audit_denials_per_minute,
+           s.web_session_idle_minutes, s.web_session_max_hours) < 1 or s.trusted_proxies < 0:
+        raise ConfigError("the address limit, audit_denials_per_minute and the session "
+                          "timeouts must be at least 1, trusted_proxies at least 0")
+    if s.publish_max_change_share <= 0 or s.publish_min_change < 1:
+        raise ConfigError("publish_max_change_share must be positive and publish_min_change "
+                          "at least 1")
+    if not 0 < s.api_lock_timeout_seconds <= s.api_statement_timeout_seconds:
+        raise ConfigError("api_lock_timeout_seconds must be positive and at most "
+                          "api_statement_timeout_seconds")
+    if s.public_base_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?",
+                                              s.public_base_url):
+        raise ConfigError("public_base_url must be an http(s) URL without query or fragment, "
+                          f"got {s.public_base_url!r}")
 
 
 _ETL_SCALARS = [f.name for f in fields(EtlSettings) if f.name != "mapping"]
+# The quarantine limits that are shares of rows read, by setting name.
+QUARANTINE_SHARES = ("max_quarantine_share", "max_table_quarantine_share",
+                     "max_code_quarantine_share", "max_clinic_quarantine_share")
 
 
 def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
@@ -306,6 +391,7 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
     raw = dict(raw)
     queries = dict(raw.pop("queries", {}) or {})
     codes = raw.pop("codes", {}) or {}
+    limits = _quarantine_limits(raw.pop("quarantine_limits", {}) or {})
     _refuse_unknown(raw, [*_ETL_SCALARS, "queries", "codes"], "[etl]")
     for table, sql in queries.items():
         if table not in contract.TABLES:
@@ -325,9 +411,15 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
                                   f"{', '.join(bad)}; allowed: {', '.join(allowed)}")
             checked_codes.setdefault(table, {})[column] = {str(k): str(v)
                                                             for k, v in mapping.items()}
-    out = EtlSettings(mapping=SourceMapping(queries=queries, codes=checked_codes), **raw)
-    if not 0 <= out.max_quarantine_share <= 1:
-        raise ConfigError("[etl] max_quarantine_share must be between 0 and 1")
+    out = EtlSettings(mapping=SourceMapping(queries=queries, codes=checked_codes),
+                      quarantine_limits=limits, **raw)
+    shares = {name: getattr(out, name) for name in QUARANTINE_SHARES}
+    shares.update({f"quarantine_limits.{k}": v for k, v in limits.items()})
+    for name, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ConfigError(f"[etl] {name} must be a share between 0 and 1, got {share!r}")
+    if out.quarantine_min_rows < 0:
+        raise ConfigError("[etl] quarantine_min_rows must be >= 0")
     if (out.overlap_minutes < 0 or out.retry_attempts < 1 or out.reasons_top_n < 1
             or out.reasons_per_caseload < 0 or out.reasons_workers < 1
             or out.source_connections < 1):
@@ -336,7 +428,27 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
                           "source_connections >= 1")
     if out.lookback_days < 91:
         raise ConfigError("[etl] lookback_days must be at least 91 (features look 90 days back)")
+    if not isinstance(out.allow_superuser_source, bool):
+        raise ConfigError("[etl] allow_superuser_source must be true or false")
     return out
+
+
+def _quarantine_limits(raw: Mapping[str, Any]) -> dict[str, float]:
+    """``[etl.quarantine_limits]`` by table or "table.column" (TOML reads an unquoted
+    ``appointments.status`` as a nested table: both spellings are taken)."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{column}": v for column, v in value.items()})
+        else:
+            flat[str(key)] = value
+    for scope in flat:
+        table, _, column = scope.partition(".")
+        if table not in contract.TABLES or (column and (table, column) not in CODED_COLUMNS):
+            coded = ", ".join(f"{t}.{c}" for t, c in CODED_COLUMNS)
+            raise ConfigError(f"[etl.quarantine_limits] {scope!r} is neither a contract table "
+                              f"({', '.join(contract.TABLES)}) nor a coded column ({coded})")
+    return flat
 
 
 def parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSettings:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from retention.settings import ConfigError, parse_etl
+from retention.settings import ConfigError, EtlSettings, load_settings, parse_etl
 
 
 def test_mapping_settings_are_checked() -> None:
@@ -16,3 +18,62 @@ def test_mapping_settings_are_checked() -> None:
         parse_etl({"queries": {"appointments": "DELETE FROM visits"}})
     with pytest.raises(ConfigError, match="unknown setting"):
         parse_etl({"overlap": 5})
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "retention.toml"
+    path.write_text('source_url = "sqlite:///clinic.db"\nstore_url = "sqlite:///store.db"\n'
+                    + body)
+    return path
+
+
+def test_a_misspelt_key_fails_start_up_with_a_suggestion(tmp_path: Path) -> None:
+    # Read once at start: a limit spelt wrong would otherwise leave the default in force.
+    for body, said in [
+        ("[etl]\nmax_quarantine_shar = 0.1\n",
+         r"\[etl\]: max_quarantine_shar \(did you mean max_quarantine_share\?\)"),
+        ("[etl]\nmax_code_quarantin_share = 0.1\n",
+         r"max_code_quarantin_share \(did you mean max_code_quarantine_share\?\)"),
+        ("[etl.codez.episodes.program]\nOP = 'outpatient'\n", r"codez \(did you mean codes\?\)"),
+        ("[evaluation]\ncapacity = 10\n",
+         r"\[evaluation\]: capacity \(did you mean capacity_k\?\)"),
+        ("[model]\nhorizon_day = 30\n", r"horizon_day \(did you mean horizon_days\?\)"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            load_settings(write_config(tmp_path, body), environ={})
+    good = load_settings(write_config(tmp_path, "[etl]\nmax_quarantine_share = 0.1\n"),
+                         environ={})
+    assert good.etl.max_quarantine_share == 0.1
+
+
+def test_quarantine_limits_are_read_by_table_and_coded_column(tmp_path: Path) -> None:
+    body = ("[etl]\nmax_code_quarantine_share = 0.01\nquarantine_min_rows = 5\n"
+            "[etl.quarantine_limits]\nalliance_items = 0.2\n\"episodes.program\" = 0.1\n"
+            "appointments.status = 0.3\n")  # unquoted: TOML reads a table; both are taken
+    etl = load_settings(write_config(tmp_path, body), environ={}).etl
+    assert etl.quarantine_limits == {"alliance_items": 0.2, "episodes.program": 0.1,
+                                     "appointments.status": 0.3}
+    assert (etl.max_code_quarantine_share, etl.quarantine_min_rows) == (0.01, 5)
+    assert EtlSettings().max_table_quarantine_share == 0.05
+    for limits, said in [({"visits": 0.1}, "'visits' is neither a contract table"),
+                         ({"appointments.clinician_id": 0.1}, "nor a coded column"),
+                         ({"appointments": 1.5}, "quarantine_limits.appointments must be a share"),
+                         ({"appointments": True}, "must be a share")]:
+        with pytest.raises(ConfigError, match=said):
+            parse_etl({"quarantine_limits": limits})
+    for name in ("max_quarantine_share", "max_table_quarantine_share",
+                 "max_code_quarantine_share", "max_clinic_quarantine_share"):
+        with pytest.raises(ConfigError, match=f"{name} must be a share"):
+            parse_etl({name: -0.1})
+    with pytest.raises(ConfigError, match="quarantine_min_rows"):
+        parse_etl({"quarantine_min_rows": -1})
+
+
+def test_a_misspelt_tier_fails_start_up(tmp_path: Path) -> None:
+    # "hihg" would be a tier no page shows, and the high tier would be empty.
+    body = "[list.tiers]\nhihg = 0.5\nmedium = 0.25\n"
+    with pytest.raises(ConfigError, match=r"\[list.tiers\]: hihg \(did you mean high\?\)"):
+        load_settings(write_config(tmp_path, body), environ={})
+    good = load_settings(write_config(tmp_path, "[list.tiers]\nhigh = 0.6\nmedium = 0.3\n"),
+                         environ={})
+    assert dict(good.tiers) == {"high": 0.6, "medium": 0.3}

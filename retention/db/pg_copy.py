@@ -107,7 +107,10 @@ def _typed(values: pa.ChunkedArray, kind: str, owned: bool = False) -> Any:
     vtype = values.type
     if kind == "date" and (pa.types.is_date(vtype) or (
             pa.types.is_timestamp(vtype) and vtype.tz is None)):
-        return pc.cast(values, pa.timestamp("us")).to_pandas()
+        try:
+            return pc.cast(values, pa.timestamp("us")).to_pandas()
+        except pa.ArrowInvalid:  # a date no timestamp holds ('infinity'): text, for the checks
+            pass
     if kind == "infer" and (pa.types.is_integer(vtype) or pa.types.is_floating(vtype)):
         return pc.cast(values, pa.int64() if pa.types.is_integer(vtype) else pa.float64()
                        ).to_pandas()

@@ -6,8 +6,9 @@ owns the transaction and the run record):
 1. ``check``: the rows read, with the rows still in quarantine and the copy's
    appointments of episodes that changed, against the contract
    (``retention.etl.validation``); nothing is written;
-2. ``enforce_limit``: the run stops, changing nothing, if more than
-   ``max_quarantine_share`` of the rows read are bad;
+2. ``enforce_limit``: the run stops, changing nothing, if the rows read break the
+   contract beyond a quarantine limit (``retention.etl.quarantine.limits_broken``: all
+   rows, a table, a coded column, a clinic's rows of a table);
 3. ``apply``: upsert the good rows into the copy (only rows that differ are
    written), remove quarantined keys from it, record the quarantine (releasing rows
    fixed at the source) and advance the watermarks.
@@ -27,14 +28,24 @@ from sqlalchemy import Connection, func, select, text
 from retention.clock import utcnow
 from retention.db import bulk
 from retention.etl.extract import INCREMENTAL
-from retention.etl.validation import KEYS, ORDER, Context, Outcome, rows_from_json, validate
-from retention.settings import EtlSettings
+from retention.etl.quarantine import Breach, limits_broken, unmapped_codes
+from retention.etl.validation import (
+    KEYS,
+    ORDER,
+    UNFIT_KEY_PREFIXES,
+    Context,
+    Outcome,
+    read_timestamps,
+    rows_from_json,
+    validate,
+)
+from retention.settings import CODED_COLUMNS, EtlSettings, SourceMapping
 from retention.store import tables
 from retention.store.clinic_copy import bump_copy_version
 
 
 class QuarantineLimitExceeded(RuntimeError):
-    """Too many of the rows read broke the contract: the run stops and publishes nothing."""
+    """The rows read broke the contract beyond a limit: the run stops and publishes nothing."""
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Checked:
     total_read: int
     rows_quarantined: int
     detail: dict[str, Any] = field(default_factory=dict)
+    breaches: list[Breach] = field(default_factory=list)  # quarantine limits gone over
 
     @property
     def share(self) -> float:
@@ -61,7 +73,7 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
     if full:
         candidates, context = raw, Context()
     else:
-        candidates = _with_carried_over(conn, raw)
+        candidates = _with_carried_over(conn, raw, etl.mapping)
         context = _context(conn, candidates)
     outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
     bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) for t in ORDER}
@@ -70,23 +82,38 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
         total_read=sum(n_read.values()),
         rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
     )
+    checked.breaches = limits_broken(outcome, n_read, etl)
+    # Kept in the run's record whether it fails or not: `retention quality` reads a
+    # failed run's findings there (codes are not patient data; no other value is kept).
     checked.detail = {
         "read": n_read, "checked": {t: len(candidates[t]) for t in ORDER},
         "quarantined_read": bad_read, "quarantine_by_rule": outcome.counts(),
         "quarantined_share": round(checked.share, 6),
+        "unmapped_codes": unmapped_codes(outcome, n_read),
+        "over_limits": [b.as_dict() for b in checked.breaches],
     }
     return checked
 
 
+# Limits named in a failed run's message; the run's record keeps them all.
+NAMED_BREACHES = 8
+
+
 def enforce_limit(checked: Checked, etl: EtlSettings) -> None:
-    """Stop the run if more of the rows read are bad than the configured share."""
-    if checked.share > etl.max_quarantine_share:
-        raise QuarantineLimitExceeded(
-            f"{checked.bad_read} of {checked.total_read} rows read ({checked.share:.1%}) "
-            f"break the contract, over the limit of {etl.max_quarantine_share:.1%}; nothing "
-            f"was stored or published. By table and rule: {checked.outcome.counts()}. Fix the "
-            "source or its mapping ([etl] in the config); `retention quality` lists the rules."
-        )
+    """Stop the run if the rows read break the contract beyond any quarantine limit."""
+    del etl  # the limits were judged by ``check``, which had the settings
+    if not checked.breaches:
+        return
+    named = [f"- {b.describe()}" for b in checked.breaches[:NAMED_BREACHES]]
+    if len(checked.breaches) > NAMED_BREACHES:
+        named.append(f"- and {len(checked.breaches) - NAMED_BREACHES} more limits "
+                     "(`retention quality` lists them)")
+    raise QuarantineLimitExceeded(
+        "the rows read break the contract beyond the quarantine limits, so nothing was "
+        "stored or published (the last good list stays):\n" + "\n".join(named) + "\n"
+        "Fix the source or its mapping ([etl.codes], [etl.queries]) and run again; raise a "
+        "limit only for rows known to be bad. `retention quality` shows what this run found."
+    )
 
 
 @dataclass(frozen=True)
@@ -140,12 +167,13 @@ def _copy_rows_before(conn: Connection) -> int:
 # --- context for incremental runs ---------------------------------------------------
 
 
-def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame],
+                       mapping: SourceMapping) -> dict[str, pd.DataFrame]:
     """The rows read, then the quarantined rows not read again.
 
     Rows read come first (the quarantine share counts them alone). Quarantined rows
     are checked every run, so a row fixed by something other than its own update (its
-    episode arriving, say) is released.
+    episode arriving, say) is released; a code mapped since it was held is mapped now.
     """
     out = {}
     held = conn.execute(select(tables.quarantine.c.table_name, tables.quarantine.c.rows_json))
@@ -157,8 +185,23 @@ def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame]) -> dict[s
         frame = raw[table]
         extra = pd.DataFrame(carried[table], columns=list(frame.columns), dtype=object)
         if len(extra):
-            extra = extra[~_key_tuples(table, extra).isin(_key_tuples(table, frame))]
+            extra = _mapped_since(table, extra[~_key_tuples(table, extra).isin(
+                _key_tuples(table, frame))], mapping)
         out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
+    return out
+
+
+def _mapped_since(table: str, held: pd.DataFrame, mapping: SourceMapping) -> pd.DataFrame:
+    """Held rows with the mapping applied to their codes that are not the contract's
+    (held rows keep codes as the mapping then left them: contract codes are final)."""
+    maps = mapping.codes.get(table, {})
+    if not maps or held.empty:
+        return held
+    out = held.copy()
+    for column, codes in maps.items():
+        out[column] = out[column].map(
+            lambda v, m=codes, final=CODED_COLUMNS[(table, column)]:
+            m.get(v, v) if isinstance(v, str) and v not in final else v)
     return out
 
 
@@ -257,7 +300,7 @@ def _load_cost(frame: pd.DataFrame) -> int:
 
 def _key_frame(table: str, row_keys: pd.Index) -> pd.DataFrame:
     """Key columns from quarantine row keys (rows quarantined for a missing key have none)."""
-    keys = [k for k in row_keys if not str(k).startswith("no key ")]
+    keys = [k for k in row_keys if not str(k).startswith(UNFIT_KEY_PREFIXES)]
     if table == "alliance_items":
         parts = [str(k).split("|", 1) for k in keys]
         return pd.DataFrame({"measure_id": [p[0] for p in parts],
@@ -300,7 +343,7 @@ def _advance_watermarks(
     """Move each table's watermark to the newest updated_at read, never past the source clock."""
     rows: list[dict[str, Any]] = []
     for table in INCREMENTAL:
-        stamps = pd.to_datetime(raw[table]["updated_at"], format="ISO8601", errors="coerce")
+        stamps = read_timestamps(raw[table]["updated_at"])
         newest = stamps.max() if len(stamps) else pd.NaT
         mark = marks.get(table)
         if mark is None and pd.isna(newest):

@@ -1,22 +1,238 @@
-"""Reading the quarantine: what is held back from the copy, by table and rule.
+"""The quarantine: how much of a run it may hold, and what it holds.
 
-Rows are written by the ETL (``retention.etl.load.apply``); here they are summarised for
-`retention quality`. Reports show keys and counts, never row values: quarantined
-rows are clinic data like any other.
+Rows that break the contract are held back (``retention.etl.validation``) and the run
+goes on. A few are typos; many in one place are a broken mapping or an EHR upgrade,
+and a list built without them is thin where nobody looks. So a run stops, storing
+and publishing nothing, when its rows break the contract beyond a limit where the
+harm is (``limits_broken``): all rows read, one table, one coded column, one clinic's
+rows of a table.
+
+``report`` summarises the quarantine for `retention quality`: counts by table and
+rule, keys as examples, and for coded columns the codes that are neither the
+contract's nor mapped, with counts. Codes are not patient data; no other value is
+ever shown. Rows are written by the ETL (``retention.etl.load.apply``).
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import Connection, func, select
 
-from retention.etl.validation import RULES
+from retention.clinic import ids
+from retention.etl.validation import ORDER, RULES, Outcome, rows_from_json
+from retention.settings import CODED_COLUMNS, EtlSettings
 from retention.store import tables
+
+MOST_CODES = 20  # distinct codes listed per column; the rest are counted together
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A quarantine limit the rows read went over, and what to look at or change."""
+
+    kind: str  # "code", "table", "clinic" or "all"
+    scope: str  # "episodes.program", "episodes", "episodes of clinic 'east'", "all tables"
+    bad: int
+    read: int
+    limit: float
+    setting: str
+    rules: Mapping[str, int] = field(default_factory=dict)  # bad rows by rule
+    codes: Mapping[str, int] = field(default_factory=dict)  # unmapped codes, most first
+    mapped: tuple[str, ...] = ()  # the clinic's codes the mapping lists for the column
+
+    @property
+    def share(self) -> float:
+        return self.bad / self.read if self.read else 0.0
+
+    def describe(self) -> str:
+        """One line: where, how many, the limit and its setting, and what was found."""
+        what = ("have a code that is neither a contract code nor mapped" if self.kind == "code"
+                else "break the contract")
+        line = (f"{self.scope}: {self.bad:,} of {self.read:,} rows read ({self.share:.1%}) "
+                f"{what}, over the limit of {self.limit:.1%} ({self.setting})")
+        if self.kind == "code":
+            line += f". Codes: {counted(self.codes)}"
+            if self.mapped:
+                line += f"; [etl.codes.{self.scope}] maps {', '.join(self.mapped)}"
+        elif self.rules:
+            line += f". By rule: {counted(self.rules)}"
+        return line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "share": round(self.share, 6), "mapped": list(self.mapped)}
+
+
+def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings) -> list[Breach]:
+    """The limits the rows read went over, most specific first (codes, tables, clinics).
+
+    ``read``: per table, how many of the rows ``outcome`` checked were read in this run
+    (they come first; rows carried over from the quarantine follow and are not judged).
+    A share is judged only from ``quarantine_min_rows`` bad rows up.
+    """
+    found: list[Breach] = []
+
+    def judge(breach: Breach) -> None:
+        if breach.read and breach.bad >= etl.quarantine_min_rows and (
+                breach.bad > breach.limit * breach.read):
+            found.append(breach)
+
+    for (table, column), mask in outcome.unmapped.items():
+        hit = mask.to_numpy()[:read[table]]
+        if not hit.any():
+            continue
+        scope = f"{table}.{column}"
+        limit, setting = _limit(etl, scope, "max_code_quarantine_share")
+        values = outcome.checked[table][column].iloc[:read[table]][hit]
+        judge(Breach("code", scope, int(hit.sum()), read[table], limit, setting,
+                     codes=code_counts(values),
+                     mapped=tuple(etl.mapping.codes.get(table, {}).get(column, {}))))
+
+    bad = {t: ~outcome.ok[t].to_numpy()[:read[t]] for t in ORDER}
+    for table in ORDER:
+        limit, setting = _limit(etl, table, "max_table_quarantine_share")
+        judge(Breach("table", table, int(bad[table].sum()), read[table], limit, setting,
+                     rules=_rule_counts(outcome, table, bad[table])))
+
+    # A clinic holds no more of a table's bad rows than the table: most nights no table
+    # has enough for a clinic to be judged, and finding each row's clinic is skipped.
+    judged = [t for t in ORDER if bad[t].sum() >= max(etl.quarantine_min_rows, 1)]
+    clinic_of, clinics = _clinics(outcome) if judged else ({}, [])
+    said = {(b.scope, b.bad, b.read) for b in found if b.kind == "table"}
+    for table in judged:
+        limit, setting = _limit(etl, table, "max_clinic_quarantine_share")
+        at = clinic_of[table][:read[table]]
+        known = at >= 0
+        rows = np.bincount(at[known], minlength=len(clinics))
+        held = np.bincount(at[known & bad[table]], minlength=len(clinics))
+        for k in np.flatnonzero(held):
+            if (table, int(held[k]), int(rows[k])) in said:
+                continue  # the clinic is all the table's rows read: said once already
+            in_clinic = bad[table] & (at == k)
+            judge(Breach("clinic", f"{table} of clinic {show_code(clinics[k])}", int(held[k]),
+                         int(rows[k]), limit, setting,
+                         rules=_rule_counts(outcome, table, in_clinic)))
+
+    everything = np.concatenate([bad[t] for t in ORDER])
+    rules: Counter[str] = Counter()
+    for table in ORDER:
+        rules.update(_rule_counts(outcome, table, bad[table]))
+    judge(Breach("all", "all tables", int(everything.sum()), len(everything),
+                 etl.max_quarantine_share, "[etl] max_quarantine_share",
+                 rules=dict(rules.most_common())))
+    return found
+
+
+def unmapped_codes(outcome: Outcome, read: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Per coded column ("table.column"), the codes among the rows read that are neither
+    contract codes nor mapped, with their counts."""
+    out = {}
+    for (table, column), mask in outcome.unmapped.items():
+        hit = mask.to_numpy()[:read[table]]
+        if hit.any():
+            out[f"{table}.{column}"] = code_counts(
+                outcome.checked[table][column].iloc[:read[table]][hit])
+    return out
+
+
+def _limit(etl: EtlSettings, scope: str, default: str) -> tuple[float, str]:
+    """The limit for a table or coded column, and the setting that sets it. A table's
+    own limit holds for each clinic's rows of it too."""
+    if scope in etl.quarantine_limits:
+        return float(etl.quarantine_limits[scope]), f'"{scope}" in [etl.quarantine_limits]'
+    setting = f"[etl] {default}"
+    if default != "max_clinic_quarantine_share":
+        setting += f', or "{scope}" in [etl.quarantine_limits]'
+    return float(getattr(etl, default)), setting
+
+
+def _rule_counts(outcome: Outcome, table: str, bad: np.ndarray) -> dict[str, int]:
+    rules = outcome.rules[table].iloc[:len(bad)][bad]
+    return {str(k): int(v) for k, v in rules.value_counts().items()}
+
+
+def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """Per table, each row's clinic (a position in the list returned, -1 if unknown):
+    a client's own, a row's client's, an item's measure's client's."""
+    clients = outcome.checked["clients"]
+    codes, clinics = pd.factorize(clients["clinic_id"].astype(object))
+    codes = np.asarray(codes, dtype=np.int64)
+
+    def through(values: pd.Series, within: pd.Series, clinic: np.ndarray) -> np.ndarray:
+        if not len(within):
+            return np.full(len(values), -1, dtype=np.int64)
+        at = _first_positions(values, within)
+        return np.where(at >= 0, clinic[np.maximum(at, 0)], -1)
+
+    out = {"clients": codes}
+    for table in ("episodes", "appointments", "alliance_measures"):
+        out[table] = through(outcome.checked[table]["client_id"], clients["client_id"], codes)
+    measures = outcome.checked["alliance_measures"]
+    out["alliance_items"] = through(outcome.checked["alliance_items"]["measure_id"],
+                                    measures["measure_id"], out["alliance_measures"])
+    return out, list(clinics)
+
+
+def _first_positions(values: pd.Series, within: pd.Series) -> np.ndarray:
+    """Each value's first position in ``within`` (-1 if absent), whatever the types."""
+    try:
+        return ids.positions(values, within)
+    except (TypeError, ValueError):  # ids that are not all text, with duplicates
+        index = pd.Index(np.asarray(within, dtype=object))
+        first = ~index.duplicated()
+        at = index[first].get_indexer(np.asarray(values, dtype=object))
+        return np.where(at >= 0, np.flatnonzero(first)[np.maximum(at, 0)], -1)
+
+
+# --- how codes are shown ------------------------------------------------------------
+
+
+def show_code(value: Any) -> str:
+    """A code as shown: quoted, control characters escaped, at most 34 characters."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= 34 else text[:33] + "…"
+
+
+def code_counts(values: Iterable[Any]) -> dict[str, int]:
+    """Codes as shown, with their counts, most frequent first; beyond ``MOST_CODES``
+    distinct codes the rest are counted together."""
+    counts = pd.Series(list(values) if not isinstance(values, pd.Series) else values,
+                       dtype=object).value_counts(dropna=True)
+    shown: Counter[str] = Counter()
+    for value, n in counts.items():
+        if n:
+            shown[show_code(value)] += int(n)
+    ordered = sorted(shown.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = dict(ordered[:MOST_CODES])
+    rest = ordered[MOST_CODES:]
+    if rest:
+        out[f"({len(rest)} more codes)"] = sum(n for _, n in rest)
+    return out
+
+
+def counted(counts: Mapping[str, int]) -> str:
+    """``'OP' 303, 'OPX' 2`` (codes as ``show_code`` shows them) or ``unknown_code 303``."""
+    return ", ".join(f"{k} {n:,}" for k, n in counts.items())
+
+
+# --- the report for `retention quality` ---------------------------------------------
 
 
 def report(connection: Connection, examples: int = 3) -> dict[str, Any]:
-    """Quarantined keys by table and rule, with the last ETL run's share of bad rows."""
+    """What the quarantine holds and which run left it; what the last ETL run found.
+
+    The quarantine is written only by a run that succeeds: after a failed run it is
+    still what the last successful one left, and the failed run's findings (counts by
+    table and rule, codes not mapped, limits broken) come from its run record.
+    """
     q = tables.quarantine
     rows = connection.execute(
         select(q.c.table_name, q.c.rule, func.count(), func.min(q.c.quarantined_at))
@@ -31,39 +247,109 @@ def report(connection: Connection, examples: int = 3) -> dict[str, Any]:
         ).scalars().all()
         groups.append({"table": table_name, "rule": rule, "meaning": RULES.get(rule, ""),
                        "keys": int(count), "since": since, "examples": list(keys)})
-    last = connection.execute(
-        select(tables.runs).where(tables.runs.c.kind == "etl")
-        .order_by(tables.runs.c.run_id.desc()).limit(1)
-    ).first()
+    runs = tables.runs
+    last = connection.execute(select(runs).where(runs.c.kind == "etl")
+                              .order_by(runs.c.run_id.desc()).limit(1)).first()
+    left_by = connection.execute(
+        select(runs).where(runs.c.kind == "etl", runs.c.status == "succeeded")
+        .order_by(runs.c.run_id.desc()).limit(1)).first()
     return {
         "total": sum(g["keys"] for g in groups),
         "groups": groups,
-        "last_etl": None if last is None else {
-            "run_id": last.run_id, "as_of": last.as_of, "status": last.status,
-            "rows_read": last.rows_read, "rows_quarantined": last.rows_quarantined,
-            "error": last.error,
-        },
+        "unmapped_codes": _held_codes(connection),
+        "held_since_run": None if left_by is None else _run_summary(left_by),
+        "last_etl": None if last is None else _run_summary(last),
     }
 
 
+def _run_summary(run: Any) -> dict[str, Any]:
+    detail = json.loads(run.detail) if run.detail else {}
+    return {
+        "run_id": run.run_id, "as_of": run.as_of, "status": run.status,
+        "stored": run.status == "succeeded", "rows_read": run.rows_read,
+        "rows_quarantined": run.rows_quarantined, "error": run.error,
+        "quarantine_by_rule": detail.get("quarantine_by_rule", {}),
+        "unmapped_codes": detail.get("unmapped_codes", {}),
+        "over_limits": detail.get("over_limits", []),
+    }
+
+
+def _held_codes(connection: Connection) -> dict[str, dict[str, int]]:
+    """Per coded column, the codes in held rows that are neither contract codes nor
+    mapped (the rows keep the codes as the mapping left them), with counts."""
+    q = tables.quarantine
+    coded = sorted({t for t, _ in CODED_COLUMNS})
+    found: dict[str, list[Any]] = {}
+    for table_name, rows_json in connection.execute(
+            select(q.c.table_name, q.c.rows_json).where(q.c.table_name.in_(coded))):
+        for row in rows_from_json(rows_json):
+            for (table, column), allowed in CODED_COLUMNS.items():
+                value = row.get(column) if table == table_name else None
+                if value is not None and value not in allowed:
+                    found.setdefault(f"{table}.{column}", []).append(value)
+    return {scope: code_counts(values) for scope, values in sorted(found.items())}
+
+
 def format_report(data: dict[str, Any]) -> list[str]:
-    """The report as lines of text."""
-    lines = []
-    last = data["last_etl"]
-    if last is not None:
-        lines.append(f"last ETL run {last['run_id']} ({last['as_of']}, {last['status']}): "
-                     f"{last['rows_read'] or 0:,} rows read, "
-                     f"{last['rows_quarantined'] or 0:,} held in quarantine")
-        if last["error"]:
-            lines.append(f"  error: {last['error']}")
-    if not data["groups"]:
-        lines.append("quarantine is empty: every row read passed the contract")
+    """The report as lines of text: the last run's findings first if it stored nothing,
+    then the quarantine and the run that left it."""
+    lines: list[str] = []
+    last, left_by = data["last_etl"], data["held_since_run"]
+    if last is None:
+        return ["no ETL run yet: the quarantine is empty"]
+    if not last["stored"]:
+        lines.extend(_failed_run_lines(last))
+    if left_by is None:
+        lines.append("no ETL run has succeeded yet: the quarantine is empty")
         return lines
-    lines.append(f"{data['total']:,} keys in quarantine:")
+    held = f"{data['total']:,} keys ({left_by['rows_quarantined'] or 0:,} rows) held"
+    where = "is still as" if not last["stored"] else "as"
+    lines.append(f"the quarantine {where} ETL run {left_by['run_id']} "
+                 f"(as of {left_by['as_of']}, succeeded) left it: "
+                 + (held if data["groups"] else "empty, every row read passed the contract"))
+    if not data["groups"]:
+        return lines
     lines.append(f"  {'table':<18} {'rule':<28} {'keys':>7}  since (UTC)          examples")
     for g in data["groups"]:
         lines.append(f"  {g['table']:<18} {g['rule']:<28} {g['keys']:>7,}  "
                      f"{g['since']:%Y-%m-%d %H:%M:%S}  {', '.join(g['examples'])}")
+    lines.extend(_code_lines("codes held that are neither contract codes nor mapped "
+                             "(map them in [etl.codes.<table>.<column>]):",
+                             data["unmapped_codes"]))
     lines.append("rules: " + "; ".join(
         f"{g['rule']} = {g['meaning']}" for g in {g['rule']: g for g in data["groups"]}.values()))
     return lines
+
+
+def _failed_run_lines(run: Mapping[str, Any]) -> list[str]:
+    """What a run that stored nothing found: the limits it broke, or its error."""
+    head = f"the last ETL run, {run['run_id']} (as of {run['as_of']}), "
+    if run["status"] == "running":
+        return [head + "has not finished (still running, or killed): it stored nothing yet"]
+    if not run["over_limits"]:
+        return [head + f"failed and stored nothing: {run['error'] or 'no error recorded'}"]
+    lines = [head + "failed over the quarantine limits and stored nothing; "
+             f"of {run['rows_read'] or 0:,} rows read, {run['rows_quarantined'] or 0:,} "
+             "would have been held:"]
+    lines.extend(f"  - {_breach_line(b)}" for b in run["over_limits"])
+    by_rule = [f"{t} {r} {n:,}" for t, rules in sorted(run["quarantine_by_rule"].items())
+               for r, n in sorted(rules.items())]
+    if by_rule:
+        lines.append("  found, by table and rule: " + "; ".join(by_rule))
+    lines.extend(_code_lines("  codes read that are neither contract codes nor mapped:",
+                             run["unmapped_codes"], indent="    "))
+    return lines
+
+
+def _breach_line(breach: Mapping[str, Any]) -> str:
+    fields = {k: breach[k] for k in ("kind", "scope", "bad", "read", "limit", "setting")}
+    return Breach(**fields, rules=breach.get("rules", {}), codes=breach.get("codes", {}),
+                  mapped=tuple(breach.get("mapped", ()))).describe()
+
+
+def _code_lines(title: str, codes: Mapping[str, Mapping[str, int]],
+                indent: str = "  ") -> list[str]:
+    if not codes:
+        return []
+    return [title, *(f"{indent}{scope:<30} {counted(found)}"
+                     for scope, found in sorted(codes.items()))]

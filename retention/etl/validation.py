@@ -10,6 +10,11 @@ together with the ``Context`` of what the store already holds.
 Alliance measures are checked with their items: a measure whose item breaks a
 range, or whose total disagrees with its items, is quarantined together with all
 its items, so the copy never holds half a measure.
+
+Any value a source can send is a row's problem, never the run's: bytes, control
+characters, text longer than the store's column, a date in year 9999, a number
+beyond 32 bits each break a rule of their own, so what reaches the copy is what
+both stores and the features can hold.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -26,19 +32,27 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pandas.api.types import infer_dtype
+from sqlalchemy import String
 
 from retention.clinic import contract, ids
 from retention.clinic.data import bool_from_text
 from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
 from retention.settings import CODED_COLUMNS
+from retention.store import tables
 
 # Every rule, with what it means. A row is quarantined under the first rule it breaks;
 # rows under one key (duplicates) are listed under the earliest rule here.
 RULES: dict[str, str] = {
     "duplicate_key": "two or more rows share the key",
     "missing_required": "a required field is empty",
+    "malformed_text": "text that is bytes, or holds a NUL or another control character",
+    "too_long": "text longer than the store's column for it (64 characters for an id)",
     "malformed_date": "a date or timestamp that cannot be read",
+    "date_out_of_range": "a date before 1900 or from 2100 on: no clinic's record has one",
     "malformed_value": "a number or yes/no that cannot be read",
+    "number_out_of_range": "a number the store cannot hold: infinite, or a whole number "
+                           "beyond 32 bits",
     "unknown_code": "a code the contract (and the configured mapping) does not know",
     "orphan": "refers to a client, episode or measure the source does not have",
     "discharge_before_admission": "discharged before admitted",
@@ -69,6 +83,24 @@ BOOLEANS = {"appointments": ("telehealth",)}
 TOTAL_TOLERANCE = 0.051  # totals are recorded to a tenth
 SUBSCALE_TOLERANCE = 0.01
 REJECT_COLUMNS = ["table_name", "row_key", "rule", "detail", "rows_json", "n_rows"]
+# Dates a clinic's record can hold ([EARLIEST, LATEST)). The service computes with
+# nanosecond timestamps (1677-2262); a date outside the window is a typing error.
+EARLIEST = pd.Timestamp("1900-01-01")
+LATEST = pd.Timestamp("2100-01-01")
+INT32_MAX = 2**31 - 1  # the store's Integer columns
+# Text columns and how many characters the store's copy holds (tables.py). Codes are
+# left to ``unknown_code``, which names the value whatever its length.
+TEXT_LENGTHS = {
+    name: {c.name: int(c.type.length) for c in tables.copies[name].columns
+           if isinstance(c.type, String) and c.type.length and (name, c.name) not in CODED_COLUMNS}
+    for name in ORDER
+}
+# C0 and C1 control characters and DEL: no id or contract text holds one, and
+# PostgreSQL cannot store NUL at all.
+CONTROL = "[\\x00-\\x1f\\x7f-\\x9f]"
+_CONTROL = re.compile(CONTROL)
+BYTES_TAG = "$bytes"  # how ``rows_json`` keeps a value that came as bytes
+ROW_KEY_LENGTH = int(getattr(tables.quarantine.c.row_key.type, "length", None) or 200)
 
 
 @dataclass
@@ -93,6 +125,11 @@ class Outcome:
     rejects: pd.DataFrame
     checked: dict[str, pd.DataFrame]  # the rows given, per table, in the order given
     ok: dict[str, pd.Series]  # whether each row given passed, in the order given
+    # The first rule each row given broke (None where it passed), in the order given.
+    rules: dict[str, pd.Series] = field(default_factory=dict)
+    # Per coded column (table, column): whether each row given holds a code that is
+    # neither the contract's nor mapped onto one, whatever rule the row broke first.
+    unmapped: dict[tuple[str, str], pd.Series] = field(default_factory=dict)
 
     @property
     def keys(self) -> dict[str, pd.Series]:
@@ -137,6 +174,7 @@ class _Checked:
         self.typed = pd.DataFrame(index=self.raw.index)
         self.rule = pd.Series(None, index=self.raw.index, dtype=object)
         self.detail = pd.Series(None, index=self.raw.index, dtype=object)
+        self.unmapped: dict[str, pd.Series] = {}
         self._unflagged = np.ones(len(raw), dtype=bool)  # rule.isna(), kept as flags are set
 
     def keys(self, ix: pd.Index) -> pd.Series:
@@ -219,7 +257,10 @@ def validate(
     rejects = pd.concat([_rejects(c) for c in checked.values()], ignore_index=True)
     return Outcome(valid=valid, rejects=rejects,
                    checked={name: c.raw for name, c in checked.items()},
-                   ok={name: c.ok for name, c in checked.items()})
+                   ok={name: c.ok for name, c in checked.items()},
+                   rules={name: c.rule for name, c in checked.items()},
+                   unmapped={(name, col): mask for name, c in checked.items()
+                             for col, mask in c.unmapped.items()})
 
 
 # --- row rules ----------------------------------------------------------------------
@@ -238,23 +279,38 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
     c.flag(dup, "duplicate_key", sharing)
     for col in REQUIRED[table]:
         c.flag(raw[col].isna(), "missing_required", f"{col} is empty")
+    for col, most in TEXT_LENGTHS[table].items():
+        unfit, length = _text_facts(raw[col])
+        c.flag(unfit, "malformed_text", f"{col} is bytes or holds a control character")
+        c.flag(length > most, "too_long", _said(f"{col} has ", pd.Series(length, index=raw.index),
+                                                f" characters, more than {most}"))
     dates = contract.DATE_COLUMNS.get(table, ())
     stamps = contract.TIMESTAMP_COLUMNS.get(table, ())
     for col in (*dates, *stamps):
         parsed = _parse_timestamps(raw[col])
-        if col in dates:
-            parsed = parsed.dt.normalize()
-        c.typed[col] = parsed
+        held = _holdable(parsed)
+        typed = parsed.where(held).astype("datetime64[ns]")
+        c.typed[col] = typed.dt.normalize() if col in dates else typed
         c.flag(raw[col].notna() & parsed.isna(), "malformed_date",
                _said(f"{col} ", raw[col], " is not a date"))
+        c.flag(~held, "date_out_of_range",
+               _said(f"{col} ", raw[col], f" is outside {EARLIEST.year}-{LATEST.year - 1}"))
     for col in NUMBERS.get(table, ()):
-        parsed = pd.to_numeric(raw[col], errors="coerce").astype(float)
-        bad = raw[col].notna() & parsed.isna()
+        values = raw[col]
+        blob = _blobs(values)
+        parsed = pd.to_numeric(values.mask(blob) if blob.any() else values,
+                               errors="coerce").astype(float)
+        bad = values.notna() & parsed.isna()
+        finite = pd.Series(np.isfinite(parsed.to_numpy()), index=raw.index)
+        beyond = parsed.notna() & ~finite
         if col in INTEGERS.get(table, ()):
-            bad |= parsed.notna() & (parsed != np.floor(parsed))
+            bad |= finite & (parsed != np.floor(parsed))
+            beyond |= finite & (parsed.abs() > INT32_MAX)
         c.typed[col] = parsed
         c.flag(bad, "malformed_value",
-               _said(f"{col} ", raw[col], " is not a number"))
+               _said(f"{col} ", values, " is not a number"))
+        c.flag(beyond, "number_out_of_range",
+               _said(f"{col} ", values, " is beyond what the store holds"))
     for col in BOOLEANS.get(table, ()):
         parsed = raw[col].map(_bool_or_nan)
         c.typed[col] = parsed
@@ -264,6 +320,7 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
         if t != table:
             continue
         unknown = raw[col].notna() & ~raw[col].isin(allowed)
+        c.unmapped[col] = unknown
         c.flag(unknown, "unknown_code",
                _said(f"{col} ", raw[col], " is not a contract code"))
 
@@ -485,37 +542,185 @@ def _said(prefix: str, values: pd.Series, suffix: str) -> Callable[[pd.Index], p
 
 
 def _txt(values: pd.Series, ix: pd.Index, width: int = 40) -> pd.Series:
-    """Values of the rows ``ix`` as short text, for a quarantine detail."""
-    return values.loc[ix].astype(str).str.slice(0, width)
+    """Values of the rows ``ix`` as short text, for a quarantine detail (bytes as their
+    repr: they need not be text in any encoding)."""
+    picked = values.loc[ix]
+    if picked.dtype == object:
+        picked = picked.map(_shown).astype(object)
+    return picked.astype(str).str.slice(0, width)
+
+
+def _shown(value: Any) -> str:
+    return repr(bytes(value)) if isinstance(value, bytes | bytearray | memoryview) else str(value)
 
 
 def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
-    """The row's key as text; items join measure and item number with '|'."""
+    """The row's key as text; items join measure and item number with '|'.
+
+    A key the quarantine cannot hold as it is (bytes, a control character, longer than
+    an id) is held as "bad key", its start escaped and a hash of all of it; a missing
+    one as "no key" and a hash of the row. Neither is ever a key of the copy.
+    """
     keys = KEYS[table]
     if len(keys) == 1:
         key = raw[keys[0]].astype(object)
+        unfit, length = _text_facts(raw[keys[0]])
+        unfit |= length > TEXT_LENGTHS[table].get(keys[0], ROW_KEY_LENGTH)
     else:
-        number = pd.to_numeric(raw["item_number"], errors="coerce")
-        whole = number.notna() & (number == np.floor(number))
+        number = pd.to_numeric(raw["item_number"].mask(_blobs(raw["item_number"])),
+                               errors="coerce")
+        whole = number.notna() & (number == np.floor(number)) & (number.abs() < 2**53)
         # Whole numbers as integers ("3", not "3.0"); anything else as it came.
         shown = raw["item_number"].astype(str).astype(object)
         shown[whole] = number[whole].astype("int64").astype(str).astype(object)
         key = raw["measure_id"].astype(str).astype(object) + "|" + shown
         key = key.where(raw[keys].notna().all(axis=1), None)
+        unfit, length = _text_facts(key)
+        unfit |= length > ROW_KEY_LENGTH
     missing = key.isna()
-    if missing.any():
+    unfit &= ~missing.to_numpy()
+    if missing.any() or unfit.any():
         key = key.copy()
         key[missing] = [
             "no key " + hashlib.sha1(_row_json(r).encode()).hexdigest()[:12]
             for r in raw.loc[missing].to_dict("records")
         ]
+        key[unfit] = [_unfit_key(str(k)) for k in key[unfit]]
     return key.astype(str)
 
 
+UNFIT_KEY_PREFIXES = ("no key ", "bad key ")
+
+
+def _unfit_key(key: str) -> str:
+    """A key the quarantine can hold: its start, escaped, and a hash of all of it."""
+    escaped = key.encode("unicode_escape").decode("ascii")[:40]
+    digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"bad key {escaped} {digest}"
+
+
+def read_timestamps(values: pd.Series) -> pd.Series:
+    """Dates and timestamps as the service holds them (datetime64[ns]); NaT for any
+    value that is not one, or is outside [EARLIEST, LATEST)."""
+    parsed = _parse_timestamps(values)
+    return parsed.where(_holdable(parsed)).astype("datetime64[ns]")
+
+
+def _holdable(parsed: pd.Series) -> pd.Series:
+    """Missing, or a date within [EARLIEST, LATEST)."""
+    return parsed.isna() | ((parsed >= EARLIEST) & (parsed < LATEST))
+
+
 def _parse_timestamps(values: pd.Series) -> pd.Series:
+    """Dates and timestamps as read, at a resolution that holds them; NaT where none is.
+
+    Text is read as ISO 8601, and whole numbers as their digits (SQLite keeps the text
+    "20260105" in a date column as a number). Bytes, other numbers and text with a
+    time zone are not read: the contract's times are the clinic's local time.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values
     if values.isna().all():
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-    return pd.to_datetime(values, format="ISO8601", errors="coerce").astype("datetime64[ns]")
+    if infer_dtype(values, skipna=True) not in ("string", "datetime", "date", "datetime64"):
+        values = values.map(_date_or_text).astype(object)
+    try:
+        parsed = pd.to_datetime(values, format="ISO8601", errors="coerce")
+    except (ValueError, TypeError, OverflowError):  # local times among zoned ones
+        return _each_timestamp(values)
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    return parsed
+
+
+def _date_or_text(value: Any) -> Any:
+    """What can be read as a date: text, times, and whole numbers as their digits."""
+    if isinstance(value, str | datetime | date | np.datetime64):
+        return value
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return str(value)
+    return None
+
+
+def _each_timestamp(values: pd.Series) -> pd.Series:
+    """``_parse_timestamps`` value by value, for a column that mixes time zones in."""
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[us]")
+    for i, value in enumerate(values):
+        try:
+            stamp = pd.to_datetime(value, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if isinstance(stamp, pd.Timestamp) and stamp is not pd.NaT and stamp.tzinfo is None:
+            out[i] = stamp.as_unit("us").to_datetime64()
+    return pd.Series(out, index=values.index)
+
+
+def _blobs(values: pd.Series) -> pd.Series:
+    """Which values are bytes (a BLOB where text, a date or a number belongs)."""
+    if values.dtype != object:
+        return pd.Series(False, index=values.index)
+    kind = infer_dtype(values, skipna=True)
+    if kind == "bytes":
+        return values.notna()
+    if kind not in ("mixed", "mixed-integer"):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, bytes | bytearray | memoryview)).astype(bool)
+
+
+def _text_facts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: whether it cannot be stored as text (bytes, a control character), and
+    its length as text (0 when missing). Arrow's kernels, or once per category."""
+    n = len(values)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        unfit, length = _text_facts(pd.Series(values.cat.categories, dtype=object))
+        codes = np.asarray(values.cat.codes)
+        at = np.maximum(codes, 0)
+        if not len(unfit):
+            return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+        return (codes >= 0) & unfit[at], np.where(codes >= 0, length[at], 0)
+    array = _as_arrow_text(values)
+    if array is not None:
+        unfit = pc.match_substring_regex(array, CONTROL).fill_null(False)
+        length = pc.utf8_length(array).fill_null(0)
+        return (np.asarray(unfit.to_numpy(zero_copy_only=False), dtype=bool),
+                np.asarray(length.to_numpy(zero_copy_only=False), dtype=np.int64))
+    unfit_list, length_list = [], []
+    for value in values:  # mixed types: rare, value by value
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            unfit_list.append(False)
+            length_list.append(0)
+        elif isinstance(value, bytes | bytearray | memoryview):
+            unfit_list.append(True)
+            length_list.append(len(value))
+        else:
+            text = str(value)
+            unfit_list.append(_CONTROL.search(text) is not None)
+            length_list.append(len(text))
+    return np.array(unfit_list, dtype=bool), np.array(length_list, dtype=np.int64)
+
+
+def _as_arrow_text(values: pd.Series) -> pa.Array | pa.ChunkedArray | None:
+    """The values as Arrow text (numbers written as text); None where some are not
+    text (bytes, mixed types) or cannot be encoded."""
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeError):
+        return None
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return array
+    if (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_null(kind)):
+        return pc.cast(array, pa.string())
+    return None
+
+
+def _printable(text: pd.Series) -> pd.Series:
+    """Text with its control characters escaped (\\x00), for a detail the store keeps."""
+    return text.astype(str).str.replace(
+        CONTROL, lambda m: f"\\x{ord(m.group(0)):02x}", regex=True)
 
 
 def _bool_or_nan(value: Any) -> Any:
@@ -562,27 +767,36 @@ def _rejects(c: _Checked) -> pd.DataFrame:
                       rows=("row", list), n_rows=("row", "size")).reset_index()
     out["rows_json"] = out["rows"].map(lambda rs: "[" + ", ".join(rs) + "]")
     out["table_name"] = c.table
-    out["detail"] = out["detail"].str.slice(0, 500)
+    out["detail"] = _printable(out["detail"]).str.slice(0, 500)
     return out[REJECT_COLUMNS]
 
 
 def _row_json(row: Mapping[Any, Any]) -> str:
-    return json.dumps({str(k): _text(v) for k, v in row.items()}, sort_keys=True)
+    """A raw row as JSON (ASCII: a NUL or any other character is escaped)."""
+    return json.dumps({str(k): _json_value(v) for k, v in row.items()}, sort_keys=True)
 
 
-def _text(value: Any) -> str | None:
-    """A raw value as the text it would have come as (None for missing)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def _json_value(value: Any) -> Any:
+    """A raw value as JSON keeps it, so that checking it again gives the same answer:
+    text, numbers and yes/no as they came, bytes tagged, times as ISO text."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, float | np.floating) and np.isnan(value):
         return None
     if isinstance(value, pd.Timestamp | datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {BYTES_TAG: bytes(value).hex()}
     if isinstance(value, np.generic):
-        return str(value.item())
+        return _json_value(value.item())
+    if isinstance(value, str | bool | int | float):
+        return value
     return str(value)
 
 
 def rows_from_json(rows_json: str) -> list[dict[str, Any]]:
-    """The raw rows a quarantine entry holds."""
-    return list(json.loads(rows_json))
+    """The raw rows a quarantine entry holds, as they came (bytes as bytes)."""
+    return [{k: bytes.fromhex(v[BYTES_TAG]) if isinstance(v, dict) and BYTES_TAG in v else v
+             for k, v in row.items()} for row in json.loads(rows_json)]

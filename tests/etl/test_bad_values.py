@@ -1,0 +1,339 @@
+"""Every bad value is a quarantined row, never a crashed run.
+
+A source can send anything its columns hold: SQLite keeps bytes or a number in a date
+column, PostgreSQL keeps 'infinity' in one, an EHR export keeps text of any length.
+Issue 16 found ``scheduled_at = '9999-12-31 10:00'`` crashing the run (pandas'
+nanosecond timestamps end in 2262), and a NUL byte or a 65-character id crashing the
+write to a PostgreSQL store. Here such values go into every column of every contract
+table, the run completes, and each such row is either copied or held in quarantine
+under a rule, with nothing else in the store changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Engine, MetaData, Table, create_engine, insert, select, text
+
+from retention.clinic import contract
+from retention.clinic.synth import SynthConfig, generate
+from retention.db.engines import source_engine, store_engine
+from retention.etl.validation import KEYS, RULES
+from retention.pipelines.etl import run_etl
+from retention.settings import EtlSettings
+from retention.store import tables
+from tests.support.sources import AS_OF, Source
+
+# The tests' PostgreSQL role is a superuser; the refusal of one has tests of its own.
+SETTINGS = EtlSettings(allow_superuser_source=True)
+STAMP = "2026-06-01 12:00:00"  # after the synthetic clinic's last write
+COLUMNS = {name: [c.name for c in t.columns] for name, t in contract.TABLES.items()}
+# How many sets of bad rows each source is given (one ETL run each); CI's default.
+EXAMPLES = int(os.environ.get("RETENTION_PROPERTY_EXAMPLES", "25"))
+
+
+@dataclass
+class Clinic:
+    """A clinic source, the store loaded from it, and that store's content."""
+
+    source: Source
+    store: Engine
+    blobs: bool  # the source can hold bytes (SQLite), not only text
+    templates: dict[str, list[dict[str, Any]]]  # a clean row of each table, as stored
+    baseline: dict[str, set[tuple[Any, ...]]]  # the store's copy and features, clean
+
+    def insert(self, rows: dict[str, list[dict[str, Any]]]) -> Callable[[], None]:
+        """Insert raw rows as another system would (no type conversion on the way);
+        returns what removes them again."""
+        sqlite = self.source.engine.dialect.name == "sqlite"
+        mark = "?" if sqlite else "%s"
+        with self.source.engine.begin() as conn:
+            first = {t: _last_rowid(conn, t) for t in rows} if sqlite else {}
+            xid = None if sqlite else conn.exec_driver_sql("SELECT txid_current()").scalar()
+            for table, values in rows.items():
+                cols = COLUMNS[table]
+                conn.exec_driver_sql(
+                    f"INSERT INTO {table} ({', '.join(cols)}) "
+                    f"VALUES ({', '.join([mark] * len(cols))})",
+                    [tuple(r[c] for c in cols) for r in values])
+
+        def remove() -> None:
+            with self.source.engine.begin() as conn:
+                for table in rows:
+                    if sqlite:
+                        conn.exec_driver_sql(f"DELETE FROM {table} WHERE rowid > ?",
+                                             (first[table],))
+                    else:
+                        conn.exec_driver_sql(f"DELETE FROM {table} WHERE xmin::text = %s",
+                                             (str(xid),))
+        return remove
+
+    def run(self) -> None:
+        engine = source_engine(self.source.url)
+        try:
+            run_etl(engine, self.store, AS_OF, SETTINGS, full=True)
+        finally:
+            engine.dispose()
+
+
+# The contract's tables with their types and no constraints: a SQLite clinic whose
+# columns hold whatever another system put in them, a missing key included.
+UNCHECKED = MetaData()
+for _t in contract.TABLES.values():
+    Table(_t.name, UNCHECKED, *(Column(c.name, c.type) for c in _t.columns))
+
+
+def unchecked_sqlite(url: str, n_clients: int) -> Source:
+    """The synthetic clinic in SQLite, typed as the contract types it, unconstrained."""
+    engine = create_engine(url)
+    frames = generate(SynthConfig(end=AS_OF, n_clients=n_clients, seed=11))
+    with engine.begin() as conn:
+        UNCHECKED.create_all(conn)
+        for name, frame in frames.items():
+            rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+            conn.execute(insert(UNCHECKED.tables[name]), rows)
+    return Source(url, engine)
+
+
+def _last_rowid(conn: Any, table: str) -> int:
+    return int(conn.exec_driver_sql(f"SELECT coalesce(max(rowid), 0) FROM {table}").scalar())
+
+
+def copy_rows(store_db: Engine) -> dict[str, set[tuple[Any, ...]]]:
+    """The store's copy, table by table, and its features."""
+    out = {}
+    with store_db.connect() as conn:
+        for name in contract.TABLES:
+            out[name] = {tuple(r) for r in conn.execute(select(tables.copies[name]))}
+        f = tables.features
+        out["features"] = {tuple(r) for r in conn.execute(
+            select(f.c.as_of, f.c.episode_id, f.c.values_json))}
+    return out
+
+
+def held(store_db: Engine) -> list[tuple[str, str, str, int]]:
+    """The quarantine: table, key, rule and how many rows each entry holds."""
+    q = tables.quarantine
+    with store_db.connect() as conn:
+        return [(t, k, r, len(json.loads(rows))) for t, k, r, rows in conn.execute(
+            select(q.c.table_name, q.c.row_key, q.c.rule, q.c.rows_json))]
+
+
+def clinic_fixture(src: Source, store_db: Engine, blobs: bool) -> Clinic:
+    with src.engine.connect() as conn:
+        episode = conn.exec_driver_sql(
+            "SELECT * FROM episodes WHERE discharged_on IS NULL "
+            "ORDER BY episode_id LIMIT 1").mappings().one()
+        measure = conn.exec_driver_sql(
+            "SELECT * FROM alliance_measures WHERE measure_id IN "
+            "(SELECT measure_id FROM alliance_items) ORDER BY measure_id LIMIT 1"
+        ).mappings().one()
+        templates = {
+            "clients": conn.exec_driver_sql(
+                "SELECT * FROM clients ORDER BY client_id LIMIT 1").mappings().all(),
+            "episodes": [episode],
+            "appointments": conn.exec_driver_sql(
+                f"SELECT * FROM appointments WHERE episode_id = '{episode['episode_id']}' "
+                "ORDER BY appointment_id LIMIT 1").mappings().all(),
+            "alliance_measures": [measure],
+            "alliance_items": conn.exec_driver_sql(
+                f"SELECT * FROM alliance_items WHERE measure_id = '{measure['measure_id']}' "
+                "ORDER BY item_number").mappings().all(),
+        }
+    clinic = Clinic(src, store_db, blobs, {t: [dict(r) for r in rows]
+                                           for t, rows in templates.items()}, {})
+    clinic.run()
+    assert held(store_db) == []  # the synthetic clinic is clean
+    clinic.baseline = copy_rows(store_db)
+    return clinic
+
+
+@pytest.fixture(params=["sqlite", "postgresql-text"])
+def clinic(request: pytest.FixtureRequest, tmp_path: Path,
+           pg_databases: Callable[[str], str]) -> Iterator[Clinic]:
+    """A clinic in SQLite (contract types, no constraints: a column holds whatever is put
+    in it) or in
+    PostgreSQL as text (an EHR export), and a PostgreSQL store: the store whose column
+    lengths and text (no NUL) are strictest."""
+    if request.param == "sqlite":
+        src = unchecked_sqlite(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=30)
+    else:
+        src = Source.loose(pg_databases("clinic"), n_clients=30)
+    store_db = store_engine(pg_databases("store"))
+    yield clinic_fixture(src, store_db, blobs=request.param == "sqlite")
+    store_db.dispose()
+    src.dispose()
+
+
+def new_rows(clinic: Clinic, bad: dict[str, tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """One new row per table, each a copy of a clean row under new keys, with ``bad``'s
+    value in one of its columns (items: a new measure's items, one of them changed)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table, template in clinic.templates.items():
+        key = KEYS[table][0]
+        rows[table] = [{**r, key: f"HYP-{table}"} for r in template]
+        for row in rows[table]:
+            if "updated_at" in row:
+                row["updated_at"] = STAMP
+    rows["alliance_items"] = [{**r, "measure_id": "HYP-alliance_measures"}
+                              for r in rows["alliance_items"]]
+    for table, (column, value) in bad.items():
+        rows[table][0][column] = value
+    return rows
+
+
+def check_run(clinic: Clinic, inserted: dict[str, list[dict[str, Any]]]
+              ) -> list[tuple[str, str, str, int]]:
+    """The run completed; each new row is copied or held under a rule; nothing else
+    changed. Returns the quarantine's entries."""
+    clinic.run()
+    now = copy_rows(clinic.store)
+    entries = held(clinic.store)
+    assert {rule for _, _, rule, _ in entries} <= set(RULES)
+    reached = False
+    for table, rows in inserted.items():
+        assert clinic.baseline[table] <= now[table], f"rows of {table} changed or went"
+        copied = len(now[table] - clinic.baseline[table])
+        holding = sum(n for t, _, _, n in entries if t == table)
+        assert copied + holding == len(rows), table
+        reached |= copied > 0
+    assert {t for t, *_ in entries} <= set(inserted)
+    if not reached:  # every new row held back: the features are as they were
+        assert now["features"] == clinic.baseline["features"]
+    return entries
+
+
+def values(blobs: bool) -> st.SearchStrategy[Any]:
+    """Anything a source column can hold: text of any kind and length, dates far out,
+    numbers; where the source keeps them (SQLite), bytes and numbers as such."""
+    dates = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31))
+    odd = st.sampled_from(["9999-12-31 10:00", "2263-01-01", "1677-09-21", "infinity", "",
+                           " ", "2026-02-30", "NaN", "inf", "1e400", "-0", "true", "20260605",
+                           "2026-06-01T10:00:00+02:00", "2147483648", "OP", "x" * 65])
+    numbers = (st.integers(-(2**63), 2**63 - 1) | st.floats()).map(str)
+    as_text = st.none() | st.text(max_size=80) | st.text(min_size=60, max_size=300) | odd | (
+        dates.map(lambda d: d.isoformat(sep=" "))) | numbers
+    if blobs:
+        return as_text | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.binary(
+            max_size=24) | st.booleans()
+    return as_text.filter(lambda v: v is None or "\x00" not in v)  # PostgreSQL text: no NUL
+
+
+def bad_rows(blobs: bool) -> st.SearchStrategy[dict[str, tuple[str, Any]]]:
+    """For each table, one column and a value for it."""
+    return st.fixed_dictionaries({t: st.tuples(st.sampled_from(cols), values(blobs))
+                                  for t, cols in COLUMNS.items()})
+
+
+# Issue 16's values, in every table: far-out dates, bytes, NUL, an id over 64 characters.
+ISSUE = {"clients": ("client_id", "C" * 65),
+         "episodes": ("admitted_on", "2263-01-01"),
+         "appointments": ("scheduled_at", "9999-12-31 10:00"),
+         "alliance_measures": ("administered_at", "10000-01-01 00:00"),
+         "alliance_items": ("measure_id", "M\x01")}
+BLOBS = {"clients": ("race_ethnicity", "a\x00b"),
+         "episodes": ("discharged_on", b"\x07\xea\x06\x01"),
+         "appointments": ("updated_at", b"2026-06-01"),
+         "alliance_measures": ("score_total", float("inf")),
+         "alliance_items": ("item_number", 2**40)}
+
+
+@pytest.mark.slow
+def test_any_value_in_any_column_is_a_held_row_never_a_crashed_run(clinic: Clinic) -> None:
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
+    @given(bad=bad_rows(clinic.blobs))
+    @example(bad=ISSUE)
+    @example(bad=BLOBS if clinic.blobs else ISSUE)
+    def property(bad: dict[str, tuple[str, Any]]) -> None:
+        inserted = new_rows(clinic, bad)
+        remove = clinic.insert(inserted)
+        try:
+            check_run(clinic, inserted)
+        finally:
+            remove()
+
+    property()
+
+
+@pytest.mark.slow
+def test_issue_16s_values_are_held_under_their_own_rules(tmp_path: Path,
+                                                         pg_databases: Callable[[str], str]
+                                                         ) -> None:
+    src = unchecked_sqlite(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=30)
+    store_db = store_engine(pg_databases("store"))
+    clinic = clinic_fixture(src, store_db, blobs=True)
+    cases = {
+        "appointments": [("scheduled_at", "9999-12-31 10:00", "date_out_of_range"),
+                         ("booked_at", "2263-01-01 00:00", "date_out_of_range"),
+                         ("updated_at", "1677-09-21 00:00", "date_out_of_range"),
+                         ("scheduled_at", b"2026-06-03 10:00", "malformed_date"),
+                         ("clinician_id", "clin\x00x", "malformed_text"),
+                         ("clinician_id", b"clin-x", "malformed_text"),
+                         ("appointment_id", "A" * 65, "too_long"),
+                         ("clinician_id", "c" * 65, "too_long")],
+        "episodes": [(column, "2263-01-01", "date_out_of_range")
+                     for column in contract.DATE_COLUMNS["episodes"]],
+        "alliance_measures": [("administered_at", "2263-01-01 09:00", "date_out_of_range"),
+                              ("score_total", float("inf"), "number_out_of_range")],
+        "clients": [("birth_year", 2**31, "number_out_of_range")],
+    }
+    rows: dict[str, list[dict[str, Any]]] = {}
+    expected = {}
+    for table, bad in cases.items():
+        for n, (column, value, rule) in enumerate(bad):
+            row = {**clinic.templates[table][0], KEYS[table][0]: f"HYP-{n}"}
+            if "updated_at" in row:
+                row["updated_at"] = STAMP
+            row[column] = value
+            rows.setdefault(table, []).append(row)
+            key = row[KEYS[table][0]]
+            expected[(table, key if len(key) <= 64 else "bad key")] = rule
+    clinic.insert(rows)
+    check_run(clinic, rows)
+    found = {(t, k if not k.startswith("bad key ") else "bad key"): r
+             for t, k, r, _ in held(store_db)}
+    assert found == expected
+    store_db.dispose()
+    src.dispose()
+
+
+@pytest.mark.slow
+def test_dates_a_typed_postgresql_source_holds_beyond_any_timestamp_are_held(
+        pg_databases: Callable[[str], str]) -> None:
+    # PostgreSQL's own date and timestamp columns hold 'infinity' and years to 5874897,
+    # which come through Arrow as dates no timestamp holds.
+    src = Source.synthetic(pg_databases("clinic"), n_clients=30)
+    store_db = store_engine(pg_databases("store"))
+    clinic = clinic_fixture(src, store_db, blobs=False)
+    cases = [("episodes", "discharged_on", "date", "infinity"),
+             ("episodes", "admitted_on", "date", "-infinity"),
+             ("episodes", "planned_discharge_on", "date", "294276-01-01"),
+             ("appointments", "scheduled_at", "timestamp", "infinity"),
+             ("appointments", "booked_at", "timestamp", "9999-12-31 10:00"),
+             ("alliance_measures", "administered_at", "timestamp", "4713-01-01 BC")]
+    with src.engine.begin() as conn:
+        for n, (table, column, kind, value) in enumerate(cases):
+            cols = COLUMNS[table]
+            chosen = ", ".join(
+                f"'HYP-{n}'" if c == KEYS[table][0] else f"CAST(:v AS {kind})" if c == column
+                else f"CAST('{STAMP}' AS timestamp)" if c == "updated_at" else c for c in cols)
+            template = clinic.templates[table][0][KEYS[table][0]]
+            conn.execute(text(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {chosen} "
+                              f"FROM {table} WHERE {KEYS[table][0]} = :k"),
+                         {"v": value, "k": template})
+    inserted = {t: [{}] * sum(1 for c in cases if c[0] == t) for t, *_ in cases}
+    found = check_run(clinic, inserted)
+    assert sorted((t, k) for t, k, _, _ in found) == sorted(
+        (table, f"HYP-{n}") for n, (table, *_) in enumerate(cases))
+    assert {rule for _, _, rule, _ in found} <= {"date_out_of_range", "malformed_date"}
+    store_db.dispose()
+    src.dispose()
