@@ -4,22 +4,27 @@ One run reads, in one read-only snapshot of the clinic's database, the rows upda
 since each table's watermark less an overlap (everything on a full reload), then in
 one store transaction checks and loads them (``retention.etl.load``) and stores the
 features of every episode open at the as-of date. A run killed anywhere leaves the
-store as it was; re-running changes nothing.
+store as it was; re-running changes nothing. One ETL run writes a store at a time
+(``retention.db.locks.ETL``): the nightly job, the weekly retrain and ``retention etl``
+wait their turn, so none drops the tables another builds beside the copy.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, func, select
 
+from retention.clinic import contract
 from retention.clinic.data import ClinicData
 from retention.clock import Clock, SystemClock
-from retention.db import bulk
+from retention.db import bulk, locks
 from retention.etl import load
-from retention.etl.extract import read_source
+from retention.etl.extract import MissingTable, read_source
 from retention.features import FEATURE_NAMES, build_features
 from retention.pipelines.runs import recorded_run
 from retention.settings import EtlSettings
@@ -28,6 +33,13 @@ from retention.store.clinic_copy import copy_version, read_scoped_copy
 from retention.store.features import write_features
 
 log = logging.getLogger(__name__)
+
+# How long a run waits for another ETL run on the same store before it gives up.
+LOCK_WAIT_SECONDS = 6 * 3600.0
+
+
+class EtlBusy(RuntimeError):
+    """Another process held the store's ETL lock for longer than a run waits."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +65,38 @@ def run_etl(
     *,
     full: bool | None = None,
     clock: Clock | None = None,
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
 ) -> EtlResult:
     """Bring the store's copy up to date with the source and store features for ``as_of``.
 
     ``full`` forces (True) or forbids (False) a full reload; by default a run is
     full when the store has no watermark yet or the last full reload is older
-    than ``full_reload_after_days`` (by ``clock``).
+    than ``full_reload_after_days`` (by ``clock``). Waits up to ``lock_wait_seconds``
+    while another ETL run writes the store.
     """
     etl = etl or EtlSettings()
     clock = clock or SystemClock()
-    with recorded_run(store_db, "etl", as_of, clock) as run:
+    with _etl_lock(store_db, lock_wait_seconds), recorded_run(store_db, "etl", as_of,
+                                                               clock) as run:
         with store_db.begin() as conn:
             # Tables a killed full reload built beside the copy and never swapped in.
             bulk.drop_beside(conn, list(tables.copies.values()))
             marks = load.read_watermarks(conn)
             if full is None:
                 full = load.full_reload_due(conn, marks, etl, clock.now())
+            copied = _optional_rows(conn)
         run.detail["full"] = full
         watch = run.stopwatch()
-        raw, source_now = read_source(source, etl.mapping, load.since(marks, full, etl),
-                                      etl.source_connections)
+        try:
+            raw, source_now = read_source(
+                source, etl.mapping, load.since(marks, full, etl), etl.source_connections,
+                copied=copied, allow_superuser=etl.allow_superuser_source)
+        except MissingTable as exc:
+            run.detail["missing_tables"] = exc.tables  # for the status: pages, /health, /ready
+            log.warning("etl run %s: optional table(s) %s missing at the source while the copy "
+                        "holds their rows; stopping with the copy unchanged", run.run_id,
+                        ", ".join(exc.tables))
+            raise
         watch.lap("extract")
         run.rows_read = sum(len(f) for f in raw.values())
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
@@ -103,3 +127,25 @@ def run_etl(
                  run.run_id, run.rows_changed, run.rows_quarantined, len(features), as_of)
         return EtlResult(run.run_id, as_of, run.rows_read, len(features),
                          run.rows_changed or 0, run.rows_quarantined or 0, full, data, version)
+
+
+@contextmanager
+def _etl_lock(store_db: Engine, wait_seconds: float) -> Iterator[None]:
+    """Hold the store's ETL lock, waiting (and saying so) while another run holds it."""
+    with locks.try_lock(store_db, locks.ETL) as got:
+        if got:
+            yield
+            return
+    log.info("etl: another ETL run is writing the store; waiting up to %.0f s", wait_seconds)
+    with locks.try_lock(store_db, locks.ETL, wait_seconds) as got:
+        if not got:
+            raise EtlBusy(f"another process held the store's ETL lock for over "
+                          f"{wait_seconds:.0f} s; nothing was read or changed")
+        yield
+
+
+def _optional_rows(conn: Connection) -> dict[str, int]:
+    """Rows the copy holds of each optional table: one missing at the source is then lost,
+    not empty (``retention.etl.extract.MissingTable``)."""
+    return {t: int(conn.execute(select(func.count()).select_from(tables.copies[t])).scalar_one())
+            for t in contract.OPTIONAL_TABLES}

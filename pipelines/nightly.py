@@ -2,7 +2,9 @@
 
 ``run_slot`` is what the scheduler runs: at most one nightly run per date across
 every process that might start it (a database lock, then a check that the date's
-list is not already published), retried with backoff while the source is down.
+list is not already published), retried with backoff while a database is
+unreachable or timed out. An error that would only repeat (a mapping's SQL refused, a
+table gone, too many bad rows) fails the night at once.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from datetime import date
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from retention.db import locks
+from retention.db import errors, locks
 from retention.db.engines import source_engine, store_engine
-from retention.etl.extract import SourceUnavailable
-from retention.model import artifacts
+from retention.etl.extract import SourceError
+from retention.model import artifacts, signing
 from retention.pipelines.etl import EtlResult, run_etl
 from retention.pipelines.scoring import ScoreResult, run_scoring
 from retention.reasons.catalogue import load_catalogue
@@ -28,9 +30,17 @@ from retention.store.lists import latest_publication
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "nightly"
-# Failures worth another try later: the source or the store could not be reached.
-RETRYABLE: tuple[type[BaseException], ...] = (SourceUnavailable, DBAPIError, OSError)
+LOCK_NAME = locks.NIGHTLY
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Worth another try later: the source or the store could not be reached or timed out
+    (not a query refused, a table missing or bad rows: those fail the same way again)."""
+    if isinstance(exc, SourceError):
+        return exc.transient
+    if isinstance(exc, DBAPIError):
+        return errors.is_transient(exc)
+    return isinstance(exc, OSError)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     The model and reason catalogue are checked before any data is read, so a
     bad model fails the run early and the last good list stays published.
     """
-    model = artifacts.load(settings.models_dir)
+    model = artifacts.load(settings.models_dir, key=signing.model_key(settings))
     catalogue = load_catalogue(settings.reasons_file)
     etl = settings.etl
     source = source_engine(settings.source_url)
@@ -88,8 +98,8 @@ def run_slot(
             for attempt in range(1, etl.retry_attempts + 1):
                 try:
                     return run_nightly(settings, as_of)
-                except RETRYABLE as exc:
-                    if attempt == etl.retry_attempts:
+                except Exception as exc:
+                    if not is_retryable(exc) or attempt == etl.retry_attempts:
                         raise
                     wait = etl.retry_delay_seconds * etl.retry_backoff ** (attempt - 1)
                     log.warning("nightly run for %s failed (attempt %d of %d: %s); "

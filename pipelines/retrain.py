@@ -3,40 +3,68 @@
 A module-level function so the scheduler can run it in its own process. The
 candidate is always kept as a version; it replaces the current model only
 when the gate passes, and a refusal is logged with its reasons.
+
+The ETL reads the clinic through its own ``[etl]`` mapping and settings, as the nightly
+job does, and takes the same locks (``retention.db.locks``): one retrain at a time
+across every scheduler (a second stands down, as a second nightly run does), and the
+store's ETL lock, so it never writes the copy while the nightly job does.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from retention.db import locks
 from retention.db.engines import source_engine, store_engine
-from retention.pipelines.etl import run_etl
+from retention.pipelines.etl import EtlResult, run_etl
 from retention.pipelines.train import TrainResult, run_training
 from retention.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "weekly-retrain"
+LOCK_NAME = locks.RETRAIN
 
 
-def run_retrain(settings: Settings, as_of: date) -> TrainResult:
-    """Refresh the clinic copy, then train and gate a candidate as of ``as_of``."""
-    source = source_engine(settings.source_url)
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a retrain did; ``skipped`` says why it did nothing (another process ran it)."""
+
+    etl: EtlResult | None
+    train: TrainResult | None
+    skipped: str | None = None
+
+
+def run_retrain(settings: Settings, as_of: date) -> RetrainResult:
+    """Refresh the clinic copy, then train and gate a candidate as of ``as_of``, unless
+    another process is retraining on this store."""
     store_db = store_engine(settings.store_url)
     try:
-        run_etl(source, store_db, as_of, settings.etl)
-        return run_training(settings, store_db, as_of, make_current=True)
+        with locks.try_lock(store_db, LOCK_NAME) as got:
+            if not got:
+                return RetrainResult(None, None, "another process is running the retrain")
+            source = source_engine(settings.source_url)
+            try:
+                extracted = run_etl(source, store_db, as_of, settings.etl)
+            finally:
+                source.dispose()
+            trained = run_training(settings, store_db, as_of, make_current=True)
+            return RetrainResult(extracted, trained)
     finally:
-        source.dispose()
         store_db.dispose()
 
 
 def retrain_job(config_path: str | None = None) -> None:
     """Module-level job function: settings are read fresh at each run."""
     settings = load_settings(Path(config_path) if config_path else None)
-    result = run_retrain(settings, date.today())
+    outcome = run_retrain(settings, date.today())
+    if outcome.train is None:
+        log.info("weekly retrain skipped: %s", outcome.skipped)
+        return
+    result = outcome.train
     if result.promoted:
         log.info("weekly retrain: version %s promoted (train run %s)",
                  result.version, result.run_id)

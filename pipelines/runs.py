@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,10 +14,13 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from retention.clock import Clock, SystemClock
+from retention.db import errors, locks
+from retention.publish_guard import Move
 from retention.store import schema
-from retention.store.runs import finish_run, start_run
+from retention.store.runs import fail_dead_runs, finish_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,18 @@ class Stopwatch:
         self._last = now
 
 
+def error_text(exc: BaseException) -> str:
+    """What a failed run's row says of its error: the type, and a message without values.
+
+    The service's own errors are worded from ids, counts, table, rule and setting names
+    and kept whole; any other (a database's, a library's) is cut to what cannot quote a
+    source value (``retention.db.errors.safe_message``).
+    """
+    own = type(exc).__module__.split(".")[0] == "retention"
+    message = str(exc) if own else errors.safe_message(exc)
+    return f"{type(exc).__name__}: {message}"[:2000]
+
+
 @contextmanager
 def recorded_run(store_db: Engine, kind: str, as_of: date | None,
                  clock: Clock | None = None) -> Iterator[RunRecord]:
@@ -56,32 +73,57 @@ def recorded_run(store_db: Engine, kind: str, as_of: date | None,
 
     The run row is written in its own transactions, so a failure that rolls
     back the job's data still leaves its record. The store's schema is brought
-    up to date first (the same migrations as `retention migrate`). Start and end
+    up to date first (the same migrations as `retention migrate`), and runs left
+    ``running`` by a process that died are marked failed. While the run lasts its
+    process holds the run's lock, on a connection of the run's own. Start and end
     times come from ``clock`` (the machine's by default).
     """
     clock = clock or SystemClock()
-    with store_db.begin() as conn:
-        schema.upgrade(conn)
-        record = RunRecord(run_id=start_run(conn, kind, as_of, clock.now()))
+    with store_db.connect() as own:
+        with own.begin():
+            schema.upgrade(own)
+        _fail_dead_runs(own, clock)
+        with own.begin():
+            run_id = start_run(own, kind, as_of, clock.now(), host=socket.gethostname(),
+                               pid=os.getpid())
+            alive = locks.hold_run(own, run_id)  # before the commit: never seen unlocked
+        try:
+            record = RunRecord(run_id=run_id)
+            try:
+                yield record
+            except BaseException as exc:
+                with store_db.begin() as conn:
+                    finish_run(
+                        conn, record.run_id, "failed",
+                        rows_read=record.rows_read, rows_quarantined=record.rows_quarantined,
+                        model_version=record.model_version, detail=record.detail,
+                        error=error_text(exc), at=clock.now(),
+                    )
+                log.error("%s run %s failed: %s", kind, record.run_id, type(exc).__name__)
+                raise
+            with store_db.begin() as conn:
+                finish_run(
+                    conn, record.run_id, "succeeded",
+                    rows_read=record.rows_read, rows_changed=record.rows_changed,
+                    rows_quarantined=record.rows_quarantined, model_version=record.model_version,
+                    detail=record.detail, at=clock.now(),
+                )
+        finally:
+            alive.release(own)
+
+
+def _fail_dead_runs(own: Any, clock: Clock) -> None:
+    """Mark failed the runs whose process is gone; a store too busy to say is left for the
+    next start (the run at hand must not fail for it)."""
     try:
-        yield record
-    except BaseException as exc:
-        with store_db.begin() as conn:
-            finish_run(
-                conn, record.run_id, "failed",
-                rows_read=record.rows_read, rows_quarantined=record.rows_quarantined,
-                model_version=record.model_version, detail=record.detail,
-                error=f"{type(exc).__name__}: {exc}"[:2000], at=clock.now(),
-            )
-        log.error("%s run %s failed: %s", kind, record.run_id, type(exc).__name__)
-        raise
-    with store_db.begin() as conn:
-        finish_run(
-            conn, record.run_id, "succeeded",
-            rows_read=record.rows_read, rows_changed=record.rows_changed,
-            rows_quarantined=record.rows_quarantined, model_version=record.model_version,
-            detail=record.detail, at=clock.now(),
-        )
+        with own.begin():
+            dead = fail_dead_runs(own, clock.now())
+    except DBAPIError as exc:
+        log.warning("could not check for dead runs: %s", type(exc).__name__)
+        return
+    if dead:
+        log.warning("marked failed %d run(s) whose process had died: %s", len(dead),
+                    ", ".join(map(str, dead)))
 
 
 def format_runs(rows: list[dict[str, Any]]) -> list[str]:
@@ -99,8 +141,17 @@ def format_runs(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['started_at']:%Y-%m-%d %H:%M:%S}"
         )
         if r["error"]:
-            lines.append(f"      error: {r['error']}")
-        drifted = json.loads(r["detail"]).get("drift_flagged") if r.get("detail") else None
+            first, *rest = r["error"].splitlines()  # a refusal names each count on a line
+            lines.append(f"      error: {first}")
+            lines += [f"        {line}" for line in rest]
+        detail = json.loads(r["detail"]) if r.get("detail") else {}
+        drifted = detail.get("drift_flagged")
         if drifted:
             lines.append(f"      drift: PSI over the threshold in {', '.join(drifted)}")
+        accepted = (detail.get("publish_guard") or {}).get("accepted")
+        if accepted:
+            lines.append(f"      accepted by {accepted['by']} at {accepted['at']}: "
+                         f"{accepted['reason']}")
+            lines += [f"        {Move.from_dict(m).describe()}"
+                      for m in detail["publish_guard"]["moves"]]
     return lines

@@ -6,7 +6,9 @@ briefly down at the scheduled time (misfire grace). A scheduler started after
 downtime runs the missed slot once, if it is still within the grace time. Two
 scheduler processes started by mistake still give one run per slot: the job
 takes a lock on the store and skips a date whose list is published
-(``retention.pipelines.nightly.run_slot``).
+(``retention.pipelines.nightly.run_slot``). The weekly retrain takes a lock of its own
+the same way (``retention.pipelines.retrain.run_retrain``), and its ETL waits for the
+nightly job's on the store's ETL lock.
 """
 
 from __future__ import annotations

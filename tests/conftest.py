@@ -23,8 +23,8 @@ from retention.reasons.catalogue import Catalogue, load_catalogue
 from retention.settings import Settings, settings_from_mapping
 from tests.support.apps import copied_store
 
-# PostgreSQL and Redis fixtures (pg_server, store_url, redis_url, private_redis, ...).
-pytest_plugins = ("tests.support.pg", "tests.support.redis")
+# PostgreSQL and Redis fixtures (pg_server, store_url, private_pg, redis_url, private_redis, ...).
+pytest_plugins = ("tests.support.pg", "tests.support.pg_cluster", "tests.support.redis")
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 1)
@@ -63,6 +63,19 @@ class Scored:
     def clinic(self) -> ClinicData:
         with self.source.connect() as conn:
             return read_clinic(conn)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_key_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A home of the run's own, so that training's default model signing key
+    (``~/.config/retention/model-signing.key``, created on first use) is the run's, never
+    the account's; the processes tests start inherit it. No key from the environment."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.delenv("RETENTION_MODEL_KEY", raising=False)
+        patch.delenv("RETENTION_MODEL_KEY_FILE", raising=False)
+        yield home
 
 
 @pytest.fixture(scope="session")

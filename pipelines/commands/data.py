@@ -16,13 +16,13 @@ from retention.clinic.synth import SynthConfig, generate, write
 from retention.clock import Clock
 from retention.db.engines import source_engine, store_engine
 from retention.etl import quarantine
-from retention.etl.extract import SourceUnavailable
+from retention.etl.extract import SourceError
 from retention.etl.load import QuarantineLimitExceeded
 from retention.pipelines.commands.common import Context, as_of_option, say
-from retention.pipelines.etl import EtlResult, run_etl
+from retention.pipelines.etl import EtlBusy, EtlResult, run_etl
 from retention.pipelines.runs import format_runs
 from retention.settings import ConfigError, Settings
-from retention.store import schema
+from retention.store import roles, schema
 from retention.store.runs import list_runs
 
 
@@ -68,8 +68,9 @@ def synthesize(target: str, n_clients: int, n_clinics: int, end: date,
               help="Only say whether the store is at the latest revision (exit 1 if not).")
 @click.pass_obj
 def migrate(obj: Context, check: bool) -> None:
-    """Bring the store's schema to the latest migration (Alembic)."""
-    engine = store_engine(obj.settings().store_url)
+    """Bring the store's schema to the latest migration (Alembic), as store_owner_url."""
+    settings = obj.settings()
+    engine = store_engine(settings.store_url)
     try:
         head = schema.head_revision()
         if check:
@@ -80,8 +81,9 @@ def migrate(obj: Context, check: bool) -> None:
                 raise click.exceptions.Exit(1)
             return
         try:
-            before, after = schema.upgrade_engine(engine)
-        except schema.SchemaError as exc:
+            # As the store's owner when store_owner_url is set (`retention db roles`).
+            before, after = roles.upgrade_store(settings.store_url, settings.store_owner_url)
+        except (schema.SchemaError, roles.RolesError) as exc:
             raise click.ClickException(str(exc)) from exc
     finally:
         engine.dispose()
@@ -115,7 +117,8 @@ def extract(settings: Settings, as_of: date, clock: Clock,
     store_db = store_engine(settings.store_url)
     try:
         return run_etl(source, store_db, as_of, settings.etl, full=full, clock=clock)
-    except (SourceUnavailable, QuarantineLimitExceeded, ConfigError) as exc:
+    except (SourceError, QuarantineLimitExceeded, EtlBusy, ConfigError) as exc:
+        # The run's row records the same error; a mapping error names its [etl.queries] entry.
         raise click.ClickException(str(exc)) from exc
     finally:
         source.dispose()
@@ -128,7 +131,8 @@ def extract(settings: Settings, as_of: date, clock: Clock,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def quality(obj: Context, examples: int, as_json: bool) -> None:
-    """Report the quarantine: rows held back from the copy, by table and rule."""
+    """Report the quarantine (rows held back from the copy, by table and rule, and codes
+    nobody mapped) and, if the last ETL run failed, what it found and which limit it broke."""
     engine = store_engine(obj.settings().store_url)
     try:
         with engine.begin() as conn:

@@ -5,6 +5,12 @@ appointment and its episode come from the same moment of a database that other
 systems write to all day. Values are returned as the database gives them (text
 on PostgreSQL, where COPY moves them); ``retention.etl.validation`` types and checks
 them. Nothing here writes.
+
+What stops a read says whether trying again can help: an unreachable or timed-out
+database is ``SourceUnavailable`` (the nightly job retries it); a table's query that
+the database refuses is a ``MappingError`` naming its ``[etl.queries]`` entry (the
+same query fails again). Their messages quote the database's own message without
+values (``retention.db.errors``).
 """
 
 from __future__ import annotations
@@ -12,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
-import psycopg
 import pyarrow as pa
+from psycopg import sql as pgsql
 from sqlalchemy import Connection, Date, DateTime, Engine, Float, Integer, inspect, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
 
 from retention.clinic import contract
-from retention.db import bulk, pg_arrow, pg_copy
+from retention.db import bulk, errors, pg_arrow, pg_copy
 from retention.db.engines import SOURCE_CONNECT_ARGS
 from retention.settings import SourceMapping
 
@@ -33,8 +39,46 @@ from retention.settings import SourceMapping
 INCREMENTAL = ("episodes", "appointments", "alliance_measures")
 
 
-class SourceUnavailable(RuntimeError):
-    """The clinic's database could not be read; the message says why."""
+class SourceError(RuntimeError):
+    """The clinic's database could not be read; ``transient`` says whether a later try can
+    succeed. Messages name tables, settings and the database's message, never values."""
+
+    transient = False
+
+
+class SourceUnavailable(SourceError):
+    """The clinic's database could not be reached, or did not answer in time."""
+
+    transient = True
+
+
+class MappingError(SourceError):
+    """The database refused a table's query: the mapping (or the source's schema) must be
+    fixed; running it again gives the same error."""
+
+    def __init__(self, table: str, mapping: SourceMapping, reason: str) -> None:
+        self.table = table
+        entry = (f"[etl.queries] {table}" if mapping.is_mapped(table)
+                 else f"contract table {table} (no [etl.queries] entry: read as is)")
+        super().__init__(f"the query for {entry} failed in the clinic database: {reason}")
+
+
+class SourceRoleRefused(SourceError):
+    """The source role can read anything on the server: a mapping could copy it into the store."""
+
+
+class MissingTable(SourceError):
+    """An optional table the copy holds rows of is gone from the source: read as empty, a
+    full reload would delete its copy."""
+
+    def __init__(self, tables: list[str], held: dict[str, int]) -> None:
+        self.tables = tables
+        named = ", ".join(f"{t} (the copy holds {held.get(t, 0):,} rows)" for t in tables)
+        super().__init__(
+            f"optional table(s) missing at the clinic database: {named}; it had rows before, "
+            "so nothing was read or changed. Restore the table (or the source role's access "
+            "to it), or, if the clinic no longer keeps it, map it to an empty query in "
+            "[etl.queries] to delete its copy.")
 
 
 # Text that repeats across rows (codes, and references to a parent): categoricals
@@ -69,10 +113,58 @@ def _kinds(table: str) -> dict[str, str]:
     return kinds
 
 
-def _select(mapping: SourceMapping, table: str) -> str:
+def _select(query: str, table: str) -> str:
     """The table's query, wrapped so it yields exactly the contract columns in order."""
     cols = ", ".join(f"src.{c}" for c in _columns(table))
-    return f"SELECT {cols} FROM ({mapping.query(table)}) src"
+    return f"SELECT {cols} FROM ({query}) src"
+
+
+# How a statement takes a watermark: as a literal (PostgreSQL's COPY takes no bind
+# parameters) or as a bind parameter, whose placeholder it returns.
+Param = Callable[[str, datetime], str]
+
+
+def _statement(mapping: SourceMapping, table: str, since: dict[str, datetime | None],
+               param: Param, verbatim: Callable[[str], str]) -> str:
+    """The SQL that reads ``table``: its query, filtered to the rows changed since the marks.
+
+    Only the filters' own parameters are placeholders; the mapping's SQL goes in as
+    written (``verbatim`` escapes it where needed), so a colon inside it
+    (``'YYYY-MM-DD HH24:MI'``) is never taken for a parameter.
+    """
+    sql = _select(verbatim(mapping.query(table)), table)
+    mark, episodes_mark = since.get(table), since.get("episodes")
+    if table in INCREMENTAL and mark is not None:
+        sql += f" WHERE src.updated_at >= {param('since', mark)}"
+        if table == "appointments" and episodes_mark is not None:
+            # Slots of episodes that changed are checked again: their admission date may
+            # have moved.
+            episodes = (f"SELECT e.episode_id FROM ({verbatim(mapping.query('episodes'))}) e "
+                        f"WHERE e.updated_at >= {param('since_episodes', episodes_mark)}")
+            sql += f" OR src.episode_id IN ({episodes})"
+    measures_mark = since.get("alliance_measures")
+    if table == "alliance_items" and measures_mark is not None:
+        measures = (f"SELECT m.measure_id FROM ({verbatim(mapping.query('alliance_measures'))})"
+                    f" m WHERE m.updated_at >= {param('since', measures_mark)}")
+        sql += f" WHERE src.measure_id IN ({measures})"
+    return sql
+
+
+def _escape_colons(sql: str) -> str:
+    """SQL for SQLAlchemy's ``text()``, which takes every ``:word`` for a parameter unless
+    it is escaped."""
+    return sql.replace(":", "\\:")
+
+
+def _bind() -> tuple[dict[str, Any], Param]:
+    """Bind parameters for one statement, and the function that adds one."""
+    params: dict[str, Any] = {}
+
+    def placeholder(name: str, value: datetime) -> str:
+        params[name] = value
+        return f":{name}"
+
+    return params, placeholder
 
 
 def extract(
@@ -80,31 +172,64 @@ def extract(
     mapping: SourceMapping,
     since: dict[str, datetime | None],
     connections: int = 1,
+    copied: Mapping[str, int] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
 
     ``alliance_items`` are read for the measures read (an item has no updated_at of
     its own: items change with their measure), and appointments also for the
-    episodes read. A missing optional table reads empty. On PostgreSQL the tables
-    are read through ADBC on up to ``connections`` connections at once, largest
-    first, all in ``connection``'s snapshot.
+    episodes read. A missing optional table reads empty, unless ``copied`` (rows the
+    store's copy holds, per optional table) says it had rows: then ``MissingTable``.
+    On PostgreSQL the tables are read through ADBC on up to ``connections``
+    connections at once, largest first, all in ``connection``'s snapshot.
     """
-    frames, reads = _reads(connection, mapping, since)
+    frames = _missing_optional(connection, mapping, copied or {})
+    tables = [t for t in contract.TABLES if t not in frames]
     if bulk.is_postgres(connection):
         raw = connection.connection.driver_connection
-        # Watermarks as untyped text: PostgreSQL reads them as the column's type, so a
-        # clinic whose updated_at is text (ISO) compares too ('::timestamp' would not).
-        statements = [(t, bulk.inline_params(raw, sql, {k: v.isoformat(sep=" ") for k, v in
-                                                        params.items()}))
-                      for t, sql, params in reads]
+
+        def literal(_name: str, value: datetime) -> str:
+            # Watermarks as untyped text: PostgreSQL reads them as the column's type, so a
+            # clinic whose updated_at is text (ISO) compares too ('::timestamp' would not).
+            return pgsql.Literal(value.isoformat(sep=" ")).as_string(raw)
+
+        statements = [(t, _statement(mapping, t, since, literal, str)) for t in tables]
         snapshot = str(connection.execute(text("SELECT pg_export_snapshot()")).scalar_one())
         frames.update(_read_in_snapshot(connection.engine.url, snapshot, statements, mapping,
                                         connections))
     else:
-        for table, sql, params in reads:
-            frame = bulk.read_query(connection, sql, _columns(table), params, kinds=_kinds(table))
+        for table in tables:
+            params, placeholder = _bind()
+            sql = _statement(mapping, table, since, placeholder, _escape_colons)
+            try:
+                frame = bulk.read_query(connection, sql, _columns(table), params,
+                                        kinds=_kinds(table))
+            except errors.DRIVER_ERRORS as exc:
+                raise _failure(table, mapping, exc) from exc
             frames[table] = mapping.apply_codes(table, frame)
     return {t: frames[t] for t in contract.TABLES}
+
+
+def _failure(table: str, mapping: SourceMapping, exc: BaseException) -> SourceError:
+    """What a failed read of ``table`` means: the database unreachable, or its query refused."""
+    if errors.is_transient(exc):
+        return SourceUnavailable(f"the clinic database could not be read: {errors.describe(exc)}")
+    return MappingError(table, mapping, errors.describe(exc))
+
+
+def _missing_optional(connection: Connection, mapping: SourceMapping,
+                      copied: Mapping[str, int]) -> dict[str, pd.DataFrame]:
+    """Empty frames for the optional tables the source lacks (and does not map); an error
+    for one whose rows the copy holds: it was dropped, renamed or hidden from the role."""
+    unmapped = [t for t in contract.OPTIONAL_TABLES if not mapping.is_mapped(t)]
+    if not unmapped:
+        return {}
+    existing = set(inspect(connection).get_table_names())
+    missing = [t for t in unmapped if t not in existing]
+    lost = [t for t in missing if copied.get(t)]
+    if lost:
+        raise MissingTable(lost, dict(copied))
+    return {t: pd.DataFrame(columns=_columns(t), dtype=object) for t in missing}
 
 
 def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]],
@@ -123,9 +248,14 @@ def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]]
                     if not pending:
                         return
                     table, sql = pending.pop(0)
-                rows = pg_copy.frame_from_arrow(pg_arrow.read(reader, sql), _columns(table),
-                                                _kinds(table), owned=True)
-                frames[table] = mapping.apply_codes(table, rows)
+                try:
+                    rows = pg_arrow.read(reader, sql)
+                except pg_arrow.Error as exc:
+                    raise _failure(table, mapping, exc) from exc
+                frames[table] = mapping.apply_codes(
+                    table, pg_copy.frame_from_arrow(rows, _columns(table), _kinds(table),
+                                                    owned=True))
+                del rows
         except BaseException:
             with lock:
                 pending.clear()  # the run fails: the other readers stop after theirs
@@ -161,63 +291,65 @@ READ_COST = {"appointments": 55, "alliance_items": 41, "alliance_measures": 36,
              "episodes": 1, "clients": 1}
 
 
-def _reads(
-    connection: Connection, mapping: SourceMapping, since: dict[str, datetime | None]
-) -> tuple[dict[str, pd.DataFrame], list[tuple[str, str, dict[str, Any]]]]:
-    """Empty frames for the optional tables that are missing, and a query for each other."""
-    frames: dict[str, pd.DataFrame] = {}
-    reads = []
-    existing = None
-    for table in contract.TABLES:
-        if table in contract.OPTIONAL_TABLES and not mapping.is_mapped(table):
-            existing = existing if existing is not None else set(
-                inspect(connection).get_table_names())
-            if table not in existing:
-                frames[table] = pd.DataFrame(columns=_columns(table), dtype=object)
-                continue
-        sql = _select(mapping, table)
-        params: dict[str, Any] = {}
-        if table in INCREMENTAL and since.get(table) is not None:
-            sql += " WHERE src.updated_at >= :since"
-            params["since"] = since[table]
-            if table == "appointments" and since.get("episodes") is not None:
-                # Slots of episodes that changed are checked again: their admission
-                # date may have moved.
-                episodes = f"SELECT e.episode_id FROM ({mapping.query('episodes')}) e " \
-                           "WHERE e.updated_at >= :since_episodes"
-                sql += f" OR src.episode_id IN ({episodes})"
-                params["since_episodes"] = since["episodes"]
-        if table == "alliance_items" and since.get("alliance_measures") is not None:
-            measures = f"SELECT m.measure_id FROM ({mapping.query('alliance_measures')}) m " \
-                       "WHERE m.updated_at >= :since"
-            sql += f" WHERE src.measure_id IN ({measures})"
-            params["since"] = since["alliance_measures"]
-        reads.append((table, sql, params))
-    return frames, reads
-
-
 def read_source(
     engine: Engine,
     mapping: SourceMapping,
     since: dict[str, datetime | None],
     connections: int = 1,
+    *,
+    copied: Mapping[str, int] | None = None,
+    allow_superuser: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], datetime]:
     """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
 
-    Any failure to reach or read the database becomes ``SourceUnavailable``.
+    A failure to reach the database, or a timeout, is ``SourceUnavailable``; a table's
+    query refused is a ``MappingError``; a PostgreSQL role that can read the server's
+    files is refused first (``SourceRoleRefused``) unless ``allow_superuser``.
     """
     try:
         options: dict[str, Any] = {}
         if engine.dialect.name == "postgresql":
             options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
         with engine.connect().execution_options(**options) as conn:
+            if not allow_superuser:
+                check_source_role(conn)
             now = source_clock(conn)
-            frames = extract(conn, mapping, since, connections)
+            frames = extract(conn, mapping, since, connections, copied)
             conn.rollback()
         return frames, now
-    except (SQLAlchemyError, OSError, psycopg.Error, pg_arrow.Error) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+    except SourceError:
+        raise
+    except (*errors.DRIVER_ERRORS, OSError) as exc:
+        reason = errors.safe_message(exc)
+        if errors.is_database_error(exc) and not errors.is_transient(exc):
+            raise SourceError(f"the clinic database refused a statement of the ETL's own: "
+                              f"{reason}") from exc
         raise SourceUnavailable(f"the clinic database could not be read: {reason}") from exc
+
+
+# Roles that read or write the server's files, or run programs on it (PostgreSQL 11+).
+SERVER_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
+
+
+def check_source_role(connection: Connection) -> None:
+    """Refuse a PostgreSQL role that can read anything on the server: a superuser, or a
+    member of a role that reads its files. A mapping's query run as it could copy any
+    table or file (``pg_read_file('/etc/hostname')``) into the store."""
+    if connection.dialect.name != "postgresql":
+        return
+    roles = ", ".join(f"'{r}'" for r in SERVER_ROLES)
+    name, superuser, powers = connection.execute(text(
+        "SELECT current_user, r.rolsuper, ARRAY(SELECT g.rolname::text FROM pg_roles g "
+        f"WHERE g.rolname IN ({roles}) AND pg_has_role(current_user, g.oid, 'MEMBER') "
+        "ORDER BY 1) FROM pg_roles r WHERE r.rolname = current_user")).one()
+    if not (superuser or powers):
+        return
+    what = "a superuser" if superuser else f"a member of {', '.join(powers)}"
+    raise SourceRoleRefused(
+        f"the source role {name!r} is {what} on the clinic's PostgreSQL: a mapping's query "
+        "could read any table or file on the server into the store. Connect as a "
+        "least-privilege role (SELECT on the mapped tables only; docs/nightly.md), or set "
+        "[etl] allow_superuser_source = true to accept this.")
 
 
 def source_clock(connection: Connection) -> datetime:

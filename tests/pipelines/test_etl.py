@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, make_url, select, text, update
 
+from retention.db import locks
 from retention.db.engines import source_engine, store_engine
+from retention.etl.extract import (
+    MappingError,
+    MissingTable,
+    SourceRoleRefused,
+    SourceUnavailable,
+)
 from retention.etl.load import read_watermarks
-from retention.pipelines.etl import run_etl
+from retention.pipelines.etl import EtlBusy, run_etl
 from retention.pipelines.scoring import run_scoring
-from retention.settings import EtlSettings
+from retention.settings import EtlSettings, SourceMapping
 from retention.store import tables
 from retention.store.checks import table_checksums
 from retention.store.runs import list_runs
+from retention.store.status import service_status
 from tests.conftest import Scored
+from tests.support.pg_cluster import Cluster
 from tests.support.sources import AS_OF, Source, appointment, stored
 
 
@@ -33,6 +44,8 @@ def etl(src: Source, store_db: Engine, as_of: date = AS_OF, full: bool | None = 
         **settings: object) -> object:
     engine = source_engine(src.url)
     try:
+        # The test server's role is a superuser (docs/nightly.md: a clinic's is not).
+        settings = {"allow_superuser_source": True, **settings}
         return run_etl(engine, store_db, as_of, EtlSettings(**settings), full=full)  # type: ignore[arg-type]
     finally:
         engine.dispose()
@@ -287,3 +300,201 @@ def test_watermarks_never_pass_the_source_clock(source: Source, tmp_path: Path) 
     assert marks["appointments"] is not None
     assert marks["appointments"] < datetime(2039, 12, 1, 10)  # not the row from the future
     store_db.dispose()
+
+
+# --- what stops a run, and what its record says (issue 16) ------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
+    """A small clinic in SQLite, then in PostgreSQL (read through ADBC, in a snapshot)."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+           else f"sqlite:///{tmp_path / 'clinic.db'}")
+    src = Source.synthetic(url, n_clients=60)
+    yield src
+    src.dispose()
+
+
+ITEMS = tables.copies["alliance_items"].name
+
+
+def the_run(store_db: Engine) -> dict[str, object]:
+    with store_db.connect() as conn:
+        return list_runs(conn, 1)[0]
+
+
+def test_an_sql_error_in_a_mapping_names_its_entry_and_the_databases_message(
+    any_source: Source, tmp_path: Path,
+) -> None:
+    typo = SourceMapping().query("episodes").replace("admitted_on,", "admited_on AS admitted_on,")
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(MappingError) as caught:
+        etl(any_source, store_db, mapping=SourceMapping(queries={"episodes": typo}))
+    said = str(caught.value)
+    assert not caught.value.transient  # the nightly job does not retry it
+    assert said.startswith("the query for [etl.queries] episodes failed in the clinic database")
+    assert ('column "admited_on" does not exist (SQLSTATE 42703)' in said
+            or said.endswith("no such column: admited_on"))
+    run = the_run(store_db)
+    assert run["status"] == "failed" and run["error"] == f"MappingError: {said}"
+    store_db.dispose()
+
+
+@pytest.mark.slow
+def test_colons_inside_a_mappings_sql_are_sql_not_parameters(any_source: Source,
+                                                            tmp_path: Path) -> None:
+    """``'YYYY-MM-DD HH24:MI'`` once crashed the read with ``KeyError: 'MI'``."""
+    mapping = SourceMapping(queries={
+        t: f"{SourceMapping().query(t)} WHERE 'YYYY-MM-DD HH24:MI' <> ':since'"
+        for t in ("episodes", "appointments", "alliance_measures")})
+    mapped = store_engine(f"sqlite:///{tmp_path / 'mapped.db'}")
+    plain = store_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    first = etl(any_source, mapped, mapping=mapping)
+    second = etl(any_source, mapped, mapping=mapping)  # incremental: watermarks as parameters
+    etl(any_source, plain)
+    assert first.full and not second.full  # type: ignore[attr-defined]
+    assert first.rows_read == sum(any_source.count(t) for t in tables.copies)  # type: ignore[attr-defined]
+    assert stored(mapped, AS_OF) == stored(plain, AS_OF)
+    mapped.dispose()
+    plain.dispose()
+
+
+@pytest.mark.slow
+def test_a_dropped_optional_table_is_not_read_as_empty(
+    source: Source, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read as empty, the full reload deleted every stored item with no word of warning."""
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    etl(source, store_db)
+    held = checksums(store_db)[ITEMS]
+    assert held[0] == source.count("alliance_items") > 0
+    with source.engine.begin() as conn:
+        conn.execute(text("DROP TABLE alliance_items"))
+    for full in (True, None):
+        with pytest.raises(MissingTable, match=rf"alliance_items \(the copy holds {held[0]:,} "):
+            etl(source, store_db, full=full)
+        assert checksums(store_db)[ITEMS] == held
+        run = the_run(store_db)
+        assert run["status"] == "failed"
+        assert json.loads(str(run["detail"]))["missing_tables"] == ["alliance_items"]
+    assert "optional table(s) alliance_items missing at the source" in caplog.text
+    with store_db.connect() as conn:
+        status = service_status(conn, AS_OF)
+    assert status.missing_tables == ["alliance_items"]
+    assert status.to_dict()["missing_tables"] == ["alliance_items"]
+    assert any("alliance_items missing at the clinic database" in p for p in status.problems)
+    # A clinic that no longer keeps the table says so in its mapping: the copy is emptied.
+    gone = SourceMapping(queries={"alliance_items": "SELECT NULL AS measure_id, NULL AS "
+                                  "item_number, NULL AS response WHERE 1 = 0"})
+    etl(source, store_db, full=True, mapping=gone)
+    assert checksums(store_db)[ITEMS][0] == 0
+    with store_db.connect() as conn:
+        assert service_status(conn, AS_OF).missing_tables == []
+    store_db.dispose()
+
+
+def test_an_optional_table_the_clinic_never_had_reads_empty(tmp_path: Path) -> None:
+    src = Source.synthetic(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=40)
+    with src.engine.begin() as conn:
+        conn.execute(text("DROP TABLE alliance_items"))
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    assert etl(src, store_db).open_episodes > 0  # type: ignore[attr-defined]
+    assert checksums(store_db)[ITEMS][0] == 0
+    store_db.dispose()
+    src.dispose()
+
+
+def test_a_failed_runs_error_quotes_no_source_value(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL quotes the value it could not take; the run's record must not."""
+    src = Source.synthetic(pg_url, n_clients=30)
+    cast = SourceMapping().query("clients").replace(
+        "SELECT client_id,", "SELECT CAST(client_id AS integer) AS client_id,")
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(MappingError):
+        etl(src, store_db, mapping=SourceMapping(queries={"clients": cast}))
+    error = str(the_run(store_db)["error"])
+    assert "[etl.queries] clients" in error and "(SQLSTATE 22P02)" in error
+    assert 'invalid input syntax for type integer: "…"' in error
+    assert not [r["client_id"] for r in src.rows("clients") if r["client_id"] in error]
+    store_db.dispose()
+    src.dispose()
+
+
+@pytest.mark.slow
+def test_a_run_waits_for_another_etl_run_on_the_store_and_gives_up_in_time(
+    source: Source, tmp_path: Path,
+) -> None:
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    etl(source, store_db)
+    with locks.try_lock(store_db, locks.ETL) as got:  # as another process's run would
+        assert got
+        engine = source_engine(source.url)
+        with pytest.raises(EtlBusy, match="nothing was read or changed"):
+            run_etl(engine, store_db, AS_OF, EtlSettings(), lock_wait_seconds=0.05)
+        engine.dispose()
+    with store_db.connect() as conn:
+        assert len(list_runs(conn)) == 1  # the run that gave up never started
+    assert not etl(source, store_db).full  # type: ignore[attr-defined]
+    store_db.dispose()
+
+
+# A mapping that copies a file of the server into the store, as the clinic's site name.
+READS_A_FILE = ("SELECT client_id, pg_read_file('/etc/hostname') AS clinic_id, case_manager_id, "
+                "birth_year, sex, race_ethnicity FROM clients")
+
+
+@pytest.mark.slow
+def test_a_source_role_that_can_read_the_servers_files_is_refused(
+    private_pg: Cluster, tmp_path: Path,
+) -> None:
+    """A superuser (or pg_read_server_files) source ran a mapping's pg_read_file into the
+    store; the least-privilege role of docs/nightly.md cannot."""
+    with psycopg.connect(private_pg.libpq(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE clinic")
+        admin.execute("CREATE ROLE reader LOGIN")
+        admin.execute("CREATE ROLE filer LOGIN IN ROLE pg_read_server_files")
+    src = Source.synthetic(private_pg.url("clinic"), n_clients=30)
+    with src.engine.begin() as conn:
+        conn.execute(text("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader, filer"))
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    reads_a_file = SourceMapping(queries={"clients": READS_A_FILE})
+
+    def run(user: str, **settings: object) -> object:
+        engine = source_engine(private_pg.url("clinic", user))
+        try:
+            return run_etl(engine, store_db, AS_OF, EtlSettings(**settings))  # type: ignore[arg-type]
+        finally:
+            engine.dispose()
+
+    with pytest.raises(SourceRoleRefused, match=r"'postgres' is a superuser .* "
+                       r"\[etl\] allow_superuser_source = true"):
+        run("postgres", mapping=reads_a_file)
+    with pytest.raises(SourceRoleRefused, match="'filer' is a member of pg_read_server_files"):
+        run("filer", mapping=reads_a_file)
+    assert checksums(store_db)[tables.copies["clients"].name][0] == 0  # nothing was read
+    with pytest.raises(MappingError, match="permission denied for function pg_read_file"):
+        run("reader", mapping=reads_a_file)
+    assert run("reader").open_episodes > 0  # type: ignore[attr-defined]
+    assert run("postgres", allow_superuser_source=True).rows_changed == 0  # type: ignore[attr-defined]
+    store_db.dispose()
+    src.dispose()
+
+
+@pytest.mark.slow
+def test_a_read_that_times_out_is_transient_and_says_so(pg_url: str, tmp_path: Path) -> None:
+    """The nightly job retries a timeout (tests/pipelines/test_scheduler.py retries one that
+    cannot connect); only a query the database refuses is a mapping's error."""
+    src = Source.synthetic(pg_url, n_clients=20)
+    with src.engine.begin() as conn:  # the clinic's DBA bounds every statement
+        conn.execute(text(f"ALTER DATABASE {make_url(pg_url).database} "
+                          "SET statement_timeout = '200ms'"))
+    slow = SourceMapping(queries={"clients": f"{SourceMapping().query('clients')} "
+                                             "WHERE pg_sleep(1) IS NOT NULL"})
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(SourceUnavailable) as caught:
+        etl(src, store_db, mapping=slow)
+    assert caught.value.transient
+    assert str(caught.value) == ("the clinic database could not be read: canceling statement "
+                                 "due to statement timeout (SQLSTATE 57014)")
+    store_db.dispose()
+    src.dispose()

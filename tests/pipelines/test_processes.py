@@ -24,6 +24,7 @@ from retention.store.lists import latest_drift, latest_publication
 from retention.store.runs import list_runs
 from tests.conftest import AS_OF, REPO, Scored, make_settings
 from tests.support.apps import free_port, make_key
+from tests.support.redis import PrivateRedis
 
 RETENTION = [sys.executable, "-m", "retention.pipelines.cli"]
 
@@ -59,12 +60,15 @@ def copied(scored: Scored, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(copied: Path) -> Iterator[tuple[str, str]]:
-    """A gunicorn server over the copied store, and an admin key for it."""
+def server(copied: Path, private_redis: PrivateRedis) -> Iterator[tuple[str, str]]:
+    """A gunicorn server over the copied store, and an admin key for it.
+
+    Two workers must share their rate-limit counts, so they count in a Redis of the test's own.
+    """
     engine = create_engine(f"sqlite:///{copied / 'store.db'}")
     token = make_key(engine, "admin")
     engine.dispose()
-    config = write_config(copied / "cfg.toml", copied)
+    config = write_config(copied / "cfg.toml", copied, api_rate_limit_storage=private_redis.url)
     port = free_port()
     proc = subprocess.Popen(
         [*RETENTION, "--config", str(config), "serve", "--port", str(port), "--workers", "2"],
@@ -193,6 +197,18 @@ def test_missing_source_database_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("--config", str(config), "etl")
     assert result.returncode != 0
     assert "run `retention synth`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_mapping_error_is_a_clear_error_naming_its_entry(copied: Path) -> None:
+    """The typo'd column once printed an 81-line traceback before the error."""
+    config = write_config(copied / "cfg.toml", copied)
+    with config.open("a") as fh:
+        fh.write('[etl.queries]\nepisodes = "SELECT episode_id, admited_on FROM episodes"\n')
+    result = run_cli("--config", str(config), "etl")
+    assert result.returncode == 1
+    assert "the query for [etl.queries] episodes failed in the clinic database" in result.stderr
+    assert "admited_on" in result.stderr
     assert "Traceback" not in result.stderr
 
 

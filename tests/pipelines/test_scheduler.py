@@ -20,13 +20,14 @@ from sqlalchemy import Engine, insert
 from retention.api import create_app
 from retention.clock import FixedClock
 from retention.db.engines import store_engine
-from retention.etl.extract import SourceUnavailable
+from retention.etl.extract import MappingError, SourceUnavailable
 from retention.pipelines.nightly import run_slot
 from retention.pipelines.scheduler import JOB_ID, build_scheduler, catch_up_due, latest_slot
 from retention.settings import Settings
 from retention.store import schema, tables
 from retention.store.lists import latest_publication
 from retention.store.runs import list_runs
+from retention.store.status import service_status
 from tests.conftest import AS_OF, REPO, Scored, make_settings
 from tests.support.apps import clock_on, keyed_client, make_key
 
@@ -152,6 +153,32 @@ def test_source_down_is_recorded_retried_with_backoff_and_the_last_list_served_a
     assert body["as_of"] == scored.as_of.isoformat()
     assert body["stale"] is True and body["age_days"] == 2
     assert len(body["items"]) == 3
+
+
+def test_a_mapping_error_fails_the_night_at_once_and_the_status_says_so(
+    published: Settings, scored: Scored
+) -> None:
+    """A typo in [etl.queries] fails the same way every time: no retries, no outage."""
+    typo = ("SELECT episode_id, client_id, program, admited_on AS admitted_on, "
+            "planned_discharge_on, discharged_on, discharge_reason, updated_at FROM episodes")
+    settings = published.with_overrides(etl={
+        "retry_attempts": 3, "retry_delay_seconds": 10, "queries": {"episodes": typo}})
+    waits: list[float] = []
+    tonight = scored.as_of + timedelta(days=1)
+    with pytest.raises(MappingError, match=r"^the query for \[etl.queries\] episodes failed "
+                       r"in the clinic database: no such column: admited_on$"):
+        run_slot(settings, tonight, sleep=waits.append)
+    assert waits == []
+    engine = store_engine(settings.store_url)
+    with engine.connect() as conn:
+        runs = list_runs(conn, 2)
+        status = service_status(conn, tonight)
+    engine.dispose()
+    assert [(r["kind"], r["status"]) for r in runs] == [("etl", "failed"), ("score", "succeeded")]
+    assert "[etl.queries] episodes" in runs[0]["error"]
+    assert status.failed_at is not None and status.last_run is not None
+    assert (status.last_run["status"], status.last_run["run_id"]) == ("failed", runs[0]["run_id"])
+    assert f"run {runs[0]['run_id']}) failed" in " ".join(status.problems)
 
 
 def test_the_scheduler_catches_up_a_missed_slot_once(tmp_path: Path) -> None:
