@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from retention.clinic.data import ClinicData
 from retention.clock import Clock, SystemClock
@@ -14,6 +15,7 @@ from retention.features import FEATURE_NAMES
 from retention.model.booster import TrainedModel
 from retention.model.drift import SCORE
 from retention.pipelines.runs import recorded_run
+from retention.publish_guard import Acceptance, Comparison, PublishRefused, compare
 from retention.reasons.catalogue import Catalogue
 from retention.scoring import (
     ScoringError,
@@ -25,7 +27,13 @@ from retention.scoring import (
 from retention.settings import Settings
 from retention.store.clinic_copy import copy_version, read_scoped_copy
 from retention.store.features import read_features
-from retention.store.lists import count_scores, latest_publication, publish_scores, record_drift
+from retention.store.lists import (
+    count_scores,
+    latest_publication,
+    list_counts,
+    publish_scores,
+    record_drift,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,9 @@ class ScoreResult:
     # the other way from the model's contribution (by family).
     explained: int = 0
     left_out: dict[str, int] = field(default_factory=dict)
+    # The list against the last published one (None when the same list stood published).
+    guard: Comparison | None = None
+    accepted: Acceptance | None = None
 
 
 def run_scoring(
@@ -51,12 +62,16 @@ def run_scoring(
     as_of: date,
     scoped: tuple[ClinicData, int] | None = None,
     clock: Clock | None = None,
+    accept: Acceptance | None = None,
 ) -> ScoreResult:
     """Score the features stored for ``as_of`` and publish the ranked list atomically.
 
     ``scoped`` is the ETL run's scoped read with the copy version it came from (the
     nightly run passes it on); it is used only if the copy has not changed since.
     ``clock`` times the run record and the publication (the machine's by default).
+    A list whose open episodes or high tier moved too far since the last publication
+    is refused (``PublishRefused``, the last list stays served) unless ``accept`` gives
+    an operator's reason, which the run records (``retention.publish_guard``).
     """
     clock = clock or SystemClock()
     with recorded_run(store_db, "score", as_of, clock) as run:
@@ -75,10 +90,14 @@ def run_scoring(
                 run.rows_read, run.rows_changed = len(features), 0
                 run.detail["unchanged"] = True
                 high = count_scores(conn, as_of, tier="high")
-                log.info("score run %s: list of %s already published from the same inputs",
-                         run.run_id, as_of)
-                return ScoreResult(run.run_id, as_of, int(published["n_scored"]), high,
-                                   model.version)
+                log.info(
+                    "score run %s: list of %s already published from the same inputs",
+                    run.run_id,
+                    as_of,
+                )
+                return ScoreResult(
+                    run.run_id, as_of, int(published["n_scored"]), high, model.version
+                )
             if scoped is not None and scoped[1] == copy_version(conn):
                 data = scoped[0]
             else:
@@ -91,6 +110,29 @@ def run_scoring(
         watch.lap("score_and_reasons")
         drifted = drift_rows(settings, model, features, rows, as_of)
         with store_db.begin() as conn:
+            # Compared with what is published when this list would replace it, in the
+            # transaction that publishes it.
+            guard = guard_list(conn, settings, as_of, model.version, rows)
+            if guard.exceeded and accept is None:
+                run.detail["publish_guard"] = guard.detail()
+                log.warning(
+                    "score run %s: refused by the publish guard: %d counts in "
+                    "clinic(s) %s moved beyond the limits since the list of %s",
+                    run.run_id,
+                    len(guard.moves),
+                    ", ".join(sorted({m.clinic_id for m in guard.moves})),
+                    guard.baseline,
+                )
+                raise PublishRefused(guard.refusal())
+            run.detail["publish_guard"] = guard.detail(accept, clock.now())
+            if guard.exceeded:
+                log.warning(
+                    "score run %s: %d counts moved beyond the publish guard's "
+                    "limits since the list of %s; published as accepted",
+                    run.run_id,
+                    len(guard.moves),
+                    guard.baseline,
+                )
             publish_scores(conn, as_of, rows, run.run_id, model.version, digest, clock.now())
             record_drift(conn, run.run_id, as_of, model.version, drifted)
         if store_db.dialect.name == "postgresql":
@@ -102,15 +144,45 @@ def run_scoring(
         # The run record says so, not only the log.
         run.detail["drift_flagged"] = ["score" if f == SCORE else f for f in flagged]
         if flagged:
-            log.warning("score run %s: drift beyond PSI %.2f in %d of %d inputs",
-                        run.run_id, settings.evaluation.drift_psi_threshold,
-                        len(flagged), len(drifted))
+            log.warning(
+                "score run %s: drift beyond PSI %.2f in %d of %d inputs",
+                run.run_id,
+                settings.evaluation.drift_psi_threshold,
+                len(flagged),
+                len(drifted),
+            )
         watch.lap("publish")
         run.rows_changed = len(rows)
         high = sum(1 for r in rows if r["tier"] == "high")
         log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
         if summary["left_out"]:
-            log.info("score run %s: families left out of reasons where the client's facts "
-                     "point the other way: %s", run.run_id, summary["left_out"])
-        return ScoreResult(run.run_id, as_of, len(rows), high, model.version,
-                           summary["explained"], summary["left_out"])
+            log.info(
+                "score run %s: families left out of reasons where the client's facts "
+                "point the other way: %s",
+                run.run_id,
+                summary["left_out"],
+            )
+        return ScoreResult(
+            run.run_id,
+            as_of,
+            len(rows),
+            high,
+            model.version,
+            summary["explained"],
+            summary["left_out"],
+            guard,
+            accept,
+        )
+
+
+def guard_list(
+    connection: Connection,
+    settings: Settings,
+    as_of: date,
+    model_version: str,
+    rows: list[dict[str, Any]],
+) -> Comparison:
+    """The rows to publish against the last list published before ``as_of``."""
+    baseline = latest_publication(connection, before=as_of)
+    counts = list_counts(connection, baseline["as_of"]) if baseline else []
+    return compare(settings, as_of, model_version, rows, baseline, counts)

@@ -48,11 +48,16 @@ def publish_scores(
     )
 
 
-def latest_publication(connection: Connection, as_of: date | None = None) -> dict[str, Any] | None:
-    """The newest published list (or the one for ``as_of``), or None."""
+def latest_publication(
+    connection: Connection, as_of: date | None = None, *, before: date | None = None
+) -> dict[str, Any] | None:
+    """The newest published list (the one for ``as_of``, or the newest before ``before``),
+    or None."""
     query = select(publications)
     if as_of is not None:
         query = query.where(publications.c.as_of == as_of)
+    if before is not None:
+        query = query.where(publications.c.as_of < before)
     row = connection.execute(query.order_by(publications.c.as_of.desc()).limit(1)).first()
     return dict(row._mapping) if row else None
 
@@ -63,6 +68,16 @@ def count_scores(connection: Connection, as_of: date, tier: str | None = None) -
     if tier is not None:
         query = query.where(scores.c.tier == tier)
     return int(connection.execute(query).scalar_one())
+
+
+def list_counts(connection: Connection, as_of: date) -> list[tuple[str, str, str, int]]:
+    """How many rows a published list holds by clinic, program and tier."""
+    query = (
+        select(scores.c.clinic_id, scores.c.program, scores.c.tier, func.count())
+        .where(scores.c.as_of == as_of)
+        .group_by(scores.c.clinic_id, scores.c.program, scores.c.tier)
+    )
+    return [(str(c), str(p), str(t), int(n)) for c, p, t, n in connection.execute(query)]
 
 
 def read_list(
@@ -81,8 +96,14 @@ def read_list(
 
 
 # What a row's reasons JSON holds when a list published before it did has none of it.
-REASON_DEFAULTS: dict[str, Any] = {"reasons": [], "protective": [], "context": [],
-                                   "prompts": [], "points": None, "left_out": []}
+REASON_DEFAULTS: dict[str, Any] = {
+    "reasons": [],
+    "protective": [],
+    "context": [],
+    "prompts": [],
+    "points": None,
+    "left_out": [],
+}
 
 
 def score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -96,15 +117,23 @@ def score_row(row: Mapping[Any, Any]) -> dict[str, Any]:
 # --- drift ---------------------------------------------------------------------------
 
 
-def record_drift(connection: Connection, run_id: int, as_of: date, model_version: str,
-                 results: list[dict[str, Any]]) -> None:
+def record_drift(
+    connection: Connection,
+    run_id: int,
+    as_of: date,
+    model_version: str,
+    results: list[dict[str, Any]],
+) -> None:
     """Store one scoring run's drift rows (the caller owns the transaction)."""
     connection.execute(delete(drift).where(drift.c.run_id == run_id))
     if results:
-        connection.execute(insert(drift), [
-            {"run_id": run_id, "as_of": as_of, "model_version": model_version, **r}
-            for r in results
-        ])
+        connection.execute(
+            insert(drift),
+            [
+                {"run_id": run_id, "as_of": as_of, "model_version": model_version, **r}
+                for r in results
+            ],
+        )
 
 
 def latest_drift(connection: Connection) -> dict[str, Any]:
@@ -117,11 +146,21 @@ def latest_drift(connection: Connection) -> dict[str, Any]:
 
 def run_drift(connection: Connection, run_id: int | None) -> dict[str, Any]:
     """One scoring run's drift, as ``latest_drift`` gives it (empty if none was recorded)."""
-    rows = [] if run_id is None else connection.execute(
-        select(drift).where(drift.c.run_id == run_id)).fetchall()
+    rows = (
+        []
+        if run_id is None
+        else connection.execute(select(drift).where(drift.c.run_id == run_id)).fetchall()
+    )
     if not rows:
-        return {"run_id": run_id, "as_of": None, "model_version": None, "drifted": False,
-                "flagged": [], "score_psi": None, "psi": {}}
+        return {
+            "run_id": run_id,
+            "as_of": None,
+            "model_version": None,
+            "drifted": False,
+            "flagged": [],
+            "score_psi": None,
+            "psi": {},
+        }
     psi_values = {r.feature: float(r.psi) for r in rows}
     flagged = sorted(r.feature for r in rows if r.flagged)
     score_psi = psi_values.pop(SCORE, math.nan)
