@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from retention.api import fhir, openapi, operations, routes
-from retention.api.auth import register_request_ids
+from retention.api.auth import register_request_guards, register_request_ids
 from retention.api.cache import ReadCache
 from retention.api.connections import RequestConnections
 from retention.api.errors import register_errorhandlers
@@ -24,6 +24,29 @@ from retention.db.engines import store_engine
 from retention.reasons.catalogue import load_catalogue
 from retention.settings import Settings, load_settings
 
+# Every response: never sniffed as another type; never stored by a cache (lists, risks
+# and FHIR bundles hold client data), unless the response says otherwise (static files).
+SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+_HEADER_NAMES = tuple(name.lower() for name, _ in SECURITY_HEADERS)
+
+
+class ApiFlask(Flask):
+    """Flask, with the security headers added outside every WSGI layer.
+
+    Outside ``app.wsgi_app``, so the cached-list path (``api.fastpath``) and Flask's
+    own answers get them alike, and the test client sees what gunicorn sends.
+    """
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers.extend(h for h, name in zip(SECURITY_HEADERS, _HEADER_NAMES, strict=True)
+                           if name not in present)
+            return start_response(status, headers, *exc_info)
+
+        return self.wsgi_app(environ, start)
+
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None,
                environ: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
@@ -34,7 +57,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None,
     (default: the process's) holds the pages' session secret and the metrics
     directory gunicorn sets.
     """
-    app = Flask(__name__)
+    app = ApiFlask(__name__)
     # "//" must not redirect: an empty client id is a 404 like any other unknown one.
     app.url_map.merge_slashes = False
     app.config["JSON_SORT_KEYS"] = False
@@ -50,13 +73,16 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None,
     register_web(app, environ)
     register_errorhandlers(app)
     register_fast_path(app)
+    # Last: ProxyFix (trusted_proxies) wraps every WSGI layer; control characters refused.
+    register_request_guards(app)
     return app
 
 
 def register_services(app: Flask, settings: Settings, clock: Clock) -> None:
     """Engines, request connections, the rate limiter, the read cache and the metrics
     registry: per app, so per worker after fork."""
-    engine = store_engine(settings.store_url)
+    engine = store_engine(settings.store_url, settings.api_statement_timeout_seconds,
+                          settings.api_lock_timeout_seconds)
     registry = CollectorRegistry()
     install(app, Services(
         settings=settings,

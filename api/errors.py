@@ -6,11 +6,17 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+
+from retention.db.errors import is_transient
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "about:blank"
+# Sent with every 503: long enough for a lock to clear or a dependency to come back,
+# short enough that an EHR's next poll is not delayed much.
+RETRY_AFTER_SECONDS = 5
 
 
 class Problem(HTTPException):
@@ -58,6 +64,23 @@ def register_errorhandlers(app: Flask) -> None:
         for header in ("Allow", "Retry-After", "WWW-Authenticate"):
             if original.get(header):
                 response.headers[header] = original[header]
+        if status == 503 and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    @app.errorhandler(SQLAlchemyError)
+    def store_error(exc: SQLAlchemyError) -> Response:
+        # Down, timed out (statement_timeout, lock_timeout), locked or out of connections:
+        # worth a retry (503). A statement the store refuses is a bug (500).
+        if not is_transient(exc):
+            return unexpected(exc)
+        # The type and route only: the message may quote the statement's values.
+        cause = getattr(exc, "orig", None) or exc
+        log.error("store unavailable (%s) on %s %s", type(cause).__name__, request.method,
+                  request.path)
+        response = problem(503, "Store unavailable", "The service database did not answer "
+                           "in time; nothing was returned. Retry later.")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(Exception)

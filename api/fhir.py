@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -35,6 +36,7 @@ COMPARE: dict[str, Callable[[date, date], bool]] = {
     "gt": lambda a, b: a > b, "lt": lambda a, b: a < b,
 }
 INVALID = "Invalid search parameter"
+SEARCH_PATH = "/fhir/RiskAssessment"
 HISTORY_LIMIT = 200
 
 
@@ -116,15 +118,19 @@ def search_risk_assessments() -> ResponseReturnValue:
     if rows:
         returning([client_id])
     horizon = settings().horizon_days
-    base = request.url_root.rstrip("/") + "/fhir/RiskAssessment/"
     resources = [risk_assessment(r, horizon) for r in rows]
+    # Never from the Host header: a client could name any server in our links. Without
+    # a configured base the self link is relative and entries carry no fullUrl (0..1).
+    base = settings().public_base_url.rstrip("/")
+    search = urlencode([("subject", f"Patient/{client_id}"),
+                        *(("date", raw) for raw in request.args.getlist("date"))])
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(resources),
-        "link": [{"relation": "self", "url": request.url}],
-        "entry": [{"fullUrl": base + r["id"], "resource": r, "search": {"mode": "match"}}
-                  for r in resources],
+        "link": [{"relation": "self", "url": f"{base}{SEARCH_PATH}?{search}"}],
+        "entry": [{**({"fullUrl": f"{base}{SEARCH_PATH}/{r['id']}"} if base else {}),
+                   "resource": r, "search": {"mode": "match"}} for r in resources],
     }
     response: Response = jsonify(bundle)
     response.mimetype = FHIR_JSON

@@ -7,6 +7,7 @@ scrape of any worker reports all of them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from retention.api.services import services_of, state_or_none
 from retention.clock import Clock
 from retention.store import tables
+
+log = logging.getLogger(__name__)
 
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Label values come from this set only: a method is any token a client sends, and
@@ -73,17 +76,28 @@ class RequestMetrics:
         # Each label set's two series, looked up once: ``labels()`` validates and locks
         # on every call, a third of the hook's cost.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._failed = False
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one request; ``route`` is a template, never a path with client ids in it."""
+        """Count one request; ``route`` is a template, never a path with client ids in it.
+
+        Counting never fails a request: a sample that cannot be written (the shared
+        directory under gunicorn gone, a full disk) is logged once and dropped.
+        """
         key = (route, method if method in METHODS else "other", status)
-        found = self._series.get(key)
-        if found is None:
-            labels = (key[0], key[1], str(key[2]))
-            found = self._series[key] = (self._requests.labels(*labels),
-                                         self._latency.labels(*labels))
-        found[0].inc()
-        found[1].observe(seconds)
+        try:
+            found = self._series.get(key)
+            if found is None:
+                labels = (key[0], key[1], str(key[2]))
+                found = self._series[key] = (self._requests.labels(*labels),
+                                             self._latency.labels(*labels))
+            found[0].inc()
+            found[1].observe(seconds)
+        except Exception as exc:
+            if not self._failed:
+                self._failed = True
+                log.error("metrics cannot be recorded (%s); requests are still served",
+                          type(exc).__name__)
 
 
 def register_metrics(app: Flask, multiprocess_dir: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,24 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retention.api.auth import ANY, OPERATIONS, requires
 from retention.api.errors import Problem
-from retention.api.routes import check_params, freshness, iso, settings, store_engine, today
+from retention.api.ratelimit import WINDOW_SECONDS
+from retention.api.routes import (
+    check_params,
+    freshness,
+    iso,
+    parse_limit,
+    settings,
+    store_engine,
+    today,
+)
+from retention.api.services import services
 from retention.model import artifacts
 from retention.model.booster import ModelError
 from retention.store import tables
 from retention.store.runs import list_runs
 from retention.store.status import service_status
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("operations", __name__)
 
@@ -26,10 +39,26 @@ CARD_FIELDS = ("version", "task", "created_at", "trained_as_of", "horizon_days",
                "metrics", "libraries", "sha256")
 
 
+# Counted like a request: its key cannot be a key id (12 hex digits), so it limits nobody.
+PROBE_KEY = "readiness-probe"
+RATE_LIMIT_DOWN = ("the rate-limit store cannot be reached: requests for client data get "
+                   "503 until it answers")
+
+
+def _rate_limit_store_answers() -> bool:
+    """Whether a request could be counted now, the way every data request is."""
+    try:
+        services().limiter.counter.hit(PROBE_KEY, WINDOW_SECONDS)
+    except Exception:
+        log.warning("readiness: the rate-limit store did not answer")
+        return False
+    return True
+
+
 @bp.get("/health")
 def health() -> ResponseReturnValue:
-    """Liveness, and how the service stands: "degraded" (still 200) when the list is stale
-    or the last nightly run failed, with the problems in words."""
+    """Liveness, and how the service stands: "degraded" (still 200) when the list is stale,
+    the last nightly run failed or the rate-limit store is down, with the problems in words."""
     try:
         with store_engine().connect() as conn:
             status = service_status(conn, today())
@@ -37,20 +66,26 @@ def health() -> ResponseReturnValue:
         raise Problem(503, "the store cannot be read; run the ETL first",
                       "Service unavailable") from None
     pub = status.publication
-    return jsonify({"status": "degraded" if status.problems else "ok",
-                    "list": freshness(pub) if pub else None, **status.to_dict()})
+    body = status.to_dict()
+    if not _rate_limit_store_answers():
+        body["problems"].append(RATE_LIMIT_DOWN)
+    return jsonify({"status": "degraded" if body["problems"] else "ok",
+                    "list": freshness(pub) if pub else None, **body})
 
 
 @bp.get("/ready")
 def ready() -> ResponseReturnValue:
-    """Ready to serve: the store answers, keys and audit tables exist, a list is published
-    and is not older than ``max_list_age_days``; otherwise 503 with the reason."""
+    """Ready to serve: the store and the rate-limit store answer, keys and audit tables
+    exist, a list is published and is not older than ``max_list_age_days``; otherwise 503
+    with the reason."""
     try:
         with store_engine().connect() as conn:
             present = set(inspect(conn).get_table_names())
             status = service_status(conn, today()) if "publications" in present else None
     except SQLAlchemyError:
         raise Problem(503, "the store cannot be read", "Not ready") from None
+    if not _rate_limit_store_answers():
+        raise Problem(503, RATE_LIMIT_DOWN, "Not ready")
     missing = sorted({tables.api_keys.name, tables.audit_log.name} - present)
     if missing:
         raise Problem(503, f"table(s) {', '.join(missing)} missing: run "
@@ -109,11 +144,9 @@ def model_card(version: str) -> ResponseReturnValue:
 def runs() -> ResponseReturnValue:
     """Recent ETL, training and scoring runs, newest first."""
     check_params({"limit"})
-    raw = request.args.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
-        raise Problem(400, "limit must be a whole number from 1 to 200", "Invalid query parameter")
+    limit = parse_limit(request.args, 200, default=20)
     with store_engine().connect() as conn:
-        rows = list_runs(conn, int(raw))
+        rows = list_runs(conn, limit)
     # Errors stay in the CLI: their text is free-form and may name records.
     return jsonify({"items": [{k: iso(v) for k, v in r.items() if k != "error"}
                               | {"failed": r["status"] == "failed"} for r in rows]})

@@ -113,6 +113,11 @@ class RateLimiter:
         return Verdict(count <= self.limit, max(0, self.limit - count), retry)
 
 
+def counts_per_process(storage_url: str) -> bool:
+    """Whether each process keeps its own count: N workers would let N times the limit through."""
+    return storage_url.startswith("memory://")
+
+
 def build_limiter(storage_url: str, limit: int,
                   clock: Callable[[], float] = time.time) -> RateLimiter:
     """The limiter for a storage URL (``memory://`` or ``redis://...``); ``clock`` gives

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -14,14 +16,17 @@ from sqlalchemy.engine import make_url
 
 from retention.access.keys import create_key
 from retention.api import create_app
+from retention.api.ratelimit import counts_per_process
 from retention.db.engines import store_engine
+from retention.model import signing
+from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, say
 from retention.pipelines.commands.data import extract, synthesize
 from retention.pipelines.commands.model import calibration_line, train_model
 from retention.pipelines.commands.scoring import score_list
-from retention.pipelines.gunicorn_app import run_gunicorn
+from retention.pipelines.gunicorn_app import check_workers, escape_log_lines, run_gunicorn
 from retention.pipelines.scheduler import JOB_ID, build_scheduler
-from retention.settings import Settings
+from retention.settings import ConfigError, Settings
 from retention.store import schema, tables
 
 
@@ -29,20 +34,31 @@ from retention.store import schema, tables
 @click.option("--dev", is_flag=True, help="Flask's development server (one process).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--workers", default=2, show_default=True,
+              help="gunicorn worker processes (more than one needs a Redis rate-limit store).")
+@click.option("--access-log", default=None, metavar="FILE",
+              help="gunicorn's access log ('-' for stdout; default: none). Paths carry client ids.")
 @click.pass_obj
-def serve(obj: Context, dev: bool, host: str, port: int, workers: int) -> None:
+def serve(obj: Context, dev: bool, host: str, port: int, workers: int,
+          access_log: str | None) -> None:
     """Serve the JSON API (gunicorn; --dev for Flask's server)."""
-    _serve(obj.settings(), dev, host, port, workers)
+    _serve(obj.settings(), dev, host, port, workers, access_log)
 
 
-def _serve(settings: Settings, dev: bool, host: str, port: int, workers: int) -> None:
+def _serve(settings: Settings, dev: bool, host: str, port: int, workers: int,
+           access_log: str | None = None) -> None:
+    if not dev:
+        try:
+            check_workers(settings, workers)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
     say(f"serve: API on http://{host}:{port}/v1/risk-list (Ctrl-C to stop)")
     if dev:
+        escape_log_lines(logging.getLogger())
         # One process: the pages may sign with a per-process secret if none is set.
         create_app(settings, WEB_DEV=True).run(host=host, port=port)
         return
-    run_gunicorn(settings, host, port, workers)
+    run_gunicorn(settings, host, port, workers, access_log)
 
 
 @click.command()
@@ -77,7 +93,7 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
          no_serve: bool) -> None:
     """Synthetic clinic -> ETL -> train -> score -> API on localhost, all on SQLite."""
     started = time.monotonic()
-    settings = obj.settings()
+    settings = _demo_key(obj.settings())
     today = obj.day(as_of)
     steps = 5 if not no_serve else 4
     say(f"demo [1/{steps}] synthetic clinic")
@@ -101,7 +117,31 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
         return
     _demo_sign_in(settings, port)
     say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
-    _serve(settings, False, "127.0.0.1", port, 2)
+    # No Redis in the demo: one worker, so the per-process rate limit is the limit.
+    _serve(settings, False, "127.0.0.1", port,
+           1 if counts_per_process(settings.api_rate_limit_storage) else 2)
+
+
+def _demo_key(settings: Settings) -> Settings:
+    """Settings whose model signing key is the demo's own, beside its store (mode 0600).
+
+    Model versions are signed and refused without their key; a demo must run without
+    one configured, and must not leave a key in the account's home that a real
+    installation would then pick up. A configured key is used as it is.
+    """
+    parsed = make_url(settings.store_url)
+    if settings.model_key or settings.model_key_file or parsed.get_backend_name() != "sqlite" \
+            or not parsed.database:
+        return settings
+    path = Path(parsed.database).resolve().parent / "demo-model-signing.key"
+    try:
+        key = signing.create_key_file(path) if not path.exists() else signing.read_key_file(path)
+    except (OSError, ModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(f"demo: model versions are signed with the demo's key {path} (key id {key.key_id}, "
+        f"{'created, ' if key.created else ''}mode 0600); for other commands on this demo, "
+        f"set {signing.KEY_FILE_ENV}={path}")
+    return replace(settings, model_key_file=path)
 
 
 def _demo_sign_in(settings: Settings, port: int) -> None:

@@ -22,18 +22,35 @@ SOURCE_CONNECT_ARGS: dict[str, Any] = {
 }
 
 
-def store_engine(url: str) -> Engine:
+def store_engine(
+    url: str, statement_timeout: float | None = None, lock_timeout: float | None = None
+) -> Engine:
     """The service's own database.
 
     SQLite files get WAL (readers never wait on a run) and real transactions: the
     driver's own handling would run DDL outside them and begin lazily, so a run
     killed part way could leave half its writes.
+
+    The API passes its timeouts (seconds): on PostgreSQL every statement is cancelled
+    after ``statement_timeout`` and gives up waiting on a lock after ``lock_timeout``
+    (set when the connection opens, so they cost no round trip); SQLite waits
+    ``lock_timeout`` for its write lock. Jobs pass none: a nightly run may take long.
     """
-    engine = _engine(url, application_name="retention")
+    options = []
+    if statement_timeout is not None:
+        options.append(f"-c statement_timeout={_milliseconds(statement_timeout)}")
+    if lock_timeout is not None:
+        options.append(f"-c lock_timeout={_milliseconds(lock_timeout)}")
+    engine = _engine(url, application_name="retention", options=" ".join(options))
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
+        busy = SQLITE_BUSY_MS if lock_timeout is None else _milliseconds(lock_timeout)
+        event.listen(engine, "connect", functools.partial(_sqlite_connect, busy))
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def source_engine(url: str) -> Engine:
@@ -73,7 +90,7 @@ def _with_driver(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _engine(url: str, application_name: str | None = None) -> Engine:
+def _engine(url: str, application_name: str | None = None, options: str = "") -> Engine:
     url = _with_driver(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -82,6 +99,11 @@ def _engine(url: str, application_name: str | None = None) -> Engine:
         args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
         if application_name:
             args["application_name"] = application_name
+        if options:
+            # connect_args replace the URL's own ``options`` (a search_path, say): keep both.
+            given = parsed.query.get("options")
+            given = " ".join(given) if isinstance(given, tuple) else given
+            args["options"] = f"{given} {options}" if given else options
         engine = create_engine(url, connect_args=args)
         event.listen(engine, "checkin", _note_checkin)
         event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
@@ -112,11 +134,15 @@ def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any)
         raise DisconnectionError("a pooled connection to the database was closed")
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+# How long a job's SQLite connection waits for the write lock another process holds.
+SQLITE_BUSY_MS = 30000
+
+
+def _sqlite_connect(busy_ms: int, dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event emits BEGIN
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cursor.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retention.api.connections import RequestConnections
 from retention.db import engines as db
@@ -74,4 +74,28 @@ def test_sqlite_connections_go_back_to_the_pool(tmp_path: object) -> None:
     conn.execute(text("SELECT 1"))
     connections.release(conn)
     assert conn.closed
+    engine.dispose()
+
+
+def test_a_held_connection_that_timed_out_on_a_lock_is_kept_and_works(pg_url: str) -> None:
+    """A lock or statement timeout cancels one statement: the connection is not lost."""
+    engine = store_engine(pg_url, statement_timeout=2.0, lock_timeout=0.2)
+    connections = RequestConnections(engine)
+    conn = connections.acquire()
+    pid = _backend(conn)
+    conn.execute(text("CREATE TABLE held (x integer)"))
+    connections.release(conn)
+    locker = store_engine(pg_url)
+    with locker.connect() as other:
+        other.execute(text("LOCK TABLE held IN ACCESS EXCLUSIVE MODE"))
+        conn = connections.acquire()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            conn.execute(text("SELECT * FROM held"))
+        connections.release(conn)
+        other.rollback()
+    conn = connections.acquire()
+    assert _backend(conn) == pid
+    assert conn.execute(text("SELECT count(*) FROM held")).scalar_one() == 0
+    connections.release(conn)
+    locker.dispose()
     engine.dispose()

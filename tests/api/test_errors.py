@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from retention.api import create_app
 from retention.store import tables
 from tests.conftest import Scored
-from tests.support.apps import clock_on, keyed_client, make_key
+from tests.support.apps import clock_on, copy_list, keyed_client, make_key
 
 PROBLEM = "application/problem+json"
 
@@ -60,3 +60,34 @@ def test_unexpected_failure_is_problem_json_without_a_trace(scored: Scored, tmp_
     assert response.status_code == 500
     assert response.mimetype == PROBLEM
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_store_that_does_not_answer_in_time_is_a_503_with_retry_after(
+    scored: Scored, pg_url: str
+) -> None:
+    """A statement cancelled by the lock timeout is the store's fault, not a bug: 503."""
+    copy_list(scored.store, pg_url)
+    engine = create_engine(pg_url)
+    token = make_key(engine)
+    settings = scored.settings.with_overrides(store_url=pg_url, api_lock_timeout_seconds=0.2)
+    client = keyed_client(create_app(settings, clock=clock_on(scored.as_of)), token)
+    assert client.get("/v1/risk-list?limit=2").status_code == 200
+    with engine.connect() as holder:
+        holder.execute(text("LOCK TABLE scores IN ACCESS EXCLUSIVE MODE"))
+        response = client.get("/v1/risk-list?limit=3")
+        holder.rollback()
+    assert response.status_code == 503 and response.mimetype == PROBLEM
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["title"] == "Store unavailable"
+    assert client.get("/v1/risk-list?limit=3").status_code == 200
+    engine.dispose()
+
+
+def test_every_answer_says_nosniff_and_no_store(client: FlaskClient) -> None:
+    for url in ("/v1/risk-list?limit=2", "/v1/risk-list?limit=2", "/v1/clients/NOBODY/risk",
+                "/health", "/metrics", "/openapi.json", "/no/such/route"):
+        response = client.get(url)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", url
+        assert response.headers["Cache-Control"] == "no-store", url
+    # The second list request was answered ahead of Flask, by the cached-list path.
+    assert client.application.wsgi_app.served >= 1  # type: ignore[attr-defined]

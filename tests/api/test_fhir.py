@@ -6,12 +6,15 @@ ships, and RiskAssessment did not change between R4 and R4B.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Flask
 
 from retention.api import create_app
+from retention.settings import ConfigError
 from tests.conftest import Scored
 from tests.support.apps import clock_on, keyed_client, make_key
 
@@ -68,3 +71,32 @@ def test_scope_applies_to_fhir(app: Flask, scored: Scored, top: dict) -> None:
     assert top["client_id"] not in str(body["entry"])
     assert app.test_client().get(
         f"/fhir/RiskAssessment?subject=Patient/{top['client_id']}").status_code == 401
+
+
+def test_links_never_come_from_the_host_header(app: Flask, scored: Scored, top: dict) -> None:
+    """Without a configured base the links are relative; with one, absolute from it."""
+    token = make_key(scored.store, "admin")
+    url = f"/fhir/RiskAssessment?subject=Patient/{top['client_id']}&date=ge2000-01-01"
+    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    body = keyed_client(app, token).get(url, headers=forged).get_json()
+    assert "evil.example" not in str(body)
+    search = urlencode([("subject", f"Patient/{top['client_id']}"), ("date", "ge2000-01-01")])
+    assert body["link"][0]["url"] == f"/fhir/RiskAssessment?{search}"
+    assert all("fullUrl" not in entry for entry in body["entry"]) and body["entry"]
+    Bundle.model_validate(body)
+
+    base = "https://risk.clinic.example/api"
+    configured = create_app(scored.settings.with_overrides(public_base_url=base + "/"),
+                            clock=clock_on(scored.as_of))
+    body = keyed_client(configured, token).get(url, headers=forged).get_json()
+    assert "evil.example" not in str(body)
+    assert body["link"][0]["url"] == f"{base}/fhir/RiskAssessment?{search}"
+    [entry] = body["entry"]
+    assert entry["fullUrl"] == f"{base}/fhir/RiskAssessment/{entry['resource']['id']}"
+    Bundle.model_validate(body)
+
+
+def test_a_base_url_with_a_query_or_another_scheme_is_refused(scored: Scored) -> None:
+    for bad in ("ftp://risk.example", "https://risk.example/?x=1", "risk.example"):
+        with pytest.raises(ConfigError):
+            scored.settings.with_overrides(public_base_url=bad)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from retention.db import engines as db
 from retention.db.engines import is_read_only, source_engine, store_engine
@@ -67,3 +67,48 @@ def test_the_clinic_source_is_opened_read_only(tmp_path: Path) -> None:
         with pytest.raises(DBAPIError, match="readonly"):
             conn.execute(text("CREATE TABLE intruder (x integer)"))
     engine.dispose()
+
+
+def test_the_apis_engine_bounds_statements_and_lock_waits_and_jobs_engines_do_not(
+    pg_url: str,
+) -> None:
+    api = store_engine(pg_url, statement_timeout=0.3, lock_timeout=0.2)
+    job = store_engine(pg_url)
+    with api.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "300ms"
+        assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "200ms"
+        with pytest.raises(OperationalError, match="statement timeout"):
+            conn.execute(text("SELECT pg_sleep(5)"))
+    with job.connect() as conn:  # a nightly run may take long
+        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "0"
+        assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "0"
+        conn.execute(text("CREATE TABLE held (x integer)"))
+        conn.commit()
+        conn.execute(text("LOCK TABLE held IN ACCESS EXCLUSIVE MODE"))
+        with api.connect() as other, pytest.raises(OperationalError, match="lock timeout"):
+            other.execute(text("SELECT * FROM held"))
+        conn.rollback()
+    api.dispose()
+    job.dispose()
+
+
+def test_the_apis_sqlite_engine_waits_its_lock_timeout_for_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    api = store_engine(f"sqlite:///{tmp_path}/store.db", statement_timeout=2.0, lock_timeout=0.25)
+    job = store_engine(f"sqlite:///{tmp_path}/store.db")
+    with api.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 250
+    with job.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == db.SQLITE_BUSY_MS
+    api.dispose()
+    job.dispose()
+
+
+def test_the_timeouts_keep_the_options_the_url_already_sets(pg_url: str) -> None:
+    url = f"{pg_url}?options=-c%20work_mem%3D7MB"
+    api = store_engine(url, statement_timeout=0.3, lock_timeout=0.2)
+    with api.connect() as conn:
+        assert conn.execute(text("SHOW work_mem")).scalar_one() == "7MB"
+        assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "200ms"
+    api.dispose()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, create_engine, select
 
 from retention.access.keys import create_key
 from retention.clock import FixedClock
@@ -69,3 +69,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def copy_list(source: Engine, url: str) -> None:
+    """The scored store's published lists (scores, publications, drift) in a new database."""
+    target = create_engine(url)
+    with target.begin() as conn:
+        schema.upgrade(conn)
+        with source.connect() as src:
+            for table in (tables.scores, tables.publications, tables.drift):
+                rows = [dict(r._mapping) for r in src.execute(select(table))]
+                if rows:
+                    conn.execute(table.insert(), rows)
+    target.dispose()
