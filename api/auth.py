@@ -11,6 +11,13 @@ only as claims: the audit INSERT re-checks them in the same statement and writes
 nothing if the key has been revoked or the list replaced since. Then nothing is
 sent; the caches are dropped and the request is served once more from the
 database, so a revoked key gets its 401 at once, not after an expiry.
+
+A request that does not come from a key the worker already knows is counted by client
+address before its key is looked up (``api_rate_limit_per_address_per_minute``), so a
+flood without a key, or with made-up ones, is refused with 429 before it costs a
+database read. Denials a flood repeats (401, 429) are written one by one only up to
+``audit_denials_per_minute`` per address or key a minute, then counted
+(``access.audit.count_denial``).
 """
 
 from __future__ import annotations
@@ -27,19 +34,39 @@ from flask import Flask, Response, request
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from retention.access.audit import Condition, audit_record, key_still_valid, write_audit
-from retention.access.keys import Caller, authenticate, key_id_of, token_digest
+from retention.access.audit import (
+    AuditRecord,
+    Condition,
+    audit_record,
+    count_denial,
+    key_still_valid,
+    write_audit,
+)
+from retention.access.keys import Caller, check_key, key_id_of, token_digest
 from retention.access.scope import still_published
 from retention.api.cache import ReadCache
 from retention.api.errors import Problem
-from retention.api.ratelimit import Verdict
-from retention.api.services import begin_request, services, state, state_or_none
+from retention.api.ratelimit import WINDOW_SECONDS, RateLimiter, Verdict
+from retention.api.services import (
+    Services,
+    begin_request,
+    services,
+    services_of,
+    state,
+    state_or_none,
+)
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# No path or query parameter has a use for a control character, and PostgreSQL refuses
+# a NUL in text with an error: all are refused up front (400).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# The request's address count, once taken (a request served twice is counted once).
+ADDRESS_VERDICT = "retention.address_verdict"
 CLIENT_DATA = "client_data"
 OPERATIONS = "operations"
 ANY = "any"
@@ -94,6 +121,27 @@ def register_request_ids(app: Flask) -> None:
         if current is not None and current.db is not None:
             conn, current.db = current.db, None
             services().connections.release(conn)
+
+
+def register_request_guards(app: Flask) -> None:
+    """The client's address behind trusted proxies, and no control characters in a URL.
+
+    Called last of the factory's steps: ProxyFix wraps every other WSGI layer (the
+    cached-list path included), so everything sees the same address. With
+    ``trusted_proxies`` 0 (the default) X-Forwarded-For is ignored: a client could
+    write anything there to dodge its address's count.
+    """
+    proxies = services_of(app).settings.trusted_proxies
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
+
+    @app.before_request
+    def refuse_control_characters() -> None:
+        if CONTROL_RE.search(request.path) or any(
+                CONTROL_RE.search(k) or CONTROL_RE.search(v)
+                for k, v in request.args.items(multi=True)):
+            raise Problem(400, "the path or a query parameter holds a control character",
+                          "Invalid request")
 
 
 def connection() -> Connection:
@@ -164,7 +212,8 @@ def _claims(who: Caller | None) -> list[Condition]:
     current = state()
     conditions = []
     if who is not None and current.token_digest is not None:
-        conditions.append(key_still_valid(who.key_id, current.token_digest))
+        conditions.append(key_still_valid(who.key_id, current.token_digest,
+                                          services().clock.now()))
     if current.publication_claim is not None:
         conditions.append(still_published(*current.publication_claim))
     return conditions
@@ -177,32 +226,106 @@ def deny(action: str, status: int, outcome: str, detail: str, title: str,
     return Problem(status, detail, title)
 
 
+def deny_counted(action: str, status: int, outcome: str, detail: str, title: str) -> Problem:
+    """Audit a denial that floods repeat (401, 429), and return the problem to raise.
+
+    Written one by one up to ``audit_denials_per_minute`` a minute from one address (or,
+    once authenticated, one key); counted in its minute's row after that.
+    """
+    current = state()
+    found = services()
+    who = current.caller
+    subject = f"key:{who.key_id}" if who is not None else f"addr:{request.remote_addr}"
+    try:
+        seen = found.limiter.counter.hit(f"denied:{subject}", WINDOW_SECONDS)
+    except Exception:  # the counter store is down: every record written, none lost
+        seen = 0
+    if seen <= found.settings.audit_denials_per_minute:
+        audit(action, outcome, status)
+    else:
+        count_denied(_record(action, outcome, status))
+    return Problem(status, detail, title)
+
+
+def _record(action: str, outcome: str, status: int) -> AuditRecord:
+    current = state()
+    return audit_record(action, outcome, status, request_id=current.request_id,
+                        remote_addr=request.remote_addr, caller=current.caller,
+                        key_id=current.claimed_key_id, at=services().clock.now())
+
+
+def count_denied(record: AuditRecord) -> None:
+    """Add one to the denial's minute row; committed before the response, like a record."""
+    try:
+        conn = connection()
+        count_denial(conn, record)
+        conn.commit()
+    except SQLAlchemyError:
+        raise audit_unavailable(record.request_id, record.action) from None
+
+
+def address_verdict(found: Services, address: str | None) -> Verdict:
+    """Count one request from ``address`` that no known key vouches for, in this minute."""
+    limiter = RateLimiter(found.limiter.counter,
+                          found.settings.api_rate_limit_per_address_per_minute,
+                          lambda: found.clock.now().timestamp())
+    return limiter.check(f"addr:{address or 'unknown'}")
+
+
+def throttle_address(action: str) -> None:
+    """429 once this address has sent its minute's share of requests without a known key."""
+    verdict: Verdict | None = request.environ.get(ADDRESS_VERDICT)
+    if verdict is None:
+        try:
+            verdict = address_verdict(services(), request.remote_addr)
+        except Exception:  # the counter store is down: fail closed, say so
+            log.error("rate-limit store unavailable for request %s", state().request_id)
+            raise Problem(503, "the rate-limit store cannot be reached; retry later",
+                          "Rate limiting unavailable") from None
+        request.environ[ADDRESS_VERDICT] = verdict
+    if not verdict.allowed:
+        limit = services().settings.api_rate_limit_per_address_per_minute
+        problem = deny_counted(action, 429, "rate_limited",
+                               f"more than {limit} requests a minute from this address "
+                               f"without a valid key; retry after {verdict.retry_after} s",
+                               "Too Many Requests")
+        problem.headers = {"Retry-After": str(verdict.retry_after)}
+        raise problem
+
+
 def _authenticate(action: str) -> Caller:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorised(deny(action, 401, "unauthenticated",
-                                 "send an API key as 'Authorization: Bearer <key>'",
-                                 "Authentication required"))
     current = state()
-    current.claimed_key_id = key_id_of(token)
-    digest = current.token_digest = token_digest(token)
-    found = read_cache().callers.get(digest)
-    if found is None:
-        try:
-            found = authenticate(connection(), token)
-        except SQLAlchemyError:
-            log.error("key lookup failed for request %s", current.request_id)
-            raise Problem(503, "the key store cannot be read; retry later",
-                          "Authentication unavailable") from None
-        if found is not None:
-            read_cache().callers.put(digest, found)
-    if found is None:
-        raise _unauthorised(deny(action, 401, "unauthenticated",
-                                 "the API key is not valid or has been revoked",
-                                 "Authentication required"))
-    return found
+    now = services().clock.now()
+    found = None
+    if scheme.lower() == "bearer" and token:
+        current.claimed_key_id = key_id_of(token)
+        digest = current.token_digest = token_digest(token)
+        found = read_cache().callers.get(digest)
+        if found is not None and found.expired(now):
+            read_cache().callers.pop(digest)
+            found = None
+    if found is not None:
+        return found
+    throttle_address(action)
+    if current.token_digest is None:
+        raise _unauthorised(deny_counted(action, 401, "unauthenticated",
+                                         "send an API key as 'Authorization: Bearer <key>'",
+                                         "Authentication required"))
+    try:
+        checked = check_key(connection(), token, now)
+    except SQLAlchemyError:
+        log.error("key lookup failed for request %s", current.request_id)
+        raise Problem(503, "the key store cannot be read; retry later",
+                      "Authentication unavailable") from None
+    if checked.caller is None:
+        raise _unauthorised(deny_counted(action, 401, checked.outcome,
+                                         "the API key is not valid, has expired or has been "
+                                         "revoked", "Authentication required"))
+    read_cache().callers.put(current.token_digest, checked.caller)
+    return checked.caller
 
 
 def _unauthorised(problem: Problem) -> Problem:
@@ -226,9 +349,9 @@ def _rate_limit(who: Caller, action: str) -> None:
         raise Problem(503, "the rate-limit store cannot be reached; retry later",
                       "Rate limiting unavailable") from None
     if not verdict.allowed:
-        problem = deny(action, 429, "rate_limited",
-                       f"more than {limiter.limit} requests a minute for this key; "
-                       f"retry after {verdict.retry_after} s", "Too Many Requests")
+        problem = deny_counted(action, 429, "rate_limited",
+                               f"more than {limiter.limit} requests a minute for this key; "
+                               f"retry after {verdict.retry_after} s", "Too Many Requests")
         problem.headers = {"Retry-After": str(verdict.retry_after)}
         raise problem
 

@@ -6,6 +6,7 @@ and writes nothing if it no longer holds, so a revoked key or a replaced list is
 by the very statement that would have let data out. Pages and freshness summaries
 (drift included) are keyed by the publication they came from (as of, run id,
 published at), which never changes once committed: they can go unused, never stale.
+A caller is kept with its key's expiry, and is not used once that has passed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from itsdangerous import URLSafeSerializer
 
 from retention.access.keys import Caller
 
@@ -87,3 +90,5 @@ class ReadCache:
     # by publication: what of its freshness is fixed (all but the age), drift included
     freshness: LRU[dict[str, Any]] = field(default_factory=lambda: LRU(64))
     pages: LRU[Page] = field(default_factory=lambda: LRU(4096, PAGE_BYTES_PER_WORKER))
+    # Signs and checks the list's cursors, with the store's key (read once: it never changes).
+    cursors: URLSafeSerializer | None = None

@@ -16,6 +16,10 @@ it again: if the count is refused or fails, the audit write fails (or anything e
 does), or the audit statement refuses a claim, it hands the request to Flask with
 what it did (``auth.Handover``) and Flask answers as it would have.
 ``tests/api/test_fastpath.py`` runs requests through both paths and compares them.
+
+The key is looked up (in the cache, by its hash) before the query is parsed, so a
+request without a known key costs no parsing here, and a query the path cannot plan
+for any reason goes to Flask: nothing raised while planning ever leaves this module.
 """
 
 from __future__ import annotations
@@ -89,10 +93,13 @@ class CachedListPath:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         started = time.perf_counter()
-        plan = self._plan(environ)
+        try:
+            plan = self._plan(environ)
+        except Exception:  # Flask parses the request again and answers it (400, or 500)
+            plan = None
         if plan is None:
             return self._flask_app(environ, start_response)
-        who, digest, pub, latest, page, body = plan
+        who, digest, pub, latest, page, body, now = plan
         rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         handed = Handover(rid)
         verdict: Verdict | Exception
@@ -105,8 +112,8 @@ class CachedListPath:
             return self._hand_over(environ, start_response, handed)
         record = audit_record(ACTION, "ok", 200, request_id=rid,
                               remote_addr=environ.get("REMOTE_ADDR"), caller=who,
-                              client_ids=page.client_ids, at=self._clock.now())
-        claims = [key_still_valid(who.key_id, digest),
+                              client_ids=page.client_ids, at=now)
+        claims = [key_still_valid(who.key_id, digest, now),
                   still_published(pub, latest)]
         written = False
         conn = None
@@ -141,20 +148,23 @@ class CachedListPath:
                 or "HTTP_TRANSFER_ENCODING" in environ or "HTTP_COOKIE" in environ
                 or HANDOVER in environ):
             return None
-        args = _plain_args(environ.get("QUERY_STRING", ""))
-        if args is None:
-            return None
-        try:
-            query = routes.parse_list_query(args, self._max_limit)
-        except Problem:
-            return None
+        # The key first: a request from no key the worker knows is parsed by Flask, after
+        # Flask has counted its address and authenticated it.
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
         digest = token_digest(token)
         who = self._cache.callers.get(digest)
-        if who is None or not who.reads_client_data:
+        now = self._clock.now()
+        if who is None or not who.reads_client_data or who.expired(now):
+            return None
+        args = _plain_args(environ.get("QUERY_STRING", ""))
+        if args is None or ("cursor" in args and self._cache.cursors is None):
+            return None
+        try:
+            query = routes.parse_list_query(args, self._max_limit, who, self._cache.cursors)
+        except Problem:
             return None
         pub = self._cache.publications.get(query.as_of)
         if pub is None:
@@ -164,7 +174,8 @@ class CachedListPath:
         if fixed is None or page is None:
             return None
         fresh = routes.aged(fixed, pub["as_of"], self._clock.today())
-        return who, digest, pub, query.as_of is None, page, routes.list_body(fresh, page)
+        return (who, digest, pub, query.as_of is None, page, routes.list_body(fresh, page),
+                now)
 
     def _hand_over(self, environ: dict[str, Any], start_response: Callable[..., Any],
                    handed: Handover) -> Iterable[bytes]:

@@ -11,12 +11,15 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from retention.api.routes import TIERS, settings
+from retention.api.routes import MAX_CURSOR_LENGTH, TIERS, settings
 
 bp = Blueprint("openapi", __name__)
 
 JSON, PROBLEM, FHIR = "application/json", "application/problem+json", "application/fhir+json"
 STR = {"type": "string"}
+# Query and path text: the API refuses control characters in any of it (400).
+PLAIN = r"\x00-\x1f\x7f"
+TEXT = {"type": "string", "pattern": f"^[^{PLAIN}]*$"}
 NULLABLE_STR = {"type": ["string", "null"]}
 DATE = {"type": "string", "format": "date"}
 REF = "#/components/schemas/"
@@ -48,10 +51,11 @@ def _responses(ok: dict[str, Any], *extra: int, secured: bool = True) -> dict[st
     if 400 in extra or secured:
         out["400"] = _problem("A query parameter is unknown, repeated or invalid")
     if secured:
-        out["401"] = _problem("No API key, or one that is unknown or revoked", **{
+        out["401"] = _problem("No API key, or one that is unknown, expired or revoked", **{
             "WWW-Authenticate": {"required": True, "schema": STR}})
         out["403"] = _problem("The key's role may not use this endpoint")
-        out["429"] = _problem("Too many requests for this key this minute", **{
+        out["429"] = _problem("Too many requests this minute: for this key, or from this "
+                              "address without a valid key", **{
             "Retry-After": {"required": True, "schema": {"type": "string",
                                                           "pattern": "^[0-9]+$"}}})
     for status in extra:
@@ -169,11 +173,14 @@ def document(max_limit: int) -> dict[str, Any]:
     list_params = [
         _query("limit", {"type": "integer", "minimum": 1, "maximum": max_limit},
                f"Page size (default 50, at most {max_limit})"),
-        _query("cursor", STR, "next_cursor from the previous page"),
+        _query("cursor", {"type": "string", "maxLength": MAX_CURSOR_LENGTH,
+                          "pattern": "^[A-Za-z0-9_.-]+$"},
+               "next_cursor from the previous page, with the same key and filters (signed: "
+               "any other is a 400)"),
         as_of,
-        _query("clinic_id", STR, "Only this clinic (within the key's clinics)"),
-        _query("case_manager_id", STR, "Only this case manager's caseload"),
-        _query("program", STR, "Only this program"),
+        _query("clinic_id", TEXT, "Only this clinic (within the key's clinics)"),
+        _query("case_manager_id", TEXT, "Only this case manager's caseload"),
+        _query("program", TEXT, "Only this program"),
         _query("tier", {"enum": list(TIERS)}, "Only this risk tier"),
         _query("min_risk", {"type": "number", "minimum": 0, "maximum": 1},
                "Only risk at or above this (0-1)"),
@@ -182,7 +189,7 @@ def document(max_limit: int) -> dict[str, Any]:
     ]
     secured: list[dict[str, list[str]]] = [{"apiKey": []}]
     client_id = {"name": "client_id", "in": "path", "required": True,
-                 "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
+                 "schema": {"type": "string", "minLength": 1, "pattern": f"^[^/{PLAIN}]+$"}}
     paths = {
         "/v1/risk-list": {"get": {
             "operationId": "riskList", "summary": "The ranked list in the caller's scope",
@@ -200,7 +207,7 @@ def document(max_limit: int) -> dict[str, Any]:
             "security": secured,
             "parameters": [
                 {"name": "subject", "in": "query", "required": True,
-                 "schema": {"type": "string", "pattern": "^(Patient/)?[^/]+$"}},
+                 "schema": {"type": "string", "pattern": f"^(Patient/)?[^/{PLAIN}]+$"}},
                 {"name": "date", "in": "query", "required": False,
                  "schema": {"type": "string", "pattern": FHIR_DATE}},
             ],
@@ -214,7 +221,7 @@ def document(max_limit: int) -> dict[str, Any]:
             "security": secured,
             "parameters": [{"name": "version", "in": "path", "required": True,
                             "schema": {"type": "string", "minLength": 1,
-                                       "pattern": "^[^/]+$"}}],
+                                       "pattern": f"^[^/{PLAIN}]+$"}}],
             "responses": _responses(json_ok("ModelCard", "The model card"), 404, 503)}},
         "/v1/runs": {"get": {
             "operationId": "runs", "summary": "Recent runs (analyst, admin)",

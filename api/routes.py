@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
+from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import Engine
 
-from retention.access.keys import Caller
+from retention.access.keys import Caller, signing_key
 from retention.access.scope import ListFilter, client_exists, read_client, read_page, scope_of
 from retention.api.auth import (
     CLIENT_DATA,
@@ -44,6 +43,11 @@ TIERS = ("high", "medium", "low")
 LIST_PARAMS = {"limit", "cursor", "as_of", "clinic_id", "case_manager_id", "program", "tier",
                "min_risk", "engaged_only"}
 INVALID = "Invalid query parameter"
+# Cursors are signed (itsdangerous, HMAC-SHA256) with the store's "cursor" key, for
+# one view: the caller's scope and the filters. A position is at most this (an int4).
+CURSOR_SALT = "retention.cursor"
+MAX_POSITION = 2**31 - 1
+MAX_CURSOR_LENGTH = 256
 
 
 def settings() -> Settings:
@@ -69,9 +73,10 @@ def parse_date(name: str, args: Mapping[str, str] | None = None) -> date | None:
         raise Problem(400, f"{name} must be a date as YYYY-MM-DD, got {raw!r}", INVALID) from None
 
 
-def _parse_limit(args: Mapping[str, str], maximum: int, default: int = 50) -> int:
+def parse_limit(args: Mapping[str, str], maximum: int, default: int = 50) -> int:
+    """A page size from 1 to ``maximum``: ASCII digits only ('²' passes str.isdigit())."""
     raw = args.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9 and 1 <= int(raw) <= maximum):
         raise Problem(400, f"limit must be a whole number from 1 to {maximum}", INVALID)
     return int(raw)
 
@@ -108,25 +113,53 @@ def check_params(allowed: set[str]) -> None:
                       INVALID)
 
 
-def encode_cursor(as_of: date, position: int) -> str:
+def cursor_signer(secret: str) -> URLSafeSerializer:
+    """What signs and checks cursors with the store's cursor key."""
+    return URLSafeSerializer(secret, salt=CURSOR_SALT,
+                             signer_kwargs={"digest_method": hashlib.sha256})
+
+
+def cursors() -> URLSafeSerializer:
+    """The worker's cursor signer, with the key read from the store once."""
+    cache = read_cache()
+    if cache.cursors is None:
+        secret = signing_key(connection(), "cursor")
+        if secret is None:
+            raise Problem(503, "the store has no key to sign cursors with; the operator must "
+                          "run `retention migrate`", "Paging unavailable")
+        cache.cursors = cursor_signer(secret)
+    return cache.cursors
+
+
+def view_of(who: Caller, flt: ListFilter) -> str:
+    """What a cursor belongs to: the caller's scope and the filters, not the position."""
+    seen = repr((scope_of(who), replace(flt, offset=0))).encode()
+    return f"{CURSOR_SALT}:{hashlib.sha256(seen).hexdigest()}"
+
+
+def encode_cursor(signer: URLSafeSerializer, as_of: date, position: int, view: str) -> str:
     """The next page starts after ``position`` rows of the caller's filtered view; a
     position in their own view reveals nothing of other clinics' rows."""
-    raw = json.dumps({"as_of": as_of.isoformat(), "pos": position}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return str(signer.dumps({"as_of": as_of.isoformat(), "pos": position}, salt=view))
 
 
-def decode_cursor(raw: str) -> tuple[date, int]:
-    """A cursor pins the list it came from, so later pages never mix two nights' lists."""
+def decode_cursor(signer: URLSafeSerializer, raw: str, view: str) -> tuple[date, int]:
+    """A cursor pins the list it came from, so later pages never mix two nights' lists.
+
+    One the API did not sign, or signed for another view (another scope or other
+    filters), is a 400: its position would mean another row there.
+    """
     try:
-        body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        as_of, after = date.fromisoformat(body["as_of"]), int(body["pos"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        after = -1
-    if after < 0:
-        # Opaque to the caller: one that points nowhere is a page that does not exist.
-        raise Problem(404, "cursor is not one this API returned; start again without it",
-                      "Unknown cursor")
-    return as_of, after
+        if len(raw) > MAX_CURSOR_LENGTH:
+            raise ValueError(raw[:8])
+        body = signer.loads(raw, salt=view)
+        as_of, position = date.fromisoformat(body["as_of"]), body["pos"]
+        if type(position) is not int or not 0 <= position <= MAX_POSITION:
+            raise ValueError(position)
+    except (BadData, ValueError, KeyError, TypeError):
+        raise Problem(400, "cursor is not one this API returned for this list and these "
+                      "filters; start again without it", INVALID) from None
+    return as_of, position
 
 
 def publication(as_of: date | None) -> dict[str, Any]:
@@ -191,16 +224,15 @@ class ListQuery:
     limit: int
 
 
-def parse_list_query(args: Mapping[str, str], max_limit: int) -> ListQuery:
-    """The list's parameters from a query without unknown or repeated names; 400/404 if bad."""
-    limit = _parse_limit(args, max_limit)
+def parse_list_query(args: Mapping[str, str], max_limit: int, who: Caller,
+                     signer: URLSafeSerializer | None) -> ListQuery:
+    """The list's parameters from a query without unknown or repeated names; 400 if bad.
+
+    Only for an authenticated caller: a cursor is checked against their view. ``signer``
+    is needed when the query has a cursor.
+    """
+    limit = parse_limit(args, max_limit)
     as_of = parse_date("as_of", args)
-    after = 0
-    if "cursor" in args:
-        cursor_as_of, after = decode_cursor(args["cursor"])
-        if as_of is not None and as_of != cursor_as_of:
-            raise Problem(400, "as_of differs from the list the cursor belongs to", INVALID)
-        as_of = cursor_as_of
     engaged = _parse_choice(args, "engaged_only", ("true", "false"))
     flt = ListFilter(
         clinic_id=args.get("clinic_id"),
@@ -209,8 +241,13 @@ def parse_list_query(args: Mapping[str, str], max_limit: int) -> ListQuery:
         tier=_parse_choice(args, "tier", TIERS),
         min_risk=_parse_min_risk(args),
         still_engaged=True if engaged == "true" else None,
-        offset=after,
     )
+    if "cursor" in args:
+        assert signer is not None, "a cursor needs the signer"
+        cursor_as_of, after = decode_cursor(signer, args["cursor"], view_of(who, flt))
+        if as_of is not None and as_of != cursor_as_of:
+            raise Problem(400, "as_of differs from the list the cursor belongs to", INVALID)
+        as_of, flt = cursor_as_of, replace(flt, offset=after)
     return ListQuery(as_of, flt, limit)
 
 
@@ -220,7 +257,9 @@ def risk_list() -> ResponseReturnValue:
     """Open episodes in the caller's scope ranked by risk, highest first, with reasons."""
     check_params(LIST_PARAMS)
     # A plain dict: a MultiDict raises (and catches) an exception for each absent name.
-    query = parse_list_query(request.args.to_dict(), settings().api_max_limit)
+    args = request.args.to_dict()
+    query = parse_list_query(args, settings().api_max_limit, caller(),
+                             cursors() if "cursor" in args else None)
     pub = publication(query.as_of)
     page = list_page(pub, query.flt, query.limit)
     returning(page.client_ids)
@@ -253,7 +292,8 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
         # orjson writes dates and naive datetimes as isoformat() does: no iso() per field.
         items = orjson.dumps([{k: r.get(k) for k in LIST_FIELDS} for r in rows])
         page = Page(items, tuple(r["client_id"] for r in rows),
-                    encode_cursor(pub["as_of"], rows[-1]["rank"]) if more else None)
+                    encode_cursor(cursors(), pub["as_of"], rows[-1]["rank"],
+                                  view_of(caller(), flt)) if more else None)
         cache.pages.put(key, page, cost=len(items))
     return page
 

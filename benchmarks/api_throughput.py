@@ -196,7 +196,7 @@ def serve(kind: str, store_url: str, port: int, workers: int, page: bytes = b"")
 
 
 def client_loop(port: int, path: str, token: str, seconds: float, out: Any,
-                ranks: int) -> None:
+                ranks: int, signing: tuple[str, str] = ("", "")) -> None:
     """One closed-loop client: request, wait for the answer, repeat; latencies in ms.
 
     A path with ``{rank}`` asks each time for the page after a random rank below
@@ -207,7 +207,8 @@ def client_loop(port: int, path: str, token: str, seconds: float, out: Any,
     rng = random.Random(os.getpid())
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        url = path.format(rank=_cursor(rng.randrange(ranks))) if "{rank}" in path else path
+        url = (path.format(rank=_cursor(signing, rng.randrange(ranks))) if "{rank}" in path
+               else path)
         started = time.perf_counter()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", url, headers=headers)
@@ -220,10 +221,12 @@ def client_loop(port: int, path: str, token: str, seconds: float, out: Any,
 
 
 def measure(port: int, path: str, token: str, seconds: float, clients: int,
-            watched: dict[str, list[int]], ranks: int = 1) -> dict[str, float]:
+            watched: dict[str, list[int]], ranks: int = 1,
+            signing: tuple[str, str] = ("", "")) -> dict[str, float]:
     """Closed-loop load from ``clients`` processes; latencies, and CPU seconds by component."""
     queue: Any = mp.Queue()
-    procs = [mp.Process(target=client_loop, args=(port, path, token, seconds, queue, ranks))
+    procs = [mp.Process(target=client_loop, args=(port, path, token, seconds, queue, ranks,
+                                                       signing))
              for _ in range(clients)]
     before = {name: cpu_seconds(pids) for name, pids in watched.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -330,14 +333,17 @@ def main() -> None:
                  ("floor: Flask, count+audit+page", ports["floor_flask"], "/floor"),
                  ("ranked list, page of 50", ports["api"], "/v1/risk-list?limit=50"),
                  ("ranked list, tier=high, page 2", ports["api"],
-                  "/v1/risk-list?limit=50&tier=high&cursor=" + _cursor(150)),
+                  "/v1/risk-list?limit=50&tier=high&cursor="
+                  + _cursor(cursor_signing(store_url, token, tier="high"), 150)),
                  ("ranked list, random page", ports["api"], "/v1/risk-list?limit=50&cursor={rank}"),
                  ("client risk", ports["api"], f"/v1/clients/{client_id}/risk")]
         database = store_url.rsplit("/", 1)[1]
         rows = []
+        signing = cursor_signing(store_url, token)  # the random pages' view: no filters
         for label, port, path in cases:
             # Watched afresh per case: pooled backends and workers exist once warmed up.
-            measure(port, path, token, 2, args.concurrency, {}, args.clients)  # warm up
+            measure(port, path, token, 2, args.concurrency, {}, args.clients,  # warm up
+                    signing)
             server = servers[list(ports.values()).index(port)]
             watched = {
                 "server": descendants(server.pid or 0),
@@ -346,7 +352,7 @@ def main() -> None:
             }
             say(f"bench: {label} for {args.seconds:.0f} s with {args.concurrency} clients ...")
             rows.append((label, measure(port, path, token, args.seconds, args.concurrency,
-                                        watched, args.clients)))
+                                        watched, args.clients, signing)))
         print(f"{'endpoint':<32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} "
               f"{'errors':>6}   CPU ms per request: server postgres redis clients")
         for label, r in rows:
@@ -368,10 +374,25 @@ def main() -> None:
         drop_database(store_url)
 
 
-def _cursor(rank: int) -> str:
-    from retention.api.routes import encode_cursor
+def cursor_signing(store_url: str, token: str, **filters: Any) -> tuple[str, str]:
+    """The store's cursor key and the view (the key's scope, these filters) cursors are for."""
+    from retention.access.keys import authenticate, signing_key
+    from retention.access.scope import ListFilter
+    from retention.api.routes import view_of
 
-    return encode_cursor(AS_OF, rank)
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        secret, who = signing_key(conn, "cursor"), authenticate(conn, token)
+    engine.dispose()
+    assert secret is not None and who is not None
+    return secret, view_of(who, ListFilter(**filters))
+
+
+def _cursor(signing: tuple[str, str], rank: int) -> str:
+    """The cursor the API returns after ``rank`` rows of the view ``signing`` names."""
+    from retention.api.routes import cursor_signer, encode_cursor
+
+    return encode_cursor(cursor_signer(signing[0]), AS_OF, rank, signing[1])
 
 
 if __name__ == "__main__":

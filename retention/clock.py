@@ -46,3 +46,16 @@ class FixedClock:
 
     def today(self) -> date:
         return self.at.date()
+
+
+@dataclass
+class MovableClock:
+    """A clock a test moves by hand (``clock.at += timedelta(...)``): timeouts, expiry."""
+
+    at: datetime
+
+    def now(self) -> datetime:
+        return self.at
+
+    def today(self) -> date:
+        return self.at.date()

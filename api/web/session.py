@@ -1,9 +1,12 @@
 """Sessions for the pages: the signing secret, cookie settings, CSRF, sign-in state and audit.
 
-The cookie is Flask's signed session holding the key id, when it was signed in and a
-CSRF token; nothing else. Every request looks the key up again (a revoked key ends
-the session), every form carries the CSRF token, and every read of client data is
-audited before the page is sent; if the audit cannot be written the page is refused.
+The cookie is Flask's signed session holding a session id and a CSRF token; nothing
+else. The session itself is the store's (``access.sessions``): signing out ends it for
+every copy of the cookie, and it ends after ``web_session_idle_minutes`` without a page
+or ``web_session_max_hours`` after sign-in. Every request looks the session and its key
+up again (a revoked or expired key ends it), every form carries the CSRF token, and
+every read of client data is audited before the page is sent; if the audit cannot be
+written the page is refused.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import Flask, redirect, request, session, url_for
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from retention.access.audit import audit_record, write_audit
+from retention.access.audit import AuditRecord, audit_record, write_audit
 from retention.access.keys import Caller, page_caller
+from retention.access.sessions import end_session, resume_session, start_session
 from retention.api.errors import Problem
 from retention.api.services import services, state
 
@@ -31,9 +36,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 SECRET_ENV = "RETENTION_SECRET_KEY"
 INSECURE_COOKIE_ENV = "RETENTION_INSECURE_COOKIES"
 MIN_SECRET_LENGTH = 32
-# A signed-in session lasts a working day, then the key is asked for again.
-SESSION_SECONDS = 10 * 3600
 CSRF_FIELD = "csrf_token"
+# The cookie's name for the store's session id.
+SESSION_ID = "sid"
 
 
 class WebConfigError(RuntimeError):
@@ -99,42 +104,108 @@ def check_csrf() -> None:
 
 
 def sign_in(caller: Caller) -> None:
-    """Start a fresh session for ``caller`` (a new CSRF token too: no fixation)."""
+    """Start a session for ``caller`` in the store and audit the sign-in, in one transaction
+    (no session without its record); then a fresh cookie (a new CSRF token: no fixation)."""
+    now = services().clock.now()
+    record = page_record("web.sign_in", "ok", 200, who=caller)
+    try:
+        with _store().begin() as conn:
+            write_audit(conn, record)
+            session_id = start_session(conn, caller.key_id, now)
+    except SQLAlchemyError:
+        raise _audit_unavailable(record.action) from None
     session.clear()
-    session["key_id"] = caller.key_id
-    session["at"] = int(services().clock.now().timestamp())
+    session[SESSION_ID] = session_id
     session["csrf"] = secrets.token_urlsafe(32)
 
 
 def signed_in_caller() -> Caller | None:
-    """The caller of this session if it is young enough and its key still valid."""
-    key_id, at = session.get("key_id"), session.get("at", 0)
-    if not key_id or services().clock.now().timestamp() - float(at) > SESSION_SECONDS:
+    """The caller of this browser's session if the store still holds it live (not signed
+    out, not idle or old past the limits) and its key may still use the pages.
+
+    A session whose key was revoked, expired or lost its role is ended there and then.
+    """
+    session_id = session.get(SESSION_ID)
+    if not session_id:
         return None
+    settings, now = services().settings, services().clock.now()
     try:
-        with _store().connect() as conn:
-            return page_caller(conn, str(key_id))
+        with _store().begin() as conn:
+            key_id = resume_session(conn, str(session_id), now,
+                                    timedelta(minutes=settings.web_session_idle_minutes),
+                                    timedelta(hours=settings.web_session_max_hours))
+            who = page_caller(conn, key_id, now) if key_id is not None else None
+            if key_id is not None and who is None:
+                end_session(conn, str(session_id), now, reason="key_refused")
+            return who
     except SQLAlchemyError:
-        log.error("key lookup failed for request %s", state().request_id)
+        log.error("session lookup failed for request %s", state().request_id)
         raise Problem(503, "The service database cannot be read; try again shortly.",
                       "Service unavailable") from None
 
 
-def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
-          who: Caller | None = None, key_id: str | None = None) -> None:
-    """Append the audit record now; if it cannot be written, refuse the page."""
-    record = audit_record(action, outcome, status, request_id=state().request_id,
-                          remote_addr=request.remote_addr, caller=who, key_id=key_id,
-                          client_ids=client_ids, at=services().clock.now())
+def sign_out(who: Caller) -> bool:
+    """End this browser's session in the store and audit it, in one transaction; clear the
+    cookie. Returns whether the sign-out was audited.
+
+    If the audit cannot be written the session is still ended, on its own: a session left
+    live because the trail was down is worse than a sign-out without its record (which
+    is logged). Raises Problem 503 only if the store cannot end the session at all.
+    """
+    session_id, now = str(session.get(SESSION_ID, "")), services().clock.now()
+    session.clear()
     try:
         with _store().begin() as conn:
-            write_audit(conn, record)
+            write_audit(conn, page_record("web.sign_out", "ok", 200, who=who))
+            end_session(conn, session_id, now)
+        return True
     except SQLAlchemyError:
-        log.error("audit write failed for request %s (%s); refusing the page",
-                  state().request_id, action)
-        raise Problem(503, "The audit trail cannot be written, so no client data is shown. "
-                      "Try again shortly or ask the operator to check the service database.",
-                      "Audit unavailable") from None
+        log.error("audit write failed for request %s (web.sign_out); ending the session "
+                  "without its record", state().request_id)
+    try:
+        with _store().begin() as conn:
+            end_session(conn, session_id, now)
+    except SQLAlchemyError:
+        log.error("session end failed for request %s", state().request_id)
+        raise Problem(503, "The service database cannot be reached, so the sign-out could "
+                      "not be completed. This browser has forgotten the session; close it, "
+                      "and try signing out again shortly.", "Service unavailable") from None
+    return False
+
+
+def page_record(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
+                who: Caller | None = None, key_id: str | None = None) -> AuditRecord:
+    """The audit record of this page request."""
+    return audit_record(action, outcome, status, request_id=state().request_id,
+                        remote_addr=request.remote_addr, caller=who, key_id=key_id,
+                        client_ids=client_ids, at=services().clock.now())
+
+
+def _audit_unavailable(action: str) -> Problem:
+    log.error("audit write failed for request %s (%s); refusing the page",
+              state().request_id, action)
+    return Problem(503, "The audit trail cannot be written, so no client data is shown. "
+                   "Try again shortly or ask the operator to check the service database.",
+                   "Audit unavailable")
+
+
+def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = (),
+          who: Caller | None = None, key_id: str | None = None,
+          conn: Connection | None = None) -> None:
+    """Append the audit record now; if it cannot be written, refuse the page.
+
+    With ``conn`` the record joins that transaction, so what the request changed is
+    committed with its record or not at all.
+    """
+    record = page_record(action, outcome, status, client_ids, who, key_id)
+    try:
+        if conn is not None:
+            write_audit(conn, record)
+            return
+        with _store().begin() as own:
+            write_audit(own, record)
+    except SQLAlchemyError:
+        raise _audit_unavailable(action) from None
 
 
 def _rate_limit(who: Caller) -> None:
@@ -158,8 +229,8 @@ def signed_in(view: F) -> F:
                           "Pages unavailable")
         who = signed_in_caller()
         if who is None:
-            ended = "key_id" in session
-            session.pop("key_id", None)
+            ended = SESSION_ID in session
+            session.pop(SESSION_ID, None)
             target = url_for("web.sign_in_form", ended=1 if ended else None,
                              next=request.full_path if request.method == "GET" else None)
             return redirect(target, 303)

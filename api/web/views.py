@@ -12,14 +12,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from retention.access.keys import Caller, authenticate, key_id_of, key_label, page_caller
+from retention.access.keys import Caller, check_key, key_id_of, key_label, page_caller
 from retention.access.scope import client_exists, read_client
+from retention.api.auth import deny_counted, throttle_address
 from retention.api.errors import Problem
 from retention.api.routes import today
 from retention.api.services import services, state
 from retention.api.web import charts
+from retention.api.web import session as pages
 from retention.api.web.session import (
     CSRF_FIELD,
+    SESSION_ID,
     audit,
     check_csrf,
     csrf_token,
@@ -86,9 +89,11 @@ def html_error(exc: HTTPException) -> ResponseReturnValue:
     """Errors on the pages are pages (the JSON API keeps its problem JSON)."""
     status = exc.code or 500
     title = getattr(exc, "title", None) or exc.name
-    headers = {"Retry-After": "60"} if status in (429, 503) else {}
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status in (429, 503):
+        headers.setdefault("Retry-After", "60")
     return render_template("error.html", title=title, detail=exc.description,
-                           signed_in="key_id" in session, status=status), status, headers
+                           signed_in=SESSION_ID in session, status=status), status, headers
 
 
 @bp.errorhandler(Exception)
@@ -97,7 +102,7 @@ def html_unexpected(exc: Exception) -> ResponseReturnValue:
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
     return render_template("error.html", title="Something went wrong", status=500,
                            detail="The page could not be shown; the error has been logged.",
-                           signed_in="key_id" in session), 500
+                           signed_in=SESSION_ID in session), 500
 
 
 # --- sign-in ----------------------------------------------------------------------
@@ -112,30 +117,40 @@ def sign_in_form() -> ResponseReturnValue:
 
 @bp.post("/sign-in")
 def sign_in_submit() -> ResponseReturnValue:
-    """Check the key like the API does; only case managers and administrators get in."""
+    """Check the key like the API does; only case managers and administrators get in.
+
+    Counted by address first, like an API request without a known key (a guessed key
+    costs a sign-in as much as an API call); failed sign-ins past the first few a minute
+    are counted, not written one by one.
+    """
     if not services().web_pages:
         raise Problem(503, "Sign-in is not configured: the operator must set "
                       "RETENTION_SECRET_KEY.", "Pages unavailable")
+    throttle_address("web.sign_in")
     check_csrf()
     token = request.form.get("key", "").strip()
     next_page = request.form.get("next", "")
-    claimed = key_id_of(token)
+    state().claimed_key_id = key_id_of(token)
+    now = services().clock.now()
     try:
         with _store().connect() as conn:
-            who = authenticate(conn, token)
-            allowed = who is not None and page_caller(conn, who.key_id)
+            checked = check_key(conn, token, now)
+            who = checked.caller
+            allowed = who is not None and page_caller(conn, who.key_id, now)
     except SQLAlchemyError:
         raise Problem(503, "The service database cannot be read; try again shortly.",
                       "Service unavailable") from None
-    if who is None or not allowed:
-        outcome = "unauthenticated" if who is None else "forbidden"
-        audit("web.sign_in", outcome, 401 if who is None else 403, who=who, key_id=claimed)
-        message = ("That access key is not valid or has been revoked." if who is None else
-                   "This key is for the API only; the pages are for case managers and "
-                   "administrators.")
-        return render_template("sign_in.html", error=message, next=next_page), \
-            401 if who is None else 403
-    audit("web.sign_in", "ok", 200, who=who)
+    if who is None:
+        deny_counted("web.sign_in", 401, checked.outcome, "sign-in refused",
+                     "Authentication required")  # audited; the page below is the answer
+        message = ("That access key has expired; ask for a new one." if checked.outcome
+                   == "expired" else "That access key is not valid or has been revoked.")
+        return render_template("sign_in.html", error=message, next=next_page), 401
+    if not allowed:
+        audit("web.sign_in", "forbidden", 403, who=who)
+        return render_template("sign_in.html", next=next_page,
+                               error="This key is for the API only; the pages are for case "
+                               "managers and administrators."), 403
     sign_in(who)
     return redirect(safe_next(next_page, url_for("web.daily_list")), 303)
 
@@ -143,9 +158,13 @@ def sign_in_submit() -> ResponseReturnValue:
 @bp.post("/sign-out")
 @signed_in
 def sign_out() -> ResponseReturnValue:
-    audit("web.sign_out", "ok", 200, who=_caller())
-    session.clear()
-    return redirect(url_for("web.sign_in_form", out=1), 303)
+    """End the session for every copy of the cookie, audited with it when the trail works."""
+    if pages.sign_out(_caller()):
+        return redirect(url_for("web.sign_in_form", out=1), 303)
+    return render_template(
+        "error.html", title="Signed out; not recorded", status=503, signed_in=False,
+        detail="You are signed out. The audit trail could not be written, so the sign-out "
+        "is not in it (the service log says so)."), 503
 
 
 # --- freshness --------------------------------------------------------------------
@@ -217,7 +236,7 @@ def _client_page(client_id: str, form_error: str | None = None,
             exists = client_exists(conn, client_id,
                                                 pub["as_of"] if pub else None)
         else:
-            history = outreach.client_history(conn, client_id)
+            history = outreach.client_history(conn, _caller(), client_id)
         label = key_label(conn, _caller().key_id)
     if story is None:
         # Outside the scope and absent look the same; the audit knows which.
@@ -259,23 +278,30 @@ def record_outreach(client_id: str) -> ResponseReturnValue:
     except outreach.OutreachError as exc:
         return _client_page(client_id, form_error=str(exc)[0].upper() + str(exc)[1:] + ".",
                             form=form)
-    with _store().begin() as conn:
-        pub = latest_publication(conn)
-        rows = (read_client(conn, who, client_id, pub["as_of"], limit=1)
-                if pub else [])
-        current = rows[0] if rows and pub and rows[0]["as_of"] == pub["as_of"] else None
-        if current is not None:
-            outreach.record_outreach(conn, outreach.Outreach(
-                client_id=client_id, episode_id=current["episode_id"],
-                clinic_id=current["clinic_id"], list_as_of=current["as_of"],
-                risk=current["risk"], tier=current["tier"], key_id=who.key_id,
-                case_manager_id=who.case_manager_id, reached=reached, channel=channel,
-                outcome=result, note=note,
-            ), at=services().clock.now())
+    # The entry and its audit record commit together or not at all.
+    try:
+        with _store().begin() as conn:
+            pub = latest_publication(conn)
+            rows = (read_client(conn, who, client_id, pub["as_of"], limit=1)
+                    if pub else [])
+            current = rows[0] if rows and pub and rows[0]["as_of"] == pub["as_of"] else None
+            if current is not None:
+                outreach.record_outreach(conn, outreach.Outreach(
+                    client_id=client_id, episode_id=current["episode_id"],
+                    clinic_id=current["clinic_id"], list_as_of=current["as_of"],
+                    risk=current["risk"], tier=current["tier"], key_id=who.key_id,
+                    case_manager_id=who.case_manager_id, reached=reached, channel=channel,
+                    outcome=result, note=note,
+                ), at=services().clock.now())
+                audit("web.outreach", "ok", 200, [client_id], who=who, conn=conn)
+    except SQLAlchemyError:
+        log.error("outreach not recorded for request %s: the store failed",
+                  state().request_id)
+        raise Problem(503, "The service database cannot be written, so the outreach was not "
+                      "recorded; try again shortly.", "Service unavailable") from None
     if current is None:
         audit("web.outreach", "denied", 404, [client_id], who=who)
         raise Problem(404, "This client is not on your list.", "Client not on your list")
-    audit("web.outreach", "ok", 200, [client_id], who=who)
     if request.form.get("back") == "list":
         return redirect(url_for("web.daily_list", recorded=client_id) + f"#c-{client_id}", 303)
     return redirect(url_for("web.client_page", client_id=client_id) + "#outreach", 303)

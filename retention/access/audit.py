@@ -5,6 +5,12 @@ conditions (``only_if``) the write also re-checks, in the same statement, what
 the response was built from (the key still valid, the list still the one served),
 so a revoked key or a replaced list is caught by the very statement that would
 have let data out. Functions take a connection first and never commit.
+
+A flood of denials (requests without a valid key, or over a rate limit) would otherwise
+write a record per request. Past the first few a minute from one address or key, the
+API counts them instead (``count_denial``): one row per minute, address, key, action
+and outcome in ``audit_denials``, whose count can only grow. The record that they
+happened, and how many, is kept; the trail's size is bounded by time, not by traffic.
 """
 
 from __future__ import annotations
@@ -12,18 +18,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, exists, insert, select
+from sqlalchemy import Connection, DateTime, bindparam, exists, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Insert
 
 from retention.access.keys import Caller
 from retention.clock import utcnow
 from retention.db import bulk
-from retention.store.tables import api_keys, audit_log
+from retention.store.tables import api_keys, audit_denials, audit_log
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ class AuditRecord:
     """One read of client data or one denial."""
 
     action: str
-    outcome: str  # "ok", "denied", "not_found", "unauthenticated", "forbidden"
+    # "ok", "denied", "not_found", "unauthenticated", "expired", "forbidden", "rate_limited"
+    outcome: str
     status: int
     request_id: str
     key_id: str | None = None
@@ -80,6 +88,8 @@ _KEY_STILL_VALID = exists().where(
     api_keys.c.key_id == bindparam("claim_key_id"),
     api_keys.c.token_sha256 == bindparam("claim_token_sha256"),
     api_keys.c.revoked_at.is_(None),
+    or_(api_keys.c.expires_at.is_(None),
+        api_keys.c.expires_at > bindparam("claim_now", type_=DateTime())),
 )
 
 
@@ -164,14 +174,53 @@ def _audit_cursor(connection: Connection, driver: Any) -> Any:
     return cursor
 
 
-def key_still_valid(key_id: str, token_sha256: str) -> Condition:
-    """The key exists with this token and is not revoked, as of the statement that tests it.
+def key_still_valid(key_id: str, token_sha256: str, now: datetime) -> Condition:
+    """The key exists with this token, is not revoked and has not expired by ``now``, as of
+    the statement that tests it.
 
-    Only revocation ever changes a key (role, clinics and grants are set at creation),
-    so a caller read earlier from a key that still passes this is still that caller.
+    Only revocation and expiry ever change a key (role, clinics and grants are set at
+    creation), so a caller read earlier from a key that still passes this is still that
+    caller.
     """
     return Condition("key", _KEY_STILL_VALID,
-                     {"claim_key_id": key_id, "claim_token_sha256": token_sha256})
+                     {"claim_key_id": key_id, "claim_token_sha256": token_sha256,
+                      "claim_now": now})
+
+
+def window_start(at: datetime, seconds: int = 60) -> datetime:
+    """The start of the counting window ``at`` falls in (whole minutes since midnight)."""
+    midnight = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight + timedelta(seconds=(at - midnight).seconds // seconds * seconds)
+
+
+def count_denial(connection: Connection, record: AuditRecord) -> None:
+    """Count one denial in its minute's row instead of writing a record of its own.
+
+    An upsert on one row: the first denial of its kind in the minute inserts it, later
+    ones add one and note their time and request id.
+    """
+    at = record.at or utcnow()
+    values = {"window_start": window_start(at), "source": record.source or "",
+              "key_id": record.key_id or "", "action": record.action,
+              "outcome": record.outcome, "status": record.status, "denials": 1,
+              "first_at": at, "last_at": at, "last_request_id": record.request_id}
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(audit_denials).values(values)
+    connection.execute(statement.on_conflict_do_update(
+        index_elements=[c.name for c in audit_denials.primary_key.columns],
+        set_={"denials": audit_denials.c.denials + 1, "last_at": statement.excluded.last_at,
+              "last_request_id": statement.excluded.last_request_id},
+    ))
+
+
+def read_denials(connection: Connection, start: datetime, end: datetime
+                 ) -> list[dict[str, Any]]:
+    """Counted denials of the minutes starting in ``[start, end)``, oldest first."""
+    d = audit_denials.c
+    rows = connection.execute(
+        select(audit_denials).where(d.window_start >= start, d.window_start < end)
+        .order_by(d.window_start, d.source, d.key_id, d.action, d.outcome, d.status))
+    return [dict(r._mapping) for r in rows]
 
 
 def read_audit(connection: Connection, start: datetime, end: datetime) -> list[dict[str, Any]]:

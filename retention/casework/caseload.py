@@ -92,7 +92,8 @@ def daily_list(connection: Connection, caller: Caller, as_of: date, flt: DailyFi
             .where(scores.c.as_of == before_as_of, scope_clause(caller))
         )
         before = {r.episode_id: (r.risk, r.tier) for r in found}
-    reached = outreach.latest_since(connection, (r["client_id"] for r in rows), outreach_since)
+    reached = outreach.latest_since(connection, caller, (r["client_id"] for r in rows),
+                                   outreach_since)
     for row in rows:
         row["change"], row["change_points"] = change_since(
             row, before.get(row["episode_id"]), before_as_of is not None)

@@ -7,6 +7,10 @@ by the case manager. Kept so that two people do not call the same client, and so
 that monitoring can measure the model on clients nobody contacted (an outreach that
 worked hides the dropout the model predicted). Functions take a connection first and
 never commit.
+
+An entry belongs to the clinic it was recorded in. A client who moves clinic keeps one
+client id, so what a reader sees is chosen by the entry's clinic (the caller's clinics),
+never by the client id alone: a note written in clinic-north is not shown in clinic-east.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import ColumnElement, Connection, false, func, insert, select, true
 
+from retention.access.keys import Caller
 from retention.clock import utcnow
 from retention.store.tables import NOTE_MAX, outreach
 
@@ -84,25 +89,41 @@ def record_outreach(connection: Connection, entry: Outreach, at: datetime | None
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
-def client_history(connection: Connection, client_id: str, limit: int = 50) -> list[dict[str, Any]]:
-    """A client's outreach, newest first."""
+def clinic_scope(caller: Caller) -> ColumnElement[bool]:
+    """The entries ``caller`` may read: those recorded in one of their clinics.
+
+    By clinic, not by caseload: colleagues in one clinic see each other's entries, so two
+    of them do not call the same client.
+    """
+    if not caller.reads_client_data:
+        return false()
+    if caller.clinics is None:
+        return true()
+    return outreach.c.clinic_id.in_(caller.clinics)
+
+
+def client_history(connection: Connection, caller: Caller, client_id: str, limit: int = 50
+                   ) -> list[dict[str, Any]]:
+    """A client's outreach recorded in the caller's clinics, newest first."""
     rows = connection.execute(
-        select(outreach).where(outreach.c.client_id == client_id)
+        select(outreach).where(outreach.c.client_id == client_id, clinic_scope(caller))
         .order_by(outreach.c.recorded_at.desc(), outreach.c.outreach_id.desc()).limit(limit)
     )
     return [dict(r._mapping) for r in rows]
 
 
 def latest_since(
-    connection: Connection, client_ids: Iterable[str], since: datetime
+    connection: Connection, caller: Caller, client_ids: Iterable[str], since: datetime
 ) -> dict[str, dict[str, Any]]:
-    """Per client, the newest entry recorded at or after ``since`` (clients without one absent)."""
+    """Per client, the newest entry recorded in the caller's clinics at or after ``since``
+    (clients without one absent)."""
     ids = sorted(set(client_ids))
     if not ids:
         return {}
     newest = (
         select(outreach.c.client_id, func.max(outreach.c.outreach_id).label("last_id"))
-        .where(outreach.c.recorded_at >= since, outreach.c.client_id.in_(ids))
+        .where(outreach.c.recorded_at >= since, outreach.c.client_id.in_(ids),
+               clinic_scope(caller))
         .group_by(outreach.c.client_id).subquery()
     )
     rows = connection.execute(

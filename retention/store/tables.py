@@ -62,6 +62,10 @@ runs = Table(
     Column("error", Text),
     # JSON: what the run did in more detail (full or incremental, counts per table).
     Column("detail", Text),
+    # Where it runs, for the operator; whether it still does is its lock's to say
+    # (retention.db.locks.live_runs), since a pid is reused and hosts share a store.
+    Column("host", String(255)),
+    Column("pid", Integer),
 )
 
 features = Table(
@@ -161,6 +165,10 @@ api_keys = Table(
     Column("label", String(200)),
     Column("created_at", DateTime, nullable=False),
     Column("revoked_at", DateTime),
+    # Refused from this time on, like a revoked key (null: no expiry). Rotation sets it on
+    # the old key to the end of the overlap; ``rotated_from`` names the key a new one replaced.
+    Column("expires_at", DateTime),
+    Column("rotated_from", String(12)),
 )
 
 # Append-only: triggers made by migration 0002 reject UPDATE and DELETE (and TRUNCATE
@@ -179,6 +187,48 @@ audit_log = Table(
     Column("outcome", String(16), nullable=False),
     Column("status", Integer, nullable=False),
     Index("ix_audit_log_at", "at"),
+)
+
+# Denials past the first ``audit_denials_per_minute`` from one address (or key) in a
+# minute, counted instead of written one by one: a flood leaves a bounded trail and every
+# denial is still counted. Triggers made by migration 0007 let a row's count only grow.
+audit_denials = Table(
+    "audit_denials",
+    metadata,
+    Column("window_start", DateTime, primary_key=True),  # naive UTC, the minute's start
+    Column("source", String(64), primary_key=True),  # "" when unknown
+    Column("key_id", String(12), primary_key=True),  # the key (or claimed key id); "" for none
+    Column("action", String(64), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("status", Integer, primary_key=True, autoincrement=False),
+    Column("denials", Integer, nullable=False),
+    Column("first_at", DateTime, nullable=False),
+    Column("last_at", DateTime, nullable=False),
+    Column("last_request_id", String(64), nullable=False),
+)
+
+# The pages' sessions: the cookie holds a random session id, the store only its SHA-256.
+# Ended at sign-out, when the key is revoked, or by the idle and absolute timeouts.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("session_sha256", String(64), primary_key=True),
+    Column("key_id", String(12), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("last_seen_at", DateTime, nullable=False),
+    Column("ended_at", DateTime),
+    Column("end_reason", String(16)),
+    Index("ix_web_sessions_key", "key_id"),
+)
+
+# Keys the service signs its own tokens with (the list's paging cursors), made by
+# migration 0007; every worker and host that serves from this store shares them.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("purpose", String(32), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", DateTime, nullable=False),
 )
 
 # --- casework: what case managers did about the list ---------------------------

@@ -17,6 +17,8 @@ from retention.access.scope import still_published
 from retention.store import schema, tables
 from tests.conftest import Scored
 
+NOW = datetime(2026, 6, 1, 9, 0)
+
 
 def test_the_application_cannot_change_or_remove_audit_records(
     store_url: str,
@@ -47,7 +49,7 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
         schema.upgrade(conn)
     record = AuditRecord(action="t.read", outcome="ok", status=200, request_id="kept",
                          client_ids=("C1", "C2"))
-    only_if = [key_still_valid("nokey", "nohash")]
+    only_if = [key_still_valid("nokey", "nohash", NOW)]
 
     def count() -> int:
         with engine.connect() as other:
@@ -60,7 +62,7 @@ def test_audit_writes_on_postgresql_keep_one_cursor_per_connection(pg_url: str) 
     with auto.begin():  # a key, so the condition holds
         create_key(auto, "admin")
     key_id, digest = auto.execute(text("SELECT key_id, token_sha256 FROM api_keys")).one()
-    valid = [key_still_valid(key_id, digest)]
+    valid = [key_still_valid(key_id, digest, NOW)]
     assert write_audit(auto, record, valid) is True
     assert auto.connection.info["retention_audit_cursor"] is cursor
     assert count() == 1  # durable without a commit
@@ -103,11 +105,11 @@ def test_the_audit_write_checks_the_key_and_the_list_in_its_own_statement(
         conn.execute(tables.publications.insert().values(**pub))
     record = AuditRecord("risk_list.read", "ok", 200, uuid.uuid4().hex, key_id=key_id,
                          client_ids=("C1",))
-    key = key_still_valid(key_id, token_digest(token))
+    key = key_still_valid(key_id, token_digest(token), NOW)
     with engine.begin() as conn:
         assert write_audit(conn, record, [key, still_published(pub, latest=True)])
         assert not write_audit(conn, replace(record, request_id="wrong-token"), [
-            key_still_valid(key_id, token_digest(token + "x"))])
+            key_still_valid(key_id, token_digest(token + "x"), NOW)])
         assert not write_audit(conn, replace(record, request_id="replaced"), [
             key, still_published({**pub, "run_id": 8}, latest=False)])
     with engine.begin() as conn:
@@ -119,7 +121,14 @@ def test_the_audit_write_checks_the_key_and_the_list_in_its_own_statement(
             key, still_published(pub, latest=False)])
         revoke_key(conn, key_id)
         assert not write_audit(conn, replace(record, request_id="revoked"), [key])
+        # A key that expires at 10:00 is valid at 09:00 and refused from 10:00 on.
+        expiring, its_token = create_key(conn, "admin", expires_at=NOW + timedelta(hours=1),
+                                         now=NOW)
+        assert write_audit(conn, replace(record, request_id="before-expiry"), [
+            key_still_valid(expiring, token_digest(its_token), NOW)])
+        assert not write_audit(conn, replace(record, request_id="expired"), [
+            key_still_valid(expiring, token_digest(its_token), NOW + timedelta(hours=1))])
     with engine.connect() as conn:
         written = [r["request_id"] for r in read_audit(conn, datetime.min, datetime.max)]
-    assert written == [record.request_id, "by-date"]
+    assert written == [record.request_id, "by-date", "before-expiry"]
     engine.dispose()

@@ -8,6 +8,7 @@ the path itself answered, so a test cannot pass by everything going to Flask.
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from collections.abc import Iterator
@@ -18,20 +19,30 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
 from retention.access.audit import read_audit, write_audit
-from retention.access.keys import create_key, revoke_key
-from retention.api import auth, create_app, fastpath
+from retention.access.keys import Caller, authenticate, create_key, revoke_key, signing_key
+from retention.access.scope import ListFilter
+from retention.api import auth, create_app, fastpath, routes
 from retention.api.connections import RequestConnections
+from retention.api.errors import Problem
 from retention.api.fastpath import CachedListPath
-from retention.api.routes import encode_cursor
 from retention.api.services import services_of
 from retention.settings import Settings
 from retention.store import schema, tables
 from tests.conftest import Scored
-from tests.support.apps import clock_on, copied_store, keyed_client, make_key, republish
+from tests.support.apps import (
+    clock_on,
+    copied_store,
+    copy_list,
+    keyed_client,
+    make_key,
+    republish,
+)
 
 
 @dataclass
@@ -58,25 +69,13 @@ def pair(request: pytest.FixtureRequest, scored: Scored, tmp_path: Path) -> Iter
     settings = copied_store(scored.settings, tmp_path)
     if request.param == "postgresql":
         settings = settings.with_overrides(store_url=request.getfixturevalue("pg_url"))
-        _copy_list(scored.store, create_engine(settings.store_url))
+        copy_list(scored.store, settings.store_url)
     engine = create_engine(settings.store_url)
     with engine.begin() as conn:
         schema.upgrade(conn)
     yield Pair(_app(settings, scored, True), _app(settings, scored, False), engine, settings,
                scored)
     engine.dispose()
-
-
-def _copy_list(source: Engine, target: Engine) -> None:
-    """The published lists (scores, publications, drift) of the scored store."""
-    with target.begin() as conn:
-        schema.upgrade(conn)
-        with source.connect() as src:
-            for table in (tables.scores, tables.publications, tables.drift):
-                rows = [dict(r._mapping) for r in src.execute(select(table))]
-                if rows:
-                    conn.execute(table.insert(), rows)
-    target.dispose()
 
 
 def fast_served(app: Flask) -> int:
@@ -108,7 +107,14 @@ def list_metrics(app: Flask) -> list[str]:
 
 
 def counts(app: Flask) -> list[int]:
-    return sorted(services_of(app).limiter.counter._counts.values())
+    """Requests counted per key (a key's first request is also counted by address)."""
+    return sorted(v for k, v in services_of(app).limiter.counter._counts.items()
+                  if not k.startswith(("addr:", "denied:")))
+
+
+def address_counts(app: Flask) -> list[int]:
+    return sorted(v for k, v in services_of(app).limiter.counter._counts.items()
+                  if k.startswith("addr:"))
 
 
 def both(pair: Pair, token: str | None, url: str, **kwargs: Any) -> tuple[Any, ...]:
@@ -133,10 +139,21 @@ def same(pair: Pair, token: str | None, url: str, **kwargs: Any) -> tuple[Any, .
     return fast
 
 
-def list_urls(pair: Pair) -> list[str]:
+def signed_cursor(pair: Pair, token: str, position: int) -> str:
+    """The cursor the API would return to this key after ``position`` rows of the
+    unfiltered list (made here, so that neither app has served a request for it)."""
+    with pair.engine.connect() as conn:
+        signer = routes.cursor_signer(str(signing_key(conn, "cursor")))
+        who = authenticate(conn, token)
+    assert who is not None
+    return routes.encode_cursor(signer, pair.scored.as_of, position,
+                                routes.view_of(who, ListFilter()))
+
+
+def list_urls(pair: Pair, token: str) -> list[str]:
     as_of = pair.scored.as_of
     return ["/v1/risk-list", "/v1/risk-list?limit=5", "/v1/risk-list?limit=5&tier=high",
-            f"/v1/risk-list?limit=3&cursor={encode_cursor(as_of, 4)}",
+            f"/v1/risk-list?limit=3&cursor={signed_cursor(pair, token, 4)}",
             f"/v1/risk-list?as_of={as_of}&limit=2&engaged_only=true",
             "/v1/risk-list?min_risk=0.2&limit=4&program=outpatient"]
 
@@ -145,7 +162,7 @@ def test_cached_pages_are_answered_as_flask_answers_them(pair: Pair) -> None:
     token = make_key(pair.engine, "admin")
     scoped = make_key(pair.engine, "case_manager", _a_clinic(pair))
     for key in (token, scoped):
-        for url in list_urls(pair):
+        for url in list_urls(pair, key):
             first = same(pair, key, url)  # read from the store: Flask on both
             before = fast_served(pair.fast)
             again = same(pair, key, url)  # cached: the path answers it
@@ -154,6 +171,8 @@ def test_cached_pages_are_answered_as_flask_answers_them(pair: Pair) -> None:
     assert fast_served(pair.fast) == 12 and fast_served(pair.flask) == 0
     assert list_metrics(pair.fast) == list_metrics(pair.flask)
     assert counts(pair.fast) == counts(pair.flask) == [12, 12]
+    # Each key was looked up once, counted by address then; the path counted nothing more.
+    assert address_counts(pair.fast) == address_counts(pair.flask) == [2]
 
 
 def _a_clinic(pair: Pair) -> list[str]:
@@ -165,7 +184,7 @@ def test_what_the_path_does_not_hold_goes_to_flask_unchanged(pair: Pair) -> None
     token = make_key(pair.engine, "admin")
     analyst = make_key(pair.engine, "analyst", _a_clinic(pair))
     for app in (pair.fast, pair.flask):  # cache what can be cached
-        for url in list_urls(pair):
+        for url in list_urls(pair, token):
             answer(app, token, url)
     served = fast_served(pair.fast)
     cases: list[tuple[str | None, str, dict[str, Any]]] = [
@@ -180,7 +199,7 @@ def test_what_the_path_does_not_hold_goes_to_flask_unchanged(pair: Pair) -> None
         (token, "/v1/risk-list?limit=5&tier=high&", {}),
         (token, "/v1/risk-list?limit", {}),
         (token, "/v1/risk-list/?limit=5", {}),
-        (token, f"/v1/risk-list?limit=5&cursor={encode_cursor(pair.scored.as_of, 4)}x", {}),
+        (token, f"/v1/risk-list?limit=5&cursor={signed_cursor(pair, token, 4)}x", {}),
         (token, "/v1/risk-list?limit=7", {}),  # not cached yet
         (token + "x", "/v1/risk-list?limit=5", {}),
         (analyst, "/v1/risk-list?limit=5", {}),
@@ -335,3 +354,110 @@ def test_the_path_is_off_when_asked_or_when_flask_must_check_the_host(
     assert isinstance(create_app(scored.settings, clock=clock).wsgi_app, CachedListPath)
     assert not isinstance(create_app(scored.settings, clock=clock, **config).wsgi_app,
                           CachedListPath)
+
+
+def _raw_cursor(text: str) -> str:
+    """A cursor as a caller could make one: base64 of any JSON, unsigned."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+# What the issue found, and its neighbours: numbers JSON allows that Python's int() does
+# not, positions past what a database offset holds, and cursors the API never signed.
+CRAFTED_CURSORS = [
+    '{"as_of":"2026-12-06","after":1e400}', '{"as_of":"2026-12-06","pos":1e400}',
+    '{"as_of":"2026-06-01","pos":Infinity}', '{"as_of":"2026-06-01","pos":NaN}',
+    '{"as_of":"2026-06-01","pos":2147483648}',
+    '{"as_of":"2026-06-01","pos":9223372036854775808}',
+    '{"as_of":"2026-06-01","pos":4}', '{"as_of":"2026-06-01","pos":-1}',
+    '{"as_of":"9999-99-99","pos":1}', "[1]", '"x"', "null", "\x00",
+]
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_a_crafted_cursor_is_a_400_or_a_401_on_both_paths_never_a_crash(
+    pair: Pair, keyed: bool,
+) -> None:
+    token = make_key(pair.engine, "admin")
+    for app in (pair.fast, pair.flask):  # key and page cached: the path would serve them
+        answer(app, token, "/v1/risk-list?limit=5")
+    for raw in CRAFTED_CURSORS:
+        url = f"/v1/risk-list?limit=5&cursor={_raw_cursor(raw)}"
+        fast = same(pair, token if keyed else None, url)
+        assert fast[0] == (400 if keyed else 401), raw
+        assert ("Content-Type", "application/problem+json") in fast[1], raw
+        assert [r["outcome"] for r in fast[3]] == ["bad_request" if keyed
+                                                   else "unauthenticated"], raw
+    assert fast_served(pair.fast) == 0
+
+
+BAD_VALUES = ["%00", "a%00b", "%C2%B2", "%EF%BC%95", "1" * 5000, "%0A", "%F0%9F%92%A5"]
+
+
+def test_nul_bytes_odd_digits_and_huge_numbers_are_400s_on_every_endpoint(pair: Pair) -> None:
+    """A NUL byte reaches PostgreSQL as an error unless refused first; '²' passes
+    str.isdigit() but not int(); 5,000 digits pass neither int() nor a database."""
+    token = make_key(pair.engine, "admin")
+    urls = [f"/v1/risk-list?{name}={{}}" for name in sorted(routes.LIST_PARAMS)] + [
+        "/v1/runs?limit={}", "/v1/clients/{}/risk", "/v1/clients/C000001/risk?as_of={}",
+        "/fhir/RiskAssessment?subject=Patient/{}", "/fhir/RiskAssessment?subject={}",
+        "/fhir/RiskAssessment?subject=Patient/C000001&date={}", "/v1/models/{}",
+    ]
+    for url in urls:
+        for value in BAD_VALUES:
+            fast, slow = both(pair, token, url.format(value))
+            assert fast == slow, (url, value)
+            assert fast[0] < 500, (url, value, fast[2][:200])
+            assert fast[1][0][1].startswith("application/"), (url, value)
+
+
+# --- the parameters, fuzzed without a server ------------------------------------------
+
+SIGNER = routes.cursor_signer("k" * 43)
+ADMIN = Caller(key_id="a" * 12, role="admin", clinics=None)
+SCOPED = Caller(key_id="b" * 12, role="case_manager", clinics=("clinic-east",))
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=8)
+
+
+@given(args=st.dictionaries(st.sampled_from(sorted(routes.LIST_PARAMS)),
+                            st.text(max_size=40) | st.sampled_from(
+                                ["²", "1e400", "Infinity", "NaN", "-0", "0x10", "9" * 30,
+                                 "2026-02-30", "\x00", "٣"]), max_size=6))
+@settings(max_examples=400, deadline=None, database=None)
+def test_any_list_query_is_parsed_or_refused_with_a_400(args: dict[str, str]) -> None:
+    """Whatever the values, parsing ends in a query or a Problem 400, never anything else."""
+    try:
+        query = routes.parse_list_query(args, 500, ADMIN, SIGNER)
+    except Problem as exc:
+        assert exc.code == 400, (args, exc.description)
+        return
+    assert 1 <= query.limit <= 500 and 0 <= query.flt.offset <= routes.MAX_POSITION
+
+
+@given(payload=JSON_VALUES, as_of=st.dates(), position=st.integers())
+@settings(max_examples=300, deadline=None, database=None)
+def test_only_a_cursor_signed_for_this_view_with_a_sane_position_is_taken(
+    payload: Any, as_of: Any, position: int,
+) -> None:
+    """Even a correctly signed cursor holding anything but a date and a position from 0 to
+    2^31-1 is a 400; a cursor signed for another scope or other filters is too."""
+    view = routes.view_of(ADMIN, ListFilter())
+    for body in (payload, {"as_of": as_of.isoformat(), "pos": position}):
+        raw = str(SIGNER.dumps(body, salt=view))
+        try:
+            got = routes.decode_cursor(SIGNER, raw, view)
+        except Problem as exc:
+            assert exc.code == 400
+        else:
+            assert got == (as_of, position) and 0 <= position <= routes.MAX_POSITION
+    good = routes.encode_cursor(SIGNER, as_of, abs(position) % routes.MAX_POSITION, view)
+    for other in (routes.view_of(SCOPED, ListFilter()),
+                  routes.view_of(ADMIN, ListFilter(tier="high"))):
+        with pytest.raises(Problem) as refused:
+            routes.decode_cursor(SIGNER, good, other)
+        assert refused.value.code == 400
+    with pytest.raises(Problem):
+        routes.decode_cursor(routes.cursor_signer("another key" * 4), good, view)

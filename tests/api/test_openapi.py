@@ -17,8 +17,9 @@ from tests.support.apps import clock_on, make_key
 @pytest.fixture(scope="module")
 def app(scored: Scored) -> Flask:
     # A limit high enough for the run: 429 is documented but would hide the other checks.
-    return create_app(scored.settings.with_overrides(api_rate_limit_per_minute=100_000),
-                      clock=clock_on(scored.as_of))
+    return create_app(scored.settings.with_overrides(
+        api_rate_limit_per_minute=100_000, api_rate_limit_per_address_per_minute=100_000),
+        clock=clock_on(scored.as_of))
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,10 @@ def test_the_api_matches_its_openapi_document(app: Flask, token: str,
         @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case) -> None:
+            if mode is GenerationMode.POSITIVE and case.query:
+                # A cursor is one the API signed: no schema-valid string is one (a made-up
+                # cursor is a 400, checked in the negative mode and test_fastpath).
+                case.query.pop("cursor", None)
             case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
 
         try:

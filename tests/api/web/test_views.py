@@ -13,7 +13,7 @@ from markupsafe import escape
 from sqlalchemy import Engine, select, text
 
 from retention.access.audit import read_audit
-from retention.access.keys import key_id_of, revoke_key
+from retention.access.keys import Caller, key_id_of, revoke_key
 from retention.api import create_app
 from retention.api.web.session import WebConfigError
 from retention.casework import outreach
@@ -24,6 +24,8 @@ from tests.conftest import REPO, Scored
 from tests.support.apps import clock_on, make_key
 
 CLINIC = "clinic-east"
+# Reads every clinic's outreach, to check what was stored.
+EVERY_CLINIC = Caller(key_id="test", role="admin", clinics=None)
 
 
 def _app(scored: Scored, settings_store: str | None = None, **overrides: object) -> Flask:
@@ -203,7 +205,7 @@ def test_another_clinics_client_cannot_be_opened_by_url(
         "result": "reached", "channel": "phone", "outcome": "booked"})
     assert post.status_code == 404
     with scored.store.connect() as conn:
-        assert outreach.client_history(conn, other) == []
+        assert outreach.client_history(conn, EVERY_CLINIC, other) == []
     assert audit_rows(scored.store, "web.client")[-1]["outcome"] == "denied"
 
 
@@ -229,7 +231,7 @@ def test_outreach_is_recorded_escaped_and_shown_on_the_list(
     row = client.get("/web/").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
     assert "Reached by phone" in row.split("</tr>")[0]
     with scored.store.connect() as conn:
-        history = outreach.client_history(conn, client_id)
+        history = outreach.client_history(conn, EVERY_CLINIC, client_id)
     assert len(history) == 1 and history[0]["outcome"] == "booked"
     assert history[0]["list_as_of"] == scored.as_of and history[0]["reached"] is True
 
@@ -320,3 +322,48 @@ def test_the_secret_comes_from_the_environment_and_cookies_are_locked_down(
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
     assert "Path=/web" in cookie and cm_key not in cookie
+
+
+def test_outreach_recorded_by_another_clinic_is_not_shown(
+    scored: Scored, private_store: tuple[str, Engine]
+) -> None:
+    """A client who moved from clinic-north to this clinic: north's notes stay north's."""
+    url, engine = private_store
+    client_id = in_clinic(scored, CLINIC)
+    with engine.begin() as conn:
+        row = next(r for r in read_list(conn, scored.as_of, clinic_id=CLINIC, limit=1000)
+                   if r["client_id"] == client_id)
+        # East's entry first (yesterday), north's last (today): newest by time and by id.
+        for clinic, episode, note in ((CLINIC, row["episode_id"], "east's own note"),
+                                      ("clinic-north", "E-north-earlier", "north's own note")):
+            outreach.record_outreach(conn, outreach.Outreach(
+                client_id=client_id, episode_id=episode, clinic_id=clinic,
+                list_as_of=scored.as_of, risk=0.5, tier="high", key_id="k" * 12,
+                reached=True, channel="phone", outcome="booked", note=note),
+                at=clock_on(scored.as_of).now() - timedelta(days=1 if clinic == CLINIC else 0))
+    client = signed_in(_app(scored, url), make_key(engine, "case_manager", [CLINIC]))
+    page = client.get(f"/web/clients/{client_id}").get_data(as_text=True)
+    assert "east&#39;s own note" in page and "north" not in page
+    listed = client.get("/web/").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
+    # The newest entry is north's (today); the list shows east's (yesterday) instead.
+    assert "Reached by phone" in listed.split("</tr>")[0]
+    assert "north" not in listed.split("</tr>")[0]
+
+
+def test_an_outreach_whose_audit_cannot_be_written_is_not_kept(
+    scored: Scored, private_store: tuple[str, Engine]
+) -> None:
+    url, engine = private_store
+    client_id = in_clinic(scored, CLINIC)
+    client = signed_in(_app(scored, url), make_key(engine, "case_manager", [CLINIC]))
+    token = csrf(client.get(f"/web/clients/{client_id}").get_data(as_text=True))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                          "BEGIN SELECT RAISE(ABORT, 'down'); END"))
+        before = conn.execute(select(tables.outreach.c.outreach_id)).all()  # earlier tests'
+    saved = client.post(f"/web/clients/{client_id}/outreach", data={
+        "csrf_token": token, "result": "reached", "channel": "phone", "outcome": "booked"})
+    assert saved.status_code == 503 and "audit trail cannot be written" in saved.get_data(
+        as_text=True)
+    with engine.connect() as conn:
+        assert conn.execute(select(tables.outreach.c.outreach_id)).all() == before
