@@ -23,6 +23,7 @@ from retention.pipelines.commands.common import Context
 COMMANDS = {
     "synth": "retention.pipelines.commands.data:synth",
     "migrate": "retention.pipelines.commands.data:migrate",
+    "db": "retention.pipelines.commands.db:db",
     "etl": "retention.pipelines.commands.data:etl",
     "quality": "retention.pipelines.commands.data:quality",
     "runs": "retention.pipelines.commands.data:runs",

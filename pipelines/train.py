@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from retention.clock import Clock
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import GateDecision, gate
-from retention.model import artifacts, registry
+from retention.model import artifacts, registry, signing
 from retention.model.booster import ModelError, TrainedModel
 from retention.model.training import Progress, fit, snapshot_dates, time_split, training_rows
 from retention.pipelines.runs import recorded_run
@@ -58,6 +58,8 @@ def run_training(
     ``make_current=False`` saves and judges the candidate without promoting it.
     """
     ms = settings.evaluation
+    # Versions and promotions are signed; the first training creates the default key.
+    key = signing.model_key(settings, create=True)
     with recorded_run(store_db, "train", as_of, clock) as run:
         with store_db.connect() as conn:
             data = read_clinic_copy(conn)
@@ -74,17 +76,18 @@ def run_training(
                       trained_as_of=as_of, calibration=ms.calibration_method,
                       isotonic_min_outcomes=ms.isotonic_min_outcomes, **split_args)
         split = time_split(rows, settings.horizon_days, **split_args)
-        current = _current_model(settings.models_dir, trained.version)
+        current = _current_model(settings.models_dir, trained.version, key)
         evaluation = assess(trained, split, data.clients, ms,
                             engaged_within_days=settings.engaged_within_days,
                             seed=settings.seed, current=current)
-        folder = artifacts.save(trained, settings.models_dir, evaluation)
+        folder = artifacts.save(trained, settings.models_dir, evaluation, key=key,
+                                signed_by=f"train run {run.run_id} ({signing.signer()})")
         decision = gate(trained.version, evaluation, ms.promotion_tolerance)
-        registry.write_gate(settings.models_dir, decision)
+        registry.write_gate(settings.models_dir, decision, key=key)
         promoted = False
         if make_current and decision.passed:
             registry.promote(settings.models_dir, trained.version,
-                             reason=f"train run {run.run_id}: gate passed")
+                             reason=f"train run {run.run_id}: gate passed", key=key)
             promoted = True
         run.model_version = trained.version
         log.info("train run %s: version %s from %d rows; gate %s; promoted %s", run.run_id,
@@ -95,13 +98,14 @@ def run_training(
                            trained.calibrator.method, trained.metadata.get("calibration_choice"))
 
 
-def _current_model(models_dir: Path, candidate: str) -> TrainedModel | None:
+def _current_model(models_dir: Path, candidate: str,
+                   key: signing.SigningKey) -> TrainedModel | None:
     """The model in service, to compare on the candidate's rows (None if none or the same)."""
     version = registry.current_or_none(models_dir)
     if version is None or version == candidate:
         return None
     try:
-        return artifacts.load(models_dir, version)
+        return artifacts.load(models_dir, version, key=key)
     except ModelError as exc:
         # A broken current model cannot be a reference; the gate then checks baselines only.
         log.warning("current model %s unusable as a reference: %s", version, exc)

@@ -12,7 +12,7 @@ import click
 from retention.db.engines import store_engine
 from retention.evaluation.calibration import summary
 from retention.evaluation.report import write_report
-from retention.model import registry
+from retention.model import registry, signing
 from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, as_of_option, progress, say
 from retention.pipelines.train import TrainResult, run_training
@@ -51,6 +51,14 @@ def calibration_line(result: TrainResult) -> str:
 
 def train_model(settings: Settings, as_of: date, promote: bool) -> TrainResult:
     """Run the training job with progress on stderr; what stops it is a clear error."""
+    try:
+        key = signing.model_key(settings, create=True)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if key.created:
+        say(f"train: no model signing key was configured: created {key.source} (mode 0600, "
+            f"key id {key.key_id}). Every version is signed with it and refused without it: "
+            f"back it up, or set {signing.KEY_FILE_ENV} to keep it elsewhere")
     store_db = store_engine(settings.store_url)
     say(f"train: building snapshots up to {as_of} ...")
     try:
@@ -67,6 +75,15 @@ def _models_dir(ctx: click.Context) -> Path:
     return Path(found.settings().models_dir)
 
 
+def _key(ctx: click.Context) -> signing.SigningKey:
+    """The key that verifies (and, for registry changes, signs); never created here."""
+    found: Context = ctx.find_root().obj
+    try:
+        return signing.model_key(found.settings())
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def models() -> None:
     """The model registry: list, show, promote and roll back versions."""
@@ -75,15 +92,20 @@ def models() -> None:
 @models.command("list")
 @click.pass_context
 def list_command(ctx: click.Context) -> None:
-    """Every version, newest first: held-out AUROC, gate outcome, which is current."""
-    rows = registry.list_versions(_models_dir(ctx))
-    click.echo(f"  {'version':<22} {'trained as of':<13} {'AUROC':>6} {'Brier':>6} gate")
+    """Every version, newest first: held-out AUROC, gate outcome, signature, which is current."""
+    rows = registry.list_versions(_models_dir(ctx), key=_key(ctx))
+    click.echo(f"  {'version':<22} {'trained as of':<13} {'AUROC':>6} {'Brier':>6} "
+               f"{'gate':<7} signature")
     for r in rows:
         gate = {True: "passed", False: "refused", None: "none"}[r["gate"]]
         auroc = f"{r['auroc']:.3f}" if r["auroc"] is not None else "n/a"
         brier = f"{r['brier']:.3f}" if r["brier"] is not None else "n/a"
+        signed = "ok" if r["problem"] is None else "REFUSED"
         click.echo(f"{'*' if r['current'] else ' '} {r['version']:<22} "
-                   f"{r['trained_as_of'] or '':<13} {auroc:>6} {brier:>6} {gate}")
+                   f"{r['trained_as_of'] or '':<13} {auroc:>6} {brier:>6} {gate:<7} {signed}")
+    for r in rows:
+        if r["problem"] is not None:
+            say(f"  {r['version']}: {r['problem']}")
     current = next((r["version"] for r in rows if r["current"]), "none")
     say(f"models: {len(rows)} version(s); current {current}")
 
@@ -112,7 +134,8 @@ def promote(ctx: click.Context, version: str, force: bool, reason: str) -> None:
     if force and reason == "manual promotion":
         raise click.ClickException("--force needs a --reason saying why the gate is overridden")
     try:
-        previous = registry.promote(_models_dir(ctx), version, reason=reason, force=force)
+        previous = registry.promote(_models_dir(ctx), version, reason=reason, force=force,
+                                    key=_key(ctx))
     except (registry.RegistryError, ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
     say(f"models promote: {version} is current (was {previous or 'none'})")
@@ -124,10 +147,64 @@ def promote(ctx: click.Context, version: str, force: bool, reason: str) -> None:
 def rollback(ctx: click.Context, reason: str) -> None:
     """Make the version current before the present one current again."""
     try:
-        version = registry.rollback(_models_dir(ctx), reason=reason)
+        version = registry.rollback(_models_dir(ctx), reason=reason, key=_key(ctx))
     except (registry.RegistryError, ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
     say(f"models rollback: {version} is current again")
+
+
+@models.command("sign")
+@click.argument("versions", nargs=-1)
+@click.option("--history", "history_too", is_flag=True,
+              help="Also sign history.jsonl again as it stands (first, before the versions).")
+@click.option("--reason", default="", help="Why these are trusted; recorded with who signed.")
+@click.pass_context
+def sign_command(ctx: click.Context, versions: tuple[str, ...], history_too: bool,
+                 reason: str) -> None:
+    """Sign versions (or the history) deliberately: trained before signing, or another key.
+
+    A version is signed only if it still agrees with itself (metadata hashes and the
+    digest in its name); who (this account and machine) and why go into the history.
+    """
+    if not versions and not history_too:
+        raise click.UsageError("name the versions to sign, or --history")
+    if not reason.strip():
+        raise click.UsageError("--reason is required: say why these are trusted")
+    models_dir, key = _models_dir(ctx), _key(ctx)
+    try:
+        if history_too:
+            count = registry.resign_history(models_dir, reason=reason, key=key)
+            say(f"models sign: history.jsonl re-signed ({count} entries) with key "
+                f"{key.key_id} from {key.source}")
+        for version in versions:
+            replaced = registry.sign(models_dir, version, reason=reason, key=key)
+            was = (f" (was signed with key {replaced.get('key_id')} by "
+                   f"{replaced.get('signed_by')})" if replaced else " (was unsigned)")
+            say(f"models sign: {version} signed with key {key.key_id}{was}")
+    except (registry.RegistryError, ModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("key")
+@click.option("--create", "create_path", type=click.Path(path_type=Path), default=None,
+              help="Write a new random key to this file (mode 0600) and say how to use it.")
+@click.pass_context
+def key_command(ctx: click.Context, create_path: Path | None) -> None:
+    """Which key signs and verifies model versions (never the key itself)."""
+    if create_path is not None:
+        if create_path.exists():
+            raise click.ClickException(f"{create_path} exists; not replacing a key")
+        try:
+            made = signing.create_key_file(create_path)
+        except (OSError, ModelError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        say(f"models key: created {made.source} (key id {made.key_id}, mode 0600). Point "
+            f"model_key_file or {signing.KEY_FILE_ENV} at it; versions signed with another "
+            "key are refused until re-signed (`retention models sign`)")
+        return
+    key = _key(ctx)
+    click.echo(f"{key.key_id} {key.source}")
+    say(f"models key: key id {key.key_id} from {key.source}")
 
 
 @click.command()
@@ -142,7 +219,7 @@ def report(ctx: click.Context, version: str | None, out_dir: Path,
     """Write the HTML+JSON evaluation report and the model card of a version."""
     extra: dict[str, Any] | None = json.loads(external.read_text()) if external else None
     try:
-        paths = write_report(_models_dir(ctx), out_dir, version, extra)
+        paths = write_report(_models_dir(ctx), out_dir, version, extra, key=_key(ctx))
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     folder = next(iter(paths.values())).parent

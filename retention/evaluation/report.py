@@ -25,14 +25,16 @@ from retention.evaluation.model_card import build_card, render_html
 from retention.model import artifacts
 from retention.model.booster import ModelError
 from retention.model.registry import read_gate
+from retention.model.signing import SigningKey
 
 METRICS = ("auroc", "average_precision", "brier", "ece", "precision_at_k", "recall_at_k")
 
 
-def load_version_record(models_dir: Path, version: str | None = None) -> dict[str, Any]:
-    """A version's metadata, evaluation and gate, after checking every hash."""
+def load_version_record(models_dir: Path, version: str | None = None, *,
+                        key: SigningKey | None = None) -> dict[str, Any]:
+    """A version's metadata, evaluation and gate, after checking its signature and hashes."""
     version = version or artifacts.current_version(models_dir)
-    metadata, contents = artifacts.read_checked(models_dir / version, version)
+    metadata, contents = artifacts.read_checked(models_dir / version, version, key=key)
     if artifacts.EVALUATION_FILE not in contents:
         raise ModelError(f"model version {version!r} has no evaluation; "
                                   "retrain it with `retention train`")
@@ -42,9 +44,10 @@ def load_version_record(models_dir: Path, version: str | None = None) -> dict[st
 
 
 def write_report(models_dir: Path, out_dir: Path, version: str | None = None,
-                 external: dict[str, Any] | None = None) -> dict[str, Path]:
+                 external: dict[str, Any] | None = None, *,
+                 key: SigningKey | None = None) -> dict[str, Path]:
     """Write report.html, report.json, model-card.json and model-card.html for a version."""
-    record = load_version_record(models_dir, version)
+    record = load_version_record(models_dir, version, key=key)
     meta, evaluation = record["metadata"], record["evaluation"]
     folder = out_dir / meta["version"]
     folder.mkdir(parents=True, exist_ok=True)

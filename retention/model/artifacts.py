@@ -1,4 +1,4 @@
-"""A model version on disk: LightGBM text plus JSON, every file hashed, checked on load.
+"""A model version on disk: LightGBM text plus JSON, signed, checked on every load.
 
 A model version is one folder under the models directory:
 
@@ -8,10 +8,15 @@ A model version is one folder under the models directory:
   (written by the training job; optional for loading),
 - ``metadata.json``: ordered features with kinds, categories, reason families,
   monotone constraints, training window, parameters, metrics, library
-  versions and the SHA-256 of every other file.
+  versions and the SHA-256 of every other file,
+- ``gate.json``: the promotion gate's decision (``retention.model.registry``),
+- ``signature.json``: the HMAC, with a key kept elsewhere, over every file above
+  (``retention.model.signing``).
 
-``models/CURRENT`` names the version that scoring uses; ``retention.model.registry``
-manages promotion and rollback.
+The version's name ends with a digest of the model and calibrator, and is checked
+against them. ``models/CURRENT`` names the version that scoring uses; it is trusted
+only as far as the signed ``history.jsonl`` agrees with it (``retention.model.registry``
+manages promotion and rollback).
 """
 
 from __future__ import annotations
@@ -32,13 +37,23 @@ import sklearn
 from retention.features.spec import CATEGORIES, FEATURE_NAMES, FEATURES
 from retention.model.booster import NUM_BOOST_ROUND, ModelError, TrainedModel, lgb_params
 from retention.model.calibration import CalibrationError, Calibrator
+from retention.model.signing import (
+    SigningError,
+    SigningKey,
+    read_journal,
+    resolve_key,
+    sign_version,
+    verify_version,
+)
 
 MODEL_FILE = "model.txt"
 CALIBRATOR_FILE = "calibrator.json"
 EVALUATION_FILE = "evaluation.json"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
-
+HISTORY_FILE = "history.jsonl"
+# Journal actions that change CURRENT; the latest of them must name it.
+MOVES = ("promote", "force-promote", "rollback")
 
 
 def calibrator_json(calibrator: Calibrator) -> str:
@@ -66,9 +81,8 @@ def build_metadata(
     cal_text = calibrator_json(calibrator)
     digest = hashlib.sha256(text.encode()).hexdigest()
     cal_digest = hashlib.sha256(cal_text.encode()).hexdigest()
-    both = hashlib.sha256((digest + cal_digest).encode()).hexdigest()
     return {
-        "version": f"{trained_as_of:%Y%m%d}-{both[:10]}",
+        "version": version_name(trained_as_of.isoformat(), digest, cal_digest),
         "task": f"disengagement within {horizon_days} days",
         "horizon_days": horizon_days,
         "trained_as_of": trained_as_of.isoformat(),
@@ -98,20 +112,34 @@ def build_metadata(
 
 
 def save(
-    model: TrainedModel, models_dir: Path, evaluation: dict[str, Any] | None = None
+    model: TrainedModel, models_dir: Path, evaluation: dict[str, Any] | None = None, *,
+    key: SigningKey | None = None, signed_by: str = "retention train",
+    reason: str = "trained",
 ) -> Path:
-    """Write a version folder; every hash in the metadata is of the exact bytes written."""
+    """Write a version folder and sign it; every hash is of the exact bytes written.
+
+    ``key`` defaults to the unconfigured default key (created if missing).
+    """
+    key = key or resolve_key(create=True)
     folder = models_dir / model.version
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MODEL_FILE).write_text(model.booster.model_to_string())
-    (folder / CALIBRATOR_FILE).write_text(calibrator_json(model.calibrator))
+    files = {MODEL_FILE: model.booster.model_to_string().encode(),
+             CALIBRATOR_FILE: calibrator_json(model.calibrator).encode()}
     metadata = dict(model.metadata)
     if evaluation is not None:
-        text = json.dumps(evaluation, indent=2, sort_keys=True, allow_nan=True)
-        (folder / EVALUATION_FILE).write_text(text)
+        files[EVALUATION_FILE] = json.dumps(evaluation, indent=2, sort_keys=True,
+                                            allow_nan=True).encode()
         metadata["sha256"] = {**metadata["sha256"],
-                              EVALUATION_FILE: hashlib.sha256(text.encode()).hexdigest()}
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+                              EVALUATION_FILE: hashlib.sha256(files[EVALUATION_FILE]).hexdigest()}
+    files[METADATA_FILE] = json.dumps(metadata, indent=2, sort_keys=True).encode()
+    for stale in folder.iterdir():
+        # A version saved again (training is deterministic): a gate decision on the
+        # earlier evaluation judged other bytes, and goes with them.
+        if stale.is_file() and stale.name not in files:
+            stale.unlink()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    sign_version(folder, model.version, files, key, signed_by=signed_by, reason=reason)
     return folder
 
 
@@ -144,16 +172,46 @@ def current_version(models_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def load(models_dir: Path, version: str | None = None,
-         expected_features: Sequence[str] = FEATURE_NAMES) -> TrainedModel:
-    """Load a version after checking its hash and that its features match the ETL's.
+def verified_current(models_dir: Path, key: SigningKey) -> str:
+    """The version ``CURRENT`` names, once the signed history agrees that it is current.
 
-    Refuses, with the reason, a model whose file was altered or whose feature
-    list differs from what ``build_features`` produces.
+    ``CURRENT`` is one line anyone who can write the folder could change; the
+    history's chain of signed entries is not, so its latest promotion or rollback
+    must name the same version.
     """
-    version = version or current_version(models_dir)
+    version = current_version(models_dir)
+    moves = [e for e in read_journal(models_dir / HISTORY_FILE, key)
+             if e.get("action") in MOVES]
+    if not moves:
+        raise SigningError(
+            f"{models_dir / CURRENT_FILE} names {version} but {models_dir / HISTORY_FILE} "
+            "records no signed promotion: CURRENT was written by hand or the history is "
+            f"missing. Promote the version deliberately: `retention models promote {version} "
+            "--reason ...` (with --force if its gate refused it)")
+    if moves[-1].get("version") != version:
+        raise SigningError(
+            f"{models_dir / CURRENT_FILE} names {version} but the signed history's latest "
+            f"change made {moves[-1].get('version')} current: CURRENT was changed outside the "
+            "registry. Promote the version you mean to serve with `retention models promote`")
+    return version
+
+
+def load(models_dir: Path, version: str | None = None,
+         expected_features: Sequence[str] = FEATURE_NAMES, *,
+         key: SigningKey | None = None) -> TrainedModel:
+    """Load a version after checking its signature, hashes, name and features.
+
+    Without ``version``, the current one, as far as the signed history agrees.
+    Refuses, with the reason and what to do, a version that is unsigned, altered,
+    signed with another key, misnamed, or whose feature list differs from what
+    ``build_features`` produces. ``key`` defaults to the unconfigured default key.
+    """
+    if version is None:
+        current_version(models_dir)  # none at all: say that before anything about keys
+    key = key or resolve_key()
+    version = version or verified_current(models_dir, key)
     folder = models_dir / version
-    metadata, contents = read_checked(folder, version)
+    metadata, contents = read_checked(folder, version, key=key)
     text = contents[MODEL_FILE]
     names = tuple(f["name"] for f in metadata["features"])
     if names != tuple(expected_features):
@@ -174,34 +232,57 @@ def load(models_dir: Path, version: str | None = None,
     return TrainedModel(booster=booster, calibrator=calibrator, metadata=metadata)
 
 
-def read_checked(folder: Path, version: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A version's metadata and the bytes of every file it hashes, each checked.
+def read_checked(folder: Path, version: str, *,
+                 key: SigningKey | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A version's metadata and the bytes of every file in its folder, each checked.
 
-    The model and calibrator must be hashed; any other hashed file (the
-    evaluation) must match too, so a report cannot be edited after the fact.
+    The signature must verify over every file (``retention.model.signing``), and the
+    version must agree with itself (``check_consistent``): a report, a gate decision
+    or a model cannot be edited after the fact.
     """
+    _, contents = verify_version(folder, version, key or resolve_key())
+    return check_consistent(version, contents), contents
+
+
+def check_consistent(version: str, contents: dict[str, bytes]) -> dict[str, Any]:
+    """A version's metadata once its files agree with it; refuses what does not.
+
+    The metadata must hash the model, the calibrator and every file it names, be
+    for this version, and the name's date and digest must be those of its training
+    date, model and calibrator (the name is how people, runs and lists refer to it).
+    """
+    what = f"model version {version!r} failed its integrity check"
+    for name in (METADATA_FILE, MODEL_FILE, CALIBRATOR_FILE):
+        if name not in contents:
+            raise ModelError(f"model version {version!r} is incomplete: {name} is missing; "
+                             "retrain it with `retention train`")
     try:
-        metadata = json.loads((folder / METADATA_FILE).read_text())
-    except FileNotFoundError as exc:
-        raise ModelError(
-            f"model version {version!r} is incomplete: {exc.filename} is missing"
-        ) from exc
+        metadata = json.loads(contents[METADATA_FILE])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{what}: {METADATA_FILE} is not JSON") from exc
     hashes = metadata.get("sha256", {})
-    contents: dict[str, bytes] = {}
     for name in sorted({MODEL_FILE, CALIBRATOR_FILE, *hashes}):
-        try:
-            data = (folder / name).read_bytes()
-        except FileNotFoundError as exc:
-            raise ModelError(
-                f"model version {version!r} is incomplete: {exc.filename} is missing"
-            ) from exc
-        if hashlib.sha256(data).hexdigest() != hashes.get(name):
-            raise ModelError(
-                f"model version {version!r} failed its integrity check: {name} does not "
-                "match the hash in its metadata; retrain or restore the version"
-            )
-        contents[name] = data
-    return metadata, contents
+        if name not in contents:
+            raise ModelError(f"model version {version!r} is incomplete: {name} is missing")
+        if hashlib.sha256(contents[name]).hexdigest() != hashes.get(name):
+            raise ModelError(f"{what}: {name} does not match the hash in its metadata; "
+                             "retrain or restore the version")
+    if metadata.get("version") != version:
+        raise ModelError(f"{what}: {METADATA_FILE} describes version "
+                         f"{metadata.get('version')!r}; restore the version under its own name")
+    expected = version_name(metadata.get("trained_as_of", ""), hashes[MODEL_FILE],
+                            hashes[CALIBRATOR_FILE])
+    if version != expected:
+        raise ModelError(f"{what}: its name does not match its model and calibrator (they make "
+                         f"{expected!r}): a file was replaced and its hash rewritten. Retrain "
+                         "the version")
+    return dict(metadata)
+
+
+def version_name(trained_as_of: str, model_sha256: str, calibrator_sha256: str) -> str:
+    """A version's name: training date and a digest of its model and calibrator."""
+    both = hashlib.sha256((model_sha256 + calibrator_sha256).encode()).hexdigest()
+    return f"{trained_as_of.replace('-', '')}-{both[:10]}"
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

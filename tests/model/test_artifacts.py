@@ -60,7 +60,12 @@ def test_loading_refuses_a_tampered_calibrator(scored: Scored, tmp_path: Path) -
 def test_a_version_is_text_and_json_only(scored: Scored) -> None:
     folder = scored.settings.models_dir / scored.model.version
     assert sorted(p.name for p in folder.iterdir()) == [
-        "calibrator.json", "evaluation.json", "gate.json", "metadata.json", "model.txt"]
+        "calibrator.json", "evaluation.json", "gate.json", "metadata.json", "model.txt",
+        "signature.json"]
+    signature = json.loads((folder / "signature.json").read_text())
+    assert set(signature["files"]) == {"calibrator.json", "evaluation.json", "gate.json",
+                                       "metadata.json", "model.txt"}
+    assert len(signature["hmac_sha256"]) == 64  # a signature; the key is kept elsewhere
     meta = json.loads((folder / "metadata.json").read_text())
     assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES)
     assert [f["kind"] for f in meta["features"]][:1] == ["numeric"]
