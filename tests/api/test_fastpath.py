@@ -373,6 +373,7 @@ CRAFTED_CURSORS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keyed", [True, False])
 def test_a_crafted_cursor_is_a_400_or_a_401_on_both_paths_never_a_crash(
     pair: Pair, keyed: bool,
@@ -393,6 +394,7 @@ def test_a_crafted_cursor_is_a_400_or_a_401_on_both_paths_never_a_crash(
 BAD_VALUES = ["%00", "a%00b", "%C2%B2", "%EF%BC%95", "1" * 5000, "%0A", "%F0%9F%92%A5"]
 
 
+@pytest.mark.slow
 def test_nul_bytes_odd_digits_and_huge_numbers_are_400s_on_every_endpoint(pair: Pair) -> None:
     """A NUL byte reaches PostgreSQL as an error unless refused first; '²' passes
     str.isdigit() but not int(); 5,000 digits pass neither int() nor a database."""

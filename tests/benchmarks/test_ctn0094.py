@@ -24,6 +24,7 @@ def frames() -> dict[str, pd.DataFrame]:
     return load_frames(DATA)
 
 
+@pytest.mark.slow
 def test_frames_follow_the_contract(frames: dict[str, pd.DataFrame]) -> None:
     for name, table in contract.TABLES.items():
         assert list(frames[name].columns) == [c.name for c in table.columns], name

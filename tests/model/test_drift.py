@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from retention.features import FEATURE_NAMES
 from retention.model import drift
@@ -40,6 +41,7 @@ def test_each_scoring_run_records_drift_of_every_feature_and_the_score(scored: S
     assert latest["score_psi"] is not None
 
 
+@pytest.mark.slow
 def test_a_shifted_population_is_flagged(scored: Scored) -> None:
     """Rows like the reference's match it; shifting one feature is flagged.
 

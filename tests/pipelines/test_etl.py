@@ -287,6 +287,7 @@ def test_a_full_reload_is_due_after_the_configured_days(source: Source, tmp_path
     store_db.dispose()
 
 
+@pytest.mark.slow
 def test_watermarks_never_pass_the_source_clock(source: Source, tmp_path: Path) -> None:
     """A row stamped in the future must not hide the rows written before that moment."""
     store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")

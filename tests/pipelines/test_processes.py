@@ -192,6 +192,7 @@ def test_demo_runs_end_to_end_without_serving(tmp_path: Path) -> None:
     assert drift["psi"] and not drift["drifted"] and drift["flagged"] == []
 
 
+@pytest.mark.slow
 def test_missing_source_database_is_a_clear_error(tmp_path: Path) -> None:
     config = write_config(tmp_path / "cfg.toml", tmp_path)
     result = run_cli("--config", str(config), "etl")
@@ -200,6 +201,7 @@ def test_missing_source_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_mapping_error_is_a_clear_error_naming_its_entry(copied: Path) -> None:
     """The typo'd column once printed an 81-line traceback before the error."""
     config = write_config(copied / "cfg.toml", copied)
@@ -212,6 +214,7 @@ def test_a_mapping_error_is_a_clear_error_naming_its_entry(copied: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_settings_are_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "cfg.toml"
     config.write_text('store_url = "sqlite:///x.db"\n')

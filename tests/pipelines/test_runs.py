@@ -78,6 +78,7 @@ def last_status(engine: Engine, tries: int = 50) -> str:
     return seen
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_was_killed_is_marked_failed_at_the_next_start(
     store_url: str, job: tuple[subprocess.Popen[str], int],
 ) -> None:

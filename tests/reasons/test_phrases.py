@@ -203,6 +203,7 @@ def every_lead(data: ClinicData, episode_id: str,
     return problems
 
 
+@pytest.mark.slow
 def test_recomputations_agree_with_the_phrasers_on_every_variant() -> None:
     """Guards the truth checks themselves: on hand-built clients, for every feature as lead in
     both directions, the recomputation matches the sentence, its evidence and the way it
@@ -345,6 +346,7 @@ def test_alliance_rupture_sentences() -> None:
         "No session rating (SRS) recorded yet: consider asking for one at the next session")
 
 
+@pytest.mark.slow
 def test_bond_goal_and_gap_sentences() -> None:
     """Guards SRS item, WAI-SR subscale and rater-gap sentences, each with its line."""
     b = rich_clinic()
@@ -483,6 +485,7 @@ def test_a_therapist_bond_of_5_is_never_a_concern() -> None:
     assert never(b, "weak_bond", REASSURING) == []
 
 
+@pytest.mark.slow
 def test_a_client_concern_is_never_outweighed_by_another_good_rating() -> None:
     """Guards: bond, goals and tasks are never going well while a client rating of them (an
     SRS item or the client's WAI-SR subscale, the lead or not) is a concern, however well
@@ -512,6 +515,7 @@ def test_a_client_concern_is_never_outweighed_by_another_good_rating() -> None:
     assert isinstance(p, Missing) and p.variant == "WAI_NONE", p
 
 
+@pytest.mark.slow
 def test_a_client_rating_between_the_lines_holds_back_every_good_rating() -> None:
     """Guards: bond, goals and tasks are going well only when every rating the client gave of
     them is reassuring (or was never given, or has no score). A client WAI-SR of 3.0 of 5,
@@ -592,6 +596,7 @@ def test_an_srs_of_38_4_is_never_a_low_rating() -> None:
     assert never(after_40, "alliance_rupture", REASSURING) == []
 
 
+@pytest.mark.slow
 def test_an_srs_of_40_never_gets_the_rupture_title() -> None:
     """Guards: a latest SRS of 40 alone, after 38 or after another 40 is never a strain."""
     for before in ([], [9.5] * 4, [10] * 4):
@@ -628,6 +633,7 @@ def test_an_srs_of_40_after_two_low_ones_is_no_strain() -> None:
     assert never(still, "alliance_rupture", REASSURING) == []
 
 
+@pytest.mark.slow
 def test_a_client_above_the_therapist_is_never_a_concern() -> None:
     """Guards the reported "client 4.5, therapist 3.8 of 5" under "Why": no alliance family
     calls it a concern; nor is the rater gap reassuring the other way, as the two do not
@@ -698,6 +704,7 @@ def test_nothing_booked_cites_the_last_session_when_it_names_it() -> None:
     assert never(b, "disengagement", CONCERN)
 
 
+@pytest.mark.slow
 def test_no_contact_for_4_weeks_is_never_reassuring() -> None:
     """Guards the reported "In regular contact: last attended 28 days ago" and "Keeps their
     sessions: no sessions were scheduled in the last 4 weeks": neither is going well, and
@@ -719,6 +726,7 @@ def test_no_contact_for_4_weeks_is_never_reassuring() -> None:
     assert never(quiet, "disengagement", REASSURING) == []
 
 
+@pytest.mark.slow
 def test_a_measure_never_taken_is_a_prompt_never_a_reason() -> None:
     """Guards: with no SRS, GSRS or WAI-SR, the rating families prompt for the measure
     whichever way the model moved the risk; they are never worded as a fact."""
@@ -740,6 +748,7 @@ def test_a_measure_never_taken_is_a_prompt_never_a_reason() -> None:
     assert never(b, "rater_gap", CONCERN) == []
 
 
+@pytest.mark.slow
 def test_planned_discharge_and_program_are_context_only() -> None:
     """Guards: stage of treatment (planned discharge included) and how care is delivered
     (program included) are context whichever way the model moved the risk."""
@@ -908,6 +917,7 @@ LINE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("b", "family", "lead", "wanted", "variant"), LINE_CASES)
 def test_each_line_is_drawn_where_the_catalogue_draws_it(
     b: ClinicBuilder, family: str, lead: str, wanted: str, variant: str | None,

@@ -98,6 +98,7 @@ def _audit_rows(engine: Engine) -> int:
         return int(conn.execute(select(func.count()).select_from(tables.audit_log)).scalar_one())
 
 
+@pytest.mark.slow
 def test_the_application_role_works_but_cannot_erase_the_audit_trail(
     scored: Scored, split: Split
 ) -> None:
