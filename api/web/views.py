@@ -171,14 +171,16 @@ def sign_out() -> ResponseReturnValue:
 
 
 def _freshness(conn: Any) -> dict[str, Any]:
-    """The list's date and age, whether the last nightly run failed, and whether the list's
-    population drifted (what /health says, worded for the banner)."""
+    """The list's date and age, whether the last nightly run failed or died, tables the
+    clinic's database no longer has, and whether the list's population drifted (what
+    /health says, worded for the banner)."""
     status = service_status(conn, today())
     pub = status.publication
     drifted = run_drift(conn, pub["run_id"])["flagged"] if pub else []
+    died = status.last_run is not None and status.last_run["status"] == "died"
     return {"as_of": pub["as_of"] if pub else None, "age_days": status.age_days,
-            "stale": status.stale, "failed_at": status.failed_at,
-            "drift": drift_explanation(drifted)}
+            "stale": status.stale, "failed_at": status.failed_at, "died": died,
+            "missing_tables": status.missing_tables, "drift": drift_explanation(drifted)}
 
 
 # --- today's list -----------------------------------------------------------------

@@ -299,6 +299,23 @@ def test_changes_since_the_previous_list_and_a_failed_run_are_shown(
     assert "the last nightly run failed" in html
 
 
+def test_a_dead_run_and_a_missing_table_are_shown(
+    scored: Scored, private_store: tuple[str, Engine]
+) -> None:
+    """A run whose process is gone is not a run still going, and a table gone from the
+    clinic's database stops every night until restored: both reach the banner."""
+    url, engine = private_store
+    with engine.begin() as conn:
+        etl = start_run(conn, "etl", scored.as_of)
+        finish_run(conn, etl, "failed", detail={"missing_tables": ["alliance_items"]})
+        start_run(conn, "score", scored.as_of)  # no process holds its lock: it died
+    html = signed_in(_app(scored, url), make_key(engine, "case_manager", [CLINIC])).get(
+        "/web/").get_data(as_text=True)
+    assert "the last nightly run stopped without finishing" in html
+    assert "its process died" in html and "the last nightly run failed" not in html
+    assert "no longer has alliance_items" in html
+
+
 def test_a_stale_list_is_flagged(scored: Scored, cm_key: str) -> None:
     app = create_app(scored.settings, TESTING=True,
                      clock=clock_on(scored.as_of + timedelta(days=4)))
