@@ -29,11 +29,11 @@ import psycopg
 import pytest
 from gunicorn.config import Config
 from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from retention.pipelines.gunicorn_app import ESCAPE_CONTROLS, ServiceLogger, problem_response
 from tests.conftest import REPO, Scored
 from tests.support.apps import copy_list, free_port, make_key
+from tests.support.pg import libpq
 
 RETENTION = [sys.executable, "-m", "retention.pipelines.cli"]
 PROBLEM = "application/problem+json"
@@ -103,10 +103,6 @@ def wait_for(what: str, done: Callable[[], bool], seconds: float = WAIT_SECONDS)
         if time.monotonic() > deadline:
             pytest.fail(f"waited {seconds} s for {what}")
         time.sleep(0.1)
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from retention.db import errors, pg_arrow
 from retention.db.engines import store_engine
-from tests.support.pg import _libpq
+from tests.support.pg import libpq
 
 SECRET = "Jane Roe 1984-03-07"
 
@@ -47,7 +47,7 @@ def test_a_value_the_database_quotes_is_masked_and_the_statement_never_shown(
 
 def test_a_copy_error_keeps_neither_the_field_nor_the_context(pg_url: str) -> None:
     """COPY's CONTEXT quotes the whole field of the row it stopped at."""
-    with psycopg.connect(_libpq(pg_url)) as conn:
+    with psycopg.connect(libpq(pg_url)) as conn:
         conn.execute("CREATE TEMP TABLE t (d date)")
         with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(
                 "COPY t (d) FROM STDIN") as copy:
@@ -81,8 +81,6 @@ def test_a_server_that_does_not_answer_is_transient() -> None:
 
 
 def test_adbc_errors_are_classified_by_their_sqlstate(pg_url: str) -> None:
-    from sqlalchemy import make_url
-
     connection = pg_arrow.connect(make_url(pg_url))
     try:
         with pytest.raises(pg_arrow.Error) as caught:

@@ -11,7 +11,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from retention.db.engines import source_engine, store_engine
 from retention.etl.load import read_watermarks
@@ -20,11 +19,8 @@ from retention.pipelines.etl import run_etl
 from retention.settings import EtlSettings
 from retention.store.checks import table_checksums
 from retention.store.runs import list_runs
+from tests.support.pg import libpq
 from tests.support.sources import AS_OF, Source, appointment, stored
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def data_checksums(engine: Engine) -> dict[str, tuple[int, str]]:

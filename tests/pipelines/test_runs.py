@@ -21,7 +21,7 @@ from retention.pipelines.runs import error_text, recorded_run
 from retention.settings import SourceMapping
 from retention.store.runs import list_runs
 from retention.store.status import service_status
-from tests.support.pg import _libpq
+from tests.support.pg import libpq
 
 NIGHT = FixedClock(datetime(2026, 6, 1, 2, 30))
 AS_OF = date(2026, 6, 1)
@@ -128,7 +128,7 @@ SECRET = "Jane Roe"
 
 def test_a_database_errors_text_keeps_neither_its_values_nor_its_context(pg_url: str) -> None:
     """PostgreSQL's COPY context quoted the whole field of the row a load stopped at."""
-    with psycopg.connect(_libpq(pg_url)) as conn:
+    with psycopg.connect(libpq(pg_url)) as conn:
         conn.execute("CREATE TEMP TABLE t (n integer)")
         with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(
                 "COPY t (n) FROM STDIN") as copy:

@@ -30,7 +30,7 @@ from retention.pipelines.scoring import run_scoring
 from retention.store import roles, tables
 from tests.conftest import Scored
 from tests.support.apps import clock_on, keyed_client, make_key
-from tests.support.pg import PREFIX, RUN, admin_url, drop_database, new_database
+from tests.support.pg import PREFIX, RUN, admin_url, drop_database, libpq, new_database
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,7 @@ def split(pg_server: str, scored: Scored, tmp_path: Path) -> Iterator[Split]:
         yield Split(_as(url, owner), _as(url, app), config)
     finally:
         drop_database(url, pg_server)
-        with psycopg.connect(
-            make_url(admin_url())
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False),
-            autocommit=True,
-        ) as conn:
+        with psycopg.connect(libpq(admin_url()), autocommit=True) as conn:
             for role in (app, owner):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

@@ -46,7 +46,7 @@ def admin_url() -> str:
     return os.environ.get("RETENTION_TEST_PG_URL", DEFAULT_ADMIN_URL)
 
 
-def _libpq(url: str) -> str:
+def libpq(url: str) -> str:
     """A SQLAlchemy URL (maybe ``postgresql+psycopg://``) as a libpq connection string."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -54,7 +54,7 @@ def _libpq(url: str) -> str:
 def server_answers(url: str | None = None, timeout: int = 3) -> str | None:
     """None when the server answers, else the reason it does not."""
     try:
-        with psycopg.connect(_libpq(url or admin_url()), connect_timeout=timeout) as conn:
+        with psycopg.connect(libpq(url or admin_url()), connect_timeout=timeout) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         return str(exc).strip() or type(exc).__name__
@@ -68,7 +68,7 @@ def new_database(admin: str | None = None, label: str = "") -> str:
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     with LEDGER.open("a") as ledger:  # before it exists: a kill between leaves no stranger
         ledger.write(f"{admin}\t{name}\n")
-    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
+    with psycopg.connect(libpq(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return (
         make_url(admin)
@@ -82,7 +82,7 @@ def drop_database(url: str, admin: str | None = None) -> None:
     name = make_url(url).database or ""
     if not name.startswith(PREFIX):
         raise ValueError(f"{name!r} was not made by new_database; not dropping it")
-    with psycopg.connect(_libpq(admin or admin_url()), autocommit=True) as conn:
+    with psycopg.connect(libpq(admin or admin_url()), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -106,7 +106,7 @@ def drop_leftovers() -> None:
             kept.append(line)
             continue
         try:
-            with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=3) as conn:
+            with psycopg.connect(libpq(admin), autocommit=True, connect_timeout=3) as conn:
                 busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
                                     (name,)).fetchone()
                 if busy and busy[0]:
