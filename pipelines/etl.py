@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Engine, func, select
 
-from retention.clinic import contract
 from retention.clinic.data import ClinicData
 from retention.clock import Clock, SystemClock
 from retention.db import bulk, locks
@@ -84,13 +84,12 @@ def run_etl(
             marks = load.read_watermarks(conn)
             if full is None:
                 full = load.full_reload_due(conn, marks, etl, clock.now())
-            copied = _optional_rows(conn)
         run.detail["full"] = full
         watch = run.stopwatch()
         try:
             raw, source_now = read_source(
                 source, etl.mapping, load.since(marks, full, etl), etl.source_connections,
-                copied=copied, allow_superuser=etl.allow_superuser_source)
+                held=partial(_copy_rows, store_db), allow_superuser=etl.allow_superuser_source)
         except MissingTable as exc:
             run.detail["missing_tables"] = exc.tables  # for the status: pages, /health, /ready
             log.warning("etl run %s: optional table(s) %s missing at the source while the copy "
@@ -144,8 +143,10 @@ def _etl_lock(store_db: Engine, wait_seconds: float) -> Iterator[None]:
         yield
 
 
-def _optional_rows(conn: Connection) -> dict[str, int]:
-    """Rows the copy holds of each optional table: one missing at the source is then lost,
-    not empty (``retention.etl.extract.MissingTable``)."""
-    return {t: int(conn.execute(select(func.count()).select_from(tables.copies[t])).scalar_one())
-            for t in contract.OPTIONAL_TABLES}
+def _copy_rows(store_db: Engine, table: str) -> int:
+    """Rows the copy holds of an optional table the source lacks: if any, it was dropped,
+    not emptied (``retention.etl.extract.MissingTable``). Counted only then: the items'
+    copy is the store's largest table."""
+    with store_db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(tables.copies[table]))
+                   .scalar_one())

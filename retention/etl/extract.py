@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -172,18 +172,19 @@ def extract(
     mapping: SourceMapping,
     since: dict[str, datetime | None],
     connections: int = 1,
-    copied: Mapping[str, int] | None = None,
+    held: Callable[[str], int] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Rows changed since each table's ``since`` (all rows where it is None), codes mapped.
 
     ``alliance_items`` are read for the measures read (an item has no updated_at of
     its own: items change with their measure), and appointments also for the
-    episodes read. A missing optional table reads empty, unless ``copied`` (rows the
-    store's copy holds, per optional table) says it had rows: then ``MissingTable``.
+    episodes read. A missing optional table reads empty, unless ``held`` (rows the
+    store's copy holds of a table, asked only of a missing one) says it had rows: then
+    ``MissingTable``.
     On PostgreSQL the tables are read through ADBC on up to ``connections``
     connections at once, largest first, all in ``connection``'s snapshot.
     """
-    frames = _missing_optional(connection, mapping, copied or {})
+    frames = _missing_optional(connection, mapping, held or (lambda _table: 0))
     tables = [t for t in contract.TABLES if t not in frames]
     if bulk.is_postgres(connection):
         raw = connection.connection.driver_connection
@@ -218,7 +219,7 @@ def _failure(table: str, mapping: SourceMapping, exc: BaseException) -> SourceEr
 
 
 def _missing_optional(connection: Connection, mapping: SourceMapping,
-                      copied: Mapping[str, int]) -> dict[str, pd.DataFrame]:
+                      held: Callable[[str], int]) -> dict[str, pd.DataFrame]:
     """Empty frames for the optional tables the source lacks (and does not map); an error
     for one whose rows the copy holds: it was dropped, renamed or hidden from the role."""
     unmapped = [t for t in contract.OPTIONAL_TABLES if not mapping.is_mapped(t)]
@@ -226,9 +227,10 @@ def _missing_optional(connection: Connection, mapping: SourceMapping,
         return {}
     existing = set(inspect(connection).get_table_names())
     missing = [t for t in unmapped if t not in existing]
-    lost = [t for t in missing if copied.get(t)]
+    copy_rows = {t: held(t) for t in missing}
+    lost = [t for t in missing if copy_rows[t]]
     if lost:
-        raise MissingTable(lost, dict(copied))
+        raise MissingTable(lost, copy_rows)
     return {t: pd.DataFrame(columns=_columns(t), dtype=object) for t in missing}
 
 
@@ -297,7 +299,7 @@ def read_source(
     since: dict[str, datetime | None],
     connections: int = 1,
     *,
-    copied: Mapping[str, int] | None = None,
+    held: Callable[[str], int] | None = None,
     allow_superuser: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], datetime]:
     """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
@@ -314,7 +316,7 @@ def read_source(
             if not allow_superuser:
                 check_source_role(conn)
             now = source_clock(conn)
-            frames = extract(conn, mapping, since, connections, copied)
+            frames = extract(conn, mapping, since, connections, held)
             conn.rollback()
         return frames, now
     except SourceError:
