@@ -140,13 +140,13 @@ def phrase_inconsistent_engagement(h: History, lead: str, wanted: str,
                 if len(rows):
                     parts.append(f"{plural(len(rows), word)} on "
                                  f"{days_list(list(rows['scheduled_at']))}")
-            if len(cancelled):
-                parts.append(f"{len(cancelled)} cancelled")
-            text = f"Missed {len(missed)} of {n} sessions in the last {span}: " + ", ".join(parts)
+            # Cancellations with notice are not misses: said apart, so the kinds listed
+            # after the colon add up to the number missed.
+            also = f"; cancelled {len(cancelled)}" if len(cancelled) else ""
+            head = f"Missed {len(missed)} of {n} sessions in the last {span}: "
+            text = head + ", ".join(parts) + also
             if len(text) > MAX_SENTENCE:
-                counts = [p.split(" on ")[0] for p in parts]
-                text = (f"Missed {len(missed)} of {n} sessions in the last {span}: "
-                        + ", ".join(counts))
+                text = head + ", ".join(p.split(" on ")[0] for p in parts) + also
             return Phrase("MISSED_SESSIONS", text, CONCERN,
                           missed.ids("appointment_id") + cancelled.ids("appointment_id"))
         return Phrase(

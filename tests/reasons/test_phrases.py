@@ -252,7 +252,7 @@ def test_missed_sessions_name_each_kind_with_dates() -> None:
     assert (p.variant, p.direction) == ("MISSED_SESSIONS", CONCERN)
     assert p.text == (
         "Missed 3 of 5 sessions in the last 4 weeks: "
-        "2 no-shows on 3 Mar and 10 Mar, 1 late cancellation on 13 Mar, 1 cancelled"
+        "2 no-shows on 3 Mar and 10 Mar, 1 late cancellation on 13 Mar; cancelled 1"
     )
     assert len(p.appointment_ids) == 4
 

@@ -252,11 +252,10 @@ def _missed(f: Facts, code: str, lead: str, wanted: str) -> Expected:
         for status, word in (("no_show", "no-show"), ("late_cancel", "late cancellation"))
         if len(rows := missed[missed["status"] == status])
     ]
-    if len(cancelled):
-        parts.append((f"{len(cancelled)} cancelled", ""))
-    text = head + ", ".join(n + when for n, when in parts)
+    also = f"; cancelled {len(cancelled)}" if len(cancelled) else ""
+    text = head + ", ".join(n + when for n, when in parts) + also
     if len(text) > MAX_SENTENCE:
-        text = head + ", ".join(n for n, _ in parts)
+        text = head + ", ".join(n for n, _ in parts) + also
     return Expected(text, ids(missed) + ids(cancelled), direction=attendance_way(facing))
 
 
