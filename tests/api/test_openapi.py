@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from flask import Flask
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
@@ -43,7 +43,12 @@ def test_the_api_matches_its_openapi_document(app: Flask, token: str,
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
+        # No shrinking: schemathesis judges a negative case by how it was generated, and
+        # shrinking can drop its only invalid part (an extra query parameter), leaving a
+        # valid request reported as accepted negative data (schemathesis issue 4332). Every
+        # generated case still meets every check.
         @settings(max_examples=25, deadline=None, database=None,
+                  phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case) -> None:
             if mode is GenerationMode.POSITIVE and case.query:
