@@ -71,10 +71,11 @@ def run_training(
         )
         rows = training_rows(data, dates, settings.horizon_days, as_of, progress)
         run.rows_read = len(rows)
-        split_args = {"evaluate_share": ms.evaluate_share, "calibrate_share": ms.calibrate_share}
+        split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share, "calibrate_share": ms.calibrate_share}
         trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
                       trained_as_of=as_of, calibration=ms.calibration_method,
-                      isotonic_min_outcomes=ms.isotonic_min_outcomes, **split_args)
+                      isotonic_min_outcomes=ms.isotonic_min_outcomes,
+                      engaged_within_days=settings.engaged_within_days, **split_args)
         split = time_split(rows, settings.horizon_days, **split_args)
         current = _current_model(settings.models_dir, trained.version, key)
         evaluation = assess(trained, split, data.clients, ms,
@@ -100,12 +101,16 @@ def run_training(
 
 def _current_model(models_dir: Path, candidate: str,
                    key: signing.SigningKey) -> TrainedModel | None:
-    """The model in service, to compare on the candidate's rows (None if none or the same)."""
+    """The model in service, to compare on the candidate's rows (None if none or the same).
+
+    Its evaluated fit: the served one was refit on snapshots that include the
+    candidate's evaluation slice, and would be judged on rows it learnt.
+    """
     version = registry.current_or_none(models_dir)
     if version is None or version == candidate:
         return None
     try:
-        return artifacts.load(models_dir, version, key=key)
+        return artifacts.load(models_dir, version, key=key, fit="evaluated")
     except ModelError as exc:
         # A broken current model cannot be a reference; the gate then checks baselines only.
         log.warning("current model %s unusable as a reference: %s", version, exc)

@@ -82,7 +82,9 @@ def model_key_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     root = tmp_path_factory.mktemp("clinic")
     settings = make_settings(root)
-    write_clinic(settings.source_url, SynthConfig(end=AS_OF, n_clients=500, seed=11))
+    # Large enough that the gate can tell the first model from the clinic's rules: at 500
+    # clients its interval against "2 misses in a row" still reached zero.
+    write_clinic(settings.source_url, SynthConfig(end=AS_OF, n_clients=800, seed=11))
     source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
     night = FixedClock(datetime.combine(AS_OF, time(2, 30)))  # the nightly slot
     run_etl(source, store_db, AS_OF, clock=night)

@@ -11,6 +11,7 @@ import click
 
 from retention.db.engines import store_engine
 from retention.evaluation.calibration import summary
+from retention.evaluation.gate import difference_text
 from retention.evaluation.report import write_report
 from retention.model import registry, signing
 from retention.model.booster import ModelError
@@ -35,6 +36,19 @@ def train(obj: Context, as_of: datetime | None, no_promote: bool) -> None:
         f"(base rate {v['base_rate']:.3f}, n {int(v['n']):,}); saved to {result.folder}; "
         f"{verdict}. `retention report {result.version}` writes its report")
     say("  " + calibration_line(result))
+    for line in comparison_lines(result):
+        say("  " + line)
+    if result.gate.advice:
+        say("  " + result.gate.advice)
+
+
+def comparison_lines(result: TrainResult) -> list[str]:
+    """How the candidate compared, as the gate judged it: difference, interval, verdict."""
+    return [f"{c['check'].split(' (')[0]}: {c['metric']} {c['subset']} {c['candidate']:.3f} vs "
+            f"{c['label']} {c['reference']:.3f}, difference {difference_text(c['difference'])}, "
+            f"{c['verdict']}{'' if c['passed'] else ' (refused)'}"
+            for c in result.gate.checks
+            if "difference" in c and c["candidate"] is not None and c["reference"] is not None]
 
 
 def calibration_line(result: TrainResult) -> str:

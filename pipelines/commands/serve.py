@@ -22,7 +22,7 @@ from retention.model import signing
 from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, say
 from retention.pipelines.commands.data import extract, synthesize
-from retention.pipelines.commands.model import calibration_line, train_model
+from retention.pipelines.commands.model import calibration_line, comparison_lines, train_model
 from retention.pipelines.commands.scoring import score_list
 from retention.pipelines.gunicorn_app import check_workers, escape_log_lines, run_gunicorn
 from retention.pipelines.scheduler import JOB_ID, build_scheduler
@@ -84,7 +84,8 @@ def scheduler(obj: Context, run_now: bool, as_of: datetime | None) -> None:
 @click.command()
 @click.option("--clients", "n_clients", default=2000, show_default=True)
 @click.option("--seed", default=7, show_default=True)
-@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+@click.option("--today", "--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              default=None,
               help="The demo clinic's today (YYYY-MM-DD; default: today). Fix it to repeat a demo.")
 @click.option("--port", default=8000, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Stop after scoring (for scripts and tests).")
@@ -109,6 +110,14 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
     say(f"  version {trained.version}: held-out AUROC {v['auroc']:.3f}, "
         f"average precision {v['average_precision']:.3f}, Brier {v['brier']:.3f}")
     say("  " + calibration_line(trained))
+    for line in comparison_lines(trained):
+        say("  " + line)
+    if not trained.promoted:
+        raise click.ClickException(
+            "the demo's model was refused by the promotion gate: "
+            + "; ".join(trained.gate.refusals)
+            + (f". {trained.gate.advice}" if trained.gate.advice else "")
+            + " (the default --clients 2000 gives the gate enough evidence)")
     say(f"demo [4/{steps}] scoring")
     scored = score_list(settings, today, None)
     say(f"  {scored.scored:,} episodes ranked, {scored.high_risk:,} high risk")

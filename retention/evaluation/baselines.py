@@ -23,6 +23,9 @@ from retention.model.booster import to_matrix
 
 SRS_CUTOFF = 36.0
 MISSED_IN_A_ROW = 2
+# The rules a clinic uses today, and the regression that checks the booster is sound.
+RULES = ("missed_2_in_a_row", "srs_rule", "days_since_attended")
+LOGISTIC = "logistic_regression"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def fit_logistic(train: pd.DataFrame, seed: int) -> Pipeline:
 def logistic_baseline(model: Pipeline, rows: pd.DataFrame) -> BaselineScore:
     """The fitted logistic regression's probabilities on ``rows``."""
     p = np.asarray(model.predict_proba(_lr_matrix(rows))[:, 1])
-    return BaselineScore("logistic_regression", "logistic regression, same features", p,
+    return BaselineScore(LOGISTIC, "logistic regression, same features", p,
                          probability=p)
 
 

@@ -40,12 +40,18 @@ def assess(
     seed: int,
     current: TrainedModel | None = None,
 ) -> dict[str, Any]:
-    """Evaluation with baselines and CIs, fairness by group, top features."""
+    """Evaluation with baselines and CIs, fairness by group, top features.
+
+    The candidate is judged by its evaluated fit (``TrainedModel.judged``): a model refit
+    for serving has learnt the evaluation rows. ``current`` must be the current
+    version's evaluated fit too (``artifacts.load(..., fit="evaluated")``), trained before
+    the candidate's evaluation slice.
+    """
     rows = split.evaluate.reset_index(drop=True)
-    candidate = model_scorer(model, rows)
+    candidate = model_scorer(model.judged, rows)
     scorers = [candidate]
     if current is not None:
-        scorers.append(model_scorer(current, rows, name="current", kind="current"))
+        scorers.append(model_scorer(current.judged, rows, name="current", kind="current"))
     scorers += [baseline_scorer(b) for b in rule_baselines(rows)]
     logistic = fit_logistic(split.train, seed)
     scorers.append(baseline_scorer(logistic_baseline(logistic, rows)))

@@ -113,8 +113,9 @@ def build_card(
             "monitoring_and_updates": (
                 "Each scoring run records the population stability index of every input "
                 "and of the score against the training rows and flags drift; a weekly job "
-                "retrains, evaluates and promotes only through the gate (beat the baselines "
-                "on still-engaged clients, no worse than the current model); every "
+                "retrains, evaluates and promotes only through the gate (better than the "
+                "clinic's rules on still-engaged clients and no worse than the current model, "
+                "each by a paired bootstrap interval); every "
                 "promotion and rollback is logged with its reason."
             ),
             "promotion_gate": gate,
@@ -145,15 +146,26 @@ def _limitations(metadata: dict[str, Any], evaluation: dict[str, Any]) -> list[s
     out = [
         "Trained on one clinic's history; performance elsewhere is unknown until "
         "validated there.",
-        f"The deployed model's training data ends at {metadata['window']['train_until']}, "
-        "about a horizon and a calibration slice before the training date, so its numbers "
-        "are honest held-out numbers rather than those of a model refit on all data.",
+        _fit_limitation(metadata),
         "Rules and reasons reflect associations in records, not causes.",
     ]
     if evaluation["fairness"]["all"]["flags"]:
         out.append("Subgroup gaps beyond tolerance: "
                    + "; ".join(evaluation["fairness"]["all"]["flags"]))
     return out
+
+
+def _fit_limitation(metadata: dict[str, Any]) -> str:
+    """Which fit the numbers describe and which one serves."""
+    judged_until = metadata["window"]["train_until"]
+    if "fits" not in metadata:
+        return (f"The deployed model's training data ends at {judged_until}, about a horizon "
+                "and a calibration slice before the training date, so its numbers are honest "
+                "held-out numbers rather than those of a model refit on all data.")
+    return (f"The numbers are those of the evaluated fit, trained on data to {judged_until}; "
+            "the deployed model was refit with the same settings on every labelled snapshot "
+            f"(to {metadata['window']['last_snapshot']}) and calibrated out of fold, so it "
+            "has no held-out numbers of its own beyond its out-of-fold metrics.")
 
 
 def render_html(card: dict[str, Any]) -> str:

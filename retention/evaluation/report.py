@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from retention.evaluation.gate import difference_text
 from retention.evaluation.model_card import build_card, render_html
 from retention.model import artifacts
 from retention.model.booster import ModelError
@@ -137,9 +138,13 @@ def _gate_html(gate: dict[str, Any] | None) -> str:
     verdict = "passed" if gate["passed"] else "<span class='bad'>refused</span>"
     items = "".join(
         f"<li>{'&#10003;' if c['passed'] else '&#10007;'} {html.escape(c['check'])}: "
-        f"{html.escape(_num(c['candidate']))} vs {html.escape(str(c['against']))} "
-        f"{html.escape(_num(c['reference']))}</li>" for c in gate["checks"])
-    return f"<h2>Promotion gate: {verdict}</h2><ul>{items}</ul>"
+        f"{html.escape(_num(c['candidate']))} vs {html.escape(str(c.get('label', c['against'])))} "
+        f"{html.escape(_num(c['reference']))}"
+        + (f"; difference {html.escape(difference_text(c['difference']))}, "
+           f"{html.escape(c['verdict'])}" if "difference" in c else "")
+        + "</li>" for c in gate["checks"])
+    advice = f"<p>{html.escape(gate['advice'])}</p>" if gate.get("advice") else ""
+    return f"<h2>Promotion gate: {verdict}</h2><ul>{items}</ul>{advice}"
 
 
 def _num(v: Any) -> str:

@@ -4,6 +4,9 @@ A model version is one folder under the models directory:
 
 - ``model.txt``: the LightGBM booster in its own text format (never pickle),
 - ``calibrator.json``: the map from raw log-odds to calibrated probability,
+- ``evaluated_model.txt`` and ``evaluated_calibrator.json``: the fit the evaluation
+  judged, when the served model was refit on all the data after it
+  (``retention.model.training``); what a later candidate is compared with,
 - ``evaluation.json``: the held-out evaluation with baselines and subgroups
   (written by the training job; optional for loading),
 - ``metadata.json``: ordered features with kinds, categories, reason families,
@@ -48,6 +51,8 @@ from retention.model.signing import (
 
 MODEL_FILE = "model.txt"
 CALIBRATOR_FILE = "calibrator.json"
+EVALUATED_MODEL_FILE = "evaluated_model.txt"
+EVALUATED_CALIBRATOR_FILE = "evaluated_calibrator.json"
 EVALUATION_FILE = "evaluation.json"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
@@ -71,16 +76,25 @@ def build_metadata(
     window: dict[str, str],
     metrics_by_split: dict[str, dict[str, float]],
     data_fingerprint: str,
+    shape: dict[str, Any] | None = None,
+    num_boost_round: int = NUM_BOOST_ROUND,
+    evaluated: tuple[lgb.Booster, Calibrator] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to reuse, audit and check a trained booster and calibrator.
 
     The version name hashes both files, so a new calibrator is a new version.
+    ``evaluated`` is the judged fit of a model refit for serving; its files are hashed
+    with the others.
     """
     text = booster.model_to_string()
     cal_text = calibrator_json(calibrator)
     digest = hashlib.sha256(text.encode()).hexdigest()
     cal_digest = hashlib.sha256(cal_text.encode()).hexdigest()
+    hashes = {MODEL_FILE: digest, CALIBRATOR_FILE: cal_digest}
+    if evaluated is not None:
+        hashes |= {name: hashlib.sha256(data).hexdigest()
+                   for name, data in _evaluated_files(*evaluated).items()}
     return {
         "version": version_name(trained_as_of.isoformat(), digest, cal_digest),
         "task": f"disengagement within {horizon_days} days",
@@ -93,8 +107,8 @@ def build_metadata(
             for f in FEATURES
         ],
         "categories": {k: list(v) for k, v in CATEGORIES.items()},
-        "params": lgb_params(seed),
-        "num_boost_round": NUM_BOOST_ROUND,
+        "params": lgb_params(seed, shape),
+        "num_boost_round": num_boost_round,
         "window": window,
         "metrics": metrics_by_split,
         "data_fingerprint": data_fingerprint,
@@ -107,8 +121,13 @@ def build_metadata(
         },
         "calibration": {"method": calibrator.method, "rows": calibrator.n_rows_},
         **(extra or {}),
-        "sha256": {MODEL_FILE: digest, CALIBRATOR_FILE: cal_digest},
+        "sha256": hashes,
     }
+
+
+def _evaluated_files(booster: lgb.Booster, calibrator: Calibrator) -> dict[str, bytes]:
+    return {EVALUATED_MODEL_FILE: booster.model_to_string().encode(),
+            EVALUATED_CALIBRATOR_FILE: calibrator_json(calibrator).encode()}
 
 
 def save(
@@ -125,6 +144,8 @@ def save(
     folder.mkdir(parents=True, exist_ok=True)
     files = {MODEL_FILE: model.booster.model_to_string().encode(),
              CALIBRATOR_FILE: calibrator_json(model.calibrator).encode()}
+    if model.evaluated is not None:
+        files |= _evaluated_files(model.evaluated.booster, model.evaluated.calibrator)
     metadata = dict(model.metadata)
     if evaluation is not None:
         files[EVALUATION_FILE] = json.dumps(evaluation, indent=2, sort_keys=True,
@@ -198,10 +219,12 @@ def verified_current(models_dir: Path, key: SigningKey) -> str:
 
 def load(models_dir: Path, version: str | None = None,
          expected_features: Sequence[str] = FEATURE_NAMES, *,
-         key: SigningKey | None = None) -> TrainedModel:
+         key: SigningKey | None = None, fit: str = "served") -> TrainedModel:
     """Load a version after checking its signature, hashes, name and features.
 
     Without ``version``, the current one, as far as the signed history agrees.
+    ``fit="evaluated"`` loads the fit its evaluation judged (the same as the served
+    one for versions trained before models were refit for serving).
     Refuses, with the reason and what to do, a version that is unsigned, altered,
     signed with another key, misnamed, or whose feature list differs from what
     ``build_features`` produces. ``key`` defaults to the unconfigured default key.
@@ -212,7 +235,12 @@ def load(models_dir: Path, version: str | None = None,
     version = version or verified_current(models_dir, key)
     folder = models_dir / version
     metadata, contents = read_checked(folder, version, key=key)
-    text = contents[MODEL_FILE]
+    model_file, calibrator_file = MODEL_FILE, CALIBRATOR_FILE
+    if fit == "evaluated" and EVALUATED_MODEL_FILE in contents:
+        model_file, calibrator_file = EVALUATED_MODEL_FILE, EVALUATED_CALIBRATOR_FILE
+    elif fit not in ("served", "evaluated"):
+        raise ValueError(f"fit must be 'served' or 'evaluated', not {fit!r}")
+    text = contents[model_file]
     names = tuple(f["name"] for f in metadata["features"])
     if names != tuple(expected_features):
         extra = sorted(set(names) - set(expected_features))
@@ -226,7 +254,7 @@ def load(models_dir: Path, version: str | None = None,
     if tuple(booster.feature_name()) != names:
         raise ModelError(f"model version {version!r}: booster and metadata features differ")
     try:
-        calibrator = Calibrator.from_dict(json.loads(contents[CALIBRATOR_FILE]))
+        calibrator = Calibrator.from_dict(json.loads(contents[calibrator_file]))
     except (CalibrationError, json.JSONDecodeError) as exc:
         raise ModelError(f"model version {version!r}: calibrator unreadable: {exc}") from exc
     return TrainedModel(booster=booster, calibrator=calibrator, metadata=metadata)

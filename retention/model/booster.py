@@ -7,7 +7,7 @@ checked and loaded is ``retention.model.artifacts``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +24,22 @@ class ModelError(RuntimeError):
     """A model version is missing, tampered with, or does not fit the features."""
 
 
-def lgb_params(seed: int) -> dict[str, Any]:
-    """LightGBM parameters: small trees, monotone where clinically sound, deterministic."""
+# The tree shape rolling-origin validation chooses among (``retention.model.tuning``);
+# everything else in ``lgb_params`` is fixed. The first entry is the default.
+DEFAULT_SHAPE: dict[str, Any] = {"num_leaves": 15, "min_data_in_leaf": 40}
+NUM_BOOST_ROUND = 300
+
+
+def lgb_params(seed: int, shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """LightGBM parameters: small trees, monotone where clinically sound, deterministic.
+
+    ``shape`` overrides the tree shape (``DEFAULT_SHAPE`` keys) chosen by tuning.
+    """
     return {
         "objective": "binary",
         "learning_rate": 0.05,
-        "num_leaves": 15,
-        "min_data_in_leaf": 40,
+        **DEFAULT_SHAPE,
+        **(shape or {}),
         "feature_fraction": 0.8,
         "bagging_fraction": 0.8,
         "bagging_freq": 1,
@@ -44,9 +53,6 @@ def lgb_params(seed: int) -> dict[str, Any]:
         "num_threads": 2,
         "verbose": -1,
     }
-
-
-NUM_BOOST_ROUND = 300
 
 
 def to_matrix(frame: pd.DataFrame, feature_names: Sequence[str] = FEATURE_NAMES) -> pd.DataFrame:
@@ -86,6 +92,14 @@ class TrainedModel:
     booster: lgb.Booster
     calibrator: Calibrator
     metadata: dict[str, Any]
+    # The fit the evaluation judged, when the served model was refit on more data
+    # after it (``retention.model.training.fit``); None when this is that fit.
+    evaluated: TrainedModel | None = None
+
+    @property
+    def judged(self) -> TrainedModel:
+        """The fit whose held-out evaluation stands for this model."""
+        return self.evaluated or self
 
     @property
     def version(self) -> str:
@@ -117,13 +131,22 @@ class TrainedModel:
 
 
 def train_booster(
-    x_train: pd.DataFrame, y_train: np.ndarray, seed: int
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    seed: int,
+    shape: Mapping[str, Any] | None = None,
+    num_boost_round: int = NUM_BOOST_ROUND,
 ) -> lgb.Booster:
     """Fit the booster on a training matrix."""
-    dataset = lgb.Dataset(
-        x_train,
-        label=y_train,
+    return lgb.train(lgb_params(seed, shape), dataset(x_train, y_train),
+                     num_boost_round=num_boost_round)
+
+
+def dataset(x: pd.DataFrame, y: np.ndarray) -> lgb.Dataset:
+    """A LightGBM dataset of a model matrix, categoricals declared."""
+    return lgb.Dataset(
+        x,
+        label=y,
         categorical_feature=[f.name for f in FEATURES if f.kind == "categorical"],
         free_raw_data=False,
     )
-    return lgb.train(lgb_params(seed), dataset, num_boost_round=NUM_BOOST_ROUND)

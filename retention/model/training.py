@@ -8,6 +8,13 @@ The split is three ways by time: train on the oldest snapshots, calibrate on a
 later slice, evaluate on the most recent one. Each slice ends a full horizon
 before the next begins, so no label of an earlier slice looks into a later
 slice's period: a client's future never informs a model judged on it.
+
+The fit so judged (the *evaluated* fit, its shape and rounds tuned on the training
+slice alone) decides whether the method works on this clinic. The model that serves
+is then *refit* the same way on every labelled snapshot, the freshest included, and
+calibrated out of sample (cross-fitted across clients, on the latest snapshots): the
+evaluation is of the procedure, and the served model is that procedure given all the
+data. Both fits travel in the version (``retention.model.artifacts``).
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupKFold
 
 from retention.clinic.data import ClinicData
 from retention.features.builder import build_features
@@ -25,7 +35,8 @@ from retention.features.labels import disengagement_labels, label_observable
 from retention.model import drift
 from retention.model.artifacts import build_metadata, fingerprint
 from retention.model.booster import TrainedModel, metrics, to_matrix, train_booster
-from retention.model.calibration import Calibrator, choose
+from retention.model.calibration import CalibrationError, Calibrator, choose
+from retention.model.tuning import Tuning, tune
 
 Progress = Callable[[int, int], None]
 
@@ -136,6 +147,14 @@ def time_split(
     return split
 
 
+def engaged_rows(rows: pd.DataFrame, within_days: int) -> np.ndarray:
+    """Still engaged: attended within ``within_days`` (as ``retention.evaluation`` judges)."""
+    return ((rows["days_since_attended"] <= within_days) & (rows["attended_28d"] > 0)).to_numpy()
+
+
+CROSS_FIT_FOLDS = 4
+
+
 def fit(
     rows: pd.DataFrame,
     *,
@@ -146,17 +165,24 @@ def fit(
     evaluate_share: float = 0.2,
     calibrate_share: float = 0.15,
     isotonic_min_outcomes: int = 100,
+    engaged_within_days: int = 14,
+    refit: bool = True,
 ) -> TrainedModel:
-    """Train on the oldest slice, calibrate on the next, and record headline metrics.
+    """Tune and train on the oldest slice, calibrate on the next; then refit for serving.
 
     ``calibration`` "auto" compares the calibrations out of time on the calibration
     slice and keeps the best (``calibration.choose``). The full evaluation against
     baselines (``retention.evaluation``) runs on ``time_split(...).evaluate`` with the
-    same arguments.
+    same arguments, with the returned model's ``judged`` fit. With ``refit`` (the
+    default) the returned model is refit on every row (``refit_for_serving``) and
+    carries the evaluated fit; without, it is the evaluated fit.
     """
     split = time_split(rows, horizon_days, evaluate_share, calibrate_share)
+    tuning = tune(split.train, horizon_days=horizon_days, seed=seed,
+                  engaged=engaged_rows(split.train, engaged_within_days))
     y_train = split.train["label"].to_numpy()
-    booster = train_booster(to_matrix(split.train), y_train, seed)
+    booster = train_booster(to_matrix(split.train), y_train, seed, tuning.shape,
+                            tuning.num_boost_round)
     raw = {name: np.asarray(booster.predict(to_matrix(part), raw_score=True))
            for name, part in (("train", split.train), ("calibration", split.calibrate),
                               ("evaluation", split.evaluate))}
@@ -172,28 +198,92 @@ def fit(
         for name, part in (("train", split.train), ("calibration", split.calibrate),
                            ("evaluation", split.evaluate))
     }
-    metadata = build_metadata(
-        booster,
-        calibrator,
-        seed=seed,
-        horizon_days=horizon_days,
-        trained_as_of=trained_as_of,
-        window=split.window(rows),
-        metrics_by_split=headline,
-        data_fingerprint=fingerprint(rows),
-        extra={
-            "rows": {"train": len(split.train), "calibration": len(split.calibrate),
-                     "evaluation": len(split.evaluate)},
-            "clients": {"train": int(split.train["client_id"].nunique()),
-                        "evaluation": int(split.evaluate["client_id"].nunique())},
-            # The latest rows the model was judged on (the evaluation slice), features
-            # and out-of-sample risks: the population closest to the days it will score,
-            # so a list scored on its first days is compared with data like its own.
-            "drift_reference": drift.reference(
-                split.evaluate, calibrator.predict(raw["evaluation"]),
-            ),
-            "calibration_choice": None if choice is None else choice.to_dict(),
-            "split": {"evaluate_share": evaluate_share, "calibrate_share": calibrate_share},
+    common: dict[str, Any] = {
+        "seed": seed, "horizon_days": horizon_days, "trained_as_of": trained_as_of,
+        "metrics_by_split": headline, "data_fingerprint": fingerprint(rows),
+        "shape": tuning.shape, "num_boost_round": tuning.num_boost_round,
+    }
+    extra: dict[str, Any] = {
+        "rows": {"train": len(split.train), "calibration": len(split.calibrate),
+                 "evaluation": len(split.evaluate)},
+        "clients": {"train": int(split.train["client_id"].nunique()),
+                    "evaluation": int(split.evaluate["client_id"].nunique())},
+        "calibration_choice": None if choice is None else choice.to_dict(),
+        "split": {"evaluate_share": evaluate_share, "calibrate_share": calibrate_share},
+        "tuning": tuning.to_dict(),
+    }
+    evaluated_reference = drift.reference(split.evaluate, calibrator.predict(raw["evaluation"]))
+    evaluated = TrainedModel(booster, calibrator, build_metadata(
+        booster, calibrator, window=split.window(rows), **common,
+        extra={**extra, "drift_reference": evaluated_reference,
+               "fit": "evaluated (trained on the training slice only)"},
+    ))
+    if not refit:
+        return evaluated
+    served_booster, served_calibrator, oof = refit_for_serving(
+        rows, split, tuning, seed, calibrator.method)
+    latest = (rows["as_of"] >= pd.Timestamp(split.calibrate_from)).to_numpy()
+    judged = (rows["as_of"] >= pd.Timestamp(split.evaluate_from)).to_numpy()
+    y = rows["label"].to_numpy()
+    served_p = served_calibrator.predict(oof)
+    fits = {
+        "evaluated": {
+            "window": split.window(rows), "rows": len(split.train),
+            "calibration": f"{calibrator.method} on the calibration slice",
+            "metrics": headline,
         },
+        "served": {
+            "window": {"first_snapshot": split.window(rows)["first_snapshot"],
+                       "last_snapshot": split.window(rows)["last_snapshot"]},
+            "rows": len(rows),
+            "calibration": (f"{served_calibrator.method}, fitted on out-of-fold scores "
+                            f"({CROSS_FIT_FOLDS} folds of clients) of the snapshots from "
+                            f"{split.calibrate_from} on"),
+            # Out of fold: each row scored by a fit that never saw its client.
+            "metrics_out_of_fold": {
+                "latest": metrics(y[latest], served_p[latest]),
+                "evaluation_slice": metrics(y[judged], served_p[judged]),
+            },
+        },
+    }
+    # Drift is judged against the served model's own out-of-sample risks on the
+    # latest rows judged, the population closest to the days it will score.
+    metadata = build_metadata(
+        served_booster, served_calibrator, window=split.window(rows), **common,
+        evaluated=(booster, calibrator),
+        extra={**extra, "fits": fits, "fit": "served (refit on every labelled snapshot)",
+               "drift_reference": drift.reference(split.evaluate, served_p[judged])},
     )
-    return TrainedModel(booster=booster, calibrator=calibrator, metadata=metadata)
+    # The evaluated fit under the version's metadata, as ``artifacts.load(fit="evaluated")``
+    # gives it back.
+    return TrainedModel(served_booster, served_calibrator, metadata,
+                        evaluated=TrainedModel(booster, calibrator, metadata))
+
+
+def refit_for_serving(
+    rows: pd.DataFrame, split: Split, tuning: Tuning, seed: int, method: str,
+) -> tuple[lgb.Booster, Calibrator, np.ndarray]:
+    """The served booster on every row, its calibrator, and the out-of-fold raw scores.
+
+    Calibration must be fitted on scores of rows the booster did not learn: each fold
+    of clients is scored by a booster trained, with the same settings, on the others,
+    and the calibrator (the method the evaluation chose) is fitted on those scores of
+    the latest snapshots, from the calibration slice on (recent, as the list is).
+    """
+    x, y = to_matrix(rows), rows["label"].to_numpy()
+    served = train_booster(x, y, seed, tuning.shape, tuning.num_boost_round)
+    oof = np.empty(len(rows))
+    groups = rows["client_id"].astype(str).to_numpy()
+    for fit_idx, held in GroupKFold(n_splits=CROSS_FIT_FOLDS).split(x, y, groups):
+        fold = train_booster(x.iloc[fit_idx], y[fit_idx], seed, tuning.shape,
+                             tuning.num_boost_round)
+        oof[held] = fold.predict(x.iloc[held], raw_score=True)
+    latest = (rows["as_of"] >= pd.Timestamp(split.calibrate_from)).to_numpy()
+    try:
+        calibrator = Calibrator(method).fit(oof[latest], y[latest])
+    except CalibrationError:
+        # Out of fold the score ranks nothing (Platt and beta refuse a falling map): the
+        # model is broken and the gate will refuse it; isotonic still fits (flat, if it
+        # must), so the candidate is saved and judged rather than lost, as ``choose`` does.
+        calibrator = Calibrator("isotonic").fit(oof[latest], y[latest])
+    return served, calibrator, oof

@@ -60,16 +60,18 @@ def test_loading_refuses_a_tampered_calibrator(scored: Scored, tmp_path: Path) -
 def test_a_version_is_text_and_json_only(scored: Scored) -> None:
     folder = scored.settings.models_dir / scored.model.version
     assert sorted(p.name for p in folder.iterdir()) == [
-        "calibrator.json", "evaluation.json", "gate.json", "metadata.json", "model.txt",
-        "signature.json"]
+        "calibrator.json", "evaluated_calibrator.json", "evaluated_model.txt",
+        "evaluation.json", "gate.json", "metadata.json", "model.txt", "signature.json"]
     signature = json.loads((folder / "signature.json").read_text())
-    assert set(signature["files"]) == {"calibrator.json", "evaluation.json", "gate.json",
+    assert set(signature["files"]) == {"calibrator.json", "evaluated_calibrator.json",
+                                       "evaluated_model.txt", "evaluation.json", "gate.json",
                                        "metadata.json", "model.txt"}
     assert len(signature["hmac_sha256"]) == 64  # a signature; the key is kept elsewhere
     meta = json.loads((folder / "metadata.json").read_text())
     assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES)
     assert [f["kind"] for f in meta["features"]][:1] == ["numeric"]
-    assert set(meta["sha256"]) == {"model.txt", "calibrator.json", "evaluation.json"}
+    assert set(meta["sha256"]) == {"model.txt", "calibrator.json", "evaluation.json",
+                                   "evaluated_model.txt", "evaluated_calibrator.json"}
     assert {"train_until", "calibrate_from", "evaluate_from"} <= set(meta["window"])
     assert meta["data_fingerprint"]
     assert {"lightgbm", "scikit-learn"} <= set(meta["libraries"])

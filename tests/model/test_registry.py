@@ -57,7 +57,7 @@ def test_the_gate_refuses_a_deliberately_worse_candidate(worse: tuple) -> None:
     decision = gate(model.version, evaluation, tolerance=0.01)
     assert not decision.passed
     text = " ".join(decision.refusals)
-    assert "beats the best baseline" in text
+    assert "better than the best clinic rule" in text
     assert "no worse than the current model" in text
     assert decision.compared_with is not None
 

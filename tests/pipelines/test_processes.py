@@ -177,10 +177,13 @@ def test_demo_runs_end_to_end_without_serving(tmp_path: Path) -> None:
     its synthetic clinic, model and list are the same whatever day the test runs. (A clinic
     of a few hundred clients is too small for a model the gate can trust.)"""
     config = write_config(tmp_path / "cfg.toml", tmp_path)
-    result = run_cli("--config", str(config), "demo", "--no-serve", "--as-of", AS_OF.isoformat())
+    result = run_cli("--config", str(config), "demo", "--no-serve", "--today", AS_OF.isoformat())
     assert result.returncode == 0, result.stderr
     assert "demo: ready in" in result.stderr
     assert "within the bound" in result.stderr  # the calibration, printed by training
+    # Every comparison the gate made, with its interval and verdict.
+    assert "better than the best clinic rule: auroc engaged" in result.stderr
+    assert "), better" in result.stderr
     runs = run_cli("--config", str(config), "runs")
     assert runs.returncode == 0
     assert runs.stdout.count("succeeded") == 3
