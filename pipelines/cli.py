@@ -30,6 +30,7 @@ COMMANDS = {
     "train": "retention.pipelines.commands.model:train",
     "models": "retention.pipelines.commands.model:models",
     "report": "retention.pipelines.commands.model:report",
+    "backtest": "retention.pipelines.commands.backtest:backtest",
     "score": "retention.pipelines.commands.scoring:score",
     "serve": "retention.pipelines.commands.serve:serve",
     "scheduler": "retention.pipelines.commands.serve:scheduler",
