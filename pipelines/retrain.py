@@ -69,5 +69,6 @@ def retrain_job(config_path: str | None = None) -> None:
         log.info("weekly retrain: version %s promoted (train run %s)",
                  result.version, result.run_id)
     else:
-        log.warning("weekly retrain: version %s kept but not promoted: %s",
-                    result.version, "; ".join(result.gate.refusals) or "promotion disabled")
+        log.warning("weekly retrain: version %s kept but not promoted: %s%s",
+                    result.version, "; ".join(result.gate.refusals) or "promotion disabled",
+                    f" ({result.gate.advice})" if result.gate.advice else "")

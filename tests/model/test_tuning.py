@@ -6,14 +6,25 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from retention.clinic.data import from_frames
 from retention.clinic.synth import SynthConfig, generate
+from retention.features.spec import FEATURE_NAMES
 from retention.model import artifacts
-from retention.model.booster import DEFAULT_SHAPE, ModelError, TrainedModel
+from retention.model.booster import (
+    DEFAULT_SHAPE,
+    NUM_BOOST_ROUND,
+    ModelError,
+    TrainedModel,
+    dataset,
+    lgb_params,
+    to_matrix,
+)
 from retention.model.calibration import Calibrator
 from retention.model.training import engaged_rows, fit, snapshot_dates, time_split, training_rows
 from retention.model.tuning import GRID, tune, validation_blocks
@@ -141,3 +152,23 @@ def test_a_version_without_an_evaluated_fit_is_its_own(
     assert a.booster.model_to_string() == evaluated_only.booster.model_to_string()
     assert evaluated_only.judged is evaluated_only
     assert "fits" not in a.metadata
+
+
+def test_monotone_constraints_cost_no_accuracy_on_later_slices(rows: pd.DataFrame) -> None:
+    """The constraints encode clinical sense (more misses never lower the risk); they must
+    not cost ranking on snapshots after the training slice. Same shape, rounds and seed,
+    with and without them, judged on the calibration and evaluation slices."""
+    split = time_split(rows, HORIZON)
+    later = pd.concat([split.calibrate, split.evaluate])
+    y = later["label"].to_numpy()
+    engaged = engaged_rows(later, 14)
+    x_train, y_train = to_matrix(split.train), split.train["label"].to_numpy()
+    free = {**lgb_params(42), "monotone_constraints": [0] * len(FEATURE_NAMES)}
+    scores = {}
+    for name, params in (("constrained", lgb_params(42)), ("free", free)):
+        booster = lgb.train(params, dataset(x_train, y_train), num_boost_round=NUM_BOOST_ROUND)
+        scores[name] = booster.predict(to_matrix(later), raw_score=True)
+    for mask in (np.ones(len(later), dtype=bool), engaged):
+        constrained = roc_auc_score(y[mask], scores["constrained"][mask])
+        unconstrained = roc_auc_score(y[mask], scores["free"][mask])
+        assert constrained >= unconstrained - 0.01, (constrained, unconstrained)
