@@ -71,7 +71,8 @@ def run_training(
         )
         rows = training_rows(data, dates, settings.horizon_days, as_of, progress)
         run.rows_read = len(rows)
-        split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share, "calibrate_share": ms.calibrate_share}
+        split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share,
+                                      "calibrate_share": ms.calibrate_share}
         trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
                       trained_as_of=as_of, calibration=ms.calibration_method,
                       isotonic_min_outcomes=ms.isotonic_min_outcomes,
