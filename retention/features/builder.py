@@ -12,7 +12,11 @@ from datetime import date
 import pandas as pd
 
 from retention.clinic.data import ClinicData
-from retention.features.alliance import session_rating_features, working_alliance_features
+from retention.features.alliance import (
+    measurement_features,
+    session_rating_features,
+    working_alliance_features,
+)
 from retention.features.attendance import (
     attendance_features,
     disengagement_features,
@@ -37,6 +41,7 @@ def build_features(data: ClinicData, as_of: date) -> pd.DataFrame:
         setting_features(episodes, data.appointments, as_of),
         session_rating_features(episodes, data.measures, data.items, as_of),
         working_alliance_features(episodes, data.measures, as_of),
+        measurement_features(episodes, data.appointments, data.measures, as_of),
     ]
     features = pd.concat(families, axis=1)
     clients = data.clients.set_index("client_id")[["clinic_id", "case_manager_id"]]

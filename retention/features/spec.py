@@ -23,6 +23,7 @@ GOAL_TASK_DISAGREEMENT = "goal_task_disagreement"
 RATER_GAP = "rater_gap"
 EARLY_TREATMENT = "early_treatment"
 SETTING = "setting"
+MEASUREMENT = "measurement"
 
 FAMILIES = (
     INCONSISTENT_ENGAGEMENT,
@@ -33,10 +34,11 @@ FAMILIES = (
     RATER_GAP,
     EARLY_TREATMENT,
     SETTING,
+    MEASUREMENT,
 )
-# Families that describe where the client is and how care is delivered: shown as
-# context, never as a cause of risk or as something going well.
-CONTEXT_FAMILIES = (EARLY_TREATMENT, SETTING)
+# Families that describe where the client is, how care is delivered and how the alliance
+# is measured: shown as context, never as a cause of risk or as something going well.
+CONTEXT_FAMILIES = (EARLY_TREATMENT, SETTING, MEASUREMENT)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "share of scheduled sessions missed in the last 28 days", monotone=1),
     FeatureSpec("miss_rate_90d", INCONSISTENT_ENGAGEMENT,
                 "share of scheduled sessions missed in the last 90 days", monotone=1),
+    FeatureSpec("attended_7d", INCONSISTENT_ENGAGEMENT,
+                "sessions attended in the last 7 days", monotone=-1),
+    FeatureSpec("missed_7d", INCONSISTENT_ENGAGEMENT,
+                "no-shows and late cancellations in the last 7 days", monotone=1),
+    FeatureSpec("attended_14d", INCONSISTENT_ENGAGEMENT,
+                "sessions attended in the last 14 days", monotone=-1),
+    FeatureSpec("missed_14d", INCONSISTENT_ENGAGEMENT,
+                "no-shows and late cancellations in the last 14 days", monotone=1),
+    FeatureSpec("miss_rate_14d", INCONSISTENT_ENGAGEMENT,
+                "share of scheduled sessions missed in the last 14 days", monotone=1),
     # Disengagement.
     FeatureSpec("days_since_attended", DISENGAGEMENT,
                 "days since the last attended session (since admission if none)", monotone=1),
@@ -77,6 +89,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "sessions booked in the next 14 days, as known at the as-of date", monotone=-1),
     FeatureSpec("days_to_next_booked", DISENGAGEMENT,
                 "days until the next booked session (missing if none)"),
+    FeatureSpec("attended_trend_14d", DISENGAGEMENT,
+                "sessions attended in the last 14 days minus those in the 14 days before "
+                "(missing if admitted less than 28 days ago)"),
     # Stage of treatment.
     FeatureSpec("days_in_treatment", EARLY_TREATMENT, "days since admission"),
     FeatureSpec("days_to_planned_end", EARLY_TREATMENT,
@@ -87,12 +102,27 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "share of attended sessions held by telehealth in the last 90 days"),
     FeatureSpec("group_share_90d", SETTING,
                 "share of scheduled sessions that were groups in the last 90 days"),
+    FeatureSpec("clinic_cancelled_28d", SETTING,
+                "sessions the clinic cancelled in the last 28 days"),
+    FeatureSpec("booking_lead_days_90d", SETTING,
+                "median calendar days from booking to session, client-facing sessions of the "
+                "last 90 days booked before the as-of date (missing if none)"),
     # Session-by-session alliance (SRS, GSRS).
     FeatureSpec("srs_latest", ALLIANCE_RUPTURE, "latest SRS total (0-40)", monotone=-1),
     FeatureSpec("srs_change", ALLIANCE_RUPTURE,
                 "latest SRS total minus the previous one", monotone=-1),
     FeatureSpec("srs_below_cutoff_last3", ALLIANCE_RUPTURE,
                 "of the last three SRS, how many were below 36", monotone=1),
+    FeatureSpec("srs_min_last3", ALLIANCE_RUPTURE, "lowest of the last three SRS totals",
+                monotone=-1),
+    FeatureSpec("srs_mean_last3", ALLIANCE_RUPTURE, "mean of the last three SRS totals",
+                monotone=-1),
+    FeatureSpec("srs_slope_last3", ALLIANCE_RUPTURE,
+                "least-squares change of the SRS total per rating over the last three "
+                "(missing with fewer than three)"),
+    FeatureSpec("srs_low_run_last3", ALLIANCE_RUPTURE,
+                "of the last three SRS, how many in a row up to the latest were below 36",
+                monotone=1),
     FeatureSpec("gsrs_latest", ALLIANCE_RUPTURE, "latest GSRS total (0-40)", monotone=-1),
     FeatureSpec("gsrs_change", ALLIANCE_RUPTURE,
                 "latest GSRS total minus the previous one", monotone=-1),
@@ -118,6 +148,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
     # Client and therapist seeing the alliance differently.
     FeatureSpec("wai_rater_gap", RATER_GAP,
                 "client minus therapist WAI-SR mean of goal, task and bond"),
+    # How the alliance is measured: context, not a cause.
+    FeatureSpec("days_since_srs", MEASUREMENT,
+                "calendar days since the latest client SRS (missing if none)"),
+    FeatureSpec("days_since_wai", MEASUREMENT,
+                "calendar days since the latest WAI-SR by either rater (missing if none)"),
+    FeatureSpec("attended_since_srs_90d", MEASUREMENT,
+                "sessions attended in the last 90 days on a day after the latest client SRS "
+                "(all of them when there is none)"),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

@@ -101,7 +101,7 @@ def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict
 
 # The columns phrasers read.
 SLOT_COLUMNS = ("appointment_id", "scheduled_at", "status", "days_ago", "telehealth",
-                "service_type")
+                "service_type", "booked_at")
 AHEAD_COLUMNS = ("appointment_id", "scheduled_at", "days_ahead")
 MEASURE_COLUMNS = ("measure_id", "instrument", "rater", "administered_at", "score_total",
                    "goal", "task", "bond", "wai_item_mean",

@@ -26,7 +26,7 @@ import pandas as pd
 from retention.clinic import contract
 from retention.clinic.data import as_timestamp
 from retention.features import spec
-from retention.reasons.catalogue import Thresholds
+from retention.reasons.catalogue import SessionRating, Thresholds
 from retention.reasons.history import History, Rows
 
 MAX_SENTENCE = 120
@@ -115,14 +115,30 @@ def _recent_facing(h: History, days: int) -> Rows:
 # --- attendance ----------------------------------------------------------------------
 
 
+# The window each attendance feature counts over, in days; the rest count over 4 weeks.
+ENGAGEMENT_WINDOWS = {"attended_7d": 7, "missed_7d": 7, "attended_14d": 14, "missed_14d": 14,
+                      "miss_rate_14d": 14, "miss_rate_90d": 90}
+SPANS = {7: "7 days", 14: "2 weeks", 28: "4 weeks", 90: "3 months"}
+
+
 def phrase_inconsistent_engagement(h: History, lead: str, wanted: str,
                                    t: Thresholds) -> Phrase | Missing | None:
-    """Misses and cancellations in the last 4 weeks (or 3 months when that drives risk).
+    """Misses and cancellations over the lead feature's window: the last 7 days, 2 weeks,
+    4 weeks or 3 months.
 
     A concern when more than the usual share of client-facing sessions were missed or
-    cancelled by the client; reassuring when nearly all were kept.
+    cancelled by the client; reassuring when nearly all were kept. A week or two that
+    says nothing either way (often no session at all) gives way to the 4 weeks around it.
     """
-    days, span = (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
+    days = ENGAGEMENT_WINDOWS.get(lead, 28)
+    found = _engagement(h, days, wanted, t)
+    if found is None and days < 28:
+        found = _engagement(h, 28, wanted, t)
+    return found
+
+
+def _engagement(h: History, days: int, wanted: str, t: Thresholds) -> Phrase | None:
+    span = SPANS[days]
     facing = _recent_facing(h, days)
     n = len(facing)
     if n == 0:
@@ -258,10 +274,41 @@ def _rated(h: History, instrument: str, rater: str = "client") -> Rows:
                    & ~np.isnan(m["score_total"]))
 
 
+# The fact each session-rating feature measures: named first when it points the way wanted.
+RUPTURE_FACTS = {
+    "srs_change": "fell", "gsrs_change": "fell", "srs_below_cutoff_last3": "repeated",
+    "srs_latest": "low", "gsrs_latest": "low", "srs_min_last3": "lowest",
+    "srs_mean_last3": "mean", "srs_low_run_last3": "run", "srs_slope_last3": "falling",
+}
+
+
+def values_list(values: Sequence[float]) -> str:
+    """'39, 38.5, 38 and 37.5'."""
+    shown_values = [score_text(v) for v in values]
+    return ", ".join(shown_values[:-1]) + " and " + shown_values[-1]
+
+
+def _falling(rated: Rows, r: SessionRating) -> Rows | None:
+    """The last three ratings when they fell: the latest at least the clinic's drop below
+    the first of them (the least-squares line through three is then going down). None
+    otherwise, or with fewer than three."""
+    last3 = rated.tail(3)
+    if len(last3) < 3:
+        return None
+    # Totals are sums of float items: compare the drop as recorded (to a tenth).
+    drop = round(float(last3["score_total"][0]) - float(last3["score_total"][-1]), 6)
+    return last3 if drop >= r.concern_drop_at_least else None
+
+
 def phrase_alliance_rupture(h: History, lead: str, wanted: str,
                             t: Thresholds) -> Phrase | Missing | None:
-    """Session ratings: a concern below the cutoff or after a fall; reassuring at or above
-    the cutoff without a fall."""
+    """Session ratings: a concern below the cutoff, after a fall from the previous rating or
+    over the last three; reassuring at or above the cutoff without either fall.
+
+    The lead feature's fact first (the lowest or mean of the last three, the run of low
+    ratings among them, the fall over them), then the others. Only the last three SRS are
+    read: what the nightly run holds.
+    """
     instrument, words = ("GSRS", GSRS_WORDS) if lead.startswith("gsrs") else ("SRS", SRS_WORDS)
     r = t.session_rating
     rated = _rated(h, instrument)
@@ -275,9 +322,11 @@ def phrase_alliance_rupture(h: History, lead: str, wanted: str,
     # Totals are sums of float items: compare the drop as recorded (to a tenth), not as summed.
     drop = round(float(prev["score_total"]) - score, 6) if prev is not None else 0.0
     fell = prev is not None and drop >= r.concern_drop_at_least
+    falling = _falling(rated, r) if instrument == "SRS" else None
     cutoff = score_text(r.concern_below)
+    low = score < r.concern_below
     if wanted == REASSURING:
-        if score < r.concern_below or fell:
+        if low or fell or falling is not None:
             return None
         rose = prev is not None and drop < 0
         text = (f"{capital(words)} rose from {score_text(prev['score_total'])} to "
@@ -286,26 +335,73 @@ def phrase_alliance_rupture(h: History, lead: str, wanted: str,
         ids = [prev["measure_id"], latest["measure_id"]] if rose and prev is not None \
             else [latest["measure_id"]]
         return Phrase(f"{instrument}_GOOD", text, REASSURING, measure_ids=ids)
-    facts: list[tuple[str, Phrase]] = []
+    facts: dict[str, Phrase] = {}
     if fell and prev is not None:
-        facts.append(("_change", Phrase(
+        facts["fell"] = Phrase(
             f"{instrument}_FELL", f"{capital(words)} fell from {score_text(prev['score_total'])} "
             f"to {score_text(score)} on {when}", CONCERN,
-            measure_ids=[prev["measure_id"], latest["measure_id"]])))
+            measure_ids=[prev["measure_id"], latest["measure_id"]])
     last3 = rated.tail(3)
     below = int(np.count_nonzero(last3["score_total"] < r.concern_below))
-    if instrument == "SRS" and below >= 2 and score < r.concern_below:
-        facts.append(("below_cutoff_last3", Phrase(
+    if instrument == "SRS" and below >= 2 and low:
+        facts["repeated"] = Phrase(
             "SRS_BELOW_CUTOFF_REPEATED", f"{below} of the last {len(last3)} session ratings "
-            f"(SRS) were below {cutoff}", CONCERN, measure_ids=last3.ids("measure_id"))))
-    if score < r.concern_below:
-        facts.append(("_latest", Phrase(
+            f"(SRS) were below {cutoff}", CONCERN, measure_ids=last3.ids("measure_id"))
+    if low:
+        facts["low"] = Phrase(
             f"{instrument}_LOW", f"Latest {words} was {score_text(score)} on {when}, below "
-            f"{cutoff}", CONCERN, measure_ids=[latest["measure_id"]])))
-    for suffix, phrase in facts:
-        if lead.endswith(suffix):
-            return phrase
-    return facts[0][1] if facts else None
+            f"{cutoff}", CONCERN, measure_ids=[latest["measure_id"]])
+    if instrument == "SRS" and low:
+        facts.update(_srs_course(rated, r, cutoff))
+    if falling is not None:
+        facts["falling"] = Phrase(
+            "SRS_FALLING", f"{capital(words)} fell over the last {len(falling)} ratings: "
+            f"{values_list(list(falling['score_total']))} on {when}", CONCERN,
+            measure_ids=falling.ids("measure_id"))
+    own = RUPTURE_FACTS.get(lead)
+    if own in facts:
+        return facts[own]
+    return next(iter(facts.values()), None)
+
+
+def _srs_course(rated: Rows, r: SessionRating, cutoff: str) -> dict[str, Phrase]:
+    """The lowest and mean of the last three SRS and the run of low ones, while the latest
+    is below the cutoff (a good latest rating ends the strain)."""
+    latest = rated.row(-1)
+    score, when = score_text(latest["score_total"]), day_text(latest["administered_at"])
+    last3 = rated.tail(3)
+    facts: dict[str, Phrase] = {}
+    if len(last3) >= 2:
+        scores = last3["score_total"].astype(float)
+        # The most recent of the lowest ratings.
+        at = len(scores) - 1 - int(np.argmin(scores[::-1]))
+        lowest = last3.row(at)
+        if at == len(scores) - 1:
+            text = (f"{capital(SRS_WORDS)} of {score} on {when} was the lowest of the last "
+                    f"{len(scores)}, below {cutoff}")
+            ids = [latest["measure_id"]]
+        else:
+            text = (f"{capital(SRS_WORDS)} was {score_text(lowest['score_total'])} on "
+                    f"{day_text(lowest['administered_at'])}, the lowest of the last "
+                    f"{len(scores)}; latest {score} on {when}, below {cutoff}")
+            ids = [lowest["measure_id"], latest["measure_id"]]
+        facts["lowest"] = Phrase("SRS_LOWEST", text, CONCERN, measure_ids=ids)
+        # The mean as recorded (totals to a tenth) and compared with the line as shown.
+        mean = shown(round(float(np.sum(scores)), 6) / len(scores))
+        if mean < r.concern_below:
+            facts["mean"] = Phrase(
+                "SRS_MEAN_LOW", f"{capital(SRS_WORDS)} averaged {score_text(mean)} over the "
+                f"last {len(scores)} ratings, below {cutoff}; latest {score} on {when}",
+                CONCERN, measure_ids=last3.ids("measure_id"))
+    # The run of low ratings up to the latest, among the last three.
+    low = last3["score_total"] < r.concern_below
+    run = len(low) - 1 - int(np.flatnonzero(~low)[-1]) if (~low).any() else len(low)
+    if run >= 2:
+        facts["run"] = Phrase(
+            "SRS_LOW_RUN", f"{capital(SRS_WORDS)} was below {cutoff} the last {run} times in a "
+            f"row, latest {score} on {when}", CONCERN,
+            measure_ids=last3.tail(run).ids("measure_id"))
+    return facts
 
 
 # --- bond, goals and tasks -------------------------------------------------------------
@@ -507,7 +603,8 @@ PROGRAM_WORDS = {
 
 def phrase_setting(h: History, lead: str, wanted: str,
                    t: Thresholds) -> Phrase | Missing | None:
-    """How care is delivered: program, telehealth and group shares."""
+    """How care is delivered: program, telehealth and group shares, the clinic's own
+    cancellations, and how far ahead sessions were booked."""
     recent = _recent_facing(h, 90)
     if lead == "telehealth_share_90d":
         att = recent.where(recent["status"] == "attended")
@@ -524,8 +621,75 @@ def phrase_setting(h: History, lead: str, wanted: str,
                           CONTEXT)
         return Phrase("GROUP", f"{len(groups)} of {len(recent)} sessions in the last 3 months "
                       "were group sessions", CONTEXT, groups.ids("appointment_id"))
+    if lead == "clinic_cancelled_28d":
+        s = h.slots
+        by_clinic = s.where((s["days_ago"] <= 28) & (s["status"] == "cancelled_by_clinic"))
+        if by_clinic.empty:
+            return Phrase("NO_CLINIC_CANCELLATIONS",
+                          "The clinic cancelled no session in the last 4 weeks", CONTEXT)
+        return Phrase("CLINIC_CANCELLED", f"The clinic cancelled "
+                      f"{plural(len(by_clinic), 'session')} in the last 4 weeks, on "
+                      f"{days_list(list(by_clinic['scheduled_at']))}",
+                      CONTEXT, by_clinic.ids("appointment_id"))
+    if lead == "booking_lead_days_90d":
+        # A booking counts only if it was made before the as-of date.
+        at = recent["booked_at"].astype("datetime64[ns]")
+        booked = recent.where(~np.isnat(at) & (at < as_timestamp(h.as_of).to_datetime64()))
+        if booked.empty:
+            return Phrase("NO_BOOKINGS", "No booking dates for the sessions of the last 3 months",
+                          CONTEXT)
+        # Calendar days from the day booked to the day of the session.
+        leads = (booked["scheduled_at"].astype("datetime64[D]")
+                 - booked["booked_at"].astype("datetime64[D]")).astype(np.int64)
+        median = float(np.median(leads))
+        return Phrase("BOOKING_LEAD", f"Sessions in the last 3 months were booked a median of "
+                      f"{score_text(median)} {'day' if median == 1 else 'days'} ahead "
+                      f"({plural(len(leads), 'session')})", CONTEXT,
+                      booked.ids("appointment_id"))
     program = PROGRAM_WORDS.get(str(h.episode["program"]), str(h.episode["program"]))
     return Phrase("PROGRAM", f"In the {program} program", CONTEXT)
+
+
+def phrase_measurement(h: History, lead: str, wanted: str,
+                       t: Thresholds) -> Phrase | Missing | None:
+    """How the alliance is measured: when the latest session rating and working alliance
+    questionnaire were taken, and the sessions attended since the latest session rating."""
+    if lead == "attended_since_srs_90d":
+        return _attended_since_rating(h)
+    if lead == "days_since_wai":
+        m = h.measures
+        rows, words, code = m.where(m["instrument"] == "WAI-SR"), WAI_WORDS, "WAI"
+    else:
+        rows, words, code = _rated(h, "SRS"), SRS_WORDS, "SRS"
+    if rows.empty:
+        return Phrase(f"{code}_NEVER", f"No {words} recorded yet", CONTEXT)
+    last = rows.row(-1)
+    days = calendar_days(last["administered_at"], h.as_of)
+    return Phrase(f"{code}_LAST", f"Last {words} {plural(days, 'day')} ago, on "
+                  f"{day_text(last['administered_at'])}", CONTEXT,
+                  measure_ids=[last["measure_id"]])
+
+
+def _attended_since_rating(h: History) -> Phrase:
+    """Sessions attended in the last 3 months on a day after the latest session rating."""
+    recent = _recent_facing(h, 90)
+    attended = recent.where(recent["status"] == "attended")
+    srs = _rated(h, "SRS")
+    last = srs.row(-1) if len(srs) else None
+    day = pd.Timestamp(last["administered_at"]).normalize() if last is not None else None
+    since = attended if day is None else attended.where(
+        attended["scheduled_at"].astype("datetime64[D]") > day.to_datetime64())
+    ids = since.ids("appointment_id")
+    window = as_timestamp(h.as_of) - pd.Timedelta(days=90)
+    if last is not None and day is not None and day >= window:
+        counted = capital(plural(len(since), "session")) if len(since) else "No session"
+        return Phrase("ATTENDED_SINCE_SRS", f"{counted} attended since the last {SRS_WORDS}, "
+                      f"on {day_text(day)}", CONTEXT, ids, [last["measure_id"]])
+    if attended.empty:
+        return Phrase("NO_RECENT_SESSIONS", "No sessions attended in the last 3 months",
+                      CONTEXT)
+    return Phrase("NONE_RATED", f"{capital(plural(len(since), 'session'))} attended in the last "
+                  f"3 months, none on a day with a {SRS_WORDS}", CONTEXT, ids)
 
 
 PHRASERS: dict[str, Phraser] = {
@@ -537,4 +701,5 @@ PHRASERS: dict[str, Phraser] = {
     spec.RATER_GAP: phrase_rater_gap,
     spec.EARLY_TREATMENT: phrase_early_treatment,
     spec.SETTING: phrase_setting,
+    spec.MEASUREMENT: phrase_measurement,
 }

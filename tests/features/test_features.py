@@ -62,6 +62,10 @@ def add_future_rows(b: ClinicBuilder) -> None:
     b.srs("E1", at("2026-03-26", 11), [10, 10, 10, 10])
     b.wai("E1", at("2026-03-26", 11), "client", [1] * 12)
     b.wai("E1", at("2026-03-27", 11), "therapist", [5] * 12)
+    b.wai("E1", at("2026-03-20", 8), "therapist", [5] * 12)
+    # Cancelled by the clinic on the evening of the 19th, recorded on the 20th.
+    b.appointment("E1", at("2026-03-19", 18), "cancelled_by_clinic",
+                  updated_at=at("2026-03-20", 8))
 
 
 @pytest.fixture
@@ -86,11 +90,21 @@ def test_attendance_counts_last_28_and_90_days(row: pd.Series) -> None:
     assert row["miss_rate_90d"] == pytest.approx(3 / 6)
 
 
+def test_attendance_counts_last_7_and_14_days(row: pd.Series) -> None:
+    # 7 days back from midnight 20 Mar reach 13 Mar: the late cancellation of the 13th.
+    assert (row["attended_7d"], row["missed_7d"]) == (0, 1)
+    # 14 days reach 6 Mar: the no-show of the 10th too, and the client's cancellation.
+    assert (row["attended_14d"], row["missed_14d"]) == (0, 2)
+    assert row["miss_rate_14d"] == pytest.approx(2 / 3)
+
+
 def test_disengagement(row: pd.Series) -> None:
     assert row["days_since_attended"] == 24  # calendar days from 24 Feb to 20 Mar
     assert row["consecutive_misses"] == 3
     assert row["booked_next_14d"] == 2  # 24 and 31 Mar; 27 Mar was cancelled on 19 Mar
     assert row["days_to_next_booked"] == pytest.approx(4 + 10 / 24)
+    # None attended in the last 14 days, one (24 Feb) in the 14 before.
+    assert row["attended_trend_14d"] == -1
 
 
 def test_stage_and_setting(row: pd.Series) -> None:
@@ -99,6 +113,8 @@ def test_stage_and_setting(row: pd.Series) -> None:
     assert row["program"] == "outpatient"
     assert row["telehealth_share_90d"] == pytest.approx(1 / 2)
     assert row["group_share_90d"] == pytest.approx(1 / 6)  # clinic cancellations left out
+    assert row["clinic_cancelled_28d"] == 1
+    assert row["booking_lead_days_90d"] == 7  # every slot booked a week ahead
 
 
 def test_session_ratings(row: pd.Series) -> None:
@@ -108,6 +124,16 @@ def test_session_ratings(row: pd.Series) -> None:
     assert (row["srs_relationship_latest"], row["srs_goals_latest"],
             row["srs_approach_latest"]) == (8, 7, 6)
     assert np.isnan(row["gsrs_latest"]) and np.isnan(row["gsrs_change"])
+    # Two ratings, 36 then 29: too few for a slope; the latest alone is below 36.
+    assert (row["srs_min_last3"], row["srs_mean_last3"]) == (29, 32.5)
+    assert np.isnan(row["srs_slope_last3"])
+    assert row["srs_low_run_last3"] == 1
+
+
+def test_measurement(row: pd.Series) -> None:
+    assert row["days_since_srs"] == 24  # 24 Feb
+    assert row["days_since_wai"] == 30  # the therapist's of 18 Feb, after the client's
+    assert row["attended_since_srs_90d"] == 0  # both sessions attended had an SRS
 
 
 def test_working_alliance_by_rater_and_gap(row: pd.Series) -> None:
@@ -133,9 +159,154 @@ def test_a_status_recorded_after_the_as_of_date_is_not_known() -> None:
     b = clinic()
     # Held on the evening of the 19th, recorded as a no-show only on the 20th.
     b.appointment("E1", at("2026-03-19", 19), "no_show", updated_at=at("2026-03-20", 9))
+    # Cancelled by the clinic on the 19th, recorded only on the 20th.
+    b.appointment("E1", at("2026-03-19", 12), "cancelled_by_clinic", updated_at=at("2026-03-20"))
     row = build_features(b.build(), AS_OF).loc["E1"]
     assert row["missed_28d"] == 3
     assert row["consecutive_misses"] == 3
+    assert (row["missed_7d"], row["missed_14d"]) == (1, 2)
+    assert row["miss_rate_14d"] == pytest.approx(2 / 3)
+    assert row["clinic_cancelled_28d"] == 1
+
+
+def course_clinic() -> ClinicBuilder:
+    """Clients for the short windows, the course of the SRS, clinic cancellations, booking
+    lead times and how the alliance is measured, each value checkable by eye at 20 Mar.
+
+    E1 rates five sessions 38, 36, 35, 33 and 30, attends one more unrated; E2 was admitted
+    18 days ago, rates 30, 40 and 34, with varied booking dates; E3 has no session and no
+    SRS with a total; E4's slots sit on the edges of the 7, 14 and 28-day windows; E5 was
+    rated 4 months ago.
+    """
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-01-05")
+    for day, item in (("02-20", 9.5), ("02-27", 9), ("03-06", 8.75), ("03-13", 8.25),
+                      ("03-17", 7.5)):
+        b.appointment("E1", at(f"2026-{day}"))
+        b.srs("E1", at(f"2026-{day}", 11), [item] * 4)
+    b.appointment("E1", at("2026-03-18"))
+    b.appointment("E1", at("2026-02-20", 0), "cancelled_by_clinic")  # 28 days: in
+    b.appointment("E1", at("2026-02-19", 23), "cancelled_by_clinic")  # just over: out
+    b.wai("E1", at("2026-03-06", 12), "therapist", [4] * 12)
+    b.client("C2")
+    b.episode("E2", "C2", "2026-03-02")
+    b.appointment("E2", at("2026-03-03"), booked_at=at("2026-03-01", 23))  # 2 calendar days
+    b.appointment("E2", at("2026-03-10"), booked_at=at("2026-03-05"))  # 5
+    unbooked = b.appointment("E2", at("2026-03-10", 14), service_type="group")
+    b.appointment("E2", at("2026-03-13"), booked_at=at("2026-02-27"))  # 14
+    b.appointment("E2", at("2026-03-17"), "no_show", booked_at=at("2026-03-16", 9))  # 1
+    # Recorded on the as-of day: still unrecorded, so neither missed nor client-facing.
+    b.appointment("E2", at("2026-03-19"), "no_show", updated_at=at("2026-03-20", 9))
+    b.appointment("E2", at("2026-03-05"), "cancelled_by_clinic", booked_at=at("2026-02-20"))
+    for row in b.rows["appointments"]:
+        if row["appointment_id"] == unbooked:
+            row["booked_at"] = None
+    b.srs("E2", at("2026-03-03", 11), [7.5] * 4)
+    b.srs("E2", at("2026-03-10", 11), [10] * 4)
+    b.srs("E2", at("2026-03-16", 11), [8.5] * 4)
+    b.client("C3")
+    b.episode("E3", "C3", "2026-01-05")
+    b.srs("E3", at("2026-03-10", 11), [9] * 4, instrument="GSRS")
+    b.srs("E3", at("2026-03-12", 11), [5] * 4)
+    for row in b.rows["alliance_measures"]:
+        if row["episode_id"] == "E3" and row["instrument"] == "SRS":
+            row["score_total"] = None
+    b.client("C4")
+    b.episode("E4", "C4", "2026-01-05")
+    b.appointment("E4", at("2026-03-13", 0))  # 7 days before: in the last 7
+    b.appointment("E4", at("2026-03-12", 23), "no_show")  # just over 7 days
+    b.appointment("E4", at("2026-03-06", 0))  # 14 days: in the last 14
+    b.appointment("E4", at("2026-02-20", 0))  # 28 days: in the 14 before those
+    b.appointment("E4", at("2026-02-19", 23))  # just over 28 days
+    b.client("C5")
+    b.episode("E5", "C5", "2025-10-01")
+    b.srs("E5", at("2025-11-20", 11), [9] * 4)
+    b.appointment("E5", at("2026-03-02"))
+    b.appointment("E5", at("2026-03-09"))
+    return b
+
+
+@pytest.fixture(scope="module")
+def course() -> pd.DataFrame:
+    return build_features(course_clinic().build(), AS_OF)
+
+
+def test_short_windows_and_the_trend(course: pd.DataFrame) -> None:
+    """Guards the 7 and 14-day counts (a slot exactly N days before the as-of midnight is
+    in the last N days) and the trend, missing for an episode shorter than 28 days."""
+    e1, e2, e3, e4 = (course.loc[e] for e in ("E1", "E2", "E3", "E4"))
+    assert (e1["attended_7d"], e1["attended_14d"], e1["missed_14d"]) == (3, 4, 0)
+    assert e1["miss_rate_14d"] == 0
+    assert e1["attended_trend_14d"] == 4 - 2  # 6, 13, 17, 18 Mar against 20 and 27 Feb
+    assert (e2["attended_7d"], e2["missed_7d"], e2["attended_14d"], e2["missed_14d"]) == (
+        1, 1, 3, 1)
+    assert e2["miss_rate_14d"] == pytest.approx(1 / 4)
+    assert np.isnan(e2["attended_trend_14d"])  # admitted 18 days ago
+    assert (e3["attended_7d"], e3["missed_7d"], e3["attended_trend_14d"]) == (0, 0, 0)
+    assert np.isnan(e3["miss_rate_14d"])
+    assert (e4["attended_7d"], e4["missed_7d"], e4["attended_14d"], e4["missed_14d"]) == (
+        1, 0, 2, 1)
+    assert e4["miss_rate_14d"] == pytest.approx(1 / 3)
+    assert e4["attended_trend_14d"] == 2 - 1
+
+
+def test_the_course_of_the_last_three_srs(course: pd.DataFrame) -> None:
+    """Guards lowest, mean, slope and run over the last three SRS totals (older ones and
+    group ratings do not count), all missing without an SRS total."""
+    e1, e2 = course.loc["E1"], course.loc["E2"]
+    # E1's last three: 35, 33, 30.
+    assert (e1["srs_min_last3"], e1["srs_low_run_last3"]) == (30, 3)
+    assert e1["srs_mean_last3"] == pytest.approx(98 / 3)
+    assert e1["srs_slope_last3"] == pytest.approx(-2.5)
+    # E2's: 30, 40, 34.
+    assert (e2["srs_min_last3"], e2["srs_low_run_last3"]) == (30, 1)
+    assert e2["srs_mean_last3"] == pytest.approx(104 / 3)
+    assert e2["srs_slope_last3"] == pytest.approx(2.0)
+    for name in ("srs_min_last3", "srs_mean_last3", "srs_slope_last3", "srs_low_run_last3"):
+        assert np.isnan(course.loc["E3", name]), name  # a GSRS and an SRS without a total
+
+
+def test_a_good_latest_rating_ends_the_run() -> None:
+    b = ClinicBuilder()
+    b.client("C1")
+    b.episode("E1", "C1", "2026-01-05")
+    for day, item in (("03-03", 7.5), ("03-10", 7.5), ("03-17", 10)):
+        b.srs("E1", at(f"2026-{day}", 11), [item] * 4)
+    row = build_features(b.build(), AS_OF).loc["E1"]
+    assert (row["srs_low_run_last3"], row["srs_min_last3"], row["srs_slope_last3"]) == (0, 30, 5)
+
+
+def test_clinic_cancellations_and_booking_lead(course: pd.DataFrame) -> None:
+    """Guards the clinic's cancellations over 28 days (a slot exactly 28 days back in) and
+    the median calendar days from booking to session of client-facing sessions, leaving out
+    slots without a booking date, clinic cancellations and statuses not yet recorded."""
+    assert course.loc["E1", "clinic_cancelled_28d"] == 1
+    assert course.loc["E2", "clinic_cancelled_28d"] == 1
+    assert course.loc["E2", "booking_lead_days_90d"] == (2 + 5) / 2  # of 1, 2, 5 and 14
+    assert course.loc["E4", "booking_lead_days_90d"] == 7
+    assert np.isnan(course.loc["E3", "booking_lead_days_90d"])  # no session
+
+
+def test_a_booking_made_on_or_after_the_as_of_date_is_not_counted() -> None:
+    b = course_clinic()
+    # A session held on the 18th but only entered, as booked, on the 21st.
+    b.appointment("E2", at("2026-03-18"), booked_at=at("2026-03-21"))
+    assert build_features(b.build(), AS_OF).loc["E2", "booking_lead_days_90d"] == 3.5
+
+
+def test_how_the_alliance_is_measured(course: pd.DataFrame) -> None:
+    """Guards calendar days since the latest SRS total and WAI-SR (either rater), missing
+    when never taken, and the sessions attended in the last 90 days after the latest SRS."""
+    e1, e2, e3, e4, e5 = (course.loc[e] for e in ("E1", "E2", "E3", "E4", "E5"))
+    assert (e1["days_since_srs"], e1["days_since_wai"], e1["attended_since_srs_90d"]) == (
+        3, 14, 1)  # the session of 18 Mar had no SRS
+    assert (e2["days_since_srs"], e2["attended_since_srs_90d"]) == (4, 0)
+    assert np.isnan(e2["days_since_wai"])
+    assert np.isnan(e3["days_since_srs"]) and np.isnan(e3["days_since_wai"])
+    assert e3["attended_since_srs_90d"] == 0  # nothing attended
+    assert e4["attended_since_srs_90d"] == 4  # never rated: every session in 90 days
+    assert (e5["days_since_srs"], e5["attended_since_srs_90d"]) == (120, 2)
 
 
 @pytest.mark.parametrize("categorical", [False, True])

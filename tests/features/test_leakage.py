@@ -3,19 +3,22 @@
 The synthetic clinic is cut back to what its database held at midnight on D:
 slots booked later do not exist, statuses recorded later are still
 'scheduled', measures taken later do not exist, and episodes discharged on or
-after D are still open. Every feature must come out the same.
+after D are still open. Every feature must come out the same, also when many of the
+last fortnight's statuses were recorded late and future slots were booked on D or later.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from retention.clinic.data import ClinicData, as_timestamp, from_frames
 from retention.clinic.synth import SynthConfig, generate
-from retention.features import build_features
+from retention.features import FEATURE_NAMES, build_features
 
 
 def known_at(data: ClinicData, day: date) -> ClinicData:
@@ -45,12 +48,56 @@ def clinic() -> ClinicData:
     return from_frames(generate(SynthConfig(end=date(2026, 6, 1), n_clients=300, seed=5)))
 
 
-@pytest.mark.parametrize("day", [date(2025, 9, 15), date(2026, 1, 5), date(2026, 4, 20)])
+DAYS = [date(2025, 9, 15), date(2026, 1, 5), date(2026, 4, 20)]
+
+
+def recorded_late(data: ClinicData, day: date, seed: int = 0) -> ClinicData:
+    """The clinic with half the statuses of the fortnight before ``day`` recorded on ``day``
+    or later, and half the slots after ``day`` booked on ``day`` or later: what a busy
+    clinic's database looks like the morning after."""
+    cutoff = as_timestamp(day)
+    rng = np.random.default_rng(seed)
+    a = data.appointments.copy()
+    late = rng.random(len(a)) < 0.5
+    recent = (a["scheduled_at"] < cutoff) & (a["scheduled_at"] >= cutoff - pd.Timedelta(days=14))
+    hours = pd.to_timedelta(rng.integers(0, 72, len(a)), unit="h")
+    a.loc[recent & late, "updated_at"] = cutoff + hours[recent & late]
+    ahead = (a["scheduled_at"] >= cutoff + pd.Timedelta(days=1)) & late
+    booked = np.minimum(cutoff + hours, a["scheduled_at"] - pd.Timedelta(hours=1))
+    a.loc[ahead, "booked_at"] = booked[ahead]
+    a.loc[ahead, "updated_at"] = np.maximum(a.loc[ahead, "updated_at"], booked[ahead])
+    return replace(data, appointments=a)
+
+
+@pytest.mark.parametrize("day", DAYS)
 def test_features_use_only_what_was_known_at_the_as_of_date(clinic: ClinicData, day: date) -> None:
     full = build_features(clinic, day)
     cut = build_features(known_at(clinic, day), day)
     assert len(full) > 20
     pd.testing.assert_frame_equal(full, cut)
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_late_statuses_and_late_bookings_change_nothing(clinic: ClinicData, day: date) -> None:
+    """Guards the short windows, clinic cancellations, booking lead times and the share of
+    sessions rated, where late records matter most: statuses recorded on or after the day
+    read as unrecorded and bookings made on or after it do not exist."""
+    late = recorded_late(clinic, day)
+    full = build_features(late, day)
+    pd.testing.assert_frame_equal(full, build_features(known_at(late, day), day))
+    # The late records are real: some features differ from the clinic recorded on time.
+    assert not full.equals(build_features(clinic, day))
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_every_feature_varies_so_the_checks_above_can_fail(clinic: ClinicData,
+                                                           day: date) -> None:
+    """Guards the leakage checks against passing vacuously: at every date each feature,
+    the short windows, SRS course and measurement ones included, takes at least two
+    values among the open episodes."""
+    full = build_features(clinic, day)
+    constant = [name for name in FEATURE_NAMES if full[name].dropna().nunique() < 2]
+    assert constant == []
 
 
 def test_the_cut_really_removes_rows(clinic: ClinicData) -> None:

@@ -914,6 +914,39 @@ LINE_CASES = [
     pytest.param(clinic_with(wai={"client": [3] + [4] * 11, "therapist": [5] * 12}),
                  "goal_task_disagreement", "wai_therapist_goal", REASSURING, None,
                  id="a client task of 3.75 holds back the therapist's goal of 5.0"),
+    # The course of the last three SRS: a fall of the clinic's 1 point over them, the mean
+    # compared as shown, two low ratings in a row.
+    pytest.param(clinic_with(srs=([9.5] * 4, [9.5, 9.5, 9.5, 9], [9, 9, 9.5, 9.5])),
+                 "alliance_rupture", "srs_slope_last3", CONCERN, "SRS_FALLING",
+                 id="38 to 37 over three ratings is a fall"),
+    pytest.param(clinic_with(srs=([9.5] * 4, [9.5, 9.5, 9.5, 9], [9, 9, 9.5, 9.5])),
+                 "alliance_rupture", "srs_latest", REASSURING, None,
+                 id="38 to 37 over three ratings is not going well"),
+    pytest.param(clinic_with(srs=([9.5] * 4, [9.5, 9.5, 9.5, 9], [9, 9, 9.5, 9.6])),
+                 "alliance_rupture", "srs_slope_last3", CONCERN, None,
+                 id="38 to 37.1 over three ratings is no fall"),
+    pytest.param(clinic_with(srs=([9.5] * 4, [9.5, 9.5, 9.5, 9], [9, 9, 9.5, 9.6])),
+                 "alliance_rupture", "srs_slope_last3", REASSURING, "SRS_GOOD",
+                 id="38 to 37.1 over three ratings is good"),
+    pytest.param(clinic_with(srs=([9] * 4, [9] * 4, [9, 9, 9, 8.9])), "alliance_rupture",
+                 "srs_mean_last3", CONCERN, "SRS_LOW",
+                 id="a mean shown as 36 is not below 36, the latest 35.9 is"),
+    pytest.param(clinic_with(srs=([9] * 4, [9, 9, 9, 8.8], [9, 9, 9, 8.9])), "alliance_rupture",
+                 "srs_mean_last3", CONCERN, "SRS_MEAN_LOW", id="a mean of 35.9 is below 36"),
+    pytest.param(clinic_with(srs=([9] * 4, [9, 9, 9, 8.9], [9, 9, 9, 8.9])), "alliance_rupture",
+                 "srs_low_run_last3", CONCERN, "SRS_LOW_RUN", id="two low in a row are a run"),
+    pytest.param(clinic_with(srs=([9, 9, 9, 8.9], [9] * 4, [9, 9, 9, 8.9])), "alliance_rupture",
+                 "srs_low_run_last3", CONCERN, "SRS_BELOW_CUTOFF_REPEATED",
+                 id="two low apart are no run, but repeated"),
+    # Short windows: the lead's own week or fortnight, else the 4 weeks around it.
+    pytest.param(clinic_with({"03-02": "attended", "03-09": "attended", "03-16": "no_show",
+                              "03-18": "attended"}),
+                 "inconsistent_engagement", "missed_7d", CONCERN, "MISSED_SESSIONS",
+                 id="1 of 2 missed in 7 days is a concern"),
+    pytest.param(clinic_with({"03-02": "attended", "03-09": "attended", "03-12": "attended",
+                              "03-16": "attended", "03-18": "attended"}),
+                 "inconsistent_engagement", "missed_14d", CONCERN, None,
+                 id="all kept in 2 and 4 weeks is no concern"),
 ]
 
 
@@ -1013,3 +1046,190 @@ def test_the_alike_rater_sentence_fits_in_120_characters_on_any_day(day: str) ->
     assert p.text == ("Client rates the alliance 5.0 of 5 on the working alliance questionnaire "
                       f"(WAI-SR), the therapist 4.6 ({int(day)} Mar)")
     assert not too_long(p.text), (len(p.text), p.text)
+
+
+# --- the short windows, the course of the SRS, and context on care and measurement --------
+
+
+def test_short_windows_name_their_own_window() -> None:
+    """Guards: an attendance reason led by a 7 or 14-day count talks about those days; when
+    they say nothing the way the model moved the risk, the 4 weeks around them (or nothing)."""
+    b = one_client()
+    for day, status in (("03-02", "attended"), ("03-05", "attended"), ("03-09", "attended"),
+                        ("03-12", "attended"), ("03-16", "no_show"), ("03-18", "attended")):
+        b.appointment("E1", at(f"2026-{day}"), status)
+    week = sentence(b, "E1", "inconsistent_engagement", "missed_7d")
+    assert (week.variant, week.direction, week.text) == (
+        "MISSED_SESSIONS", CONCERN,
+        "Missed 1 of 2 sessions in the last 7 days: 1 no-show on 16 Mar")
+    fortnight = sentence(b, "E1", "inconsistent_engagement", "miss_rate_14d")
+    assert fortnight.text == "Missed 1 of 4 sessions in the last 2 weeks: 1 no-show on 16 Mar"
+    # 1 of 6 in 4 weeks is neither a concern nor reassuring: nothing to fall back on.
+    for lead in ("attended_7d", "attended_14d"):
+        assert phrase(b, "E1", "inconsistent_engagement", lead, REASSURING) is None, lead
+    assert every_lead(b.build(), "E1") == []
+
+    kept = one_client()
+    for day in ("03-02", "03-09", "03-12", "03-16", "03-18"):
+        kept.appointment("E1", at(f"2026-{day}"))
+    good = sentence(kept, "E1", "inconsistent_engagement", "attended_7d", REASSURING)
+    assert (good.variant, good.direction, good.text) == (
+        "ATTENDED_ALL", REASSURING, "Attended all 2 sessions scheduled in the last 7 days")
+    good = sentence(kept, "E1", "inconsistent_engagement", "attended_14d", REASSURING)
+    assert good.text == "Attended all 4 sessions scheduled in the last 2 weeks"
+    for lead in leads("inconsistent_engagement"):
+        assert phrase(kept, "E1", "inconsistent_engagement", lead) is None, lead
+
+    earlier = one_client()  # nothing in the last week, two no-shows before it
+    for day, status in (("03-02", "no_show"), ("03-05", "no_show"), ("03-09", "attended")):
+        earlier.appointment("E1", at(f"2026-{day}"), status)
+    fallback = sentence(earlier, "E1", "inconsistent_engagement", "missed_7d")
+    assert fallback.text == ("Missed 2 of 3 sessions in the last 4 weeks: 2 no-shows on 2 Mar "
+                             "and 5 Mar")
+    assert phrase(earlier, "E1", "inconsistent_engagement", "attended_7d", REASSURING) is None
+    assert every_lead(earlier.build(), "E1") == []
+
+
+def test_the_attendance_trend_is_worded_by_the_contact_facts() -> None:
+    """Guards: the attendance trend leads the disengagement family to its facts: a run of
+    misses as a concern, recent contact with a booking as reassuring, else nothing."""
+    b = clinic_with({"03-02": "attended", "03-05": "attended", "03-13": "no_show",
+                     "03-17": "no_show"})
+    run = sentence(b, "E1", "disengagement", "attended_trend_14d")
+    assert (run.variant, run.direction) == ("CONSECUTIVE_MISSES", CONCERN)
+    assert phrase(b, "E1", "disengagement", "attended_trend_14d", REASSURING) is None
+    engaged = clinic_with({"03-10": "attended", "03-17": "attended"}, booked="03-24")
+    good = sentence(engaged, "E1", "disengagement", "attended_trend_14d", REASSURING)
+    assert (good.variant, good.direction) == ("ENGAGED", REASSURING)
+    assert phrase(engaged, "E1", "disengagement", "attended_trend_14d") is None
+
+
+def test_the_course_of_the_last_three_ratings_is_stated() -> None:
+    """Guards the sentences of the lowest, the mean, the run and the fall over the last
+    three SRS: each states the ratings, below the clinic's line; none is going well."""
+    b = clinic_with(srs=([9.5] * 4, [7.5] * 4, [8.5] * 4))  # 38, 30, 34 on 3, 10, 17 Mar
+    said = {lead: sentence(b, "E1", "alliance_rupture", lead) for lead in
+            ("srs_min_last3", "srs_mean_last3", "srs_low_run_last3", "srs_slope_last3")}
+    assert {lead: (p.variant, p.direction, p.text) for lead, p in said.items()} == {
+        "srs_min_last3": ("SRS_LOWEST", CONCERN, "Session rating (SRS) was 30 on 10 Mar, the "
+                          "lowest of the last 3; latest 34 on 17 Mar, below 36"),
+        "srs_mean_last3": ("SRS_MEAN_LOW", CONCERN, "Session rating (SRS) averaged 34 over the "
+                           "last 3 ratings, below 36; latest 34 on 17 Mar"),
+        "srs_low_run_last3": ("SRS_LOW_RUN", CONCERN, "Session rating (SRS) was below 36 the "
+                              "last 2 times in a row, latest 34 on 17 Mar"),
+        "srs_slope_last3": ("SRS_FALLING", CONCERN, "Session rating (SRS) fell over the last 3 "
+                            "ratings: 38, 30 and 34 on 17 Mar"),
+    }
+    assert len(said["srs_min_last3"].measure_ids) == 2
+    assert len(said["srs_mean_last3"].measure_ids) == 3
+    assert never(b, "alliance_rupture", REASSURING) == []
+    lowest_last = clinic_with(srs=([8.5] * 4, [8] * 4, [7.5] * 4))  # 34, 32, 30
+    p = sentence(lowest_last, "E1", "alliance_rupture", "srs_min_last3")
+    assert p.text == "Session rating (SRS) of 30 on 17 Mar was the lowest of the last 3, below 36"
+    # Only the last three count: four low ratings are "the last 3 times in a row".
+    four = clinic_with(srs=([7.5] * 4,) * 4)
+    run = sentence(four, "E1", "alliance_rupture", "srs_low_run_last3")
+    assert run.text.startswith("Session rating (SRS) was below 36 the last 3 times in a row")
+
+
+def test_good_or_rising_ratings_are_never_a_strain_by_their_course() -> None:
+    """Guards: ratings at or above the line, rising, give no concern whatever the lead, and
+    each new lead finds them going well; a mean above the line never reads as below it."""
+    b = clinic_with(srs=([9] * 4, [9.5] * 4, [9.75] * 4))  # 36, 38, 39
+    assert never(b, "alliance_rupture", CONCERN) == []
+    for lead in ("srs_min_last3", "srs_mean_last3", "srs_low_run_last3", "srs_slope_last3"):
+        good = sentence(b, "E1", "alliance_rupture", lead, REASSURING)
+        assert (good.variant, good.text) == (
+            "SRS_GOOD", "Session rating (SRS) rose from 38 to 39 on 17 Mar, at or above 36"), lead
+    # A latest low after two at 40: the fall is named for the mean's lead, not "averaged".
+    dip = clinic_with(srs=([10] * 4, [10] * 4, [8.75] * 4))  # 40, 40, 35
+    p = sentence(dip, "E1", "alliance_rupture", "srs_mean_last3")
+    assert (p.variant, p.text) == ("SRS_FELL", "Session rating (SRS) fell from 40 to 35 on 17 Mar")
+
+
+def test_clinic_cancellations_and_bookings_are_context() -> None:
+    """Guards the setting's new context, the same whichever way the model moved the risk:
+    the clinic's cancellations of the last 4 weeks and the median booking lead time."""
+    b = one_client()
+    b.appointment("E1", at("2026-03-03"), "cancelled_by_clinic")
+    b.appointment("E1", at("2026-03-10"), "cancelled_by_clinic")
+    b.appointment("E1", at("2026-03-05"), booked_at=at("2026-03-03", 23))  # 2 days
+    b.appointment("E1", at("2026-03-12"), booked_at=at("2026-03-07"))  # 5 days
+    b.appointment("E1", at("2026-03-16"), "no_show", booked_at=at("2026-03-02"))  # 14 days
+    b.appointment("E1", at("2026-03-18"), booked_at=at("2026-03-17"))  # 1 day
+    for wanted in WANTED:
+        cancelled = sentence(b, "E1", "setting", "clinic_cancelled_28d", wanted)
+        assert (cancelled.variant, cancelled.direction, cancelled.text) == (
+            "CLINIC_CANCELLED", CONTEXT,
+            "The clinic cancelled 2 sessions in the last 4 weeks, on 3 Mar and 10 Mar")
+        booked = sentence(b, "E1", "setting", "booking_lead_days_90d", wanted)
+        assert (booked.variant, booked.direction, booked.text) == (
+            "BOOKING_LEAD", CONTEXT,
+            "Sessions in the last 3 months were booked a median of 3.5 days ahead (4 sessions)")
+        assert len(booked.appointment_ids) == 4
+    assert every_lead(b.build(), "E1") == []
+    one = one_client()
+    one.appointment("E1", at("2026-03-18"), booked_at=at("2026-03-17"))
+    assert sentence(one, "E1", "setting", "booking_lead_days_90d").text == (
+        "Sessions in the last 3 months were booked a median of 1 day ahead (1 session)")
+    assert sentence(one, "E1", "setting", "clinic_cancelled_28d").text == (
+        "The clinic cancelled no session in the last 4 weeks")
+    none = one_client()
+    assert sentence(none, "E1", "setting", "booking_lead_days_90d").text == (
+        "No booking dates for the sessions of the last 3 months")
+
+
+def test_how_the_alliance_is_measured_is_context() -> None:
+    """Guards the measurement family: when the latest SRS and WAI-SR were taken, and the
+    sessions attended since the latest SRS, as context whichever way the model moved."""
+    b = one_client()
+    for day in ("03-02", "03-09", "03-12", "03-16"):
+        b.appointment("E1", at(f"2026-{day}"))
+    b.srs("E1", at("2026-03-09", 11), [9] * 4)
+    b.wai("E1", at("2026-03-09", 12), "therapist", [4] * 12)
+    for wanted in WANTED:
+        srs = sentence(b, "E1", "measurement", "days_since_srs", wanted)
+        assert (srs.variant, srs.direction, srs.text) == (
+            "SRS_LAST", CONTEXT, "Last session rating (SRS) 11 days ago, on 9 Mar")
+        wai = sentence(b, "E1", "measurement", "days_since_wai", wanted)
+        assert wai.text == "Last working alliance questionnaire (WAI-SR) 11 days ago, on 9 Mar"
+        since = sentence(b, "E1", "measurement", "attended_since_srs_90d", wanted)
+        assert (since.variant, since.text) == (
+            "ATTENDED_SINCE_SRS",
+            "2 sessions attended since the last session rating (SRS), on 9 Mar")
+        assert len(since.appointment_ids) == 2 and len(since.measure_ids) == 1
+    assert every_lead(b.build(), "E1") == []
+    b.srs("E1", at("2026-03-16", 11), [9] * 4)
+    assert sentence(b, "E1", "measurement", "attended_since_srs_90d").text == (
+        "No session attended since the last session rating (SRS), on 16 Mar")
+    unrated = one_client("2025-10-01")
+    unrated.srs("E1", at("2025-11-20", 11), [9] * 4)  # 4 months ago
+    unrated.appointment("E1", at("2026-03-02"))
+    unrated.appointment("E1", at("2026-03-09"))
+    assert sentence(unrated, "E1", "measurement", "attended_since_srs_90d").text == (
+        "2 sessions attended in the last 3 months, none on a day with a session rating (SRS)")
+    assert every_lead(unrated.build(), "E1") == []
+    bare = one_client()
+    assert [sentence(bare, "E1", "measurement", lead).text for lead in leads("measurement")] == [
+        "No session rating (SRS) recorded yet",
+        "No working alliance questionnaire (WAI-SR) recorded yet",
+        "No sessions attended in the last 3 months",
+    ]
+
+
+def test_the_new_sentences_fit_in_120_characters_at_their_longest() -> None:
+    """Guards the width of the longest forms: decimals and two-digit days in the lowest and
+    mean of the last three, the fall over them, and many cancellations and sessions."""
+    b = one_client()
+    for day, items in (("02-17", [9.9, 9.9, 9.8, 9.9]), ("02-24", [7.4, 7.4, 7.4, 7.3]),
+                       ("03-17", [8.9, 8.9, 8.9, 8.8])):
+        b.srs("E1", at(f"2026-{day}", 11), items)
+    for day in range(1, 20):
+        b.appointment("E1", at(f"2026-03-{day:02d}", 9), "cancelled_by_clinic")
+        b.appointment("E1", at(f"2026-03-{day:02d}", 14), booked_at=at("2026-02-20", 23))
+    texts = [sentence(b, "E1", "alliance_rupture", lead).text for lead in
+             ("srs_min_last3", "srs_mean_last3", "srs_low_run_last3", "srs_slope_last3")]
+    texts += [sentence(b, "E1", family, lead).text for family in ("setting", "measurement")
+              for lead in leads(family)]
+    assert [t for t in texts if too_long(t)] == [], texts
+    assert every_lead(b.build(), "E1") == []

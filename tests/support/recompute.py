@@ -10,6 +10,7 @@ fact falls. ``tests/reasons/test_phrases.py`` guards these checks on hand-built 
 from __future__ import annotations
 
 import re
+import statistics
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ RATING, ALLIANCE = LINES["session_rating"], LINES["working_alliance"]
 
 CONCERN, REASSURING, CONTEXT, PROMPT = "concern", "reassuring", "context", "prompt"
 WANTED = (CONCERN, REASSURING)  # the ways the model can move the risk
-CONTEXT_FAMILIES = ("early_treatment", "setting")
+CONTEXT_FAMILIES = ("early_treatment", "setting", "measurement")
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 FACING = ("attended", "no_show", "late_cancel", "cancelled_by_client")
@@ -220,8 +221,19 @@ def recomputes(*codes: str) -> Callable[[Recompute], Recompute]:
 # inconsistent_engagement: the share of client-facing sessions not kept ([thresholds.attendance])
 
 
-def _span(lead: str) -> tuple[int, str]:
-    return (90, "3 months") if lead == "miss_rate_90d" else (28, "4 weeks")
+# The window of each attendance feature, in days (the rest: 4 weeks), and its words.
+WINDOW = {"attended_7d": 7, "missed_7d": 7, "attended_14d": 14, "missed_14d": 14,
+          "miss_rate_14d": 14, "miss_rate_90d": 90}
+SPAN = {7: "7 days", 14: "2 weeks", 28: "4 weeks", 90: "3 months"}
+
+
+def _span(f: Facts, lead: str, wanted: str) -> tuple[int, str]:
+    """The lead's window; a week or two whose share does not point the wanted way gives way
+    to the 4 weeks around it."""
+    days = WINDOW.get(lead, 28)
+    if days < 28 and attendance_way(f.facing(days)) != wanted:
+        days = 28
+    return days, SPAN[days]
 
 
 def attendance_way(facing: pd.DataFrame) -> str | None:
@@ -241,7 +253,7 @@ def attendance_way(facing: pd.DataFrame) -> str | None:
 
 @recomputes("inconsistent_engagement.MISSED_SESSIONS")
 def _missed(f: Facts, code: str, lead: str, wanted: str) -> Expected:
-    days, span = _span(lead)
+    days, span = _span(f, lead, wanted)
     facing = f.facing(days)
     missed = facing[facing["status"].isin(MISSED)]
     cancelled = facing[facing["status"] == "cancelled_by_client"]
@@ -261,7 +273,7 @@ def _missed(f: Facts, code: str, lead: str, wanted: str) -> Expected:
 
 @recomputes("inconsistent_engagement.CLIENT_CANCELLED")
 def _cancelled(f: Facts, code: str, lead: str, wanted: str) -> Expected:
-    days, span = _span(lead)
+    days, span = _span(f, lead, wanted)
     facing = f.facing(days)
     cancelled = facing[facing["status"] == "cancelled_by_client"]
     need(len(cancelled), "no client cancellations")
@@ -275,7 +287,7 @@ def _cancelled(f: Facts, code: str, lead: str, wanted: str) -> Expected:
 
 @recomputes("inconsistent_engagement.ATTENDED_ALL")
 def _attended_all(f: Facts, code: str, lead: str, wanted: str) -> Expected:
-    days, span = _span(lead)
+    days, span = _span(f, lead, wanted)
     facing = f.facing(days)
     need(len(facing) and (facing["status"] == "attended").all(), "not all sessions attended")
     return Expected(f"Attended all {len(facing)} sessions scheduled in the last {span}",
@@ -284,7 +296,7 @@ def _attended_all(f: Facts, code: str, lead: str, wanted: str) -> Expected:
 
 @recomputes("inconsistent_engagement.ATTENDANCE")
 def _attendance(f: Facts, code: str, lead: str, wanted: str) -> Expected:
-    days, span = _span(lead)
+    days, span = _span(f, lead, wanted)
     facing = f.facing(days)
     attended = facing[facing["status"] == "attended"]
     need(len(attended) < len(facing), "no session, or all attended: ATTENDED_ALL")
@@ -430,7 +442,23 @@ class Ratings:
     latest: pd.Series
     prev: pd.Series | None
     below: int  # of the last three, how many were under the line
+    run: int  # of the last three, the latest in a row under the line
+    mean3: Fraction  # of the last three (or fewer), as recorded
+    falling: pd.DataFrame | None  # the last three SRS, when they fell
     ways: dict[str, str | None]
+
+
+def _fell_over(rated: pd.DataFrame) -> pd.DataFrame | None:
+    """The last three ratings when they fell: the latest at least the clinic's drop below
+    the first of them (the least-squares line through the three goes down with it)."""
+    last3 = rated.tail(3)
+    if len(last3) < 3:
+        return None
+    scores = [exact(v) for v in last3["score_total"]]
+    middle = Fraction(len(scores) - 1, 2)
+    slope = sum((x - middle) * y for x, y in enumerate(scores))
+    drop = scores[0] - scores[-1]
+    return last3 if drop >= exact(RATING["concern_drop_at_least"]) and slope < 0 else None
 
 
 def _ratings(f: Facts, instrument: str) -> Ratings:
@@ -442,23 +470,47 @@ def _ratings(f: Facts, instrument: str) -> Ratings:
     fell = prev is not None and (exact(prev["score_total"]) - exact(latest["score_total"])
                                  >= exact(RATING["concern_drop_at_least"]))
     low = exact(latest["score_total"]) < line
-    below = sum(exact(v) < line for v in rated.tail(3)["score_total"])
+    last3 = [exact(v) for v in rated.tail(3)["score_total"]]
+    below = sum(v < line for v in last3)
+    run = 0  # only the last three SRS are read by the nightly run
+    for v in reversed(list(rated.tail(3)["score_total"])):
+        if exact(v) >= line:
+            break
+        run += 1
+    mean3 = sum(last3, Fraction(0)) / len(last3)
+    srs = instrument == "SRS"
+    falling = _fell_over(rated) if srs else None
+    # The course of the last few SRS is a strain only while the latest is under the line
+    # too (a good latest rating ends the strain), and over two ratings or more.
+    course = srs and low and len(last3) >= 2
     ways = {
         "fell": CONCERN if fell else None,
         # "Repeated": two or more of the last three SRS (the catalogue sets no count), and
         # only while the latest is under the line too: a good latest rating ends the strain.
-        "repeated": CONCERN if instrument == "SRS" and below >= 2 and low else None,
+        "repeated": CONCERN if srs and below >= 2 and low else None,
         "low": CONCERN if low else None,
-        "good": REASSURING if not low and not fell else None,
+        "lowest": CONCERN if course else None,
+        # The mean as the sentence shows it, to a tenth.
+        "mean": CONCERN if course and as_read(mean3) < line else None,
+        "run": CONCERN if srs and run >= 2 else None,
+        "falling": CONCERN if falling is not None else None,
+        # Neither fall, from the previous rating or over the last four, is going well.
+        "good": REASSURING if not low and not fell and falling is None else None,
     }
-    return Ratings(rated, latest, prev, below, ways)
+    return Ratings(rated, latest, prev, below, run, mean3, falling, ways)
+
+
+# The rating fact each alliance_rupture feature measures: named first when a concern.
+RATING_FACT = {"srs_change": "fell", "gsrs_change": "fell", "srs_below_cutoff_last3": "repeated",
+               "srs_latest": "low", "gsrs_latest": "low", "srs_min_last3": "lowest",
+               "srs_mean_last3": "mean", "srs_low_run_last3": "run",
+               "srs_slope_last3": "falling"}
 
 
 def _rating_fact(f: Facts, code: str, lead: str, fact: str) -> tuple[str, Ratings]:
     instrument, words = _instrument(code, lead)
     r = _ratings(f, instrument)
-    own = {"_change": "fell", "_below_cutoff_last3": "repeated", "_latest": "low"}
-    lead_fact = next((v for k, v in own.items() if lead.endswith(k)), fact)
+    lead_fact = RATING_FACT.get(lead, fact)
     need(lead_fact == fact or r.ways[lead_fact] != CONCERN,
          f"the lead's own fact ({lead_fact}) is a concern")
     return words, r
@@ -506,6 +558,64 @@ def _rating_low(f: Facts, code: str, lead: str, wanted: str) -> Expected:
         f"{on(r.latest['administered_at'])}, below {tenth(RATING['concern_below'])}",
         measure_ids=[str(r.latest["measure_id"])], direction=r.ways["low"],
     )
+
+
+@recomputes("alliance_rupture.SRS_LOWEST")
+def _rating_lowest(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """The most recent of the lowest of the last three, with the latest when it is another."""
+    _, r = _rating_fact(f, code, lead, "lowest")
+    last3 = r.rated.tail(3)
+    need(len(last3) >= 2, "fewer than two ratings")
+    scores = [exact(v) for v in last3["score_total"]]
+    at = max(i for i, v in enumerate(scores) if v == min(scores))
+    lowest, latest = last3.iloc[at], r.latest
+    line = tenth(RATING["concern_below"])
+    if at == len(scores) - 1:
+        return Expected(
+            f"{_capital(SRS_WORDS)} of {tenth(latest['score_total'])} on "
+            f"{on(latest['administered_at'])} was the lowest of the last {len(scores)}, below "
+            f"{line}", measure_ids=[str(latest["measure_id"])], direction=r.ways["lowest"])
+    return Expected(
+        f"{_capital(SRS_WORDS)} was {tenth(lowest['score_total'])} on "
+        f"{on(lowest['administered_at'])}, the lowest of the last {len(scores)}; latest "
+        f"{tenth(latest['score_total'])} on {on(latest['administered_at'])}, below {line}",
+        measure_ids=[str(lowest["measure_id"]), str(latest["measure_id"])],
+        direction=r.ways["lowest"])
+
+
+@recomputes("alliance_rupture.SRS_MEAN_LOW")
+def _rating_mean(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    _, r = _rating_fact(f, code, lead, "mean")
+    last3 = r.rated.tail(3)
+    need(len(last3) >= 2, "fewer than two ratings")
+    return Expected(
+        f"{_capital(SRS_WORDS)} averaged {tenth(float(as_read(r.mean3)))} over the last "
+        f"{len(last3)} ratings, below {tenth(RATING['concern_below'])}; latest "
+        f"{tenth(r.latest['score_total'])} on {on(r.latest['administered_at'])}",
+        measure_ids=ids(last3, "measure_id"), direction=r.ways["mean"])
+
+
+@recomputes("alliance_rupture.SRS_LOW_RUN")
+def _rating_run(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    _, r = _rating_fact(f, code, lead, "run")
+    need(r.run >= 2, "no run of low ratings")
+    return Expected(
+        f"{_capital(SRS_WORDS)} was below {tenth(RATING['concern_below'])} the last {r.run} "
+        f"times in a row, latest {tenth(r.latest['score_total'])} on "
+        f"{on(r.latest['administered_at'])}",
+        measure_ids=ids(r.rated.tail(r.run), "measure_id"), direction=r.ways["run"])
+
+
+@recomputes("alliance_rupture.SRS_FALLING")
+def _rating_falling(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    _, r = _rating_fact(f, code, lead, "falling")
+    need(r.falling is not None, "the last ratings did not fall")
+    assert r.falling is not None
+    scores = [tenth(v) for v in r.falling["score_total"]]
+    return Expected(
+        f"{_capital(SRS_WORDS)} fell over the last {len(scores)} ratings: "
+        f"{', '.join(scores[:-1])} and {scores[-1]} on {on(r.latest['administered_at'])}",
+        measure_ids=ids(r.falling, "measure_id"), direction=r.ways["falling"])
 
 
 @recomputes("alliance_rupture.SRS_GOOD", "alliance_rupture.GSRS_GOOD")
@@ -836,10 +946,93 @@ def _group(f: Facts, code: str, lead: str, wanted: str) -> Expected:
     )
 
 
+@recomputes("setting.CLINIC_CANCELLED", "setting.NO_CLINIC_CANCELLATIONS")
+def _clinic_cancelled(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    need(lead == "clinic_cancelled_28d", "not about the clinic's cancellations")
+    p = f.past
+    rows = p[(p["scheduled_at"] >= f.cutoff - pd.Timedelta(days=28))
+             & (p["status"] == "cancelled_by_clinic")]
+    if code.endswith(".NO_CLINIC_CANCELLATIONS"):
+        need(rows.empty, "the clinic cancelled sessions")
+        return Expected("The clinic cancelled no session in the last 4 weeks", direction=CONTEXT)
+    need(len(rows), "the clinic cancelled no session")
+    return Expected(f"The clinic cancelled {count(len(rows), 'session')} in the last 4 weeks, on "
+                    f"{dates(list(rows['scheduled_at']))}", ids(rows), direction=CONTEXT)
+
+
+@recomputes("setting.BOOKING_LEAD", "setting.NO_BOOKINGS")
+def _booking_lead(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """Client-facing sessions of the last 3 months booked before the as-of date: the median
+    of the calendar days from the day booked to the day of the session."""
+    need(lead == "booking_lead_days_90d", "not about booking")
+    recent = f.facing(90)
+    booked = recent[recent["booked_at"].notna() & (recent["booked_at"] < f.cutoff)]
+    if code.endswith(".NO_BOOKINGS"):
+        need(booked.empty, "sessions have booking dates")
+        return Expected("No booking dates for the sessions of the last 3 months",
+                        direction=CONTEXT)
+    need(len(booked), "no booking dates")
+    days = [(pd.Timestamp(s).normalize() - pd.Timestamp(b).normalize()).days
+            for s, b in zip(booked["scheduled_at"], booked["booked_at"], strict=True)]
+    median = statistics.median(days)
+    return Expected(f"Sessions in the last 3 months were booked a median of {tenth(median)} "
+                    f"{'day' if median == 1 else 'days'} ahead ({count(len(days), 'session')})",
+                    ids(booked), direction=CONTEXT)
+
+
 @recomputes("setting.PROGRAM")
 def _program(f: Facts, code: str, lead: str, wanted: str) -> Expected:
-    need(lead not in ("telehealth_share_90d", "group_share_90d"), "a share should be named")
+    need(lead not in ("telehealth_share_90d", "group_share_90d", "clinic_cancelled_28d",
+                      "booking_lead_days_90d"), "another fact of the setting should be named")
     return Expected(f"In the {PROGRAM_WORDS[f.episode['program']]} program", direction=CONTEXT)
+
+
+# measurement: context, whichever way the model moved the risk
+
+
+@recomputes("measurement.SRS_LAST", "measurement.SRS_NEVER", "measurement.WAI_LAST",
+            "measurement.WAI_NEVER")
+def _last_rating(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    need(lead != "attended_since_srs_90d", "the sessions since the last rating should be named")
+    wai = lead == "days_since_wai"
+    need(code.split(".")[1].startswith("WAI" if wai else "SRS"), "not the lead's measure")
+    m = f.measures
+    rows = m[m["instrument"] == "WAI-SR"] if wai else f.rated("SRS")
+    words = WAI_WORDS if wai else SRS_WORDS
+    if code.endswith("_NEVER"):
+        need(rows.empty, "one was recorded")
+        return Expected(f"No {words} recorded yet", direction=CONTEXT)
+    need(len(rows), "none was recorded")
+    last = rows.iloc[-1]
+    days = (f.cutoff - pd.Timestamp(last["administered_at"]).normalize()).days
+    return Expected(f"Last {words} {count(days, 'day')} ago, on {on(last['administered_at'])}",
+                    measure_ids=[str(last["measure_id"])], direction=CONTEXT)
+
+
+@recomputes("measurement.ATTENDED_SINCE_SRS", "measurement.NONE_RATED",
+            "measurement.NO_RECENT_SESSIONS")
+def _attended_since(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """Sessions attended in the last 3 months on a day after the latest client SRS; named
+    with that SRS when it is within the 3 months."""
+    need(lead == "attended_since_srs_90d", "not about sessions since the last rating")
+    recent = f.facing(90)
+    attended = recent[recent["status"] == "attended"]
+    srs = f.rated("SRS")
+    last = srs.iloc[-1] if len(srs) else None
+    day = None if last is None else pd.Timestamp(last["administered_at"]).normalize()
+    since = attended if day is None else attended[attended["scheduled_at"].dt.normalize() > day]
+    if day is not None and day >= f.cutoff - pd.Timedelta(days=90):
+        need(code.endswith(".ATTENDED_SINCE_SRS"), "the last SRS is within 3 months")
+        assert last is not None
+        counted = _capital(count(len(since), "session")) if len(since) else "No session"
+        return Expected(f"{counted} attended since the last {SRS_WORDS}, on {on(day)}",
+                        ids(since), [str(last["measure_id"])], direction=CONTEXT)
+    if code.endswith(".NO_RECENT_SESSIONS"):
+        need(attended.empty, "sessions were attended")
+        return Expected("No sessions attended in the last 3 months", direction=CONTEXT)
+    need(code.endswith(".NONE_RATED") and len(attended), "no session attended")
+    return Expected(f"{_capital(count(len(since), 'session'))} attended in the last 3 months, "
+                    f"none on a day with a {SRS_WORDS}", ids(since), direction=CONTEXT)
 
 
 # comparing
