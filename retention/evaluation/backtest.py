@@ -246,6 +246,7 @@ def run_backtest(
     model_raw: list[np.ndarray] = []
     model_p: list[np.ndarray] = []
     logistic: list[np.ndarray] = []
+    logistic_scorer: Scorer | None = None
     for i, origin in enumerate(origins):
         train = training_slice(rows, origin, horizon, window)
         outcome, test, scores = _fit_and_score(data, settings, origin, until, train)
@@ -255,6 +256,7 @@ def run_backtest(
             model_raw.append(scores[0].score)
             model_p.append(np.asarray(scores[0].probability))
             logistic.append(scores[1].score)
+            logistic_scorer = scores[1]
         if on_origin:
             on_origin(i + 1, len(origins), outcome)
     if not tested:
@@ -264,11 +266,13 @@ def run_backtest(
     if pooled["label"].nunique() < 2:
         raise NoUsableOrigin("every scored episode had the same outcome: nothing to rank")
     lr = np.concatenate(logistic)
+    assert logistic_scorer is not None
     scorers = [
         Scorer("model", MODEL_LABEL, "model", np.concatenate(model_raw),
                np.concatenate(model_p)),
         *(baseline_scorer(b) for b in rule_baselines(pooled)),
-        Scorer("logistic_regression", "logistic regression, same features", "baseline", lr, lr),
+        # The regression's own name and label, with every origin's scores.
+        replace(logistic_scorer, score=lr, probability=lr),
     ]
     evaluation = evaluate(pooled, scorers, engaged_within_days=settings.engaged_within_days,
                           capacity_k=ms.capacity_k, samples=ms.bootstrap_samples,

@@ -21,6 +21,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from retention.evaluation import bootstrap as m
 from retention.evaluation.baselines import BaselineScore
 from retention.model.booster import TrainedModel
+from retention.model.training import engaged_rows
 
 CURVE_POINTS = 200
 SUBSETS = ("all", "engaged")
@@ -61,7 +62,7 @@ def engaged_mask(rows: pd.DataFrame, within_days: int) -> np.ndarray:
     """Still engaged: attended a session within ``within_days`` before the as-of date."""
     if within_days > 28:
         raise ValueError("engaged_within_days above 28 is not supported by the 28-day counts")
-    return ((rows["days_since_attended"] <= within_days) & (rows["attended_28d"] > 0)).to_numpy()
+    return engaged_rows(rows, within_days)
 
 
 def top_k_flags(rows: pd.DataFrame, score: np.ndarray, k: int) -> np.ndarray:

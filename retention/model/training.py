@@ -148,7 +148,7 @@ def time_split(
 
 
 def engaged_rows(rows: pd.DataFrame, within_days: int) -> np.ndarray:
-    """Still engaged: attended within ``within_days`` (as ``retention.evaluation`` judges)."""
+    """Still engaged: attended within ``within_days``; ``retention.evaluation`` judges by it."""
     return ((rows["days_since_attended"] <= within_days) & (rows["attended_28d"] > 0)).to_numpy()
 
 
