@@ -121,6 +121,12 @@ def load_frames(folder: Path) -> dict[str, pd.DataFrame]:
         "appointments": pd.DataFrame(appts),
         "alliance_measures": empty_measures,
         "alliance_items": empty_items,
+        # A research data set: no consents to disclose under, no EHR identifiers.
+        "consents": pd.DataFrame(columns=[
+            "consent_id", "client_id", "recipient", "purpose", "effective_on", "expires_on",
+            "revoked_at", "updated_at"]),
+        "client_identifiers": pd.DataFrame(columns=["system", "value", "client_id",
+                                                    "updated_at"]),
     }
 
 

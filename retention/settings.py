@@ -54,6 +54,7 @@ CODED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     ("appointments", "service_type"): contract.SERVICE_TYPES,
     ("alliance_measures", "instrument"): contract.INSTRUMENTS,
     ("alliance_measures", "rater"): contract.RATERS,
+    ("consents", "purpose"): contract.CONSENT_PURPOSES,
 }
 
 

@@ -66,6 +66,18 @@ SERVICE_TYPES = (
 )
 INSTRUMENTS = ("SRS", "GSRS", "WAI-SR", "other")
 RATERS = ("client", "therapist")
+# The purposes a consent may name (42 CFR 2.31(a)(5)); a disclosure to an EHR for
+# decision support is "treatment".
+CONSENT_PURPOSES = (
+    "treatment",
+    "payment",
+    "health_care_operations",
+    "care_coordination",
+    "research",
+    "other",
+)
+# A consent's recipient written as a class of recipients rather than one named recipient.
+RECIPIENT_CLASS_PREFIX = "class:"
 
 metadata = MetaData()
 
@@ -137,13 +149,48 @@ alliance_items = Table(
     Column("response", Float, nullable=False),
 )
 
+# Every record is a 42 CFR Part 2 record: a disclosure needs the client's written consent
+# naming its recipient and purpose (docs/contract.md). Neither table is a model input.
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    # A named recipient (the id an integration key or registered EHR client carries, e.g.
+    # "epic-north") or a class of recipients written "class:<name>" (e.g.
+    # "class:treating_providers").
+    Column("recipient", String(128), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("effective_on", Date, nullable=False),
+    Column("expires_on", Date),  # null: no expiry date (until revoked)
+    Column("revoked_at", DateTime),  # null: not revoked
+    Column("updated_at", DateTime, nullable=False),
+)
+
+client_identifiers = Table(
+    "client_identifiers",
+    metadata,
+    # The EHR's own identifiers for a client (system + value, e.g. an MRN); never model inputs.
+    Column("system", String(255), primary_key=True),
+    Column("value", String(128), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}
 REQUIRED_TABLES = ("clients", "episodes", "appointments", "alliance_measures")
-OPTIONAL_TABLES = ("alliance_items",)
+OPTIONAL_TABLES = ("alliance_items", "consents", "client_identifiers")
+# Held for disclosure decisions and the EHR's lookups; no feature or model ever reads them.
+NOT_MODEL_INPUTS = ("consents", "client_identifiers")
 
-DATE_COLUMNS = {"episodes": ("admitted_on", "planned_discharge_on", "discharged_on")}
+DATE_COLUMNS = {
+    "episodes": ("admitted_on", "planned_discharge_on", "discharged_on"),
+    "consents": ("effective_on", "expires_on"),
+}
 TIMESTAMP_COLUMNS = {
     "episodes": ("updated_at",),
     "appointments": ("scheduled_at", "booked_at", "updated_at"),
     "alliance_measures": ("administered_at", "updated_at"),
+    "consents": ("revoked_at", "updated_at"),
+    "client_identifiers": ("updated_at",),
 }

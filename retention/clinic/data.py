@@ -7,7 +7,7 @@ shape of data wherever it came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
@@ -22,15 +22,27 @@ TEXT_COLUMNS = {
 }
 
 
+def empty_frame(table: str) -> pd.DataFrame:
+    """A contract table with no rows: what a missing optional table reads as."""
+    return pd.DataFrame(columns=[c.name for c in contract.TABLES[table].columns])
+
+
 @dataclass(frozen=True)
 class ClinicData:
-    """The contract tables as frames with parsed dates; alliance_items may be empty."""
+    """The contract tables as frames with parsed dates; the optional ones may be empty.
+
+    Consents and identifiers ride along for disclosure, never for features: a read
+    for features (the scoped read) leaves them empty.
+    """
 
     clients: pd.DataFrame
     episodes: pd.DataFrame
     appointments: pd.DataFrame
     measures: pd.DataFrame
     items: pd.DataFrame
+    consents: pd.DataFrame = field(default_factory=lambda: empty_frame("consents"))
+    identifiers: pd.DataFrame = field(
+        default_factory=lambda: empty_frame("client_identifiers"))
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """The frames under their contract table names."""
@@ -40,6 +52,8 @@ class ClinicData:
             "appointments": self.appointments,
             "alliance_measures": self.measures,
             "alliance_items": self.items,
+            "consents": self.consents,
+            "client_identifiers": self.identifiers,
         }
 
     @property
@@ -50,7 +64,8 @@ class ClinicData:
 def read_clinic(connection: Connection, prefix: str = "") -> ClinicData:
     """Read the contract tables (``prefix`` + name) through ``connection``.
 
-    ``alliance_items`` is optional in the contract: a missing table reads as empty.
+    An optional table of the contract (``contract.OPTIONAL_TABLES``) that is missing
+    reads as empty.
     """
     existing = set(inspect(connection).get_table_names())
     frames: dict[str, pd.DataFrame] = {}
@@ -58,7 +73,7 @@ def read_clinic(connection: Connection, prefix: str = "") -> ClinicData:
         columns = [c.name for c in table.columns]
         if prefix + name not in existing:
             if name in contract.OPTIONAL_TABLES:
-                frames[name] = pd.DataFrame(columns=columns)
+                frames[name] = empty_frame(name)
                 continue
             raise LookupError(
                 f"table {prefix + name!r} is missing from the database; "
@@ -77,6 +92,9 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
     give the same frames.
     """
     out = {name: frame.copy() for name, frame in frames.items()}
+    for name in ("consents", "client_identifiers"):  # optional, and absent from feature reads
+        if name not in out:
+            out[name] = empty_frame(name)
     for columns in (contract.DATE_COLUMNS, contract.TIMESTAMP_COLUMNS):
         for name, cols in columns.items():
             for col in cols:
@@ -103,6 +121,8 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         appointments=appts,
         measures=measures,
         items=items,
+        consents=out["consents"],
+        identifiers=out["client_identifiers"],
     )
 
 

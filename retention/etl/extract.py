@@ -34,9 +34,11 @@ from retention.db import bulk, errors, pg_arrow, pg_copy
 from retention.db.engines import SOURCE_CONNECT_ARGS
 from retention.settings import SourceMapping
 
-# Tables read in full each run: they carry no updated_at (clients) or follow their
-# measure (items, read for the measures that changed).
-INCREMENTAL = ("episodes", "appointments", "alliance_measures")
+# Tables read by updated_at: rows changed since the table's watermark. The others are
+# read in full each run: they carry no updated_at (clients) or follow their measure
+# (items, read for the measures that changed).
+INCREMENTAL = ("episodes", "appointments", "alliance_measures", "consents",
+               "client_identifiers")
 
 
 class SourceError(RuntimeError):
@@ -90,6 +92,8 @@ REPEATED = {
                      "telehealth"),
     "alliance_measures": ("episode_id", "client_id", "instrument", "rater"),
     "alliance_items": ("measure_id",),
+    "consents": ("purpose",),
+    "client_identifiers": ("system",),
 }
 
 
@@ -290,7 +294,7 @@ def _give_back_memory() -> None:
 # 100,000 clients with a year of history): the largest start first so the connections
 # finish together.
 READ_COST = {"appointments": 55, "alliance_items": 41, "alliance_measures": 36,
-             "episodes": 1, "clients": 1}
+             "episodes": 1, "clients": 1, "consents": 1, "client_identifiers": 1}
 
 
 def read_source(

@@ -248,6 +248,8 @@ def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
         return pd.Index([])
     if len(keys) == 1:
         return pd.Index(frame[keys[0]].astype(str))
+    if table != "alliance_items":
+        return pd.Index(frame[keys[0]].astype(str) + "|" + frame[keys[1]].astype(str))
     number = pd.to_numeric(frame["item_number"], errors="coerce")
     return pd.Index(frame["measure_id"].astype(str) + "|" + number.astype(str))
 
@@ -301,10 +303,12 @@ def _load_cost(frame: pd.DataFrame) -> int:
 def _key_frame(table: str, row_keys: pd.Index) -> pd.DataFrame:
     """Key columns from quarantine row keys (rows quarantined for a missing key have none)."""
     keys = [k for k in row_keys if not str(k).startswith(UNFIT_KEY_PREFIXES)]
-    if table == "alliance_items":
+    if len(KEYS[table]) == 2:  # "measure|item", "system|value": neither first part holds '|'
         parts = [str(k).split("|", 1) for k in keys]
-        return pd.DataFrame({"measure_id": [p[0] for p in parts],
-                             "item_number": [int(p[1]) for p in parts]})
+        first, second = KEYS[table]
+        return pd.DataFrame({first: [p[0] for p in parts],
+                             second: [int(p[1]) if table == "alliance_items" else p[1]
+                                      for p in parts]})
     return pd.DataFrame({KEYS[table][0]: keys})
 
 

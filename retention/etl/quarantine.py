@@ -171,7 +171,8 @@ def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
         return np.where(at >= 0, clinic[np.maximum(at, 0)], -1)
 
     out = {"clients": codes}
-    for table in ("episodes", "appointments", "alliance_measures"):
+    for table in ("episodes", "appointments", "alliance_measures", "consents",
+                  "client_identifiers"):
         out[table] = through(outcome.checked[table]["client_id"], clients["client_id"], codes)
     measures = outcome.checked["alliance_measures"]
     out["alliance_items"] = through(outcome.checked["alliance_items"]["measure_id"],

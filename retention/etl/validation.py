@@ -54,8 +54,13 @@ RULES: dict[str, str] = {
     "number_out_of_range": "a number the store cannot hold: infinite, or a whole number "
                            "beyond 32 bits",
     "unknown_code": "a code the contract (and the configured mapping) does not know",
+    "malformed_recipient": "a consent's recipient with a space, or a class:<name> without "
+                           "a name",
+    "malformed_system": "an identifier's system that is not a URI (scheme:rest, no space "
+                        "or '|')",
     "orphan": "refers to a client, episode or measure the source does not have",
     "discharge_before_admission": "discharged before admitted",
+    "expiry_before_effective": "a consent that expires before it takes effect",
     "before_admission": "appointment scheduled before its episode's admission",
     "far_future": "appointment scheduled implausibly far after its row was written",
     "unknown_item": "an item number the instrument does not have",
@@ -68,7 +73,7 @@ RULES: dict[str, str] = {
     "measure_quarantined": "an item of a measure that is quarantined",
 }
 
-ORDER = tuple(contract.TABLES)  # clients, episodes, appointments, measures, items
+ORDER = tuple(contract.TABLES)
 KEYS = {name: [c.name for c in t.primary_key.columns] for name, t in contract.TABLES.items()}
 REQUIRED = {
     name: [c.name for c in t.columns if not c.nullable] for name, t in contract.TABLES.items()
@@ -99,6 +104,13 @@ TEXT_LENGTHS = {
 # PostgreSQL cannot store NUL at all.
 CONTROL = "[\\x00-\\x1f\\x7f-\\x9f]"
 _CONTROL = re.compile(CONTROL)
+# A class of recipients ("class:treating_providers"); any other recipient is one named
+# recipient, whose id holds no space.
+RECIPIENT_CLASS = re.compile(re.escape(contract.RECIPIENT_CLASS_PREFIX)
+                             + r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A URI as FHIR names a code or identifier system: a scheme, a colon, the rest. Never a
+# '|': the quarantine's key joins system and value with one.
+SYSTEM_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s|]+")
 BYTES_TAG = "$bytes"  # how ``rows_json`` keeps a value that came as bytes
 ROW_KEY_LENGTH = int(getattr(tables.quarantine.c.row_key.type, "length", None) or 200)
 
@@ -218,6 +230,7 @@ def validate(
     checked = {name: _Checked(name, raw.get(name, pd.DataFrame())) for name in ORDER}
     for c in checked.values():
         _row_rules(c, codes_allowed)
+    _disclosure_rules(checked["consents"], checked["client_identifiers"])
 
     clients, episodes = checked["clients"], checked["episodes"]
     appts, measures, items = (checked["appointments"], checked["alliance_measures"],
@@ -252,6 +265,15 @@ def validate(
     _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
     _orphans(items, {"measure_id": measure_ids})
     _measure_rules(measures, items, context)
+
+    consents = checked["consents"]
+    _orphans(consents, {"client_id": client_ids})
+    _orphans(checked["client_identifiers"], {"client_id": client_ids})
+    k = consents.typed
+    consents.flag(k["expires_on"].notna() & (k["expires_on"] < k["effective_on"]),
+                  "expiry_before_effective",
+                  lambda ix: "expires_on " + _txt(k["expires_on"].dt.date, ix)
+                  + " is before effective_on " + _txt(k["effective_on"].dt.date, ix))
 
     valid = {name: _valid_frame(c) for name, c in checked.items()}
     rejects = pd.concat([_rejects(c) for c in checked.values()], ignore_index=True)
@@ -323,6 +345,37 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
         c.unmapped[col] = unknown
         c.flag(unknown, "unknown_code",
                _said(f"{col} ", raw[col], " is not a contract code"))
+
+
+def _disclosure_rules(consents: _Checked, identifiers: _Checked) -> None:
+    """A recipient a disclosure can be matched to; a system an identifier search can name."""
+    recipient = consents.raw["recipient"]
+    consents.flag(_failing(recipient, _bad_recipient), "malformed_recipient",
+                  _said("recipient ", recipient, " is neither a name without spaces nor "
+                        f"{contract.RECIPIENT_CLASS_PREFIX}<name>"))
+    system = identifiers.raw["system"]
+    identifiers.flag(_failing(system, lambda v: SYSTEM_URI.fullmatch(v) is None),
+                     "malformed_system",
+                     _said("system ", system, " is not a URI (scheme:rest)"))
+
+
+def _bad_recipient(value: str) -> bool:
+    """Spaces, or a class prefix (in any case) not followed by a name."""
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        return True
+    prefix = contract.RECIPIENT_CLASS_PREFIX
+    return value[:len(prefix)].lower() == prefix and RECIPIENT_CLASS.fullmatch(value) is None
+
+
+def _failing(values: pd.Series, bad: Callable[[str], bool]) -> np.ndarray:
+    """Which text values ``bad`` holds for, judged once per distinct value (other values,
+    such as bytes or numbers, are other rules' to judge)."""
+    present = values.notna().to_numpy()
+    if not present.any():
+        return np.zeros(len(values), dtype=bool)
+    codes, distinct = pd.factorize(values.astype(object))
+    verdict = np.array([isinstance(v, str) and bad(v) for v in distinct], dtype=bool)
+    return present & (codes >= 0) & verdict[np.maximum(codes, 0)]
 
 
 def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
@@ -555,7 +608,8 @@ def _shown(value: Any) -> str:
 
 
 def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
-    """The row's key as text; items join measure and item number with '|'.
+    """The row's key as text; a key of two columns joins them with '|' (an item's
+    measure and item number, an identifier's system and value).
 
     A key the quarantine cannot hold as it is (bytes, a control character, longer than
     an id) is held as "bad key", its start escaped and a hash of all of it; a missing
@@ -566,6 +620,14 @@ def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
         key = raw[keys[0]].astype(object)
         unfit, length = _text_facts(raw[keys[0]])
         unfit |= length > TEXT_LENGTHS[table].get(keys[0], ROW_KEY_LENGTH)
+    elif table != "alliance_items":
+        # system|value: a system holds no '|' (SYSTEM_URI), so the first one splits them.
+        key = raw[keys[0]].astype(str).astype(object)
+        for k in keys[1:]:
+            key = key + "|" + raw[k].astype(str).astype(object)
+        key = key.where(raw[keys].notna().all(axis=1), None)
+        unfit, length = _text_facts(key)
+        unfit |= length > ROW_KEY_LENGTH
     else:
         number = pd.to_numeric(raw["item_number"].mask(_blobs(raw["item_number"])),
                                errors="coerce")

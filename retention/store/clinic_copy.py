@@ -47,12 +47,13 @@ def bump_copy_version(connection: Connection, run_id: int) -> None:
 
 
 def read_clinic_copy(connection: Connection) -> ClinicData:
-    """The service's whole copy of the clinic data (training reads this)."""
+    """The service's whole copy of the clinic data that models learn from (training reads
+    this); consents and identifiers are never inputs and stay in the store."""
     frames = {
         name: bulk.read_query(
             connection, f"SELECT * FROM {table.name}", [c.name for c in table.columns]
         )
-        for name, table in copies.items()
+        for name, table in copies.items() if name not in contract.NOT_MODEL_INPUTS
     }
     return from_frames(frames)
 
@@ -104,6 +105,7 @@ def scoped_frames(
     connection: Connection, as_of: date, lookback_days: int
 ) -> dict[str, pd.DataFrame]:
     """Raw contract frames holding what features and reasons for ``as_of`` read."""
+    # Not consents or client_identifiers: they are never model inputs (read as empty).
     cut = datetime.combine(as_of, datetime.min.time())
     params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days),
               "ever": datetime(1900, 1, 1)}

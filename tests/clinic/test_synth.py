@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from retention.clinic import contract
 from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY
-from retention.clinic.synth import SynthConfig, generate, write
+from retention.clinic.synth import SynthConfig, consents, generate, write
 
 CONFIG = SynthConfig(end=date(2026, 6, 1), n_clients=300, seed=3)
 END = pd.Timestamp(CONFIG.end)
@@ -24,6 +24,7 @@ CODES = {
     ("appointments", "service_type"): contract.SERVICE_TYPES,
     ("alliance_measures", "instrument"): contract.INSTRUMENTS,
     ("alliance_measures", "rater"): contract.RATERS,
+    ("consents", "purpose"): contract.CONSENT_PURPOSES,
 }
 
 
@@ -310,3 +311,74 @@ def test_config_is_validated() -> None:
         SynthConfig(end=date(2026, 6, 1), n_clients=0)
     with sa.create_engine("sqlite://").connect() as conn, pytest.raises(ValueError):
         write(conn, {"not_a_table": pd.DataFrame()})
+
+
+# --- consents and the EHR's identifiers ------------------------------------------
+
+
+def in_force(frame: pd.DataFrame, day: date) -> pd.Series:
+    """Consents in force on ``day`` (docs/contract.md: revoked on a day counts as revoked)."""
+    effective = pd.to_datetime(frame["effective_on"]).dt.date <= day
+    expires = pd.to_datetime(frame["expires_on"]).dt.date
+    unexpired = expires.isna() | (expires >= day)
+    revoked = frame["revoked_at"].dt.date
+    return effective & unexpired & (revoked.isna() | (revoked > day))
+
+
+def test_every_disclosure_case_is_in_the_synthetic_clinic(
+        frames: dict[str, pd.DataFrame]) -> None:
+    k = frames["consents"]
+    active = k[in_force(k, CONFIG.end) & (k["purpose"] == "treatment")]
+    covered = set(active.loc[active["recipient"].isin(
+        [consents.DEMO_RECIPIENT, consents.TREATING_PROVIDERS]), "client_id"])
+    clients = set(frames["clients"]["client_id"])
+    assert 0.72 <= len(covered) / len(clients) <= 0.88
+    assert set(active["recipient"]) == {consents.DEMO_RECIPIENT, consents.TREATING_PROVIDERS,
+                                        consents.OTHER_RECIPIENT}
+    assert clients - set(k["client_id"])  # clients with no consent at all
+    expired = k["expires_on"].notna() & (pd.to_datetime(k["expires_on"]) < END)
+    assert expired.any() and k["revoked_at"].notna().any()
+    assert (k["purpose"] != "treatment").any()
+    # Clients whose consents are out of force, or for another EHR or purpose, only.
+    assert set(k["client_id"]) - covered
+
+
+def test_consents_are_dated_within_the_simulation(frames: dict[str, pd.DataFrame]) -> None:
+    k = frames["consents"]
+    first = frames["episodes"].groupby("client_id")["admitted_on"].min()
+    assert (k["effective_on"] <= k["client_id"].map(first)).all()
+    ends = k["expires_on"].dropna()
+    assert (ends >= k.loc[ends.index, "effective_on"]).all()
+    revoked = k.dropna(subset=["revoked_at"])
+    assert (revoked["revoked_at"].dt.date >= revoked["effective_on"]).all()
+    assert (revoked["updated_at"] == revoked["revoked_at"]).all()
+    assert k["consent_id"].is_unique and k["recipient"].str.len().le(128).all()
+
+
+def test_every_client_has_one_unique_mrn(frames: dict[str, pd.DataFrame]) -> None:
+    ids = frames["client_identifiers"]
+    assert set(ids["system"]) == {consents.MRN_SYSTEM}
+    assert ids["value"].is_unique and ids["client_id"].is_unique
+    assert set(ids["client_id"]) == set(frames["clients"]["client_id"])
+    assert ids["value"].str.fullmatch(r"MRN\d{7}").all()
+
+
+def test_consents_and_identifiers_leave_the_other_tables_as_they_were(
+        frames: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    """They draw from a stream of their own: features and models cannot move."""
+    monkeypatch.setattr("retention.clinic.synth.simulation.add_consents_and_identifiers",
+                        lambda sink, config: None)
+    without = generate(CONFIG)
+    assert without["consents"].empty and without["client_identifiers"].empty
+    for name in ("clients", "episodes", "appointments", "alliance_measures", "alliance_items"):
+        pd.testing.assert_frame_equal(without[name], frames[name])
+
+
+def test_each_case_appears_even_in_a_small_clinic() -> None:
+    small = generate(replace(CONFIG, n_clients=len(consents.CASES), seed=5))
+    k = small["consents"]
+    assert len(set(small["clients"]["client_id"]) - set(k["client_id"])) >= 1
+    assert k["revoked_at"].notna().any()
+    assert {consents.OTHER_RECIPIENT, consents.DEMO_RECIPIENT,
+            consents.TREATING_PROVIDERS} <= set(k["recipient"])
+    assert {"treatment", "payment"} <= set(k["purpose"])

@@ -148,6 +148,11 @@ def clinic_fixture(src: Source, store_db: Engine, blobs: bool) -> Clinic:
             "alliance_items": conn.exec_driver_sql(
                 f"SELECT * FROM alliance_items WHERE measure_id = '{measure['measure_id']}' "
                 "ORDER BY item_number").mappings().all(),
+            "consents": conn.exec_driver_sql(
+                "SELECT * FROM consents ORDER BY consent_id LIMIT 1").mappings().all(),
+            "client_identifiers": conn.exec_driver_sql(
+                "SELECT * FROM client_identifiers ORDER BY system, value LIMIT 1"
+            ).mappings().all(),
         }
     clinic = Clinic(src, store_db, blobs, {t: [dict(r) for r in rows]
                                            for t, rows in templates.items()}, {})
@@ -174,12 +179,16 @@ def clinic(request: pytest.FixtureRequest, tmp_path: Path,
     src.dispose()
 
 
+# The key column a new row is told apart by (an identifier keeps its system: a URI).
+NEW_KEY = {"client_identifiers": "value"}
+
+
 def new_rows(clinic: Clinic, bad: dict[str, tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """One new row per table, each a copy of a clean row under new keys, with ``bad``'s
     value in one of its columns (items: a new measure's items, one of them changed)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for table, template in clinic.templates.items():
-        key = KEYS[table][0]
+        key = NEW_KEY.get(table, KEYS[table][0])
         rows[table] = [{**r, key: f"HYP-{table}"} for r in template]
         for row in rows[table]:
             if "updated_at" in row:

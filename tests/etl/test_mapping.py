@@ -21,6 +21,8 @@ from tests.support.sources import AS_OF, stored
 PROGRAMS = {"outpatient": "OP", "intensive_outpatient": "IOP", "residential": "RES",
             "partial_hospitalization": "PHP", "medication_assisted": "MAT", "detox": "DTX",
             "other": "OTH"}
+PURPOSES = {"treatment": "TX", "payment": "PAY", "health_care_operations": "OPS",
+            "care_coordination": "CC", "research": "RES", "other": "OTH"}
 STATUSES = {"scheduled": "SCH", "attended": "ATT", "no_show": "NS", "late_cancel": "LC",
             "cancelled_by_client": "CXL", "cancelled_by_clinic": "CC"}
 
@@ -46,12 +48,20 @@ ETL_CONFIG: dict[str, Any] = {
                              "modified AS updated_at FROM ehr.ratings",
         "alliance_items": "SELECT rid AS measure_id, q AS item_number, answer AS response "
                           "FROM ehr.rating_items",
+        "consents": "SELECT cid AS consent_id, pid AS client_id, party AS recipient, "
+                    "why AS purpose, signed AS effective_on, until AS expires_on, "
+                    "withdrawn AS revoked_at, modified AS updated_at FROM ehr.consents",
+        # One system for the whole table: the EHR keeps its MRN in a column of its own.
+        "client_identifiers": "SELECT 'urn:oid:2.16.840.1.113883.3.9999.1' AS system, "
+                              "mrn AS value, pid AS client_id, modified AS updated_at "
+                              "FROM ehr.patient_mrns",
     },
     "codes": {
         "episodes": {"program": {v: k for k, v in PROGRAMS.items()}},
         "appointments": {"status": {v: k for k, v in STATUSES.items()}},
         "alliance_measures": {"instrument": {"WAI": "WAI-SR"},
                               "rater": {"C": "client", "T": "therapist"}},
+        "consents": {"purpose": {v: k for k, v in PURPOSES.items()}},
     },
 }
 
@@ -66,7 +76,10 @@ CREATE TABLE ehr.visits (visit_id text, adm_id text, pid text, slot text, booked
 CREATE TABLE ehr.ratings (rid text, adm_id text, pid text, visit_id text, tool text, who text,
                           taken timestamp, total numeric, g numeric, t numeric, b numeric,
                           modified timestamp);
-CREATE TABLE ehr.rating_items (rid text, q int, answer numeric)
+CREATE TABLE ehr.rating_items (rid text, q int, answer numeric);
+CREATE TABLE ehr.consents (cid text, pid text, party text, why text, signed text, until text,
+                           withdrawn timestamp, modified timestamp);
+CREATE TABLE ehr.patient_mrns (mrn text, pid text, modified timestamp)
 """
 
 
@@ -78,6 +91,7 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
     """The synthetic clinic as an EHR stores it: other names, codes and text dates."""
     c, e, a = frames["clients"], frames["episodes"], frames["appointments"]
     m, i = frames["alliance_measures"], frames["alliance_items"]
+    k, ids = frames["consents"], frames["client_identifiers"]
     tables = {
         "patients": pd.DataFrame({"pid": c.client_id, "site": c.clinic_id,
                                   "cm": c.case_manager_id, "yob": c.birth_year,
@@ -101,6 +115,13 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
             "modified": m.updated_at}),
         "rating_items": pd.DataFrame({"rid": i.measure_id, "q": i.item_number,
                                       "answer": i.response}),
+        "consents": pd.DataFrame({
+            "cid": k.consent_id, "pid": k.client_id, "party": k.recipient,
+            "why": k.purpose.map(PURPOSES), "signed": k.effective_on.map(_day),
+            "until": k.expires_on.map(_day), "withdrawn": k.revoked_at,
+            "modified": k.updated_at}),
+        "patient_mrns": pd.DataFrame({"mrn": ids.value, "pid": ids.client_id,
+                                      "modified": ids.updated_at}),
     }
     with engine.begin() as conn:
         for statement in EHR_DDL.split(";"):
@@ -147,10 +168,14 @@ def test_a_mapped_ehr_loads_exactly_like_the_contract(
         conn.execute(text(
             "INSERT INTO ehr.visits SELECT 'V-ZZ', adm_id, pid, '2026-06-03 10:00', "
             "booked, 'ZZ', kind, remote, staff, :s FROM ehr.visits LIMIT 1"), {"s": stamp})
+        conn.execute(text(
+            "INSERT INTO ehr.consents SELECT 'K-ZZ', pid, party, 'ZZ', signed, until, "
+            "withdrawn, :s FROM ehr.consents LIMIT 1"), {"s": stamp})
     again = run_etl(mapped_source, mapped_store, AS_OF + timedelta(days=1), settings)
-    assert not again.full and again.rows_quarantined == 2
+    assert not again.full and again.rows_quarantined == 3
     quarantined = {(r[1], r[2]) for r in stored(mapped_store)["quarantine"]}
-    assert quarantined == {("V-BADDATE", "malformed_date"), ("V-ZZ", "unknown_code")}
+    assert quarantined == {("V-BADDATE", "malformed_date"), ("V-ZZ", "unknown_code"),
+                           ("K-ZZ", "unknown_code")}
     for engine in (writer, mapped_store, plain_store, mapped_source, plain_source):
         engine.dispose()
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, make_url, select, text, update
 
+from retention.clinic import contract
 from retention.db import locks
 from retention.db.engines import source_engine, store_engine
 from retention.etl.extract import (
@@ -64,14 +65,14 @@ def test_first_run_is_a_full_reload_then_runs_are_incremental(source: Source,
     first = etl(source, store_db)
     second = etl(source, store_db)
     assert first.full and not second.full  # type: ignore[attr-defined]
-    total = sum(source.count(t) for t in ("clients", "episodes", "appointments",
-                                          "alliance_measures", "alliance_items"))
+    total = sum(source.count(t) for t in contract.TABLES)
     assert first.rows_read == total  # type: ignore[attr-defined]
     # An incremental run reads the clients (they have no updated_at) and the overlap only.
     assert second.rows_read < source.count("clients") + 100  # type: ignore[attr-defined]
     with store_db.connect() as conn:
         marks = read_watermarks(conn)
-    assert set(marks) == {"episodes", "appointments", "alliance_measures"}
+    assert set(marks) == {"episodes", "appointments", "alliance_measures", "consents",
+                          "client_identifiers"}
     store_db.dispose()
 
 
@@ -170,6 +171,21 @@ def change_the_source(src: Source, rng: random.Random, day: date, step: int,
             "program": "outpatient", "admitted_on": day - timedelta(days=20),
             "planned_discharge_on": None, "discharged_on": None, "discharge_reason": None,
             "updated_at": stamp + timedelta(minutes=9)}])
+    # A consent revoked, another signed and one that breaks the contract (fixed the next
+    # step); an MRN moved to another client (records merged).
+    signed = [k for k in src.rows("consents") if k["revoked_at"] is None]
+    src.update("consents", {"consent_id": rng.choice(signed)["consent_id"]}, revoked_at=stamp,
+               updated_at=stamp + timedelta(minutes=11))
+    src.insert("consents", [{
+        "consent_id": f"KN{step:02d}", "client_id": target["client_id"], "recipient": "demo-ehr",
+        "purpose": "treatment", "effective_on": day, "expires_on": day - timedelta(days=1),
+        "revoked_at": None, "updated_at": stamp + timedelta(minutes=12)}])
+    if step > 0:
+        src.update("consents", {"consent_id": f"KN{step - 1:02d}"}, expires_on=None,
+                   updated_at=stamp + timedelta(minutes=13))
+    mrn = rng.choice(src.rows("client_identifiers", limit=50))
+    src.update("client_identifiers", {"system": mrn["system"], "value": mrn["value"]},
+               client_id=target["client_id"], updated_at=stamp + timedelta(minutes=14))
 
 
 def assert_incremental_equals_full(src: Source, incremental: Engine, url_for_full: str,
@@ -201,7 +217,8 @@ def test_incremental_runs_equal_a_full_reload_sqlite(tmp_path: Path, seed: int) 
     with store_db.connect() as conn:
         held = conn.execute(select(tables.quarantine.c.row_key)).scalars().all()
     # Only the last step's bad rows are still held; earlier ones were fixed and released.
-    assert sorted(k for k in held if k.startswith(("BAD", "ORPH"))) == ["BAD02", "ORPH02"]
+    assert sorted(k for k in held if k.startswith(("BAD", "ORPH", "KN"))) == [
+        "BAD02", "KN02", "ORPH02"]
     store_db.dispose()
     src.dispose()
 
@@ -394,15 +411,64 @@ def test_a_dropped_optional_table_is_not_read_as_empty(
     store_db.dispose()
 
 
-def test_an_optional_table_the_clinic_never_had_reads_empty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", [("alliance_items",), ("consents", "client_identifiers")])
+def test_an_optional_table_the_clinic_never_had_reads_empty(tmp_path: Path,
+                                                           missing: tuple[str, ...]) -> None:
+    """Most clinics keep no consents or identifiers for the service (yet): their runs go on."""
     src = Source.synthetic(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=40)
     with src.engine.begin() as conn:
-        conn.execute(text("DROP TABLE alliance_items"))
+        for table in missing:
+            conn.execute(text(f"DROP TABLE {table}"))
     store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
     assert etl(src, store_db).open_episodes > 0  # type: ignore[attr-defined]
-    assert checksums(store_db)[ITEMS][0] == 0
+    second = etl(src, store_db, AS_OF + timedelta(days=1))
+    assert not second.full  # type: ignore[attr-defined]
+    sums = checksums(store_db)
+    assert all(sums[tables.copies[t].name][0] == 0 for t in missing)
+    assert all(sums[tables.copies[t].name][0] > 0 for t in contract.OPTIONAL_TABLES
+               if t not in missing)
     store_db.dispose()
     src.dispose()
+
+
+@pytest.mark.parametrize(
+    "store_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True)
+def test_a_revocation_reaches_the_copy_by_an_incremental_run(source: Source,
+                                                             store_url: str) -> None:
+    """A disclosure check reads the copy: a consent revoked at the source must be revoked
+    there the next night, and a consent or identifier gone bad leaves it."""
+    store_db = store_engine(store_url)
+    etl(source, store_db)
+    consents = tables.copies["consents"]
+    active = [k for k in source.rows("consents") if k["revoked_at"] is None]
+    revoked, broken = active[0], active[1]
+    with store_db.connect() as conn:
+        mark = read_watermarks(conn)["consents"]
+    assert mark is not None
+    when = mark + timedelta(minutes=5)
+    source.update("consents", {"consent_id": revoked["consent_id"]}, revoked_at=when,
+                  updated_at=when)
+    source.update("consents", {"consent_id": broken["consent_id"]}, purpose="decision_support",
+                  updated_at=when)
+    ident = source.rows("client_identifiers", limit=1)[0]
+    source.update("client_identifiers", {"system": ident["system"], "value": ident["value"]},
+                  client_id="C-NOBODY", updated_at=when)
+    result = etl(source, store_db, AS_OF + timedelta(days=1))
+    assert not result.full and result.rows_quarantined == 2  # type: ignore[attr-defined]
+    with store_db.connect() as conn:
+        copied = {r.consent_id: r for r in conn.execute(select(consents).where(
+            consents.c.consent_id.in_([revoked["consent_id"], broken["consent_id"]])))}
+        ids = tables.copies["client_identifiers"]
+        mapped = conn.execute(select(ids.c.client_id).where(
+            ids.c.system == ident["system"], ids.c.value == ident["value"])).first()
+        rules = dict(conn.execute(select(tables.quarantine.c.row_key,
+                                         tables.quarantine.c.rule)).fetchall())
+    assert copied[revoked["consent_id"]].revoked_at == when
+    assert broken["consent_id"] not in copied  # fails closed: no consent, no disclosure
+    assert mapped is None
+    assert rules == {broken["consent_id"]: "unknown_code",
+                     f"{ident['system']}|{ident['value']}": "orphan"}
+    store_db.dispose()
 
 
 def test_a_failed_runs_error_quotes_no_source_value(pg_url: str, tmp_path: Path) -> None:

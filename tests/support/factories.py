@@ -105,6 +105,28 @@ class ClinicBuilder:
             "bond": scales.get("bond"), "updated_at": when,
         })
 
+    def consent(self, client_id: str, recipient: str = "class:treating_providers",
+                purpose: str = "treatment", effective_on: str = "2026-01-05",
+                expires_on: str | None = None, revoked_at: datetime | None = None,
+                consent_id: str | None = None) -> str:
+        """A consent of ``client_id`` (42 CFR Part 2), last written when signed or revoked."""
+        consent_id = consent_id or self._id("K")
+        self.rows["consents"].append({
+            "consent_id": consent_id, "client_id": client_id, "recipient": recipient,
+            "purpose": purpose, "effective_on": date.fromisoformat(effective_on),
+            "expires_on": date.fromisoformat(expires_on) if expires_on else None,
+            "revoked_at": revoked_at, "updated_at": revoked_at or at(effective_on, 9),
+        })
+        return consent_id
+
+    def identifier(self, client_id: str, value: str,
+                   system: str = "urn:oid:2.16.840.1.113883.3.9999.1") -> tuple[str, str]:
+        """An EHR's identifier (an MRN by default) for ``client_id``."""
+        self.rows["client_identifiers"].append({
+            "system": system, "value": value, "client_id": client_id,
+            "updated_at": at("2026-01-05", 8)})
+        return system, value
+
     def _client_of(self, episode_id: str) -> str:
         for e in self.rows["episodes"]:
             if e["episode_id"] == episode_id:

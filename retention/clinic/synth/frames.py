@@ -25,6 +25,8 @@ class Sink:
     appointments: list[tuple[Any, ...]] = field(default_factory=list)
     measures: list[tuple[Any, ...]] = field(default_factory=list)
     items: list[tuple[Any, ...]] = field(default_factory=list)
+    consents: list[tuple[Any, ...]] = field(default_factory=list)
+    identifiers: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _columns(name: str) -> list[str]:
@@ -33,6 +35,13 @@ def _columns(name: str) -> list[str]:
 
 def _timestamps(minutes: Sequence[int]) -> np.ndarray:
     return np.asarray(minutes, dtype="int64").astype("datetime64[m]").astype("datetime64[us]")
+
+
+def _optional_timestamps(minutes: Sequence[int | None]) -> np.ndarray:
+    """Minutes as timestamps, NaT where there are none."""
+    stamps = _timestamps([0 if m is None else m for m in minutes])
+    stamps[[m is None for m in minutes]] = np.datetime64("NaT")
+    return stamps
 
 
 def _dates(days: Sequence[int | None]) -> list[date | None]:
@@ -105,12 +114,37 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
             "response": np.asarray(it[2], dtype="float64"),
         }
     )
+    cs = list(zip(*sink.consents, strict=True)) or [()] * 7
+    consent_width = max(8, len(str(len(sink.consents))))
+    consents = pd.DataFrame(
+        {
+            "consent_id": [f"K{i:0{consent_width}d}" for i in range(1, len(sink.consents) + 1)],
+            "client_id": list(cs[0]),
+            "recipient": list(cs[1]),
+            "purpose": list(cs[2]),
+            "effective_on": _dates(cs[3]),
+            "expires_on": _dates(cs[4]),
+            "revoked_at": _optional_timestamps(cs[5]),
+            "updated_at": _timestamps(cs[6]),
+        }
+    )
+    ci = list(zip(*sink.identifiers, strict=True)) or [()] * 4
+    identifiers = pd.DataFrame(
+        {
+            "system": list(ci[0]),
+            "value": list(ci[1]),
+            "client_id": list(ci[2]),
+            "updated_at": _timestamps(ci[3]),
+        }
+    )
     frames = {
         "clients": clients,
         "episodes": episodes,
         "appointments": appointments,
         "alliance_measures": measures,
         "alliance_items": items,
+        "consents": consents,
+        "client_identifiers": identifiers,
     }
     return {name: frame[_columns(name)] for name, frame in frames.items()}
 

@@ -23,8 +23,10 @@ behavioural latent and never influence behaviour, so a fairness report on this
 data measures the model, not the simulation.
 
 Everything comes from one ``numpy.random.default_rng(seed)`` stream consumed in
-a fixed order, so a config always yields bit-identical tables. Rows are built as
-tuples and timestamps as integer minutes, which keeps 100,000 clients feasible.
+a fixed order, so a config always yields bit-identical tables (consents and
+identifiers draw from a stream of their own, ``retention.clinic.synth.consents``).
+Rows are built as tuples and timestamps as integer minutes, which keeps 100,000
+clients feasible.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import pandas as pd
 
 from retention.clinic.instruments import WAI_SR_KEY
 from retention.clinic.synth.config import DAY, EPOCH_ORDINAL, SynthConfig, day_number, weekday_of
+from retention.clinic.synth.consents import add_consents_and_identifiers
 from retention.clinic.synth.frames import Sink, to_frames
 
 
@@ -724,6 +727,7 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
             if admit_day >= end_day:
                 break
             episode += 1
+    add_consents_and_identifiers(sink, config)  # a stream of its own: the above is unchanged
     return to_frames(sink)
 
 
