@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from retention.access import consent
 from retention.access.audit import (
     AuditRecord,
     Condition,
@@ -182,10 +183,12 @@ def audit(action: str, outcome: str, status: int, client_ids: Iterable[str] = ()
     """Append the audit record for this request, committed before any response leaves."""
     current = state()
     who = current.caller
+    detail = (consent.audit_detail(current.disclosure)
+              if who is not None and consent.is_outside(who) else None)
     record = audit_record(action, outcome, status, request_id=current.request_id,
                           remote_addr=request.remote_addr, caller=who,
                           key_id=current.claimed_key_id, client_ids=client_ids,
-                          at=services().clock.now())
+                          at=services().clock.now(), detail=detail)
     try:
         conn = connection()
         if after_error:  # a failed statement may have left the transaction aborted
@@ -363,6 +366,46 @@ def returning(client_ids: Iterable[str], outcome: str = "ok") -> None:
     current.audit_outcome = outcome
 
 
+def disclosable(client_ids: Iterable[str]) -> set[str]:
+    """The ids among ``client_ids`` the caller may be given (42 CFR Part 2).
+
+    The clinic's own staff: all of them. An outside recipient: those under a consent
+    covering it now (``retention.access.consent``); the request's audit record keeps the
+    consent of each and the reason each other was withheld. A view answers for a
+    withheld client exactly as for an unknown one.
+    """
+    who = caller()
+    wanted = list(client_ids)
+    if not consent.is_outside(who):
+        return set(wanted)
+    verdicts = consent.check(connection(), who, wanted, disclosure_policy())
+    state().disclosure.update(verdicts)
+    return {c for c, v in verdicts.items() if v.allowed}
+
+
+def consent_scope(client_id: str) -> str | None:
+    """The scope of the consent a client is being disclosed under (None: not checked)."""
+    verdict = state().disclosure.get(client_id)
+    return verdict.scope if verdict is not None else None
+
+
+def disclosure_policy() -> consent.Policy:
+    """This request's consent policy: the configured purpose and classes, at one moment."""
+    current = state()
+    if current.consent_policy is None:
+        found = services()
+        settings = found.settings
+        current.consent_policy = consent.Policy.at_utc(
+            settings.disclosure_purpose, found.clock.now(), settings.clinic_timezone,
+            settings.recipient_classes)
+    return current.consent_policy
+
+
+def outside() -> bool:
+    """Whether the current caller is an outside recipient (consent and notice apply)."""
+    return consent.is_outside(caller())
+
+
 def requires(permission: str, action: str) -> Callable[[F], F]:
     """Authenticate, check the role and the rate limit, run the view, audit, then respond.
 
@@ -424,6 +467,7 @@ def _forget_claims() -> None:
         forget_claims(read_cache(), current.token_digest)
     current.caller = current.publication_claim = current.audit_outcome = None
     current.audit_client_ids = ()
+    current.disclosure = {}
 
 
 def forget_claims(cache: ReadCache, token_digest: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
+from retention.access import consent
 from retention.access.audit import audit_record, key_still_valid, write_audit
 from retention.access.keys import token_digest
 from retention.access.scope import still_published
@@ -157,7 +158,8 @@ class CachedListPath:
         digest = token_digest(token)
         who = self._cache.callers.get(digest)
         now = self._clock.now()
-        if who is None or not who.reads_client_data or who.expired(now):
+        if (who is None or not who.reads_client_data or who.expired(now)
+                or consent.is_outside(who)):  # consent is checked, and audited, by Flask
             return None
         args = _plain_args(environ.get("QUERY_STRING", ""))
         if args is None or ("cursor" in args and self._cache.cursors is None):

@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import Engine
 
+from retention.access.consent import NOTICE
 from retention.access.keys import Caller, signing_key
 from retention.access.scope import ListFilter, client_exists, read_client, read_page, scope_of
 from retention.api.auth import (
@@ -21,6 +22,10 @@ from retention.api.auth import (
     caller,
     claim_publication,
     connection,
+    consent_scope,
+    disclosable,
+    disclosure_policy,
+    outside,
     read_cache,
     requires,
     returning,
@@ -262,15 +267,22 @@ def risk_list() -> ResponseReturnValue:
                              cursors() if "cursor" in args else None)
     pub = publication(query.as_of)
     page = list_page(pub, query.flt, query.limit)
+    disclosed: dict[str, Any] = {}
+    if outside():  # the consents the clients are disclosed under: said, and audited
+        disclosable(page.client_ids)
+        disclosed = {"notice": NOTICE,
+                     "consents": {c: consent_scope(c) for c in page.client_ids}}
     returning(page.client_ids)
-    return Response(list_body(freshness(pub), page), mimetype="application/json")
+    return Response(list_body(freshness(pub), page, disclosed), mimetype="application/json")
 
 
-def list_body(fresh: dict[str, Any], page: Page) -> bytes:
-    """The list response's JSON: the page's items embedded as they were encoded."""
+def list_body(fresh: dict[str, Any], page: Page, disclosed: dict[str, Any] | None = None
+              ) -> bytes:
+    """The list response's JSON: the page's items embedded as they were encoded; for an
+    outside recipient, the 42 CFR 2.32 notice and each client's consent scope."""
     return orjson.dumps({
         **fresh, "count": len(page.client_ids), "next_cursor": page.next_cursor,
-        "items": orjson.Fragment(page.items_json),
+        **(disclosed or {}), "items": orjson.Fragment(page.items_json),
     })
 
 
@@ -282,19 +294,24 @@ def page_key(pub: dict[str, Any], who: Caller, flt: ListFilter, limit: int) -> t
 def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
     """A page of ``pub`` in the caller's scope; a published list never changes, so it is kept.
 
-    Keyed by the scope, not the key: callers who see the same rows share pages.
+    Keyed by the scope, not the key: callers who see the same rows share pages. An
+    outside recipient's page is never kept: it depends on consents, which change with
+    the clinic data and the date, not with the list.
     """
     cache = read_cache()
     key = page_key(pub, caller(), flt, limit)
-    page = cache.pages.get(key)
+    kept = not outside()
+    page = cache.pages.get(key) if kept else None
     if page is None:
-        rows, more = read_page(connection(), caller(), pub["as_of"], flt, limit)
+        rows, more = read_page(connection(), caller(), pub["as_of"], flt, limit,
+                               disclosure_policy() if outside() else None)
         # orjson writes dates and naive datetimes as isoformat() does: no iso() per field.
         items = orjson.dumps([{k: r.get(k) for k in LIST_FIELDS} for r in rows])
         page = Page(items, tuple(r["client_id"] for r in rows),
                     encode_cursor(cursors(), pub["as_of"], rows[-1]["rank"],
                                   view_of(caller(), flt)) if more else None)
-        cache.pages.put(key, page, cost=len(items))
+        if kept:
+            cache.pages.put(key, page, cost=len(items))
     return page
 
 
@@ -305,10 +322,14 @@ def client_risk(client_id: str) -> ResponseReturnValue:
     check_params({"as_of"})
     pub = publication(parse_date("as_of"))
     conn = connection()
-    history = read_client(conn, caller(), client_id, pub["as_of"])
+    consented = client_id in disclosable([client_id])
+    history = read_client(conn, caller(), client_id, pub["as_of"],
+                          policy=disclosure_policy() if outside() else None
+                          ) if consented else []
     current = [h for h in history if h["as_of"] == pub["as_of"]]
     if not current:
-        # Outside the scope and absent look the same to the caller; the audit knows.
+        # Outside the scope, without consent and absent look the same to the caller; the
+        # audit knows which.
         exists = client_exists(conn, client_id, pub["as_of"])
         returning([client_id], "denied" if exists else "not_found")
         raise Problem(404, f"no open episode for client {client_id} on the list of "
@@ -317,6 +338,7 @@ def client_risk(client_id: str) -> ResponseReturnValue:
     since = pub["as_of"] - timedelta(days=90)
     return jsonify({
         **freshness(pub),
+        **({"notice": NOTICE, "consent": consent_scope(client_id)} if outside() else {}),
         "client_id": client_id,
         "current": public(current[0], LIST_FIELDS),
         "history": [

@@ -18,6 +18,7 @@ from flask import Flask, current_app, g
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine
 
+from retention.access.consent import Policy, Verdict
 from retention.access.keys import Caller
 from retention.api.cache import ReadCache
 from retention.api.connections import RequestConnections
@@ -84,6 +85,10 @@ class RequestState:
     # What the audit record of this request will say about the data returned.
     audit_client_ids: tuple[str, ...] = ()
     audit_outcome: str | None = None
+    # An outside recipient's consent verdicts, by client (``auth.disclosable``).
+    disclosure: dict[str, Verdict] = field(default_factory=dict)
+    # Taken once, so every read and check of the request sees the same moment.
+    consent_policy: Policy | None = None
 
 
 STATE = "retention_request"

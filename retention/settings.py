@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from retention.clinic import contract
 
@@ -255,6 +256,22 @@ class Settings:
     # Where clients reach the API ("https://risk.clinic.example"): absolute URLs in FHIR
     # Bundles are built from it, never from the request's Host header; empty: relative.
     public_base_url: str = ""
+    # SMART Backend Services (docs/smart-backend-services.md): an access token from
+    # POST /oauth/token is a key that expires this many seconds after it is issued. The
+    # specification recommends at most five minutes; an EHR asks for a new one as it needs.
+    smart_token_seconds: int = 300
+    # CDS Hooks (docs/cds-hooks.md): the identifier system under which the clinic's
+    # client_identifiers table holds the EHR's FHIR Patient ids, so a patient-view hook's
+    # context.patientId finds its client. Empty: the EHR's Patient ids are the client ids.
+    cds_patient_id_system: str = ""
+    # 42 CFR Part 2: an outside recipient (an ehr key, a SMART or CDS Hooks client) is given
+    # a client's data only under a consent naming it, or a class of recipients the clinic
+    # counts it in ("class:<name>" in the consents table), for this purpose.
+    disclosure_purpose: str = "treatment"
+    # The clinic database's time zone: the contract's timestamps carry none, so a consent
+    # revoked at 14:00 there is compared with the time of a disclosure in that zone.
+    clinic_timezone: str = "UTC"
+    recipient_classes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tiers: Mapping[str, float] = field(
         default_factory=lambda: {"high": 0.5, "medium": 0.25}
     )
@@ -320,14 +337,27 @@ def settings_from_mapping(values: Mapping[str, Any], origin: str = "mapping") ->
         # The list, its pages and the publish guard know these tiers (and "low", the rest):
         # a misspelt one would be a tier nobody shows and a high tier that is empty.
         _refuse_unknown(coerced["tiers"], TIER_NAMES, "[list.tiers]")
+    if isinstance(coerced.get("recipient_classes"), Mapping):
+        coerced["recipient_classes"] = _recipient_classes(coerced["recipient_classes"])
     settings = Settings(**coerced)
     _check(settings)
     return settings
 
 
+def _recipient_classes(raw: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``[disclosure.recipient_classes]``: class name = [recipient ids]."""
+    out = {}
+    for name, members in raw.items():
+        if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+            raise ConfigError(f"[disclosure.recipient_classes] {name} must be a list of "
+                              f"recipient ids, got {members!r}")
+        out[str(name)] = tuple(members)
+    return out
+
+
 TIER_NAMES = ("high", "medium")
 # Sections kept whole as one setting rather than flattened into their keys.
-NESTED_SECTIONS = ("tiers", "etl", "evaluation")
+NESTED_SECTIONS = ("tiers", "etl", "evaluation", "recipient_classes")
 
 
 def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -375,6 +405,22 @@ def _check(s: Settings) -> None:
     if not 0 < s.api_lock_timeout_seconds <= s.api_statement_timeout_seconds:
         raise ConfigError("api_lock_timeout_seconds must be positive and at most "
                           "api_statement_timeout_seconds")
+    try:
+        ZoneInfo(s.clinic_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"clinic_timezone must be an IANA time zone name such as "
+                          f"'America/New_York', got {s.clinic_timezone!r}") from None
+    if s.disclosure_purpose not in contract.CONSENT_PURPOSES:
+        raise ConfigError("disclosure_purpose must be one of "
+                          f"{', '.join(contract.CONSENT_PURPOSES)}, "
+                          f"got {s.disclosure_purpose!r}")
+    if not 1 <= s.smart_token_seconds <= 3600:
+        raise ConfigError("smart_token_seconds must be between 1 and 3600 (an hour), "
+                          f"got {s.smart_token_seconds}")
+    if s.cds_patient_id_system and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+",
+                                                    s.cds_patient_id_system):
+        raise ConfigError("cds_patient_id_system must be a URI (an identifier system such as "
+                          f"urn:oid:... or https://...), got {s.cds_patient_id_system!r}")
     if s.public_base_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?",
                                               s.public_base_url):
         raise ConfigError("public_base_url must be an http(s) URL without query or fragment, "

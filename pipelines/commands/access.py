@@ -17,6 +17,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from retention.access import consent
 from retention.access.audit import read_audit, read_denials
 from retention.access.keys import (
     ROLES,
@@ -82,12 +83,16 @@ def keys() -> None:
 @click.option("--grant", "grants", multiple=True, type=click.Choice(["client_data"]),
               help="Extra permission: client_data lets an analyst read client lists.")
 @click.option("--label", default=None, help="Who or what holds the key (no client data).")
+@click.option("--recipient", default=None, metavar="ID",
+              help="For an ehr key: the outside recipient it acts for, as the clients' "
+              "consents name it (42 CFR Part 2); required for ehr keys.")
 @click.option("--expires", default=None, metavar="DATE|DURATION",
               help="When the key stops working: a date (YYYY-MM-DD, UTC) or a duration "
               "from now (90d, 12w, 36h). Default: never.")
 @click.pass_obj
 def create(obj: Context, role: str, clinics: tuple[str, ...], case_manager_id: str | None,
-           grants: tuple[str, ...], label: str | None, expires: str | None) -> None:
+           grants: tuple[str, ...], label: str | None, recipient: str | None,
+           expires: str | None) -> None:
     """Create a key and print it once; only its hash is kept."""
     now = obj.clock.now()
     expires_at = parse_expiry(expires, now) if expires is not None else None
@@ -96,7 +101,7 @@ def create(obj: Context, role: str, clinics: tuple[str, ...], case_manager_id: s
         with engine.begin() as conn:
             key_id, token = create_key(conn, role, clinics, case_manager_id=case_manager_id,
                                        grants=grants, label=label, expires_at=expires_at,
-                                       now=now)
+                                       now=now, recipient=recipient)
     except AccessError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -105,7 +110,8 @@ def create(obj: Context, role: str, clinics: tuple[str, ...], case_manager_id: s
     scope = ", ".join(clinics) if clinics else "every clinic"
     until = f", expiring {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
     click.echo(f"keys: created {role} key {key_id} for {scope}"
-               f"{f' (caseload {case_manager_id})' if case_manager_id else ''}{until}; "
+               f"{f' (caseload {case_manager_id})' if case_manager_id else ''}"
+               f"{f', acting for {recipient} (consent required)' if recipient else ''}{until}; "
                "the key above is shown only this once, store it now", err=True)
 
 
@@ -245,7 +251,7 @@ def export(obj: Context, start: datetime, end: datetime, fmt: str, output: str |
         times: tuple[str, ...] = ("window_start", "first_at", "last_at")
     else:
         fields = ["audit_id", "at", "key_id", "role", "action", "outcome", "status",
-                  "client_ids", "request_id", "source"]
+                  "client_ids", "request_id", "source", "recipient", "detail"]
         times = ("at",)
     with (open(output, "w", newline="") if output else _stdout()) as fh:
         if fmt == "csv":
@@ -255,7 +261,9 @@ def export(obj: Context, start: datetime, end: datetime, fmt: str, output: str |
             record = {k: r[k] for k in fields}
             record.update({k: r[k].isoformat() + "Z" for k in times})
             if fmt == "csv":
-                ids = {"client_ids": " ".join(r["client_ids"])} if not denials else {}
+                ids = {"client_ids": " ".join(r["client_ids"]),
+                       "detail": json.dumps(r["detail"]) if r["detail"] else ""
+                       } if not denials else {}
                 writer.writerow({**record, **ids})
             else:
                 fh.write(json.dumps(record) + "\n")
@@ -272,6 +280,54 @@ def export(obj: Context, start: datetime, end: datetime, fmt: str, output: str |
         click.echo(f"audit: {n_counted:,} more denial(s) in these days were counted, not "
                    "written one by one; `retention audit export --denials` exports them",
                    err=True)
+
+
+@audit.command("disclosures")
+@click.option("--client", "client_id", required=True, help="The client's id in this service.")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First day (UTC), inclusive (default: three years back, what 42 CFR "
+              "2.25 gives a client).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last day (UTC), inclusive (default: today).")
+@click.option("--withheld", is_flag=True,
+              help="Also list requests for the client that were refused, and why.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text",
+              show_default=True)
+@click.pass_obj
+def disclosures_command(obj: Context, client_id: str, start: datetime | None,
+                        end: datetime | None, withheld: bool, fmt: str) -> None:
+    """The accounting of disclosures of one client's records to outside recipients.
+
+    Who received what, when, and under which consent (42 CFR 2.25): the answer to a
+    client who asks. Use inside the clinic is not a disclosure and is not listed here
+    (`retention audit export` has every record).
+    """
+    today = obj.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    end = end or today
+    start = start or end - timedelta(days=3 * 365)
+    if end < start:
+        raise click.ClickException("--to is before --from")
+    engine = _store(obj)
+    try:
+        with engine.connect() as conn:
+            rows = consent.disclosures(conn, client_id, start, end + timedelta(days=1),
+                                       withheld=withheld)
+    finally:
+        engine.dispose()
+    for r in rows:
+        if fmt == "jsonl":
+            click.echo(json.dumps({**r, "at": r["at"].isoformat() + "Z"}))
+            continue
+        basis = (f"under consent {r['consent_id']}" if r["disclosed"]
+                 else f"WITHHELD ({r['withheld_because']})")
+        click.echo(f"{r['at']:%Y-%m-%d %H:%M} UTC  to {r['recipient']} "
+                   f"(credential {r['credential']}): {r['what']}; {basis}")
+    given = sum(1 for r in rows if r["disclosed"])
+    refused = f", {len(rows) - given:,} refused" if withheld else ""
+    recipients = sorted({r["recipient"] for r in rows if r["disclosed"]})
+    click.echo(f"audit: client {client_id}: {given:,} disclosure(s){refused} from "
+               f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
+               f"{' to ' + ', '.join(recipients) if recipients else ''}", err=True)
 
 
 class _stdout:

@@ -13,10 +13,14 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from retention.access.keys import create_key
+from retention.access import consent
+from retention.access.keys import Caller, create_key
 from retention.api import create_app
 from retention.api.ratelimit import counts_per_process
+from retention.clinic.synth.consents import DEMO_RECIPIENT
+from retention.clock import utcnow
 from retention.db.engines import store_engine
 from retention.model import signing
 from retention.model.booster import ModelError
@@ -53,6 +57,8 @@ def _serve(settings: Settings, dev: bool, host: str, port: int, workers: int,
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
     say(f"serve: API on http://{host}:{port}/v1/risk-list (Ctrl-C to stop)")
+    for line in _disclosure_warnings(settings):
+        say(f"serve: warning: {line}")
     if dev:
         escape_log_lines(logging.getLogger())
         # One process: the pages may sign with a per-process secret if none is set.
@@ -125,10 +131,24 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
     if no_serve:
         return
     _demo_sign_in(settings, port)
+    _demo_ehr(settings, port)
     say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
     # No Redis in the demo: one worker, so the per-process rate limit is the limit.
     _serve(settings, False, "127.0.0.1", port,
            1 if counts_per_process(settings.api_rate_limit_storage) else 2)
+
+
+def _disclosure_warnings(settings: Settings) -> list[str]:
+    """Integrations that would be given nothing, said at start rather than found later."""
+    engine = store_engine(settings.store_url)
+    try:
+        with engine.connect() as conn:
+            return consent.warnings(conn, utcnow())
+    except SQLAlchemyError as exc:
+        return [f"consents could not be read ({type(exc).__name__}); run `retention "
+                "migrate` and the ETL first"]
+    finally:
+        engine.dispose()
 
 
 def _demo_key(settings: Settings) -> Settings:
@@ -168,6 +188,35 @@ def _demo_sign_in(settings: Settings, port: int) -> None:
         engine.dispose()
     say(f"demo: case managers' daily list at http://127.0.0.1:{port}/web/ ; sign in "
         f"with this access key (case manager, {clinic}):\n  {token}")
+
+
+def _demo_ehr(settings: Settings, port: int) -> None:
+    """An EHR's key (recipient demo-ehr) and a FHIR search by MRN it may make: the
+    highest-risk client of its clinic whose consent covers it."""
+    ids = tables.copies["client_identifiers"]
+    engine = store_engine(settings.store_url)
+    try:
+        with engine.begin() as conn:
+            clinic = conn.execute(select(tables.scores.c.clinic_id).limit(1)).scalar_one()
+            _, token = create_key(conn, "ehr", [clinic], recipient=DEMO_RECIPIENT,
+                                  label="Demo EHR")
+            caller = Caller("demo", "ehr", (clinic,), recipient=DEMO_RECIPIENT)
+            policy = consent.Policy.at_utc(settings.disclosure_purpose, utcnow(),
+                                           settings.clinic_timezone, settings.recipient_classes)
+            ranked = conn.execute(select(tables.scores.c.client_id).where(
+                tables.scores.c.clinic_id == clinic).order_by(
+                tables.scores.c.as_of.desc(), tables.scores.c.rank).limit(200)).scalars()
+            verdicts = consent.check(conn, caller, list(ranked), policy)
+            first = next((c for c, v in verdicts.items() if v.allowed), None)
+            mrn = conn.execute(select(ids.c.system, ids.c.value).where(
+                ids.c.client_id == first).limit(1)).first() if first else None
+    finally:
+        engine.dispose()
+    search = (f"patient.identifier={mrn.system}|{mrn.value}" if mrn is not None
+              else "patient=<client id>")
+    say(f"demo: an EHR acting as {DEMO_RECIPIENT!r} (42 CFR Part 2: it sees only consented "
+        f"clients) can try:\n  curl -H 'Authorization: Bearer {token}' "
+        f"'http://127.0.0.1:{port}/fhir/RiskAssessment?{search}'")
 
 
 def _fresh_store(settings: Settings) -> None:

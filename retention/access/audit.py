@@ -47,12 +47,17 @@ class AuditRecord:
     client_ids: tuple[str, ...] = ()
     source: str | None = None
     at: datetime | None = None
+    # An outside recipient's disclosure: who received it, and per client the consent it
+    # was made under or why the client was withheld (``retention.access.consent``).
+    recipient: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 def audit_record(
     action: str, outcome: str, status: int, *, request_id: str, remote_addr: str | None,
     caller: Caller | None = None, key_id: str | None = None,
     client_ids: Iterable[str] = (), at: datetime | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> AuditRecord:
     """The record of one request, however it was served (API, cached list, pages).
 
@@ -64,6 +69,7 @@ def audit_record(
         key_id=caller.key_id if caller is not None else key_id,
         role=caller.role if caller is not None else None,
         client_ids=tuple(client_ids), source=(remote_addr or "")[:64] or None, at=at,
+        recipient=caller.recipient if caller is not None else None, detail=detail,
     )
 
 
@@ -80,7 +86,7 @@ class Condition:
 
 
 _AUDIT_COLUMNS = ("at", "key_id", "role", "action", "client_ids_json", "request_id", "source",
-                  "outcome", "status")
+                  "outcome", "status", "recipient", "detail")
 _conditional_inserts: dict[tuple[str, ...], Insert] = {}
 _compiled_for_psycopg: dict[tuple[str, ...], str] = {}
 
@@ -106,7 +112,8 @@ def write_audit(
         "at": record.at or utcnow(), "key_id": record.key_id, "role": record.role,
         "action": record.action, "client_ids_json": orjson.dumps(record.client_ids).decode(),
         "request_id": record.request_id, "source": record.source, "outcome": record.outcome,
-        "status": record.status,
+        "status": record.status, "recipient": record.recipient,
+        "detail": orjson.dumps(record.detail).decode() if record.detail is not None else None,
     }
     if not only_if:
         connection.execute(insert(audit_log), values)
@@ -233,5 +240,6 @@ def read_audit(connection: Connection, start: datetime, end: datetime) -> list[d
     for r in rows:
         record = dict(r._mapping)
         record["client_ids"] = json.loads(record.pop("client_ids_json"))
+        record["detail"] = json.loads(record["detail"]) if record["detail"] else None
         out.append(record)
     return out

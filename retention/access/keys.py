@@ -37,6 +37,10 @@ ROLES = ("case_manager", "ehr", "analyst", "admin")
 CLIENT_DATA_ROLES = frozenset({"case_manager", "ehr", "admin"})
 # Roles that see models and runs.
 OPERATIONS_ROLES = frozenset({"analyst", "admin"})
+# Roles that act for a recipient outside the clinic: their keys name it, and they are
+# given a client's data only under that client's consent (retention.access.consent).
+RECIPIENT_ROLES = frozenset({"ehr"})
+RECIPIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 GRANT_CLIENT_DATA = "client_data"
 TOKEN_RE = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -56,6 +60,9 @@ class Caller:
     grants: frozenset[str] = frozenset()
     # From this time on the key is refused (None: it does not expire).
     expires_at: datetime | None = None
+    # The outside recipient an integration acts for (ehr keys, SMART and CDS Hooks
+    # clients): what a 42 CFR Part 2 consent names. None: the clinic's own staff.
+    recipient: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -92,8 +99,13 @@ def create_key(
     expires_at: datetime | None = None,
     now: datetime | None = None,
     rotated_from: str | None = None,
+    recipient: str | None = None,
 ) -> tuple[str, str]:
-    """Make a key; returns (key id, token). The token is not stored and cannot be shown again."""
+    """Make a key; returns (key id, token). The token is not stored and cannot be shown again.
+
+    An ``ehr`` key acts for an outside recipient and must name it: consents name
+    recipients, so a key without one could never be given client data.
+    """
     grants = sorted(set(grants))
     now = now or utcnow()
     if role not in ROLES:
@@ -106,6 +118,15 @@ def create_key(
         raise AccessError(f"unknown grant(s); the only grant is {GRANT_CLIENT_DATA!r}")
     if expires_at is not None and expires_at <= now:
         raise AccessError("the expiry must be in the future")
+    if role in RECIPIENT_ROLES and not recipient:
+        raise AccessError(f"a {role} key acts for an outside recipient: name it with "
+                          "--recipient (the id the clients' consents name)")
+    if recipient and role not in RECIPIENT_ROLES:
+        raise AccessError("--recipient applies to ehr keys only: the other roles are the "
+                          "clinic's own staff")
+    if recipient is not None and not RECIPIENT_RE.match(recipient):
+        raise AccessError(f"a recipient id is 1-128 letters, digits, '.', '_', ':' or '-', "
+                          f"got {recipient!r}")
     key_id = secrets.token_hex(6)
     token = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
     connection.execute(insert(api_keys).values(
@@ -113,6 +134,7 @@ def create_key(
         clinics_json=json.dumps(sorted(set(clinics))) if clinics else None,
         case_manager_id=case_manager_id or None, grants_json=json.dumps(grants),
         label=label, created_at=now, expires_at=expires_at, rotated_from=rotated_from,
+        recipient=recipient,
     ))
     return key_id, token
 
@@ -155,7 +177,7 @@ def rotate_key(connection: Connection, key_id: str, overlap: timedelta,
     new_id, token = create_key(
         connection, caller.role, caller.clinics or (), case_manager_id=caller.case_manager_id,
         grants=caller.grants, label=old.label, expires_at=expires_at, now=now,
-        rotated_from=key_id)
+        rotated_from=key_id, recipient=caller.recipient)
     ends = now + overlap
     if old.expires_at is None or old.expires_at > ends:
         connection.execute(update(api_keys).where(api_keys.c.key_id == key_id)
@@ -214,6 +236,7 @@ def _caller(row: Any) -> Caller:
         case_manager_id=row.case_manager_id,
         grants=frozenset(json.loads(row.grants_json or "[]")),
         expires_at=row.expires_at,
+        recipient=row.recipient,
     )
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     true,
 )
 
+from retention.access import consent
 from retention.access.audit import Condition
 from retention.access.keys import Caller
 from retention.store.lists import score_row
@@ -47,12 +48,18 @@ class ListFilter:
     offset: int = 0
 
 
-def scope_clause(caller: Caller, table: FromClause = scores) -> ColumnElement[bool]:
+def scope_clause(caller: Caller, table: FromClause = scores,
+                 policy: consent.Policy | None = None) -> ColumnElement[bool]:
     """The SQL condition for the rows of ``table`` (the scores, or an alias) this caller
-    may see."""
+    may see. An outside recipient sees only clients consented under ``policy`` (none
+    without one)."""
     if not caller.reads_client_data:
         return false()
     conditions: list[ColumnElement[bool]] = []
+    if consent.is_outside(caller):
+        if policy is None:
+            return false()
+        conditions.append(consent.consented_clause(caller, table.c.client_id, policy))
     if caller.clinics is not None:
         conditions.append(table.c.clinic_id.in_(caller.clinics))
     if caller.case_manager_id is not None:
@@ -88,11 +95,13 @@ def still_published(pub: dict[str, Any], latest: bool) -> Condition:
 
 
 def read_page(
-    connection: Connection, caller: Caller, as_of: date, flt: ListFilter, limit: int
+    connection: Connection, caller: Caller, as_of: date, flt: ListFilter, limit: int,
+    policy: consent.Policy | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """One page of the filtered list in rank order from ``flt.offset``; and whether more
     follow. Each row's ``rank`` is its position in the caller's filtered view."""
-    query: Select[Any] = select(scores).where(scores.c.as_of == as_of, scope_clause(caller))
+    query: Select[Any] = select(scores).where(scores.c.as_of == as_of,
+                                              scope_clause(caller, policy=policy))
     for column, value in (("clinic_id", flt.clinic_id), ("case_manager_id", flt.case_manager_id),
                           ("program", flt.program), ("tier", flt.tier),
                           ("still_engaged", flt.still_engaged)):
@@ -111,7 +120,8 @@ def read_page(
 
 
 def read_client(
-    connection: Connection, caller: Caller, client_id: str, until: date, limit: int = 12
+    connection: Connection, caller: Caller, client_id: str, until: date, limit: int = 12,
+    policy: consent.Policy | None = None,
 ) -> list[dict[str, Any]]:
     """A client's published rows up to ``until`` inside the caller's scope, newest first.
 
@@ -121,14 +131,14 @@ def read_client(
     position = (
         select(func.count()).select_from(other)
         .where(other.c.as_of == scores.c.as_of, other.c.rank <= scores.c.rank,
-               scope_clause(caller, other))
+               scope_clause(caller, other, policy))
         .scalar_subquery()
     )
     published = select(publications.c.as_of)
     query = (
         select(scores, position.label("scope_rank"))
         .where(scores.c.client_id == client_id, scores.c.as_of <= until,
-               scores.c.as_of.in_(published), scope_clause(caller))
+               scores.c.as_of.in_(published), scope_clause(caller, policy=policy))
         .order_by(scores.c.as_of.desc(), scores.c.risk.desc())
         .limit(limit)
     )

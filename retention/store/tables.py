@@ -172,6 +172,8 @@ api_keys = Table(
     # the old key to the end of the overlap; ``rotated_from`` names the key a new one replaced.
     Column("expires_at", DateTime),
     Column("rotated_from", String(12)),
+    # The outside recipient an ehr key acts for (what consents name); null for staff keys.
+    Column("recipient", String(128)),
 )
 
 # Append-only: triggers made by migration 0002 reject UPDATE and DELETE (and TRUNCATE
@@ -189,6 +191,11 @@ audit_log = Table(
     Column("source", String(64)),
     Column("outcome", String(16), nullable=False),
     Column("status", Integer, nullable=False),
+    # The outside recipient of a disclosure (null: the clinic's own staff), and JSON of
+    # the consent each returned client was disclosed under or why a client was withheld:
+    # together the accounting of disclosures (``retention audit disclosures``).
+    Column("recipient", String(128)),
+    Column("detail", Text),
     Index("ix_audit_log_at", "at"),
 )
 

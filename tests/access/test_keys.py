@@ -20,8 +20,13 @@ def test_keys_are_stored_only_as_hashes(scored: Scored) -> None:
 
 
 @pytest.mark.parametrize(("role", "clinics", "kwargs"), [
-    ("superuser", ["c"], {}), ("ehr", [], {}), ("ehr", ["c"], {"case_manager_id": "cm"}),
+    ("superuser", ["c"], {}), ("ehr", [], {"recipient": "epic"}),
+    ("ehr", ["c"], {"case_manager_id": "cm", "recipient": "epic"}),
     ("analyst", ["c"], {"grants": ["everything"]}),
+    # An ehr key acts for an outside recipient that consents name: it must say which.
+    ("ehr", ["c"], {}), ("ehr", ["c"], {"recipient": "bad recipient"}),
+    # Staff keys act for the clinic itself: a recipient on one would mean nothing.
+    ("case_manager", ["c"], {"recipient": "epic"}),
 ])
 def test_keys_that_make_no_sense_are_refused(scored: Scored, role: str, clinics: list[str],
                                              kwargs: dict) -> None:

@@ -57,7 +57,7 @@ def test_without_a_valid_key_nothing_is_returned(app: Flask, scored: Scored,
 
 def test_a_revoked_key_gets_nothing(app: Flask, scored: Scored, clinics: list[str]) -> None:
     with scored.store.begin() as conn:
-        key_id, token = create_key(conn, "ehr", [clinics[0]])
+        key_id, token = create_key(conn, "case_manager", [clinics[0]])
     client = keyed_client(app, token)
     assert client.get("/v1/risk-list?limit=1").status_code == 200
     with scored.store.begin() as conn:
@@ -88,7 +88,7 @@ def test_a_clinic_key_lists_only_its_clinic(app: Flask, scored: Scored, everyone
 def test_foreign_ids_are_indistinguishable_from_unknown_ones_and_audited(
     app: Flask, scored: Scored, everyone: list[dict], clinics: list[str]
 ) -> None:
-    token = make_key(scored.store, "ehr", [clinics[0]])
+    token = make_key(scored.store, "case_manager", [clinics[0]])
     client = keyed_client(app, token)
     unknown = client.get("/v1/clients/NOBODY/risk")
     assert unknown.status_code == 404

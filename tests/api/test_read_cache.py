@@ -70,7 +70,8 @@ def test_pages_are_never_shared_across_scopes(app_and_clinics: tuple[Flask, list
     app, clinics = app_and_clinics
     url = "/v1/risk-list?limit=20"
     for clinic in clinics:
-        items = keyed_client(app, make_key(scored.store, "ehr", [clinic])).get(url).get_json()
+        items = keyed_client(app, make_key(scored.store, "case_manager", [clinic])
+                             ).get(url).get_json()
         assert items["items"] and {i["clinic_id"] for i in items["items"]} == {clinic}
     mine = keyed_client(app, make_key(scored.store, "admin")).get(url).get_json()["items"][0]
     caseload = make_key(scored.store, "case_manager", [mine["clinic_id"]],

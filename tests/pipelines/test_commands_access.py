@@ -27,8 +27,8 @@ def test_create_list_revoke(scored: Scored, tmp_path: Path) -> None:
                       f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
     run = CliRunner()
     base = ["--config", str(config), "keys"]
-    created = run.invoke(main, [*base, "create", "--role", "ehr", "--clinic", "clinic-east",
-                                "--label", "epic-test"])
+    created = run.invoke(main, [*base, "create", "--role", "case_manager", "--clinic",
+                                "clinic-east", "--label", "clinic-east desk"])
     assert created.exit_code == 0, created.output
     token = created.stdout.strip()
     assert token.startswith("rk_") and "shown only this once" in created.stderr
@@ -48,8 +48,10 @@ def test_create_list_revoke(scored: Scored, tmp_path: Path) -> None:
 
     unknown = run.invoke(main, [*base, "revoke", "nosuchkey"])
     assert unknown.exit_code != 0 and "keys list" in unknown.output
-    bad = run.invoke(main, [*base, "create", "--role", "ehr"])
+    bad = run.invoke(main, [*base, "create", "--role", "ehr", "--recipient", "epic"])
     assert bad.exit_code != 0 and "--clinic" in bad.output
+    unnamed = run.invoke(main, [*base, "create", "--role", "ehr", "--clinic", "clinic-east"])
+    assert unnamed.exit_code != 0 and "--recipient" in unnamed.output
 
 
 
@@ -69,7 +71,7 @@ def test_keys_expire_are_warned_about_and_rotate_without_an_outage(
                                   obj=Context(config_path=None, clock=clock))
 
     created = keys("create", "--role", "ehr", "--clinic", "clinic-east", "--label", "epic",
-                   "--expires", "30d")
+                   "--recipient", "demo-ehr", "--expires", "30d")
     assert created.exit_code == 0, created.output
     old = created.stdout.strip()
     old_id = old.split("_")[1]

@@ -83,14 +83,15 @@ def views(whole: list[dict[str, Any]]) -> list[tuple[str, Caller, dict[str, Any]
     out: list[tuple[str, Caller, dict[str, Any]]] = [("admin", admin, {})]
     clinics = sorted({r["clinic_id"] for r in whole})
     for clinic_id in clinics:
-        out.append((f"clinic {clinic_id}", Caller(f"k-{clinic_id}", "ehr", (clinic_id,)), {}))
+        out.append((f"clinic {clinic_id}",
+                    Caller(f"k-{clinic_id}", "case_manager", (clinic_id,)), {}))
     caseloads = sorted({(r["clinic_id"], r["case_manager_id"]) for r in whole
                         if r["case_manager_id"] is not None})
     for clinic_id, manager in caseloads[:4]:
         out.append((f"caseload {manager}",
                     Caller(f"k-{manager}", "case_manager", (clinic_id,), manager), {}))
     first = whole[0]
-    clinic_caller = Caller("k-one", "ehr", (first["clinic_id"],))
+    clinic_caller = Caller("k-one", "case_manager", (first["clinic_id"],))
     for narrow in ({"tier": first["tier"]}, {"program": first["program"]},
                    {"still_engaged": True}, {"min_risk": 0.3},
                    {"program": first["program"], "still_engaged": False}):

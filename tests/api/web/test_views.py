@@ -97,7 +97,7 @@ def test_a_bad_key_or_an_api_only_role_cannot_sign_in(app: Flask, scored: Scored
     fake = "rk_000000000000_" + "x" * 43
     bad = client.post("/web/sign-in", data={"csrf_token": token, "key": fake})
     assert bad.status_code == 401 and "not valid" in bad.get_data(as_text=True)
-    ehr = make_key(scored.store, "ehr", [CLINIC])
+    ehr = make_key(scored.store, "ehr", [CLINIC], recipient="demo-ehr")
     refused = client.post("/web/sign-in", data={"csrf_token": token, "key": ehr})
     assert refused.status_code == 403 and "API only" in refused.get_data(as_text=True)
     assert client.get("/web/").status_code == 303
