@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from retention.api import fhir, openapi, operations, routes
+from retention.api import cds_hooks, fhir, oauth, openapi, operations, routes
 from retention.api.auth import register_request_guards, register_request_ids
 from retention.api.cache import ReadCache
 from retention.api.connections import RequestConnections
@@ -100,5 +100,7 @@ def register_services(app: Flask, settings: Settings, clock: Clock) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for blueprint in (routes.bp, operations.bp, fhir.bp, openapi.bp):
+    for blueprint in (routes.bp, operations.bp, fhir.bp, openapi.bp, cds_hooks.bp):
         app.register_blueprint(blueprint)
+    # SMART Backend Services: the token endpoint and the authorization server behind it.
+    oauth.register_oauth(app)

@@ -47,9 +47,9 @@ def register_errorhandlers(app: Flask) -> None:
 
     @app.before_request
     def refuse_bodies_that_are_not_json() -> None:
-        # Every endpoint is a read; a body, if sent at all, must be JSON.
-        # The case managers' pages (blueprint "web") post HTML forms.
-        if request.blueprint == "web":
+        # A body, if sent at all, must be JSON; but the case managers' pages (blueprint
+        # "web") post HTML forms, and an OAuth token request is form-encoded (RFC 6749).
+        if request.blueprint in ("web", "oauth"):
             return
         if request.content_length and request.mimetype not in ("application/json", ""):
             raise UnsupportedMediaType(

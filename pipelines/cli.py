@@ -37,6 +37,7 @@ COMMANDS = {
     "demo": "retention.pipelines.commands.serve:demo",
     "keys": "retention.pipelines.commands.access:keys",
     "audit": "retention.pipelines.commands.access:audit",
+    "ehr-clients": "retention.pipelines.commands.ehr_clients:ehr_clients",
 }
 
 

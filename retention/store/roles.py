@@ -9,8 +9,8 @@ SQL for two roles:
   trigger function of the store, and runs the migrations (``retention migrate``);
 - **the application role** (``store_url``) may only read and write rows: SELECT and
   INSERT on ``audit_log`` (no UPDATE, DELETE, TRUNCATE, TRIGGER or ownership);
-  SELECT, INSERT and UPDATE on ``api_keys`` and ``audit_denials`` (keys are revoked,
-  denial counts only grow; neither is deleted); SELECT
+  SELECT, INSERT and UPDATE on ``api_keys``, ``audit_denials`` and ``ehr_clients`` (keys
+  and EHR clients are revoked, denial counts only grow; none is deleted); SELECT
   on ``alembic_version``; SELECT, INSERT, UPDATE and DELETE on every other table;
   the sequences. It owns the clinic copy (``clinic_*``) and may create tables in the
   schema, because the ETL rebuilds a large copy table beside the old one and swaps it
@@ -42,8 +42,9 @@ from retention.store import tables
 
 # Rights of the application role on tables the owner owns, by table; any other: DATA.
 APPEND_ONLY = ("audit_log",)
-# Rows changed in place but never removed: keys are revoked, denial counts only grow.
-NO_DELETE = ("api_keys", "audit_denials")
+# Rows changed in place but never removed: keys and EHR clients are revoked, denial counts
+# only grow.
+NO_DELETE = ("api_keys", "audit_denials", "ehr_clients")
 READ_ONLY = ("alembic_version",)
 DATA = "SELECT, INSERT, UPDATE, DELETE"
 PRIVILEGES = {

@@ -241,6 +241,33 @@ signing_keys = Table(
     Column("created_at", DateTime, nullable=False),
 )
 
+# EHRs registered for SMART Backend Services (``retention.access.ehr_clients``): each signs
+# its token requests with a private key whose public half is kept here. The client id has
+# the key id's form, so the audit log's key_id column names a client's refused requests.
+ehr_clients = Table(
+    "ehr_clients",
+    metadata,
+    Column("client_id", String(12), primary_key=True),
+    Column("label", String(200)),
+    Column("jwks_json", Text, nullable=False),  # public keys only, checked at registration
+    # The recipient id consents name ("demo-ehr"); its tokens carry it.
+    Column("recipient", String(128), nullable=False),
+    Column("clinics_json", Text, nullable=False),
+    Column("scopes_json", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime),
+)
+
+# Assertion ids (jti) seen from each client until the assertion expires: one is never
+# accepted twice. Rows past their expiry are deleted as new ones arrive.
+ehr_client_jtis = Table(
+    "ehr_client_jtis",
+    metadata,
+    Column("client_id", String(12), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", DateTime, nullable=False),
+)
+
 # --- casework: what case managers did about the list ---------------------------
 
 outreach = Table(
