@@ -1,4 +1,5 @@
-"""Every error as RFC 9457 problem JSON: no HTML pages, no stack traces."""
+"""Every error as RFC 9457 problem JSON (under /fhir, a FHIR OperationOutcome): no HTML
+pages, no stack traces."""
 
 from __future__ import annotations
 
@@ -32,8 +33,30 @@ class Problem(HTTPException):
         return [*super().get_headers(*args, **kwargs), *self.headers.items()]
 
 
+# FHIR clients read errors as an OperationOutcome (issue type per status), not problem+json.
+FHIR_ISSUE_TYPES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
+                    405: "not-supported", 406: "not-supported", 415: "not-supported",
+                    429: "throttled", 500: "exception", 503: "transient"}
+
+
+def is_fhir(path: str) -> bool:
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def operation_outcome(status: int, detail: str) -> Response:
+    """An OperationOutcome with one error issue: what every error under /fhir is."""
+    code = FHIR_ISSUE_TYPES.get(status, "exception" if status >= 500 else "processing")
+    response = jsonify({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": code, "diagnostics": detail}]})
+    response.status_code = status
+    response.mimetype = "application/fhir+json"
+    return response
+
+
 def problem(status: int, title: str, detail: str) -> Response:
-    """A problem+json response."""
+    """A problem+json response (an OperationOutcome under /fhir)."""
+    if is_fhir(request.path):
+        return operation_outcome(status, detail)
     body = {"type": PROBLEM_TYPE, "title": title, "status": status, "detail": detail,
             "instance": request.path}
     response = jsonify(body)

@@ -47,7 +47,11 @@ def test_without_a_valid_key_nothing_is_returned(app: Flask, scored: Scored,
                 "/fhir/RiskAssessment?subject=Patient/C000001", "/v1/models"):
         response = app.test_client().get(url, headers=headers)
         assert response.status_code == 401
-        assert response.mimetype == PROBLEM
+        # FHIR clients read FHIR's error resource; everyone else RFC 9457 problem JSON.
+        fhir = url.startswith("/fhir/")
+        assert response.mimetype == ("application/fhir+json" if fhir else PROBLEM)
+        if fhir:
+            assert response.get_json()["resourceType"] == "OperationOutcome"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "items" not in response.get_json() and "entry" not in response.get_json()
     records = audit_rows(scored, rid)
