@@ -14,6 +14,7 @@ dropping a filter the client relies on would disclose more than it asked for.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
 from collections.abc import Iterable
@@ -155,22 +156,24 @@ class DateTest:
 
 
 def _date_tests() -> list[DateTest]:
+    """Each ``date`` parameter as the days it covers; 400 for one that is not a date."""
     tests = []
     for raw in request.args.getlist("date"):
         match = DATE_RE.match(raw)
         try:
-            assert match is not None
+            if match is None:
+                raise ValueError(raw)
             prefix, year, month, day = match.groups()
             first = date(int(year), int(month or 1), int(day or 1))
-            if day:
-                last = first
-            elif month:
-                last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(1)
-            else:
-                last = first.replace(month=12, day=31)
-        except (AssertionError, ValueError):
+        except ValueError:
             raise Problem(400, f"date must be [eq|ne|ge|le|gt|lt]YYYY[-MM[-DD]], got {raw!r}",
                           INVALID) from None
+        if day:
+            last = first
+        elif month:  # to the month's last day (December 9999 included)
+            last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
+        else:
+            last = first.replace(month=12, day=31)
         tests.append(DateTest(prefix or "eq", first, last))
     return tests
 

@@ -128,12 +128,15 @@ def _search(client: FlaskClient, query: str | list[tuple[str, str]]) -> dict[str
 
 
 def _check_resource(resource: dict[str, Any]) -> RiskAssessment:
-    """Valid, with a FHIR id, the four Part 2 labels and the 2.32 notice."""
+    """Valid, with a FHIR id, the four Part 2 labels and the 2.32 notice (then, for an
+    outside recipient, the scope of the consent it is disclosed under)."""
     model = RiskAssessment.model_validate(resource)
     assert FHIR_ID_RE.match(resource["id"])
     assert {(c["system"], c["code"]) for c in resource["meta"]["security"]} == {
         (c["system"], c["code"]) for c in SECURITY_LABELS}
-    assert [n["text"] for n in resource["note"]] == [NOTICE]
+    notice, *scope = [n["text"] for n in resource["note"]]
+    assert notice == NOTICE and len(scope) <= 1
+    assert all(s.startswith("Disclosed under the client's consent ") for s in scope)
     return model
 
 
@@ -264,6 +267,9 @@ def test_date_ranges_with_two_date_parameters(app: Flask, admin: str, scored: Sc
     assert days(f"ge{scored.as_of.year}", f"lt{scored.as_of.year + 1}") == sorted(
         w for w in week if w.startswith(str(scored.as_of.year)))
     assert days(f"gt{end}", f"lt{start}") == []
+    # The last month and day a date can name are searches, not a server error.
+    assert days("9999-12") == days("gt9999-12") == []
+    assert days("le9999-12") == days("lt9999-12-31") == sorted(week)
 
 
 def test_paging_through_next_links_gives_every_resource_once(based: Flask, admin: str,
