@@ -29,6 +29,7 @@ from itsdangerous import BadData
 from sqlalchemy import ColumnElement, Connection, and_, func, not_, select
 
 from retention import __version__
+from retention.access.identifiers import client_by_identifier, identifiers_of
 from retention.access.keys import Caller
 from retention.access.scope import scope_clause, scope_of
 from retention.api.auth import (
@@ -47,7 +48,7 @@ from retention.api.fhir_labels import label
 from retention.api.routes import MAX_CURSOR_LENGTH, MAX_POSITION, cursors, settings
 from retention.api.services import services
 from retention.store.lists import score_row
-from retention.store.tables import copies, publications, scores
+from retention.store.tables import publications, scores
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
@@ -62,7 +63,6 @@ QUALITATIVE = {"high": ("high", "High likelihood"), "medium": ("moderate", "Mode
                "low": ("low", "Low likelihood")}
 INVALID = "Invalid search parameter"
 SEARCH_PATH = "/fhir/RiskAssessment"
-identifiers = copies["client_identifiers"]
 
 # --- parameters -------------------------------------------------------------------------
 
@@ -299,21 +299,6 @@ def client_of(conn: Connection, parsed: ParsedId) -> str | None:
         return found.client_id if found is not None else None
     return next((r.client_id for r in conn.execute(query)
                  if _digest(r.episode_id) == parsed.digest), None)
-
-
-def client_by_identifier(conn: Connection, system: str, value: str) -> str | None:
-    """The client an EHR identifier (e.g. an MRN) belongs to."""
-    found = conn.execute(select(identifiers.c.client_id).where(
-        identifiers.c.system == system, identifiers.c.value == value)).first()
-    return found.client_id if found is not None else None
-
-
-def identifiers_of(conn: Connection, client_id: str) -> list[tuple[str, str]]:
-    """The client's EHR identifiers (system, value), in a stable order."""
-    return [(r.system, r.value) for r in conn.execute(
-        select(identifiers.c.system, identifiers.c.value)
-        .where(identifiers.c.client_id == client_id)
-        .order_by(identifiers.c.system, identifiers.c.value))]
 
 
 def client_exists(conn: Connection, client_id: str) -> bool:

@@ -202,8 +202,11 @@ def _schemas(max_limit: int) -> dict[str, Any]:
                          consents={"type": "object", "additionalProperties": NULLABLE_STR,
                                    "description": "outside recipients only: by client id, "
                                                   "the consent each is disclosed under"}),
-        "ClientRisk": _obj({**freshness, "client_id": STR, "current": _ref("ListItem"),
-                            "history": _array(history)},
+        "ClientRisk": _obj({**freshness, "client_id": STR,
+                            "identifiers": {**_array(_obj({"system": STR, "value": STR})),
+                                            "description": "the EHR's own identifiers for "
+                                                           "the client (e.g. an MRN)"},
+                            "current": _ref("ListItem"), "history": _array(history)},
                            notice=notice,
                            consent={**NULLABLE_STR, "description": "outside recipients "
                                     "only: the consent the client is disclosed under"}),
@@ -374,6 +377,15 @@ def document(max_limit: int) -> dict[str, Any]:
         "/v1/clients/{client_id}/risk": {"get": {
             "operationId": "clientRisk", "summary": "A client's risk, reasons and history",
             "security": secured, "parameters": [client_id, as_of],
+            "responses": _responses(json_ok("ClientRisk", "The client's current risk"),
+                                    404, 503)}},
+        "/v1/client-risk": {"get": {
+            "operationId": "clientRiskByIdentifier",
+            "summary": "A client's risk, reasons and history, by an EHR identifier (MRN)",
+            "security": secured, "parameters": [
+                {"name": "identifier", "in": "query", "required": True,
+                 "description": "<system>|<value>, e.g. urn:oid:...|MRN0012345",
+                 "schema": {**TEXT, "pattern": f"^[^{PLAIN}|]+\\|[^{PLAIN}]+$"}}, as_of],
             "responses": _responses(json_ok("ClientRisk", "The client's current risk"),
                                     404, 503)}},
         "/v1/models": {"get": {

@@ -15,6 +15,7 @@ from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import Engine
 
 from retention.access.consent import NOTICE
+from retention.access.identifiers import client_by_identifier, identifiers_of
 from retention.access.keys import Caller, signing_key
 from retention.access.scope import ListFilter, client_exists, read_client, read_page, scope_of
 from retention.api.auth import (
@@ -320,7 +321,32 @@ def list_page(pub: dict[str, Any], flt: ListFilter, limit: int) -> Page:
 def client_risk(client_id: str) -> ResponseReturnValue:
     """A client's current risk with reasons, and their risk over recent lists."""
     check_params({"as_of"})
+    return client_risk_body(publication(parse_date("as_of")), client_id, f"client {client_id}")
+
+
+@bp.get("/v1/client-risk")
+@requires(CLIENT_DATA, "client_risk.read")
+def client_risk_by_identifier() -> ResponseReturnValue:
+    """The same, for the client an EHR identifier (``system|value``, e.g. an MRN) names."""
+    check_params({"identifier", "as_of"})
+    system, _, value = request.args.get("identifier", "").partition("|")
+    if not system or not value:
+        raise Problem(400, "identifier must be <system>|<value>, e.g. an MRN with its system",
+                      INVALID)
+    # The list first, as for a known identifier: a bad as_of is a 400 either way.
     pub = publication(parse_date("as_of"))
+    named = f"identifier {system}|{value}"
+    client_id = client_by_identifier(connection(), system, value)
+    if client_id is None:
+        returning([], "not_found")
+        raise Problem(404, f"no open episode for {named} on the list of {pub['as_of']}",
+                      "Client not on the list")
+    return client_risk_body(pub, client_id, named)
+
+
+def client_risk_body(pub: dict[str, Any], client_id: str, named: str) -> ResponseReturnValue:
+    """A client's risk, reasons, history and EHR identifiers, if the caller may see them;
+    else the 404 an unknown client gets (the audit knows which it was)."""
     conn = connection()
     consented = client_id in disclosable([client_id])
     history = read_client(conn, caller(), client_id, pub["as_of"],
@@ -328,18 +354,18 @@ def client_risk(client_id: str) -> ResponseReturnValue:
                           ) if consented else []
     current = [h for h in history if h["as_of"] == pub["as_of"]]
     if not current:
-        # Outside the scope, without consent and absent look the same to the caller; the
-        # audit knows which.
         exists = client_exists(conn, client_id, pub["as_of"])
         returning([client_id], "denied" if exists else "not_found")
-        raise Problem(404, f"no open episode for client {client_id} on the list of "
-                      f"{pub['as_of']}", "Client not on the list")
+        raise Problem(404, f"no open episode for {named} on the list of {pub['as_of']}",
+                      "Client not on the list")
     returning([client_id])
     since = pub["as_of"] - timedelta(days=90)
     return jsonify({
         **freshness(pub),
         **({"notice": NOTICE, "consent": consent_scope(client_id)} if outside() else {}),
         "client_id": client_id,
+        "identifiers": [{"system": system, "value": value}
+                        for system, value in identifiers_of(conn, client_id)],
         "current": public(current[0], LIST_FIELDS),
         "history": [
             {"as_of": h["as_of"].isoformat(), "episode_id": h["episode_id"],

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, delete, insert, update
 
 from retention.access import consent
 from retention.access.consent import NOTICE
+from retention.access.identifiers import identifiers_of
 from retention.access.keys import Caller, create_key
 from retention.api import create_app
 from retention.pipelines.cli import main
@@ -346,3 +347,35 @@ def test_a_revocation_is_compared_in_the_clinic_time_zone() -> None:
 
     assert revoked_at(8, 30) == consent.REVOKED
     assert revoked_at(9, 30) == consent.CONSENTED  # still in force at 09:00 local
+
+
+def test_an_ehr_finds_a_client_by_its_own_identifier_under_the_same_rule(
+    app: Flask, ehr: FlaskClient, store: Engine, cases: dict[str, str],
+    clinic_rows: list[dict[str, Any]],
+) -> None:
+    with store.connect() as conn:
+        mrn = {case: identifiers_of(conn, client_id)[0] for case, client_id in cases.items()}
+
+    def by_mrn(client: FlaskClient, case: str | None, rid: str = "") -> Any:
+        system, value = mrn[case] if case else ("urn:oid:2.16.840.1.113883.3.9999.1", "NOPE")
+        return client.get("/v1/client-risk", query_string={"identifier": f"{system}|{value}"},
+                          headers={"X-Request-ID": rid or uuid.uuid4().hex})
+
+    staff = keyed_client(app, make_key(store, "case_manager", [clinic_rows[0]["clinic_id"]]))
+    direct = staff.get(f"/v1/clients/{cases['none']}/risk").get_json()
+    found = by_mrn(staff, "none").get_json()
+    assert found == direct and found["identifiers"] == [
+        {"system": mrn["none"][0], "value": mrn["none"][1]}]
+
+    allowed = by_mrn(ehr, "consented")
+    assert allowed.status_code == 200 and allowed.get_json()["client_id"] == cases["consented"]
+    assert allowed.get_json()["notice"] == NOTICE
+    unknown = by_mrn(ehr, None).get_json()
+    rid = uuid.uuid4().hex
+    withheld = by_mrn(ehr, "revoked", rid)
+    assert withheld.status_code == 404
+    assert withheld.get_json()["detail"] == unknown["detail"].replace(
+        "NOPE", mrn["revoked"][1])
+    assert audited(store, rid)["detail"]["withheld"] == {cases["revoked"]: consent.REVOKED}
+    bad = ehr.get("/v1/client-risk?identifier=MRN0001")
+    assert bad.status_code == 400 and bad.mimetype == "application/problem+json"

@@ -67,6 +67,7 @@ class Live:
     ehr_id: str
     ehr_key: ECKey
     clock: FixedClock
+    identifier: str  # the top client's MRN, as system|value
 
     def signed(self, audience: str) -> str:
         """A JWT from the registered EHR for ``audience``: a fresh jti, five minutes' life."""
@@ -101,6 +102,7 @@ def _no_arguments(live: Live, models: Any) -> dict[str, Any]:
 CALLS: dict[str, Call] = {
     "riskList": Call(lambda live, models: {"limit": 2}),
     "clientRisk": Call(lambda live, models: {"client_id": live.client_id}),
+    "clientRiskByIdentifier": Call(lambda live, models: {"identifier": live.identifier}),
     "fhirCapabilityStatement": Call(_no_arguments),
     "fhirRiskAssessment": Call(lambda live, models: {
         "subject": f"Patient/{live.client_id}", "date": ["ge2000-01", "le9998"],
@@ -143,6 +145,7 @@ def live(scored: Scored, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
             top = http.get("/v1/risk-list", params={"limit": 1}).json()["items"][0]
             found = http.get("/fhir/RiskAssessment", params={"subject": top["client_id"]})
+            mrn = http.get(f"/v1/clients/{top['client_id']}/risk").json()["identifiers"][0]
         with store.begin() as conn:
             ehr_id = register_client(conn, jwks={"keys": [key.as_dict(private=False)]},
                                      recipient=RECIPIENT, clinics=[top["clinic_id"]],
@@ -153,7 +156,7 @@ def live(scored: Scored, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
                 effective_on=scored.as_of - timedelta(days=30), expires_on=None,
                 revoked_at=None, updated_at=clock.now()))
         yield Live(url, token, top["client_id"], found.json()["entry"][0]["resource"]["id"],
-                   scored.model.version, ehr_id, key, clock)
+                   scored.model.version, ehr_id, key, clock, f"{mrn['system']}|{mrn['value']}")
     finally:
         server.shutdown()
         thread.join()
