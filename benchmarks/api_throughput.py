@@ -80,7 +80,11 @@ def reasons(rng: random.Random) -> str:
 
 
 def publish(store_url: str, n: int) -> tuple[str, str]:
-    """A published list of ``n`` clients and a scoped EHR key; returns (token, a client id)."""
+    """A published list of ``n`` clients and a clinic-scoped key; returns (token, a client id).
+
+    The key is a clinic's staff key (case_manager, whole clinic): an ehr key acts for an
+    outside recipient and reads under consent, which benchmarks/disclosure_cost.py measures.
+    """
     engine = create_engine(store_url)
     rng = random.Random(1)
     risks = sorted((rng.random() for _ in range(n)), reverse=True)
@@ -99,7 +103,7 @@ def publish(store_url: str, n: int) -> tuple[str, str]:
             say(f"  published {min(n, start + 5000):,}/{n:,} rows")
         conn.execute(insert(tables.publications).values(
             as_of=AS_OF, run_id=1, model_version="bench", published_at=utcnow(), n_scored=n))
-        _, token = create_key(conn, "ehr", [CLINICS[0]], label="benchmark")
+        _, token = create_key(conn, "case_manager", [CLINICS[0]], label="benchmark")
     # Fresh planner statistics, as autovacuum gives a table after a nightly publish
     # (committed: statistics gathered in a rolled-back transaction are thrown away).
     with engine.begin() as conn:

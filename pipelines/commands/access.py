@@ -169,12 +169,13 @@ def list_(obj: Context) -> None:
         rows = list_keys(conn)
     engine.dispose()
     click.echo(f"{'key_id':<12} {'role':<12} {'status':<8} {'created (UTC)':<19} "
-               f"{'expires (UTC)':<16} clinics / caseload / grants / label")
+               f"{'expires (UTC)':<16} clinics / caseload / recipient / grants / label")
     statuses = [key_status(r, now) for r in rows]
     for r, status in zip(rows, statuses, strict=True):
         clinics = ",".join(json.loads(r["clinics_json"])) if r["clinics_json"] else "*"
-        extra = " ".join(x for x in (r["case_manager_id"], r["grants_json"] != "[]"
-                                     and r["grants_json"], r["label"],
+        extra = " ".join(x for x in (r["case_manager_id"],
+                                     r["recipient"] and f"for {r['recipient']}",
+                                     r["grants_json"] != "[]" and r["grants_json"], r["label"],
                                      r["rotated_from"] and f"(replaces {r['rotated_from']})")
                          if x)
         expires = f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "never"

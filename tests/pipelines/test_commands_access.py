@@ -106,7 +106,7 @@ def test_keys_expire_are_warned_about_and_rotate_without_an_outage(
     listed = keys("list").stdout.splitlines()
     assert "expired" in next(line for line in listed if line.startswith(old_id))
     # The new key lives as long as the old one was given (30 days), from the rotation.
-    assert f"2026-07-21 09:00 clinic-east epic (replaces {old_id})" in next(
+    assert f"2026-07-21 09:00 clinic-east for demo-ehr epic (replaces {old_id})" in next(
         line for line in listed if line.startswith(new_id))
     again = keys("rotate", old_id)
     assert again.exit_code != 0 and "create a new key" in again.output
