@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from retention.access import consent
 from retention.access.audit import read_audit, read_denials
+from retention.access.ehr_clients import TOKEN_LABEL_PREFIX
 from retention.access.keys import (
     ROLES,
     AccessError,
@@ -156,18 +157,25 @@ def key_status(row: dict[str, Any], now: datetime) -> str:
 
 
 @keys.command("list")
+@click.option("--tokens", is_flag=True,
+              help="Also list SMART access tokens (keys the token endpoint issued to "
+              "registered EHRs; each lives minutes).")
 @click.pass_obj
-def list_(obj: Context) -> None:
+def list_(obj: Context, tokens: bool) -> None:
     """Every key: id, role, status, created and expiry times, scope (never the key itself).
 
     Keys that expire within two weeks are named in a warning: rotate them
-    (`retention keys rotate KEY_ID`) before their holders are locked out.
+    (`retention keys rotate KEY_ID`) before their holders are locked out. SMART access
+    tokens are short-lived by design: they are counted, listed only with --tokens, and
+    never warned about (`retention ehr-clients` manages the EHRs that get them).
     """
     now = obj.clock.now()
     engine = _store(obj)
     with engine.connect() as conn:
-        rows = list_keys(conn)
+        every = list_keys(conn)
     engine.dispose()
+    issued = [r for r in every if is_access_token(r)]
+    rows = every if tokens else [r for r in every if not is_access_token(r)]
     click.echo(f"{'key_id':<12} {'role':<12} {'status':<8} {'created (UTC)':<19} "
                f"{'expires (UTC)':<16} clinics / caseload / recipient / grants / label")
     statuses = [key_status(r, now) for r in rows]
@@ -183,16 +191,24 @@ def list_(obj: Context) -> None:
                    f"{r['created_at']:%Y-%m-%d %H:%M:%S} {expires:<16} {clinics} {extra}"
                    .rstrip())
     for r, status in zip(rows, statuses, strict=True):
-        if status == "expiring":
+        if status == "expiring" and not is_access_token(r):
             left = r["expires_at"] - now
             click.echo(f"keys: warning: key {r['key_id']} ({r['role']}"
                        f"{', ' + r['label'] if r['label'] else ''}) expires in "
                        f"{_words(left)}, at {r['expires_at']:%Y-%m-%d %H:%M} UTC; rotate it "
                        f"with `retention keys rotate {r['key_id']}`", err=True)
-    usable = sum(1 for s in statuses if s in ("active", "expiring"))
-    click.echo(f"keys: {len(rows)} key(s), {usable} usable, "
-               f"{statuses.count('expiring')} expiring within {EXPIRY_WARNING.days} days",
-               err=True)
+    keys_only = [s for r, s in zip(rows, statuses, strict=True) if not is_access_token(r)]
+    usable = sum(1 for s in keys_only if s in ("active", "expiring"))
+    live = sum(1 for r in issued if key_status(r, now) in ("active", "expiring"))
+    shown = "listed above" if tokens else "not listed; --tokens lists them"
+    click.echo(f"keys: {len(keys_only)} key(s), {usable} usable, "
+               f"{keys_only.count('expiring')} expiring within {EXPIRY_WARNING.days} days; "
+               f"{len(issued)} SMART access token(s), {live} live ({shown})", err=True)
+
+
+def is_access_token(row: dict[str, Any]) -> bool:
+    """A key the SMART token endpoint minted for a registered EHR (short-lived by design)."""
+    return str(row.get("label") or "").startswith(TOKEN_LABEL_PREFIX)
 
 
 def _words(left: timedelta) -> str:

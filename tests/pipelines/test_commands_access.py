@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine
 
 from retention.access.audit import read_audit
+from retention.access.ehr_clients import TOKEN_LABEL_PREFIX
+from retention.access.keys import create_key
 from retention.api import create_app
 from retention.clock import MovableClock
 from retention.pipelines.cli import main
@@ -142,3 +145,33 @@ def test_a_flood_is_in_the_export_counted_per_minute(scored: Scored, tmp_path: P
     assert sorted((r["outcome"], r["status"], int(r["denials"])) for r in rows) == [
         ("rate_limited", "429", 10), ("unauthenticated", "401", 50 - per_minute)]
     assert all(r["window_start"] == f"{day}T09:00:00Z" and r["key_id"] == "" for r in rows)
+
+
+def test_smart_access_tokens_are_counted_not_listed_or_warned_about(
+    scored: Scored, tmp_path: Path,
+) -> None:
+    settings = copied_store(scored.settings, tmp_path)
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'source_url = "{settings.source_url}"\n'
+                      f'store_url = "{settings.store_url}"\n'
+                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    now = datetime.combine(scored.as_of, time(9))
+    store = create_engine(settings.store_url)
+    with store.begin() as conn:
+        token_id, _ = create_key(conn, "ehr", ["clinic-east"], recipient="demo-ehr",
+                                 label=f"{TOKEN_LABEL_PREFIX}0123456789ab", now=now,
+                                 expires_at=now + timedelta(minutes=5))
+        key_id, _ = create_key(conn, "case_manager", ["clinic-east"], now=now)
+    store.dispose()
+
+    def listed(*args: str) -> Result:
+        return CliRunner().invoke(main, ["--config", str(config), "keys", "list", *args],
+                                  obj=Context(config_path=None, clock=MovableClock(now)))
+
+    plain = listed()
+    assert plain.exit_code == 0, plain.output
+    assert key_id in plain.stdout and token_id not in plain.output
+    assert re.search(r"SMART access token\(s\), [1-9][0-9]* live \(not listed; --tokens "
+                     r"lists them\)", plain.stderr)
+    everything = listed("--tokens")
+    assert token_id in everything.stdout and token_id not in everything.stderr
