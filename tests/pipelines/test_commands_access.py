@@ -19,15 +19,22 @@ from retention.api import create_app
 from retention.clock import MovableClock
 from retention.pipelines.cli import main
 from retention.pipelines.commands.common import Context
+from retention.settings import Settings
 from tests.conftest import REPO, Scored
 from tests.support.apps import clock_on, copied_store, keyed_client
 
 
-def test_create_list_revoke(scored: Scored, tmp_path: Path) -> None:
-    config = tmp_path / "cfg.toml"
-    config.write_text(f'source_url = "{scored.settings.source_url}"\n'
-                      f'store_url = "{scored.settings.store_url}"\n'
+def config_file(settings: Settings, directory: Path) -> Path:
+    """A config naming ``settings``' databases and the repository's reasons."""
+    config = directory / "cfg.toml"
+    config.write_text(f'source_url = "{settings.source_url}"\n'
+                      f'store_url = "{settings.store_url}"\n'
                       f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    return config
+
+
+def test_create_list_revoke(scored: Scored, tmp_path: Path) -> None:
+    config = config_file(scored.settings, tmp_path)
     run = CliRunner()
     base = ["--config", str(config), "keys"]
     created = run.invoke(main, [*base, "create", "--role", "case_manager", "--clinic",
@@ -63,10 +70,7 @@ def test_keys_expire_are_warned_about_and_rotate_without_an_outage(
     scored: Scored, tmp_path: Path,
 ) -> None:
     settings = copied_store(scored.settings, tmp_path)
-    config = tmp_path / "cfg.toml"
-    config.write_text(f'source_url = "{settings.source_url}"\n'
-                      f'store_url = "{settings.store_url}"\n'
-                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    config = config_file(settings, tmp_path)
     clock = MovableClock(datetime.combine(scored.as_of, time(9)))
 
     def keys(*args: str) -> Result:
@@ -122,10 +126,7 @@ def test_a_flood_is_in_the_export_counted_per_minute(scored: Scored, tmp_path: P
     """The flood's first denials are records; the rest are counted, and exported as counts."""
     settings = copied_store(scored.settings, tmp_path).with_overrides(
         api_rate_limit_per_address_per_minute=50)
-    config = tmp_path / "cfg.toml"
-    config.write_text(f'source_url = "{settings.source_url}"\n'
-                      f'store_url = "{settings.store_url}"\n'
-                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    config = config_file(settings, tmp_path)
     day = scored.as_of + timedelta(days=333)  # a day no other test writes records on
     client = create_app(settings, clock=clock_on(day)).test_client()
     assert [client.get("/v1/models").status_code for _ in range(60)] == [401] * 50 + [429] * 10
@@ -151,10 +152,7 @@ def test_smart_access_tokens_are_counted_not_listed_or_warned_about(
     scored: Scored, tmp_path: Path,
 ) -> None:
     settings = copied_store(scored.settings, tmp_path)
-    config = tmp_path / "cfg.toml"
-    config.write_text(f'source_url = "{settings.source_url}"\n'
-                      f'store_url = "{settings.store_url}"\n'
-                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    config = config_file(settings, tmp_path)
     now = datetime.combine(scored.as_of, time(9))
     store = create_engine(settings.store_url)
     with store.begin() as conn:
