@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,8 +35,8 @@ from retention.store.tables import api_keys, audit_log, copies
 consents = copies["consents"]
 
 # 42 CFR 2.32(a)(1), the notice that must accompany each disclosure made with consent
-# (as revised by the 2024 final rule, 89 FR 12472; 2.32(a)(2) allows the short form),
-# with the consent's scope in words (2.32(b), ``Verdict.scope``).
+# (as revised by the 2024 final rule, 89 FR 12472; the full statement, not 2.32(a)(2)'s
+# short one), with the consent's scope in words (2.32(b), ``Verdict.scope``).
 NOTICE = (
     "This record which has been disclosed to you is protected by Federal confidentiality "
     "rules (42 CFR part 2). These rules prohibit you from using or disclosing this record, "
@@ -55,7 +55,6 @@ NOTICE = (
     "release of medical or other information is NOT sufficient to meet the required "
     "elements of written consent to further use or redisclose the record (see 42 CFR 2.31)."
 )
-NOTICE_SHORT = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
 
 # Why a client was withheld from an outside recipient, most specific first.
 NO_RECIPIENT = "key_names_no_recipient"
@@ -190,15 +189,9 @@ def audit_detail(verdicts: Mapping[str, Verdict]) -> dict[str, Any]:
     }
 
 
-def consent_count(connection: Connection, on: date | None = None) -> int:
-    """How many consents the clinic copy holds (all of them, or those active ``on``)."""
-    query = select(func.count()).select_from(consents)
-    if on is not None:
-        query = query.where(consents.c.effective_on <= on,
-                            or_(consents.c.expires_on.is_(None), consents.c.expires_on >= on),
-                            consents.c.revoked_at.is_(None))
-    return int(connection.execute(query).scalar_one())
-
+def consent_count(connection: Connection) -> int:
+    """How many consents the clinic copy holds."""
+    return int(connection.execute(select(func.count()).select_from(consents)).scalar_one())
 
 
 def warnings(connection: Connection, at: datetime) -> list[str]:

@@ -169,7 +169,7 @@ def register_client(
     check_jwks(jwks)
     if not RECIPIENT_RE.match(recipient or ""):
         raise ClientError("the recipient is the id the clients' consents name: 1-128 "
-                          f"letters, digits, '.', '_', ':' or '-', got {recipient!r}")
+                          f"letters, digits, '.', '_' or '-', got {recipient!r}")
     clinics = sorted({c for c in clinics if c})
     if not clinics:
         raise ClientError("an EHR client needs at least one clinic")

@@ -40,7 +40,9 @@ OPERATIONS_ROLES = frozenset({"analyst", "admin"})
 # Roles that act for a recipient outside the clinic: their keys name it, and they are
 # given a client's data only under that client's consent (retention.access.consent).
 RECIPIENT_ROLES = frozenset({"ehr"})
-RECIPIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# No ":": consents name a class as "class:<name>", and a recipient id that looked like
+# one would be covered by every consent for that class.
+RECIPIENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 GRANT_CLIENT_DATA = "client_data"
 TOKEN_RE = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -125,7 +127,7 @@ def create_key(
         raise AccessError("--recipient applies to ehr keys only: the other roles are the "
                           "clinic's own staff")
     if recipient is not None and not RECIPIENT_RE.match(recipient):
-        raise AccessError(f"a recipient id is 1-128 letters, digits, '.', '_', ':' or '-', "
+        raise AccessError(f"a recipient id is 1-128 letters, digits, '.', '_' or '-', "
                           f"got {recipient!r}")
     key_id = secrets.token_hex(6)
     token = f"rk_{key_id}_{secrets.token_urlsafe(32)}"

@@ -25,6 +25,8 @@ def test_keys_are_stored_only_as_hashes(scored: Scored) -> None:
     ("analyst", ["c"], {"grants": ["everything"]}),
     # An ehr key acts for an outside recipient that consents name: it must say which.
     ("ehr", ["c"], {}), ("ehr", ["c"], {"recipient": "bad recipient"}),
+    # A recipient id that looks like a class would be covered by that class's consents.
+    ("ehr", ["c"], {"recipient": "class:treating_providers"}),
     # Staff keys act for the clinic itself: a recipient on one would mean nothing.
     ("case_manager", ["c"], {"recipient": "epic"}),
 ])
