@@ -337,23 +337,30 @@ def _unauthorised(problem: Problem) -> Problem:
 
 
 def _rate_limit(who: Caller, action: str) -> None:
-    limiter = services().limiter
     handed = handover()
+    counted = None
+    if handed is not None and handed.rate_limit is not None:
+        # Counted already, once, by the cached-list path; an error it met is this one.
+        counted, handed.rate_limit = handed.rate_limit, None
+    rate_limit(action, who.key_id, "requests a minute for this key", counted)
+
+
+def rate_limit(action: str, subject: str, per: str,
+               counted: Verdict | Exception | None = None) -> None:
+    """The per-credential limit for ``subject``: 429 audited when over it, 503 when the
+    counter store cannot be reached (fail closed). ``counted``: a count already taken."""
+    limiter = services().limiter
     try:
-        if handed is not None and handed.rate_limit is not None:
-            # Counted already, once, by the cached-list path; an error it met is this one.
-            verdict, handed.rate_limit = handed.rate_limit, None
-            if isinstance(verdict, Exception):
-                raise verdict
-        else:
-            verdict = limiter.check(who.key_id)
+        verdict = counted if counted is not None else limiter.check(subject)
+        if isinstance(verdict, Exception):
+            raise verdict
     except Exception:  # the counter store is down: fail closed, say so
         log.error("rate-limit store unavailable for request %s", state().request_id)
         raise Problem(503, "the rate-limit store cannot be reached; retry later",
                       "Rate limiting unavailable") from None
     if not verdict.allowed:
         problem = deny_counted(action, 429, "rate_limited",
-                               f"more than {limiter.limit} requests a minute for this key; "
+                               f"more than {limiter.limit} {per}; "
                                f"retry after {verdict.retry_after} s", "Too Many Requests")
         problem.headers = {"Retry-After": str(verdict.retry_after)}
         raise problem

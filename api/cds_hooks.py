@@ -33,7 +33,7 @@ from flask.typing import ResponseReturnValue
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from werkzeug.exceptions import HTTPException
 
 from retention.access.consent import NOTICE
@@ -45,6 +45,7 @@ from retention.access.ehr_clients import (
     find_client,
     use_jti,
 )
+from retention.access.identifiers import client_by_identifier
 from retention.access.keys import Caller
 from retention.access.scope import client_exists, read_client
 from retention.api.auth import (
@@ -56,6 +57,7 @@ from retention.api.auth import (
     deny_counted,
     disclosable,
     disclosure_policy,
+    rate_limit,
     read_cache,
     throttle_address,
 )
@@ -63,7 +65,6 @@ from retention.api.errors import Problem
 from retention.api.routes import publication
 from retention.api.services import services, state
 from retention.api.web.views import pct
-from retention.store.tables import copies
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +225,10 @@ def resolve_patient(conn: Connection, patient_id: str, system: str) -> str | Non
     """The client a FHIR Patient id names: through ``system`` if one is set, else itself.
 
     With a system configured, an id not found under it is unknown: read as one of the
-    service's own client ids it could name another person (a wrong-patient card). Two
-    clients under one identifier are unknown too, for the same reason.
+    service's own client ids it could name another person (a wrong-patient card). The
+    copy holds each (system, value) once, so an identifier names at most one client.
     """
-    if not system:
-        return patient_id
-    ids = copies["client_identifiers"]
-    found = set(conn.execute(select(ids.c.client_id).where(
-        ids.c.system == system, ids.c.value == patient_id)).scalars())
-    if len(found) > 1:
-        log.warning("an EHR Patient id names %d clients under %s; no card", len(found), system)
-    return found.pop() if len(found) == 1 else None
+    return client_by_identifier(conn, system, patient_id) if system else patient_id
 
 
 def card(row: Mapping[str, Any], pub: Mapping[str, Any], base_url: str, horizon_days: int,
@@ -320,7 +314,7 @@ def dropout_risk() -> ResponseReturnValue:
     current = state()
     current.caller = Caller(key_id=client.client_id, role="ehr", clinics=client.clinics,
                             recipient=client.recipient)
-    _rate_limit(client.client_id)
+    rate_limit(ACTION, f"ehr:{client.client_id}", "calls a minute from this EHR client")
     if SCOPE_READ not in client.scopes:
         raise deny(ACTION, 403, "forbidden", f"the EHR client is not registered for "
                    f"{SCOPE_READ}", "Forbidden")
@@ -381,24 +375,6 @@ def _refuse(refused: Refused) -> NoReturn:
                            "Authentication required")
     problem.headers = {"WWW-Authenticate": 'Bearer realm="retention", error="invalid_token"'}
     raise problem
-
-
-def _rate_limit(client_id: str) -> None:
-    """The API's per-key limit, for this client's calls (429, audited)."""
-    limiter = services().limiter
-    try:
-        verdict = limiter.check(f"ehr:{client_id}")
-    except Exception:  # the counter store is down: fail closed, say so
-        log.error("rate-limit store unavailable for request %s", state().request_id)
-        raise Problem(503, "the rate-limit store cannot be reached; retry later",
-                      "Rate limiting unavailable") from None
-    if not verdict.allowed:
-        problem = deny_counted(ACTION, 429, "rate_limited",
-                               f"more than {limiter.limit} calls a minute from this EHR "
-                               f"client; retry after {verdict.retry_after} s",
-                               "Too Many Requests")
-        problem.headers = {"Retry-After": str(verdict.retry_after)}
-        raise problem
 
 
 def _serve(call: HookCall, base_url: str) -> ResponseReturnValue:
