@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, Connection, and_, func, not_, select
 from retention import __version__
 from retention.access.identifiers import client_by_identifier, identifiers_of
 from retention.access.keys import Caller
-from retention.access.scope import scope_clause, scope_of
+from retention.access.scope import client_exists, scope_clause, scope_of
 from retention.api.auth import (
     CLIENT_DATA,
     caller,
@@ -299,11 +299,6 @@ def client_of(conn: Connection, parsed: ParsedId) -> str | None:
         return found.client_id if found is not None else None
     return next((r.client_id for r in conn.execute(query)
                  if _digest(r.episode_id) == parsed.digest), None)
-
-
-def client_exists(conn: Connection, client_id: str) -> bool:
-    return conn.execute(select(scores.c.episode_id).where(
-        scores.c.client_id == client_id).limit(1)).first() is not None
 
 
 # --- resources --------------------------------------------------------------------------
