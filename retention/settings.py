@@ -272,6 +272,10 @@ class Settings:
     # revoked at 14:00 there is compared with the time of a disclosure in that zone.
     clinic_timezone: str = "UTC"
     recipient_classes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The pages' link into the clinic's EHR for a client (docs/web.md): an https URL with
+    # {mrn} (the client's identifier under ehr_link_system) or {client_id}. Empty: no link.
+    ehr_link_template: str = ""
+    ehr_link_system: str = ""
     tiers: Mapping[str, float] = field(
         default_factory=lambda: {"high": 0.5, "medium": 0.25}
     )
@@ -425,6 +429,28 @@ def _check(s: Settings) -> None:
                                               s.public_base_url):
         raise ConfigError("public_base_url must be an http(s) URL without query or fragment, "
                           f"got {s.public_base_url!r}")
+    _check_ehr_link(s)
+
+
+EHR_LINK_FIELDS = ("mrn", "client_id")
+
+
+def _check_ehr_link(s: Settings) -> None:
+    """A link template is a fixed https URL with one client placeholder: no other braces,
+    and {mrn} only with the identifier system that holds the MRNs."""
+    template = s.ehr_link_template
+    if not template:
+        return
+    fields_used = re.findall(r"\{([^{}]*)\}", template)
+    if (not template.startswith("https://") or len(fields_used) != 1
+            or fields_used[0] not in EHR_LINK_FIELDS
+            or template.count("{") != 1 or template.count("}") != 1):
+        raise ConfigError("ehr_link_template must be an https:// URL with exactly one of "
+                          "{mrn} or {client_id}, e.g. 'https://ehr.example/patient/{mrn}', "
+                          f"got {template!r}")
+    if fields_used[0] == "mrn" and not s.ehr_link_system:
+        raise ConfigError("ehr_link_template uses {mrn}: set ehr_link_system to the "
+                          "identifier system of the MRNs in client_identifiers")
 
 
 _ETL_SCALARS = [f.name for f in fields(EtlSettings) if f.name != "mapping"]
