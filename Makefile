@@ -1,4 +1,6 @@
 # Two commands: `make demo` sets up and runs the demo, `make test` sets up and runs the tests.
+# `make demo PORT=8123` serves the demo on another port than 8000.
+# After `make setup`, run other commands as `.venv/bin/retention ...` (or `. .venv/bin/activate`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,8 +15,10 @@ $(BIN)/retention: pyproject.toml
 
 setup: $(BIN)/retention
 
+# The port the demo serves on, at 127.0.0.1; the demo refuses a busy one before changing var/.
+PORT ?= 8000
 demo: setup
-	$(BIN)/retention demo
+	$(BIN)/retention demo --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .

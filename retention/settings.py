@@ -296,13 +296,18 @@ class Settings:
 def load_settings(
     path: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read settings from a TOML file (if present), then environment overrides.
+    """Read settings from a TOML file, then environment overrides.
 
     The source and store URLs have no defaults in code: a deployment without
-    them fails here, at start, rather than later against the wrong database.
+    them fails here, at start, rather than later against the wrong database. The
+    file may be missing only when the environment gives both URLs (a deployment
+    configured by its environment alone); otherwise a missing file is the error.
     """
     environ = os.environ if environ is None else environ
+    given = path is not None
     path = path or Path(environ.get("RETENTION_CONFIG", DEFAULT_CONFIG_FILE))
+    from_environment = bool(environ.get("RETENTION_SOURCE_URL")
+                            and environ.get("RETENTION_STORE_URL"))
     values: dict[str, Any] = {}
     if path.exists():
         with path.open("rb") as fh:
@@ -311,8 +316,16 @@ def load_settings(
         if "model_key" in values:
             raise ConfigError(f"model_key is a secret and is not read from {path}: set "
                               "RETENTION_MODEL_KEY in the environment, or model_key_file")
+    elif given and not from_environment:
+        raise ConfigError(f"config file {path} does not exist")
     elif "RETENTION_CONFIG" in environ:
         raise ConfigError(f"config file {path} does not exist (set by RETENTION_CONFIG)")
+    elif not from_environment:
+        # Run from another folder, the relative default is not there: say so, rather than
+        # name the settings it would have given. Both URLs in the environment need no file.
+        raise ConfigError(f"config file {path} not found in {Path.cwd()}: run retention from "
+                          "the repository folder, or set RETENTION_CONFIG to the config "
+                          "file's path (or RETENTION_SOURCE_URL and RETENTION_STORE_URL)")
     for var, name in ENV_OVERRIDES.items():
         if environ.get(var):
             values[name] = environ[var]

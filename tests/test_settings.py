@@ -77,3 +77,42 @@ def test_a_misspelt_tier_fails_start_up(tmp_path: Path) -> None:
     good = load_settings(write_config(tmp_path, "[list.tiers]\nhigh = 0.6\nmedium = 0.3\n"),
                          environ={})
     assert dict(good.tiers) == {"high": 0.6, "medium": 0.3}
+
+
+def test_without_its_config_file_a_command_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from another folder, the relative default is not there; "missing setting(s)
+    # source_url, store_url" once sent people looking for settings they had not lost.
+    monkeypatch.chdir(tmp_path)
+    said = (f"config file config/retention.toml not found in {Path.cwd()}: run retention "
+            "from the repository folder, or set RETENTION_CONFIG to the config file's path "
+            "(or RETENTION_SOURCE_URL and RETENTION_STORE_URL)")
+    for environ in ({}, {"RETENTION_SOURCE_URL": "sqlite:///clinic.db"},
+                    {"RETENTION_STORE_URL": "sqlite:///store.db", "RETENTION_MODELS_DIR": "m"}):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(environ=environ)
+        assert str(refused.value) == said
+    with pytest.raises(ConfigError, match=r"config file .*other.toml does not exist$"):
+        load_settings(tmp_path / "other.toml", environ={})
+    with pytest.raises(ConfigError, match=r"other.toml does not exist \(set by RETENTION_CONFIG"):
+        load_settings(environ={"RETENTION_CONFIG": str(tmp_path / "other.toml"),
+                               "RETENTION_SOURCE_URL": "sqlite:///clinic.db",
+                               "RETENTION_STORE_URL": "sqlite:///store.db"})
+
+
+def test_a_deployment_configured_by_its_environment_alone_needs_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"RETENTION_SOURCE_URL": "sqlite:///clinic.db",
+                                      "RETENTION_STORE_URL": "sqlite:///store.db",
+                                      "RETENTION_MODELS_DIR": "versions"})
+    assert (settings.source_url, settings.store_url) == ("sqlite:///clinic.db",
+                                                         "sqlite:///store.db")
+    assert settings.models_dir == Path("versions")
+    # And the file, where there is one, is still read under the environment's URLs.
+    (tmp_path / "config").mkdir()
+    write_config(tmp_path / "config", "horizon_days = 14\n")
+    settings = load_settings(environ={"RETENTION_STORE_URL": "sqlite:///elsewhere.db"})
+    assert (settings.store_url, settings.horizon_days) == ("sqlite:///elsewhere.db", 14)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from retention.db.engines import store_engine
 from retention.evaluation.calibration import summary
@@ -18,6 +20,7 @@ from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, as_of_option, progress, say
 from retention.pipelines.train import TrainResult, run_training
 from retention.settings import Settings
+from retention.store.lists import latest_publication
 
 
 @click.command()
@@ -152,7 +155,8 @@ def promote(ctx: click.Context, version: str, force: bool, reason: str) -> None:
                                     key=_key(ctx))
     except (registry.RegistryError, ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
-    say(f"models promote: {version} is current (was {previous or 'none'})")
+    say(f"models promote: {version} is current (was {previous or 'none'}). "
+        + _until_scored(ctx, version))
 
 
 @models.command()
@@ -164,7 +168,45 @@ def rollback(ctx: click.Context, reason: str) -> None:
         version = registry.rollback(_models_dir(ctx), reason=reason, key=_key(ctx))
     except (registry.RegistryError, ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
-    say(f"models rollback: {version} is current again")
+    say(f"models rollback: {version} is current again. " + _until_scored(ctx, version))
+
+
+NEXT_SCORING = "the next scoring run (`retention score`, or the nightly run)"
+
+
+def _until_scored(ctx: click.Context, version: str) -> str:
+    """What a change of the current version does to the published list: nothing until the
+    list is scored again. Which model scored that list, when the store says so cheaply."""
+    published = _published(ctx.find_root().obj.settings())
+    if published is None:
+        return (f"It takes effect at {NEXT_SCORING}: until then the published list still "
+                "comes from the previous model")
+    if not published:
+        return f"No list is published yet: {NEXT_SCORING} scores with {version}"
+    as_of, scored_by = published["as_of"], published["model_version"]
+    if scored_by == version:
+        return (f"The published list (as of {as_of}) was scored by {version} already; "
+                f"{NEXT_SCORING} scores with it too")
+    return (f"It takes effect at {NEXT_SCORING}: until then the published list (as of "
+            f"{as_of}) still comes from {scored_by}, the model that scored it")
+
+
+def _published(settings: Settings) -> dict[str, Any] | None:
+    """The newest publication ({} when none), or None when the store cannot say quickly.
+
+    A SQLite store that is not there is not created by asking."""
+    parsed = make_url(settings.store_url)
+    if parsed.get_backend_name() == "sqlite" and (
+            not parsed.database or not Path(parsed.database).exists()):
+        return None
+    engine = store_engine(settings.store_url, statement_timeout=5, lock_timeout=2)
+    try:
+        with engine.connect() as conn:
+            return latest_publication(conn) or {}
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 @models.command("sign")

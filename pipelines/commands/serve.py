@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import socket
 import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -93,14 +95,20 @@ def scheduler(obj: Context, run_now: bool, as_of: datetime | None) -> None:
 @click.option("--today", "--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
               default=None,
               help="The demo clinic's today (YYYY-MM-DD; default: today). Fix it to repeat a demo.")
-@click.option("--port", default=8000, show_default=True)
+@click.option("--port", default=8000, show_default=True,
+              help="The port to serve on, at 127.0.0.1 (`make demo PORT=8123`).")
 @click.option("--no-serve", is_flag=True, help="Stop after scoring (for scripts and tests).")
 @click.pass_obj
 def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: int,
          no_serve: bool) -> None:
     """Synthetic clinic -> ETL -> train -> score -> API on localhost, all on SQLite."""
     started = time.monotonic()
-    settings = _demo_key(obj.settings())
+    settings = obj.settings()
+    if not no_serve:
+        # Before anything in var/ changes: a second demo would otherwise rebuild the store
+        # the first one is serving, and only then find the port taken.
+        check_port_free("127.0.0.1", port, _demo_folder(settings))
+    settings = _demo_key(settings)
     today = obj.day(as_of)
     steps = 5 if not no_serve else 4
     say(f"demo [1/{steps}] synthetic clinic")
@@ -130,9 +138,10 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
     say(f"demo: ready in {time.monotonic() - started:.1f} s")
     if no_serve:
         return
-    _demo_sign_in(settings, port)
+    token = _demo_sign_in(settings, port)
     _demo_ehr(settings, port)
-    say(f"demo [5/{steps}] serving: try http://127.0.0.1:{port}/v1/risk-list?limit=5")
+    say(f"demo [5/{steps}] serving; try the list as the case manager:\n  "
+        + risk_list_curl(port, token))
     # No Redis in the demo: one worker, so the per-process rate limit is the limit.
     _serve(settings, False, "127.0.0.1", port,
            1 if counts_per_process(settings.api_rate_limit_storage) else 2)
@@ -173,21 +182,74 @@ def _demo_key(settings: Settings) -> Settings:
     return replace(settings, model_key_file=path)
 
 
-def _demo_sign_in(settings: Settings, port: int) -> None:
-    """A case-manager key for the pages, and one session secret every worker inherits."""
+def check_port_free(host: str, port: int, folder: str = "var/") -> None:
+    """Refuse a port the server could not listen on, before the demo changes ``folder``.
+
+    Bound as the server binds it (gunicorn and Flask set SO_REUSEADDR): a port something
+    listens on is refused, one whose connections a demo just stopped left in TIME_WAIT is
+    not (without SO_REUSEADDR, Linux may refuse that for a minute, though the server starts).
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"port {port} is in use, probably by another demo or service: stop it, or "
+                f"choose another port with `make demo PORT=8123` or `retention demo --port "
+                f"8123`. Nothing in {folder} was changed") from exc
+        raise click.ClickException(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another port "
+            f"with `make demo PORT=8123` or `retention demo --port 8123`. Nothing in "
+            f"{folder} was changed") from exc
+    finally:
+        probe.close()
+
+
+def _demo_folder(settings: Settings) -> str:
+    """The folder of the demo's store as a person ran it ("var/" by the shipped config)."""
+    database = make_url(settings.store_url).database
+    if not database:
+        return "the demo's store"
+    folder, here = Path(database).resolve().parent, Path.cwd()
+    return f"{folder.relative_to(here) if folder.is_relative_to(here) else folder}/"
+
+
+def risk_list_curl(port: int, token: str) -> str:
+    """The command line that reads the first page of the list with ``token``."""
+    return (f"curl -H 'Authorization: Bearer {token}' "
+            f"'http://127.0.0.1:{port}/v1/risk-list?limit=5'")
+
+
+def _demo_sign_in(settings: Settings, port: int) -> str:
+    """Keys for the pages and the API: a case manager's (their caseload, returned) and a
+    clinic lead's (the whole clinic); and one session secret every worker inherits."""
     # gunicorn's workers are forked from this process: they share this secret. The
     # demo serves plain http on localhost, so its cookie cannot be Secure-only.
     os.environ.setdefault("RETENTION_SECRET_KEY", secrets.token_urlsafe(48))
     os.environ["RETENTION_INSECURE_COOKIES"] = "1"
+    s = tables.scores
     engine = store_engine(settings.store_url)
     try:
         with engine.begin() as conn:
-            clinic = conn.execute(select(tables.scores.c.clinic_id).limit(1)).scalar_one()
-            _, token = create_key(conn, "case_manager", [clinic], label="Demo case manager")
+            # The largest caseload on the newest list: a morning with calls to make.
+            clinic, case_manager = conn.execute(
+                select(s.c.clinic_id, s.c.case_manager_id)
+                .where(s.c.as_of == select(func.max(s.c.as_of)).scalar_subquery(),
+                       s.c.case_manager_id.is_not(None))
+                .group_by(s.c.clinic_id, s.c.case_manager_id)
+                .order_by(func.count().desc(), s.c.clinic_id, s.c.case_manager_id).limit(1)
+            ).one()
+            _, token = create_key(conn, "case_manager", [clinic], case_manager_id=case_manager,
+                                  label=f"Demo case manager ({case_manager})")
+            _, lead = create_key(conn, "case_manager", [clinic], label="Demo clinic lead")
     finally:
         engine.dispose()
-    say(f"demo: case managers' daily list at http://127.0.0.1:{port}/web/ ; sign in "
-        f"with this access key (case manager, {clinic}):\n  {token}")
+    say(f"demo: today's calls at http://127.0.0.1:{port}/web/ ; sign in with an access key:\n"
+        f"  case manager {case_manager} (their caseload): {token}\n"
+        f"  clinic lead ({clinic}, every caseload):    {lead}")
+    return token
 
 
 def _demo_ehr(settings: Settings, port: int) -> None:

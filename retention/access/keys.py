@@ -113,7 +113,8 @@ def create_key(
     if role not in ROLES:
         raise AccessError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     if role != "admin" and not clinics:
-        raise AccessError(f"a {role} key needs at least one --clinic")
+        raise AccessError(f"{'an' if role[:1] in 'aeiou' else 'a'} {role} key needs at "
+                          "least one --clinic")
     if case_manager_id and role != "case_manager":
         raise AccessError("--case-manager applies to case_manager keys only")
     if set(grants) - {GRANT_CLIENT_DATA}:
@@ -121,7 +122,8 @@ def create_key(
     if expires_at is not None and expires_at <= now:
         raise AccessError("the expiry must be in the future")
     if role in RECIPIENT_ROLES and not recipient:
-        raise AccessError(f"a {role} key acts for an outside recipient: name it with "
+        raise AccessError(f"{'an' if role[:1] in 'aeiou' else 'a'} {role} key acts for an "
+                          "outside recipient: name it with "
                           "--recipient (the id the clients' consents name)")
     if recipient and role not in RECIPIENT_ROLES:
         raise AccessError("--recipient applies to ehr keys only: the other roles are the "

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine
 
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import gate
@@ -19,6 +20,7 @@ from retention.model.booster import ModelError, TrainedModel
 from retention.model.training import fit, snapshot_dates, time_split, training_rows
 from retention.pipelines.cli import main
 from retention.settings import EvaluationSettings
+from retention.store import schema
 from retention.store.clinic_copy import read_clinic_copy
 from tests.conftest import Scored
 
@@ -104,6 +106,39 @@ def test_promotion_refuses_a_version_that_fails_its_hashes(
         registry.promote(models, scored.model.version, reason="test")
 
 
+def test_a_promotion_says_the_list_changes_at_the_next_scoring_run(
+    scored: Scored, tmp_path: Path
+) -> None:
+    """Which model scored the list is said when the store tells; without a store, the
+    promotion still says when it reaches the list, and creates no store by asking."""
+    models = copied_registry(scored, tmp_path)
+    version = scored.model.version
+    absent = tmp_path / "var" / "retention.db"
+    empty = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with empty.begin() as conn:
+        schema.upgrade(conn)
+    empty.dispose()
+    for store_url, said in [
+        (str(empty.url), f"No list is published yet: the next scoring run (`retention score`, "
+         f"or the nightly run) scores with {version}"),
+        (f"sqlite:///{absent}", "It takes effect at the next scoring run (`retention score`, "
+         "or the nightly run): until then the published list still comes from the previous "
+         "model"),
+        (scored.settings.store_url, f"The published list (as of {scored.as_of}) was scored by "
+         f"{version} already; the next scoring run (`retention score`, or the nightly run) "
+         "scores with it too"),
+    ]:
+        config = tmp_path / "retention.toml"
+        config.write_text(f'source_url = "{scored.settings.source_url}"\n'
+                          f'store_url = "{store_url}"\nmodels_dir = "{models}"\n')
+        result = CliRunner().invoke(main, ["--config", str(config), "models", "promote",
+                                           version])
+        assert result.exit_code == 0, result.stderr
+        assert f"models promote: {version} is current (was {version}). {said}" in " ".join(
+            result.stderr.split())
+    assert not absent.exists() and not absent.parent.exists()
+
+
 @pytest.mark.slow
 def test_models_commands(scored: Scored, worse: tuple, tmp_path: Path) -> None:
     models = copied_registry(scored, tmp_path)
@@ -133,3 +168,17 @@ def test_models_commands(scored: Scored, worse: tuple, tmp_path: Path) -> None:
     assert code == 1 and "no earlier version" in err
     code, _, err = run("models", "show", "nope")
     assert code == 1 and "no model version 'nope'" in err
+    # A promotion or rollback changes the registry, not the published list: it says so.
+    code, _, err = run("models", "promote", model.version, "--force", "--reason", "test")
+    err = " ".join(err.split())
+    assert code == 0, err
+    assert (f"models promote: {model.version} is current (was {scored.model.version}). It "
+            "takes effect at the next scoring run (`retention score`, or the nightly run): "
+            f"until then the published list (as of {scored.as_of}) still comes from "
+            f"{scored.model.version}, the model that scored it") in err
+    code, _, err = run("models", "rollback")
+    err = " ".join(err.split())
+    assert code == 0, err
+    assert (f"models rollback: {scored.model.version} is current again. The published list "
+            f"(as of {scored.as_of}) was scored by {scored.model.version} already; the next "
+            "scoring run (`retention score`, or the nightly run) scores with it too") in err

@@ -224,3 +224,36 @@ def test_missing_settings_are_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("--config", str(config), "runs")
     assert result.returncode != 0
     assert "missing setting(s) source_url" in result.stderr
+
+
+def run_bare(*args: str, cwd: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a person runs it: no --config, no RETENTION_* but those given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    return subprocess.run([*RETENTION, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**env, **environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+def test_run_from_another_folder_a_command_says_the_config_file_is_not_found(
+    tmp_path: Path,
+) -> None:
+    result = run_bare("runs", cwd=tmp_path)
+    assert result.returncode == 1
+    assert (f"Error: config file config/retention.toml not found in {tmp_path.resolve()}: "
+            "run retention from the repository folder, or set RETENTION_CONFIG to the config "
+            "file's path (or RETENTION_SOURCE_URL and RETENTION_STORE_URL)") in result.stderr
+    assert "missing setting" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made where it ran
+
+
+@pytest.mark.slow
+def test_a_deployment_configured_by_its_environment_alone_runs(copied: Path,
+                                                                tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_bare("runs", cwd=elsewhere,
+                      RETENTION_SOURCE_URL=f"sqlite:///{copied / 'clinic.db'}",
+                      RETENTION_STORE_URL=f"sqlite:///{copied / 'store.db'}")
+    assert result.returncode == 0, result.stderr
+    assert "succeeded" in result.stdout
