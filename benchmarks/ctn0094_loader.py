@@ -127,6 +127,10 @@ def load_frames(folder: Path) -> dict[str, pd.DataFrame]:
             "revoked_at", "updated_at"]),
         "client_identifiers": pd.DataFrame(columns=["system", "value", "client_id",
                                                     "updated_at"]),
+        # Nor any way to reach a participant: no contact details.
+        "client_contacts": pd.DataFrame(columns=[
+            "client_id", "display_name", "preferred_name", "phone", "preferred_channel",
+            "may_text", "may_call", "language", "updated_at"]),
     }
 
 

@@ -56,6 +56,7 @@ CODED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     ("alliance_measures", "instrument"): contract.INSTRUMENTS,
     ("alliance_measures", "rater"): contract.RATERS,
     ("consents", "purpose"): contract.CONSENT_PURPOSES,
+    ("client_contacts", "preferred_channel"): contract.CONTACT_CHANNELS,
 }
 
 

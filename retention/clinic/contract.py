@@ -78,6 +78,9 @@ CONSENT_PURPOSES = (
 )
 # A consent's recipient written as a class of recipients rather than one named recipient.
 RECIPIENT_CLASS_PREFIX = "class:"
+# How a client prefers to be reached: the channels a case manager records an outreach by
+# (``retention.casework.outreach.CHANNELS``, which a test keeps equal to these).
+CONTACT_CHANNELS = ("phone", "text", "email", "in_person", "letter")
 
 metadata = MetaData()
 
@@ -177,11 +180,31 @@ client_identifiers = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+# How case managers reach a client from the daily list (one row per client). Shown only
+# on the case managers' pages, to staff whose scope includes the client
+# (``retention.casework.contacts``); never in logs, the JSON API or FHIR, and never a
+# model input or a feature.
+client_contacts = Table(
+    "client_contacts",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("display_name", String(128)),  # the name as the clinic records it
+    Column("preferred_name", String(64)),  # what the client likes to be called
+    # Digits, spaces, + ( ) - . and an extension ("ext 12", "x12"): 7-15 digits before it.
+    Column("phone", String(32)),
+    Column("preferred_channel", String(16)),  # CONTACT_CHANNELS
+    Column("may_text", Boolean),  # null: not known
+    Column("may_call", Boolean),  # null: not known
+    Column("language", String(35)),  # a BCP 47 tag: "en", "es", "pt-BR", "zh-Hans"
+    Column("updated_at", DateTime, nullable=False),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}
 REQUIRED_TABLES = ("clients", "episodes", "appointments", "alliance_measures")
-OPTIONAL_TABLES = ("alliance_items", "consents", "client_identifiers")
-# Held for disclosure decisions and the EHR's lookups; no feature or model ever reads them.
-NOT_MODEL_INPUTS = ("consents", "client_identifiers")
+OPTIONAL_TABLES = ("alliance_items", "consents", "client_identifiers", "client_contacts")
+# Held for disclosure decisions, the EHR's lookups and the case managers' calls; no
+# feature or model ever reads them.
+NOT_MODEL_INPUTS = ("consents", "client_identifiers", "client_contacts")
 
 DATE_COLUMNS = {
     "episodes": ("admitted_on", "planned_discharge_on", "discharged_on"),
@@ -193,4 +216,5 @@ TIMESTAMP_COLUMNS = {
     "alliance_measures": ("administered_at", "updated_at"),
     "consents": ("revoked_at", "updated_at"),
     "client_identifiers": ("updated_at",),
+    "client_contacts": ("updated_at",),
 }

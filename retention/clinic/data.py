@@ -31,8 +31,9 @@ def empty_frame(table: str) -> pd.DataFrame:
 class ClinicData:
     """The contract tables as frames with parsed dates; the optional ones may be empty.
 
-    Consents and identifiers ride along for disclosure, never for features: a read
-    for features (the scoped read) leaves them empty.
+    Consents, identifiers and contacts ride along for disclosure and the case managers'
+    calls, never for features: a read for features (the scoped read, training's whole
+    copy) leaves them empty.
     """
 
     clients: pd.DataFrame
@@ -43,6 +44,7 @@ class ClinicData:
     consents: pd.DataFrame = field(default_factory=lambda: empty_frame("consents"))
     identifiers: pd.DataFrame = field(
         default_factory=lambda: empty_frame("client_identifiers"))
+    contacts: pd.DataFrame = field(default_factory=lambda: empty_frame("client_contacts"))
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """The frames under their contract table names."""
@@ -54,6 +56,7 @@ class ClinicData:
             "alliance_items": self.items,
             "consents": self.consents,
             "client_identifiers": self.identifiers,
+            "client_contacts": self.contacts,
         }
 
     @property
@@ -92,7 +95,7 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
     give the same frames.
     """
     out = {name: frame.copy() for name, frame in frames.items()}
-    for name in ("consents", "client_identifiers"):  # optional, and absent from feature reads
+    for name in contract.NOT_MODEL_INPUTS:  # optional, and absent from feature reads
         if name not in out:
             out[name] = empty_frame(name)
     for columns in (contract.DATE_COLUMNS, contract.TIMESTAMP_COLUMNS):
@@ -111,6 +114,11 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
     items["response"] = pd.to_numeric(items["response"]).astype(float)
     clients = out["clients"]
     clients["birth_year"] = pd.to_numeric(clients["birth_year"])
+    contacts = out["client_contacts"]
+    for col in ("may_text", "may_call"):  # null: not known, never read as no
+        contacts[col] = contacts[col].astype(object).map(
+            lambda v: None if v is None or v is pd.NA or v != v else as_bool(v)
+        ).astype("boolean")
     for name, frame in out.items():
         for col in TEXT_COLUMNS.get(name, ()):
             if col in frame.columns:
@@ -123,6 +131,7 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         items=items,
         consents=out["consents"],
         identifiers=out["client_identifiers"],
+        contacts=out["client_contacts"],
     )
 
 

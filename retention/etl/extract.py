@@ -38,7 +38,7 @@ from retention.settings import SourceMapping
 # read in full each run: they carry no updated_at (clients) or follow their measure
 # (items, read for the measures that changed).
 INCREMENTAL = ("episodes", "appointments", "alliance_measures", "consents",
-               "client_identifiers")
+               "client_identifiers", "client_contacts")
 
 
 class SourceError(RuntimeError):
@@ -94,6 +94,7 @@ REPEATED = {
     "alliance_items": ("measure_id",),
     "consents": ("purpose",),
     "client_identifiers": ("system",),
+    "client_contacts": ("preferred_channel", "language"),
 }
 
 
@@ -294,7 +295,8 @@ def _give_back_memory() -> None:
 # 100,000 clients with a year of history): the largest start first so the connections
 # finish together.
 READ_COST = {"appointments": 55, "alliance_items": 41, "alliance_measures": 36,
-             "episodes": 1, "clients": 1, "consents": 1, "client_identifiers": 1}
+             "episodes": 1, "clients": 1, "consents": 1, "client_identifiers": 1,
+             "client_contacts": 1}
 
 
 def read_source(

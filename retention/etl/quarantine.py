@@ -172,7 +172,7 @@ def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
 
     out = {"clients": codes}
     for table in ("episodes", "appointments", "alliance_measures", "consents",
-                  "client_identifiers"):
+                  "client_identifiers", "client_contacts"):
         out[table] = through(outcome.checked[table]["client_id"], clients["client_id"], codes)
     measures = outcome.checked["alliance_measures"]
     out["alliance_items"] = through(outcome.checked["alliance_items"]["measure_id"],

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import langcodes
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +59,9 @@ RULES: dict[str, str] = {
                            "a name",
     "malformed_system": "an identifier's system that is not a URI (scheme:rest, no space "
                         "or '|')",
+    "malformed_phone": "a contact's phone that is not a phone number: digits, spaces, "
+                       "+ ( ) - . and an extension (ext/x), 7-15 digits before it",
+    "malformed_language": "a contact's language that is not a BCP 47 tag (en, es, pt-BR)",
     "orphan": "refers to a client, episode or measure the source does not have",
     "discharge_before_admission": "discharged before admitted",
     "expiry_before_effective": "a consent that expires before it takes effect",
@@ -84,7 +88,7 @@ NUMBERS = {
     "alliance_items": ("item_number", "response"),
 }
 INTEGERS = {"clients": ("birth_year",), "alliance_items": ("item_number",)}
-BOOLEANS = {"appointments": ("telehealth",)}
+BOOLEANS = {"appointments": ("telehealth",), "client_contacts": ("may_text", "may_call")}
 TOTAL_TOLERANCE = 0.051  # totals are recorded to a tenth
 SUBSCALE_TOLERANCE = 0.01
 REJECT_COLUMNS = ["table_name", "row_key", "rule", "detail", "rows_json", "n_rows"]
@@ -111,6 +115,12 @@ RECIPIENT_CLASS = re.compile(re.escape(contract.RECIPIENT_CLASS_PREFIX)
 # A URI as FHIR names a code or identifier system: a scheme, a colon, the rest. Never a
 # '|': the quarantine's key joins system and value with one.
 SYSTEM_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s|]+")
+# A phone number as a clinic writes one, leniently: digits, spaces, + ( ) - . and an
+# extension ("ext 12", "ext. 12", "x12"); 7-15 digits before the extension (E.164 has at
+# most 15).
+PHONE = re.compile(r"(?P<number>\+?[0-9 ().-]+?)(?:\s*(?:ext\.?|x)\s*[0-9]{1,6})?\s*",
+                   re.IGNORECASE)
+PHONE_DIGITS = (7, 15)
 BYTES_TAG = "$bytes"  # how ``rows_json`` keeps a value that came as bytes
 ROW_KEY_LENGTH = int(getattr(tables.quarantine.c.row_key.type, "length", None) or 200)
 
@@ -231,6 +241,7 @@ def validate(
     for c in checked.values():
         _row_rules(c, codes_allowed)
     _disclosure_rules(checked["consents"], checked["client_identifiers"])
+    _contact_rules(checked["client_contacts"])
 
     clients, episodes = checked["clients"], checked["episodes"]
     appts, measures, items = (checked["appointments"], checked["alliance_measures"],
@@ -269,6 +280,7 @@ def validate(
     consents = checked["consents"]
     _orphans(consents, {"client_id": client_ids})
     _orphans(checked["client_identifiers"], {"client_id": client_ids})
+    _orphans(checked["client_contacts"], {"client_id": client_ids})
     k = consents.typed
     consents.flag(k["expires_on"].notna() & (k["expires_on"] < k["effective_on"]),
                   "expiry_before_effective",
@@ -357,6 +369,33 @@ def _disclosure_rules(consents: _Checked, identifiers: _Checked) -> None:
     identifiers.flag(_failing(system, lambda v: SYSTEM_URI.fullmatch(v) is None),
                      "malformed_system",
                      _said("system ", system, " is not a URI (scheme:rest)"))
+
+
+def _contact_rules(contacts: _Checked) -> None:
+    """A phone a case manager can dial, a language tag the pages can name. The details
+    never quote the value: a contact's phone or language is no one's business but the
+    case managers' (the raw row is kept with the entry, as for every table)."""
+    contacts.flag(_failing(contacts.raw["phone"], _bad_phone), "malformed_phone",
+                  "phone is not a phone number (digits, spaces, + ( ) - . and an extension; "
+                  f"{PHONE_DIGITS[0]}-{PHONE_DIGITS[1]} digits)")
+    contacts.flag(_failing(contacts.raw["language"], _bad_language),
+                  "malformed_language", "language is not a BCP 47 tag (en, es, pt-BR)")
+
+
+def _bad_language(value: str) -> bool:
+    """Not a BCP 47 tag whose subtags are registered (langcodes checks them against the
+    IANA registry: "es", "pt-BR", "zh-Hans"; not "Spanish"); "_" is never a separator."""
+    return "_" in value or not langcodes.tag_is_valid(value)
+
+
+def _bad_phone(value: str) -> bool:
+    """Not digits and the usual punctuation, or too few or too many digits."""
+    found = PHONE.fullmatch(value)
+    if found is None:
+        return True
+    digits = sum(ch.isdigit() for ch in found.group("number"))
+    low, high = PHONE_DIGITS
+    return not low <= digits <= high
 
 
 def _bad_recipient(value: str) -> bool:
@@ -622,23 +661,28 @@ def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
         unfit |= length > TEXT_LENGTHS[table].get(keys[0], ROW_KEY_LENGTH)
     elif table != "alliance_items":
         # system|value: a system holds no '|' (SYSTEM_URI), so the first one splits them.
-        key = raw[keys[0]].astype(str).astype(object)
+        blobs = {k: _blobs(raw[k]) for k in keys}
+        key = _key_text(raw[keys[0]], blobs[keys[0]])
         for k in keys[1:]:
-            key = key + "|" + raw[k].astype(str).astype(object)
+            key = key + "|" + _key_text(raw[k], blobs[k])
         key = key.where(raw[keys].notna().all(axis=1), None)
         unfit, length = _text_facts(key)
         unfit |= length > ROW_KEY_LENGTH
+        for blob in blobs.values():  # bytes are never a key of the copy
+            unfit |= blob.to_numpy()
     else:
-        number = pd.to_numeric(raw["item_number"].mask(_blobs(raw["item_number"])),
-                               errors="coerce")
+        blob = _blobs(raw["item_number"])
+        measure_blob = _blobs(raw["measure_id"])
+        number = pd.to_numeric(raw["item_number"].mask(blob), errors="coerce")
         whole = number.notna() & (number == np.floor(number)) & (number.abs() < 2**53)
         # Whole numbers as integers ("3", not "3.0"); anything else as it came.
-        shown = raw["item_number"].astype(str).astype(object)
+        shown = _key_text(raw["item_number"], blob)
         shown[whole] = number[whole].astype("int64").astype(str).astype(object)
-        key = raw["measure_id"].astype(str).astype(object) + "|" + shown
+        key = _key_text(raw["measure_id"], measure_blob) + "|" + shown
         key = key.where(raw[keys].notna().all(axis=1), None)
         unfit, length = _text_facts(key)
         unfit |= length > ROW_KEY_LENGTH
+        unfit |= (blob | measure_blob).to_numpy()  # bytes are never a key of the copy
     missing = key.isna()
     unfit &= ~missing.to_numpy()
     if missing.any() or unfit.any():
@@ -649,6 +693,13 @@ def _row_keys(table: str, raw: pd.DataFrame) -> pd.Series:
         ]
         key[unfit] = [_unfit_key(str(k)) for k in key[unfit]]
     return key.astype(str)
+
+
+def _key_text(values: pd.Series, blob: pd.Series) -> pd.Series:
+    """A key column as text to join; bytes (``blob``), which need not decode, as their repr."""
+    if blob.any():
+        return values.map(_shown).astype(object)
+    return values.astype(str).astype(object)
 
 
 UNFIT_KEY_PREFIXES = ("no key ", "bad key ")
@@ -806,7 +857,9 @@ def _valid_frame(c: _Checked) -> pd.DataFrame:
     for col in INTEGERS.get(c.table, ()):
         out[col] = out[col].astype("Int64")
     for col in BOOLEANS.get(c.table, ()):
-        out[col] = out[col].astype(bool)
+        # A nullable yes/no keeps its nulls (not known is never no).
+        nullable = contract.TABLES[c.table].c[col].nullable
+        out[col] = out[col].astype("boolean" if nullable else bool)
     return out.reset_index(drop=True)
 
 

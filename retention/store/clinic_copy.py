@@ -48,7 +48,8 @@ def bump_copy_version(connection: Connection, run_id: int) -> None:
 
 def read_clinic_copy(connection: Connection) -> ClinicData:
     """The service's whole copy of the clinic data that models learn from (training reads
-    this); consents and identifiers are never inputs and stay in the store."""
+    this); consents, identifiers and contacts (``contract.NOT_MODEL_INPUTS``) are never
+    inputs and stay in the store."""
     frames = {
         name: bulk.read_query(
             connection, f"SELECT * FROM {table.name}", [c.name for c in table.columns]
@@ -105,7 +106,8 @@ def scoped_frames(
     connection: Connection, as_of: date, lookback_days: int
 ) -> dict[str, pd.DataFrame]:
     """Raw contract frames holding what features and reasons for ``as_of`` read."""
-    # Not consents or client_identifiers: they are never model inputs (read as empty).
+    # Not consents, client_identifiers or client_contacts: they are never model inputs
+    # (read as empty).
     cut = datetime.combine(as_of, datetime.min.time())
     params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days),
               "ever": datetime(1900, 1, 1)}

@@ -48,6 +48,7 @@ Index("ix_clinic_episodes_client", copies["episodes"].c.client_id)
 # A disclosure looks up one client's consents, and the client an EHR's identifier names.
 Index("ix_clinic_consents_client", copies["consents"].c.client_id)
 Index("ix_clinic_client_identifiers_client", copies["client_identifiers"].c.client_id)
+# Contacts are one row per client, read by client id (their key): no index of their own.
 
 runs = Table(
     "runs",

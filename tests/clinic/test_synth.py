@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from retention.clinic import contract
 from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY
-from retention.clinic.synth import SynthConfig, consents, generate, write
+from retention.clinic.synth import SynthConfig, consents, contacts, generate, write
+from retention.etl.validation import Context, validate
 
 CONFIG = SynthConfig(end=date(2026, 6, 1), n_clients=300, seed=3)
 END = pd.Timestamp(CONFIG.end)
@@ -25,6 +26,7 @@ CODES = {
     ("alliance_measures", "instrument"): contract.INSTRUMENTS,
     ("alliance_measures", "rater"): contract.RATERS,
     ("consents", "purpose"): contract.CONSENT_PURPOSES,
+    ("client_contacts", "preferred_channel"): contract.CONTACT_CHANNELS,
 }
 
 
@@ -382,3 +384,66 @@ def test_each_case_appears_even_in_a_small_clinic() -> None:
     assert {consents.OTHER_RECIPIENT, consents.DEMO_RECIPIENT,
             consents.TREATING_PROVIDERS} <= set(k["recipient"])
     assert {"treatment", "payment"} <= set(k["purpose"])
+
+
+# --- contact details (made up) ----------------------------------------------------
+
+FICTIONAL_PHONE = r"\(\d{3}\) 555-01\d\d"
+
+
+def test_contacts_are_made_up_and_fictional(frames: dict[str, pd.DataFrame]) -> None:
+    c = frames["client_contacts"]
+    clients = set(frames["clients"]["client_id"])
+    assert c["client_id"].is_unique and set(c["client_id"]) <= clients
+    assert 0.90 <= len(c) / len(clients) < 1  # about 5% of clients have no row
+    phones = c["phone"].dropna()
+    assert 0 < len(phones) < len(c)  # some rows have no phone
+    assert phones.str.fullmatch(FICTIONAL_PHONE).all()  # 555-0100 to 555-0199 only
+    assert phones.str[1:4].nunique() >= 8  # varied area codes
+    given = c["display_name"].str.split(" ", n=1).str[0]
+    family = c["display_name"].str.split(" ", n=1).str[1]
+    assert given.isin(contacts.GIVEN_NAMES).all() and family.isin(contacts.FAMILY_NAMES).all()
+    assert 0.2 <= c["preferred_name"].notna().mean() <= 0.4
+
+
+def test_contacts_prefer_a_call_or_a_text_mostly_in_english(
+        frames: dict[str, pd.DataFrame]) -> None:
+    c = frames["client_contacts"]
+    assert c["preferred_channel"].isin(["phone", "text"]).mean() >= 0.7
+    assert c["preferred_channel"].nunique() >= 4
+    for column in ("may_text", "may_call"):
+        values = c[column].tolist()
+        assert values.count(True) / len(values) >= 0.6, column
+        assert values.count(False) > 0 and values.count(None) > 0, column  # some not known
+    assert (c.loc[c["preferred_channel"] == "text", "may_text"] == True).all()  # noqa: E712
+    assert c.loc[c["phone"].isna(), "preferred_channel"].isin(
+        ["email", "in_person", "letter"]).all()  # nobody prefers a call they cannot get
+    share = c["language"].value_counts(normalize=True)
+    assert share["en"] >= 0.65 and 0.08 <= share["es"] <= 0.22
+    assert set(c["language"]) <= {"en", "es", "pt-BR", "vi", "zh-Hans", "ht"}
+    assert len(set(c["language"])) >= 4
+
+
+def test_the_synthetic_contacts_pass_the_etls_checks(frames: dict[str, pd.DataFrame]) -> None:
+    out = validate(frames, Context())
+    assert out.rejects.empty
+    assert len(out.valid["client_contacts"]) == len(frames["client_contacts"])
+
+
+def test_contacts_leave_the_other_tables_as_they_were(
+        frames: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    """They draw from a stream of their own: features, models and consents cannot move."""
+    monkeypatch.setattr("retention.clinic.synth.simulation.add_contacts",
+                        lambda sink, config: None)
+    without = generate(CONFIG)
+    assert without["client_contacts"].empty
+    for name in contract.TABLES:
+        if name != "client_contacts":
+            pd.testing.assert_frame_equal(without[name], frames[name])
+
+
+def test_even_a_small_clinic_has_a_client_without_a_row_and_a_row_without_a_phone() -> None:
+    small = generate(replace(CONFIG, n_clients=20, seed=5))
+    c = small["client_contacts"]
+    assert set(small["clients"]["client_id"]) - set(c["client_id"])
+    assert c["phone"].isna().any()

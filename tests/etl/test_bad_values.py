@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ from sqlalchemy import Column, Engine, MetaData, Table, create_engine, insert, s
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig, generate
 from retention.db.engines import source_engine, store_engine
-from retention.etl.validation import KEYS, RULES
+from retention.etl.validation import KEYS, RULES, Context, validate
 from retention.pipelines.etl import run_etl
 from retention.settings import EtlSettings
 from retention.store import tables
@@ -153,6 +154,8 @@ def clinic_fixture(src: Source, store_db: Engine, blobs: bool) -> Clinic:
             "client_identifiers": conn.exec_driver_sql(
                 "SELECT * FROM client_identifiers ORDER BY system, value LIMIT 1"
             ).mappings().all(),
+            "client_contacts": conn.exec_driver_sql(
+                "SELECT * FROM client_contacts ORDER BY client_id LIMIT 1").mappings().all(),
         }
     clinic = Clinic(src, store_db, blobs, {t: [dict(r) for r in rows]
                                            for t, rows in templates.items()}, {})
@@ -195,6 +198,8 @@ def new_rows(clinic: Clinic, bad: dict[str, tuple[str, Any]]) -> dict[str, list[
                 row["updated_at"] = STAMP
     rows["alliance_items"] = [{**r, "measure_id": "HYP-alliance_measures"}
                               for r in rows["alliance_items"]]
+    # A client's contact row is keyed by the client: the new client's.
+    rows["client_contacts"] = [{**r, "client_id": "HYP-clients"} for r in rows["client_contacts"]]
     for table, (column, value) in bad.items():
         rows[table][0][column] = value
     return rows
@@ -248,12 +253,14 @@ ISSUE = {"clients": ("client_id", "C" * 65),
          "episodes": ("admitted_on", "2263-01-01"),
          "appointments": ("scheduled_at", "9999-12-31 10:00"),
          "alliance_measures": ("administered_at", "10000-01-01 00:00"),
-         "alliance_items": ("measure_id", "M\x01")}
+         "alliance_items": ("measure_id", "M\x01"),
+         "client_contacts": ("phone", "6" * 40)}
 BLOBS = {"clients": ("race_ethnicity", "a\x00b"),
          "episodes": ("discharged_on", b"\x07\xea\x06\x01"),
          "appointments": ("updated_at", b"2026-06-01"),
          "alliance_measures": ("score_total", float("inf")),
-         "alliance_items": ("item_number", 2**40)}
+         "alliance_items": ("item_number", 2**40),
+         "client_contacts": ("may_call", b"\x01")}
 
 
 @pytest.mark.slow
@@ -294,6 +301,10 @@ def test_issue_16s_values_are_held_under_their_own_rules(tmp_path: Path,
         "alliance_measures": [("administered_at", "2263-01-01 09:00", "date_out_of_range"),
                               ("score_total", float("inf"), "number_out_of_range")],
         "clients": [("birth_year", 2**31, "number_out_of_range")],
+        # Held before they could be found orphans (their client ids are new).
+        "client_contacts": [("phone", "call the front desk", "malformed_phone"),
+                            ("language", "english", "malformed_language"),
+                            ("may_text", "perhaps", "malformed_value")],
     }
     rows: dict[str, list[dict[str, Any]]] = {}
     expected = {}
@@ -346,3 +357,21 @@ def test_dates_a_typed_postgresql_source_holds_beyond_any_timestamp_are_held(
     assert {rule for _, _, rule, _ in found} <= {"date_out_of_range", "malformed_date"}
     store_db.dispose()
     src.dispose()
+
+
+def test_bytes_in_a_key_of_two_columns_are_a_held_row_never_a_crash() -> None:
+    """Bytes that are no UTF-8 in an item's or an identifier's key (found by the property
+    above once contacts joined the tables it draws for)."""
+    measure = {"measure_id": "M1", "episode_id": "E1", "client_id": "C1", "instrument": "SRS",
+               "rater": "client", "administered_at": "2026-01-01 10:00",
+               "updated_at": "2026-01-01 10:00"}
+    raw = {"alliance_measures": pd.DataFrame([measure]),
+           "alliance_items": pd.DataFrame([
+               {"measure_id": b"\x80", "item_number": 1, "response": 3.0},
+               {"measure_id": "M1", "item_number": b"\xff", "response": 3.0}]),
+           "client_identifiers": pd.DataFrame([
+               {"system": b"\xfe", "value": "MRN1", "client_id": "C1",
+                "updated_at": "2026-01-01 10:00"}])}
+    out = validate(raw, Context())
+    held_keys = out.rejects.loc[out.rejects["table_name"] != "alliance_measures", "row_key"]
+    assert len(held_keys) == 3 and held_keys.str.startswith("bad key ").all()

@@ -55,6 +55,13 @@ ETL_CONFIG: dict[str, Any] = {
         "client_identifiers": "SELECT 'urn:oid:2.16.840.1.113883.3.9999.1' AS system, "
                               "mrn AS value, pid AS client_id, modified AS updated_at "
                               "FROM ehr.patient_mrns",
+        # Yes/no kept as 'Y'/'N', unknown as NULL (never read as no).
+        "client_contacts": "SELECT pid AS client_id, full_name AS display_name, "
+                           "nickname AS preferred_name, tel AS phone, "
+                           "channel AS preferred_channel, "
+                           "CASE sms_ok WHEN 'Y' THEN true WHEN 'N' THEN false END AS may_text, "
+                           "CASE call_ok WHEN 'Y' THEN true WHEN 'N' THEN false END AS may_call, "
+                           "lang AS language, modified AS updated_at FROM ehr.patient_contacts",
     },
     "codes": {
         "episodes": {"program": {v: k for k, v in PROGRAMS.items()}},
@@ -79,7 +86,10 @@ CREATE TABLE ehr.ratings (rid text, adm_id text, pid text, visit_id text, tool t
 CREATE TABLE ehr.rating_items (rid text, q int, answer numeric);
 CREATE TABLE ehr.consents (cid text, pid text, party text, why text, signed text, until text,
                            withdrawn timestamp, modified timestamp);
-CREATE TABLE ehr.patient_mrns (mrn text, pid text, modified timestamp)
+CREATE TABLE ehr.patient_mrns (mrn text, pid text, modified timestamp);
+CREATE TABLE ehr.patient_contacts (pid text, full_name text, nickname text, tel text,
+                                   channel text, sms_ok char(1), call_ok char(1), lang text,
+                                   modified timestamp)
 """
 
 
@@ -91,7 +101,8 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
     """The synthetic clinic as an EHR stores it: other names, codes and text dates."""
     c, e, a = frames["clients"], frames["episodes"], frames["appointments"]
     m, i = frames["alliance_measures"], frames["alliance_items"]
-    k, ids = frames["consents"], frames["client_identifiers"]
+    k, ids, cc = frames["consents"], frames["client_identifiers"], frames["client_contacts"]
+    yes_no = {True: "Y", False: "N"}
     tables = {
         "patients": pd.DataFrame({"pid": c.client_id, "site": c.clinic_id,
                                   "cm": c.case_manager_id, "yob": c.birth_year,
@@ -122,6 +133,11 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
             "modified": k.updated_at}),
         "patient_mrns": pd.DataFrame({"mrn": ids.value, "pid": ids.client_id,
                                       "modified": ids.updated_at}),
+        "patient_contacts": pd.DataFrame({
+            "pid": cc.client_id, "full_name": cc.display_name, "nickname": cc.preferred_name,
+            "tel": cc.phone, "channel": cc.preferred_channel,
+            "sms_ok": cc.may_text.map(yes_no), "call_ok": cc.may_call.map(yes_no),
+            "lang": cc.language, "modified": cc.updated_at}),
     }
     with engine.begin() as conn:
         for statement in EHR_DDL.split(";"):
@@ -171,11 +187,15 @@ def test_a_mapped_ehr_loads_exactly_like_the_contract(
         conn.execute(text(
             "INSERT INTO ehr.consents SELECT 'K-ZZ', pid, party, 'ZZ', signed, until, "
             "withdrawn, :s FROM ehr.consents LIMIT 1"), {"s": stamp})
+        changed = conn.execute(text(
+            "UPDATE ehr.patient_contacts SET tel = 'ask at the desk', modified = :s "
+            "WHERE pid = (SELECT min(pid) FROM ehr.patient_contacts) RETURNING pid"),
+            {"s": stamp}).scalar_one()
     again = run_etl(mapped_source, mapped_store, AS_OF + timedelta(days=1), settings)
-    assert not again.full and again.rows_quarantined == 3
+    assert not again.full and again.rows_quarantined == 4
     quarantined = {(r[1], r[2]) for r in stored(mapped_store)["quarantine"]}
     assert quarantined == {("V-BADDATE", "malformed_date"), ("V-ZZ", "unknown_code"),
-                           ("K-ZZ", "unknown_code")}
+                           ("K-ZZ", "unknown_code"), (changed, "malformed_phone")}
     for engine in (writer, mapped_store, plain_store, mapped_source, plain_source):
         engine.dispose()
 

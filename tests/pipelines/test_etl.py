@@ -72,7 +72,7 @@ def test_first_run_is_a_full_reload_then_runs_are_incremental(source: Source,
     with store_db.connect() as conn:
         marks = read_watermarks(conn)
     assert set(marks) == {"episodes", "appointments", "alliance_measures", "consents",
-                          "client_identifiers"}
+                          "client_identifiers", "client_contacts"}
     store_db.dispose()
 
 
@@ -186,6 +186,17 @@ def change_the_source(src: Source, rng: random.Random, day: date, step: int,
     mrn = rng.choice(src.rows("client_identifiers", limit=50))
     src.update("client_identifiers", {"system": mrn["system"], "value": mrn["value"]},
                client_id=target["client_id"], updated_at=stamp + timedelta(minutes=14))
+    # A new phone (and consent to texts no longer known); a language written out, which
+    # breaks the contract (fixed the next step).
+    people = src.rows("client_contacts", limit=60)
+    src.update("client_contacts", {"client_id": rng.choice(people)["client_id"]},
+               phone=f"(808) 555-01{step:02d}", may_text=None,
+               updated_at=stamp + timedelta(minutes=15))
+    src.update("client_contacts", {"client_id": people[step]["client_id"]},
+               language="Haitian Creole", updated_at=stamp + timedelta(minutes=16))
+    if step > 0:
+        src.update("client_contacts", {"client_id": people[step - 1]["client_id"]},
+                   language="ht", updated_at=stamp + timedelta(minutes=17))
 
 
 def assert_incremental_equals_full(src: Source, incremental: Engine, url_for_full: str,
@@ -219,6 +230,11 @@ def test_incremental_runs_equal_a_full_reload_sqlite(tmp_path: Path, seed: int) 
     # Only the last step's bad rows are still held; earlier ones were fixed and released.
     assert sorted(k for k in held if k.startswith(("BAD", "ORPH", "KN"))) == [
         "BAD02", "KN02", "ORPH02"]
+    q = tables.quarantine
+    with store_db.connect() as conn:
+        contacts_held = conn.execute(select(q.c.row_key).where(
+            q.c.table_name == "client_contacts")).scalars().all()
+    assert contacts_held == [src.rows("client_contacts", limit=3)[2]["client_id"]]
     store_db.dispose()
     src.dispose()
 
@@ -411,10 +427,12 @@ def test_a_dropped_optional_table_is_not_read_as_empty(
     store_db.dispose()
 
 
-@pytest.mark.parametrize("missing", [("alliance_items",), ("consents", "client_identifiers")])
+@pytest.mark.parametrize("missing", [("alliance_items",), ("consents", "client_identifiers"),
+                                     ("client_contacts",)])
 def test_an_optional_table_the_clinic_never_had_reads_empty(tmp_path: Path,
                                                            missing: tuple[str, ...]) -> None:
-    """Most clinics keep no consents or identifiers for the service (yet): their runs go on."""
+    """Most clinics keep no consents, identifiers or contacts for the service (yet): their
+    runs go on."""
     src = Source.synthetic(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=40)
     with src.engine.begin() as conn:
         for table in missing:

@@ -127,6 +127,18 @@ class ClinicBuilder:
             "updated_at": at("2026-01-05", 8)})
         return system, value
 
+    def contact(self, client_id: str, display_name: str | None = "Test Client",
+                phone: str | None = "(617) 555-0142", preferred_channel: str | None = "phone",
+                may_text: bool | None = True, may_call: bool | None = True,
+                language: str | None = "en", preferred_name: str | None = None) -> str:
+        """How case managers reach ``client_id`` (made up: a fictional 555-01xx number)."""
+        self.rows["client_contacts"].append({
+            "client_id": client_id, "display_name": display_name,
+            "preferred_name": preferred_name, "phone": phone,
+            "preferred_channel": preferred_channel, "may_text": may_text,
+            "may_call": may_call, "language": language, "updated_at": at("2026-01-05", 8)})
+        return client_id
+
     def _client_of(self, episode_id: str) -> str:
         for e in self.rows["episodes"]:
             if e["episode_id"] == episode_id:

@@ -37,14 +37,20 @@ _STREAM = 20_231  # mixed into the seed: a stream apart from the simulation's
 _MRN_STEP = 7_654_321  # coprime to 10**7: client numbers map to distinct 7-digit MRNs
 
 
+def first_admissions(sink: Sink) -> dict[str, int]:
+    """Each client's first admission day: what their MRN, consents and contacts date from."""
+    first: dict[str, int] = {}
+    for episode in sink.episodes:
+        client_id, admit_day = str(episode[1]), int(episode[3])
+        first[client_id] = min(admit_day, first.get(client_id, admit_day))
+    return first
+
+
 def add_consents_and_identifiers(sink: Sink, config: SynthConfig) -> None:
     """Append each client's MRN and consents to ``sink``, dated from their first admission."""
     rng = np.random.default_rng([_STREAM, config.seed])
     end = day_number(config.end)
-    first_admitted: dict[str, int] = {}
-    for episode in sink.episodes:
-        client_id, admit_day = str(episode[1]), int(episode[3])
-        first_admitted[client_id] = min(admit_day, first_admitted.get(client_id, admit_day))
+    first_admitted = first_admissions(sink)
     clients = [str(c[0]) for c in sink.clients]
     n = len(clients)
     names = list(CASES)

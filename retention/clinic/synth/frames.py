@@ -27,6 +27,7 @@ class Sink:
     items: list[tuple[Any, ...]] = field(default_factory=list)
     consents: list[tuple[Any, ...]] = field(default_factory=list)
     identifiers: list[tuple[Any, ...]] = field(default_factory=list)
+    contacts: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _columns(name: str) -> list[str]:
@@ -137,6 +138,21 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
             "updated_at": _timestamps(ci[3]),
         }
     )
+    cc = list(zip(*sink.contacts, strict=True)) or [()] * 9
+    contacts = pd.DataFrame(
+        {
+            "client_id": list(cc[0]),
+            "display_name": list(cc[1]),
+            "preferred_name": list(cc[2]),
+            "phone": list(cc[3]),
+            "preferred_channel": list(cc[4]),
+            # Yes, no or not known (None): kept as Python values, never read as no.
+            "may_text": pd.Series(list(cc[5]), dtype=object),
+            "may_call": pd.Series(list(cc[6]), dtype=object),
+            "language": list(cc[7]),
+            "updated_at": _timestamps(cc[8]),
+        }
+    )
     frames = {
         "clients": clients,
         "episodes": episodes,
@@ -145,6 +161,7 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
         "alliance_items": items,
         "consents": consents,
         "client_identifiers": identifiers,
+        "client_contacts": contacts,
     }
     return {name: frame[_columns(name)] for name, frame in frames.items()}
 

@@ -24,7 +24,8 @@ data measures the model, not the simulation.
 
 Everything comes from one ``numpy.random.default_rng(seed)`` stream consumed in
 a fixed order, so a config always yields bit-identical tables (consents and
-identifiers draw from a stream of their own, ``retention.clinic.synth.consents``).
+identifiers draw from a stream of their own, ``retention.clinic.synth.consents``, and
+the made-up contact details from another, ``retention.clinic.synth.contacts``).
 Rows are built as tuples and timestamps as integer minutes, which keeps 100,000
 clients feasible.
 """
@@ -42,6 +43,7 @@ import pandas as pd
 from retention.clinic.instruments import WAI_SR_KEY
 from retention.clinic.synth.config import DAY, EPOCH_ORDINAL, SynthConfig, day_number, weekday_of
 from retention.clinic.synth.consents import add_consents_and_identifiers
+from retention.clinic.synth.contacts import add_contacts
 from retention.clinic.synth.frames import Sink, to_frames
 
 
@@ -728,6 +730,7 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
                 break
             episode += 1
     add_consents_and_identifiers(sink, config)  # a stream of its own: the above is unchanged
+    add_contacts(sink, config)  # another stream of its own: made-up names and phones
     return to_frames(sink)
 
 
