@@ -2,24 +2,51 @@
 
 Every mark has a <title> (read out by screen readers, shown on hover) and shape as
 well as colour tells statuses apart; the page also carries the same data as tables.
+
+Each chart is drawn twice, for two layouts, and the stylesheet shows the one that fits
+the screen (``chart-narrow`` under 760 CSS px, ``chart-wide`` from there): an SVG is
+scaled to its box, so one drawing 760 units wide put 11-unit text at 5 px on a 360 px
+phone. The narrow one is 380 units wide with 13-unit text, about 1:1 on a phone; the
+wide one keeps the detail of a desktop screen (its width is capped by the stylesheet,
+so text stays near 12-15 px). The hidden copy is ``display: none``, out of the
+accessibility tree, so a screen reader meets each chart once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from markupsafe import Markup, escape
 
 from retention.clinic.instruments import SRS_CUTOFF
 
-WIDTH, LEFT, RIGHT = 760, 84, 16
 MISSED = ("no_show", "late_cancel")
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
 STATUS_WORDS = {"attended": "attended", "no_show": "no-show", "late_cancel": "late cancellation",
                 "cancelled_by_client": "cancelled by client",
                 "cancelled_by_clinic": "cancelled by clinic", "scheduled": "booked"}
+
+
+class Layout(NamedTuple):
+    """One drawing of a chart: its width in SVG units, margins, text sizes in units, how
+    many weeks apart the date labels are at least, and whether row names sit to the
+    left of the plot (wide) or above their row (narrow)."""
+
+    name: str
+    width: int
+    left: int
+    right: int
+    tick: int
+    axis: int
+    label_gap: int
+    names_left: bool
+
+
+NARROW = Layout("narrow", 380, 44, 8, 13, 13, 50, False)
+WIDE = Layout("wide", 760, 84, 16, 12, 13, 44, True)
+LAYOUTS = (NARROW, WIDE)
 
 
 def _f(value: float) -> str:
@@ -29,38 +56,61 @@ def _f(value: float) -> str:
 class _Scale:
     """Days to x pixels over [start, end]."""
 
-    def __init__(self, start: date, end: date) -> None:
+    def __init__(self, start: date, end: date, layout: Layout) -> None:
         self.start, self.days = start, max((end - start).days, 1)
+        self.layout = layout
 
     def x(self, when: date | datetime) -> float:
         day = when.date() if isinstance(when, datetime) else when
         frac = (day - self.start).days / self.days
         if isinstance(when, datetime):
             frac += (when.hour / 24) / self.days
-        return LEFT + frac * (WIDTH - LEFT - RIGHT)
+        lay = self.layout
+        return lay.left + frac * (lay.width - lay.left - lay.right)
 
 
-def _svg(height: int, title: str, desc: str, body: Iterable[str], ident: str) -> Markup:
+def _tick(lay: Layout, x: float | str, y: float | str, words: str, anchor: str = "middle",
+          css: str = "tick") -> str:
+    size = lay.axis if css == "axis" else lay.tick
+    return (f'<text class="{css}" x="{x}" y="{y}" font-size="{size}" text-anchor="{anchor}">'
+            f'{words}</text>')
+
+
+def _svg(lay: Layout, height: int, title: str, desc: str, body: Iterable[str],
+         ident: str) -> str:
+    ident = f"{ident}-{lay.name}"
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}" '
-        f'role="img" aria-labelledby="{ident}-t {ident}-d">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-{lay.name}" '
+        f'viewBox="0 0 {lay.width} {height}" role="img" aria-labelledby="{ident}-t {ident}-d">',
         f'<title id="{ident}-t">{escape(title)}</title><desc id="{ident}-d">{escape(desc)}</desc>',
         *body, "</svg>",
     ]
-    return Markup("".join(parts))
+    return "".join(parts)
 
 
 def _weeks(scale: _Scale, top: float, bottom: float) -> list[str]:
-    """Week ticks (Mondays) with day-month labels under ``bottom``."""
+    """Week lines (Mondays) with day-month labels under ``bottom``, as many weeks apart
+    as keeps the labels from running into each other."""
     out = []
+    lay = scale.layout
+    week = 7 * (lay.width - lay.left - lay.right) / scale.days
+    every = max(1, -(-lay.label_gap // max(int(week), 1)))
     day = scale.start + timedelta(days=(7 - scale.start.weekday()) % 7)
     end = scale.start + timedelta(days=scale.days)
+    n = 0
     while day <= end:
         x = _f(scale.x(day))
-        out.append(f'<line class="grid" x1="{x}" x2="{x}" y1="{top}" y2="{bottom}"/>'
-                   f'<text class="tick" x="{x}" y="{bottom + 14}" text-anchor="middle">'
-                   f'{day.day} {day:%b}</text>')
+        out.append(f'<line class="grid" x1="{x}" x2="{x}" y1="{top}" y2="{bottom}"/>')
+        if n % every == 0:
+            words = f"{day.day} {day:%b}"
+            half = 0.3 * lay.tick * len(words)  # about half the label's width
+            at = float(x)
+            anchor = ("start" if at - half < lay.left - 6 else
+                      "end" if at + half > lay.width - 2 else "middle")
+            shift = {"start": -2.0, "end": 2.0, "middle": 0.0}[anchor]
+            out.append(_tick(lay, _f(at + shift), bottom + lay.tick + 3, words, anchor))
         day += timedelta(days=7)
+        n += 1
     return out
 
 
@@ -68,22 +118,26 @@ def risk_chart(history: Sequence[Mapping[str, Any]], tiers: Mapping[str, float])
     """The client's risk on each published list of the last weeks, with the tier lines."""
     if not history:
         return Markup("")
+    return Markup("".join(_risk(lay, history, tiers) for lay in LAYOUTS))
+
+
+def _risk(lay: Layout, history: Sequence[Mapping[str, Any]], tiers: Mapping[str, float]) -> str:
     first, last = history[0]["as_of"], history[-1]["as_of"]
-    scale = _Scale(min(first, last - timedelta(days=14)), last)
-    top, bottom, height = 12.0, 132.0, 160
+    scale = _Scale(min(first, last - timedelta(days=14)), last, lay)
+    top, bottom = 14.0, 134.0
+    height = int(bottom) + lay.tick + 10
 
     def y(risk: float) -> float:
         return bottom - risk * (bottom - top)
 
     body = _weeks(scale, top, bottom)
     for pct in (0, 50, 100):
-        body.append(f'<text class="tick" x="{LEFT - 8}" y="{_f(y(pct / 100) + 4)}" '
-                    f'text-anchor="end">{pct}%</text>')
+        body.append(_tick(lay, lay.left - 6, _f(y(pct / 100) + 4), f"{pct}%", "end"))
+    end = lay.width - lay.right
     for name, cut in sorted(tiers.items(), key=lambda kv: kv[1]):
-        body.append(f'<line class="threshold" x1="{LEFT}" x2="{WIDTH - RIGHT}" '
-                    f'y1="{_f(y(cut))}" y2="{_f(y(cut))}"/><text class="tick" '
-                    f'x="{WIDTH - RIGHT}" y="{_f(y(cut) - 4)}" text-anchor="end">'
-                    f'{escape(name)} from {cut:.0%}</text>')
+        body.append(f'<line class="threshold" x1="{lay.left}" x2="{end}" '
+                    f'y1="{_f(y(cut))}" y2="{_f(y(cut))}"/>'
+                    + _tick(lay, end, _f(y(cut) - 4), f"{escape(name)} from {cut:.0%}", "end"))
     points = " ".join(f"{_f(scale.x(h['as_of']))},{_f(y(h['risk']))}" for h in history)
     body.append(f'<polyline class="risk-line" points="{points}"/>')
     for h in history:
@@ -92,7 +146,7 @@ def risk_chart(history: Sequence[Mapping[str, Any]], tiers: Mapping[str, float])
                     f'{h["risk"]:.0%} ({escape(h["tier"])})</title></circle>')
     desc = (f"Risk from {first:%d %b} to {last:%d %b}: from {history[0]['risk']:.0%} "
             f"to {history[-1]['risk']:.0%}.")
-    return _svg(height, "Risk of disengaging on each list", desc, body, "risk")
+    return _svg(lay, height, "Risk of disengaging on each list", desc, body, "risk")
 
 
 def _appointment_mark(x: float, y: float, status: str, evidence: bool) -> str:
@@ -113,15 +167,28 @@ def _appointment_mark(x: float, y: float, status: str, evidence: bool) -> str:
 def timeline_chart(appointments: Sequence[Mapping[str, Any]], measures: Sequence[Mapping[str, Any]],
                    start: date, as_of: date, evidence: set[str]) -> Markup:
     """Appointments by status, then SRS and GSRS (0-40, line at 36, ruptures), then WAI-SR."""
+    return Markup("".join(_timeline(lay, appointments, measures, start, as_of, evidence)
+                          for lay in LAYOUTS))
+
+
+def _timeline(lay: Layout, appointments: Sequence[Mapping[str, Any]],
+              measures: Sequence[Mapping[str, Any]], start: date, as_of: date,
+              evidence: set[str]) -> str:
     end = as_of + timedelta(days=28)
-    scale = _Scale(start, end)
-    appt_y, s_top, s_bottom, w_top, w_bottom, height = 30, 64.0, 184.0, 214.0, 274.0, 300
+    scale = _Scale(start, end, lay)
+    # The narrow drawing names the sessions row above it, so everything moves down a line.
+    down = 0 if lay.names_left else 16
+    appt_y = 30 + down
+    s_top, s_bottom, w_top, w_bottom = 64.0 + down, 184.0 + down, 214.0 + down, 274.0 + down
+    height = int(w_bottom) + lay.tick + 10
     body = _weeks(scale, 14, w_bottom)
     today = _f(scale.x(as_of))
-    body.append(f'<line class="today" x1="{today}" x2="{today}" y1="10" y2="{w_bottom}"/>'
-                f'<text class="tick" x="{today}" y="10" text-anchor="middle">list date</text>')
-    body.append(f'<text class="axis" x="{LEFT - 8}" y="{appt_y + 4}" text-anchor="end">'
-                'Sessions</text>')
+    body.append(f'<line class="today" x1="{today}" x2="{today}" y1="{lay.tick + 2}" '
+                f'y2="{w_bottom}"/>' + _tick(lay, today, lay.tick, "list date"))
+    if lay.names_left:
+        body.append(_tick(lay, lay.left - 8, appt_y + 4, "Sessions", "end", "axis"))
+    else:
+        body.append(_tick(lay, 4, appt_y - 14, "Sessions", "start", "axis"))
     for a in appointments:
         words = STATUS_WORDS.get(a["status"], a["status"])
         x = scale.x(a["scheduled_at"])
@@ -136,13 +203,11 @@ def timeline_chart(appointments: Sequence[Mapping[str, Any]], measures: Sequence
         return s_bottom - score / 40 * (s_bottom - s_top)
 
     for score in (0, 20, 40):
-        body.append(f'<text class="tick" x="{LEFT - 8}" y="{_f(sy(score) + 4)}" '
-                    f'text-anchor="end">{score}</text>')
-    line = _f(sy(SRS_CUTOFF))
-    body.append(f'<line class="cutoff" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{line}" '
-                f'y2="{line}"/><text class="tick" x="{WIDTH - RIGHT}" y="{_f(sy(SRS_CUTOFF) - 4)}"'
-                ' text-anchor="end">concern line 36</text>')
-    body.append(f'<text class="axis" x="4" y="{s_top - 8}">SRS / GSRS</text>')
+        body.append(_tick(lay, lay.left - 6, _f(sy(score) + 4), str(score), "end"))
+    line, right = _f(sy(SRS_CUTOFF)), lay.width - lay.right
+    body.append(f'<line class="cutoff" x1="{lay.left}" x2="{right}" y1="{line}" y2="{line}"/>'
+                + _tick(lay, right, _f(sy(SRS_CUTOFF) - 4), "concern line 36", "end"))
+    body.append(_tick(lay, 4, s_top - 8, "SRS / GSRS", "start", "axis"))
     for instrument, css in (("SRS", "srs"), ("GSRS", "gsrs")):
         rated = [m for m in measures if m["instrument"] == instrument and m["rater"] == "client"
                  and m["score_total"] is not None]
@@ -163,7 +228,7 @@ def timeline_chart(appointments: Sequence[Mapping[str, Any]], measures: Sequence
     def wy(score: float) -> float:
         return w_bottom - (score - 12) / 48 * (w_bottom - w_top)
 
-    body.append(f'<text class="axis" x="4" y="{w_top - 8}">WAI-SR (12-60)</text>')
+    body.append(_tick(lay, 4, w_top - 8, "WAI-SR (12-60)", "start", "axis"))
     for m in measures:
         if m["instrument"] != "WAI-SR" or m["score_total"] is None:
             continue
@@ -177,4 +242,4 @@ def timeline_chart(appointments: Sequence[Mapping[str, Any]], measures: Sequence
     ruptures = sum(bool(m["rupture"]) for m in measures)
     desc = (f"{len(appointments)} sessions from {start:%d %b} to {end:%d %b}: {attended} "
             f"attended, {missed} missed; {ruptures} session-rating ruptures.")
-    return _svg(height, "Sessions and alliance ratings", desc, body, "timeline")
+    return _svg(lay, height, "Sessions and alliance ratings", desc, body, "timeline")
