@@ -1,9 +1,11 @@
 """How long the case manager's list page takes to render on the server, for a caseload of 200.
 
 Publishes two nights' lists (so "changed since yesterday" has work to do) of 200
-episodes in one clinic, plus a week of outreach for a quarter of them, into a fresh
-SQLite store; signs a case manager in and times GET /web/ with Flask's test client
-(server-side only: routing, session check, scoped reads, audit write, template).
+episodes in one clinic, with every client's contact details and MRN and a week of
+outreach for a quarter of them, into a fresh SQLite store; signs a case manager in and
+times today's calls (everyone, and the still-engaged default), the CSV export and a
+filtered view with Flask's test client (server-side only: routing, session check,
+scoped reads, contacts, outreach counts, audit write, template).
 Usage: .venv/bin/python benchmarks/web_list.py [--n 200]
 """
 
@@ -21,6 +23,8 @@ from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 
+from sqlalchemy import insert
+
 from retention.access.keys import create_key
 from retention.api import create_app
 from retention.casework import outreach
@@ -29,6 +33,7 @@ from retention.db.engines import store_engine
 from retention.settings import settings_from_mapping
 from retention.store import schema
 from retention.store.lists import publish_scores
+from retention.store.tables import copies
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 AS_OF = date(2026, 6, 1)
 CLINIC = "clinic-bench"
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.1"
 
 
 def reason(rng: random.Random, i: int) -> dict[str, object]:
@@ -63,6 +69,18 @@ def publish(engine: object, n: int, rng: random.Random) -> None:
                                             "protective": [reason(rng, i)]}),
             } for rank, (i, r) in enumerate(zip(range(n), risks, strict=True), start=1)]
             publish_scores(conn, day, rows, 1, "bench")
+        conn.execute(insert(copies["clients"]), [
+            {"client_id": f"C{i:05d}", "clinic_id": CLINIC, "case_manager_id": "cm-1"}
+            for i in range(n)])
+        conn.execute(insert(copies["client_contacts"]), [
+            {"client_id": f"C{i:05d}", "display_name": f"Client Number{i}",
+             "preferred_name": None, "phone": f"(617) 555-01{i % 100:02d}",
+             "preferred_channel": "phone", "may_text": True, "may_call": True,
+             "language": "es" if i % 7 == 0 else "en", "updated_at": datetime(2026, 5, 1)}
+            for i in range(n)])
+        conn.execute(insert(copies["client_identifiers"]), [
+            {"system": MRN_SYSTEM, "value": f"{1000000 + i}", "client_id": f"C{i:05d}",
+             "updated_at": datetime(2026, 5, 1)} for i in range(n)])
         for i in range(0, n, 4):
             outreach.record_outreach(conn, outreach.Outreach(
                 client_id=f"C{i:05d}", episode_id=f"E{i:05d}", clinic_id=CLINIC,
@@ -89,7 +107,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_from_mapping({"source_url": f"sqlite:///{tmp}/clinic.db",
                                           "store_url": f"sqlite:///{tmp}/store.db",
-                                          "api_rate_limit_per_minute": 1_000_000})
+                                          "api_rate_limit_per_minute": 1_000_000,
+                                          "ehr_link_template": "https://ehr.example/p/{mrn}",
+                                          "ehr_link_system": MRN_SYSTEM})
         engine = store_engine(settings.store_url)
         publish(engine, args.n, rng)
         with engine.begin() as conn:
@@ -101,17 +121,21 @@ def main() -> None:
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
         signed = client.post("/web/sign-in", data={"csrf_token": csrf, "key": token})
         assert signed.status_code == 303
-        page = client.get("/web/").get_data(as_text=True)
+        page = client.get("/web/?show=all").get_data(as_text=True)
         shown = len(re.findall(r'<tr id="c-', page))
-        timed(client, "/web/", 3)  # warm-up
-        lists = timed(client, "/web/", args.runs)
-        sorted_by = timed(client, "/web/?sort=change&tier=high", args.runs)
-        print(f"list page, caseload {shown} ({len(page) / 1024:.0f} KiB HTML), {args.runs} runs: "
-              f"median {statistics.median(lists):.1f} ms, "
-              f"p95 {statistics.quantiles(lists, n=20)[18]:.1f} ms, max {max(lists):.1f} ms")
-        print(f"list page sorted by change, high tier only: median "
-              f"{statistics.median(sorted_by):.1f} ms, "
-              f"p95 {statistics.quantiles(sorted_by, n=20)[18]:.1f} ms")
+        assert "555-01" in page, "no contact details on the page"
+        timed(client, "/web/?show=all", 3)  # warm-up
+        views = {
+            f"today's calls, everyone ({shown} rows, {len(page) / 1024:.0f} KiB HTML)":
+                "/web/?show=all",
+            "today's calls, still engaged (the default)": "/web/",
+            "CSV export, everyone": "/web/calls.csv?show=all",
+            "sorted by change, high tier only": "/web/?sort=change&tier=high&show=all",
+        }
+        for name, path in views.items():
+            took = timed(client, path, args.runs)
+            print(f"{name}, {args.runs} runs: median {statistics.median(took):.1f} ms, "
+                  f"p95 {statistics.quantiles(took, n=20)[18]:.1f} ms, max {max(took):.1f} ms")
         engine.dispose()
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
-from datetime import date, timedelta
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from babel import Locale, UnknownLocaleError
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -30,7 +38,7 @@ from retention.api.web.session import (
     sign_in,
     signed_in,
 )
-from retention.casework import caseload, outreach
+from retention.casework import caseload, contacts, outreach
 from retention.clinic import contract
 from retention.model.drift import drift_explanation
 from retention.settings import Settings
@@ -46,9 +54,15 @@ bp = Blueprint("web", __name__, url_prefix="/web", template_folder="templates",
 TIERS = ("high", "medium", "low")
 SORT_WORDS = {"rank": "Risk (highest first)", "change": "What changed since yesterday",
               "last_attended": "Longest since last attended", "next_booked": "Nothing booked first"}
-LIST_PARAMS = {"program", "tier", "engaged", "sort", "recorded"}
-# Outreach recorded this recently shows on the list, so two people do not call one client.
+SHOW_WORDS = {"engaged": "Still engaged", "all": "Everyone on the list"}
+LIST_PARAMS = {"program", "tier", "show", "sort", "cm"}
+# Calls counted on the list ("this week"), so two people do not call one client thrice.
 OUTREACH_DAYS = 7
+# A case manager id as the clinic's database writes it (contract: up to 64 characters).
+CASE_MANAGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+CSV_COLUMNS = ("rank", "client_id", "name", "preferred_name", "phone", "preferred_channel",
+               "may_text", "may_call", "language", "case_manager", "tier", "risk", "why",
+               "last_attended", "next_booked", "calls_this_week", "last_outreach")
 
 
 def _settings() -> Settings:
@@ -186,42 +200,147 @@ def _freshness(conn: Any) -> dict[str, Any]:
 # --- today's list -----------------------------------------------------------------
 
 
-def _list_filter() -> caseload.DailyFilter:
-    unknown = sorted(set(request.args) - LIST_PARAMS)
+def _list_filter(args: Mapping[str, str] | None = None) -> caseload.DailyFilter:
+    """The list's filters from the query string, each checked; unknown ones refused."""
+    args = request.args if args is None else args
+    unknown = sorted(set(args) - LIST_PARAMS - {"recorded"})
     if unknown:
         raise Problem(400, f"Unknown filter(s): {', '.join(unknown)}.", "Bad filter")
-    program = request.args.get("program") or None
-    tier = request.args.get("tier") or None
-    sort = request.args.get("sort") or "rank"
+    program = args.get("program") or None
+    tier = args.get("tier") or None
+    sort = args.get("sort") or "rank"
+    show = args.get("show") or "engaged"
+    cm = args.get("cm") or None
     if program is not None and program not in contract.PROGRAMS:
         raise Problem(400, f"There is no program {program!r}.", "Bad filter")
     if tier is not None and tier not in TIERS:
         raise Problem(400, "Tier must be high, medium or low.", "Bad filter")
     if sort not in caseload.SORTS:
         raise Problem(400, "Sort by one of: " + ", ".join(caseload.SORTS) + ".", "Bad filter")
-    return caseload.DailyFilter(program=program, tier=tier, sort=sort,
-                                engaged_only=request.args.get("engaged") == "1")
+    if show not in caseload.SHOWS:
+        raise Problem(400, "Show must be engaged or all.", "Bad filter")
+    if cm is not None:
+        if _caller().case_manager_id is not None:
+            raise Problem(400, "Your key covers your own caseload; it cannot show another "
+                          "case manager's.", "Bad filter")
+        if not CASE_MANAGER_ID.fullmatch(cm):
+            raise Problem(400, "That is not a case manager id.", "Bad filter")
+    return caseload.DailyFilter(program=program, tier=tier, sort=sort, show=show,
+                                case_manager=cm)
+
+
+def _list_query(flt: caseload.DailyFilter, **extra: str) -> dict[str, str]:
+    """The query string that shows ``flt`` again (defaults left out)."""
+    query = {"program": flt.program or "", "tier": flt.tier or "",
+             "sort": "" if flt.sort == "rank" else flt.sort,
+             "show": "" if flt.show == "engaged" else flt.show, "cm": flt.case_manager or ""}
+    query.update(extra)
+    return {k: v for k, v in query.items() if v}
+
+
+def _calls(conn: Connection, flt: caseload.DailyFilter, as_of: date) -> caseload.DailyList:
+    """Today's calls in the caller's scope, each row with the client's contact details."""
+    week_start = services().clock.now() - timedelta(days=OUTREACH_DAYS)
+    daily = caseload.daily_list(conn, _caller(), as_of, flt, week_start)
+    settings = _settings()
+    found = contacts.contacts_for(conn, _caller(), [r["client_id"] for r in daily.rows],
+                                  link_template=settings.ehr_link_template,
+                                  link_system=settings.ehr_link_system)
+    for row in daily.rows:
+        row["contact"] = found.get(row["client_id"])
+    return daily
 
 
 @bp.get("/")
 @signed_in
 def daily_list() -> ResponseReturnValue:
-    """Whom to reach today and why, in the signed-in person's scope."""
+    """Today's calls: whom to reach and why, how to reach them, and what was tried."""
     flt = _list_filter()
-    since = services().clock.now() - timedelta(days=OUTREACH_DAYS)
     with _store().connect() as conn:
         pub = latest_publication(conn)
         fresh = _freshness(conn)
         label = key_label(conn, _caller().key_id)
-        daily = (caseload.daily_list(conn, _caller(), pub["as_of"], flt, since)
-                 if pub else None)
+        daily = _calls(conn, flt, pub["as_of"]) if pub else None
+        recorded = _recorded(conn, request.args.get("recorded"), pub)
     rows = daily.rows if daily else []
     audit("web.list", "ok", 200, [r["client_id"] for r in rows], who=_caller())
     return render_template(
         "list.html", daily=daily, rows=rows, fresh=fresh, flt=flt, who=_caller(), label=label,
-        programs=contract.PROGRAMS, tiers=TIERS, sorts=SORT_WORDS,
-        recorded=request.args.get("recorded"),
+        programs=contract.PROGRAMS, tiers=TIERS, sorts=SORT_WORDS, shows=SHOW_WORDS,
+        recorded=recorded, list_query=_list_query(flt), outreach_days=OUTREACH_DAYS,
+        channel_words=outreach.CHANNEL_WORDS,
+        filtered=bool(flt.program or flt.tier or flt.sort != "rank" or flt.case_manager),
     )
+
+
+def _recorded(conn: Connection, client_id: str | None,
+              pub: dict[str, Any] | None) -> str | None:
+    """The client whose outreach was just saved, if the caller may see them."""
+    if not client_id or pub is None:
+        return None
+    return client_id if read_client(conn, _caller(), client_id, pub["as_of"], limit=1) else None
+
+
+@bp.get("/calls.csv")
+@signed_in
+def calls_csv() -> ResponseReturnValue:
+    """Today's calls as a spreadsheet, for a day away from the screen; audited as an export."""
+    flt = _list_filter()
+    with _store().connect() as conn:
+        pub = latest_publication(conn)
+        if pub is None:
+            raise Problem(404, "No list has been published yet.", "No list")
+        daily = _calls(conn, flt, pub["as_of"])
+    audit("web.export", "ok", 200, [r["client_id"] for r in daily.rows], who=_caller())
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for r in daily.rows:
+        writer.writerow([_cell(v) for v in _csv_row(r)])
+    filename = f"calls-{pub['as_of']:%Y-%m-%d}.csv"
+    return Response(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _csv_row(r: dict[str, Any]) -> list[Any]:
+    c = r.get("contact")
+    last = r.get("outreach")
+    reasons = "; ".join(reason["text"] for reason in r["reasons"][:3])
+    return [
+        r["rank"], r["client_id"], c and c.display_name, c and c.preferred_name,
+        c and c.phone, c and c.preferred_channel, _yes_no(c and c.may_text),
+        _yes_no(c and c.may_call), c and c.language, r.get("case_manager_id"), r["tier"],
+        pct(r["risk"]), reasons, r["last_attended_on"], r["next_booked_at"], r["attempts"],
+        outreach_words(last) if last else "",
+    ]
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else "yes" if value else "no"
+
+
+def _cell(value: Any) -> str:
+    """A spreadsheet cell that is never a formula (OWASP CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@bp.get("/calls/print")
+@signed_in
+def calls_print() -> ResponseReturnValue:
+    """Today's calls on paper: names, numbers, why and a box for notes; audited as a print."""
+    flt = _list_filter()
+    with _store().connect() as conn:
+        pub = latest_publication(conn)
+        fresh = _freshness(conn)
+        label = key_label(conn, _caller().key_id)
+        daily = _calls(conn, flt, pub["as_of"]) if pub else None
+    rows = daily.rows if daily else []
+    audit("web.print", "ok", 200, [r["client_id"] for r in rows], who=_caller())
+    return render_template("print.html", daily=daily, rows=rows, fresh=fresh, flt=flt,
+                           who=_caller(), label=label, shows=SHOW_WORDS,
+                           list_query=_list_query(flt), outreach_days=OUTREACH_DAYS,
+                           channel_words=outreach.CHANNEL_WORDS)
 
 
 # --- one client -------------------------------------------------------------------
@@ -239,6 +358,10 @@ def _client_page(client_id: str, form_error: str | None = None,
                                                 pub["as_of"] if pub else None)
         else:
             history = outreach.client_history(conn, _caller(), client_id)
+            settings = _settings()
+            contact = contacts.contacts_for(
+                conn, _caller(), [client_id], link_template=settings.ehr_link_template,
+                link_system=settings.ehr_link_system).get(client_id)
         label = key_label(conn, _caller().key_id)
     if story is None:
         # Outside the scope and absent look the same; the audit knows which.
@@ -251,7 +374,8 @@ def _client_page(client_id: str, form_error: str | None = None,
     start = pub["as_of"] - timedelta(weeks=12)
     return render_template(
         "client.html", story=story, row=story.current, fresh=fresh, who=_caller(), label=label,
-        history=history, channels=outreach.CHANNELS, outcomes=outreach.OUTCOMES,
+        history=history, contact=contact, channel_words=outreach.CHANNEL_WORDS,
+        outcome_words=outreach.OUTCOME_WORDS,
         note_max=tables.NOTE_MAX, form_error=form_error, form=form or {},
         risk_svg=charts.risk_chart(story.history, _settings().tiers),
         timeline_svg=charts.timeline_chart(story.appointments, story.measures, start,
@@ -272,9 +396,11 @@ def client_page(client_id: str) -> ResponseReturnValue:
 @bp.post("/clients/<client_id>/outreach")
 @signed_in
 def record_outreach(client_id: str) -> ResponseReturnValue:
-    """Record a call, text or visit against the client's row on today's list."""
+    """Record a call, text or visit against the client's row on today's list: from the
+    client page's form, or one button of the calling list (phone, with its result)."""
     who = _caller()
-    form = {k: request.form.get(k, "") for k in ("result", "channel", "outcome", "note")}
+    form = {k: request.form.get(k, "") for k in ("result", "channel", "outcome", "note", "quick")}
+    back = _back_to_list(request.form.get("list")) if request.form.get("back") == "list" else None
     try:
         reached, channel, result, note = outreach.parse_entry(form)
     except outreach.OutreachError as exc:
@@ -304,9 +430,20 @@ def record_outreach(client_id: str) -> ResponseReturnValue:
     if current is None:
         audit("web.outreach", "denied", 404, [client_id], who=who)
         raise Problem(404, "This client is not on your list.", "Client not on your list")
-    if request.form.get("back") == "list":
-        return redirect(url_for("web.daily_list", recorded=client_id) + f"#c-{client_id}", 303)
-    return redirect(url_for("web.client_page", client_id=client_id) + "#outreach", 303)
+    if back is not None:
+        query = urlencode({**back, "recorded": client_id})
+        return redirect(f"{url_for('web.daily_list')}?{query}#c-{client_id}", 303)
+    return redirect(url_for("web.client_page", client_id=client_id) + "#latest-outreach", 303)
+
+
+def _back_to_list(query: str | None) -> dict[str, str]:
+    """The list view the outreach was recorded from (its own filters only, checked again),
+    so the saved row is on the page the user returns to."""
+    args = {k: v for k, v in parse_qsl(query or "") if k in LIST_PARAMS}
+    try:
+        return _list_query(_list_filter(args))
+    except Problem:
+        return {}
 
 
 @bp.get("/glossary")
@@ -329,9 +466,52 @@ def list_date(value: date | None) -> str:
 
 
 def pct(risk: float) -> str:
-    """A probability as whole percent, never a certain-looking 0% or 100%."""
-    return ">99%" if risk >= 0.995 else "<1%" if risk < 0.005 else f"{risk:.0%}"
+    """A probability as whole percent (halves rounded up), never a certain-looking 0% or
+    100%: under 1% is "<1%" and over 99% is ">99%"."""
+    percent = Decimal(str(risk)) * 100
+    if percent < 1:
+        return "<1%"
+    if percent > 99:
+        return ">99%"
+    return f"{percent.quantize(Decimal(1), ROUND_HALF_UP)}%"
+
+
+def clinic_time(value: datetime | None) -> str:
+    """A time the service recorded (UTC) as the clinic's clock shows it."""
+    if value is None:
+        return ""
+    zone = ZoneInfo(_settings().clinic_timezone)
+    return value.replace(tzinfo=UTC).astimezone(zone).strftime("%a %d %b %H:%M")
+
+
+def language_name(tag: str | None) -> str:
+    """A BCP 47 tag in English words ("es": "Spanish"), or the tag if Babel does not know it."""
+    if not tag:
+        return ""
+    try:
+        return str(Locale.parse(tag, sep="-").get_display_name("en")) or tag
+    except (ValueError, UnknownLocaleError):
+        return tag
+
+
+def outreach_words(o: Mapping[str, Any]) -> str:
+    """One outreach entry as a line: "Reached by phone Thu 03 Dec 10:12: booked a session"."""
+    words = ("Reached" if o["reached"] else "Not reached") + " by " + \
+        outreach.CHANNEL_WORDS.get(o["channel"], o["channel"]) + " " + \
+        clinic_time(o["recorded_at"])
+    if o.get("outcome"):
+        words += ": " + outreach.OUTCOME_WORDS.get(o["outcome"], o["outcome"])
+    return words
+
+
+def tz_name() -> str:
+    return _settings().clinic_timezone
 
 
 bp.add_app_template_filter(list_date, "list_date")
 bp.add_app_template_filter(pct, "pct")
+bp.add_app_template_filter(clinic_time, "clinic_time")
+bp.add_app_template_filter(language_name, "language_name")
+bp.add_app_template_filter(outreach_words, "outreach_words")
+bp.add_app_template_filter(contacts.tel_href, "tel_href")
+bp.add_app_template_global(tz_name, "clinic_zone")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from retention.access.keys import Caller
 from retention.access.scope import ListFilter, read_client, read_page, scope_clause
@@ -33,23 +33,38 @@ appointments = copies["appointments"]
 measures = copies["alliance_measures"]
 
 
+SHOWS = ("engaged", "all")
+
+
 @dataclass(frozen=True)
 class DailyFilter:
-    """What the case manager narrowed and ordered the list by."""
+    """What the case manager narrowed and ordered the list by.
+
+    ``show``: "engaged" (the default) keeps the clients still attending, where a call can
+    still change the outcome; "all" adds those who have already stopped coming.
+    ``case_manager``: one caseload, for a caller who sees a whole clinic.
+    """
 
     program: str | None = None
     tier: str | None = None
-    engaged_only: bool = False
+    show: str = "engaged"
     sort: str = "rank"
+    case_manager: str | None = None
 
 
 @dataclass
 class DailyList:
-    """The rows to show, the previous list compared against, and its date."""
+    """The rows to show, the counts behind the view switch, and the list compared against."""
 
     as_of: date
     rows: list[dict[str, Any]]
     previous_as_of: date | None
+    # Rows the filters allow, still engaged and all of them; and the caller's whole scope.
+    engaged_count: int = 0
+    everyone_count: int = 0
+    scope_count: int = 0
+    # The caseloads in the caller's scope on this list (for a clinic lead to pick one).
+    case_managers: list[str] = field(default_factory=list)
 
 
 def previous_publication(connection: Connection, as_of: date) -> date | None:
@@ -79,11 +94,15 @@ def change_since(row: dict[str, Any], before: tuple[float, str] | None,
 
 
 def daily_list(connection: Connection, caller: Caller, as_of: date, flt: DailyFilter,
-               outreach_since: datetime) -> DailyList:
-    """The list of ``as_of`` in the caller's scope, filtered, sorted, with changes and outreach."""
-    rows, _ = read_page(connection, caller, as_of, ListFilter(
-        program=flt.program, tier=flt.tier, still_engaged=True if flt.engaged_only else None,
-    ), MAX_LIST)
+               week_start: datetime) -> DailyList:
+    """The list of ``as_of`` in the caller's scope, filtered and sorted, with what changed,
+    the calls made since ``week_start`` and the last outcome recorded for each client."""
+    every, _ = read_page(connection, caller, as_of, ListFilter(
+        program=flt.program, tier=flt.tier, case_manager_id=flt.case_manager), MAX_LIST)
+    engaged = [r for r in every if r["still_engaged"]]
+    rows = engaged if flt.show == "engaged" else every
+    for position, row in enumerate(rows, start=1):  # positions in this view, as the API
+        row["rank"] = position
     before_as_of = previous_publication(connection, as_of)
     before: dict[str, tuple[float, str]] = {}
     if before_as_of is not None:
@@ -92,14 +111,24 @@ def daily_list(connection: Connection, caller: Caller, as_of: date, flt: DailyFi
             .where(scores.c.as_of == before_as_of, scope_clause(caller))
         )
         before = {r.episode_id: (r.risk, r.tier) for r in found}
-    reached = outreach.latest_since(connection, caller, (r["client_id"] for r in rows),
-                                   outreach_since)
+    ids = [r["client_id"] for r in rows]
+    last = outreach.latest_since(connection, caller, ids, datetime.min)
+    attempts = outreach.attempts_since(connection, caller, ids, week_start)
     for row in rows:
         row["change"], row["change_points"] = change_since(
             row, before.get(row["episode_id"]), before_as_of is not None)
-        row["outreach"] = reached.get(row["client_id"])
+        row["outreach"] = last.get(row["client_id"])
+        row["attempts"] = attempts.get(row["client_id"], 0)
     rows.sort(key=_sort_key(flt.sort))
-    return DailyList(as_of=as_of, rows=rows, previous_as_of=before_as_of)
+    in_scope = select(scores.c.case_manager_id).where(scores.c.as_of == as_of,
+                                                      scope_clause(caller))
+    scope_count = connection.execute(
+        select(func.count()).select_from(in_scope.subquery())).scalar_one()
+    case_managers = sorted(connection.execute(
+        in_scope.where(scores.c.case_manager_id.is_not(None)).distinct()).scalars())
+    return DailyList(as_of=as_of, rows=rows, previous_as_of=before_as_of,
+                     engaged_count=len(engaged), everyone_count=len(every),
+                     scope_count=int(scope_count), case_managers=case_managers)
 
 
 def _sort_key(sort: str) -> Any:

@@ -28,6 +28,14 @@ from retention.store.tables import NOTE_MAX, outreach
 
 CHANNELS = ("phone", "text", "email", "in_person", "letter")
 OUTCOMES = ("re_engaged", "booked", "declined", "other")
+# The words the pages and their error messages use for the stored codes.
+CHANNEL_WORDS = {"phone": "phone", "text": "text message", "email": "email",
+                 "in_person": "in person", "letter": "letter"}
+OUTCOME_WORDS = {"re_engaged": "re-engaged", "booked": "booked a session",
+                 "declined": "declined", "other": "other"}
+# One-click results from the calling list: (reached, outcome).
+QUICK_RESULTS = {"no_answer": (False, None), "booked": (True, "booked"),
+                 "re_engaged": (True, "re_engaged"), "declined": (True, "declined")}
 
 class OutreachError(ValueError):
     """An outreach entry that cannot be recorded as given."""
@@ -53,22 +61,38 @@ class Outreach:
 
 def parse_entry(form: Mapping[str, str]) -> tuple[bool, str, str | None, str | None]:
     """Check a submitted entry; returns (reached, channel, outcome, note) or says what is wrong."""
-    result = form.get("result", "")
-    if result not in ("reached", "not_reached"):
-        raise OutreachError("choose whether the client was reached or not reached")
-    reached = result == "reached"
+    quick = form.get("quick")
+    if quick:  # one button on the calling list: the result and outcome in one
+        if quick not in QUICK_RESULTS:
+            raise OutreachError("that call result is not one the list offers")
+        reached, outcome = QUICK_RESULTS[quick]
+    else:
+        result = form.get("result", "")
+        if result not in ("reached", "not_reached"):
+            raise OutreachError("choose whether you contacted the client or did not reach "
+                                "them")
+        reached = result == "reached"
+        outcome = form.get("outcome") or None
     channel = form.get("channel", "")
     if channel not in CHANNELS:
-        raise OutreachError("choose how you reached out: " + ", ".join(CHANNELS))
-    outcome = form.get("outcome") or None
+        raise OutreachError("choose how you reached out: "
+                            + _either(CHANNEL_WORDS[c] for c in CHANNELS))
     if reached and outcome not in OUTCOMES:
-        raise OutreachError("choose what came of the contact: " + ", ".join(OUTCOMES))
+        raise OutreachError("you chose Contacted: choose what came of it ("
+                            + _either(OUTCOME_WORDS[o] for o in OUTCOMES)
+                            + "), or choose Not reached")
     if not reached and outcome is not None:
-        raise OutreachError("an outcome applies only when the client was reached")
+        raise OutreachError("you chose Not reached, so leave the outcome empty, or choose "
+                            "Contacted")
     note = " ".join((form.get("note") or "").split()) or None
     if note is not None and len(note) > NOTE_MAX:
         raise OutreachError(f"keep the note to {NOTE_MAX} characters (it has {len(note)})")
     return reached, channel, outcome, note
+
+
+def _either(words: Iterable[str]) -> str:
+    listed = list(words)
+    return ", ".join(listed[:-1]) + " or " + listed[-1]
 
 
 def record_outreach(connection: Connection, entry: Outreach, at: datetime | None = None) -> int:
@@ -130,6 +154,23 @@ def latest_since(
         select(outreach).join(newest, outreach.c.outreach_id == newest.c.last_id)
     )
     return {r.client_id: dict(r._mapping) for r in rows}
+
+
+def attempts_since(
+    connection: Connection, caller: Caller, client_ids: Iterable[str], since: datetime
+) -> dict[str, int]:
+    """Per client, how many entries were recorded in the caller's clinics at or after
+    ``since`` (clients without one absent): a third call this week reads differently."""
+    ids = sorted(set(client_ids))
+    if not ids:
+        return {}
+    rows = connection.execute(
+        select(outreach.c.client_id, func.count().label("n"))
+        .where(outreach.c.recorded_at >= since, outreach.c.client_id.in_(ids),
+               clinic_scope(caller))
+        .group_by(outreach.c.client_id)
+    )
+    return {r.client_id: int(r.n) for r in rows}
 
 
 def contacted_episodes(connection: Connection, start: datetime, end: datetime) -> set[str]:

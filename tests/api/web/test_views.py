@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from markupsafe import escape
 from sqlalchemy import Engine, select, text
 
-from retention.access.audit import read_audit
 from retention.access.keys import Caller, key_id_of, revoke_key
 from retention.api import create_app
 from retention.api.web.session import WebConfigError
@@ -22,6 +20,7 @@ from retention.store.lists import publish_scores, read_list
 from retention.store.runs import finish_run, start_run
 from tests.conftest import REPO, Scored
 from tests.support.apps import clock_on, make_key
+from tests.support.web import audit_rows, clients_on, csrf, signed_in
 
 CLINIC = "clinic-east"
 # Reads every clinic's outreach, to check what was stored.
@@ -43,30 +42,6 @@ def app(scored: Scored) -> Flask:
 @pytest.fixture(scope="module")
 def cm_key(scored: Scored) -> str:
     return make_key(scored.store, "case_manager", [CLINIC], label="Dana (test)")
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "the page has no CSRF field"
-    return found.group(1)
-
-
-def signed_in(app: Flask, token: str) -> FlaskClient:
-    client = app.test_client()
-    form = client.get("/web/sign-in").get_data(as_text=True)
-    answer = client.post("/web/sign-in", data={"csrf_token": csrf(form), "key": token})
-    assert answer.status_code == 303, answer.get_data(as_text=True)
-    return client
-
-
-def audit_rows(engine: Engine, action: str) -> list[dict]:
-    with engine.connect() as conn:
-        rows = read_audit(conn, datetime.min, datetime.max)
-    return [r for r in rows if r["action"] == action]
-
-
-def clients_on(page: str) -> list[str]:
-    return re.findall(r'<tr id="c-([^"]+)"', page)
 
 
 def in_clinic(scored: Scored, clinic: str, other: bool = False) -> str:
@@ -116,7 +91,7 @@ def test_sign_in_without_the_form_token_is_refused(app: Flask, cm_key: str) -> N
 def test_the_list_shows_only_the_callers_clinic_and_is_audited(
     app: Flask, scored: Scored, cm_key: str
 ) -> None:
-    answer = signed_in(app, cm_key).get("/web/")
+    answer = signed_in(app, cm_key).get("/web/?show=all")
     page = answer.get_data(as_text=True)
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     shown = clients_on(page)
@@ -133,7 +108,7 @@ def test_the_list_shows_only_the_callers_clinic_and_is_audited(
 
 def test_filters_and_sorting(app: Flask, scored: Scored, cm_key: str) -> None:
     client = signed_in(app, cm_key)
-    high = client.get("/web/?tier=high").get_data(as_text=True)
+    high = client.get("/web/?tier=high&show=all").get_data(as_text=True)
     assert clients_on(high) and 'badge-medium' not in high and 'badge-low' not in high
     by_booking = client.get("/web/?sort=next_booked").get_data(as_text=True)
     assert sorted(clients_on(by_booking)) == sorted(clients_on(client.get("/web/").get_data(
@@ -217,7 +192,7 @@ def test_outreach_is_recorded_escaped_and_shown_on_the_list(
     token = csrf(client.get(f"/web/clients/{client_id}").get_data(as_text=True))
     missing = client.post(f"/web/clients/{client_id}/outreach",
                           data={"csrf_token": token, "result": "reached", "channel": "phone"})
-    assert missing.status_code == 400 and "what came of the contact" in missing.get_data(
+    assert missing.status_code == 400 and "choose what came of it" in missing.get_data(
         as_text=True)
     no_token = client.post(f"/web/clients/{client_id}/outreach",
                            data={"result": "not_reached", "channel": "text"})
@@ -228,7 +203,7 @@ def test_outreach_is_recorded_escaped_and_shown_on_the_list(
     assert saved.status_code == 303 and f"#c-{client_id}" in saved.headers["Location"]
     page = client.get(f"/web/clients/{client_id}").get_data(as_text=True)
     assert "&lt;b&gt;call&lt;/b&gt; back Tue" in page and "<b>call</b>" not in page
-    row = client.get("/web/").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
+    row = client.get("/web/?show=all").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
     assert "Reached by phone" in row.split("</tr>")[0]
     with scored.store.connect() as conn:
         history = outreach.client_history(conn, EVERY_CLINIC, client_id)
@@ -292,7 +267,8 @@ def test_changes_since_the_previous_list_and_a_failed_run_are_shown(
         run = start_run(conn, "score", scored.as_of)
         finish_run(conn, run, "failed", error="boom")
     app = _app(scored, url)
-    page = signed_in(app, make_key(engine, "case_manager", [CLINIC])).get("/web/?sort=change")
+    page = signed_in(app, make_key(engine, "case_manager", [CLINIC])).get(
+        "/web/?sort=change&show=all")
     html = page.get_data(as_text=True)
     assert clients_on(html)[:2] == [current[0]["client_id"], current[1]["client_id"]]
     assert "New on the list" in html and "Risk up" in html
@@ -361,7 +337,8 @@ def test_outreach_recorded_by_another_clinic_is_not_shown(
     client = signed_in(_app(scored, url), make_key(engine, "case_manager", [CLINIC]))
     page = client.get(f"/web/clients/{client_id}").get_data(as_text=True)
     assert "east&#39;s own note" in page and "north" not in page
-    listed = client.get("/web/").get_data(as_text=True).split(f'id="c-{client_id}"')[1]
+    listed = client.get("/web/?show=all").get_data(as_text=True).split(
+        f'id="c-{client_id}"')[1]
     # The newest entry is north's (today); the list shows east's (yesterday) instead.
     assert "Reached by phone" in listed.split("</tr>")[0]
     assert "north" not in listed.split("</tr>")[0]
