@@ -255,6 +255,12 @@ def _calls(conn: Connection, flt: caseload.DailyFilter, as_of: date) -> caseload
 @signed_in
 def daily_list() -> ResponseReturnValue:
     """Today's calls: whom to reach and why, how to reach them, and what was tried."""
+    return _calls_page("list.html", "web.list")
+
+
+def _calls_page(template: str, action: str) -> ResponseReturnValue:
+    """Today's calls in ``template`` (the list, or the print view), audited as ``action``
+    with the client ids shown."""
     flt = _list_filter()
     with _store().connect() as conn:
         pub = latest_publication(conn)
@@ -263,9 +269,9 @@ def daily_list() -> ResponseReturnValue:
         daily = _calls(conn, flt, pub["as_of"]) if pub else None
         recorded = _recorded(conn, request.args.get("recorded"), pub)
     rows = daily.rows if daily else []
-    audit("web.list", "ok", 200, [r["client_id"] for r in rows], who=_caller())
+    audit(action, "ok", 200, [r["client_id"] for r in rows], who=_caller())
     return render_template(
-        "list.html", daily=daily, rows=rows, fresh=fresh, flt=flt, who=_caller(), label=label,
+        template, daily=daily, rows=rows, fresh=fresh, flt=flt, who=_caller(), label=label,
         programs=contract.PROGRAMS, tiers=TIERS, sorts=SORT_WORDS, shows=SHOW_WORDS,
         recorded=recorded, list_query=_list_query(flt), outreach_days=OUTREACH_DAYS,
         channel_words=outreach.CHANNEL_WORDS,
@@ -329,18 +335,7 @@ def _cell(value: Any) -> str:
 @signed_in
 def calls_print() -> ResponseReturnValue:
     """Today's calls on paper: names, numbers, why and a box for notes; audited as a print."""
-    flt = _list_filter()
-    with _store().connect() as conn:
-        pub = latest_publication(conn)
-        fresh = _freshness(conn)
-        label = key_label(conn, _caller().key_id)
-        daily = _calls(conn, flt, pub["as_of"]) if pub else None
-    rows = daily.rows if daily else []
-    audit("web.print", "ok", 200, [r["client_id"] for r in rows], who=_caller())
-    return render_template("print.html", daily=daily, rows=rows, fresh=fresh, flt=flt,
-                           who=_caller(), label=label, shows=SHOW_WORDS,
-                           list_query=_list_query(flt), outreach_days=OUTREACH_DAYS,
-                           channel_words=outreach.CHANNEL_WORDS)
+    return _calls_page("print.html", "web.print")
 
 
 # --- one client -------------------------------------------------------------------
