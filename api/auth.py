@@ -45,7 +45,7 @@ from retention.access.audit import (
     key_still_valid,
     write_audit,
 )
-from retention.access.keys import Caller, check_key, key_id_of, token_digest
+from retention.access.keys import Caller, a_key, check_key, key_id_of, token_digest
 from retention.access.scope import still_published
 from retention.api.cache import ReadCache
 from retention.api.errors import Problem
@@ -452,7 +452,7 @@ def _serve(view: Callable[..., Any], permission: str, action: str, args: Any,
     _rate_limit(who, action)
     if not _permitted(who, permission):
         raise deny(action, 403, "forbidden",
-                   f"a {who.role} key may not use this endpoint", "Forbidden")
+                   f"{a_key(who.role)} may not use this endpoint", "Forbidden")
     try:
         result = view(*args, **kwargs)
     except HTTPException as exc:

@@ -90,6 +90,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def a_key(role: str) -> str:
+    """"an ehr key", "a case_manager key": a role's key in a sentence."""
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role} key"
+
+
 def create_key(
     connection: Connection,
     role: str,
@@ -113,8 +118,7 @@ def create_key(
     if role not in ROLES:
         raise AccessError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     if role != "admin" and not clinics:
-        raise AccessError(f"{'an' if role[:1] in 'aeiou' else 'a'} {role} key needs at "
-                          "least one --clinic")
+        raise AccessError(f"{a_key(role)} needs at least one --clinic")
     if case_manager_id and role != "case_manager":
         raise AccessError("--case-manager applies to case_manager keys only")
     if set(grants) - {GRANT_CLIENT_DATA}:
@@ -122,8 +126,7 @@ def create_key(
     if expires_at is not None and expires_at <= now:
         raise AccessError("the expiry must be in the future")
     if role in RECIPIENT_ROLES and not recipient:
-        raise AccessError(f"{'an' if role[:1] in 'aeiou' else 'a'} {role} key acts for an "
-                          "outside recipient: name it with "
+        raise AccessError(f"{a_key(role)} acts for an outside recipient: name it with "
                           "--recipient (the id the clients' consents name)")
     if recipient and role not in RECIPIENT_ROLES:
         raise AccessError("--recipient applies to ehr keys only: the other roles are the "

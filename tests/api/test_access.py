@@ -131,7 +131,9 @@ def test_a_caseload_key_sees_only_its_own_clients(app: Flask, scored: Scored,
 
 def test_roles_decide_the_endpoints(app: Flask, scored: Scored, clinics: list[str]) -> None:
     analyst = keyed_client(app, make_key(scored.store, "analyst", [clinics[0]]))
-    assert analyst.get("/v1/risk-list").status_code == 403
+    refused = analyst.get("/v1/risk-list")
+    assert refused.status_code == 403
+    assert refused.get_json()["detail"] == "an analyst key may not use this endpoint"
     assert analyst.get("/v1/runs").status_code == 200
     assert analyst.get("/v1/models").status_code == 200
     granted = keyed_client(app, make_key(scored.store, "analyst", [clinics[0]],
