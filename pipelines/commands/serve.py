@@ -24,6 +24,7 @@ from retention.api.ratelimit import counts_per_process
 from retention.clinic.synth.consents import DEMO_RECIPIENT
 from retention.clock import utcnow
 from retention.db.engines import store_engine
+from retention.db.locks import lock_file, try_lock
 from retention.model import signing
 from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, say
@@ -102,12 +103,35 @@ def scheduler(obj: Context, run_now: bool, as_of: datetime | None) -> None:
 def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: int,
          no_serve: bool) -> None:
     """Synthetic clinic -> ETL -> train -> score -> API on localhost, all on SQLite."""
-    started = time.monotonic()
     settings = obj.settings()
+    folder = _demo_folder(settings)
     if not no_serve:
         # Before anything in var/ changes: a second demo would otherwise rebuild the store
         # the first one is serving, and only then find the port taken.
-        check_port_free("127.0.0.1", port, _demo_folder(settings))
+        check_port_free("127.0.0.1", port, folder)
+    # Held from the first step to the last request served: a second demo started while
+    # this one builds (nothing listens on the port yet) is refused here too.
+    engine = store_engine(settings.store_url)
+    lock = lock_file(engine, DEMO_LOCK)
+    if lock is not None:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with try_lock(engine, DEMO_LOCK) as alone:
+            if not alone:
+                raise click.ClickException(
+                    f"another demo is building or serving from {folder}: stop it first "
+                    f"(Ctrl-C where it runs). Nothing in {folder} was changed")
+            _demo(obj, settings, n_clients, seed, as_of, port, no_serve)
+    finally:
+        engine.dispose()
+
+
+DEMO_LOCK = "demo"
+
+
+def _demo(obj: Context, settings: Settings, n_clients: int, seed: int,
+          as_of: datetime | None, port: int, no_serve: bool) -> None:
+    started = time.monotonic()
     settings = _demo_key(settings)
     today = obj.day(as_of)
     steps = 5 if not no_serve else 4

@@ -14,8 +14,15 @@ from sqlalchemy import create_engine
 
 from retention.access.keys import AccessError, create_key
 from retention.api import create_app
+from retention.db.engines import store_engine
+from retention.db.locks import try_lock
 from retention.pipelines.cli import main
-from retention.pipelines.commands.serve import _demo_sign_in, check_port_free, risk_list_curl
+from retention.pipelines.commands.serve import (
+    DEMO_LOCK,
+    _demo_sign_in,
+    check_port_free,
+    risk_list_curl,
+)
 from tests.conftest import AS_OF, REPO, Scored
 from tests.support.apps import clock_on, copied_store
 
@@ -57,6 +64,34 @@ def test_the_demo_refuses_a_busy_port_before_changing_anything(
     assert "demo [1/" not in said  # not a step was taken
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in var.iterdir()}
     assert after == before  # no store rebuilt, no signing key written beside it
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_second_demo_while_the_first_still_builds_is_refused(tmp_path: Path) -> None:
+    """Nothing listens on the port while a demo builds its clinic: the demo's lock, held
+    from its first step to its last request, refuses the second before it changes a thing."""
+    var = tmp_path / "var"
+    var.mkdir()
+    config = tmp_path / "retention.toml"
+    config.write_text(f'source_url = "sqlite:///{var / "clinic.db"}"\n'
+                      f'store_url = "sqlite:///{var / "retention.db"}"\n'
+                      f'models_dir = "{tmp_path / "models"}"\n'
+                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    (var / "retention.db").write_bytes(b"the first demo's store, being built")
+    engine = store_engine(f"sqlite:///{var / 'retention.db'}")
+    try:
+        with try_lock(engine, DEMO_LOCK) as first:  # the first demo, still building
+            assert first
+            before = {p.name: p.read_bytes() for p in var.iterdir()}
+            result = CliRunner().invoke(main, ["--config", str(config), "demo", "--no-serve",
+                                               "--today", AS_OF.isoformat()])
+            after = {p.name: p.read_bytes() for p in var.iterdir()}
+    finally:
+        engine.dispose()
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert f"another demo is building or serving from {var.resolve()}/: stop it first" in said
+    assert "demo [1/" not in said and after == before
     assert not (tmp_path / "models").exists()
 
 
