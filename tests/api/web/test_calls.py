@@ -290,3 +290,21 @@ def test_outreach_times_are_in_the_clinics_time_zone(
     # 15:00 UTC on a day in June is 11:00 in New York (EDT, UTC-4).
     assert f"{day:%a %d %b} 11:00" in page and f"{day:%a %d %b} 15:00" not in page
     assert "text message" in page
+
+
+def test_a_client_who_did_not_agree_to_calls_gets_no_call_buttons(
+    app: Flask, scored: Scored, lead_key: str
+) -> None:
+    page = signed_in(app, lead_key).get("/web/?show=all").get_data(as_text=True)
+    checked = {"no calls": 0, "calls": 0}
+    for row in _list(scored):
+        contact = _contact(scored, row["client_id"])
+        cells = page.split(f'id="c-{row["client_id"]}"')[1].split("</tr>")[0]
+        if contact and contact["may_call"] is False:
+            assert "no calls" in cells and 'value="no_answer"' not in cells
+            assert "Calls not agreed" in cells
+            checked["no calls"] += 1
+        else:
+            assert 'value="no_answer"' in cells and "Calls not agreed" not in cells
+            checked["calls"] += 1
+    assert all(checked.values()), checked  # the clinic has both kinds
