@@ -56,13 +56,13 @@ SORT_WORDS = {"rank": "Risk (highest first)", "change": "What changed since yest
               "last_attended": "Longest since last attended", "next_booked": "Nothing booked first"}
 SHOW_WORDS = {"engaged": "Still engaged", "all": "Everyone on the list"}
 LIST_PARAMS = {"program", "tier", "show", "sort", "cm"}
-# Calls counted on the list ("this week"), so two people do not call one client thrice.
+# Calls counted on each row (the last 7 days), so two people do not call one client thrice.
 OUTREACH_DAYS = 7
 # A case manager id as the clinic's database writes it (contract: up to 64 characters).
 CASE_MANAGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 CSV_COLUMNS = ("rank", "client_id", "name", "preferred_name", "phone", "preferred_channel",
                "may_text", "may_call", "language", "case_manager", "tier", "risk", "why",
-               "last_attended", "next_booked", "calls_this_week", "last_outreach")
+               "last_attended", "next_booked", "calls_last_7_days", "last_outreach")
 
 
 def _settings() -> Settings:
@@ -229,19 +229,18 @@ def _list_filter(args: Mapping[str, str] | None = None) -> caseload.DailyFilter:
                                 case_manager=cm)
 
 
-def _list_query(flt: caseload.DailyFilter, **extra: str) -> dict[str, str]:
+def _list_query(flt: caseload.DailyFilter) -> dict[str, str]:
     """The query string that shows ``flt`` again (defaults left out)."""
     query = {"program": flt.program or "", "tier": flt.tier or "",
              "sort": "" if flt.sort == "rank" else flt.sort,
              "show": "" if flt.show == "engaged" else flt.show, "cm": flt.case_manager or ""}
-    query.update(extra)
     return {k: v for k, v in query.items() if v}
 
 
 def _calls(conn: Connection, flt: caseload.DailyFilter, as_of: date) -> caseload.DailyList:
     """Today's calls in the caller's scope, each row with the client's contact details."""
-    week_start = services().clock.now() - timedelta(days=OUTREACH_DAYS)
-    daily = caseload.daily_list(conn, _caller(), as_of, flt, week_start)
+    since = services().clock.now() - timedelta(days=OUTREACH_DAYS)
+    daily = caseload.daily_list(conn, _caller(), as_of, flt, since)
     settings = _settings()
     found = contacts.contacts_for(conn, _caller(), [r["client_id"] for r in daily.rows],
                                   link_template=settings.ehr_link_template,

@@ -94,9 +94,9 @@ def change_since(row: dict[str, Any], before: tuple[float, str] | None,
 
 
 def daily_list(connection: Connection, caller: Caller, as_of: date, flt: DailyFilter,
-               week_start: datetime) -> DailyList:
+               calls_since: datetime) -> DailyList:
     """The list of ``as_of`` in the caller's scope, filtered and sorted, with what changed,
-    the calls made since ``week_start`` and the last outcome recorded for each client."""
+    the calls made since ``calls_since`` and the last outcome recorded for each client."""
     every, _ = read_page(connection, caller, as_of, ListFilter(
         program=flt.program, tier=flt.tier, case_manager_id=flt.case_manager), MAX_LIST)
     engaged = [r for r in every if r["still_engaged"]]
@@ -113,7 +113,7 @@ def daily_list(connection: Connection, caller: Caller, as_of: date, flt: DailyFi
         before = {r.episode_id: (r.risk, r.tier) for r in found}
     ids = [r["client_id"] for r in rows]
     last = outreach.latest_since(connection, caller, ids, datetime.min)
-    attempts = outreach.attempts_since(connection, caller, ids, week_start)
+    attempts = outreach.attempts_since(connection, caller, ids, calls_since)
     for row in rows:
         row["change"], row["change_points"] = change_since(
             row, before.get(row["episode_id"]), before_as_of is not None)

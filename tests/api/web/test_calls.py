@@ -150,7 +150,7 @@ def test_a_clinic_lead_picks_a_caseload_and_a_case_manager_sees_their_own(
     app: Flask, scored: Scored, lead_key: str
 ) -> None:
     listed = _list(scored)
-    cm = listed[0]["case_manager_id"]
+    cm = next(r["case_manager_id"] for r in listed if r["case_manager_id"])
     theirs = [r["client_id"] for r in listed if r["case_manager_id"] == cm]
     lead = signed_in(app, lead_key)
     page = lead.get(f"/web/?show=all&cm={cm}").get_data(as_text=True)
