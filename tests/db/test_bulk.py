@@ -32,9 +32,9 @@ from retention.db.engines import store_engine
 TRICKY = ["plain", "", 'a "quoted", comma', "two\nlines", "ünïcode ✓", None, "NULL", "\\N"]
 
 
-def _table() -> Table:
+def _table(name: str = "bulk_probe") -> Table:
     table = Table(
-        "bulk_probe", MetaData(),
+        name, MetaData(),
         Column("k", String, primary_key=True),
         Column("note", String),
         Column("n", Integer),
@@ -43,7 +43,7 @@ def _table() -> Table:
         Column("at", DateTime),
         Column("on", Date),
     )
-    Index("ix_bulk_probe_n", table.c.n, table.c.at)
+    Index(f"ix_{name}_n", table.c.n, table.c.at)
     return table
 
 
@@ -236,14 +236,18 @@ def test_rows_go_to_binary_copy_in_batches_of_the_tables_types() -> None:
 
 
 def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Connection) -> None:
-    table = _table()
+    # Two tables, as the ETL builds them: the same one twice would race its builders to
+    # create one name (a catalog error, not the failure this test is about).
+    table, other = _table(), _table("bulk_probe_b")
+    other.create(conn)
+    conn.commit()
     twice = pd.concat([_frame(20), _frame(20)], ignore_index=True)  # the key repeats
     with pytest.raises(Exception, match=r"could not create unique index|duplicate key"):
-        bulk.build_beside_in_parallel(conn, [(table, _frame(10)), (table.to_metadata(
-            MetaData()), twice)])
+        bulk.build_beside_in_parallel(conn, [(table, _frame(10)), (other, twice)])
     conn.rollback()
     assert conn.execute(text(
-        "SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk_probe__next%'")).scalar() == 0
+        r"SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk\_probe%\_\_next%'"
+    )).scalar() == 0
 
 
 def test_reads_by_copy_share_the_transaction_they_open(pg_url: str) -> None:
