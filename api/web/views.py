@@ -310,7 +310,7 @@ def calls_csv() -> ResponseReturnValue:
 def _csv_row(r: dict[str, Any]) -> list[Any]:
     c = r.get("contact")
     last = r.get("outreach")
-    reasons = "; ".join(reason["text"] for reason in r["reasons"][:3])
+    reasons = " | ".join(reason["text"] for reason in r["reasons"][:3])  # they hold ";"
     return [
         r["rank"], r["client_id"], c and c.display_name, c and c.preferred_name,
         c and c.phone, c and c.preferred_channel, _yes_no(c and c.may_text),

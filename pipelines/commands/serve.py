@@ -213,6 +213,7 @@ def check_port_free(host: str, port: int, folder: str = "var/") -> None:
     listens on is refused, one whose connections a demo just stopped left in TIME_WAIT is
     not (without SO_REUSEADDR, Linux may refuse that for a minute, though the server starts).
     """
+    other = port + 1 if port < 65535 else 8123
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -221,11 +222,11 @@ def check_port_free(host: str, port: int, folder: str = "var/") -> None:
         if exc.errno == errno.EADDRINUSE:
             raise click.ClickException(
                 f"port {port} is in use, probably by another demo or service: stop it, or "
-                f"choose another port with `make demo PORT=8123` or `retention demo --port "
-                f"8123`. Nothing in {folder} was changed") from exc
+                f"choose another port with `make demo PORT={other}` or `retention demo "
+                f"--port {other}`. Nothing in {folder} was changed") from exc
         raise click.ClickException(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another port "
-            f"with `make demo PORT=8123` or `retention demo --port 8123`. Nothing in "
+            f"with `make demo PORT={other}` or `retention demo --port {other}`. Nothing in "
             f"{folder} was changed") from exc
     finally:
         probe.close()

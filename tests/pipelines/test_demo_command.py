@@ -59,7 +59,8 @@ def test_the_demo_refuses_a_busy_port_before_changing_anything(
     assert result.exit_code == 1
     said = " ".join(result.stderr.split())
     assert (f"port {listening} is in use, probably by another demo or service: stop it, or "
-            "choose another port with `make demo PORT=8123` or `retention demo --port 8123`. "
+            f"choose another port with `make demo PORT={listening + 1}` or `retention demo "
+            f"--port {listening + 1}`. "
             f"Nothing in {var.resolve()}/ was changed") in said
     assert "demo [1/" not in said  # not a step was taken
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in var.iterdir()}
