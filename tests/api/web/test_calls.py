@@ -65,14 +65,23 @@ def _contact(scored: Scored, client_id: str) -> dict | None:
     return dict(row._mapping) if row else None
 
 
-def _with_phone(scored: Scored, engaged: bool | None = None) -> dict:
-    """A client of the clinic on today's list who has a name and a phone on file."""
+def _with_phone(scored: Scored, engaged: bool | None = None,
+                no_outreach_in: Engine | None = None) -> dict:
+    """A client of the clinic on today's list who has a name and a phone on file and has
+    not refused calls; with ``no_outreach_in``, one without outreach in that store (other
+    tests record some in the shared store)."""
     for row in _list(scored):
         if engaged is not None and row["still_engaged"] != engaged:
             continue
         found = _contact(scored, row["client_id"])
-        if found and found["display_name"] and found["phone"]:
-            return {**row, "contact": found}
+        if not found or not found["display_name"] or not found["phone"] \
+                or found["may_call"] is False:
+            continue
+        if no_outreach_in is not None:
+            with no_outreach_in.connect() as conn:
+                if outreach.client_history(conn, EVERY_CLINIC, row["client_id"]):
+                    continue
+        return {**row, "contact": found}
     raise AssertionError("no client with a phone on the list")
 
 
@@ -179,7 +188,7 @@ def test_a_call_is_recorded_in_two_clicks_and_the_view_comes_back(
 ) -> None:
     url, engine = private_store
     app = _app(scored, url)
-    row = _with_phone(scored, engaged=False)
+    row = _with_phone(scored, engaged=False, no_outreach_in=engine)
     client = signed_in(app, make_key(engine, "case_manager", [CLINIC]))
     page = client.get("/web/?show=all&tier=" + row["tier"]).get_data(as_text=True)
     form = page.split(f'id="c-{row["client_id"]}"')[1].split("</tr>")[0]
