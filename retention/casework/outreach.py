@@ -37,6 +37,7 @@ OUTCOME_WORDS = {"re_engaged": "re-engaged", "booked": "booked a session",
 QUICK_RESULTS = {"no_answer": (False, None), "booked": (True, "booked"),
                  "re_engaged": (True, "re_engaged"), "declined": (True, "declined")}
 
+
 class OutreachError(ValueError):
     """An outreach entry that cannot be recorded as given."""
 
