@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, Connection, and_, false, select, true
+from sqlalchemy import Connection, select
 
-from retention.access import consent
 from retention.access.keys import Caller
+from retention.access.scope import scope_clause
 from retention.store.tables import copies
 
 contacts = copies["client_contacts"]
@@ -59,21 +59,6 @@ class Contact:
     ehr_link: str | None
 
 
-def scope_condition(caller: Caller) -> ColumnElement[bool]:
-    """The copy's clients whose contact details ``caller`` may read: none for a caller
-    without client data or acting for an outside recipient; else those of the caller's
-    clinics (every clinic for an admin) and, for a caseload key, of that caseload, as
-    ``access.scope.scope_clause`` limits the list."""
-    if not caller.reads_client_data or consent.is_outside(caller):
-        return false()
-    conditions: list[ColumnElement[bool]] = []
-    if caller.clinics is not None:
-        conditions.append(clients.c.clinic_id.in_(caller.clinics))
-    if caller.case_manager_id is not None:
-        conditions.append(clients.c.case_manager_id == caller.case_manager_id)
-    return and_(*conditions) if conditions else true()
-
-
 def contacts_for(
     connection: Connection,
     caller: Caller,
@@ -89,7 +74,9 @@ def contacts_for(
     unknown to the copy, is never in it.
     """
     wanted = sorted({str(c) for c in client_ids})
-    scope = scope_condition(caller)
+    # The list's own scope on the copy of clients; an outside recipient, given no consent
+    # policy, reads none.
+    scope = scope_clause(caller, clients)
     out: dict[str, Contact] = {}
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start:start + CHUNK]
