@@ -24,7 +24,7 @@ from retention.api.ratelimit import counts_per_process
 from retention.clinic.synth.consents import DEMO_RECIPIENT
 from retention.clock import utcnow
 from retention.db.engines import store_engine
-from retention.db.locks import lock_file, try_lock
+from retention.db.locks import try_lock
 from retention.model import signing
 from retention.model.booster import ModelError
 from retention.pipelines.commands.common import Context, say
@@ -112,9 +112,6 @@ def demo(obj: Context, n_clients: int, seed: int, as_of: datetime | None, port: 
     # Held from the first step to the last request served: a second demo started while
     # this one builds (nothing listens on the port yet) is refused here too.
     engine = store_engine(settings.store_url)
-    lock = lock_file(engine, DEMO_LOCK)
-    if lock is not None:
-        lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         with try_lock(engine, DEMO_LOCK) as alone:
             if not alone:

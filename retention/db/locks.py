@@ -67,6 +67,7 @@ def try_lock(engine: Engine, name: str, wait_seconds: float = 0.0,
     if path is None:
         yield True
         return
+    path.parent.mkdir(parents=True, exist_ok=True)  # a store not created yet (the demo's)
     with path.open("a") as handle:
         while True:
             got = _try_flock(handle)
