@@ -37,10 +37,8 @@ def listening() -> Iterator[int]:
         yield int(server.getsockname()[1])
 
 
-def test_the_demo_refuses_a_busy_port_before_changing_anything(
-    tmp_path: Path, listening: int
-) -> None:
-    """A second demo once rebuilt the first one's store, then found the port taken."""
+def demo_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A demo's var/ folder and a config file whose databases are in it."""
     var = tmp_path / "var"
     var.mkdir()
     config = tmp_path / "retention.toml"
@@ -48,6 +46,14 @@ def test_the_demo_refuses_a_busy_port_before_changing_anything(
                       f'store_url = "sqlite:///{var / "retention.db"}"\n'
                       f'models_dir = "{tmp_path / "models"}"\n'
                       f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    return var, config
+
+
+def test_the_demo_refuses_a_busy_port_before_changing_anything(
+    tmp_path: Path, listening: int
+) -> None:
+    """A second demo once rebuilt the first one's store, then found the port taken."""
+    var, config = demo_config(tmp_path)
     # What the first demo is serving: here only bytes that must stay as they are.
     for name in ("clinic.db", "retention.db"):
         (var / name).write_bytes(b"the first demo's " + name.encode())
@@ -71,13 +77,7 @@ def test_the_demo_refuses_a_busy_port_before_changing_anything(
 def test_a_second_demo_while_the_first_still_builds_is_refused(tmp_path: Path) -> None:
     """Nothing listens on the port while a demo builds its clinic: the demo's lock, held
     from its first step to its last request, refuses the second before it changes a thing."""
-    var = tmp_path / "var"
-    var.mkdir()
-    config = tmp_path / "retention.toml"
-    config.write_text(f'source_url = "sqlite:///{var / "clinic.db"}"\n'
-                      f'store_url = "sqlite:///{var / "retention.db"}"\n'
-                      f'models_dir = "{tmp_path / "models"}"\n'
-                      f'reasons_file = "{REPO / "config" / "reasons.toml"}"\n')
+    var, config = demo_config(tmp_path)
     (var / "retention.db").write_bytes(b"the first demo's store, being built")
     engine = store_engine(f"sqlite:///{var / 'retention.db'}")
     try:
