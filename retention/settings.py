@@ -100,6 +100,12 @@ class EtlSettings:
     """``[etl]``: how the nightly run reads, checks and publishes."""
 
     mapping: SourceMapping = field(default_factory=SourceMapping)
+    # A shipped mapping (config/mappings/openemr.toml) read before [etl.queries] and
+    # [etl.codes], which override it entry by entry.
+    mapping_file: Path | None = None
+    # How a FHIR Bulk Data source (source_url "fhir-ndjson:<folder>") maps onto the contract:
+    # questionnaires, code systems, extensions (config/mappings/fhir.toml by default).
+    fhir_mapping_file: Path | None = None
     # Rows updated this long before the last watermark are read again: rows that share
     # the boundary, or whose transaction committed after a later one was read.
     overlap_minutes: int = 60
@@ -476,30 +482,23 @@ QUARANTINE_SHARES = ("max_quarantine_share", "max_table_quarantine_share",
 def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
     """Check an ``[etl]`` section and build ``EtlSettings`` from it."""
     raw = dict(raw)
-    queries = dict(raw.pop("queries", {}) or {})
-    codes = raw.pop("codes", {}) or {}
+    mapping = _checked_mapping(raw.pop("queries", {}) or {}, raw.pop("codes", {}) or {})
     limits = _quarantine_limits(raw.pop("quarantine_limits", {}) or {})
     _refuse_unknown(raw, [*_ETL_SCALARS, "queries", "codes"], "[etl]")
-    for table, sql in queries.items():
-        if table not in contract.TABLES:
-            raise ConfigError(f"[etl.queries] {table!r} is not a contract table "
-                              f"({', '.join(contract.TABLES)})")
-        if not isinstance(sql, str) or not sql.strip().lower().startswith(("select", "with")):
-            raise ConfigError(f"[etl.queries] {table} must be a SELECT query")
-    checked_codes: dict[str, dict[str, dict[str, str]]] = {}
-    for table, columns in codes.items():
-        for column, mapping in (columns or {}).items():
-            allowed = CODED_COLUMNS.get((table, column))
-            if allowed is None:
-                raise ConfigError(f"[etl.codes.{table}.{column}]: not a coded contract column")
-            bad = sorted(v for v in mapping.values() if v not in allowed)
-            if bad:
-                raise ConfigError(f"[etl.codes.{table}.{column}] maps to unknown code(s) "
-                                  f"{', '.join(bad)}; allowed: {', '.join(allowed)}")
-            checked_codes.setdefault(table, {})[column] = {str(k): str(v)
-                                                            for k, v in mapping.items()}
-    out = EtlSettings(mapping=SourceMapping(queries=queries, codes=checked_codes),
-                      quarantine_limits=limits, **raw)
+    for name in ("mapping_file", "fhir_mapping_file"):
+        if raw.get(name) is not None:
+            raw[name] = Path(raw[name])
+    if raw.get("mapping_file") is not None:
+        # The clinic's own entries win over the shipped mapping's, table by table and code by
+        # code: a clinic adjusts OpenEMR's mapping without copying all of it.
+        shipped = load_mapping_file(raw["mapping_file"])
+        codes = {t: dict(c) for t, c in shipped.codes.items()}
+        for table, columns in mapping.codes.items():
+            for column, own in columns.items():
+                codes.setdefault(table, {})[column] = {**shipped.codes.get(table, {})
+                                                       .get(column, {}), **own}
+        mapping = SourceMapping(queries={**shipped.queries, **mapping.queries}, codes=codes)
+    out = EtlSettings(mapping=mapping, quarantine_limits=limits, **raw)
     shares = {name: getattr(out, name) for name in QUARANTINE_SHARES}
     shares.update({f"quarantine_limits.{k}": v for k, v in limits.items()})
     for name, share in shares.items():
@@ -518,6 +517,47 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
     if not isinstance(out.allow_superuser_source, bool):
         raise ConfigError("[etl] allow_superuser_source must be true or false")
     return out
+
+
+def _checked_mapping(queries: Mapping[str, Any], codes: Mapping[str, Any],
+                     origin: str = "[etl") -> SourceMapping:
+    """Queries and codes checked: contract tables, SELECTs only, codes onto contract codes."""
+    for table, sql in queries.items():
+        if table not in contract.TABLES:
+            raise ConfigError(f"{origin}.queries] {table!r} is not a contract table "
+                              f"({', '.join(contract.TABLES)})")
+        if not isinstance(sql, str) or not sql.strip().lower().startswith(("select", "with")):
+            raise ConfigError(f"{origin}.queries] {table} must be a SELECT query")
+    checked: dict[str, dict[str, dict[str, str]]] = {}
+    for table, columns in codes.items():
+        for column, mapping in (columns or {}).items():
+            allowed = CODED_COLUMNS.get((table, column))
+            if allowed is None:
+                raise ConfigError(f"{origin}.codes.{table}.{column}]: not a coded contract "
+                                  "column")
+            bad = sorted(str(v) for v in mapping.values() if v not in allowed)
+            if bad:
+                raise ConfigError(f"{origin}.codes.{table}.{column}] maps to unknown code(s) "
+                                  f"{', '.join(bad)}; allowed: {', '.join(allowed)}")
+            checked.setdefault(table, {})[column] = {str(k): str(v) for k, v in mapping.items()}
+    return SourceMapping(queries=dict(queries), codes=checked)
+
+
+def load_mapping_file(path: Path) -> SourceMapping:
+    """A shipped or shared mapping (``config/mappings/openemr.toml``): ``[etl.queries]`` and
+    ``[etl.codes]`` exactly as they would be written in the config file, nothing else."""
+    try:
+        with Path(path).open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"[etl] mapping_file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"[etl] mapping_file {path} is not valid TOML: {exc}") from None
+    _refuse_unknown(raw, ["etl"], str(path))
+    section = raw.get("etl") or {}
+    _refuse_unknown(section, ["queries", "codes"], f"[etl] of {path}")
+    return _checked_mapping(section.get("queries") or {}, section.get("codes") or {},
+                            f"{path}: [etl")
 
 
 def _quarantine_limits(raw: Mapping[str, Any]) -> dict[str, float]:

@@ -116,3 +116,35 @@ def test_a_deployment_configured_by_its_environment_alone_needs_no_file(
     write_config(tmp_path / "config", "horizon_days = 14\n")
     settings = load_settings(environ={"RETENTION_STORE_URL": "sqlite:///elsewhere.db"})
     assert (settings.store_url, settings.horizon_days) == ("sqlite:///elsewhere.db", 14)
+
+
+def test_a_mapping_file_is_read_and_the_clinics_own_entries_win(tmp_path: Path) -> None:
+    shipped = tmp_path / "ehr.toml"
+    shipped.write_text(
+        '[etl.queries]\nclients = "SELECT 1"\nepisodes = "SELECT 2"\n'
+        "[etl.codes.appointments.status]\nNS = 'no_show'\nX = 'cancelled_by_client'\n")
+    body = (f"[etl]\nmapping_file = '{shipped}'\n[etl.queries]\nepisodes = 'SELECT 3'\n"
+            "[etl.codes.appointments.status]\nX = 'cancelled_by_clinic'\n")
+    mapping = load_settings(write_config(tmp_path, body), environ={}).etl.mapping
+    assert mapping.queries == {"clients": "SELECT 1", "episodes": "SELECT 3"}
+    assert mapping.codes == {"appointments": {"status": {"NS": "no_show",
+                                                         "X": "cancelled_by_clinic"}}}
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("[etl.queries]\nvisits = 'SELECT 1'\n", r"ehr.toml: \[etl.queries\] 'visits' is not a"),
+    ("[etl.codes.appointments.status]\nNS = 'gone'\n", r"maps to unknown code\(s\) gone"),
+    ("[etl]\noverlap_minutes = 5\n", r"unknown setting\(s\) in \[etl\] of .*overlap_minutes"),
+    ("[source]\nurl = 'x'\n", r"unknown setting\(s\) in .*ehr.toml: source"),
+    ("[etl.queries\n", "is not valid TOML"),
+])
+def test_a_bad_mapping_file_is_refused_at_start(tmp_path: Path, text: str, said: str) -> None:
+    shipped = tmp_path / "ehr.toml"
+    shipped.write_text(text)
+    with pytest.raises(ConfigError, match=said):
+        parse_etl({"mapping_file": str(shipped)})
+
+
+def test_a_missing_mapping_file_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"mapping_file nowhere\.toml does not exist"):
+        parse_etl({"mapping_file": "nowhere.toml"})
