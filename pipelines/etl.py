@@ -25,6 +25,7 @@ from retention.clock import Clock, SystemClock
 from retention.db import bulk, locks
 from retention.etl import load
 from retention.etl.extract import MissingTable, read_source
+from retention.etl.sources import Source
 from retention.features import FEATURE_NAMES, build_features
 from retention.pipelines.runs import recorded_run
 from retention.settings import EtlSettings
@@ -58,7 +59,7 @@ class EtlResult:
 
 
 def run_etl(
-    source: Engine,
+    source: Source,
     store_db: Engine,
     as_of: date,
     etl: EtlSettings | None = None,
@@ -86,10 +87,13 @@ def run_etl(
                 full = load.full_reload_due(conn, marks, etl, clock.now())
         run.detail["full"] = full
         watch = run.stopwatch()
+        since, held = load.since(marks, full, etl), partial(_copy_rows, store_db)
         try:
-            raw, source_now = read_source(
-                source, etl.mapping, load.since(marks, full, etl), etl.source_connections,
-                held=partial(_copy_rows, store_db), allow_superuser=etl.allow_superuser_source)
+            if isinstance(source, Engine):
+                raw, source_now = read_source(source, etl.mapping, since, etl.source_connections,
+                                              held=held, allow_superuser=etl.allow_superuser_source)
+            else:  # an export folder: files, read by the source itself
+                raw, source_now = source.read(since, held)
         except MissingTable as exc:
             run.detail["missing_tables"] = exc.tables  # for the status: pages, /health, /ready
             log.warning("etl run %s: optional table(s) %s missing at the source while the copy "
@@ -97,7 +101,9 @@ def run_etl(
                         ", ".join(exc.tables))
             raise
         watch.lap("extract")
-        run.rows_read = sum(len(f) for f in raw.values())
+        # Resources an export held that could not be read are rows read too (and held).
+        unreadable = len(raw.malformed) if isinstance(raw, load.Extract) else 0
+        run.rows_read = sum(len(f) for f in raw.values()) + unreadable
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
         with store_db.begin() as conn:

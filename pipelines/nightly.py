@@ -19,8 +19,9 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from retention.db import errors, locks
-from retention.db.engines import source_engine, store_engine
+from retention.db.engines import store_engine
 from retention.etl.extract import SourceError
+from retention.etl.sources import open_source
 from retention.model import artifacts, signing
 from retention.pipelines.etl import EtlResult, run_etl
 from retention.pipelines.scoring import ScoreResult, run_scoring
@@ -59,7 +60,7 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     model = artifacts.load(settings.models_dir, key=signing.model_key(settings))
     catalogue = load_catalogue(settings.reasons_file)
     etl = settings.etl
-    source = source_engine(settings.source_url)
+    source = open_source(settings.source_url, settings.etl)
     store_db = store_engine(settings.store_url)
     try:
         extracted = run_etl(source, store_db, as_of, etl, full=full)

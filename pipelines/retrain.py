@@ -18,7 +18,8 @@ from datetime import date
 from pathlib import Path
 
 from retention.db import locks
-from retention.db.engines import source_engine, store_engine
+from retention.db.engines import store_engine
+from retention.etl.sources import open_source
 from retention.pipelines.etl import EtlResult, run_etl
 from retention.pipelines.train import TrainResult, run_training
 from retention.settings import Settings, load_settings
@@ -46,7 +47,7 @@ def run_retrain(settings: Settings, as_of: date) -> RetrainResult:
         with locks.try_lock(store_db, LOCK_NAME) as got:
             if not got:
                 return RetrainResult(None, None, "another process is running the retrain")
-            source = source_engine(settings.source_url)
+            source = open_source(settings.source_url, settings.etl)
             try:
                 extracted = run_etl(source, store_db, as_of, settings.etl)
             finally:

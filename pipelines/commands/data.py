@@ -14,10 +14,11 @@ from sqlalchemy.engine import make_url
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig, generate, write
 from retention.clock import Clock
-from retention.db.engines import source_engine, store_engine
+from retention.db.engines import store_engine
 from retention.etl import quarantine
 from retention.etl.extract import SourceError
 from retention.etl.load import QuarantineLimitExceeded
+from retention.etl.sources import open_source
 from retention.pipelines.commands.common import Context, as_of_option, say
 from retention.pipelines.etl import EtlBusy, EtlResult, run_etl
 from retention.pipelines.runs import format_runs
@@ -99,7 +100,12 @@ def migrate(obj: Context, check: bool) -> None:
               help="Reload every row (and reconcile rows deleted at the source).")
 @click.pass_obj
 def etl(obj: Context, as_of: datetime | None, full: bool) -> None:
-    """Extract what changed at the source, check it, and store features for open episodes."""
+    """Extract what changed at the source, check it, and store features for open episodes.
+
+    The source is source_url: PostgreSQL, MariaDB/MySQL or SQLite (a clinic's own schema
+    mapped in [etl] or by mapping_file, e.g. config/mappings/openemr.toml), or a folder of
+    FHIR Bulk Data exports ("fhir-ndjson:/path/to/exports"). README: "Pointing at a clinic".
+    """
     result = extract(obj.settings(), obj.day(as_of), obj.clock, full=True if full else None)
     say(f"etl: read {result.rows_read:,} rows ({'full reload' if result.full else 'incremental'})"
         f", changed {result.rows_changed:,}, quarantined {result.rows_quarantined:,}; stored "
@@ -111,8 +117,8 @@ def extract(settings: Settings, as_of: date, clock: Clock,
             full: bool | None = None) -> EtlResult:
     """Run the ETL job; what stops it is a clear error, not a traceback."""
     try:
-        source = source_engine(settings.source_url)
-    except FileNotFoundError as exc:
+        source = open_source(settings.source_url, settings.etl)
+    except (FileNotFoundError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     store_db = store_engine(settings.store_url)
     try:

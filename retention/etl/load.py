@@ -28,7 +28,7 @@ from sqlalchemy import Connection, func, select, text
 from retention.clock import utcnow
 from retention.db import bulk
 from retention.etl.extract import INCREMENTAL
-from retention.etl.quarantine import Breach, limits_broken, unmapped_codes
+from retention.etl.quarantine import MALFORMED_RESOURCE, Breach, limits_broken, unmapped_codes
 from retention.etl.validation import (
     KEYS,
     ORDER,
@@ -46,6 +46,24 @@ from retention.store.clinic_copy import bump_copy_version
 
 class QuarantineLimitExceeded(RuntimeError):
     """The rows read broke the contract beyond a limit: the run stops and publishes nothing."""
+
+
+# What a source hands over of a record it could not read as a row at all (a FHIR
+# resource that does not parse): the table it would have fed, its key ("file:line" when
+# it has none), a detail that quotes no value, and the record as read.
+MALFORMED_COLUMNS = ["table_name", "row_key", "detail", "rows_json"]
+
+
+class Extract(dict[str, pd.DataFrame]):
+    """A source's frames per contract table, with the records it could not read as rows
+    (``malformed``): ``check`` holds each under ``malformed_resource``, and the limits
+    count them as rows read of their table."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame],
+                 malformed: pd.DataFrame | None = None) -> None:
+        super().__init__(frames)
+        self.malformed = (malformed if malformed is not None
+                          else pd.DataFrame(columns=MALFORMED_COLUMNS, dtype=object))
 
 
 @dataclass
@@ -70,29 +88,49 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
           full: bool) -> Checked:
     """Check the rows read (with the quarantine carried over on an incremental run)."""
     n_read = {t: len(raw[t]) for t in ORDER}
+    malformed = raw.malformed if isinstance(raw, Extract) else None
+    unreadable = ({} if malformed is None else
+                  {str(t): int(n) for t, n in malformed["table_name"].value_counts().items()})
     if full:
         candidates, context = raw, Context()
     else:
-        candidates = _with_carried_over(conn, raw, etl.mapping)
+        candidates = _with_carried_over(conn, raw, etl.mapping, malformed)
         context = _context(conn, candidates)
     outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
-    bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) for t in ORDER}
+    if malformed is not None and len(malformed):
+        _hold_malformed(outcome, malformed)
+    bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) + unreadable.get(t, 0)
+                for t in ORDER}
     checked = Checked(
         candidates=candidates, outcome=outcome, bad_read=sum(bad_read.values()),
-        total_read=sum(n_read.values()),
+        total_read=sum(n_read.values()) + sum(unreadable.values()),
         rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
     )
-    checked.breaches = limits_broken(outcome, n_read, etl)
+    checked.breaches = limits_broken(outcome, n_read, etl, unreadable)
     # Kept in the run's record whether it fails or not: `retention quality` reads a
     # failed run's findings there (codes are not patient data; no other value is kept).
     checked.detail = {
         "read": n_read, "checked": {t: len(candidates[t]) for t in ORDER},
+        **({"unreadable": unreadable} if unreadable else {}),
         "quarantined_read": bad_read, "quarantine_by_rule": outcome.counts(),
         "quarantined_share": round(checked.share, 6),
         "unmapped_codes": unmapped_codes(outcome, n_read),
         "over_limits": [b.as_dict() for b in checked.breaches],
     }
     return checked
+
+
+def _hold_malformed(outcome: Outcome, malformed: pd.DataFrame) -> None:
+    """Add the records a source could not read to the rejects, each under its key (in
+    place of any other entry for that key: the record as read now is what counts)."""
+    held = malformed.assign(rule=MALFORMED_RESOURCE, n_rows=1).drop_duplicates(
+        ["table_name", "row_key"], keep="last")
+    rejects = outcome.rejects
+    if len(rejects):
+        same = pd.MultiIndex.from_frame(rejects[["table_name", "row_key"]]).isin(
+            pd.MultiIndex.from_frame(held[["table_name", "row_key"]]))
+        rejects = rejects[~same]
+    outcome.rejects = pd.concat([rejects, held[rejects.columns]], ignore_index=True)
 
 
 # Limits named in a failed run's message; the run's record keeps them all.
@@ -168,15 +206,21 @@ def _copy_rows_before(conn: Connection) -> int:
 
 
 def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame],
-                       mapping: SourceMapping) -> dict[str, pd.DataFrame]:
+                       mapping: SourceMapping,
+                       malformed: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The rows read, then the quarantined rows not read again.
 
     Rows read come first (the quarantine share counts them alone). Quarantined rows
     are checked every run, so a row fixed by something other than its own update (its
     episode arriving, say) is released; a code mapped since it was held is mapped now.
+    Records held as malformed are not rows to check again (the source hands them over
+    while it holds them), and a key the source now hands over as malformed is not
+    carried.
     """
     out = {}
-    held = conn.execute(select(tables.quarantine.c.table_name, tables.quarantine.c.rows_json))
+    q = tables.quarantine
+    held = conn.execute(select(q.c.table_name, q.c.rows_json)
+                        .where(q.c.rule != MALFORMED_RESOURCE))
     carried: dict[str, list[dict[str, Any]]] = {t: [] for t in ORDER}
     for table_name, rows_json in held:
         if table_name in carried:
@@ -185,8 +229,11 @@ def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame],
         frame = raw[table]
         extra = pd.DataFrame(carried[table], columns=list(frame.columns), dtype=object)
         if len(extra):
-            extra = _mapped_since(table, extra[~_key_tuples(table, extra).isin(
-                _key_tuples(table, frame))], mapping)
+            read = _key_tuples(table, frame)
+            if malformed is not None and len(malformed):
+                read = read.append(pd.Index(
+                    malformed.loc[malformed["table_name"] == table, "row_key"].astype(str)))
+            extra = _mapped_since(table, extra[~_key_tuples(table, extra).isin(read)], mapping)
         out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
     return out
 

@@ -31,6 +31,11 @@ from retention.settings import CODED_COLUMNS, EtlSettings
 from retention.store import tables
 
 MOST_CODES = 20  # distinct codes listed per column; the rest are counted together
+# A record the source could not read as a row at all (``retention.etl.load.Extract``):
+# held under its table like a row, counted by the limits as a row read of it.
+MALFORMED_RESOURCE = "malformed_resource"
+SOURCE_RULES = {MALFORMED_RESOURCE: "a FHIR resource that could not be read: not JSON, not "
+                                    "its file's resource type, or not valid FHIR R4"}
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,17 @@ class Breach:
         return {**asdict(self), "share": round(self.share, 6), "mapped": list(self.mapped)}
 
 
-def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings) -> list[Breach]:
+def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings,
+                  unreadable: Mapping[str, int] | None = None) -> list[Breach]:
     """The limits the rows read went over, most specific first (codes, tables, clinics).
 
     ``read``: per table, how many of the rows ``outcome`` checked were read in this run
     (they come first; rows carried over from the quarantine follow and are not judged).
+    ``unreadable``: per table, records read that were no rows at all (held as
+    ``malformed_resource``): bad rows read of their table, whose clinic is not known.
     A share is judged only from ``quarantine_min_rows`` bad rows up.
     """
+    unreadable = unreadable or {}
     found: list[Breach] = []
 
     def judge(breach: Breach) -> None:
@@ -97,8 +106,10 @@ def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings) -
     bad = {t: ~outcome.ok[t].to_numpy()[:read[t]] for t in ORDER}
     for table in ORDER:
         limit, setting = _limit(etl, table, "max_table_quarantine_share")
-        judge(Breach("table", table, int(bad[table].sum()), read[table], limit, setting,
-                     rules=_rule_counts(outcome, table, bad[table])))
+        lost = unreadable.get(table, 0)
+        judge(Breach("table", table, int(bad[table].sum()) + lost, read[table] + lost, limit,
+                     setting, rules=_with_unreadable(_rule_counts(outcome, table, bad[table]),
+                                                     lost)))
 
     # A clinic holds no more of a table's bad rows than the table: most nights no table
     # has enough for a clinic to be judged, and finding each row's clinic is skipped.
@@ -120,10 +131,13 @@ def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings) -
                          rules=_rule_counts(outcome, table, in_clinic)))
 
     everything = np.concatenate([bad[t] for t in ORDER])
+    lost = sum(unreadable.values())
     rules: Counter[str] = Counter()
     for table in ORDER:
         rules.update(_rule_counts(outcome, table, bad[table]))
-    judge(Breach("all", "all tables", int(everything.sum()), len(everything),
+    if lost:
+        rules[MALFORMED_RESOURCE] += lost
+    judge(Breach("all", "all tables", int(everything.sum()) + lost, len(everything) + lost,
                  etl.max_quarantine_share, "[etl] max_quarantine_share",
                  rules=dict(rules.most_common())))
     return found
@@ -150,6 +164,10 @@ def _limit(etl: EtlSettings, scope: str, default: str) -> tuple[float, str]:
     if default != "max_clinic_quarantine_share":
         setting += f', or "{scope}" in [etl.quarantine_limits]'
     return float(getattr(etl, default)), setting
+
+
+def _with_unreadable(rules: dict[str, int], lost: int) -> dict[str, int]:
+    return {**rules, MALFORMED_RESOURCE: lost} if lost else rules
 
 
 def _rule_counts(outcome: Outcome, table: str, bad: np.ndarray) -> dict[str, int]:
@@ -246,7 +264,8 @@ def report(connection: Connection, examples: int = 3) -> dict[str, Any]:
             select(q.c.row_key).where(q.c.table_name == table_name, q.c.rule == rule)
             .order_by(q.c.row_key).limit(examples)
         ).scalars().all()
-        groups.append({"table": table_name, "rule": rule, "meaning": RULES.get(rule, ""),
+        meaning = RULES.get(rule) or SOURCE_RULES.get(rule, "")
+        groups.append({"table": table_name, "rule": rule, "meaning": meaning,
                        "keys": int(count), "since": since, "examples": list(keys)})
     runs = tables.runs
     last = connection.execute(select(runs).where(runs.c.kind == "etl")

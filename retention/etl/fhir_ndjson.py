@@ -1,0 +1,945 @@
+"""Reading a FHIR R4 Bulk Data export (``$export`` NDJSON) onto the contract.
+
+Most EHRs offer Bulk Data exports rather than access to their database. A directory
+holds one or more export folders, each one ``$export``'s output with its
+``manifest.json`` (the status response: ``transactionTime``, ``request``, ``output``,
+``deleted``); a folder of NDJSON files without a manifest is one full export. The
+source's state is the latest full export with each later incremental (``_since``)
+export applied in ``transactionTime`` order: a resource replaces the one with the same
+type and id, a ``deleted`` entry removes it. The rows of that state then pass the same
+``since`` filters as the SQL sources' (``retention.etl.extract._statement``) on
+``updated_at`` = ``meta.lastUpdated``, so an incremental run sees the rows changed and
+a full reload reconciles deletions, as with a database.
+
+Each line is parsed with its model (``fhir.resources`` ships no R4 package; R4B, 4.3,
+is R4 with few changes, none known to touch the elements read here) and mapped at once
+to contract values, text as a database driver would give it, so
+``retention.etl.validation`` types and checks them:
+a bad code or date is a row held under the usual rules. A line that is not a resource
+of its file's type, or not valid FHIR, is handed over as a ``malformed_resource``
+(``retention.etl.load.Extract``). Files are read line by line; the state holds the
+mapped rows only, never the resources. ``docs/contract.md`` ("From FHIR Bulk Data")
+says which element feeds which column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.episodeofcare import EpisodeOfCare
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from pydantic import ValidationError
+
+from retention.clinic import contract
+from retention.etl.extract import INCREMENTAL, SourceUnavailable
+from retention.etl.load import MALFORMED_COLUMNS, Extract
+from retention.settings import CODED_COLUMNS, ConfigError
+
+log = logging.getLogger(__name__)
+
+MAPPING_FILE = Path(__file__).resolve().parents[2] / "config" / "mappings" / "fhir.toml"
+
+# --- the mapping ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatientMapping:
+    """``[patient]``: clients, their identifiers and contact details."""
+
+    identifier_systems: tuple[str, ...] = ()
+    case_manager: str = "careManager"
+    race_extension: str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+    ethnicity_extension: str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+    multiple_races: str = "multiracial"
+    preferred_channel_extension: str = (
+        "https://retention.example/fhir/StructureDefinition/preferred-contact-channel")
+    may_text_extension: str = "https://retention.example/fhir/StructureDefinition/may-text"
+    may_call_extension: str = "https://retention.example/fhir/StructureDefinition/may-call"
+    races: Mapping[str, str] = field(default_factory=lambda: {
+        "1002-5": "native_american", "2028-9": "asian", "2054-5": "black",
+        "2076-8": "pacific_islander", "2106-3": "white"})
+    ethnicities: Mapping[str, str] = field(default_factory=lambda: {"2135-2": "hispanic"})
+
+
+@dataclass(frozen=True)
+class EpisodeMapping:
+    """``[episode]``: EpisodeOfCare as episodes."""
+
+    program_system: str = "https://retention.example/fhir/CodeSystem/program"
+    planned_discharge_extension: str = (
+        "https://retention.example/fhir/StructureDefinition/planned-discharge")
+    discharge_reason_extension: str = (
+        "https://retention.example/fhir/StructureDefinition/discharge-reason")
+    discharge_reason_system: str = "https://retention.example/fhir/CodeSystem/discharge-reason"
+    programs: Mapping[str, str] = field(default_factory=dict)
+    discharge_reasons: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppointmentMapping:
+    """``[appointment]``: Appointment as appointments."""
+
+    episode_extension: str = "http://hl7.org/fhir/StructureDefinition/workflow-episodeOfCare"
+    service_type_system: str = "https://retention.example/fhir/CodeSystem/service-type"
+    telehealth_system: str = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    telehealth_codes: tuple[str, ...] = ("VR",)
+    cancellation_system: str = (
+        "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason")
+    cancelled_by_client: tuple[str, ...] = (
+        "pat", "pat-crs", "pat-cpp", "pat-dec", "pat-fb", "pat-lt", "pat-mt", "pat-mv",
+        "pat-preg", "pat-swl", "pat-ucp")
+    cancelled_by_clinic: tuple[str, ...] = (
+        "prov", "prov-pers", "prov-dch", "prov-edu", "prov-hosp", "prov-labs", "prov-mri",
+        "prov-onc", "maint", "meds-inc", "other", "oth-cms", "oth-err", "oth-fin", "oth-iv",
+        "oth-int", "oth-mu", "oth-room", "oth-oerr", "oth-swie", "oth-weath")
+    late_cancel: tuple[str, ...] = ("late",)
+    statuses: Mapping[str, str] = field(default_factory=lambda: {
+        "proposed": "scheduled", "pending": "scheduled", "booked": "scheduled",
+        "waitlist": "scheduled", "arrived": "attended", "checked-in": "attended",
+        "fulfilled": "attended", "noshow": "no_show",
+        "entered-in-error": "cancelled_by_clinic"})
+    service_types: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuestionnaireMapping:
+    """``[questionnaire]``: QuestionnaireResponse as alliance measures and items."""
+
+    appointment_extension: str = "https://retention.example/fhir/StructureDefinition/appointment"
+    total_link_id: str = "total"
+    goal_link_id: str = "goal"
+    task_link_id: str = "task"
+    bond_link_id: str = "bond"
+    instruments: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "SRS": ("https://retention.example/fhir/Questionnaire/srs",),
+        "GSRS": ("https://retention.example/fhir/Questionnaire/gsrs",),
+        "WAI-SR": ("https://retention.example/fhir/Questionnaire/wai-sr",)})
+
+
+@dataclass(frozen=True)
+class ConsentMapping:
+    """``[consent]``: Consent as consents."""
+
+    revoked_extension: str = "https://retention.example/fhir/StructureDefinition/revoked-at"
+    purpose_system: str = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+    purposes: Mapping[str, str] = field(default_factory=lambda: {
+        "TREAT": "treatment", "HPAYMT": "payment", "HOPERAT": "health_care_operations",
+        "COC": "care_coordination", "HRESCH": "research"})
+
+
+SECTIONS: dict[str, type] = {"patient": PatientMapping, "episode": EpisodeMapping,
+                             "appointment": AppointmentMapping,
+                             "questionnaire": QuestionnaireMapping, "consent": ConsentMapping}
+# Code tables whose values must be contract codes: (section, key) -> allowed values.
+CODE_TABLES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("episode", "programs"): CODED_COLUMNS[("episodes", "program")],
+    ("episode", "discharge_reasons"): CODED_COLUMNS[("episodes", "discharge_reason")],
+    ("appointment", "statuses"): CODED_COLUMNS[("appointments", "status")],
+    ("appointment", "service_types"): CODED_COLUMNS[("appointments", "service_type")],
+    ("consent", "purposes"): CODED_COLUMNS[("consents", "purpose")],
+}
+CASE_MANAGER_SOURCES = ("careManager", "generalPractitioner")
+
+
+@dataclass(frozen=True)
+class FhirMapping:
+    """What a clinic configures to read its FHIR export (``config/mappings/fhir.toml``)."""
+
+    timezone: str = "UTC"
+    patient: PatientMapping = field(default_factory=PatientMapping)
+    episode: EpisodeMapping = field(default_factory=EpisodeMapping)
+    appointment: AppointmentMapping = field(default_factory=AppointmentMapping)
+    questionnaire: QuestionnaireMapping = field(default_factory=QuestionnaireMapping)
+    consent: ConsentMapping = field(default_factory=ConsentMapping)
+
+    @classmethod
+    def default(cls) -> FhirMapping:
+        """The defaults, which ``config/mappings/fhir.toml`` writes out (a test keeps them
+        equal): the service needs no file when the clinic's EHR writes what they name."""
+        return cls()
+
+    @classmethod
+    def from_file(cls, path: Path) -> FhirMapping:
+        try:
+            with path.open("rb") as handle:
+                raw = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"FHIR mapping {path}: {exc}") from exc
+        return cls.from_mapping(raw, str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "FHIR mapping") -> FhirMapping:
+        """Check every key and value; a key the mapping does not know is refused (a typo
+        would otherwise leave a default in force without a word)."""
+        unknown = sorted(set(raw) - {"timezone", *SECTIONS})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                              f"timezone, {', '.join(f'[{s}]' for s in SECTIONS)}")
+        timezone = raw.get("timezone", "UTC")
+        if not isinstance(timezone, str):
+            raise ConfigError(f"{where}: timezone must be text (an IANA zone name)")
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{where}: timezone {timezone!r} is not an IANA time zone") from exc
+        parts: dict[str, Any] = {}
+        for section, kind in SECTIONS.items():
+            values = raw.get(section, {})
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{where}: [{section}] must be a table")
+            parts[section] = _section(kind, section, values, where)
+        out = cls(timezone=timezone, **parts)
+        if out.patient.case_manager not in CASE_MANAGER_SOURCES:
+            raise ConfigError(f"{where}: [patient] case_manager must be one of "
+                              f"{', '.join(CASE_MANAGER_SOURCES)}")
+        bad = sorted(set(out.questionnaire.instruments) - set(contract.INSTRUMENTS))
+        if bad:
+            raise ConfigError(f"{where}: [questionnaire.instruments] {', '.join(bad)} are not "
+                              f"instruments; allowed: {', '.join(contract.INSTRUMENTS)}")
+        return out
+
+
+def _section(kind: type, section: str, values: Mapping[str, Any], where: str) -> Any:
+    """One section's dataclass from its table: each value of its default's type."""
+    defaults = kind()
+    known = {f.name: getattr(defaults, f.name) for f in fields(kind)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: [{section}] unknown key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(known)}")
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"[{section}] {key}"
+        default = known[key]
+        if isinstance(default, str):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: {name} must be non-empty text")
+            checked[key] = value
+        elif isinstance(default, tuple):
+            checked[key] = _texts(value, f"{where}: {name}")
+        elif key == "instruments":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {name} must be a table of lists of URLs")
+            checked[key] = {str(k): _texts(v, f"{where}: {name}.{k}") for k, v in value.items()}
+        else:
+            if not isinstance(value, Mapping) or not all(
+                    isinstance(v, str) for v in value.values()):
+                raise ConfigError(f"{where}: {name} must be a table of codes (text)")
+            allowed = CODE_TABLES.get((section, key))
+            bad = sorted(v for v in value.values() if allowed and v not in allowed)
+            if bad:
+                raise ConfigError(f"{where}: {name} maps to unknown code(s) {', '.join(bad)}; "
+                                  f"allowed: {', '.join(allowed or ())}")
+            checked[key] = {str(k): v for k, v in value.items()}
+    return replace(defaults, **checked)
+
+
+def _texts(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name} must be a list of non-empty text")
+    return tuple(value)
+
+
+# --- exports on disk -------------------------------------------------------------------
+
+# The resource types read, and the contract table a resource of each type is held in
+# when it cannot be read.
+READ_TYPES: dict[str, str] = {
+    "Patient": "clients", "EpisodeOfCare": "episodes", "Appointment": "appointments",
+    "QuestionnaireResponse": "alliance_measures", "Consent": "consents",
+}
+MODELS: dict[str, Any] = {
+    "Patient": Patient, "EpisodeOfCare": EpisodeOfCare, "Appointment": Appointment,
+    "QuestionnaireResponse": QuestionnaireResponse, "Consent": Consent,
+}
+_TYPE_IN_NAME = re.compile(r"[A-Za-z]+")
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
+KEEP_LINE = 20_000  # characters of an unreadable line the quarantine keeps
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """One ``$export``'s output: when it was taken, from when (None: a full export), files."""
+
+    folder: Path
+    transaction_time: datetime | None  # aware; None: no manifest (then the newest resource)
+    since: datetime | None
+    outputs: tuple[tuple[str | None, Path], ...]  # (resource type if known, file)
+    deleted: tuple[Path, ...] = ()
+
+
+def find_exports(directory: Path) -> list[ExportFolder]:
+    """The export folders under ``directory`` (or ``directory`` itself), oldest first."""
+    candidates = [directory] if _is_export(directory) else sorted(
+        p for p in directory.iterdir() if p.is_dir() and _is_export(p))
+    exports = [_export(p) for p in candidates]
+    # Without a manifest an export's time is unknown until read: such a folder counts as
+    # the oldest (it can only be a first full export; later ones come with manifests).
+    return sorted(exports, key=lambda e: (e.transaction_time is not None,
+                                          e.transaction_time or datetime.min.replace(tzinfo=UTC),
+                                          e.folder.name))
+
+
+def _is_export(path: Path) -> bool:
+    return (path / "manifest.json").is_file() or any(path.glob("*.ndjson"))
+
+
+def _export(folder: Path) -> ExportFolder:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        outputs = tuple((_type_from_name(p.name), p) for p in sorted(folder.glob("*.ndjson")))
+        return ExportFolder(folder, None, None, outputs)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        when = _instant(manifest["transactionTime"])
+        request = str(manifest.get("request") or "")
+        since_values = parse_qs(urlsplit(request).query).get("_since")
+        # A '+' of the offset left unencoded in the request reads as a space.
+        since = _instant(since_values[0].replace(" ", "+")) if since_values else None
+        outputs = tuple((str(o["type"]) if o.get("type") else _type_from_name(str(o["url"])),
+                         _local_file(folder, str(o["url"])))
+                        for o in manifest.get("output") or [])
+        deleted = tuple(_local_file(folder, str(d["url"])) for d in manifest.get("deleted") or [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # A manifest is written last: one that cannot be read is an export not finished.
+        raise SourceUnavailable(f"the FHIR export {folder.name}: its manifest.json cannot be "
+                                f"read ({type(exc).__name__})") from exc
+    return ExportFolder(folder, when, since, outputs, deleted)
+
+
+def _instant(text: Any) -> datetime:
+    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("an instant without a time zone")
+    return value
+
+
+def _local_file(folder: Path, url: str) -> Path:
+    """A manifest's file: relative names as they are, URLs by their last path segment
+    (the files are fetched next to the manifest)."""
+    name = urlsplit(url).path.rsplit("/", 1)[-1] if "://" in url else url
+    path = (folder / name).resolve()
+    if folder.resolve() not in path.parents:
+        raise ValueError("a file outside the export folder")
+    return path
+
+
+def _type_from_name(name: str) -> str | None:
+    """``Patient.ndjson``, ``1.Patient.ndjson``, ``patient_file_1.ndjson``: the type read."""
+    lowered = {t.lower(): t for t in READ_TYPES}
+    for token in _TYPE_IN_NAME.findall(Path(name).name):
+        if token.lower() in lowered:
+            return lowered[token.lower()]
+    return None
+
+
+def export_chain(exports: list[ExportFolder]) -> list[ExportFolder]:
+    """The latest full export and the incremental ones after it, in order."""
+    fulls = [i for i, e in enumerate(exports) if e.since is None]
+    if not fulls:
+        raise SourceUnavailable("the FHIR export directory holds incremental (_since) exports "
+                                "only: a full export is needed to start from")
+    chain = exports[fulls[-1]:]
+    for before, after in itertools.pairwise(chain):
+        if (before.transaction_time and after.since
+                and after.since > before.transaction_time):
+            log.warning("FHIR export %s starts (_since) after %s was taken: changes between "
+                        "them are missing until the next full export", after.folder.name,
+                        before.folder.name)
+    return chain
+
+
+# --- resources as contract values -------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    """One resource as contract values: its rows per table and when it last changed."""
+
+    kind: str
+    updated: datetime | None  # local, naive; None: not known
+    rows: dict[str, list[tuple[Any, ...]]]
+    links: dict[str, Any] = field(default_factory=dict)  # what other resources need of it
+
+
+class _Mapper:
+    """Resources as contract rows, by the clinic's mapping."""
+
+    def __init__(self, mapping: FhirMapping) -> None:
+        self.m = mapping
+        self.zone = ZoneInfo(mapping.timezone)
+        self.instrument_of: dict[str, str] = {}
+        for instrument, urls in mapping.questionnaire.instruments.items():
+            for url in urls:
+                self.instrument_of[url] = instrument
+
+    # values
+
+    def stamp(self, value: Any) -> str | None:
+        """A FHIR instant or dateTime as contract text: local time without a zone."""
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            local = value.astimezone(self.zone).replace(tzinfo=None) if value.tzinfo else value
+            return local.isoformat(sep=" ")
+        if isinstance(value, date):
+            return value.isoformat()
+        return str(value)  # a partial date or a leap second, as written
+
+    def day(self, value: Any) -> str | None:
+        """A FHIR date or dateTime as a contract date (the local day of a time)."""
+        if isinstance(value, datetime):
+            local = value.astimezone(self.zone) if value.tzinfo else value
+            return local.date().isoformat()
+        return self.stamp(value)
+
+    def local(self, value: Any) -> datetime | None:
+        if isinstance(value, datetime):
+            return value.astimezone(self.zone).replace(tzinfo=None) if value.tzinfo else value
+        return None
+
+    def updated(self, resource: Any) -> tuple[str | None, datetime | None]:
+        when = resource.meta.lastUpdated if resource.meta is not None else None
+        return self.stamp(when), self.local(when)
+
+    # resources
+
+    def patient(self, p: Patient) -> _Record:
+        pm = self.m.patient
+        stamp, updated = self.updated(p)
+        birth = p.birthDate
+        birth_year: Any = birth.year if isinstance(birth, date) else (
+            str(birth)[:4] if birth is not None else None)
+        gp = next((i for r in p.generalPractitioner or []
+                   if (i := _ref_id(r, "Practitioner")) is not None), None)
+        client = (p.id, _ref_id(p.managingOrganization, "Organization"), None, birth_year,
+                  p.gender, self.race(p))
+        identifiers = [(i.system, i.value, p.id, stamp) for i in p.identifier or []
+                       if i.system and i.value
+                       and (not pm.identifier_systems or i.system in pm.identifier_systems)]
+        rows: dict[str, list[tuple[Any, ...]]] = {"clients": [client],
+                                                  "client_identifiers": identifiers}
+        contact = self.contact(p, stamp)
+        if contact is not None:
+            rows["client_contacts"] = [contact]
+        return _Record("Patient", updated, rows, {"gp": gp})
+
+    def race(self, p: Patient) -> str | None:
+        pm = self.m.patient
+        ethnicity = _ext(p, pm.ethnicity_extension)
+        for code in _omb_codes(ethnicity):
+            if code in pm.ethnicities:
+                return pm.ethnicities[code]
+        race = _ext(p, pm.race_extension)
+        labels = sorted({pm.races.get(c, c) for c in _omb_codes(race)})
+        if len(labels) > 1:
+            return pm.multiple_races
+        if labels:
+            return labels[0]
+        return next((e.valueString for e in (race.extension or []) if e.url == "text"),
+                    None) if race is not None else None
+
+    def contact(self, p: Patient, stamp: str | None) -> tuple[Any, ...] | None:
+        pm = self.m.patient
+        names = p.name or []
+        official = next((n for n in names if n.use == "official"), None) or next(
+            (n for n in names if n.use not in ("usual", "nickname", "old")), None)
+        usual = next((n for n in names if n.use in ("usual", "nickname")), None)
+        phones = sorted((t for t in p.telecom or [] if t.system == "phone" and t.value),
+                        key=lambda t: t.rank or 1_000_000)
+        language = next((c for c in p.communication or [] if c.preferred), None) or next(
+            iter(p.communication or []), None)
+        channel = _ext(p, pm.preferred_channel_extension)
+        may_text, may_call = (_ext(p, pm.may_text_extension), _ext(p, pm.may_call_extension))
+        if not (official or usual or phones or language or channel or may_text or may_call):
+            return None
+        return (p.id, _name(official), _name(usual, given_only=True),
+                phones[0].value if phones else None,
+                channel.valueCode if channel is not None else None,
+                may_text.valueBoolean if may_text is not None else None,
+                may_call.valueBoolean if may_call is not None else None,
+                _first_code(language.language) if language is not None else None, stamp)
+
+    def episode(self, e: EpisodeOfCare) -> _Record:
+        em = self.m.episode
+        stamp, updated = self.updated(e)
+        program = _code_in(e.type, em.program_system)
+        reason_ext = _ext(e, em.discharge_reason_extension)
+        reason = _ext_code(reason_ext, em.discharge_reason_system)
+        planned = _ext(e, em.planned_discharge_extension)
+        period = e.period
+        start = period.start if period is not None else None
+        row = (e.id, _ref_id(e.patient, "Patient"),
+               em.programs.get(program, program) if program else None, self.day(start),
+               self.day(planned.valueDate or planned.valueDateTime) if planned else None,
+               self.day(period.end) if period is not None else None,
+               em.discharge_reasons.get(reason, reason) if reason else None, stamp)
+        return _Record("EpisodeOfCare", updated, {"episodes": [row]},
+                       {"client": row[1], "care_manager": _ref_id(e.careManager, "Practitioner"),
+                        "start": self.stamp(start) or ""})
+
+    def appointment(self, a: Appointment) -> _Record:
+        am = self.m.appointment
+        stamp, updated = self.updated(a)
+        client = clinician = None
+        for participant in a.participant or []:
+            client = client or _ref_id(participant.actor, "Patient")
+            clinician = clinician or _ref_id(participant.actor, "Practitioner")
+        episode = _episode_link(a, am.episode_extension) or next(
+            (i for r in a.supportingInformation or []
+             if (i := _ref_id(r, "EpisodeOfCare")) is not None), None)
+        service = _code_in(a.serviceType, am.service_type_system) or _code_in(
+            [a.appointmentType] if a.appointmentType else [], am.service_type_system)
+        concepts = [*(a.serviceCategory or []), *(a.serviceType or []),
+                    *([a.appointmentType] if a.appointmentType else [])]
+        telehealth = any(c.system == am.telehealth_system and c.code in am.telehealth_codes
+                         for concept in concepts for c in concept.coding or [])
+        row = (a.id, episode, client, self.stamp(a.start), self.stamp(a.created),
+               self.status(a), am.service_types.get(service, service) if service else None,
+               telehealth, clinician, stamp)
+        return _Record("Appointment", updated, {"appointments": [row]}, {"episode": episode})
+
+    def status(self, a: Appointment) -> str | None:
+        """FHIR's status as the contract's; a cancellation by its reason. What is not
+        mapped passes as written ("cancelled:<reason>"), to be held as an unknown code."""
+        am = self.m.appointment
+        if a.status != "cancelled":
+            return am.statuses.get(a.status, a.status) if a.status else None
+        reason = _code_in([a.cancelationReason] if a.cancelationReason else [],
+                          am.cancellation_system)
+        for status, codes in (("late_cancel", am.late_cancel),
+                              ("cancelled_by_client", am.cancelled_by_client),
+                              ("cancelled_by_clinic", am.cancelled_by_clinic)):
+            if reason in codes:
+                return status
+        return f"cancelled:{reason}" if reason else "cancelled"
+
+    def response(self, q: QuestionnaireResponse) -> _Record | None:
+        """A response to a configured instrument's questionnaire (None for any other, and
+        for one not completed: in progress, stopped or entered in error)."""
+        qm = self.m.questionnaire
+        canonical = str(q.questionnaire or "").split("|", 1)[0]
+        instrument = self.instrument_of.get(canonical)
+        if instrument is None or q.status not in ("completed", "amended"):
+            return None
+        stamp, updated = self.updated(q)
+        rater = ("client" if _ref_id(q.author, "Patient") else
+                 "therapist" if (_ref_id(q.author, "Practitioner")
+                                 or _ref_id(q.author, "PractitionerRole")) else None)
+        scores: dict[str, Any] = {}
+        items: list[tuple[Any, ...]] = []
+        score_ids = {qm.total_link_id: "score_total", qm.goal_link_id: "goal",
+                     qm.task_link_id: "task", qm.bond_link_id: "bond"}
+        for item in _items(q.item or []):
+            value = _answer(item)
+            if item.linkId in score_ids:
+                scores[score_ids[item.linkId]] = value
+            elif value is not None:
+                items.append((q.id, _item_number(item.linkId), value))
+        appointment = _ref_id(_ext_value(q, qm.appointment_extension), "Appointment")
+        row = (q.id, _episode_link(q, self.m.appointment.episode_extension),
+               _ref_id(q.subject, "Patient"), appointment, instrument, rater,
+               self.stamp(q.authored), scores.get("score_total"), scores.get("goal"),
+               scores.get("task"), scores.get("bond"), stamp)
+        return _Record("QuestionnaireResponse", updated,
+                       {"alliance_measures": [row], "alliance_items": items},
+                       {"appointment": appointment})
+
+    def consent(self, c: Consent) -> _Record:
+        """A consent in force only while active: an inactive one counts as revoked (by its
+        extension, else when it last changed); a draft, proposed, rejected or erroneous
+        one as never in force (revoked from the start of its first day)."""
+        cm = self.m.consent
+        stamp, updated = self.updated(c)
+        provision = c.provision
+        period = provision.period if provision is not None else None
+        actors = provision.actor or [] if provision is not None else []
+        recipient_actor = next((a for a in actors if any(
+            cd.code == "IRCP" for cd in getattr(a.role, "coding", None) or [])),
+            actors[0] if actors else None)
+        recipient = _recipient(recipient_actor.reference) if recipient_actor else None
+        purpose = next((p.code for p in (provision.purpose or [] if provision else [])
+                        if p.system == cm.purpose_system and p.code), None)
+        effective = self.day(period.start) if period is not None else None
+        revoked_ext = _ext(c, cm.revoked_extension)
+        revoked = None
+        if revoked_ext is not None:
+            revoked = self.stamp(revoked_ext.valueDateTime)
+        elif c.status == "inactive":
+            revoked = stamp
+        elif c.status != "active" and effective is not None:
+            revoked = f"{effective} 00:00:00"
+        row = (c.id, _ref_id(c.patient, "Patient"), recipient,
+               cm.purposes.get(purpose, purpose) if purpose else None, effective,
+               self.day(period.end) if period is not None else None, revoked, stamp)
+        return _Record("Consent", updated, {"consents": [row]})
+
+
+def _ref_id(reference: Any, kind: str) -> str | None:
+    """The id a reference names if it is of ``kind`` ("Patient/123", a full URL, a
+    version: ".../Patient/123/_history/2")."""
+    text = getattr(reference, "reference", None)
+    if not text:
+        return None
+    parts = str(text).split("?", 1)[0].split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == kind and parts[i + 1]:
+            return parts[i + 1]
+    return None
+
+
+def _recipient(reference: Any) -> str | None:
+    """A named recipient by its id; a Group is a class of recipients ("class:<id>")."""
+    group = _ref_id(reference, "Group")
+    if group is not None:
+        return contract.RECIPIENT_CLASS_PREFIX + group
+    text = getattr(reference, "reference", None)
+    return str(text).rstrip("/").split("/")[-1] if text else None
+
+
+def _ext(resource: Any, url: str) -> Any:
+    return next((e for e in getattr(resource, "extension", None) or [] if e.url == url), None)
+
+
+def _ext_value(resource: Any, url: str) -> Any:
+    found = _ext(resource, url)
+    return found.valueReference if found is not None else None
+
+
+def _episode_link(resource: Any, url: str) -> str | None:
+    return _ref_id(_ext_value(resource, url), "EpisodeOfCare")
+
+
+def _ext_code(extension: Any, system: str) -> str | None:
+    """The code an extension holds: valueCode, or valueCoding / valueCodeableConcept of
+    ``system``."""
+    if extension is None:
+        return None
+    if extension.valueCode:
+        return str(extension.valueCode)
+    if extension.valueCoding is not None and extension.valueCoding.system == system:
+        return extension.valueCoding.code
+    if extension.valueCodeableConcept is not None:
+        return _code_in([extension.valueCodeableConcept], system)
+    return None
+
+
+def _code_in(concepts: Any, system: str) -> str | None:
+    for concept in concepts or []:
+        for coding in concept.coding or []:
+            if coding.system == system and coding.code:
+                return str(coding.code)
+    return None
+
+
+def _first_code(concept: Any) -> str | None:
+    for coding in getattr(concept, "coding", None) or []:
+        if coding.code:
+            return str(coding.code)
+    return None
+
+
+def _omb_codes(extension: Any) -> list[str]:
+    if extension is None:
+        return []
+    return [e.valueCoding.code for e in extension.extension or []
+            if e.url == "ombCategory" and e.valueCoding is not None and e.valueCoding.code]
+
+
+def _name(name: Any, given_only: bool = False) -> str | None:
+    if name is None:
+        return None
+    if name.text:
+        return str(name.text)
+    parts = list(name.given or []) if given_only else [*(name.given or []), name.family or ""]
+    joined = " ".join(p for p in parts if p)
+    return joined or None
+
+
+def _items(items: list[Any]) -> Iterator[Any]:
+    """Items in order, groups opened."""
+    for item in items:
+        if item.answer:
+            yield item
+        if item.item:
+            yield from _items(item.item)
+
+
+def _answer(item: Any) -> Any:
+    """The first answer's value as a number where it is one, else as written."""
+    answer = item.answer[0]
+    for name in ("valueDecimal", "valueInteger"):
+        value = getattr(answer, name, None)
+        if value is not None:
+            return float(value)
+    if answer.valueCoding is not None:
+        return answer.valueCoding.code
+    return answer.valueString
+
+
+_ITEM_NUMBER = re.compile(r"[A-Za-z_-]*?(\d+)")
+
+
+def _item_number(link_id: str) -> Any:
+    """"3", "item-3", "srs3" are item 3; any other linkId passes as written (a number
+    the checks refuse)."""
+    found = _ITEM_NUMBER.fullmatch(link_id)
+    return int(found.group(1)) if found else link_id
+
+
+# --- the source ------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    """A resource that could not be read, kept where its type puts it."""
+
+    table: str
+    key: str
+    detail: str
+    line: str
+    updated: datetime | None
+
+
+class NdjsonSource:
+    """A directory of FHIR Bulk Data exports as a clinic source (``read`` as ``read_source``)."""
+
+    def __init__(self, directory: Path, mapping: FhirMapping) -> None:
+        self.directory = Path(directory)
+        self.mapping = mapping
+        self.parsed = 0  # resources parsed by the last read (for the run's figures)
+
+    def dispose(self) -> None:
+        """Nothing to release: files are opened and closed within ``read``."""
+
+    def read(self, since: dict[str, datetime | None],
+             held: Callable[[str], int] | None = None) -> tuple[Extract, datetime]:
+        """The rows changed since each table's mark, by the SQL sources' rules, and the
+        export's clock (its ``transactionTime``, as clinic local time).
+
+        ``held`` is not asked: the FHIR source reads every table it maps, and an optional
+        table it has no resources for is simply empty (no table can go missing).
+        """
+        del held
+        if not self.directory.is_dir():
+            raise SourceUnavailable(f"the FHIR export directory {self.directory} is missing")
+        exports = find_exports(self.directory)
+        if not exports:
+            raise SourceUnavailable(f"no FHIR export in {self.directory} yet")
+        mapper = _Mapper(self.mapping)
+        state: dict[tuple[str, str], _Record | _Held] = {}
+        self.parsed = 0
+        clock: datetime | None = None
+        for export in export_chain(exports):
+            newest = self._apply(export, mapper, state)
+            if export.transaction_time is not None:
+                clock = mapper.local(export.transaction_time)
+            elif newest is not None:
+                clock = newest if clock is None else max(clock, newest)
+        if clock is None:
+            raise SourceUnavailable("the FHIR export has neither a manifest nor a resource "
+                                    "with meta.lastUpdated: its time is unknown")
+        return _frames(state, since, self.mapping), clock
+
+    def _apply(self, export: ExportFolder, mapper: _Mapper,
+               state: dict[tuple[str, str], _Record | _Held]) -> datetime | None:
+        """Put an export's resources into ``state``, then take its deletions out; returns
+        the newest lastUpdated read (the time of an export without a manifest)."""
+        newest: datetime | None = None
+        fallback = mapper.local(export.transaction_time) if export.transaction_time else None
+        for kind, path in export.outputs:
+            if kind is not None and kind not in READ_TYPES:
+                continue
+            for number, line in _lines(path):
+                key, record = self._resource(kind, line, f"{export.folder.name}/{path.name}",
+                                             number, mapper, fallback)
+                if record is None:
+                    continue
+                if isinstance(record, _Record) and record.updated is not None:
+                    newest = record.updated if newest is None else max(newest, record.updated)
+                state[key] = record
+        for path in export.deleted:
+            for _number, line in _lines(path):
+                for key in _deleted(line):
+                    state.pop(key, None)
+        return newest
+
+    def _resource(self, kind: str | None, line: bytes, where: str, number: int, mapper: _Mapper,
+                  fallback: datetime | None) -> tuple[tuple[str, str], _Record | _Held | None]:
+        if kind is None:  # a file whose name says no type: each line says its own
+            found = _RESOURCE_TYPE.search(line)
+            kind = found.group(1).decode() if found else None
+            if kind not in READ_TYPES:
+                if kind is None:
+                    log.warning("FHIR export %s line %d: no resource type; skipped", where,
+                                number)
+                return ("", ""), None
+        try:
+            resource = MODELS[kind].model_validate_json(line)
+        except ValidationError as exc:
+            held = _held(kind, line, where, number, exc, mapper, fallback)
+            return ((kind, held.key), held) if held is not None else (("", ""), None)
+        self.parsed += 1
+        if resource.id is None:
+            held = _held(kind, line, where, number, None, mapper, fallback)
+            return ((kind, held.key), held) if held is not None else (("", ""), None)
+        record: _Record | None
+        if kind == "Patient":
+            record = mapper.patient(resource)
+        elif kind == "EpisodeOfCare":
+            record = None if resource.status == "entered-in-error" else mapper.episode(resource)
+        elif kind == "Appointment":
+            record = mapper.appointment(resource)
+        elif kind == "QuestionnaireResponse":
+            record = mapper.response(resource)
+        else:
+            record = mapper.consent(resource)
+        # A resource not read (another questionnaire, an episode entered in error) still
+        # replaces what its id held before: it is gone from the contract's view.
+        return (kind, str(resource.id)), record
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """A file's non-empty lines, one at a time."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            stripped = line.strip()
+            if stripped:
+                yield number, stripped
+
+
+def _deleted(line: bytes) -> list[tuple[str, str]]:
+    """The (type, id) a deleted-resources Bundle line names (its DELETE entries)."""
+    try:
+        bundle = json.loads(line)
+        entries = bundle.get("entry") or []
+        out = []
+        for entry in entries:
+            request = entry.get("request") or {}
+            if str(request.get("method", "")).upper() != "DELETE":
+                continue
+            parts = str(request.get("url", "")).split("?", 1)[0].strip("/").split("/")
+            if len(parts) >= 2 and parts[-2] in READ_TYPES:
+                out.append((parts[-2], parts[-1]))
+        return out
+    except (ValueError, AttributeError, TypeError):
+        log.warning("a deleted-resources line of a FHIR export cannot be read; skipped")
+        return []
+
+
+def _held(kind: str, line: bytes, where: str, number: int, error: ValidationError | None,
+          mapper: _Mapper, fallback: datetime | None) -> _Held | None:
+    """A resource refused, keyed by its id where the line has one, else by file and line;
+    None for a response that says it answers a questionnaire not read.
+
+    Its detail names the elements and the kinds of error only: never a value.
+    """
+    resource: Any = None
+    with contextlib.suppress(ValueError):
+        resource = json.loads(line)
+    if not isinstance(resource, dict):
+        resource = None
+    questionnaire = resource.get("questionnaire") if resource else None
+    if (kind == "QuestionnaireResponse" and isinstance(questionnaire, str)
+            and questionnaire.split("|", 1)[0] not in mapper.instrument_of):
+        return None
+    rid = resource.get("id") if resource else None
+    key = str(rid) if isinstance(rid, str) and rid and len(rid) <= 64 else f"{where}:{number}"
+    updated = fallback
+    stamp = ((resource.get("meta") or {}).get("lastUpdated")
+             if resource and isinstance(resource.get("meta"), dict) else None)
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            updated = mapper.local(_instant(stamp))
+    if resource is None:
+        detail = "the line is not a JSON object"
+    elif resource.get("resourceType") != kind:
+        detail = f"the line is not a {kind} resource"
+    elif error is None:
+        detail = f"the {kind} has no id"
+    else:
+        found = [f"{'.'.join(str(p) for p in e['loc']) or kind} ({e['type']})"
+                 for e in error.errors()[:5]]
+        detail = f"the {kind} is not valid FHIR R4: " + "; ".join(found)
+    text = line.decode("utf-8", errors="replace")
+    return _Held(READ_TYPES[kind], key[:200], detail[:500], text[:KEEP_LINE], updated)
+
+
+# --- the state as contract frames --------------------------------------------------------
+
+
+def _frames(state: Mapping[tuple[str, str], _Record | _Held], since: dict[str, datetime | None],
+            mapping: FhirMapping) -> Extract:
+    """Frames of the rows changed since the marks, as ``extract`` reads them."""
+
+    def changed(table: str, updated: datetime | None) -> bool:
+        mark = since.get(table) if table in INCREMENTAL else None
+        if mark is None or table not in INCREMENTAL:
+            return True
+        return updated is not None and updated >= mark
+
+    rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in contract.TABLES}
+    held_rows: list[tuple[Any, ...]] = []
+    episodes: dict[str, _Record] = {}
+    appointments: dict[str, _Record] = {}
+    for (kind, rid), record in state.items():
+        if isinstance(record, _Record) and kind == "EpisodeOfCare":
+            episodes[rid] = record
+        elif isinstance(record, _Record) and kind == "Appointment":
+            appointments[rid] = record
+    # The case manager: the latest episode's careManager (by start), or the Patient's GP.
+    managers: dict[str, tuple[str, str]] = {}
+    for record in episodes.values():
+        client, manager = record.links["client"], record.links["care_manager"]
+        if client and manager and (client not in managers
+                                   or record.links["start"] >= managers[client][0]):
+            managers[client] = (record.links["start"], manager)
+    episodes_mark = since.get("episodes")
+    changed_episodes = {rid for rid, r in episodes.items()
+                        if episodes_mark is not None and changed("episodes", r.updated)}
+    for record in state.values():
+        if isinstance(record, _Held):
+            if changed(record.table, record.updated):
+                held_rows.append((record.table, record.key, record.detail,
+                                  json.dumps([{"resource": record.line}])))
+            continue
+        for table, table_rows in record.rows.items():
+            if table == "clients":
+                for row in table_rows:
+                    manager = (record.links["gp"] if mapping.patient.case_manager
+                               == "generalPractitioner" else managers.get(row[0], ("", None))[1])
+                    rows[table].append((*row[:2], manager, *row[3:]))
+            elif table == "alliance_items":
+                continue
+            elif table == "appointments":
+                if changed(table, record.updated) or record.links["episode"] in changed_episodes:
+                    rows[table].extend(table_rows)
+            elif table == "alliance_measures":
+                if changed(table, record.updated):
+                    row = table_rows[0]
+                    if row[1] is None and row[3] in appointments:  # the session's episode
+                        row = (row[0], appointments[row[3]].links["episode"], *row[2:])
+                    rows[table].append(row)
+                    rows["alliance_items"].extend(record.rows.get("alliance_items", []))
+            elif changed(table, record.updated):
+                rows[table].extend(table_rows)
+    frames = {t: pd.DataFrame(rows[t], columns=[c.name for c in contract.TABLES[t].columns],
+                              dtype=object) for t in contract.TABLES}
+    malformed = pd.DataFrame(held_rows, columns=MALFORMED_COLUMNS, dtype=object)
+    return Extract(frames, malformed)

@@ -1,0 +1,74 @@
+"""Where the clinic's rows come from: a SQL database, or a folder of FHIR Bulk Data exports.
+
+A SQL source is a SQLAlchemy engine (PostgreSQL, MariaDB/MySQL, SQLite), read by
+``retention.etl.extract``. An export source (``source_url = "fhir-ndjson:<folder>"``)
+is read by ``retention.etl.fhir_ndjson``. Both hand the run the same thing: one frame
+per contract table of the rows changed since each table's watermark, and the source's
+clock, so checks, quarantine, watermarks and features do not know which it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from retention.db.engines import source_engine
+from retention.etl.fhir_ndjson import FhirMapping, NdjsonSource
+from retention.settings import EtlSettings
+
+# source_url of a folder of Bulk Data exports: "fhir-ndjson:/data/exports" (or relative).
+FHIR_NDJSON = "fhir-ndjson:"
+
+
+class ExportSource(Protocol):
+    """A source that is files, not a database: it reads what changed since the marks."""
+
+    def read(self, since: dict[str, datetime | None],
+             held: Callable[[str], int] | None = None,
+             ) -> tuple[dict[str, pd.DataFrame], datetime]: ...
+
+    def dispose(self) -> None: ...
+
+
+Source = Engine | ExportSource
+
+
+def export_folder(url: str) -> Path | None:
+    """The folder of a ``fhir-ndjson:`` source URL; None for a database URL."""
+    if not url.startswith(FHIR_NDJSON):
+        return None
+    rest = url[len(FHIR_NDJSON):]
+    if rest.startswith("//"):  # fhir-ndjson:///abs/path, as a URL would be written
+        rest = rest[2:]
+    return Path(rest)
+
+
+def open_source(url: str, etl: EtlSettings) -> Source:
+    """The clinic source ``url`` names, opened read-only.
+
+    A missing SQLite file or export folder is ``FileNotFoundError`` with what to do.
+    """
+    folder = export_folder(url)
+    if folder is None:
+        return source_engine(url)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"FHIR export folder {folder.resolve()} does not exist; point source_url at the "
+            "folder your EHR's Bulk Data $export writes to (fhir-ndjson:/path/to/exports)")
+    mapping = (FhirMapping.from_file(etl.fhir_mapping_file) if etl.fhir_mapping_file
+               else FhirMapping.default())
+    return NdjsonSource(folder, mapping)
+
+
+def describe(url: str) -> str:
+    """What kind of source ``url`` is, in words for a run's log and the terminal."""
+    if export_folder(url) is not None:
+        return "FHIR Bulk Data exports"
+    name = url.split(":", 1)[0].split("+", 1)[0]
+    return {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB",
+            "sqlite": "SQLite"}.get(name, name)
