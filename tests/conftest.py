@@ -23,8 +23,10 @@ from retention.reasons.catalogue import Catalogue, load_catalogue
 from retention.settings import Settings, settings_from_mapping
 from tests.support.apps import copied_store
 
-# PostgreSQL and Redis fixtures (pg_server, store_url, private_pg, redis_url, private_redis, ...).
-pytest_plugins = ("tests.support.pg", "tests.support.pg_cluster", "tests.support.redis")
+# PostgreSQL, Redis and MariaDB fixtures (pg_server, store_url, private_pg, redis_url,
+# private_redis, mariadb_url, ...).
+pytest_plugins = ("tests.support.pg", "tests.support.pg_cluster", "tests.support.redis",
+                  "tests.support.mariadb")
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 1)

@@ -39,6 +39,9 @@ from retention.clinic.data import TRUE_TEXT
 from retention.db import pg_arrow, pg_copy
 
 CHUNK_ROWS = 20_000
+# Rows fetched from a server-side cursor at a time by ``stream_query``: each chunk's row
+# tuples are dropped once it is a frame.
+STREAM_ROWS = 50_000
 # A load this large builds its indexes once, after the rows: a first load into the
 # table, or a whole-table sync rebuilt beside it (the weekly full reload).
 REBUILD_INDEXES_ROWS = 100_000
@@ -76,6 +79,52 @@ def read_query(
     statement = text(sql).bindparams(*(_typed_bind(k, v) for k, v in params.items()))
     rows = connection.execute(statement).fetchall()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
+
+
+def stream_query(
+    connection: Connection,
+    sql: str,
+    columns: Sequence[str],
+    params: Mapping[str, Any] | None = None,
+    chunk_rows: int | None = None,
+    shared: Sequence[str] = (),
+) -> pd.DataFrame:
+    """``read_query`` elsewhere than PostgreSQL, read through a server-side cursor.
+
+    The rows arrive ``chunk_rows`` (default ``STREAM_ROWS``) at a time, each chunk made a
+    frame before the next is fetched, so a whole table never sits in memory as Python
+    row tuples (a client-side cursor buffers every row before the first is returned:
+    22 million appointments at 100,000 clients). Values as the driver returns them; in
+    the ``shared`` columns (repeated codes and references) equal values are one object,
+    not one the driver made per row.
+    """
+    used = set(_PARAM.findall(sql))
+    params = {k: v for k, v in (params or {}).items() if k in used}
+    statement = text(sql).bindparams(*(_typed_bind(k, v) for k, v in params.items()))
+    size = chunk_rows or STREAM_ROWS
+    seen: dict[str, dict[Any, Any]] = {c: {} for c in shared if c in columns}
+    result = connection.execute(
+        statement, execution_options={"stream_results": True, "yield_per": size})
+    with result:
+        parts = [_chunk_frame(rows, columns, seen) for rows in result.partitions(size)]
+    if not parts:
+        return pd.DataFrame(columns=list(columns), dtype=object)
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def _chunk_frame(rows: Sequence[Any], columns: Sequence[str],
+                 seen: Mapping[str, dict[Any, Any]] | None = None) -> pd.DataFrame:
+    """A chunk's rows as a frame of object columns; a column in ``seen`` holds the first
+    object of each value (a str of a code costs ~55 bytes a row; a reference to one, 8)."""
+    seen = seen or {}
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    out: dict[str, np.ndarray] = {}
+    for name, column in zip(columns, values, strict=True):
+        first = seen.get(name)
+        array = np.empty(len(column), dtype=object)
+        array[:] = column if first is None else [first.setdefault(v, v) for v in column]
+        out[name] = array
+    return pd.DataFrame(out, columns=list(columns), dtype=object)
 
 
 def driver(connection: Connection) -> Any:

@@ -20,6 +20,16 @@ SOURCE_CONNECT_ARGS: dict[str, Any] = {
     "application_name": "retention-etl",
     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
 }
+# PyMySQL settings of every connection to a clinic's MariaDB or MySQL: every transaction
+# of the session read-only (``init_command`` runs on each connect, a driver reconnect
+# included, before SQLAlchemy or a mapping's query sees the connection), all of Unicode
+# (MySQL's "utf8" is three bytes), and quick to give up when the server is down.
+MYSQL_SOURCE_CONNECT_ARGS: dict[str, Any] = {
+    "init_command": "SET SESSION TRANSACTION READ ONLY",
+    "charset": "utf8mb4",
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+}
+MYSQL_BACKENDS = ("mysql", "mariadb")
 
 
 def store_engine(
@@ -70,6 +80,13 @@ def source_engine(url: str) -> Engine:
             connect_args=SOURCE_CONNECT_ARGS,
             pool_pre_ping=True,
         )
+    if parsed.get_backend_name() in MYSQL_BACKENDS:
+        # PyMySQL whatever the URL names: the connect arguments above are its own.
+        return create_engine(
+            parsed.set(drivername=f"{parsed.get_backend_name()}+pymysql"),
+            connect_args=MYSQL_SOURCE_CONNECT_ARGS,
+            pool_pre_ping=True,
+        )
     return _engine(url)
 
 
@@ -79,6 +96,14 @@ def is_read_only(connection: Connection) -> bool | None:
         return str(connection.exec_driver_sql("SHOW transaction_read_only").scalar()) == "on"
     if connection.dialect.name == "sqlite":
         return "mode=ro" in str(connection.engine.url)
+    if connection.dialect.name in MYSQL_BACKENDS:
+        # MySQL 8.0.3 renamed tx_read_only (which it then dropped) to transaction_read_only;
+        # MariaDB reads tx_read_only (an alias of the new name from 11.1).
+        dialect: Any = connection.dialect
+        version = tuple(dialect.server_version_info or ())
+        old = dialect.is_mariadb or version < (8, 0, 3)
+        variable = "@@tx_read_only" if old else "@@transaction_read_only"
+        return int(connection.exec_driver_sql(f"SELECT {variable}").scalar_one()) == 1
     return None
 
 

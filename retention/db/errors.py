@@ -5,7 +5,8 @@ Every record is a substance-use treatment record (42 CFR Part 2), and a run's er
 is stored and shown (``retention runs``, the API). Databases quote values freely
 (``invalid input syntax for type date: "..."``; PostgreSQL's COPY context quotes the
 whole field) and SQLAlchemy appends the statement and its parameters, so ``describe``
-keeps the database's primary message only, with quoted values masked, and its SQLSTATE.
+keeps the database's primary message only, with quoted values masked, and its SQLSTATE
+(MariaDB's and MySQL's error number, which PyMySQL gives instead).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import sqlite3
 
 import psycopg
+import pymysql
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -29,7 +31,20 @@ NAMING_CLASSES = frozenset({"42", "0A", "25"})
 # SQLite result codes a later try may not meet (extended codes start with these).
 TRANSIENT_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN",
                     "SQLITE_FULL", "SQLITE_NOMEM", "SQLITE_PROTOCOL", "SQLITE_INTERRUPT")
-DRIVER_ERRORS = (DBAPIError, psycopg.Error, pg_arrow.Error, sqlite3.Error)
+# MariaDB and MySQL error numbers a later try may not meet: too many connections (1040),
+# shutdown (1053), network errors (1158-1161), a lock wait timeout or deadlock (1205, 1213),
+# a query interrupted or killed (1317, 1927), a statement timeout (MariaDB 1969, MySQL
+# 3024), the client unable to connect or the connection lost (2002-2013, 2055), an idle
+# session ended by the server (4031).
+TRANSIENT_MYSQL = frozenset({1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1317, 1927,
+                             1969, 3024, 2002, 2003, 2005, 2006, 2013, 2055, 4031})
+# Numbers whose messages quote names and SQL text, never a row's values: access denied
+# (1044, 1045, 1142, 1143, 1227), unknown database, column or table (1049, 1054, 1146, 1109),
+# an ambiguous column (1052), a syntax error (1064), a function that does not exist
+# (1305), a read-only transaction (1792).
+NAMING_MYSQL = frozenset({1044, 1045, 1049, 1052, 1054, 1064, 1109, 1142, 1143, 1146, 1227,
+                          1305, 1792})
+DRIVER_ERRORS = (DBAPIError, psycopg.Error, pg_arrow.Error, sqlite3.Error, pymysql.MySQLError)
 MASK = '"…"'
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 _ADBC_PREFIX = re.compile(r"^.*?ERROR:\s+")
@@ -45,6 +60,17 @@ def _driver(exc: BaseException) -> BaseException:
     return orig if isinstance(orig, BaseException) else exc
 
 
+def mysql_error(exc: BaseException) -> tuple[int, str] | None:
+    """MariaDB's or MySQL's error number and message, from PyMySQL; None for other drivers."""
+    inner = _driver(exc)
+    if not isinstance(inner, pymysql.MySQLError):
+        return None
+    args = inner.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        return args[0], str(args[1])
+    return None
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """PostgreSQL's SQLSTATE, or SQLite's result-code name; None when the server gave none."""
     inner = _driver(exc)
@@ -57,6 +83,10 @@ def sqlstate(exc: BaseException) -> str | None:
 def is_transient(exc: BaseException) -> bool:
     """Whether the same work may succeed later: the database was unreachable, busy or
     timed out, rather than refusing the statement itself."""
+    numbered = mysql_error(exc)
+    if numbered is not None and numbered[0]:
+        # By number: PyMySQL's SQLSTATE is mostly the catch-all HY000.
+        return numbered[0] in TRANSIENT_MYSQL
     state = sqlstate(exc)
     if state is not None:
         if state.startswith("SQLITE"):
@@ -69,6 +99,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     # No verdict from a server: the connection failed or dropped before one came.
     return isinstance(inner, psycopg.OperationalError | psycopg.InterfaceError
+                      | pymysql.OperationalError | pymysql.InterfaceError
                       | pg_arrow.Error | OSError)
 
 
@@ -79,6 +110,14 @@ def describe(exc: BaseException) -> str:
     only where the database quotes names (syntax and access errors, SQLite's SQL
     errors) or reports a connection or server state.
     """
+    numbered = mysql_error(exc)
+    if numbered is not None:
+        code, message = numbered
+        lines = message.strip().splitlines() or [type(_driver(exc)).__name__]
+        message = lines[0][:300]
+        if not (code in NAMING_MYSQL or is_transient(exc)):
+            message = mask(message)
+        return f"{message} (error {code})" if code else message
     inner = _driver(exc)
     message = _primary(inner)
     state = sqlstate(exc)

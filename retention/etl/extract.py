@@ -2,9 +2,10 @@
 
 Every table is read in one read-only, repeatable-read transaction, so an
 appointment and its episode come from the same moment of a database that other
-systems write to all day. Values are returned as the database gives them (text
-on PostgreSQL, where COPY moves them); ``retention.etl.validation`` types and checks
-them. Nothing here writes.
+systems write to all day (PostgreSQL: one exported snapshot; MariaDB and MySQL: a
+consistent snapshot taken when the transaction starts). Values are returned as the
+database gives them (text on PostgreSQL, where COPY moves them; the driver's values
+elsewhere); ``retention.etl.validation`` types and checks them. Nothing here writes.
 
 What stops a read says whether trying again can help: an unreachable or timed-out
 database is ``SourceUnavailable`` (the nightly job retries it); a table's query that
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from retention.clinic import contract
 from retention.db import bulk, errors, pg_arrow, pg_copy
-from retention.db.engines import SOURCE_CONNECT_ARGS
+from retention.db.engines import MYSQL_BACKENDS, SOURCE_CONNECT_ARGS
 from retention.settings import SourceMapping
 
 # Tables read by updated_at: rows changed since the table's watermark. The others are
@@ -187,7 +189,8 @@ def extract(
     store's copy holds of a table, asked only of a missing one) says it had rows: then
     ``MissingTable``.
     On PostgreSQL the tables are read through ADBC on up to ``connections``
-    connections at once, largest first, all in ``connection``'s snapshot.
+    connections at once, largest first, all in ``connection``'s snapshot. On MariaDB
+    and MySQL each is streamed from a server-side cursor, in ``connection``'s transaction.
     """
     frames = _missing_optional(connection, mapping, held or (lambda _table: 0))
     tables = [t for t in contract.TABLES if t not in frames]
@@ -208,8 +211,11 @@ def extract(
             params, placeholder = _bind()
             sql = _statement(mapping, table, since, placeholder, _escape_colons)
             try:
-                frame = bulk.read_query(connection, sql, _columns(table), params,
-                                        kinds=_kinds(table))
+                if _is_mysql(connection):
+                    frame = bulk.stream_query(connection, sql, _columns(table), params,
+                                              shared=REPEATED.get(table, ()))
+                else:
+                    frame = bulk.read_query(connection, sql, _columns(table), params)
             except errors.DRIVER_ERRORS as exc:
                 raise _failure(table, mapping, exc) from exc
             frames[table] = mapping.apply_codes(table, frame)
@@ -311,17 +317,27 @@ def read_source(
     """Extract in one consistent read-only snapshot; returns the rows and the source's clock.
 
     A failure to reach the database, or a timeout, is ``SourceUnavailable``; a table's
-    query refused is a ``MappingError``; a PostgreSQL role that can read the server's
-    files is refused first (``SourceRoleRefused``) unless ``allow_superuser``.
+    query refused is a ``MappingError``; a role that can read the server's files (a
+    PostgreSQL superuser or file reader; a MariaDB or MySQL account with FILE, SUPER or
+    ALL) is refused first (``SourceRoleRefused``) unless ``allow_superuser``.
     """
     try:
         options: dict[str, Any] = {}
         if engine.dialect.name == "postgresql":
             options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        elif engine.dialect.name in MYSQL_BACKENDS:
+            options = {"isolation_level": "REPEATABLE READ"}
         with engine.connect().execution_options(**options) as conn:
+            now = source_clock(conn)
+            if _is_mysql(conn):
+                # SQLAlchemy's begin sends nothing to MySQL (the driver's autocommit is off:
+                # the first statement opens a transaction, a plain one, with no snapshot
+                # until a table is read). This one ends that and takes the snapshot now, for
+                # every read that follows. The session is read-only already
+                # (source_engine); READ ONLY says it again.
+                conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             if not allow_superuser:
                 check_source_role(conn)
-            now = source_clock(conn)
             frames = extract(conn, mapping, since, connections, held)
             conn.rollback()
         return frames, now
@@ -339,10 +355,18 @@ def read_source(
 SERVER_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
 
 
+def _is_mysql(connection: Connection) -> bool:
+    return connection.dialect.name in MYSQL_BACKENDS
+
+
 def check_source_role(connection: Connection) -> None:
     """Refuse a PostgreSQL role that can read anything on the server: a superuser, or a
     member of a role that reads its files. A mapping's query run as it could copy any
-    table or file (``pg_read_file('/etc/hostname')``) into the store."""
+    table or file (``pg_read_file('/etc/hostname')``) into the store. MariaDB and MySQL:
+    ``check_mysql_role``."""
+    if _is_mysql(connection):
+        check_mysql_role(connection)
+        return
     if connection.dialect.name != "postgresql":
         return
     roles = ", ".join(f"'{r}'" for r in SERVER_ROLES)
@@ -360,10 +384,48 @@ def check_source_role(connection: Connection) -> None:
         "[etl] allow_superuser_source = true to accept this.")
 
 
+# Global privileges that read the server's files (FILE: ``LOAD_FILE('/etc/hostname')``) or
+# override every check (SUPER, ALL).
+MYSQL_SERVER_PRIVILEGES = ("ALL PRIVILEGES", "FILE", "SUPER")
+_GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
+
+
+def check_mysql_role(connection: Connection) -> None:
+    """Refuse a MariaDB or MySQL account with FILE, SUPER or ALL on ``*.*``: a mapping's
+    query run as it could copy any file the server can read, or any database, into the
+    store. Read from ``SHOW GRANTS``, which on MariaDB lists the enabled role's grants too."""
+    name = str(connection.exec_driver_sql("SELECT CURRENT_USER()").scalar_one())
+    held: set[str] = set()
+    for (line,) in connection.exec_driver_sql("SHOW GRANTS").fetchall():
+        found = _GLOBAL_GRANT.match(str(line))
+        if found:
+            granted = {p.strip().upper() for p in found.group(1).split(",")}
+            held |= granted & set(MYSQL_SERVER_PRIVILEGES)
+    if not held:
+        return
+    server = "MariaDB" if getattr(connection.dialect, "is_mariadb", False) else "MySQL"
+    powers = ", ".join(p for p in MYSQL_SERVER_PRIVILEGES if p in held)
+    raise SourceRoleRefused(
+        f"the source role {name!r} holds {powers} on *.* on the clinic's {server}: a "
+        "mapping's query could read any table or file on the server into the store. Connect "
+        "as a least-privilege role (SELECT on the clinic's database only; docs/nightly.md), "
+        "or set [etl] allow_superuser_source = true to accept this.")
+
+
 def source_clock(connection: Connection) -> datetime:
     """The source's local time: watermarks never pass it (a row stamped in the future
     would otherwise hide every row written before that moment)."""
     if connection.dialect.name == "postgresql":
         value = connection.execute(text("SELECT LOCALTIMESTAMP")).scalar_one()
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if _is_mysql(connection):
+        # NOW() is the session's time zone (the server's default: this session never sets
+        # one), the same wall time an EHR's NOW() or CURRENT_TIMESTAMP writes into a
+        # DATETIME updated_at, and the zone MySQL turns a TIMESTAMP into on read: the
+        # naive times compared with the watermarks are all in it. read_source takes it
+        # just before the snapshot, as PostgreSQL's transaction start precedes its own: a
+        # row stamped after it may be read, but its mark is held back to this time and
+        # the next run reads it again. Microseconds, as the watermarks keep them.
+        value = connection.exec_driver_sql("SELECT NOW(6)").scalar_one()
         return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return datetime.now()

@@ -69,6 +69,24 @@ def test_the_clinic_source_is_opened_read_only(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"])
+def test_a_mariadb_source_is_opened_with_pymysql_read_only(mariadb_url: str, scheme: str) -> None:
+    """Every MySQL or MariaDB URL form gets the driver this service ships, utf8mb4 and a
+    session whose every transaction is read-only, whatever it begins with."""
+    url = mariadb_url.replace("mysql+pymysql://", f"{scheme}://", 1)
+    engine = source_engine(url)
+    try:
+        assert engine.dialect.driver == "pymysql"
+        with engine.connect() as conn:
+            assert is_read_only(conn)
+            assert conn.exec_driver_sql("SELECT @@character_set_client").scalar_one() == "utf8mb4"
+            conn.exec_driver_sql("START TRANSACTION")  # no READ ONLY: the session's mode holds
+            with pytest.raises(DBAPIError, match="READ ONLY transaction"):
+                conn.execute(text("CREATE TABLE intruder (x integer)"))
+    finally:
+        engine.dispose()
+
+
 def test_the_apis_engine_bounds_statements_and_lock_waits_and_jobs_engines_do_not(
     pg_url: str,
 ) -> None:

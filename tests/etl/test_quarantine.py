@@ -31,8 +31,10 @@ STAMP = datetime(2026, 6, 1, 12, 0)  # after the synthetic clinic's last write
 @pytest.fixture(params=["sqlite"])
 def loose(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
     """A text-only clinic in SQLite, or (parametrised indirectly) in PostgreSQL, where
-    its text comes through the ADBC reader rather than SQLAlchemy."""
+    its text comes through the ADBC reader rather than SQLAlchemy, or in MariaDB, read
+    from a server-side cursor."""
     url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+           else request.getfixturevalue("mariadb_url") if request.param == "mariadb"
            else f"sqlite:///{tmp_path / 'clinic.db'}")
     src = Source.loose(url, n_clients=150)
     yield src
@@ -149,7 +151,7 @@ def break_the_contract(src: Source) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loose", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("loose", ["sqlite", "postgresql", "mariadb"], indirect=True)
 def test_each_rule_holds_its_row_back_and_the_run_goes_on(loose: Source, store_url: str) -> None:
     store_db = store_engine(store_url)
     assert etl(loose, store_db).rows_quarantined == 0
