@@ -4,8 +4,9 @@ Every table is read in one read-only, repeatable-read transaction, so an
 appointment and its episode come from the same moment of a database that other
 systems write to all day (PostgreSQL: one exported snapshot; MariaDB and MySQL: a
 consistent snapshot taken when the transaction starts). Values are returned as the
-database gives them (text on PostgreSQL, where COPY moves them; the driver's values
-elsewhere); ``retention.etl.validation`` types and checks them. Nothing here writes.
+database gives them (text on PostgreSQL, where COPY moves them, and on MariaDB and
+MySQL, where each row comes as one JSON object of text; SQLite's driver values);
+``retention.etl.validation`` types and checks them. Nothing here writes.
 
 What stops a read says whether trying again can help: an unreachable or timed-out
 database is ``SourceUnavailable`` (the nightly job retries it); a table's query that
@@ -213,7 +214,7 @@ def extract(
             try:
                 if _is_mysql(connection):
                     frame = bulk.stream_query(connection, sql, _columns(table), params,
-                                              shared=REPEATED.get(table, ()))
+                                              kinds=_kinds(table))
                 else:
                     frame = bulk.read_query(connection, sql, _columns(table), params)
             except errors.DRIVER_ERRORS as exc:
