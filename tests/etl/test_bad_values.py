@@ -1,7 +1,8 @@
 """Every bad value is a quarantined row, never a crashed run.
 
 A source can send anything its columns hold: SQLite keeps bytes or a number in a date
-column, PostgreSQL keeps 'infinity' in one, an EHR export keeps text of any length.
+column, PostgreSQL keeps 'infinity' in one, MariaDB '0000-00-00', an EHR export keeps text
+of any length (MariaDB's NUL too, read as JSON).
 Issue 16 found ``scheduled_at = '9999-12-31 10:00'`` crashing the run (pandas'
 nanosecond timestamps end in 2262), and a NUL byte or a 65-character id crashing the
 write to a PostgreSQL store. Here such values go into every column of every contract
@@ -27,7 +28,7 @@ from sqlalchemy import Column, Engine, MetaData, Table, create_engine, insert, s
 
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig, generate
-from retention.db.engines import source_engine, store_engine
+from retention.db.engines import MYSQL_BACKENDS, source_engine, store_engine
 from retention.etl.validation import KEYS, RULES, Context, validate
 from retention.pipelines.etl import run_etl
 from retention.settings import EtlSettings
@@ -55,11 +56,14 @@ class Clinic:
     def insert(self, rows: dict[str, list[dict[str, Any]]]) -> Callable[[], None]:
         """Insert raw rows as another system would (no type conversion on the way);
         returns what removes them again."""
-        sqlite = self.source.engine.dialect.name == "sqlite"
+        dialect = self.source.engine.dialect.name
+        sqlite, mariadb = dialect == "sqlite", dialect in MYSQL_BACKENDS
         mark = "?" if sqlite else "%s"
         with self.source.engine.begin() as conn:
-            first = {t: _last_rowid(conn, t) for t in rows} if sqlite else {}
-            xid = None if sqlite else conn.exec_driver_sql("SELECT txid_current()").scalar()
+            first = ({t: _last_rowid(conn, t) for t in rows} if sqlite
+                     else {t: _last_row_number(conn, t) for t in rows} if mariadb else {})
+            xid = (None if sqlite or mariadb
+                   else conn.exec_driver_sql("SELECT txid_current()").scalar())
             for table, values in rows.items():
                 cols = COLUMNS[table]
                 conn.exec_driver_sql(
@@ -72,6 +76,9 @@ class Clinic:
                 for table in rows:
                     if sqlite:
                         conn.exec_driver_sql(f"DELETE FROM {table} WHERE rowid > ?",
+                                             (first[table],))
+                    elif mariadb:
+                        conn.exec_driver_sql(f"DELETE FROM {table} WHERE {ROW_NUMBER} > %s",
                                              (first[table],))
                     else:
                         conn.exec_driver_sql(f"DELETE FROM {table} WHERE xmin::text = %s",
@@ -107,6 +114,28 @@ def unchecked_sqlite(url: str, n_clients: int) -> Source:
 
 def _last_rowid(conn: Any, table: str) -> int:
     return int(conn.exec_driver_sql(f"SELECT coalesce(max(rowid), 0) FROM {table}").scalar())
+
+
+# MariaDB has no rowid or xmin to tell the rows a test inserted from the clinic's: each
+# table of a MariaDB clinic is given this column, numbered on insert and INVISIBLE (no
+# ``SELECT *``, the ETL's included, returns it). Rows are removed by it whatever their
+# values: a missing or duplicate key, even a copy of a clinic row.
+ROW_NUMBER = "hyp_row_number"
+
+
+def number_rows(src: Source) -> Source:
+    """``src`` (MariaDB) with ``ROW_NUMBER`` in every contract table."""
+    with src.engine.begin() as conn:
+        for table in contract.TABLES:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD COLUMN {ROW_NUMBER} BIGINT NOT NULL AUTO_INCREMENT "
+                f"INVISIBLE, ADD UNIQUE KEY ({ROW_NUMBER})")
+    return src
+
+
+def _last_row_number(conn: Any, table: str) -> int:
+    return int(conn.exec_driver_sql(
+        f"SELECT coalesce(max({ROW_NUMBER}), 0) FROM {table}").scalar())
 
 
 def copy_rows(store_db: Engine) -> dict[str, set[tuple[Any, ...]]]:
@@ -165,15 +194,19 @@ def clinic_fixture(src: Source, store_db: Engine, blobs: bool) -> Clinic:
     return clinic
 
 
-@pytest.fixture(params=["sqlite", "postgresql-text"])
+@pytest.fixture(params=["sqlite", "postgresql-text", "mariadb-text"])
 def clinic(request: pytest.FixtureRequest, tmp_path: Path,
            pg_databases: Callable[[str], str]) -> Iterator[Clinic]:
     """A clinic in SQLite (contract types, no constraints: a column holds whatever is put
-    in it) or in
-    PostgreSQL as text (an EHR export), and a PostgreSQL store: the store whose column
-    lengths and text (no NUL) are strictest."""
+    in it), or in PostgreSQL or MariaDB as text (an EHR export; MariaDB's rows read as
+    JSON), and a PostgreSQL store: the store whose column lengths and text (no NUL) are
+    strictest."""
     if request.param == "sqlite":
         src = unchecked_sqlite(f"sqlite:///{tmp_path / 'clinic.db'}", n_clients=30)
+    elif request.param == "mariadb-text":
+        # Asked for here, not in the signature: the other parameters run without a MariaDB.
+        make: Callable[[str], str] = request.getfixturevalue("mariadb_databases")
+        src = number_rows(Source.loose(make("clinic"), n_clients=30))
     else:
         src = Source.loose(pg_databases("clinic"), n_clients=30)
     store_db = store_engine(pg_databases("store"))
@@ -226,9 +259,10 @@ def check_run(clinic: Clinic, inserted: dict[str, list[dict[str, Any]]]
     return entries
 
 
-def values(blobs: bool) -> st.SearchStrategy[Any]:
+def values(blobs: bool, dialect: str = "postgresql") -> st.SearchStrategy[Any]:
     """Anything a source column can hold: text of any kind and length, dates far out,
-    numbers; where the source keeps them (SQLite), bytes and numbers as such."""
+    numbers; where the source keeps them (SQLite), bytes and numbers as such. Text only
+    as the source's text columns hold it (``dialect``'s)."""
     dates = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31))
     odd = st.sampled_from(["9999-12-31 10:00", "2263-01-01", "1677-09-21", "infinity", "",
                            " ", "2026-02-30", "NaN", "inf", "1e400", "-0", "true", "20260605",
@@ -239,12 +273,25 @@ def values(blobs: bool) -> st.SearchStrategy[Any]:
     if blobs:
         return as_text | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.binary(
             max_size=24) | st.booleans()
+    if dialect in MYSQL_BACKENDS:
+        # MariaDB's utf8mb4 text holds NUL and every code point but the surrogates, which
+        # are no UTF-8 (the driver cannot even send them): no MariaDB clinic holds one.
+        return as_text.filter(lambda v: v is None or _is_utf8(v))
     return as_text.filter(lambda v: v is None or "\x00" not in v)  # PostgreSQL text: no NUL
 
 
-def bad_rows(blobs: bool) -> st.SearchStrategy[dict[str, tuple[str, Any]]]:
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bad_rows(blobs: bool, dialect: str = "postgresql"
+             ) -> st.SearchStrategy[dict[str, tuple[str, Any]]]:
     """For each table, one column and a value for it."""
-    return st.fixed_dictionaries({t: st.tuples(st.sampled_from(cols), values(blobs))
+    return st.fixed_dictionaries({t: st.tuples(st.sampled_from(cols), values(blobs, dialect))
                                   for t, cols in COLUMNS.items()})
 
 
@@ -262,13 +309,24 @@ BLOBS = {"clients": ("race_ethnicity", "a\x00b"),
          "alliance_items": ("item_number", 2**40),
          "client_contacts": ("may_call", b"\x01")}
 
+# Text MariaDB holds and PostgreSQL does not, or that its JSON_OBJECT escapes on the way:
+# NUL, quotes, backslashes, line and control characters, four-byte characters.
+MARIADB_TEXT = {"clients": ("race_ethnicity", "a\x00b"),
+                "episodes": ("program", 'x"\\\n\u2028y'),
+                "appointments": ("clinician_id", "\U0001f600" * 65),
+                "alliance_measures": ("administered_at", "2026-06-01\x00 10:00"),
+                "alliance_items": ("measure_id", "M\x00"),
+                "client_identifiers": ("value", "\t\r\x1f\x7f"),
+                "client_contacts": ("phone", "\U0001f4de 555 0100")}
+
 
 @pytest.mark.slow
 def test_any_value_in_any_column_is_a_held_row_never_a_crashed_run(clinic: Clinic) -> None:
+    mariadb = clinic.source.engine.dialect.name in MYSQL_BACKENDS
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
-    @given(bad=bad_rows(clinic.blobs))
+    @given(bad=bad_rows(clinic.blobs, clinic.source.engine.dialect.name))
     @example(bad=ISSUE)
-    @example(bad=BLOBS if clinic.blobs else ISSUE)
+    @example(bad=BLOBS if clinic.blobs else MARIADB_TEXT if mariadb else ISSUE)
     def property(bad: dict[str, tuple[str, Any]]) -> None:
         inserted = new_rows(clinic, bad)
         remove = clinic.insert(inserted)
@@ -355,6 +413,48 @@ def test_dates_a_typed_postgresql_source_holds_beyond_any_timestamp_are_held(
     assert sorted((t, k) for t, k, _, _ in found) == sorted(
         (table, f"HYP-{n}") for n, (table, *_) in enumerate(cases))
     assert {rule for _, _, rule, _ in found} <= {"date_out_of_range", "malformed_date"}
+    store_db.dispose()
+    src.dispose()
+
+
+@pytest.mark.slow
+def test_dates_a_typed_mariadb_source_holds_beyond_any_timestamp_are_held(
+        pg_databases: Callable[[str], str], mariadb_databases: Callable[[str], str]) -> None:
+    # MariaDB's DATE and DATETIME run from year 1000 to 9999, and without NO_ZERO_DATE or
+    # NO_ZERO_IN_DATE in a writer's sql_mode they keep '0000-00-00' and '2026-02-00' too:
+    # each read as text (CAST AS CHAR), none a date a timestamp holds.
+    src = Source.synthetic(mariadb_databases("clinic"), n_clients=30)
+    store_db = store_engine(pg_databases("store"))
+    clinic = clinic_fixture(src, store_db, blobs=False)
+    far, zero = "date_out_of_range", "malformed_date"
+    cases = [("appointments", "scheduled_at", "9999-12-31 10:00", far),
+             ("appointments", "booked_at", "0000-00-00 00:00:00", zero),
+             ("appointments", "updated_at", "1000-01-01 00:00:00", far),
+             ("episodes", "admitted_on", "1000-01-01", far),
+             ("episodes", "discharged_on", "0000-00-00", zero),
+             ("episodes", "planned_discharge_on", "9999-12-31", far),
+             ("alliance_measures", "administered_at", "2026-02-00 09:00:00", zero)]
+    with src.engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")  # this writer's: zero dates kept
+        for n, (table, column, value, _) in enumerate(cases):
+            cols = COLUMNS[table]
+            chosen = ", ".join(
+                f"'HYP-{n}'" if c == KEYS[table][0] else "%(v)s" if c == column
+                else f"'{STAMP}'" if c == "updated_at" else c for c in cols)
+            template = clinic.templates[table][0][KEYS[table][0]]
+            conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {chosen} "
+                                 f"FROM {table} WHERE {KEYS[table][0]} = %(k)s",
+                                 {"v": value, "k": template})
+        for n, (table, column, value, _) in enumerate(cases):  # stored as given, not zeroed
+            stored = conn.exec_driver_sql(
+                f"SELECT CAST({column} AS CHAR) FROM {table} WHERE {KEYS[table][0]} = %s",
+                (f"HYP-{n}",)).scalar_one()
+            assert stored.startswith(value[:10]), (table, column, stored)
+    inserted: dict[str, list[dict[str, Any]]] = {
+        t: [{}] * sum(1 for c in cases if c[0] == t) for t, *_ in cases}
+    found = check_run(clinic, inserted)
+    assert sorted((t, k, r) for t, k, r, _ in found) == sorted(
+        (table, f"HYP-{n}", rule) for n, (table, _, _, rule) in enumerate(cases))
     store_db.dispose()
     src.dispose()
 
