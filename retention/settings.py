@@ -135,7 +135,8 @@ class EtlSettings:
     retry_attempts: int = 3
     retry_delay_seconds: float = 300.0
     retry_backoff: float = 3.0
-    # Connections that read the clinic's PostgreSQL at once, all in one snapshot.
+    # Connections that read the clinic's PostgreSQL at once, all in one snapshot; processes
+    # that validate a FHIR export's resources at once. MariaDB and MySQL: one connection.
     source_connections: int = 2
     # A PostgreSQL source role that is a superuser (or may read the server's files) is
     # refused: a mapping's query could copy any file or table into the store.

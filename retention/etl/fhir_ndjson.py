@@ -20,24 +20,35 @@ of its file's type, or not valid FHIR, is handed over as a ``malformed_resource`
 (``retention.etl.load.Extract``). Files are read line by line; the state holds the
 mapped rows only, never the resources. ``docs/contract.md`` ("From FHIR Bulk Data")
 says which element feeds which column.
+
+fhir.resources is nearly all of the cost, so a cheap pre-scan (orjson) of every line
+first finds each resource's newest version and whether the marks can let it through;
+only those lines are validated, on several processes when there are many: a night's
+cost follows what changed, not the size of the last full export.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
+import multiprocessing
 import re
+import threading
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 import pandas as pd
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.consent import Consent
@@ -705,6 +716,17 @@ def _item_number(link_id: str) -> Any:
 
 # --- the source ------------------------------------------------------------------------
 
+# Lines handed to fhir.resources at once (in a worker process, or in this one): large
+# enough that a chunk's pickling is small beside its validation, small enough that a few
+# in flight hold little memory.
+CHUNK_LINES = 2_000
+# The pre-scan compares a line's meta.lastUpdated with a mark in UTC; it keeps every
+# line this much before the mark, wider than any zone's change of offset, and the exact
+# rule is applied to the validated rows (``_frames``).
+SCAN_SLACK = timedelta(hours=3)
+_OFFSET_BITS = 40  # a line's place: (file number << 40 | byte offset) << 1 | selected
+_RESOLVED = -1  # an index entry whose outcome is already in ``records``
+
 
 @dataclass
 class _Held:
@@ -717,12 +739,30 @@ class _Held:
     updated: datetime | None
 
 
+@dataclass(frozen=True)
+class _File:
+    """An output file of the chain: its type (None: each line says its own), its name in
+    the quarantine's keys, and the time a held line without a readable lastUpdated takes."""
+
+    kind: str | None
+    path: Path
+    where: str
+    fallback: datetime | None
+
+
+Outcome = _Record | _Held | None
+Key = tuple[str, str]
+# A chunk of lines to validate: the file's name and fallback time, (type, line) each.
+Chunk = tuple[str, datetime | None, list[tuple[str, bytes]]]
+
+
 class NdjsonSource:
     """A directory of FHIR Bulk Data exports as a clinic source (``read`` as ``read_source``)."""
 
-    def __init__(self, directory: Path, mapping: FhirMapping) -> None:
+    def __init__(self, directory: Path, mapping: FhirMapping, workers: int = 2) -> None:
         self.directory = Path(directory)
         self.mapping = mapping
+        self.workers = max(1, workers)  # processes validating at once (etl.source_connections)
         self.parsed = 0  # resources parsed by the last read (for the run's figures)
 
     def dispose(self) -> None:
@@ -733,8 +773,12 @@ class NdjsonSource:
         """The rows changed since each table's mark, by the SQL sources' rules, and the
         export's clock (its ``transactionTime``, as clinic local time).
 
-        ``held`` is not asked: the FHIR source reads every table it maps, and an optional
-        table it has no resources for is simply empty (no table can go missing).
+        Two passes, so the cost follows what is read: every line is pre-scanned (orjson:
+        type, id, lastUpdated, episode links) into an index of each resource's newest
+        version; then only the versions the marks can let through are validated and
+        mapped, on ``workers`` processes when there are many. ``held`` is not asked: the
+        FHIR source reads every table it maps, and an optional table it has no resources
+        for is simply empty (no table can go missing).
         """
         del held
         if not self.directory.is_dir():
@@ -742,77 +786,317 @@ class NdjsonSource:
         exports = find_exports(self.directory)
         if not exports:
             raise SourceUnavailable(f"no FHIR export in {self.directory} yet")
+        chain = export_chain(exports)
         mapper = _Mapper(self.mapping)
-        state: dict[tuple[str, str], _Record | _Held] = {}
+        scan = _Scan(since, mapper)
         self.parsed = 0
-        clock: datetime | None = None
-        for export in export_chain(exports):
-            newest = self._apply(export, mapper, state)
-            if export.transaction_time is not None:
-                clock = mapper.local(export.transaction_time)
-            elif newest is not None:
-                clock = newest if clock is None else max(clock, newest)
+        for export in chain:
+            scan.export(export)
+        self.parsed += scan.parsed
+        todo = sorted((code, key) for key, code in scan.index.items() if code >= 0 and code & 1)
+        self._validate(todo, scan, mapper)
+        if scan.incremental:
+            self._validate(sorted(scan.needed_after(since)), scan, mapper)
+        # In the index's order: a resource's place is its first version's, as it was.
+        state = {key: record for key in scan.index
+                 if (record := scan.records.get(key)) is not None}
+        last = chain[-1].transaction_time
+        if last is not None:
+            clock = mapper.local(last)
+        else:  # one export without a manifest: its newest resource read
+            stamps = [r.updated for r in state.values()
+                      if isinstance(r, _Record) and r.updated is not None]
+            skipped = mapper.local(scan.newest_skipped)
+            if skipped is not None:
+                stamps.append(skipped)
+            clock = max(stamps, default=None)
         if clock is None:
             raise SourceUnavailable("the FHIR export has neither a manifest nor a resource "
                                     "with meta.lastUpdated: its time is unknown")
         return _frames(state, since, self.mapping), clock
 
-    def _apply(self, export: ExportFolder, mapper: _Mapper,
-               state: dict[tuple[str, str], _Record | _Held]) -> datetime | None:
-        """Put an export's resources into ``state``, then take its deletions out; returns
-        the newest lastUpdated read (the time of an export without a manifest)."""
-        newest: datetime | None = None
-        fallback = mapper.local(export.transaction_time) if export.transaction_time else None
+    def _validate(self, todo: list[tuple[int, Key]], scan: _Scan, mapper: _Mapper) -> None:
+        """Validate and map the lines at ``todo``'s places into ``scan.records``; on worker
+        processes when there are more than a chunk's worth (a pool costs its start)."""
+        if not todo:
+            return
+        chunks = _chunks(todo, scan.files)
+        if self.workers == 1 or len(todo) <= CHUNK_LINES:
+            for keys, chunk in chunks:
+                self._take(keys, _validate_lines(chunk, mapper), scan)
+            return
+        # Forked workers start at once with the modules loaded; fork is only safe with no
+        # other thread running, so a threaded process starts them from a fresh server.
+        method = ("fork" if "fork" in multiprocessing.get_all_start_methods()
+                  and threading.active_count() == 1 else "forkserver")
+        gc.freeze()  # the workers' collector then leaves the index's pages shared
+        try:
+            with ProcessPoolExecutor(self.workers, multiprocessing.get_context(method),
+                                     initializer=_init_worker, initargs=(self.mapping,)) as pool:
+                pending: deque[tuple[list[Key], Future[list[tuple[Outcome, bool]]]]] = deque()
+                for keys, chunk in chunks:
+                    pending.append((keys, pool.submit(_validate_chunk, chunk)))
+                    if len(pending) >= 2 * self.workers:  # bounded: read on as results come
+                        done_keys, future = pending.popleft()
+                        self._take(done_keys, future.result(), scan)
+                while pending:
+                    done_keys, future = pending.popleft()
+                    self._take(done_keys, future.result(), scan)
+        finally:
+            gc.unfreeze()
+
+    def _take(self, keys: list[Key], results: list[tuple[Outcome, bool]], scan: _Scan) -> None:
+        for key, (record, parsed) in zip(keys, results, strict=True):
+            scan.records[key] = record
+            self.parsed += parsed
+
+
+class _Scan:
+    """The pre-scan: each resource's newest version across the chain, where it is, and
+    whether the marks can let it through (``index``); lines that cannot be keyed without
+    fhir.resources (not JSON, not of their file's type, no usable id) are resolved at
+    once, as before, into ``records``."""
+
+    def __init__(self, since: Mapping[str, datetime | None], mapper: _Mapper) -> None:
+        self.mapper = mapper
+        self.index: dict[Key, int] = {}
+        self.records: dict[Key, Outcome] = {}
+        self.files: list[_File] = []
+        self.parsed = 0
+        self.newest_skipped: datetime | None = None  # aware; lines not validated
+        # Below its type's threshold a line cannot reach the frames: None reads all.
+        # Patients always (clients are read whole), episodes too when they give the case
+        # manager (the latest episode's careManager, whatever changed).
+        always = {"Patient"} | ({"EpisodeOfCare"} if mapper.m.patient.case_manager
+                                == "careManager" else set())
+        self.threshold: dict[str, datetime | None] = {}
+        for kind, table in READ_TYPES.items():
+            mark = since.get(table) if table in INCREMENTAL else None
+            self.threshold[kind] = (None if kind in always or mark is None
+                                    else mark.replace(tzinfo=mapper.zone) - SCAN_SLACK)
+        self.incremental = any(t is not None for t in self.threshold.values())
+        # The slots of changed episodes are read again: the appointments not otherwise
+        # read, by every episode they name (a superset; ``_frames`` keeps the right ones).
+        self.by_episode: dict[bytes, list[Key]] | None = (
+            {} if since.get("appointments") is not None and since.get("episodes") is not None
+            else None)
+
+    def export(self, export: ExportFolder) -> None:
+        """Index an export's lines (a later version replaces an earlier one), then take
+        its deletions out."""
+        fallback = self.mapper.local(export.transaction_time) if export.transaction_time else None
         for kind, path in export.outputs:
             if kind is not None and kind not in READ_TYPES:
                 continue
-            for number, line in _lines(path):
-                key, record = self._resource(kind, line, f"{export.folder.name}/{path.name}",
-                                             number, mapper, fallback)
-                if record is None:
-                    continue
-                if isinstance(record, _Record) and record.updated is not None:
-                    newest = record.updated if newest is None else max(newest, record.updated)
-                state[key] = record
+            self.files.append(_File(kind, path, f"{export.folder.name}/{path.name}", fallback))
+            self.file(len(self.files) - 1)
         for path in export.deleted:
             for _number, line in _lines(path):
                 for key in _deleted(line):
-                    state.pop(key, None)
-        return newest
+                    self.index.pop(key, None)
+                    self.records.pop(key, None)
 
-    def _resource(self, kind: str | None, line: bytes, where: str, number: int, mapper: _Mapper,
-                  fallback: datetime | None) -> tuple[tuple[str, str], _Record | _Held | None]:
-        if kind is None:  # a file whose name says no type: each line says its own
-            found = _RESOURCE_TYPE.search(line)
-            kind = found.group(1).decode() if found else None
-            if kind not in READ_TYPES:
-                if kind is None:
-                    log.warning("FHIR export %s line %d: no resource type; skipped", where,
-                                number)
-                return ("", ""), None
-        try:
-            resource = MODELS[kind].model_validate_json(line)
-        except ValidationError as exc:
-            held = _held(kind, line, where, number, exc, mapper, fallback)
-            return ((kind, held.key), held) if held is not None else (("", ""), None)
-        self.parsed += 1
-        if resource.id is None:
-            held = _held(kind, line, where, number, None, mapper, fallback)
-            return ((kind, held.key), held) if held is not None else (("", ""), None)
-        record: _Record | None
-        if kind == "Patient":
-            record = mapper.patient(resource)
-        elif kind == "EpisodeOfCare":
-            record = None if resource.status == "entered-in-error" else mapper.episode(resource)
-        elif kind == "Appointment":
-            record = mapper.appointment(resource)
-        elif kind == "QuestionnaireResponse":
-            record = mapper.response(resource)
-        else:
-            record = mapper.consent(resource)
-        # A resource not read (another questionnaire, an episode entered in error) still
-        # replaces what its id held before: it is gone from the contract's view.
-        return (kind, str(resource.id)), record
+    def file(self, file_no: int) -> None:
+        f = self.files[file_no]
+        index, records, threshold = self.index, self.records, self.threshold
+        instrument_of = self.mapper.instrument_of
+        episode_url = self.mapper.m.appointment.episode_extension
+        by_episode, find_episodes = self.by_episode, _EPISODE_REF.findall
+        with f.path.open("rb") as handle:
+            offset = 0
+            for number, raw in enumerate(handle, start=1):
+                place = (file_no << _OFFSET_BITS | offset) << 1
+                offset += len(raw)
+                line = raw.strip()
+                if not line:
+                    continue
+                kind = f.kind
+                if kind is None:  # a file whose name says no type: each line says its own
+                    found = _RESOURCE_TYPE.search(line)
+                    kind = found.group(1).decode() if found else None
+                    if kind not in READ_TYPES:
+                        if kind is None:
+                            log.warning("FHIR export %s line %d: no resource type; skipped",
+                                        f.where, number)
+                        continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    obj = None
+                rid = (obj.get("id") if type(obj) is dict and obj.get("resourceType") == kind
+                       else None)
+                if type(rid) is not str or not 0 < len(rid) <= 64:
+                    self.resolve(kind, line, f, number)
+                    continue
+                key = (kind, rid)
+                if kind == "QuestionnaireResponse":
+                    canonical = obj.get("questionnaire")
+                    if type(canonical) is str and canonical.split("|", 1)[0] not in instrument_of:
+                        # Another questionnaire: not a measure, valid or not (``_held``).
+                        index[key] = _RESOLVED
+                        records[key] = None
+                        continue
+                cut = threshold[kind]
+                stamp = None if cut is None else _stamp(obj)
+                selected = cut is None or stamp is None or stamp >= cut
+                if not selected:
+                    if kind == "Appointment" and by_episode is not None:
+                        # Without an escape the line holds its strings as written: every
+                        # EpisodeOfCare/<id> in it is a superset of the one mapped, found
+                        # at a fraction of the cost of walking the resource.
+                        episodes = (find_episodes(line) if b"\\" not in line
+                                    else _episode_refs(obj, episode_url))
+                        if episodes is None:
+                            selected = True
+                        else:
+                            for episode in episodes:
+                                slots = by_episode.get(episode)
+                                if slots is None:
+                                    by_episode[episode] = [key]
+                                else:
+                                    slots.append(key)
+                    if stamp is not None and (self.newest_skipped is None
+                                              or stamp > self.newest_skipped):
+                        self.newest_skipped = stamp
+                index[key] = place | selected
+                records.pop(key, None)
+
+    def resolve(self, kind: str, line: bytes, f: _File, number: int) -> None:
+        """A line the pre-scan cannot key, read as it always was (fhir.resources, then the
+        quarantine): its key is the model's, or the file and line."""
+        key, record, parsed = _outcome(kind, line, f.where, number, self.mapper, f.fallback)
+        self.parsed += parsed
+        if key is not None:
+            self.index[key] = _RESOLVED
+            self.records[key] = record
+
+    def needed_after(self, since: Mapping[str, datetime | None]) -> set[tuple[int, Key]]:
+        """Lines the first validation shows are needed: the slots of the episodes that
+        changed, and the appointment a measure read takes its episode from."""
+        wanted: set[Key] = set()
+        episodes_mark = since.get("episodes")
+        if self.by_episode is not None and episodes_mark is not None:
+            for (kind, rid), record in self.records.items():
+                if (kind == "EpisodeOfCare" and isinstance(record, _Record)
+                        and record.updated is not None and record.updated >= episodes_mark):
+                    wanted.update(self.by_episode.get(rid.encode(), ()))
+        for (kind, _rid), record in self.records.items():
+            if kind == "QuestionnaireResponse" and isinstance(record, _Record):
+                row = record.rows["alliance_measures"][0]
+                if row[1] is None and row[3] is not None:
+                    wanted.add(("Appointment", str(row[3])))
+        return {(code, key) for key in wanted
+                if (code := self.index.get(key, _RESOLVED)) >= 0 and key not in self.records}
+
+
+def _stamp(resource: dict[str, Any]) -> datetime | None:
+    """meta.lastUpdated, aware; None where it is missing or not an instant."""
+    meta = resource.get("meta")
+    text = meta.get("lastUpdated") if type(meta) is dict else None
+    if type(text) is not str:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
+
+
+_EPISODE_REF = re.compile(rb'EpisodeOfCare/([^"/?]+)')
+
+
+def _episode_refs(resource: dict[str, Any], url: str) -> list[bytes] | None:
+    """Every episode id (UTF-8) an Appointment's episode link or supportingInformation
+    names (the mapped one is among them); None when their shape is not what FHIR allows."""
+    references: list[Any] = []
+    for name in ("extension", "supportingInformation"):
+        items = resource.get(name)
+        if items is None:
+            continue
+        if type(items) is not list:
+            return None
+        for item in items:
+            if type(item) is not dict:
+                return None
+            if name == "supportingInformation":
+                references.append(item.get("reference"))
+            elif item.get("url") == url:
+                value = item.get("valueReference")
+                references.append(value.get("reference") if type(value) is dict else None)
+    out = []
+    for text in references:
+        if text is None:
+            continue
+        if type(text) is not str:
+            return None
+        parts = text.split("?", 1)[0].split("/")
+        out += [parts[i + 1].encode() for i in range(len(parts) - 1)
+                if parts[i] == "EpisodeOfCare" and parts[i + 1]]
+    return out
+
+
+def _chunks(todo: list[tuple[int, Key]], files: list[_File]) -> Iterator[tuple[list[Key], Chunk]]:
+    """The lines at ``todo``'s places (sorted), read a chunk at a time: never a whole file."""
+    for file_no, places in itertools.groupby(todo, key=lambda t: t[0] >> (_OFFSET_BITS + 1)):
+        f = files[file_no]
+        with f.path.open("rb") as handle:
+            keys: list[Key] = []
+            lines: list[tuple[str, bytes]] = []
+            for code, key in places:
+                handle.seek((code >> 1) & ((1 << _OFFSET_BITS) - 1))
+                keys.append(key)
+                lines.append((key[0], handle.readline().strip()))
+                if len(lines) >= CHUNK_LINES:
+                    yield keys, (f.where, f.fallback, lines)
+                    keys, lines = [], []
+            if lines:
+                yield keys, (f.where, f.fallback, lines)
+
+
+_WORKER_MAPPER: _Mapper | None = None
+
+
+def _init_worker(mapping: FhirMapping) -> None:
+    global _WORKER_MAPPER  # one mapper per worker process
+    _WORKER_MAPPER = _Mapper(mapping)
+
+
+def _validate_chunk(chunk: Chunk) -> list[tuple[Outcome, bool]]:
+    """In a worker: a chunk's lines as mapped rows (small to send back, unlike resources)."""
+    assert _WORKER_MAPPER is not None
+    return _validate_lines(chunk, _WORKER_MAPPER)
+
+
+def _validate_lines(chunk: Chunk, mapper: _Mapper) -> list[tuple[Outcome, bool]]:
+    where, fallback, lines = chunk
+    # Indexed lines have a usable id: their key never needs the line's number.
+    return [_outcome(kind, line, where, 0, mapper, fallback)[1:] for kind, line in lines]
+
+
+def _outcome(kind: str, line: bytes, where: str, number: int, mapper: _Mapper,
+             fallback: datetime | None) -> tuple[Key | None, Outcome, bool]:
+    """A line validated and mapped: its key (None: it replaces nothing), its record (None:
+    a resource not read, which still replaces what its id held), whether it parsed."""
+    try:
+        resource = MODELS[kind].model_validate_json(line)
+    except ValidationError as exc:
+        held = _held(kind, line, where, number, exc, mapper, fallback)
+        return ((kind, held.key) if held is not None else None), held, False
+    if resource.id is None:
+        held = _held(kind, line, where, number, None, mapper, fallback)
+        return ((kind, held.key) if held is not None else None), held, True
+    record: _Record | None
+    if kind == "Patient":
+        record = mapper.patient(resource)
+    elif kind == "EpisodeOfCare":
+        record = None if resource.status == "entered-in-error" else mapper.episode(resource)
+    elif kind == "Appointment":
+        record = mapper.appointment(resource)
+    elif kind == "QuestionnaireResponse":
+        record = mapper.response(resource)
+    else:
+        record = mapper.consent(resource)
+    return (kind, str(resource.id)), record, True
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

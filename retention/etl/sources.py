@@ -62,7 +62,9 @@ def open_source(url: str, etl: EtlSettings) -> Source:
             "folder your EHR's Bulk Data $export writes to (fhir-ndjson:/path/to/exports)")
     mapping = (FhirMapping.from_file(etl.fhir_mapping_file) if etl.fhir_mapping_file
                else FhirMapping.default())
-    return NdjsonSource(folder, mapping)
+    # Validating resources is CPU-bound Python: it runs on as many processes as a database
+    # source would read on connections.
+    return NdjsonSource(folder, mapping, workers=etl.source_connections)
 
 
 def describe(url: str) -> str:

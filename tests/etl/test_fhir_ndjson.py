@@ -18,7 +18,8 @@ from sqlalchemy import Engine, create_engine, select
 from retention.clinic.synth import SynthConfig, generate, write
 from retention.clinic.synth.fhir_ndjson import as_exported, write_export
 from retention.db.engines import source_engine, store_engine
-from retention.etl.fhir_ndjson import MAPPING_FILE, FhirMapping, NdjsonSource
+from retention.etl import fhir_ndjson
+from retention.etl.fhir_ndjson import MAPPING_FILE, MODELS, FhirMapping, NdjsonSource
 from retention.etl.load import QuarantineLimitExceeded
 from retention.pipelines.etl import run_etl
 from retention.settings import ConfigError, EtlSettings
@@ -52,8 +53,9 @@ def etl_sql(url: str, store_db: Engine, full: bool | None = None, **settings: An
         engine.dispose()
 
 
-def etl_fhir(folder: Path, store_db: Engine, full: bool | None = None, **settings: Any) -> Any:
-    source = NdjsonSource(folder, FhirMapping.default())
+def etl_fhir(folder: Path, store_db: Engine, full: bool | None = None, workers: int = 2,
+             **settings: Any) -> Any:
+    source = NdjsonSource(folder, FhirMapping.default(), workers=workers)
     try:
         return run_etl(source, store_db, AS_OF, EtlSettings(**settings), full=full)
     finally:
@@ -165,6 +167,67 @@ def test_an_incremental_export_is_read_as_a_database_changed_the_same_way(
                                                       "appointment_id")
     assert deleted["QuestionnaireResponse"][0] not in copy_keys(
         from_fhir, "alliance_measures", "measure_id")
+
+
+class CountingModel:
+    """A model whose ``model_validate_json`` counts its calls (in this process)."""
+
+    def __init__(self, model: Any, calls: list[bytes]) -> None:
+        self.model, self.calls = model, calls
+
+    def model_validate_json(self, line: bytes) -> Any:
+        self.calls.append(line)
+        return self.model.model_validate_json(line)
+
+
+def test_an_incremental_read_validates_only_the_lines_it_needs(
+        clinic: dict[str, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    later, deleted = changed_clinic(clinic)
+    for table, kind, column in (("appointments", "Appointment", "appointment_id"),
+                                ("alliance_measures", "QuestionnaireResponse", "measure_id"),
+                                ("alliance_items", "QuestionnaireResponse", "measure_id")):
+        # Kept: a deletion reaches the copy at the full reload only (as in a database).
+        gone = clinic[table][clinic[table][column].isin(deleted[kind])]
+        later[table] = pd.concat([later[table], gone], ignore_index=True)
+    exports = tmp_path / "exports"
+    write_export(clinic, exports / "1-full", FULL_AT)
+    store_db = store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    etl_fhir(exports, store_db)
+    write_export(later, exports / "2-since", SINCE_AT, since=FULL_AT)
+    calls: list[bytes] = []
+    for kind, model in list(MODELS.items()):
+        monkeypatch.setitem(MODELS, kind, CountingModel(model, calls))
+    run = etl_fhir(exports, store_db, full=False, workers=1)
+    monkeypatch.undo()
+    lines = sum(1 for p in exports.rglob("*.ndjson") for _ in p.open("rb"))
+    # Patients (clients are read whole), episodes (they give the case manager), the
+    # changes and the slots of the changed episode: not the export's history.
+    assert not run.full and len(calls) < lines / 5
+    assert len(calls) <= len(clinic["clients"]) + len(clinic["episodes"]) + 200
+    fresh = store_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    write_export(later, tmp_path / "fresh" / "full", SINCE_AT)
+    etl_fhir(tmp_path / "fresh", fresh)
+    assert stored(store_db, AS_OF) == stored(fresh, AS_OF)
+
+
+def test_several_workers_read_what_one_reads(clinic: dict[str, pd.DataFrame], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    later, deleted = changed_clinic(clinic)
+    exports = tmp_path / "exports"
+    full = write_export(clinic, exports / "1-full", FULL_AT)
+    append_lines(full / "Appointment.ndjson", ["not json", '{"resourceType": "Appointment"}'])
+    write_export(later, exports / "2-since", SINCE_AT, since=FULL_AT, deleted=deleted)
+    monkeypatch.setattr(fhir_ndjson, "CHUNK_LINES", 500)  # several chunks in flight
+    marks: dict[str, datetime | None] = {t: datetime(2026, 5, 20) for t in clinic}
+    for since in ({}, {**marks, "clients": None}):
+        one, clock_one = NdjsonSource(exports, FhirMapping.default(), workers=1).read(since)
+        two, clock_two = NdjsonSource(exports, FhirMapping.default(), workers=2).read(since)
+        assert clock_one == clock_two
+        assert set(one) == set(two)
+        for table in one:
+            pd.testing.assert_frame_equal(one[table], two[table])
+        pd.testing.assert_frame_equal(one.malformed, two.malformed)
+        assert len(one.malformed) == 2
 
 
 # --- (c) resources that cannot be read ---------------------------------------------------

@@ -23,11 +23,14 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from retention.clinic import contract
 from retention.etl.fhir_ndjson import FhirMapping
 
+# Compact, as Bulk Data servers write; numpy scalars a frame may hold as numbers.
+ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PREFERRED_STATUS = {"scheduled": "booked", "attended": "fulfilled", "no_show": "noshow"}
 CANCELLATIONS = ("late_cancel", "cancelled_by_client", "cancelled_by_clinic")
 SESSION_MINUTES = 50
@@ -77,11 +80,11 @@ def write_export(frames: Mapping[str, pd.DataFrame], directory: Path, transactio
                             ("Consent", writer.consents())):
         name = f"{kind}.ndjson"
         count = 0
-        with (directory / name).open("w", encoding="utf-8") as handle:
+        with (directory / name).open("wb") as handle:
             for updated, resource in resources:
                 if mark is not None and updated < mark:
                     continue
-                handle.write(json.dumps(resource, separators=(",", ":")) + "\n")
+                handle.write(orjson.dumps(resource, option=ORJSON_OPTIONS) + b"\n")
                 count += 1
         outputs.append({"type": kind, "url": name, "count": count})
     request = "$export"
@@ -109,9 +112,11 @@ def _inverse(codes: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _records(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    for row in frame.to_dict("records"):
-        yield {str(k): (None if _missing(v) else v) for k, v in row.items()}
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts of Python values, a missing one as None (one vectorised pass, not a
+    check per value)."""
+    clean = frame.astype(object).where(frame.notna(), None)
+    return [{str(k): v for k, v in row.items()} for row in clean.to_dict("records")]
 
 
 def _missing(value: Any) -> bool:
@@ -135,8 +140,14 @@ class _Writer:
         return value if value.tzinfo is not None else value.replace(tzinfo=self.zone)
 
     def instant(self, value: Any) -> str:
-        stamp = pd.Timestamp(value).to_pydatetime()
+        stamp = value.to_pydatetime() if isinstance(value, pd.Timestamp) else (
+            value if isinstance(value, datetime) else pd.Timestamp(value).to_pydatetime())
         return stamp.replace(tzinfo=self.zone).isoformat()
+
+    def when(self, value: Any) -> datetime:
+        """A frame's timestamp as a naive datetime (what the ``since`` cut compares)."""
+        return value.to_pydatetime() if isinstance(value, pd.Timestamp) else (
+            value if isinstance(value, datetime) else pd.Timestamp(value).to_pydatetime())
 
     def day(self, value: Any) -> str:
         if isinstance(value, date) and not isinstance(value, datetime):
@@ -148,13 +159,14 @@ class _Writer:
 
     def patients(self) -> Iterator[tuple[datetime, dict[str, Any]]]:
         pm = self.m.patient
-        stamps = _patient_stamps(self.f)
-        identifiers = {k: list(g.itertuples(index=False)) for k, g in
-                       self.f["client_identifiers"].groupby("client_id")}
+        stamps = _patient_stamps(self.f).to_dict()
+        identifiers: dict[Any, list[dict[str, Any]]] = {}
+        for i in _records(self.f["client_identifiers"]):
+            identifiers.setdefault(i["client_id"], []).append(i)
         contacts = {r["client_id"]: r for r in _records(self.f["client_contacts"])}
         for c in _records(self.f["clients"]):
             rid = c["client_id"]
-            updated = pd.Timestamp(stamps[rid]).to_pydatetime()
+            updated = self.when(stamps[rid])
             p: dict[str, Any] = {"resourceType": "Patient", "id": rid, "meta": self.meta(updated),
                                  "managingOrganization": _ref("Organization", c["clinic_id"])}
             extensions = self.race(c["race_ethnicity"])
@@ -164,7 +176,7 @@ class _Writer:
                 p["birthDate"] = f"{int(c['birth_year']):04d}"
             if c["sex"]:
                 p["gender"] = c["sex"]
-            ids = [{"system": i.system, "value": i.value} for i in identifiers.get(rid, [])]
+            ids = [{"system": i["system"], "value": i["value"]} for i in identifiers.get(rid, [])]
             if ids:
                 p["identifier"] = ids
             contact = contacts.get(rid)
@@ -223,9 +235,10 @@ class _Writer:
     def episodes(self) -> Iterator[tuple[datetime, dict[str, Any]]]:
         em = self.m.episode
         programs, reasons = _inverse(em.programs), _inverse(em.discharge_reasons)
-        managers = self.f["clients"].set_index("client_id")["case_manager_id"]
+        clients = self.f["clients"]
+        managers = dict(zip(clients["client_id"], clients["case_manager_id"], strict=True))
         for e in _records(self.f["episodes"]):
-            updated = pd.Timestamp(e["updated_at"]).to_pydatetime()
+            updated = self.when(e["updated_at"])
             period = {"start": self.day(e["admitted_on"])}
             if e["discharged_on"] is not None:
                 period["end"] = self.day(e["discharged_on"])
@@ -258,7 +271,7 @@ class _Writer:
         reasons = {"late_cancel": am.late_cancel, "cancelled_by_client": am.cancelled_by_client,
                    "cancelled_by_clinic": am.cancelled_by_clinic}
         for a in _records(self.f["appointments"]):
-            updated = pd.Timestamp(a["updated_at"]).to_pydatetime()
+            updated = self.when(a["updated_at"])
             start = pd.Timestamp(a["scheduled_at"])
             r: dict[str, Any] = {
                 "resourceType": "Appointment", "id": a["appointment_id"],
@@ -288,23 +301,29 @@ class _Writer:
 
     def responses(self) -> Iterator[tuple[datetime, dict[str, Any]]]:
         qm = self.m.questionnaire
-        items = {k: g for k, g in self.f["alliance_items"].groupby("measure_id")}
-        clinicians = self.f["appointments"].set_index("appointment_id")["clinician_id"]
+        # Each measure's items in item order, grouped once (not a frame per measure).
+        ordered = self.f["alliance_items"].sort_values(["measure_id", "item_number"],
+                                                       kind="stable")
+        items: dict[Any, list[tuple[Any, Any]]] = {}
+        for measure, number, response in zip(ordered["measure_id"].tolist(),
+                                             ordered["item_number"].tolist(),
+                                             ordered["response"].tolist(), strict=True):
+            items.setdefault(measure, []).append((number, response))
+        appts = self.f["appointments"]
+        clinicians = dict(zip(appts["appointment_id"], appts["clinician_id"], strict=True))
         scores = {"score_total": qm.total_link_id, "goal": qm.goal_link_id,
                   "task": qm.task_link_id, "bond": qm.bond_link_id}
         for m in _records(self.f["alliance_measures"]):
             if m["instrument"] not in qm.instruments:
                 raise ValueError(f"no questionnaire URL is configured for {m['instrument']} "
                                  "([questionnaire.instruments]): the reader would skip it")
-            updated = pd.Timestamp(m["updated_at"]).to_pydatetime()
+            updated = self.when(m["updated_at"])
             clinician = clinicians.get(m["appointment_id"]) if m["appointment_id"] else None
             author = (_ref("Patient", m["client_id"]) if m["rater"] == "client" else
                       _ref("Practitioner", str(clinician) if not _missing(clinician)
                            else "therapist"))
             answers = [{"linkId": str(int(number)), "answer": [{"valueDecimal": float(response)}]}
-                       for number, response in items[m["measure_id"]].sort_values(
-                           "item_number")[["item_number", "response"]].to_numpy().tolist()
-                       ] if m["measure_id"] in items else []
+                       for number, response in items.get(m["measure_id"], [])]
             answers += [{"linkId": link, "answer": [{"valueDecimal": float(m[column])}]}
                         for column, link in scores.items() if m[column] is not None]
             extensions = [{"url": self.m.appointment.episode_extension,
@@ -327,7 +346,7 @@ class _Writer:
         purposes = _inverse(cm.purposes)
         prefix = contract.RECIPIENT_CLASS_PREFIX
         for k in _records(self.f["consents"]):
-            updated = pd.Timestamp(k["updated_at"]).to_pydatetime()
+            updated = self.when(k["updated_at"])
             recipient = str(k["recipient"])
             actor = (_ref("Group", recipient[len(prefix):]) if recipient.startswith(prefix)
                      else _ref("Organization", recipient))
