@@ -133,23 +133,30 @@ Param = Callable[[str, datetime], str]
 
 
 def _statement(mapping: SourceMapping, table: str, since: dict[str, datetime | None],
-               param: Param, verbatim: Callable[[str], str]) -> str:
+               param: Param, verbatim: Callable[[str], str], split_or: bool = False) -> str:
     """The SQL that reads ``table``: its query, filtered to the rows changed since the marks.
 
     Only the filters' own parameters are placeholders; the mapping's SQL goes in as
     written (``verbatim`` escapes it where needed), so a colon inside it
-    (``'YYYY-MM-DD HH24:MI'``) is never taken for a parameter.
+    (``'YYYY-MM-DD HH24:MI'``) is never taken for a parameter. ``split_or`` reads the
+    appointments' two conditions as two selects (MariaDB scans the whole table for an
+    OR with a subquery, and uses an index for each half).
     """
     sql = _select(verbatim(mapping.query(table)), table)
     mark, episodes_mark = since.get(table), since.get("episodes")
     if table in INCREMENTAL and mark is not None:
-        sql += f" WHERE src.updated_at >= {param('since', mark)}"
+        changed = f"src.updated_at >= {param('since', mark)}"
         if table == "appointments" and episodes_mark is not None:
             # Slots of episodes that changed are checked again: their admission date may
             # have moved.
             episodes = (f"SELECT e.episode_id FROM ({verbatim(mapping.query('episodes'))}) e "
                         f"WHERE e.updated_at >= {param('since_episodes', episodes_mark)}")
-            sql += f" OR src.episode_id IN ({episodes})"
+            if split_or:
+                # UNION ALL, not UNION: an exact duplicate row must reach the checks twice.
+                return (f"{sql} WHERE {changed} UNION ALL {sql} WHERE src.episode_id IN "
+                        f"({episodes}) AND ({changed}) IS NOT TRUE")
+            return f"{sql} WHERE {changed} OR src.episode_id IN ({episodes})"
+        sql += f" WHERE {changed}"
     measures_mark = since.get("alliance_measures")
     if table == "alliance_items" and measures_mark is not None:
         measures = (f"SELECT m.measure_id FROM ({verbatim(mapping.query('alliance_measures'))})"
@@ -210,7 +217,8 @@ def extract(
     else:
         for table in tables:
             params, placeholder = _bind()
-            sql = _statement(mapping, table, since, placeholder, _escape_colons)
+            sql = _statement(mapping, table, since, placeholder, _escape_colons,
+                             split_or=_is_mysql(connection))
             try:
                 if _is_mysql(connection):
                     frame = bulk.stream_query(connection, sql, _columns(table), params,
