@@ -9,12 +9,8 @@ clock, so checks, quarantine, watermarks and features do not know which it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
-import pandas as pd
 from sqlalchemy import Engine
 
 from retention.db.engines import source_engine
@@ -23,19 +19,8 @@ from retention.settings import EtlSettings
 
 # source_url of a folder of Bulk Data exports: "fhir-ndjson:/data/exports" (or relative).
 FHIR_NDJSON = "fhir-ndjson:"
-
-
-class ExportSource(Protocol):
-    """A source that is files, not a database: it reads what changed since the marks."""
-
-    def read(self, since: dict[str, datetime | None],
-             held: Callable[[str], int] | None = None,
-             ) -> tuple[dict[str, pd.DataFrame], datetime]: ...
-
-    def dispose(self) -> None: ...
-
-
-Source = Engine | ExportSource
+# What a run reads: a database, or a folder of exports that reads itself.
+Source = Engine | NdjsonSource
 
 
 def export_folder(url: str) -> Path | None:
@@ -66,11 +51,3 @@ def open_source(url: str, etl: EtlSettings) -> Source:
     # source would read on connections.
     return NdjsonSource(folder, mapping, workers=etl.source_connections)
 
-
-def describe(url: str) -> str:
-    """What kind of source ``url`` is, in words for a run's log and the terminal."""
-    if export_folder(url) is not None:
-        return "FHIR Bulk Data exports"
-    name = url.split(":", 1)[0].split("+", 1)[0]
-    return {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB",
-            "sqlite": "SQLite"}.get(name, name)
