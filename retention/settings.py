@@ -21,6 +21,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,7 +31,11 @@ from retention.clinic import contract
 if TYPE_CHECKING:
     import pandas as pd
 
+    from retention.clinic.registry import Registry
+
 DEFAULT_CONFIG_FILE = Path("config/retention.toml")
+# The instrument registry shipped with the service (``retention.clinic.registry``).
+SHIPPED_INSTRUMENTS_FILE = Path(__file__).resolve().parents[1] / "config" / "instruments.toml"
 
 # Environment variables that override the file, and the field each sets.
 ENV_OVERRIDES = {
@@ -38,6 +43,7 @@ ENV_OVERRIDES = {
     "RETENTION_STORE_URL": "store_url",
     "RETENTION_MODELS_DIR": "models_dir",
     "RETENTION_REASONS_FILE": "reasons_file",
+    "RETENTION_INSTRUMENTS_FILE": "instruments_file",
     "RETENTION_STORE_OWNER_URL": "store_owner_url",
     "RETENTION_MODEL_KEY_FILE": "model_key_file",
     "RETENTION_MODEL_KEY": "model_key",
@@ -57,6 +63,16 @@ CODED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     ("alliance_measures", "rater"): contract.RATERS,
     ("consents", "purpose"): contract.CONSENT_PURPOSES,
     ("client_contacts", "preferred_channel"): contract.CONTACT_CHANNELS,
+}
+# An instrument code: any short code a clinic sends is kept and shown (the registry,
+# config/instruments.toml, says which the model reads), so the instruments a clinic may
+# send or map onto are not a closed list: these are the codes the contract's column holds.
+INSTRUMENT_CODE = re.compile(r"[A-Za-z0-9_.-]{1,16}")
+INSTRUMENT_CODE_RULE = "1-16 letters, digits, '_', '.' or '-'"
+# Coded columns whose codes are open: any code of this form is kept (the closed list in
+# CODED_COLUMNS names the codes the contract knows by name).
+OPEN_CODES: dict[tuple[str, str], re.Pattern[str]] = {
+    ("alliance_measures", "instrument"): INSTRUMENT_CODE,
 }
 
 
@@ -198,6 +214,9 @@ class Settings:
     store_url: str
     models_dir: Path = Path("models")
     reasons_file: Path = Path("config/reasons.toml")
+    # The instrument registry (docs/contract.md): what each questionnaire a clinic sends
+    # is, how it is scored and checked, and whether the model may read it.
+    instruments_file: Path = SHIPPED_INSTRUMENTS_FILE
     # The store's owner, which runs migrations (`retention migrate`), so that store_url can
     # be an application role with only what it needs (`retention db roles`). Empty:
     # migrations run as store_url (with a warning on PostgreSQL).
@@ -290,12 +309,24 @@ class Settings:
     etl: EtlSettings = field(default_factory=EtlSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
+    @cached_property
+    def instruments(self) -> Registry:
+        """The instrument registry of ``instruments_file``, read and checked once (at
+        start: ``_check`` reads it, so a broken registry fails there)."""
+        from retention.clinic.registry import default_registry, load_registry
+
+        if self.instruments_file == SHIPPED_INSTRUMENTS_FILE:
+            return default_registry()
+        return load_registry(self.instruments_file)
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and CLI flags use this), checked again."""
         if isinstance(changes.get("etl"), Mapping):
             changes["etl"] = parse_etl(changes["etl"])
         if isinstance(changes.get("evaluation"), Mapping):
             changes["evaluation"] = parse_evaluation(changes["evaluation"])
+        if changes.get("instruments_file") is not None:
+            changes["instruments_file"] = Path(changes["instruments_file"])
         settings = replace(self, **changes)
         _check(settings)
         return settings
@@ -351,7 +382,7 @@ def settings_from_mapping(values: Mapping[str, Any], origin: str = "mapping") ->
             "set them in the config file or as RETENTION_SOURCE_URL / RETENTION_STORE_URL"
         )
     coerced = dict(values)
-    for key in ("models_dir", "reasons_file", "model_key_file"):
+    for key in ("models_dir", "reasons_file", "instruments_file", "model_key_file"):
         if coerced.get(key) is not None:
             coerced[key] = Path(coerced[key])
     if isinstance(coerced.get("etl"), Mapping):
@@ -396,17 +427,19 @@ def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def unknown_keys(given: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Every key of ``given`` not in ``known``, named with the known key it most likely
+    meant ("colour (did you mean color?)")."""
+    known = list(known)
+    return [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+        key, known, n=1)) else key for key in sorted(set(given) - set(known))]
+
+
 def _refuse_unknown(given: Iterable[str], known: Iterable[str], where: str) -> None:
     """Name every unknown key, with the known key it most likely meant."""
-    known = list(known)
-    unknown = sorted(set(given) - set(known))
-    if not unknown:
-        return
-    named = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
-    raise ConfigError(f"unknown setting(s) in {where}: {', '.join(named)}")
+    named = unknown_keys(given, known)
+    if named:
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(named)}")
 
 
 def _check(s: Settings) -> None:
@@ -451,6 +484,23 @@ def _check(s: Settings) -> None:
         raise ConfigError("public_base_url must be an http(s) URL without query or fragment, "
                           f"got {s.public_base_url!r}")
     _check_ehr_link(s)
+    _check_instrument_codes(s)
+
+
+def _check_instrument_codes(s: Settings) -> None:
+    """Read the instrument registry (a broken one fails here, at start), and refuse a
+    mapping onto an instrument that is neither the contract's nor registered: a typo
+    there would file every measure of the form under a code nothing reads."""
+    registry = s.instruments
+    known = set(contract.INSTRUMENTS) | set(registry.codes)
+    mapped = s.etl.mapping.codes.get("alliance_measures", {}).get("instrument", {})
+    bad = sorted({code for code in mapped.values() if code not in known})
+    if bad:
+        raise ConfigError(
+            f"[etl.codes.alliance_measures.instrument] maps onto {', '.join(bad)}, neither "
+            f"a contract instrument ({', '.join(contract.INSTRUMENTS)}) nor registered in "
+            f"{s.instruments_file}: register the form there (docs/contract.md, \"The "
+            "instrument registry\"), or correct the mapping")
 
 
 EHR_LINK_FIELDS = ("mrn", "client_id")
@@ -536,6 +586,19 @@ def _checked_mapping(queries: Mapping[str, Any], codes: Mapping[str, Any],
             if allowed is None:
                 raise ConfigError(f"{origin}.codes.{table}.{column}]: not a coded contract "
                                   "column")
+            pattern = OPEN_CODES.get((table, column))
+            if pattern is not None:
+                # Any well-formed code: which are registered is checked with the registry
+                # (``_check_instrument_codes``).
+                malformed = sorted(repr(v) for v in mapping.values()
+                                   if not (isinstance(v, str) and pattern.fullmatch(v)))
+                if malformed:
+                    raise ConfigError(f"{origin}.codes.{table}.{column}] maps to "
+                                      f"{', '.join(malformed)}, not a code of "
+                                      f"{INSTRUMENT_CODE_RULE}")
+                checked.setdefault(table, {})[column] = {str(k): str(v)
+                                                         for k, v in mapping.items()}
+                continue
             bad = sorted(str(v) for v in mapping.values() if v not in allowed)
             if bad:
                 raise ConfigError(f"{origin}.codes.{table}.{column}] maps to unknown code(s) "

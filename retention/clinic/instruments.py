@@ -1,4 +1,4 @@
-"""Scoring of the alliance instruments from their items.
+"""Scoring of the instruments the service reads by name, from their items.
 
 SRS and GSRS (Duncan, Miller et al.): four visual-analogue items scored 0-10 --
 relationship, goals and topics, approach or method, overall -- summed to 0-40;
@@ -7,12 +7,20 @@ a total below 36 signals a concern.
 WAI-SR (Hatcher & Gillaspy, 2006): twelve items scored 1-5, no reversed items.
 Published subscale key: goal = items 4, 6, 8, 11; task = items 1, 2, 10, 12;
 bond = items 3, 5, 7, 9. Subscales are reported as item means (1-5).
+
+ORS (Miller, Duncan, Brown, Sparks & Claud, 2003): four visual-analogue items scored
+0-10 -- individually, interpersonally, socially, overall -- summed to 0-40, higher is
+better; the adult clinical cutoff is 25 and a change of 5 points is reliable change.
+
+These constants are what ``config/instruments.toml`` registers for these codes: the
+registry refuses a file that says otherwise (``retention.clinic.registry``), and
+``tests/clinic/test_registry.py`` keeps the shipped file equal to them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,6 +39,13 @@ WAI_SR_KEY: Mapping[str, tuple[int, ...]] = {
 WAI_SR_ITEM_RANGE = (1.0, 5.0)
 WAI_SR_N_ITEMS = 12
 
+ORS_ITEMS = {1: "individually", 2: "interpersonally", 3: "socially", 4: "overall"}
+ORS_ITEM_RANGE = (0.0, 10.0)
+# Miller et al. (2003), Duncan (2012): the adult clinical cutoff and the reliable change
+# index (see config/instruments.toml for what each means and how it was checked).
+ORS_CUTOFF = 25.0
+ORS_RELIABLE_CHANGE = 5.0
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -40,6 +55,9 @@ class Scored:
     goal: float | None = None
     task: float | None = None
     bond: float | None = None
+    # Every subscale the instrument's key defines, by name (goal, task and bond among
+    # them where it has those).
+    subscales: Mapping[str, float] = field(default_factory=dict)
 
 
 def score_srs(items: Mapping[int, float]) -> Scored:
@@ -52,7 +70,13 @@ def score_wai_sr(items: Mapping[int, float]) -> Scored:
     """Score a WAI-SR: total is the sum (12-60), subscales are item means (1-5)."""
     _check_items(items, set(range(1, WAI_SR_N_ITEMS + 1)), WAI_SR_ITEM_RANGE, "WAI-SR")
     means = {name: float(np.mean([items[i] for i in key])) for name, key in WAI_SR_KEY.items()}
-    return Scored(score_total=float(sum(items.values())), **means)
+    return Scored(score_total=float(sum(items.values())), **means, subscales=means)
+
+
+def score_ors(items: Mapping[int, float]) -> Scored:
+    """Score an ORS from its four items (0-10 each): the total is their sum (0-40)."""
+    _check_items(items, set(ORS_ITEMS), ORS_ITEM_RANGE, "ORS")
+    return Scored(score_total=float(sum(items.values())))
 
 
 def _check_items(
