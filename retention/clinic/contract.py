@@ -64,7 +64,10 @@ SERVICE_TYPES = (
     "case_management",
     "other",
 )
-INSTRUMENTS = ("SRS", "GSRS", "WAI-SR", "other")
+# The instruments the service knows by name. A clinic may send any other short code
+# (``config/instruments.toml`` registers it): it is kept and shown, and read by the model
+# only once registered.
+INSTRUMENTS = ("SRS", "GSRS", "WAI-SR", "ORS", "TAS", "other")
 RATERS = ("client", "therapist")
 # The purposes a consent may name (42 CFR 2.31(a)(5)); a disclosure to an EHR for
 # decision support is "treatment".
@@ -81,6 +84,28 @@ RECIPIENT_CLASS_PREFIX = "class:"
 # How a client prefers to be reached: the channels a case manager records an outreach by
 # (``retention.casework.outreach.CHANNELS``, which a test keeps equal to these).
 CONTACT_CHANNELS = ("phone", "text", "email", "in_person", "letter")
+
+# What a therapist may note after a session (``session_observations.signs``): the
+# recognised signs of a weak or broken alliance, each under the sign it belongs to.
+# Inconsistent engagement is also what the appointments show; the others are seen only
+# in the room.
+SIGNS: dict[str, str] = {
+    "lack_of_trust": "lack_of_trust",
+    "communication_breakdown": "communication_breakdown",
+    "inconsistent_engagement": "inconsistent_engagement",
+    "rejects_suggestions": "resistance",
+    "tasks_not_done": "resistance",
+    "frustration": "negative_reaction",
+    "anger": "negative_reaction",
+    "withdrawal": "negative_reaction",
+}
+SIGN_GROUPS = ("lack_of_trust", "communication_breakdown", "inconsistent_engagement",
+               "resistance", "negative_reaction")
+# The steps of repairing a rupture (``session_observations.repair_steps``): acknowledge
+# it, clarify misunderstandings, take responsibility for one's part, revisit goals and
+# tasks together, and monitor it with the session rating.
+REPAIR_STEPS = ("acknowledged", "clarified", "took_responsibility", "revisited_goals_tasks",
+                "monitored")
 
 metadata = MetaData()
 
@@ -152,6 +177,26 @@ alliance_items = Table(
     Column("response", Float, nullable=False),
 )
 
+# What the therapist noticed in a session (optional): signs of strain, whether a rupture
+# was noticed and which repair steps were taken. ``signs`` and ``repair_steps`` are
+# space-separated codes (``SIGNS``, ``REPAIR_STEPS``). A note counts from when it was
+# written: ``recorded_at`` (the session's ``observed_at`` when the EHR does not say).
+session_observations = Table(
+    "session_observations",
+    metadata,
+    Column("observation_id", String(64), primary_key=True),
+    Column("episode_id", String(64), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("appointment_id", String(64)),
+    Column("observed_at", DateTime, nullable=False),
+    Column("recorded_at", DateTime),
+    Column("clinician_id", String(64)),
+    Column("signs", String(255)),
+    Column("rupture", Boolean, nullable=False),
+    Column("repair_steps", String(255)),
+    Column("updated_at", DateTime, nullable=False),
+)
+
 # Every record is a 42 CFR Part 2 record: a disclosure needs the client's written consent
 # naming its recipient and purpose (docs/contract.md). Neither table is a model input.
 consents = Table(
@@ -201,7 +246,8 @@ client_contacts = Table(
 
 TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}
 REQUIRED_TABLES = ("clients", "episodes", "appointments", "alliance_measures")
-OPTIONAL_TABLES = ("alliance_items", "consents", "client_identifiers", "client_contacts")
+OPTIONAL_TABLES = ("alliance_items", "session_observations", "consents",
+                   "client_identifiers", "client_contacts")
 # Held for disclosure decisions, the EHR's lookups and the case managers' calls; no
 # feature or model ever reads them.
 NOT_MODEL_INPUTS = ("consents", "client_identifiers", "client_contacts")
@@ -214,6 +260,7 @@ TIMESTAMP_COLUMNS = {
     "episodes": ("updated_at",),
     "appointments": ("scheduled_at", "booked_at", "updated_at"),
     "alliance_measures": ("administered_at", "updated_at"),
+    "session_observations": ("observed_at", "recorded_at", "updated_at"),
     "consents": ("revoked_at", "updated_at"),
     "client_identifiers": ("updated_at",),
     "client_contacts": ("updated_at",),

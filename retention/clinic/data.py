@@ -41,6 +41,8 @@ class ClinicData:
     appointments: pd.DataFrame
     measures: pd.DataFrame
     items: pd.DataFrame
+    observations: pd.DataFrame = field(
+        default_factory=lambda: empty_frame("session_observations"))
     consents: pd.DataFrame = field(default_factory=lambda: empty_frame("consents"))
     identifiers: pd.DataFrame = field(
         default_factory=lambda: empty_frame("client_identifiers"))
@@ -54,6 +56,7 @@ class ClinicData:
             "appointments": self.appointments,
             "alliance_measures": self.measures,
             "alliance_items": self.items,
+            "session_observations": self.observations,
             "consents": self.consents,
             "client_identifiers": self.identifiers,
             "client_contacts": self.contacts,
@@ -95,7 +98,8 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
     give the same frames.
     """
     out = {name: frame.copy() for name, frame in frames.items()}
-    for name in contract.NOT_MODEL_INPUTS:  # optional, and absent from feature reads
+    # Optional, and absent from feature reads (or from older callers' frames).
+    for name in (*contract.NOT_MODEL_INPUTS, "session_observations"):
         if name not in out:
             out[name] = empty_frame(name)
     for columns in (contract.DATE_COLUMNS, contract.TIMESTAMP_COLUMNS):
@@ -104,6 +108,8 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
                 out[name][col] = _timestamps(out[name][col])
     appts = out["appointments"]
     appts["telehealth"] = _booleans(appts["telehealth"])
+    observations = out["session_observations"]
+    observations["rupture"] = _booleans(observations["rupture"])
     measures = out["alliance_measures"]
     for col in ("score_total", "goal", "task", "bond"):
         measures[col] = pd.to_numeric(measures[col]).astype(float)
@@ -129,6 +135,7 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         appointments=appts,
         measures=measures,
         items=items,
+        observations=observations,
         consents=out["consents"],
         identifiers=out["client_identifiers"],
         contacts=out["client_contacts"],

@@ -19,7 +19,9 @@ a bad code or date is a row held under the usual rules. A line that is not a res
 of its file's type, or not valid FHIR, is handed over as a ``malformed_resource``
 (``retention.etl.load.Extract``). Files are read line by line; the state holds the
 mapped rows only, never the resources. ``docs/contract.md`` ("From FHIR Bulk Data")
-says which element feeds which column.
+says which element feeds which column. Session notes (``session_observations``) have
+no FHIR mapping: no standard resource or code system carries a therapist's rupture
+markers and repair steps, so that optional table is left empty.
 
 fhir.resources is nearly all of the cost, so a cheap pre-scan (orjson) of every line
 first finds each resource's newest version and whether the marks can let it through;
@@ -44,7 +46,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,7 +62,15 @@ from pydantic import ValidationError
 from retention.clinic import contract
 from retention.etl.extract import INCREMENTAL, SourceUnavailable
 from retention.etl.load import MALFORMED_COLUMNS, Extract
-from retention.settings import CODED_COLUMNS, ConfigError
+from retention.settings import (
+    CODED_COLUMNS,
+    INSTRUMENT_CODE,
+    INSTRUMENT_CODE_RULE,
+    ConfigError,
+)
+
+if TYPE_CHECKING:
+    from retention.clinic.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +150,9 @@ class QuestionnaireMapping:
     instruments: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {
         "SRS": ("https://retention.example/fhir/Questionnaire/srs",),
         "GSRS": ("https://retention.example/fhir/Questionnaire/gsrs",),
-        "WAI-SR": ("https://retention.example/fhir/Questionnaire/wai-sr",)})
+        "WAI-SR": ("https://retention.example/fhir/Questionnaire/wai-sr",),
+        "ORS": ("https://retention.example/fhir/Questionnaire/ors",),
+        "TAS": ("https://retention.example/fhir/Questionnaire/tas",)})
 
 
 @dataclass(frozen=True)
@@ -186,18 +198,26 @@ class FhirMapping:
         return cls()
 
     @classmethod
-    def from_file(cls, path: Path) -> FhirMapping:
+    def from_file(cls, path: Path, registry: Registry | None = None) -> FhirMapping:
         try:
             with path.open("rb") as handle:
                 raw = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"FHIR mapping {path}: {exc}") from exc
-        return cls.from_mapping(raw, str(path))
+        return cls.from_mapping(raw, str(path), registry=registry)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], where: str = "FHIR mapping") -> FhirMapping:
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "FHIR mapping",
+                     registry: Registry | None = None) -> FhirMapping:
         """Check every key and value; a key the mapping does not know is refused (a typo
-        would otherwise leave a default in force without a word)."""
+        would otherwise leave a default in force without a word).
+
+        ``[questionnaire.instruments]`` may name any instrument code (as
+        ``[etl.codes.alliance_measures.instrument]`` may); given the instrument
+        ``registry`` (``Settings.instruments``), a code that is neither the contract's
+        nor registered is refused too: its responses would be filed under a code
+        nothing reads.
+        """
         unknown = sorted(set(raw) - {"timezone", *SECTIONS})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
@@ -219,10 +239,19 @@ class FhirMapping:
         if out.patient.case_manager not in CASE_MANAGER_SOURCES:
             raise ConfigError(f"{where}: [patient] case_manager must be one of "
                               f"{', '.join(CASE_MANAGER_SOURCES)}")
-        bad = sorted(set(out.questionnaire.instruments) - set(contract.INSTRUMENTS))
-        if bad:
-            raise ConfigError(f"{where}: [questionnaire.instruments] {', '.join(bad)} are not "
-                              f"instruments; allowed: {', '.join(contract.INSTRUMENTS)}")
+        codes = sorted(out.questionnaire.instruments)
+        malformed = [repr(c) for c in codes if not INSTRUMENT_CODE.fullmatch(c)]
+        if malformed:
+            raise ConfigError(f"{where}: [questionnaire.instruments] {', '.join(malformed)} "
+                              f"are not instrument codes ({INSTRUMENT_CODE_RULE})")
+        if registry is not None:
+            unknown = [c for c in codes if c not in contract.INSTRUMENTS and c not in registry]
+            if unknown:
+                raise ConfigError(
+                    f"{where}: [questionnaire.instruments] {', '.join(unknown)} are neither "
+                    f"contract instruments ({', '.join(contract.INSTRUMENTS)}) nor registered "
+                    f"in {registry.path}: register the form there (docs/contract.md, \"The "
+                    "instrument registry\"), or correct the mapping")
         return out
 
 

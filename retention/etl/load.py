@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, func, select, text
 
+from retention.clinic.registry import Registry, default_registry
 from retention.clock import utcnow
 from retention.db import bulk
 from retention.etl.extract import INCREMENTAL
@@ -85,17 +86,20 @@ class Checked:
 
 
 def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
-          full: bool) -> Checked:
-    """Check the rows read (with the quarantine carried over on an incremental run)."""
+          full: bool, registry: Registry | None = None) -> Checked:
+    """Check the rows read (with the quarantine carried over on an incremental run)
+    against the contract and the instrument ``registry`` (``Settings.instruments``; the
+    shipped one by default)."""
+    registry = default_registry() if registry is None else registry
     n_read = {t: len(raw[t]) for t in ORDER}
     malformed = raw.malformed if isinstance(raw, Extract) else None
     unreadable = ({} if malformed is None else
                   {str(t): int(n) for t, n in malformed["table_name"].value_counts().items()})
     if full:
-        candidates, context = raw, Context()
+        candidates, context = raw, Context(registry=registry)
     else:
         candidates = _with_carried_over(conn, raw, etl.mapping, malformed)
-        context = _context(conn, candidates)
+        context = _context(conn, candidates, registry)
     outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
     if malformed is not None and len(malformed):
         _hold_malformed(outcome, malformed)
@@ -252,7 +256,8 @@ def _mapped_since(table: str, held: pd.DataFrame, mapping: SourceMapping) -> pd.
     return out
 
 
-def _context(conn: Connection, candidates: dict[str, pd.DataFrame]) -> Context:
+def _context(conn: Connection, candidates: dict[str, pd.DataFrame],
+             registry: Registry) -> Context:
     """What the store holds that the candidates' cross-table rules refer to."""
     episodes = conn.execute(select(tables.copies["episodes"].c.episode_id,
                                    tables.copies["episodes"].c.admitted_on)).fetchall()
@@ -272,6 +277,7 @@ def _context(conn: Connection, candidates: dict[str, pd.DataFrame]) -> Context:
         measure_ids=pd.Index(list(known["measure_id"]) + list(held_measures), dtype=object),
         instruments=pd.Series(known["instrument"].to_numpy(), index=known["measure_id"].to_numpy(),
                               dtype=object),
+        registry=registry,
     )
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, func, select
 
 from retention.clinic import ids
 from retention.etl.validation import ORDER, RULES, Outcome, rows_from_json
-from retention.settings import CODED_COLUMNS, EtlSettings
+from retention.settings import CODED_COLUMNS, OPEN_CODES, EtlSettings
 from retention.store import tables
 
 MOST_CODES = 20  # distinct codes listed per column; the rest are counted together
@@ -189,8 +189,8 @@ def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
         return np.where(at >= 0, clinic[np.maximum(at, 0)], -1)
 
     out = {"clients": codes}
-    for table in ("episodes", "appointments", "alliance_measures", "consents",
-                  "client_identifiers", "client_contacts"):
+    for table in ("episodes", "appointments", "alliance_measures", "session_observations",
+                  "consents", "client_identifiers", "client_contacts"):
         out[table] = through(outcome.checked[table]["client_id"], clients["client_id"], codes)
     measures = outcome.checked["alliance_measures"]
     out["alliance_items"] = through(outcome.checked["alliance_items"]["measure_id"],
@@ -296,7 +296,8 @@ def _run_summary(run: Any) -> dict[str, Any]:
 
 def _held_codes(connection: Connection) -> dict[str, dict[str, int]]:
     """Per coded column, the codes in held rows that are neither contract codes nor
-    mapped (the rows keep the codes as the mapping left them), with counts."""
+    mapped (the rows keep the codes as the mapping left them), with counts. For a column
+    of open codes (instruments), the codes that are not of its form: any other is kept."""
     q = tables.quarantine
     coded = sorted({t for t, _ in CODED_COLUMNS})
     found: dict[str, list[Any]] = {}
@@ -305,8 +306,11 @@ def _held_codes(connection: Connection) -> dict[str, dict[str, int]]:
         for row in rows_from_json(rows_json):
             for (table, column), allowed in CODED_COLUMNS.items():
                 value = row.get(column) if table == table_name else None
-                if value is not None and value not in allowed:
-                    found.setdefault(f"{table}.{column}", []).append(value)
+                pattern = OPEN_CODES.get((table, column))
+                if value is None or (value in allowed if pattern is None else (
+                        isinstance(value, str) and pattern.fullmatch(value))):
+                    continue
+                found.setdefault(f"{table}.{column}", []).append(value)
     return {scope: code_counts(values) for scope, values in sorted(found.items())}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from retention.clinic.registry import Registry
 from retention.db.engines import source_engine
 from retention.etl.fhir_ndjson import FhirMapping, NdjsonSource
 from retention.settings import EtlSettings
@@ -33,7 +34,7 @@ def export_folder(url: str) -> Path | None:
     return Path(rest)
 
 
-def open_source(url: str, etl: EtlSettings) -> Source:
+def open_source(url: str, etl: EtlSettings, registry: Registry | None = None) -> Source:
     """The clinic source ``url`` names, opened read-only.
 
     A missing SQLite file or export folder is ``FileNotFoundError`` with what to do.
@@ -45,8 +46,9 @@ def open_source(url: str, etl: EtlSettings) -> Source:
         raise FileNotFoundError(
             f"FHIR export folder {folder.resolve()} does not exist; point source_url at the "
             "folder your EHR's Bulk Data $export writes to (fhir-ndjson:/path/to/exports)")
-    mapping = (FhirMapping.from_file(etl.fhir_mapping_file) if etl.fhir_mapping_file
-               else FhirMapping.default())
+    # The questionnaires' instruments are checked against the registry (``registry``).
+    mapping = (FhirMapping.from_file(etl.fhir_mapping_file, registry=registry)
+               if etl.fhir_mapping_file else FhirMapping.default())
     # Validating resources is CPU-bound Python: it runs on as many processes as a database
     # source would read on connections.
     return NdjsonSource(folder, mapping, workers=etl.source_connections)

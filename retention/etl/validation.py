@@ -9,7 +9,11 @@ together with the ``Context`` of what the store already holds.
 
 Alliance measures are checked with their items: a measure whose item breaks a
 range, or whose total disagrees with its items, is quarantined together with all
-its items, so the copy never holds half a measure.
+its items, so the copy never holds half a measure. SRS, GSRS and WAI-SR have rules of
+their own; every other instrument the registry (``config/instruments.toml``, handed in
+with the ``Context``) declares is checked against its declared ranges and key. An
+instrument nobody registered is kept as sent: any code of 1-16 letters, digits, '_',
+'.' or '-' is, whether the registry knows it or not.
 
 Any value a source can send is a row's problem, never the run's: bytes, control
 characters, text longer than the store's column, a date in year 9999, a number
@@ -39,7 +43,8 @@ from sqlalchemy import String
 from retention.clinic import contract, ids
 from retention.clinic.data import bool_from_text
 from retention.clinic.instruments import SRS_ITEMS, WAI_SR_KEY, WAI_SR_N_ITEMS
-from retention.settings import CODED_COLUMNS
+from retention.clinic.registry import SUBSCALE_COLUMNS, Instrument, Registry, default_registry
+from retention.settings import CODED_COLUMNS, INSTRUMENT_CODE_RULE, OPEN_CODES
 from retention.store import tables
 
 # Every rule, with what it means. A row is quarantined under the first rule it breaks;
@@ -55,6 +60,7 @@ RULES: dict[str, str] = {
     "number_out_of_range": "a number the store cannot hold: infinite, or a whole number "
                            "beyond 32 bits",
     "unknown_code": "a code the contract (and the configured mapping) does not know",
+    "malformed_code": f"an instrument code that is not {INSTRUMENT_CODE_RULE}",
     "malformed_recipient": "a consent's recipient with a space, or a class:<name> without "
                            "a name",
     "malformed_system": "an identifier's system that is not a URI (scheme:rest, no space "
@@ -67,12 +73,17 @@ RULES: dict[str, str] = {
     "expiry_before_effective": "a consent that expires before it takes effect",
     "before_admission": "appointment scheduled before its episode's admission",
     "far_future": "appointment scheduled implausibly far after its row was written",
+    "recorded_before_observed": "a session note recorded before its session was observed",
     "unknown_item": "an item number the instrument does not have",
     "srs_total_out_of_range": "SRS/GSRS total outside 0-40",
     "srs_item_out_of_range": "SRS/GSRS item outside 0-10",
     "wai_total_out_of_range": "WAI-SR total outside 12-60",
     "wai_subscale_out_of_range": "WAI-SR goal, task or bond outside 1-5",
     "wai_item_out_of_range": "WAI-SR item outside 1-5",
+    "total_out_of_range": "a registered instrument's total outside its registered range",
+    "subscale_out_of_range": "a registered instrument's goal, task or bond outside the "
+                             "range its items allow",
+    "item_out_of_range": "a registered instrument's item outside its registered range",
     "total_disagrees_with_items": "a given total or subscale that disagrees with its items",
     "measure_quarantined": "an item of a measure that is quarantined",
 }
@@ -88,7 +99,13 @@ NUMBERS = {
     "alliance_items": ("item_number", "response"),
 }
 INTEGERS = {"clients": ("birth_year",), "alliance_items": ("item_number",)}
-BOOLEANS = {"appointments": ("telehealth",), "client_contacts": ("may_text", "may_call")}
+BOOLEANS = {"appointments": ("telehealth",), "client_contacts": ("may_text", "may_call"),
+            "session_observations": ("rupture",)}
+# Instruments with rules of their own (above); the registry's others get the generic ones.
+NAMED_RULES = ("SRS", "GSRS", "WAI-SR")
+# A session note's space-separated codes, and what each may hold.
+NOTE_CODES = {"signs": ("sign", tuple(contract.SIGNS)),
+              "repair_steps": ("repair step", contract.REPAIR_STEPS)}
 TOTAL_TOLERANCE = 0.051  # totals are recorded to a tenth
 SUBSCALE_TOLERANCE = 0.01
 REJECT_COLUMNS = ["table_name", "row_key", "rule", "detail", "rows_json", "n_rows"]
@@ -127,7 +144,9 @@ ROW_KEY_LENGTH = int(getattr(tables.quarantine.c.row_key.type, "length", None) o
 
 @dataclass
 class Context:
-    """What the store already holds, for the rules that look beyond the rows read.
+    """What the store already holds, for the rules that look beyond the rows read, and
+    the instrument registry the measures are checked against (the settings' one,
+    ``Settings.instruments``; the shipped one when none is given).
 
     Empty for a full reload, where the rows read are the whole source.
     """
@@ -137,6 +156,7 @@ class Context:
     admitted_on: pd.Series = field(default_factory=lambda: pd.Series([], dtype="datetime64[ns]"))
     measure_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
     instruments: pd.Series = field(default_factory=lambda: pd.Series([], dtype=object))
+    registry: Registry = field(default_factory=default_registry)
 
 
 @dataclass
@@ -242,6 +262,8 @@ def validate(
         _row_rules(c, codes_allowed)
     _disclosure_rules(checked["consents"], checked["client_identifiers"])
     _contact_rules(checked["client_contacts"])
+    observations = checked["session_observations"]
+    _note_code_rules(observations)
 
     clients, episodes = checked["clients"], checked["episodes"]
     appts, measures, items = (checked["appointments"], checked["alliance_measures"],
@@ -276,6 +298,15 @@ def validate(
     _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
     _orphans(items, {"measure_id": measure_ids})
     _measure_rules(measures, items, context)
+
+    _orphans(observations, {"episode_id": episode_ids, "client_id": client_ids})
+    o = observations.typed
+    # A note counts from when it was written: one written before its session is a typo
+    # that would make it known too early.
+    observations.flag(o["recorded_at"].notna() & (o["recorded_at"] < o["observed_at"]),
+                      "recorded_before_observed",
+                      lambda ix: "recorded_at " + _txt(o["recorded_at"], ix)
+                      + " is before observed_at " + _txt(o["observed_at"], ix))
 
     consents = checked["consents"]
     _orphans(consents, {"client_id": client_ids})
@@ -353,6 +384,14 @@ def _row_rules(c: _Checked, codes_allowed: Mapping[tuple[str, str], tuple[str, .
     for (t, col), allowed in codes_allowed.items():
         if t != table:
             continue
+        pattern = OPEN_CODES.get((t, col))
+        if pattern is not None:
+            # Open codes: any well-formed one is kept (the registry says what it is).
+            malformed = pd.Series(_judged(raw[col], _not_matching(pattern)), index=raw.index)
+            c.unmapped[col] = malformed
+            c.flag(malformed, "malformed_code",
+                   _said(f"{col} ", raw[col], f" is not a code of {INSTRUMENT_CODE_RULE}"))
+            continue
         unknown = raw[col].notna() & ~raw[col].isin(allowed)
         c.unmapped[col] = unknown
         c.flag(unknown, "unknown_code",
@@ -382,6 +421,38 @@ def _contact_rules(contacts: _Checked) -> None:
                   "malformed_language", "language is not a BCP 47 tag (en, es, pt-BR)")
 
 
+def _note_code_rules(notes: _Checked) -> None:
+    """Every sign and repair step a session note lists is one of the contract's codes;
+    the detail names the codes that are not (codes, never notes)."""
+    for column, (what, known) in NOTE_CODES.items():
+        unknown = _unknown_note_codes(notes.raw[column], frozenset(known))
+        notes.flag(unknown.notna(), "unknown_code",
+                   _said(f"{column} holds ", unknown,
+                         f", not {'a' if what[0] not in 'aeiou' else 'an'} {what} code "
+                         f"({', '.join(known)})"))
+
+
+def _unknown_note_codes(values: pd.Series, known: frozenset[str]) -> pd.Series:
+    """Per value, the space-separated codes in it that are not ``known`` (quoted, as
+    text), or None; judged once per distinct value. Bytes are ``malformed_text``'s."""
+    out = pd.Series(None, index=values.index, dtype=object)
+    present = values.notna().to_numpy()
+    if not present.any():
+        return out
+    codes, distinct = pd.factorize(values.astype(object))
+    found: list[str | None] = []
+    for value in distinct:
+        if isinstance(value, bytes | bytearray | memoryview):
+            found.append(None)
+            continue
+        unknown = [t for t in str(value).split() if t not in known]
+        found.append(", ".join(repr(t[:40]) for t in unknown[:5]) if unknown else None)
+    spread = np.array(found, dtype=object)[np.maximum(codes, 0)]
+    keep = present & (codes >= 0)
+    out[keep] = spread[keep]
+    return out
+
+
 def _bad_language(value: str) -> bool:
     """Not a BCP 47 tag whose subtags are registered (langcodes checks them against the
     IANA registry: "es", "pt-BR", "zh-Hans"; not "Spanish"); "_" is never a separator."""
@@ -406,6 +477,22 @@ def _bad_recipient(value: str) -> bool:
     return value[:len(prefix)].lower() == prefix and RECIPIENT_CLASS.fullmatch(value) is None
 
 
+def _not_matching(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    """Whether a value is not text matching ``pattern`` whole."""
+    return lambda value: not (isinstance(value, str) and pattern.fullmatch(value) is not None)
+
+
+def _judged(values: pd.Series, bad: Callable[[Any], bool]) -> np.ndarray:
+    """Which present values ``bad`` holds for, whatever their type, judged once per
+    distinct value."""
+    present = values.notna().to_numpy()
+    if not present.any():
+        return np.zeros(len(values), dtype=bool)
+    codes, distinct = pd.factorize(values.astype(object))
+    verdict = np.array([bad(v) for v in distinct], dtype=bool)
+    return present & (codes >= 0) & verdict[np.maximum(codes, 0)]
+
+
 def _failing(values: pd.Series, bad: Callable[[str], bool]) -> np.ndarray:
     """Which text values ``bad`` holds for, judged once per distinct value (other values,
     such as bytes or numbers, are other rules' to judge)."""
@@ -425,7 +512,11 @@ def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
 
 
 def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> None:
-    """Ranges of totals, subscales and items; totals against items; items follow measures."""
+    """Ranges of totals, subscales and items; totals against items; items follow measures.
+
+    SRS, GSRS and WAI-SR by their own rules; every other registered instrument by what
+    the registry declares (``_registered_rules``); an unregistered one is not checked.
+    """
     m, raw = measures.typed, measures.raw
     instrument = raw["instrument"]
     srs = instrument.isin(["SRS", "GSRS"])
@@ -439,6 +530,20 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
         v = m[scale]
         measures.flag(wai & v.notna() & ((v < 1) | (v > 5)), "wai_subscale_out_of_range",
                       _said(f"{scale} ", v, " is outside 1-5"))
+    registered = {code: inst for code, inst in context.registry.instruments.items()
+                  if code not in NAMED_RULES}
+    mine = {code: pd.Series(np.asarray(instrument == code, dtype=bool), index=raw.index)
+            for code in registered}
+    for code, inst in registered.items():
+        low, high = inst.total_range
+        measures.flag(mine[code] & total.notna() & ((total < low) | (total > high)),
+                      "total_out_of_range",
+                      _said("score_total ", total, f" is outside {low:g}-{high:g} ({code})"))
+        for scale, (s_low, s_high) in _subscale_ranges(inst).items():
+            v = m[scale]
+            measures.flag(mine[code] & v.notna() & ((v < s_low) | (v > s_high)),
+                          "subscale_out_of_range",
+                          _said(f"{scale} ", v, f" is outside {s_low:g}-{s_high:g} ({code})"))
 
     # Items: their measure's instrument decides the item numbers and range.
     # The measure read in this run (its first row) decides, else the one the store holds.
@@ -457,8 +562,15 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     number, response = items.typed["item_number"], items.typed["response"]
     i_srs = item_instrument.isin(["SRS", "GSRS"])
     i_wai = item_instrument == "WAI-SR"
+    i_mine = {code: pd.Series(np.asarray(item_instrument == code, dtype=bool),
+                              index=items.raw.index) for code in registered}
+    checked = i_srs | i_wai
     valid_number = (i_srs & number.isin(list(SRS_ITEMS))) | (
-        i_wai & number.isin(list(range(1, WAI_SR_N_ITEMS + 1)))) | ~(i_srs | i_wai)
+        i_wai & number.isin(list(range(1, WAI_SR_N_ITEMS + 1))))
+    for code, inst in registered.items():
+        checked |= i_mine[code]
+        valid_number |= i_mine[code] & number.isin(list(inst.items))
+    valid_number |= ~checked
     items.flag(number.notna() & ~valid_number, "unknown_item",
                lambda ix: "item_number " + _txt(number, ix) + " is not an item of "
                + _txt(item_instrument, ix))
@@ -468,11 +580,17 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
     items.flag(i_wai & response.notna() & ((response < 1) | (response > 5)),
                "wai_item_out_of_range",
                lambda ix: "response " + _txt(response, ix) + " is outside 1-5")
+    for code, inst in registered.items():
+        low, high = inst.item_range
+        items.flag(i_mine[code] & response.notna() & ((response < low) | (response > high)),
+                   "item_out_of_range",
+                   _said("response ", response, f" is outside {low:g}-{high:g} ({code})"))
 
     # A measure breaks the first rule any of its items broke.
     flagged = ~items.ok
     bad_items = items.raw.loc[flagged & items.rule.where(flagged).isin(
-        ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range"])]
+        ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range",
+         "item_out_of_range"])]
     if len(bad_items):
         first = pd.DataFrame({
             "measure_id": bad_items["measure_id"],
@@ -520,11 +638,63 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                 measures.flag(off, "total_disagrees_with_items",
                               f"{scale} " + v.astype(str) + " but its items average "
                               + mean.round(2).astype(str))
+        for code, inst in registered.items():
+            if inst.scored_from_items:
+                _registered_totals(measures, inst, mine[code] & (have == len(inst.items)),
+                                   i_mine[code].to_numpy() & ok, numbers, responses,
+                                   per_measure)
 
     # Items of a quarantined measure go with it.
     # (A measure id read twice is quarantined on both rows, so its first row tells.)
     items.flag(read & ~measures.ok.to_numpy()[np.maximum(at, 0)], "measure_quarantined",
                lambda ix: "measure " + _txt(items.raw["measure_id"], ix) + " is quarantined")
+
+
+def _subscale_ranges(inst: Instrument) -> dict[str, tuple[float, float]]:
+    """The range of each subscale the measure rows record (goal, task, bond)."""
+    low, high = inst.item_range
+    out = {}
+    for scale, sub in inst.subscales.items():
+        if scale in SUBSCALE_COLUMNS:
+            n = len(sub.items) if sub.score == "sum" else 1
+            out[scale] = (low * n, high * n)
+    return out
+
+
+def _registered_totals(measures: _Checked, inst: Instrument, complete: pd.Series,
+                       own: np.ndarray, numbers: np.ndarray, responses: np.ndarray,
+                       per_measure: Callable[..., pd.Series]) -> None:
+    """A registered instrument's given total and subscales against its complete item
+    sets, scored with its key (reversed items turned, sums or means as declared)."""
+    m = measures.typed
+    low, high = inst.item_range
+    keyed = np.where(own & np.isin(numbers, list(inst.reversed_items)),
+                     low + high - responses, responses)
+    checks = [("score_total", "items", inst.total, len(inst.items), own)]
+    checks += [(scale, "its items", sub.score, len(sub.items),
+                own & np.isin(numbers, list(sub.items)))
+               for scale, sub in inst.subscales.items() if scale in SUBSCALE_COLUMNS]
+    for column, whose, method, n, use in checks:
+        value = per_measure(use, keyed)
+        if method == "mean":
+            value = value / n
+        value = value.where(per_measure(use) == n)
+        given = m[column]
+        tolerance = SUBSCALE_TOLERANCE if method == "mean" else TOTAL_TOLERANCE
+        off = complete & given.notna() & value.notna() & ((given - value).abs() > tolerance)
+        verb = "average" if method == "mean" else "sum to"
+        if inst.reversed_items:
+            verb = f"{'average' if method == 'mean' else 'sum to'}, reversed items turned,"
+        measures.flag(off, "total_disagrees_with_items",
+                      _compared(f"{column} ", given, f" but {whose} {verb} ", value,
+                                f" ({inst.code})"))
+
+
+def _compared(prefix: str, given: pd.Series, middle: str, computed: pd.Series,
+              suffix: str) -> Callable[[pd.Index], pd.Series]:
+    """A detail worded, when needed: the value given against the value computed."""
+    return lambda ix: (prefix + _txt(given, ix) + middle + _txt(computed.round(2), ix)
+                       + suffix)
 
 
 # --- helpers ------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Training reads the whole copy. A nightly run scores every open episode but looks at
 little of each one's history: the last 90 days of slots, the slots since the last
-attended one (the current run of misses), what is booked ahead, and the latest few
-alliance measures. Reading just those rows (the scoped read) keeps the nightly run's
+attended one (the current run of misses), what is booked ahead, the latest few
+alliance measures, the outcome ratings since intake and the session notes. Reading
+just those rows (the scoped read) keeps the nightly run's
 reading proportional to the open caseload rather than to years of history.
 ``tests/store/test_clinic_copy.py`` checks that features and reasons computed from the
 scoped read equal those computed from the whole copy.
@@ -22,8 +23,10 @@ from sqlalchemy import Connection, insert, select, update
 
 from retention.clinic import contract
 from retention.clinic.data import ClinicData, from_frames
-from retention.clinic.instruments import SRS_ITEMS
+from retention.clinic.instruments import ORS_ITEMS, SRS_ITEMS
+from retention.clinic.registry import Registry, default_registry
 from retention.db import bulk
+from retention.settings import INSTRUMENT_CODE
 from retention.store.tables import COPY_PREFIX, copies, watermarks
 
 COPY_VERSION = "copy_version"
@@ -59,18 +62,22 @@ def read_clinic_copy(connection: Connection) -> ClinicData:
     return from_frames(frames)
 
 
-def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 91) -> ClinicData:
+def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 91,
+                     registry: Registry | None = None) -> ClinicData:
     """Exactly the rows that features and reasons for ``as_of`` look at, and no more.
 
     For the episodes open at ``as_of``: their clients; their appointments from the
     earlier of ``lookback_days`` before ``as_of`` and the last slot attended before it
-    (every slot when none was), future ones included; the last three client-rated
-    SRS and GSRS with a total, and the last WAI-SR by each rater, administered before
-    ``as_of``, with the items of those SRS and GSRS. ``build_features`` and the reason
-    histories give the same answers on this as on the whole copy (see
-    tests/store/test_clinic_copy.py), at a fraction of the reading.
+    (every slot when none was), future ones included; administered before ``as_of``,
+    the last three client-rated SRS and GSRS with a total, the last WAI-SR by each
+    rater, every client-rated ORS with a total (the expected course starts at intake
+    and counts sessions), and for each other instrument ``registry`` lets the model
+    read (``model_input``) the last client-rated one with a total; the items of those
+    SRS, GSRS and ORS; and every session note observed before ``as_of``.
+    ``build_features`` and the reason histories give the same answers on this as on the
+    whole copy (see tests/store/test_clinic_copy.py), at a fraction of the reading.
     """
-    return from_frames(scoped_frames(connection, as_of, lookback_days))
+    return from_frames(scoped_frames(connection, as_of, lookback_days, registry))
 
 
 P = COPY_PREFIX
@@ -82,10 +89,16 @@ _OPEN = (
 )
 
 
-# What features and reasons read of the alliance: the last three client-rated SRS and
-# GSRS with a total, and the last WAI-SR by each rater.
-LATEST = (("SRS", "client", 3), ("GSRS", "client", 3),
-          *(("WAI-SR", rater, 1) for rater in contract.RATERS))
+# What features and reasons read of the alliance and the outcome, as (instrument, rater,
+# how many of the latest): the last three client-rated SRS and GSRS with a total, the
+# last WAI-SR by each rater, and every client-rated ORS with a total (None).
+LATEST: tuple[tuple[str, str, int | None], ...] = (
+    ("SRS", "client", 3), ("GSRS", "client", 3),
+    *(("WAI-SR", rater, 1) for rater in contract.RATERS), ("ORS", "client", None))
+# Instruments read by name above; the registry's other model inputs: the last one.
+READ_BY_NAME = ("SRS", "GSRS", "WAI-SR", "ORS")
+# Measures whose items features read, and which items.
+WITH_ITEMS = {"SRS": SRS_ITEMS, "GSRS": SRS_ITEMS, "ORS": ORS_ITEMS}
 
 
 def _cols(table: str, alias: str = "") -> str:
@@ -102,12 +115,24 @@ def _dates(table: str) -> list[str]:
     return [*contract.DATE_COLUMNS.get(table, ()), *contract.TIMESTAMP_COLUMNS.get(table, ())]
 
 
+def latest_reads(registry: Registry) -> tuple[tuple[str, str, int | None], ...]:
+    """(instrument, rater, how many of the latest with a total) the scoped read takes:
+    ``LATEST``, and the last client rating of each other model input of ``registry``."""
+    others = [code for code in registry.model_inputs if code not in READ_BY_NAME]
+    for code in others:  # written into SQL: only codes that cannot hold a quote
+        if not INSTRUMENT_CODE.fullmatch(code):
+            raise ValueError(f"instrument code {code!r} is not one the registry accepts")
+    return (*LATEST, *((code, "client", 1) for code in others))
+
+
 def scoped_frames(
-    connection: Connection, as_of: date, lookback_days: int
+    connection: Connection, as_of: date, lookback_days: int,
+    registry: Registry | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Raw contract frames holding what features and reasons for ``as_of`` read."""
     # Not consents, client_identifiers or client_contacts: they are never model inputs
     # (read as empty).
+    reads = latest_reads(default_registry() if registry is None else registry)
     cut = datetime.combine(as_of, datetime.min.time())
     params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days),
               "ever": datetime(1900, 1, 1)}
@@ -137,22 +162,29 @@ def scoped_frames(
             f" JOIN {P}appointments a ON a.episode_id = s.episode_id AND a.scheduled_at >= s.since"
         ), _names("appointments"), params, _dates("appointments")),
     }
-    srs = ", ".join(f"'{i}'" for i in ("SRS", "GSRS"))
+    # A measure is kept when it is among the latest ``n`` of its episode, instrument and
+    # rater (every one for n None), counting those with a total (WAI-SR: every one).
+    wanted = " OR ".join(
+        f"(m.instrument = '{i}' AND m.rater = '{r}'"
+        + ("" if i == "WAI-SR" else " AND m.score_total IS NOT NULL") + ")"
+        for i, r, _ in reads)
+    kept = " OR ".join(f"(instrument = '{i}' AND rater = '{r}'"
+                       + ("" if n is None else f" AND rn <= {n}") + ")"
+                       for i, r, n in reads)
     ranked = (
         f"WITH open_ep AS ({_OPEN}), ranked AS ("
         f"  SELECT {_cols('alliance_measures', 'm')}, ROW_NUMBER() OVER ("
         "    PARTITION BY m.episode_id, m.instrument, m.rater"
         "    ORDER BY m.administered_at DESC, m.measure_id DESC) AS rn"
         f"  FROM {P}alliance_measures m JOIN open_ep o ON o.episode_id = m.episode_id"
-        "  WHERE m.administered_at < :cut AND ("
-        f"    (m.instrument IN ({srs}) AND m.rater = 'client' AND m.score_total IS NOT NULL)"
-        "    OR m.instrument = 'WAI-SR'))"
+        f"  WHERE m.administered_at < :cut AND ({wanted}))"
     )
-    keep = "(instrument = 'WAI-SR' AND rn = 1) OR (instrument <> 'WAI-SR' AND rn <= 3)"
     if bulk.is_postgres(connection):
         # The same rows by the (episode, instrument, rater, date) index: a few probes
         # per open episode instead of sorting every measure of the open caseload.
-        latest = ", ".join(f"('{i}', '{r}', {n})" for i, r, n in LATEST)
+        # (LIMIT NULL is no limit.)
+        latest = ", ".join(f"('{i}', '{r}', {'NULL' if n is None else n})"
+                           for i, r, n in reads)
         measures_sql = (
             f"WITH open_ep AS ({_OPEN}) SELECT {_cols('alliance_measures', 'm')}"
             f" FROM open_ep o CROSS JOIN (VALUES {latest}) AS k(instrument, rater, n)"
@@ -163,24 +195,32 @@ def scoped_frames(
             "  ORDER BY x.administered_at DESC, x.measure_id DESC LIMIT k.n) m"
         )
     else:
-        measures_sql = f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked WHERE {keep}"
+        measures_sql = (f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked"
+                        f" WHERE {kept}")
     frames["alliance_measures"] = bulk.read_query(
         connection, measures_sql, _names("alliance_measures"), params,
         _dates("alliance_measures"),
     )
-    items = ", ".join(str(n) for n in SRS_ITEMS)
+    itemised = ", ".join(f"'{i}'" for i in WITH_ITEMS)
+    numbers = ", ".join(str(n) for n in sorted({n for k in WITH_ITEMS.values() for n in k}))
     if bulk.is_postgres(connection):
         # By key, ids unnested: an index lookup each (``= ANY`` made the planner scan every item).
         m = frames["alliance_measures"]
-        ids = sorted(m.loc[m["instrument"].isin(["SRS", "GSRS"]), "measure_id"].astype(str))
+        ids = sorted(m.loc[m["instrument"].isin(list(WITH_ITEMS)), "measure_id"].astype(str))
         frames["alliance_items"] = bulk.read_query(connection, (
             f"SELECT {_cols('alliance_items', 'i')} FROM unnest(CAST(:ids AS text[])) AS u(id)"
-            f" JOIN {P}alliance_items i ON i.measure_id = u.id WHERE i.item_number IN ({items})"
+            f" JOIN {P}alliance_items i ON i.measure_id = u.id WHERE i.item_number IN ({numbers})"
         ), _names("alliance_items"), {"ids": ids}, _dates("alliance_items"))
     else:
         frames["alliance_items"] = bulk.read_query(connection, (
             f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
-            f" WHERE i.item_number IN ({items}) AND i.measure_id IN"
-            f" (SELECT measure_id FROM ranked WHERE instrument IN ({srs}) AND rn <= 3)"
+            f" WHERE i.item_number IN ({numbers}) AND i.measure_id IN"
+            f" (SELECT measure_id FROM ranked WHERE instrument IN ({itemised}) AND ({kept}))"
         ), _names("alliance_items"), params, _dates("alliance_items"))
+    # Every note of an open episode observed before the as-of date (the features decide
+    # which were written by then): one range of the (episode_id, observed_at) index each.
+    frames["session_observations"] = bulk.read_query(connection, (
+        f"SELECT {_cols('session_observations', 'n')} FROM {P}session_observations n"
+        f" WHERE n.episode_id IN ({_OPEN}) AND n.observed_at < :cut"
+    ), _names("session_observations"), params, _dates("session_observations"))
     return frames

@@ -45,6 +45,8 @@ Index("ix_clinic_appointments_episode", copies["appointments"].c.episode_id,
 Index("ix_clinic_alliance_measures_latest", *(copies["alliance_measures"].c[c] for c in (
     "episode_id", "instrument", "rater", "administered_at")))
 Index("ix_clinic_episodes_client", copies["episodes"].c.client_id)
+Index("ix_clinic_session_observations_episode", copies["session_observations"].c.episode_id,
+      copies["session_observations"].c.observed_at)
 # A disclosure looks up one client's consents, and the client an EHR's identifier names.
 Index("ix_clinic_consents_client", copies["consents"].c.client_id)
 Index("ix_clinic_client_identifiers_client", copies["client_identifiers"].c.client_id)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, create_engine, select
 
+from retention.clinic.registry import default_registry, load_registry
 from retention.clinic.synth import SynthConfig, generate, write
 from retention.clinic.synth.fhir_ndjson import as_exported, write_export
 from retention.db.engines import source_engine, store_engine
@@ -22,7 +23,7 @@ from retention.etl import fhir_ndjson
 from retention.etl.fhir_ndjson import MAPPING_FILE, MODELS, FhirMapping, NdjsonSource
 from retention.etl.load import QuarantineLimitExceeded
 from retention.pipelines.etl import run_etl
-from retention.settings import ConfigError, EtlSettings
+from retention.settings import SHIPPED_INSTRUMENTS_FILE, ConfigError, EtlSettings
 from retention.store import tables
 from tests.support.sources import AS_OF, stored
 
@@ -85,8 +86,16 @@ def test_an_export_gives_the_store_a_database_of_the_same_clinic_gives(
     result = etl_fhir(tmp_path / "exports", from_fhir)
     assert result.full and result.open_episodes > 0
     expected = stored(from_sql, AS_OF)
-    assert all(expected[f"clinic_{t}"] for t in clinic)  # every table has rows to compare
+    # Every table has rows to compare but the session notes, which FHIR does not carry
+    # (docs/contract.md): the database side is the clinic as exported, without them.
+    assert all(expected[f"clinic_{t}"] for t in clinic if t != "session_observations")
+    assert len(clinic["session_observations"]) and not expected["clinic_session_observations"]
     assert stored(from_fhir, AS_OF) == expected
+    # Every instrument the clinic uses came through, the ORS and the TAS as the SRS.
+    with from_fhir.connect() as conn:
+        instruments = set(conn.execute(
+            select(tables.copies["alliance_measures"].c.instrument).distinct()).scalars())
+    assert instruments == set(clinic["alliance_measures"]["instrument"]) >= {"SRS", "ORS"}
 
 
 def test_a_folder_without_a_manifest_is_one_full_export(clinic: dict[str, pd.DataFrame],
@@ -94,10 +103,12 @@ def test_a_folder_without_a_manifest_is_one_full_export(clinic: dict[str, pd.Dat
     folder = write_export(clinic, tmp_path / "plain", FULL_AT)
     (folder / "manifest.json").unlink()
     frames, clock = NdjsonSource(folder, FhirMapping.default()).read({})
-    assert {t: len(f) for t, f in frames.items()} == {t: len(f) for t, f in clinic.items()}
+    exported = as_exported(clinic)  # no session notes: FHIR does not carry them
+    assert {t: len(f) for t, f in frames.items()} == {t: len(f) for t, f in exported.items()}
+    assert len(frames["session_observations"]) == 0 < len(clinic["session_observations"])
     # Its time is its newest resource's (the watermarks never pass it).
-    assert clock == max(pd.Timestamp(f["updated_at"].max()) for t, f in clinic.items()
-                        if "updated_at" in f).to_pydatetime()
+    assert clock == max(pd.Timestamp(f["updated_at"].max()) for t, f in exported.items()
+                        if "updated_at" in f and len(f)).to_pydatetime()
 
 
 # --- (b) incremental exports ------------------------------------------------------------
@@ -318,7 +329,7 @@ def test_bad_values_are_held_under_the_contract_rules(clinic: dict[str, pd.DataF
     appts = clinic["appointments"]["appointment_id"]
     episode_id = str(clinic["episodes"]["episode_id"].iloc[0])
     measure_id = str(clinic["alliance_measures"]["measure_id"].iloc[0])
-    rewrite = {
+    rewrite: dict[tuple[str, str], dict[str, Any]] = {
         ("Appointment", str(appts.iloc[0])): {"status": "rescheduled"},
         ("Appointment", str(appts.iloc[1])): {"status": "cancelled", "cancelationReason": {
             "coding": [{"system": FhirMapping().appointment.cancellation_system,
@@ -358,7 +369,8 @@ def test_the_shipped_mapping_file_is_the_default() -> None:
     ('timezon = "UTC"', "unknown key"),
     ('[patient]\ncase_manger = "careManager"', r"\[patient\] unknown key\(s\) case_manger"),
     ('[appointment.statuses]\nbooked = "booked"', "maps to unknown code"),
-    ('[questionnaire.instruments]\nPHQ9 = ["https://x.example/q"]', "not instruments"),
+    ('[questionnaire.instruments]\n"PHQ 9" = ["https://x.example/q"]',
+     r"'PHQ 9' are not instrument codes"),
     ('timezone = "Mars/Olympus"', "not an IANA time zone"),
     ('[appointment]\ntelehealth_codes = "VR"', "must be a list"),
     ('[patient]\ncase_manager = "nurse"', "case_manager must be one of"),
@@ -368,6 +380,43 @@ def test_the_mapping_file_is_checked(tmp_path: Path, text: str, message: str) ->
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         FhirMapping.from_file(path)
+
+
+OWN_FORM = """
+[instruments.HOPE-7]
+name = "The clinic's own hope scale"
+kind = "outcome"
+raters = ["client"]
+item_range = [0, 4]
+total = "sum"
+total_range = [0, 8]
+higher_is = "better"
+model_input = false
+source = "the clinic's own form"
+
+[instruments.HOPE-7.items]
+1 = "hope"
+2 = "plans"
+"""
+
+
+def test_a_questionnaire_is_filed_under_a_contract_or_registered_instrument(
+        tmp_path: Path) -> None:
+    """Any instrument code may be mapped; given the registry, one that is neither the
+    contract's nor registered is refused (its responses would be filed under a code
+    nothing reads), and one registered is read."""
+    path = tmp_path / "fhir.toml"
+    path.write_text('[questionnaire.instruments]\nORS = ["https://x.example/ors"]\n'
+                    'HOPE-7 = ["https://x.example/hope"]\n')
+    assert FhirMapping.from_file(path).questionnaire.instruments["HOPE-7"] == (
+        "https://x.example/hope",)
+    with pytest.raises(ConfigError, match=r"HOPE-7 are neither contract instruments .*nor "
+                                          r"registered in .*instruments\.toml"):
+        FhirMapping.from_file(path, registry=default_registry())
+    own = tmp_path / "instruments.toml"
+    own.write_text(SHIPPED_INSTRUMENTS_FILE.read_text() + OWN_FORM)
+    mapping = FhirMapping.from_file(path, registry=load_registry(own))
+    assert mapping.questionnaire.instruments["ORS"] == ("https://x.example/ors",)
 
 
 def test_a_clinics_own_codes_are_mapped(clinic: dict[str, pd.DataFrame], tmp_path: Path) -> None:

@@ -48,6 +48,15 @@ ETL_CONFIG: dict[str, Any] = {
                              "modified AS updated_at FROM ehr.ratings",
         "alliance_items": "SELECT rid AS measure_id, q AS item_number, answer AS response "
                           "FROM ehr.rating_items",
+        # Signs and repair steps kept comma-separated, the rupture as 'Y'/'N'.
+        "session_observations": "SELECT note_id AS observation_id, adm_id AS episode_id, "
+                                "pid AS client_id, visit_id AS appointment_id, "
+                                "seen AS observed_at, signed_off AS recorded_at, "
+                                "staff AS clinician_id, "
+                                "replace(markers, ',', ' ') AS signs, "
+                                "rupture_yn = 'Y' AS rupture, "
+                                "replace(repairs, ',', ' ') AS repair_steps, "
+                                "modified AS updated_at FROM ehr.session_notes",
         "consents": "SELECT cid AS consent_id, pid AS client_id, party AS recipient, "
                     "why AS purpose, signed AS effective_on, until AS expires_on, "
                     "withdrawn AS revoked_at, modified AS updated_at FROM ehr.consents",
@@ -84,6 +93,10 @@ CREATE TABLE ehr.ratings (rid text, adm_id text, pid text, visit_id text, tool t
                           taken timestamp, total numeric, g numeric, t numeric, b numeric,
                           modified timestamp);
 CREATE TABLE ehr.rating_items (rid text, q int, answer numeric);
+CREATE TABLE ehr.session_notes (note_id text, adm_id text, pid text, visit_id text,
+                                seen timestamp, signed_off timestamp, staff text,
+                                markers text, rupture_yn char(1), repairs text,
+                                modified timestamp);
 CREATE TABLE ehr.consents (cid text, pid text, party text, why text, signed text, until text,
                            withdrawn timestamp, modified timestamp);
 CREATE TABLE ehr.patient_mrns (mrn text, pid text, modified timestamp);
@@ -102,6 +115,7 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
     c, e, a = frames["clients"], frames["episodes"], frames["appointments"]
     m, i = frames["alliance_measures"], frames["alliance_items"]
     k, ids, cc = frames["consents"], frames["client_identifiers"], frames["client_contacts"]
+    o = frames["session_observations"]
     yes_no = {True: "Y", False: "N"}
     tables = {
         "patients": pd.DataFrame({"pid": c.client_id, "site": c.clinic_id,
@@ -126,6 +140,12 @@ def write_ehr(engine: Engine, frames: dict[str, pd.DataFrame]) -> None:
             "modified": m.updated_at}),
         "rating_items": pd.DataFrame({"rid": i.measure_id, "q": i.item_number,
                                       "answer": i.response}),
+        "session_notes": pd.DataFrame({
+            "note_id": o.observation_id, "adm_id": o.episode_id, "pid": o.client_id,
+            "visit_id": o.appointment_id, "seen": o.observed_at, "signed_off": o.recorded_at,
+            "staff": o.clinician_id, "markers": o.signs.str.replace(" ", ","),
+            "rupture_yn": o.rupture.map(yes_no), "repairs": o.repair_steps.str.replace(" ", ","),
+            "modified": o.updated_at}),
         "consents": pd.DataFrame({
             "cid": k.consent_id, "pid": k.client_id, "party": k.recipient,
             "why": k.purpose.map(PURPOSES), "signed": k.effective_on.map(_day),
@@ -173,7 +193,9 @@ def test_a_mapped_ehr_loads_exactly_like_the_contract(
     result = run_etl(mapped_source, mapped_store, AS_OF, settings)
     run_etl(plain_source, plain_store, AS_OF, EtlSettings())
     assert result.rows_quarantined == 0 and result.open_episodes > 0
-    assert stored(mapped_store, AS_OF) == stored(plain_store, AS_OF)
+    mapped = stored(mapped_store, AS_OF)
+    assert all(mapped[f"clinic_{t}"] for t in frames)  # every table has rows to compare
+    assert mapped == stored(plain_store, AS_OF)
 
     # The clinic's own codes and text dates can still be wrong: those rows are held back.
     stamp = datetime(2026, 6, 1, 15)

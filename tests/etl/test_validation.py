@@ -3,14 +3,18 @@ duplicate keys are found whatever the order of the rows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from retention.clinic.registry import Registry, load_registry
 from retention.etl.validation import Context, _duplicated, _shared_text, validate
+from tests.support.factories import OWN_FORM
 
 
 def test_validation_types_what_passes_as_the_contract_does() -> None:
@@ -77,3 +81,98 @@ def test_duplicate_composite_keys_are_found_in_any_order(pairs: list[tuple[str, 
         {"measure_id": "category"})
     want = [pairs.count(p) > 1 for p in pairs]
     assert _duplicated(frame, ["measure_id", "item_number"]).tolist() == want
+
+
+# --- instruments: open codes, and the registry's rules -------------------------------
+
+CLIENT = pd.DataFrame([{"client_id": "C1", "clinic_id": "k"}])
+EPISODE = pd.DataFrame([{"episode_id": "E1", "client_id": "C1", "program": "outpatient",
+                         "admitted_on": "2026-01-05", "updated_at": "2026-01-05 09:00"}])
+
+
+def measured(rows: Sequence[tuple[str, str, float | None, Sequence[float]]],
+             registry: Registry | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Validate measures (id, instrument, total, item responses numbered from 1) of one
+    episode; the rule each measure was held under, and its detail."""
+    measures = pd.DataFrame([{
+        "measure_id": mid, "episode_id": "E1", "client_id": "C1", "instrument": code,
+        "rater": "client", "administered_at": "2026-02-02 10:00", "score_total": total,
+        "updated_at": "2026-02-02 10:00"} for mid, code, total, _ in rows])
+    items = pd.DataFrame([{"measure_id": mid, "item_number": n, "response": r}
+                          for mid, _, _, responses in rows
+                          for n, r in enumerate(responses, start=1)],
+                         columns=["measure_id", "item_number", "response"])
+    context = Context() if registry is None else Context(registry=registry)
+    out = validate({"clients": CLIENT, "episodes": EPISODE, "alliance_measures": measures,
+                    "alliance_items": items}, context)
+    held = out.rejects[out.rejects["table_name"] == "alliance_measures"]
+    return (dict(zip(held["row_key"], held["rule"], strict=True)),
+            dict(zip(held["row_key"], held["detail"], strict=True)))
+
+
+def test_any_well_formed_instrument_code_is_kept_registered_or_not() -> None:
+    """A clinic's own form nobody registered is stored and shown, never held for being
+    unknown (and its items are not checked: nothing says what they should be)."""
+    rules, _ = measured([("M1", "PHQ-9", 27.0, [3.0] * 9), ("M2", "k10.v2", None, [99.0]),
+                         ("M3", "ORS", 20.0, [5.0, 5.0, 5.0, 5.0]),
+                         ("M4", "x" * 16, None, [])])
+    assert rules == {}
+
+
+@pytest.mark.parametrize("code", ["PHQ 9", "x" * 17, "ORS\x00", "ÖRS", "O'RS"])
+def test_an_instrument_code_of_another_form_is_held(code: str) -> None:
+    rules, details = measured([("M1", code, 20.0, [])])
+    assert rules == {"M1": "malformed_code"}
+    assert "not a code of 1-16 letters, digits" in details["M1"]
+
+
+@pytest.mark.parametrize(("total", "responses", "rule", "said"), [
+    (41.0, [10, 10, 10, 10], "total_out_of_range", "score_total 41.0 is outside 0-40 (ORS)"),
+    (20.0, [5, 5, 5, 5, 0], "unknown_item", "item 5: item_number 5.0 is not an item of ORS"),
+    (20.0, [5, 5, 11, -1], "item_out_of_range", "item 3: response 11.0 is outside 0-10 (ORS)"),
+    (30.0, [5, 5, 5, 5], "total_disagrees_with_items",
+     "score_total 30.0 but items sum to 20.0 (ORS)"),
+])
+def test_a_registered_instrument_is_checked_against_its_registered_ranges_and_key(
+        total: float, responses: list[float], rule: str, said: str) -> None:
+    rules, details = measured([("M1", "ORS", total, responses),
+                               ("M2", "ORS", 22.5, [5.5, 6.0, 4.0, 7.0])])
+    assert rules == {"M1": rule}
+    assert details["M1"] == said
+
+
+def test_the_rules_come_from_the_registry_handed_in(tmp_path: Path) -> None:
+    """The context's registry decides: with a clinic's registry that has no ORS, an ORS
+    is a form nobody registered, kept unchecked; its own form is checked by its key."""
+    path = tmp_path / "instruments.toml"
+    path.write_text(OWN_FORM)
+    own = load_registry(path)
+    rows = [("M1", "ORS", 99.0, [50.0]),
+            # Item 2 is reversed: 5, 1, 4 score 5, 5, 4, a mean of 4.67.
+            ("M2", "CLINIC-X", 4.67, [5.0, 1.0, 4.0]),
+            # The mean of the answers as given (3.33) forgets to turn item 2.
+            ("M3", "CLINIC-X", 3.33, [5.0, 1.0, 4.0]),
+            ("M4", "CLINIC-X", 4.0, [5.0, 6.0, 4.0])]
+    rules, details = measured(rows, own)
+    assert rules == {"M3": "total_disagrees_with_items", "M4": "item_out_of_range"}
+    assert details["M3"] == ("score_total 3.33 but items average, reversed items turned, "
+                             "4.67 (CLINIC-X)")
+    shipped, _ = measured(rows[:1])
+    assert shipped == {"M1": "total_out_of_range"}
+
+
+def test_an_instrument_without_a_registered_key_keeps_its_given_total() -> None:
+    """The TAS's key is not registered: its total is never compared with a sum of the
+    items (which would be wrong by its reversed items); its ranges still hold."""
+    rules, details = measured([("M1", "TAS", 40.0, [4.0] * 12),
+                               ("M2", "TAS", 50.0, [4.0] * 12),
+                               ("M3", "TAS", 30.0, [0.0] + [3.0] * 11)])
+    assert rules == {"M2": "total_out_of_range", "M3": "item_out_of_range"}
+    assert details["M3"] == "item 1: response 0.0 is outside 1-4 (TAS)"
+
+
+def test_the_srs_and_wai_sr_keep_their_own_rules() -> None:
+    rules, _ = measured([("M1", "SRS", 41.0, [10.0] * 4), ("M2", "GSRS", 20.0, [5, 5, 5, 11]),
+                         ("M3", "WAI-SR", 61.0, [5.0] * 12)])
+    assert rules == {"M1": "srs_total_out_of_range", "M2": "srs_item_out_of_range",
+                     "M3": "wai_total_out_of_range"}

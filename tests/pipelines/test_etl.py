@@ -72,8 +72,9 @@ def test_first_run_is_a_full_reload_then_runs_are_incremental(source: Source,
     assert second.rows_read < source.count("clients") + 100  # type: ignore[attr-defined]
     with store_db.connect() as conn:
         marks = read_watermarks(conn)
-    assert set(marks) == {"episodes", "appointments", "alliance_measures", "consents",
-                          "client_identifiers", "client_contacts"}
+    assert set(marks) == {"episodes", "appointments", "alliance_measures",
+                          "session_observations", "consents", "client_identifiers",
+                          "client_contacts"}
     store_db.dispose()
 
 

@@ -14,6 +14,30 @@ from retention.clinic import contract
 from retention.clinic.data import ClinicData, from_frames
 from retention.clinic.instruments import WAI_SR_KEY
 
+# A clinic's own form for the instrument registry (config/instruments.toml), made up for
+# tests: three items 1-5, the second worded the other way round, its total the mean.
+OWN_FORM = """
+[instruments.CLINIC-X]
+name = "Our check-in"
+kind = "alliance"
+raters = ["client"]
+item_range = [1, 5]
+reversed = [2]
+total = "mean"
+total_range = [1, 5]
+higher_is = "better"
+model_input = false
+source = "the clinic's own form"
+
+[instruments.CLINIC-X.items]
+1 = "felt heard"
+2 = "felt rushed"
+3 = "worked on what matters"
+
+[instruments.CLINIC-X.subscales]
+bond = { items = [1, 2], score = "sum" }
+"""
+
 
 def at(day: str, hour: int = 10) -> datetime:
     """A timestamp on an ISO day, at ``hour`` o'clock."""
@@ -83,6 +107,44 @@ class ClinicBuilder:
                 {"measure_id": measure_id, "item_number": n, "response": float(response)})
         return measure_id
 
+    def ors(self, episode_id: str, when: datetime, items: Sequence[float],
+            appointment_id: str | None = None, total: float | None = None) -> str:
+        """A client's Outcome Rating Scale: four items 0-10, the total their sum (or
+        ``total``, as an EHR might have recorded it)."""
+        measure_id = self._id("M")
+        self._measure(measure_id, episode_id, when, "ORS", "client", appointment_id,
+                      float(sum(items)) if total is None else total, None)
+        for n, response in enumerate(items, start=1):
+            self.rows["alliance_items"].append(
+                {"measure_id": measure_id, "item_number": n, "response": float(response)})
+        return measure_id
+
+    def measure(self, episode_id: str, when: datetime, instrument: str, total: float | None,
+                rater: str = "client", items: Sequence[float] = ()) -> str:
+        """A measure of any instrument (a registered one, or a clinic's own), its total
+        as given and its items numbered from 1."""
+        measure_id = self._id("M")
+        self._measure(measure_id, episode_id, when, instrument, rater, None, total, None)
+        for n, response in enumerate(items, start=1):
+            self.rows["alliance_items"].append(
+                {"measure_id": measure_id, "item_number": n, "response": float(response)})
+        return measure_id
+
+    def observation(self, episode_id: str, observed_at: datetime, signs: str | None = None,
+                    rupture: bool = False, repair_steps: str | None = None,
+                    recorded_at: datetime | None = None, appointment_id: str | None = None,
+                    observation_id: str | None = None) -> str:
+        """What the therapist noted after a session: signs (space-separated codes), a
+        rupture, the repair steps taken; written at ``recorded_at`` (unknown: None)."""
+        observation_id = observation_id or self._id("O")
+        self.rows["session_observations"].append({
+            "observation_id": observation_id, "episode_id": episode_id,
+            "client_id": self._client_of(episode_id), "appointment_id": appointment_id,
+            "observed_at": observed_at, "recorded_at": recorded_at, "clinician_id": "th-1",
+            "signs": signs, "rupture": rupture, "repair_steps": repair_steps,
+            "updated_at": recorded_at or observed_at})
+        return observation_id
+
     def wai(self, episode_id: str, when: datetime, rater: str, items: Sequence[int]) -> str:
         measure_id = self._id("M")
         scales = {k: sum(items[i - 1] for i in key) / len(key) for k, key in WAI_SR_KEY.items()}
@@ -94,7 +156,7 @@ class ClinicBuilder:
         return measure_id
 
     def _measure(self, measure_id: str, episode_id: str, when: datetime, instrument: str,
-                 rater: str, appointment_id: str | None, total: float,
+                 rater: str, appointment_id: str | None, total: float | None,
                  scales: dict[str, float] | None) -> None:
         scales = scales or {}
         self.rows["alliance_measures"].append({

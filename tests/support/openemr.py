@@ -200,7 +200,8 @@ OUTCOMES = {"completed": 20, "dropped_out": 21, "left_against_advice": 22,
 CATEGORIES = {"individual": "individual_counseling", "group": "group_counseling",
               "family": "family_counseling", "intake": "intake_assessment",
               "medication": "medication_management", "case_management": "case_management"}
-FORMS = {"SRS": "LBFsrs", "GSRS": "LBFgsrs", "WAI-SR": "LBFwaisr"}
+FORMS = {"SRS": "LBFsrs", "GSRS": "LBFgsrs", "WAI-SR": "LBFwaisr", "ORS": "LBFors",
+         "TAS": "LBFtas"}
 # Published option ids of the lists the loader uses, with the language list's ISO codes.
 LANGUAGES = {"en": ("English", "en"), "es": ("Spanish", "es"), "vi": ("vietnamese", "vi"),
              "pt-BR": ("portuguese", "pt"), "zh-Hans": ("chinese", "zh"),
@@ -256,6 +257,8 @@ def carried(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     - client_identifiers: the chart number under OpenEMR's own FHIR system.
     - client_contacts: no preferred channel; language without region or script
       (``pt-BR`` is ``pt``); one row per patient; one patient_data.last_updated.
+    - session_observations: OpenEMR has no table for a therapist's structured session
+      note; nothing is mapped.
     """
     out = {name: frame.copy() for name, frame in frames.items()}
     clients = out["clients"]
@@ -263,6 +266,7 @@ def carried(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     measures = out["alliance_measures"]
     measures["updated_at"] = measures["administered_at"]
     out["consents"] = out["consents"].iloc[0:0]
+    out["session_observations"] = out["session_observations"].iloc[0:0]
     stamp = last_updated(frames)
     ids = out["client_identifiers"]
     ids["system"] = PUBPID_SYSTEM

@@ -67,7 +67,8 @@ class Source:
         with engine.begin() as conn:
             LOOSE.create_all(conn)
             for name, frame in frames.items():
-                rows = [{k: _as_text(v) for k, v in r.items()} for r in frame.to_dict("records")]
+                rows = [{str(k): _as_text(v) for k, v in r.items()}
+                        for r in frame.to_dict("records")]
                 conn.execute(insert(LOOSE.tables[name]), rows)
         return cls(url, engine, text_only=True)
 

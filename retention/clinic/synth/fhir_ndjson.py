@@ -8,7 +8,8 @@ resources deleted (a ``deleted`` file of DELETE Bundles, Bulk Data v2).
 What FHIR does not carry is made up here and never read back: an Appointment's end
 (its start plus 50 minutes: R4 wants both or neither), a Consent's scope and category.
 What the contract holds and FHIR carries once only is written once: a client's
-identifiers and contact details share the Patient's ``meta.lastUpdated`` (``as_exported``
+identifiers and contact details share the Patient's ``meta.lastUpdated``. Session notes
+(``session_observations``) have no FHIR mapping and are not written (``as_exported``
 gives the frames as the export carries them).
 """
 
@@ -38,8 +39,10 @@ SESSION_MINUTES = 50
 
 def as_exported(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The frames as an export carries them: a client's identifiers and contact details
-    last changed when the Patient did (the later of the two)."""
+    last changed when the Patient did (the later of the two); no session notes."""
     out = {name: frame.copy() for name, frame in frames.items()}
+    if "session_observations" in out:
+        out["session_observations"] = out["session_observations"].iloc[0:0]
     stamps = _patient_stamps(frames)
     for table in ("client_identifiers", "client_contacts"):
         frame = out[table]
