@@ -447,3 +447,255 @@ def test_even_a_small_clinic_has_a_client_without_a_row_and_a_row_without_a_phon
     c = small["client_contacts"]
     assert set(small["clients"]["client_id"]) - set(c["client_id"])
     assert c["phone"].isna().any()
+
+
+# --- ORS (PCOMS) and session notes ------------------------------------------------
+
+# A larger clinic for the published directions: a few hundred rated episodes each way.
+BIG = SynthConfig(end=date(2026, 6, 1), n_clients=2000, seed=12)
+
+
+@pytest.fixture(scope="module")
+def big() -> dict[str, pd.DataFrame]:
+    return generate(BIG)
+
+
+def _ors(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """ORS ratings in order within each episode, with their session and rank (0: intake)."""
+    measures = frames["alliance_measures"]
+    ors = measures[measures["instrument"] == "ORS"].merge(
+        frames["appointments"][["appointment_id", "scheduled_at", "service_type"]],
+        on="appointment_id").sort_values(["episode_id", "administered_at"])
+    return ors.assign(rank=ors.groupby("episode_id").cumcount())
+
+
+def _clinic_of(frames: dict[str, pd.DataFrame], rows: pd.DataFrame) -> pd.Series:
+    return rows["client_id"].map(frames["clients"].set_index("client_id")["clinic_id"])
+
+
+def test_ors_items_sum_to_the_total_at_the_start_of_sessions(
+        frames: dict[str, pd.DataFrame]) -> None:
+    ors = _ors(frames)
+    assert len(ors) > 500
+    assert (ors["rater"] == "client").all()
+    assert ors[["goal", "task", "bond"]].isna().all().all()
+    assert set(ors["service_type"]) == {"intake", "individual", "family"}
+    # Asked at the start: before the session's own SRS.
+    assert (ors["administered_at"] < ors["scheduled_at"] + pd.Timedelta(minutes=10)).all()
+    srs = frames["alliance_measures"].query("instrument == 'SRS'").set_index("appointment_id")
+    both = ors[ors["appointment_id"].isin(srs.index)]
+    assert len(both) > 100
+    assert (both["administered_at"].to_numpy()
+            < srs.loc[both["appointment_id"], "administered_at"].to_numpy()).all()
+    items = frames["alliance_items"]
+    wide = items[items["measure_id"].isin(ors["measure_id"])].pivot(
+        index="measure_id", columns="item_number", values="response")
+    assert [int(n) for n in wide.columns] == [1, 2, 3, 4]
+    responses = wide.to_numpy()
+    assert not np.isnan(responses).any()
+    assert ((responses >= 0) & (responses <= 10)).all()
+    assert np.allclose(responses, responses.round(1))
+    totals = ors.set_index("measure_id").loc[wide.index, "score_total"]
+    assert np.allclose(wide.sum(axis=1), totals, atol=1e-6)
+    assert 0.02 <= 1 - len(wide) / len(ors) <= 0.08  # a few carry totals only
+
+
+def test_ors_only_where_the_clinic_uses_pcoms(frames: dict[str, pd.DataFrame]) -> None:
+    ors = _ors(frames)
+    rating = set(_clinic_of(frames, ors))
+    assert len(rating) == round(CONFIG.pcoms_share * CONFIG.n_clinics) == 2
+    episodes = frames["episodes"]
+    in_pcoms = _clinic_of(frames, episodes).isin(rating)
+    # Every episode of a PCOMS clinic has its intake rated, unless totals only...
+    assert episodes.loc[in_pcoms, "episode_id"].isin(ors["episode_id"]).mean() > 0.95
+    # ...and no episode elsewhere has any.
+    assert not episodes.loc[~in_pcoms, "episode_id"].isin(ors["episode_id"]).any()
+    intake = ors[ors["rank"] == 0]
+    assert (intake["service_type"] == "intake").all()
+
+
+def test_intake_ors_is_mostly_below_the_clinical_cutoff(frames: dict[str, pd.DataFrame]) -> None:
+    intake = _ors(frames).query("rank == 0")["score_total"]
+    assert 0.7 <= (intake < 25).mean() <= 0.9
+    assert 16 <= intake.mean() <= 22
+
+
+def _dose(frames: dict[str, pd.DataFrame], ors: pd.DataFrame) -> pd.Series:
+    """Therapy sessions (individual, family, group) attended in the episode before each rating."""
+    appointments = frames["appointments"]
+    therapy = appointments[(appointments["status"] == "attended")
+                           & appointments["service_type"].isin(["individual", "family", "group"])]
+    merged = ors[["episode_id", "scheduled_at"]].reset_index().merge(
+        therapy[["episode_id", "scheduled_at"]].rename(columns={"scheduled_at": "t"}),
+        on="episode_id", how="left")
+    before = (merged["t"] < merged["scheduled_at"]).groupby(merged["index"]).sum()
+    return before.reindex(ors.index).astype(int)
+
+
+def test_ors_change_follows_the_dose_effect_curve(big: dict[str, pd.DataFrame]) -> None:
+    """Howard et al. (1986): about half improved by 8 sessions, more by 20-plus; smaller
+    gains from higher intakes."""
+    ors = _ors(big)
+    ors = ors.assign(dose=_dose(big, ors))
+    intake = ors[ors["rank"] == 0].set_index("episode_id")["score_total"]
+    ors["change"] = ors["score_total"] - ors["episode_id"].map(intake)
+
+    def improved(low: int, high: int) -> pd.Series:
+        first = ors[ors["dose"].between(low, high)].groupby("episode_id").first()
+        assert len(first) >= 50
+        return first["change"] >= 5  # the ORS reliable change index
+
+    early, at_eight, late = improved(1, 2), improved(8, 10), improved(20, 30)
+    assert 0.4 <= at_eight.mean() <= 0.7
+    assert early.mean() < at_eight.mean() < late.mean()
+    later = ors[ors["dose"] >= 8].groupby("episode_id").first()
+    start = intake.reindex(later.index)
+    assert later.loc[start < 20, "change"].mean() > later.loc[start >= 25, "change"].mean() + 2
+
+
+def test_not_on_track_clients_drop_out_more(big: dict[str, pd.DataFrame]) -> None:
+    """Less than the reliable change of 5 points by the fourth rating: more dropouts."""
+    ors = _ors(big)
+    intake = ors[ors["rank"] == 0].set_index("episode_id")["score_total"]
+    fourth = ors[ors["rank"] == 3].set_index("episode_id")["score_total"]
+    reasons = big["episodes"].set_index("episode_id")["discharge_reason"]
+    ended = reasons.reindex(fourth.index).notna()
+    change = (fourth - intake.reindex(fourth.index))[ended]
+    dropped = reasons.reindex(change.index).isin(DROPOUTS)
+    not_on_track = change < 5
+    assert not_on_track.sum() >= 100 and (~not_on_track).sum() >= 100
+    assert dropped[not_on_track].mean() > 1.3 * dropped[~not_on_track].mean()
+
+
+def test_session_notes_are_valid(frames: dict[str, pd.DataFrame]) -> None:
+    notes = frames["session_observations"]
+    assert len(notes) > 300
+    signs = notes["signs"].dropna().str.split(" ").explode()
+    assert set(signs) == set(contract.SIGNS)  # every sign occurs
+    steps = notes["repair_steps"].dropna().str.split(" ").explode()
+    assert set(steps) == set(contract.REPAIR_STEPS)
+    assert not notes["signs"].dropna().str.split(" ").map(lambda s: len(s) != len(set(s))).any()
+    # A repair is recorded only with a rupture; most noted ruptures have one.
+    assert notes.loc[notes["repair_steps"].notna(), "rupture"].all()
+    assert 0.5 <= notes.loc[notes["rupture"], "repair_steps"].notna().mean() <= 0.85
+    assert 0.03 <= notes["rupture"].mean() <= 0.15
+    assert 0.15 <= notes["signs"].notna().mean() <= 0.45
+    # Written after an attended session, by its clinician, the same day or a few days on.
+    appointments = frames["appointments"].set_index("appointment_id")
+    session = appointments.loc[notes["appointment_id"]]
+    assert (session["status"] == "attended").all()
+    assert set(session["service_type"]) == {"individual", "family", "group"}
+    assert (session["clinician_id"].to_numpy() == notes["clinician_id"].to_numpy()).all()
+    assert (session["episode_id"].to_numpy() == notes["episode_id"].to_numpy()).all()
+    assert (notes["observed_at"].to_numpy() == session["scheduled_at"].to_numpy()).all()
+    recorded = notes["recorded_at"]
+    assert 0.05 <= recorded.isna().mean() <= 0.15
+    lag = (recorded - notes["observed_at"]).dropna()
+    assert (lag > pd.Timedelta(0)).all() and (lag < pd.Timedelta(days=6)).all()
+    assert 0.5 <= (lag.dt.days == 0).mean() <= 0.75
+    assert (notes["updated_at"] >= notes["observed_at"]).all()
+    assert (recorded.isna() | (notes["updated_at"] == recorded)).all()
+    noting = set(_clinic_of(frames, notes))
+    assert len(noting) == round(CONFIG.notes_share * CONFIG.n_clinics)
+    assert notes["observation_id"].str.fullmatch(r"O\d{8}").all()
+
+
+def test_the_etl_takes_every_ors_and_note(frames: dict[str, pd.DataFrame]) -> None:
+    out = validate(frames, Context())
+    assert out.rejects.empty
+    assert len(out.valid["session_observations"]) == len(frames["session_observations"])
+    assert (out.valid["alliance_measures"]["instrument"] == "ORS").sum() == len(_ors(frames))
+
+
+def test_signs_are_likelier_with_a_lower_srs(big: dict[str, pd.DataFrame]) -> None:
+    notes = big["session_observations"]
+    srs = big["alliance_measures"].query("instrument in ['SRS', 'GSRS']")
+    rated = notes.merge(srs[["appointment_id", "score_total"]], on="appointment_id")
+    low = rated["score_total"] < 36
+    assert low.sum() >= 300 and (~low).sum() >= 300
+    assert rated.loc[low, "signs"].notna().mean() > rated.loc[~low, "signs"].notna().mean() + 0.1
+
+
+def test_repaired_ruptures_recover_and_drop_out_less(big: dict[str, pd.DataFrame]) -> None:
+    """Eubanks, Muran & Safran (2018): resolved ruptures go with better outcomes."""
+    appointments = big["appointments"][["appointment_id", "scheduled_at", "service_type"]]
+    ruptures = big["session_observations"].query("rupture").merge(appointments,
+                                                                  on="appointment_id")
+    ruptures = ruptures.assign(
+        repaired=ruptures["repair_steps"].notna(),
+        instrument=np.where(ruptures["service_type"] == "group", "GSRS", "SRS"))
+    srs = big["alliance_measures"].query("instrument in ['SRS', 'GSRS']").merge(
+        appointments, on="appointment_id")
+    following = pd.merge_asof(
+        ruptures.sort_values("scheduled_at"),
+        srs[["episode_id", "instrument", "scheduled_at", "score_total"]].sort_values(
+            "scheduled_at"),
+        on="scheduled_at", by=["episode_id", "instrument"], direction="forward",
+        allow_exact_matches=False).dropna(subset=["score_total"])
+    recovered = (following["score_total"] >= 36).groupby(following["repaired"]).mean()
+    counts = following.groupby("repaired").size()
+    assert counts.min() >= 50
+    assert recovered[True] > recovered[False] + 0.05
+    reasons = big["episodes"].set_index("episode_id")["discharge_reason"]
+    all_repaired = ruptures.groupby("episode_id")["repaired"].all()
+    all_repaired = all_repaired[reasons.reindex(all_repaired.index).notna()]
+    dropped = reasons.reindex(all_repaired.index).isin(DROPOUTS)
+    assert all_repaired.sum() >= 50 and (~all_repaired).sum() >= 50
+    assert dropped[all_repaired].mean() < dropped[~all_repaired].mean() - 0.05
+
+
+def test_a_few_clients_have_tas_totals_from_client_and_therapist(
+        frames: dict[str, pd.DataFrame]) -> None:
+    measures = frames["alliance_measures"]
+    tas = measures[measures["instrument"] == "TAS"]
+    clients = tas["client_id"].nunique()
+    # A tenth of clients are chosen; those with an individual session two weeks in are rated.
+    assert 0.03 <= clients / len(frames["clients"]) <= 0.1
+    assert set(_clinic_of(frames, tas)) == set(frames["clients"]["clinic_id"])
+    # Totals only (no scoring key is registered), within the form's 12-48.
+    assert not tas["measure_id"].isin(frames["alliance_items"]["measure_id"]).any()
+    assert tas["score_total"].between(12, 48).all()
+    assert (tas["score_total"] == tas["score_total"].round()).all()
+    assert tas[["goal", "task", "bond"]].isna().all().all()
+    per_session = tas.groupby("appointment_id")["rater"].agg(sorted)
+    assert all(raters == ["client", "therapist"] for raters in per_session)
+    session = frames["appointments"].set_index("appointment_id").loc[tas["appointment_id"]]
+    assert (session["service_type"] == "individual").all()
+    by_rater = tas.groupby("rater")["score_total"].mean()
+    assert by_rater["therapist"] < by_rater["client"]
+
+
+def test_ors_and_notes_leave_the_other_tables_as_they_were(
+        frames: dict[str, pd.DataFrame]) -> None:
+    """They (and the TAS) draw from a stream of their own: without them every other row
+    is the same."""
+    without = generate(replace(CONFIG, pcoms_share=0.0, notes_share=0.0, tas_share=0.0))
+    assert without["session_observations"].empty
+    assert not without["alliance_measures"]["instrument"].isin(["ORS", "TAS"]).any()
+    measures = frames["alliance_measures"]
+    kept = measures[~measures["instrument"].isin(["ORS", "TAS"])]
+    pd.testing.assert_frame_equal(without["alliance_measures"], kept)
+    items = frames["alliance_items"]
+    pd.testing.assert_frame_equal(
+        without["alliance_items"],
+        items[items["measure_id"].isin(kept["measure_id"])].reset_index(drop=True))
+    for name in contract.TABLES:
+        if name not in ("alliance_measures", "alliance_items", "session_observations"):
+            pd.testing.assert_frame_equal(without[name], frames[name])
+
+
+def test_another_seed_gives_other_ratings_and_notes(frames: dict[str, pd.DataFrame]) -> None:
+    other = generate(replace(CONFIG, seed=CONFIG.seed + 1))
+    assert not other["session_observations"].equals(frames["session_observations"])
+    ors = other["alliance_measures"].query("instrument == 'ORS'")["score_total"]
+    assert not ors.reset_index(drop=True).equals(_ors(frames)["score_total"].reset_index(
+        drop=True))
+
+
+def test_shares_are_validated() -> None:
+    with pytest.raises(ValueError):
+        SynthConfig(end=date(2026, 6, 1), pcoms_share=1.5)
+    with pytest.raises(ValueError):
+        SynthConfig(end=date(2026, 6, 1), notes_share=-0.1)
+    with pytest.raises(ValueError):
+        SynthConfig(end=date(2026, 6, 1), tas_share=2.0)

@@ -30,6 +30,13 @@ class SynthConfig:
     # Planned episode lengths are multiplied by this (1: as published); longer episodes
     # make a larger open caseload for the same number of clients.
     episode_length_scale: float = 1.0
+    # Share of clinics that use PCOMS (an ORS at the start of sessions), and share whose
+    # therapists note signs, ruptures and repairs after sessions; ``round(share *
+    # n_clinics)`` clinics, drawn from a stream apart from the rest of the simulation.
+    pcoms_share: float = 2 / 3
+    notes_share: float = 2 / 3
+    # Share of clients also rated on the TAS (totals, by client and therapist).
+    tas_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.n_clients < 1 or self.n_clinics < 1:
@@ -40,6 +47,8 @@ class SynthConfig:
             raise ValueError("extra_sessions_per_week must be between 0 and 4")
         if not 0.25 <= self.episode_length_scale <= 10:
             raise ValueError("episode_length_scale must be between 0.25 and 10")
+        if not all(0 <= s <= 1 for s in (self.pcoms_share, self.notes_share, self.tas_share)):
+            raise ValueError("pcoms_share, notes_share and tas_share must be between 0 and 1")
 
 
 DAY = 1440

@@ -28,6 +28,11 @@ class Sink:
     consents: list[tuple[Any, ...]] = field(default_factory=list)
     identifiers: list[tuple[Any, ...]] = field(default_factory=list)
     contacts: list[tuple[Any, ...]] = field(default_factory=list)
+    # ORS ratings and TAS totals, and the ORS items (item rows index ``outcome_measures``),
+    # drawn from a stream apart: numbered after ``measures``, which keep their ids.
+    outcome_measures: list[tuple[Any, ...]] = field(default_factory=list)
+    outcome_items: list[tuple[Any, ...]] = field(default_factory=list)
+    observations: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _columns(name: str) -> list[str]:
@@ -53,8 +58,10 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
     """Turn the row tuples into typed frames and resolve row indices into ids."""
     appt_width = max(8, len(str(len(sink.appointments))))
     appt_ids = [f"A{i:0{appt_width}d}" for i in range(1, len(sink.appointments) + 1)]
-    measure_width = max(8, len(str(len(sink.measures))))
-    measure_ids = [f"M{i:0{measure_width}d}" for i in range(1, len(sink.measures) + 1)]
+    all_measures = sink.measures + sink.outcome_measures
+    all_items = sink.items + [(len(sink.measures) + m, n, v) for m, n, v in sink.outcome_items]
+    measure_width = max(8, len(str(len(all_measures))))
+    measure_ids = [f"M{i:0{measure_width}d}" for i in range(1, len(all_measures) + 1)]
 
     clients = pd.DataFrame(sink.clients, columns=_columns("clients"))
     clients["birth_year"] = clients["birth_year"].astype("int64")
@@ -89,7 +96,7 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
         }
     )
 
-    ms = list(zip(*sink.measures, strict=True)) or [()] * 11
+    ms = list(zip(*all_measures, strict=True)) or [()] * 11
     measures = pd.DataFrame(
         {
             "measure_id": measure_ids,
@@ -107,12 +114,30 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
         }
     )
 
-    it = list(zip(*sink.items, strict=True)) or [()] * 3
+    it = list(zip(*all_items, strict=True)) or [()] * 3
     items = pd.DataFrame(
         {
             "measure_id": [measure_ids[i] for i in it[0]],
             "item_number": np.asarray(it[1], dtype="int64"),
             "response": np.asarray(it[2], dtype="float64"),
+        }
+    )
+    ob = list(zip(*sink.observations, strict=True)) or [()] * 10
+    observation_width = max(8, len(str(len(sink.observations))))
+    observations = pd.DataFrame(
+        {
+            "observation_id": [f"O{i:0{observation_width}d}"
+                               for i in range(1, len(sink.observations) + 1)],
+            "episode_id": list(ob[0]),
+            "client_id": list(ob[1]),
+            "appointment_id": [appt_ids[i] for i in ob[2]],
+            "observed_at": _timestamps(ob[3]),
+            "recorded_at": _optional_timestamps(ob[4]),
+            "clinician_id": list(ob[5]),
+            "signs": pd.Series(list(ob[6]), dtype=object),
+            "rupture": np.asarray(ob[7], dtype=bool),
+            "repair_steps": pd.Series(list(ob[8]), dtype=object),
+            "updated_at": _timestamps(ob[9]),
         }
     )
     cs = list(zip(*sink.consents, strict=True)) or [()] * 7
@@ -159,6 +184,7 @@ def to_frames(sink: Sink) -> dict[str, pd.DataFrame]:
         "appointments": appointments,
         "alliance_measures": measures,
         "alliance_items": items,
+        "session_observations": observations,
         "consents": consents,
         "client_identifiers": identifiers,
         "client_contacts": contacts,

@@ -17,6 +17,36 @@ learn arise the way they do in clinics rather than being painted on:
 * SRS/GSRS follow the client's alliance with a ceiling effect and occasional
   ruptures; WAI-SR is rated by client and therapist, and the therapist's rating
   tracks engagement, so the client-therapist gap widens before dropout.
+* Clinics that use PCOMS (``SynthConfig.pcoms_share``) ask for an ORS at the start of
+  the intake and of each individual or family session (``outcome``). Wellbeing follows
+  the dose-effect curve of Howard, Kopta, Krause & Orlinsky (1986, American
+  Psychologist 41:159-164: about half of clients reliably improved by 8 sessions,
+  three quarters by 26; over seeds the simulation gives about 0.6 by 8 and 0.75-0.9
+  by 26 among those still rated, who are the better responders), with smaller gains
+  from higher intakes;
+  stronger alliances (r = .28, Flückiger et al. 2018) and engagement improve sooner.
+  About 6% of episodes worsen reliably (Lambert & Ogles 2004: 5-10%).
+  Lack of progress has no hazard of its own: not-on-track clients drop out more
+  (1.4-2.3 times as often over seeds, judged by less than 5 points of change by the
+  fourth rating) because progress and dropout share the latent state -- the
+  direction the feedback literature supports (Lambert, Whipple & Kleinstäuber 2018,
+  Psychotherapy 55:520-537), with no published strength to copy.
+* Therapists in some clinics (``SynthConfig.notes_share``) note signs of strain, a
+  rupture and the repair steps after some sessions (``notes``). Signs grow likelier as
+  bond, goal/task agreement and engagement weaken; about 70% of ruptures are noted;
+  repair steps are recorded for most resolved ruptures and some unresolved ones.
+  Unresolved ruptures linger (above), so repaired ruptures recover on the next SRS
+  and end in dropout less often, as rupture resolution goes with better outcomes
+  (Safran, Muran & Eubanks-Carter 2011, Psychotherapy 48:80-87: r = .24; Eubanks,
+  Muran & Safran 2018, Psychotherapy 55:508-519: r = .29). Here the association of a
+  recorded repair with staying is weaker (r = .02-.14 over seeds; dropout 27% against
+  34%): dropout is not the published outcome, and the repair record is noisy.
+* A few clients (``SynthConfig.tas_share``, drawn apart from age and every other
+  trait) are also rated on the TAS (Therapeutic Alliance Scale for Children, revised,
+  as ``config/instruments.toml`` registers it) by client and therapist, about monthly
+  like the WAI-SR: totals only (12-48), since which items are reverse-scored is not
+  registered. It is a youth measure and these clients are adults: it is here so the
+  registered-form path is exercised, not as a model of who would be rated with it.
 
 Demographics (birth year, sex, race/ethnicity) are drawn independently of every
 behavioural latent and never influence behaviour, so a fairness report on this
@@ -24,8 +54,10 @@ data measures the model, not the simulation.
 
 Everything comes from one ``numpy.random.default_rng(seed)`` stream consumed in
 a fixed order, so a config always yields bit-identical tables (consents and
-identifiers draw from a stream of their own, ``retention.clinic.synth.consents``, and
-the made-up contact details from another, ``retention.clinic.synth.contacts``).
+identifiers draw from a stream of their own, ``retention.clinic.synth.consents``, the
+made-up contact details from another, ``retention.clinic.synth.contacts``, and the ORS
+ratings and session notes from a third, so the other tables are the same whichever
+clinics collect them: ORS rows are numbered after the alliance measures).
 Rows are built as tuples and timestamps as integer minutes, which keeps 100,000
 clients feasible.
 """
@@ -41,6 +73,7 @@ import numpy as np
 import pandas as pd
 
 from retention.clinic.instruments import WAI_SR_KEY
+from retention.clinic.synth import notes, outcome
 from retention.clinic.synth.config import DAY, EPOCH_ORDINAL, SynthConfig, day_number, weekday_of
 from retention.clinic.synth.consents import add_consents_and_identifiers
 from retention.clinic.synth.contacts import add_contacts
@@ -129,6 +162,7 @@ _WAI_FIRST_DAY = 14
 _WAI_INTERVAL_DAYS = 26
 _RUPTURE_BASE = -3.2
 _RUPTURE_REPAIR = 0.55
+_AUX_STREAM = 61_206  # mixed into the seed: ORS and session notes, apart from the above
 
 _CLINIC_NAMES = ("north", "south", "east", "west", "central", "river", "hill", "lake")
 _RACE = ("white", "black", "hispanic", "asian", "native_american", "multiracial", "other")
@@ -415,8 +449,9 @@ class _State:
         self.engagement -= _MISS_PENALTY
         return _miss_status(u[5])
 
-    def rupture(self, u: float, rng: np.random.Generator) -> tuple[float, bool]:
-        """Points lost to a rupture in this session (0 if none) and whether it hit the bond.
+    def rupture(self, u: float, rng: np.random.Generator) -> tuple[float, bool, bool]:
+        """Points lost to a rupture in this session (0 if none), whether it hit the bond,
+        and whether it was resolved.
 
         Repaired ruptures show in one session only; unrepaired ones linger in
         ``rupture_load``, depressing later ratings and attendance and raising hazard.
@@ -425,13 +460,14 @@ class _State:
         deviation = self.engagement - self.mean_engagement
         p = 1.0 / (1.0 + math.exp(-_RUPTURE_BASE + 0.5 * alliance + 0.4 * deviation))
         if u >= p:
-            return 0.0, False
+            return 0.0, False, False
         points = 6.0 + 6.0 * rng.random()
         bond_type = rng.random() < 0.4
-        if rng.random() >= _RUPTURE_REPAIR + 0.1 * self.bond:
+        resolved = rng.random() < _RUPTURE_REPAIR + 0.1 * self.bond
+        if not resolved:
             self.rupture_load += 1.0
             self.engagement -= 0.4
-        return points, bond_type
+        return points, bond_type, resolved
 
 
 class _EpisodeRun:
@@ -439,10 +475,16 @@ class _EpisodeRun:
 
     def __init__(
         self, ep: _Episode, client: _Client, end_day: int, rng: np.random.Generator, sink: Sink,
-        extra: int = 0,
+        extra: int = 0, aux: np.random.Generator | None = None, pcoms: bool = False,
+        notes: bool = False, tas: bool = False,
     ) -> None:
         self.ep, self.c, self.rng, self.sink = ep, client, rng, sink
         self.extra = extra
+        # ORS and session notes draw from ``aux`` only, so the other tables stay as they
+        # were whichever clinics collect them.
+        self.aux = aux if aux is not None else np.random.default_rng([_AUX_STREAM, 0])
+        self.pcoms, self.notes, self.tas = pcoms, notes, tas
+        self.last_tas_day = -(10**9)
         self.program = _PROGRAMS[ep.program]
         self.end_day = end_day
         self.end = end_day * DAY
@@ -463,7 +505,8 @@ class _EpisodeRun:
         normals = rng.standard_normal((len(starts), 6)).tolist()
         intake_booked = intake - int(rng.uniform(1.0, 14.0) * DAY)
         updated = _resolved_at("attended", intake, "intake", intake_booked, end, rng.random())
-        self._appointment(intake, intake_booked, "attended", "intake", False, updated)
+        intake_appt = self._appointment(intake, intake_booked, "attended", "intake", False,
+                                        updated)
 
         mean_e = c.engagement + ep.engagement_shift
         state = _State(
@@ -473,6 +516,10 @@ class _EpisodeRun:
             c.goal_task,
             c.clinic.clinician_effect[c.clinician],
         )
+        # Drawn for every episode, rated only where the clinic uses PCOMS.
+        self.wellbeing = outcome.start((c.bond + c.goal_task) / 2, mean_e, self.aux)
+        if self.pcoms:
+            self._rate_outcome(state, intake_appt, intake)
         attend_base = self.program.attend_logit + c.clinic.attend_shift
         t_prev = last_attended = intake
         exit_reason: str | None = None
@@ -499,8 +546,12 @@ class _EpisodeRun:
             appt = self._appointment(t, booked[k], status, service, tele[k], updated)
             if status == "attended":
                 last_attended = t
+                if self.pcoms and service in outcome.RATED:
+                    self._rate_outcome(state, appt, t)
                 if service in _SRS_FIDELITY:
                     self._rate_alliance(state, appt, t, service, days_in, u[7], z)
+                if service in outcome.THERAPY:
+                    self.wellbeing.dose += 1
             t_prev = t
         else:
             k = len(starts)
@@ -524,8 +575,16 @@ class _EpisodeRun:
         u: float,
         z: Sequence[float],
     ) -> None:
-        """SRS (GSRS in groups) at the end of an attended session; WAI-SR about monthly."""
-        points, bond_type = state.rupture(u, self.rng)
+        """SRS (GSRS in groups) at the end of an attended session; WAI-SR about monthly.
+
+        Where therapists keep session notes, the note on this session follows.
+        """
+        before = (state.engagement - state.mean_engagement, state.misses, state.rupture_load)
+        points, bond_type, resolved = state.rupture(u, self.rng)
+        if self.notes:
+            strain = notes.Strain(state.bond, state.goal_task, *before, rupture=points > 0,
+                                  bond_rupture=bond_type)
+            self._note(appt, start, service, strain, resolved)
         if self.rng.random() < _SRS_FIDELITY[service]:
             # Alliances build over the first weeks; unrepaired ruptures depress every item.
             shift = state.clinician_shift + 0.35 * state.rupture_load
@@ -536,6 +595,79 @@ class _EpisodeRun:
             self._measure(appt, instrument, "client", at, items)
         if service == "individual":
             self._maybe_wai(state, appt, start)
+            if self.tas:
+                self._maybe_tas(state, appt, start)
+
+    def _rate_outcome(self, state: _State, appt: int, start: int) -> None:
+        """ORS at the start of an attended session, from the client's wellbeing today."""
+        items = outcome.ors_items(self.wellbeing, state.engagement - state.mean_engagement,
+                                  state.rupture_load, self.aux)
+        with_items = self.aux.random() >= _NO_ITEMS_SHARE
+        self._aux_measure(appt, "ORS", "client", start + 2, round(sum(items), 1),
+                          items if with_items else None)
+
+    def _maybe_tas(self, state: _State, appt: int, start: int) -> None:
+        """TAS totals by client and therapist, on the WAI-SR's monthly rhythm.
+
+        Totals only: which items are reverse-scored is not registered, so no item
+        responses are made up. Client ratings sit near the ceiling; the therapist's
+        follow engagement, as on the WAI-SR.
+        """
+        day = start // DAY
+        if day - self.ep.admit_day < _WAI_FIRST_DAY or day - self.last_tas_day < _WAI_INTERVAL_DAYS:
+            return
+        self.last_tas_day = day
+        alliance, load = (state.bond + state.goal_task) / 2, state.rupture_load
+        drift = state.engagement - state.mean_engagement
+        z = self.aux.standard_normal(2).tolist()
+        means = {
+            "client": 3.45 + 0.3 * alliance - 0.25 * load + 0.2 * z[0],
+            "therapist": 3.2 + 0.2 * alliance + 0.45 * drift + 0.15 * self.c.engagement
+            - 0.3 * load + 0.2 * z[1],
+        }
+        at = start + _DURATION["individual"] - 8
+        for k, (rater, mean) in enumerate(means.items()):
+            total = float(min(48, max(12, round(12 * mean))))
+            self._aux_measure(appt, "TAS", rater, at + 5 * k, total, None)
+
+    def _aux_measure(
+        self, appt: int, instrument: str, rater: str, at: int, total: float,
+        items: Sequence[float] | None,
+    ) -> None:
+        """A measure (and its items, if any) from the stream apart: numbered after the rest."""
+        aux, sink = self.aux, self.sink
+        index = len(sink.outcome_measures)
+        updated = at + int(aux.integers(0, 60)) if aux.random() < 0.3 else at
+        sink.outcome_measures.append((self.ep.episode_id, self.c.client_id, appt, instrument,
+                                      rater, at, total, None, None, None, updated))
+        if items is not None:
+            sink.outcome_items.extend((index, n + 1, v) for n, v in enumerate(items))
+
+    def _note(
+        self, appt: int, start: int, service: str, strain: notes.Strain, resolved: bool
+    ) -> None:
+        """The therapist's note on an attended session, if one is written before the snapshot.
+
+        Most are written the same day, some one to four days later; a few EHRs do not
+        say when (``recorded_at`` null).
+        """
+        note = notes.take_note(strain, resolved, service, self.aux)
+        if note is None:
+            return
+        u, v, w = self.aux.random(3).tolist()
+        session_end = start + _DURATION[service]
+        if u < 0.6:
+            written = session_end + 10 + int(v * min(240, DAY - 11 - session_end % DAY))
+        else:
+            written = (start // DAY + 1 + int(v * 4)) * DAY + 9 * 60 + int(w * 480)
+        if written >= self.end:
+            return
+        recorded = None if w < 0.1 else written
+        clinician = self.sink.appointments[appt][7]
+        self.sink.observations.append((
+            self.ep.episode_id, self.c.client_id, appt, start, recorded, clinician,
+            note.signs, note.rupture, note.repair_steps, written,
+        ))
 
     def _maybe_wai(self, state: _State, appt: int, start: int) -> None:
         """WAI-SR about monthly, by client and therapist; the therapist sees disengagement.
@@ -697,7 +829,10 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
     timestamps naive ``datetime64``. Pure: the same config gives identical frames.
     """
     rng = np.random.default_rng(config.seed)
+    aux = np.random.default_rng([_AUX_STREAM, config.seed])
     clinics = _clinics(config.n_clinics, rng)
+    pcoms = _some_clinics(clinics, config.pcoms_share, aux)
+    noting = _some_clinics(clinics, config.notes_share, aux)
     clinic_p = rng.dirichlet(np.full(config.n_clinics, 6.0))
     end_day = day_number(config.end)
     first_day = end_day - config.history_days
@@ -712,6 +847,8 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
         admit_day = first_day + int(rng.random() * span)
         birth_year, sex, race = _demographics(_year(admit_day), rng)
         case_manager = None if rng.random() < 0.03 else str(rng.choice(clinic.case_managers))
+        # Independent of age and every other trait: no feature can stand in for them.
+        tas = bool(aux.random() < config.tas_share)
         sink.clients.append((client_id, clinic.name, case_manager, birth_year, sex, race))
         episode = 1
         while True:
@@ -722,7 +859,8 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
                 f"E{number:0{width}d}-{episode}", program, admit_day, planned, -0.25 * (episode - 1)
             )
             discharged = _EpisodeRun(ep, c, end_day, rng, sink,
-                                     config.extra_sessions_per_week).run()
+                                     config.extra_sessions_per_week, aux,
+                                     clinic.name in pcoms, clinic.name in noting, tas).run()
             if not returns or episode > 1 or discharged is None:
                 break
             admit_day = discharged + int(rng.integers(14, 151))
@@ -732,6 +870,13 @@ def generate(config: SynthConfig) -> dict[str, pd.DataFrame]:
     add_consents_and_identifiers(sink, config)  # a stream of its own: the above is unchanged
     add_contacts(sink, config)  # another stream of its own: made-up names and phones
     return to_frames(sink)
+
+
+def _some_clinics(clinics: Sequence[_Clinic], share: float,
+                  aux: np.random.Generator) -> frozenset[str]:
+    """The names of ``round(share * n)`` clinics, drawn from ``aux``."""
+    chosen = aux.permutation(len(clinics))[:round(share * len(clinics))]
+    return frozenset(clinics[int(i)].name for i in chosen)
 
 
 def _year(day: int) -> int:
