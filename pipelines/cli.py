@@ -26,6 +26,7 @@ COMMANDS = {
     "db": "retention.pipelines.commands.db:db",
     "etl": "retention.pipelines.commands.data:etl",
     "quality": "retention.pipelines.commands.data:quality",
+    "trajectory": "retention.pipelines.commands.data:trajectory",
     "runs": "retention.pipelines.commands.data:runs",
     "train": "retention.pipelines.commands.model:train",
     "models": "retention.pipelines.commands.model:models",

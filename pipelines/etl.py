@@ -21,6 +21,7 @@ from functools import partial
 from sqlalchemy import Engine, func, select
 
 from retention.clinic.data import ClinicData
+from retention.clinic.registry import Registry, default_registry
 from retention.clock import Clock, SystemClock
 from retention.db import bulk, locks
 from retention.etl import load
@@ -67,14 +68,17 @@ def run_etl(
     full: bool | None = None,
     clock: Clock | None = None,
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    registry: Registry | None = None,
 ) -> EtlResult:
     """Bring the store's copy up to date with the source and store features for ``as_of``.
 
     ``full`` forces (True) or forbids (False) a full reload; by default a run is
     full when the store has no watermark yet or the last full reload is older
     than ``full_reload_after_days`` (by ``clock``). Waits up to ``lock_wait_seconds``
-    while another ETL run writes the store.
+    while another ETL run writes the store. ``registry`` (``Settings.instruments``; the
+    shipped one by default) checks the measures and says what the features read.
     """
+    registry = registry or default_registry()
     etl = etl or EtlSettings()
     clock = clock or SystemClock()
     with _etl_lock(store_db, lock_wait_seconds), recorded_run(store_db, "etl", as_of,
@@ -107,7 +111,7 @@ def run_etl(
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
         with store_db.begin() as conn:
-            checked = load.check(conn, raw, etl, full)
+            checked = load.check(conn, raw, etl, full, registry)
             watch.lap("check")
             run.rows_quarantined = checked.rows_quarantined
             run.detail.update(checked.detail)
@@ -115,9 +119,9 @@ def run_etl(
             applied = load.apply(conn, checked, raw, source_now, full=full, run_id=run.run_id,
                                  marks=marks)
             watch.lap("load")
-            data = read_scoped_copy(conn, as_of, etl.lookback_days)
+            data = read_scoped_copy(conn, as_of, etl.lookback_days, registry)
             watch.lap("scoped_read")
-            features = build_features(data, as_of)
+            features = build_features(data, as_of, registry)
             watch.lap("features")
             feature_changes = write_features(conn, as_of, features, FEATURE_NAMES, run.run_id)
             watch.lap("write_features")

@@ -58,12 +58,13 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     bad model fails the run early and the last good list stays published.
     """
     model = artifacts.load(settings.models_dir, key=signing.model_key(settings))
-    catalogue = load_catalogue(settings.reasons_file)
+    catalogue = load_catalogue(settings.reasons_file, settings.instruments)
     etl = settings.etl
-    source = open_source(settings.source_url, settings.etl)
+    source = open_source(settings.source_url, settings.etl, settings.instruments)
     store_db = store_engine(settings.store_url)
     try:
-        extracted = run_etl(source, store_db, as_of, etl, full=full)
+        extracted = run_etl(source, store_db, as_of, etl, full=full,
+                            registry=settings.instruments)
         handed = None if extracted.scoped is None or extracted.copy_version is None else (
             extracted.scoped, extracted.copy_version)
         scored = run_scoring(settings, store_db, model, catalogue, as_of, handed)

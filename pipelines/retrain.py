@@ -47,9 +47,10 @@ def run_retrain(settings: Settings, as_of: date) -> RetrainResult:
         with locks.try_lock(store_db, LOCK_NAME) as got:
             if not got:
                 return RetrainResult(None, None, "another process is running the retrain")
-            source = open_source(settings.source_url, settings.etl)
+            source = open_source(settings.source_url, settings.etl, settings.instruments)
             try:
-                extracted = run_etl(source, store_db, as_of, settings.etl)
+                extracted = run_etl(source, store_db, as_of, settings.etl,
+                                    registry=settings.instruments)
             finally:
                 source.dispose()
             trained = run_training(settings, store_db, as_of, make_current=True)

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, text
 from retention.clinic.data import ClinicData
 from retention.clock import Clock, SystemClock
 from retention.features import FEATURE_NAMES
+from retention.features.builder import RegistryMismatch, check_registry
 from retention.model.booster import TrainedModel
 from retention.model.drift import SCORE
 from retention.pipelines.runs import recorded_run
@@ -76,6 +77,10 @@ def run_scoring(
     clock = clock or SystemClock()
     with recorded_run(store_db, "score", as_of, clock) as run:
         run.model_version = model.version
+        try:
+            check_registry(model.metadata, settings.instruments)
+        except RegistryMismatch as exc:
+            raise ScoringError(str(exc)) from exc
         watch = run.stopwatch()
         with store_db.connect() as conn:
             features = read_features(conn, as_of, FEATURE_NAMES)
@@ -101,7 +106,8 @@ def run_scoring(
             if scoped is not None and scoped[1] == copy_version(conn):
                 data = scoped[0]
             else:
-                data = read_scoped_copy(conn, as_of, settings.etl.lookback_days)
+                data = read_scoped_copy(conn, as_of, settings.etl.lookback_days,
+                                        settings.instruments)
         watch.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)

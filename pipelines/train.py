@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from retention.clock import Clock
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import GateDecision, gate
+from retention.features.builder import registry_facts
 from retention.model import artifacts, registry, signing
 from retention.model.booster import ModelError, TrainedModel
 from retention.model.training import Progress, fit, snapshot_dates, time_split, training_rows
@@ -69,14 +70,16 @@ def run_training(
             as_of, settings.horizon_days, settings.snapshot_every_days,
             settings.training_window_days,
         )
-        rows = training_rows(data, dates, settings.horizon_days, as_of, progress)
+        rows = training_rows(data, dates, settings.horizon_days, as_of, progress,
+                             registry=settings.instruments)
         run.rows_read = len(rows)
         split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share,
                                       "calibrate_share": ms.calibrate_share}
         trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
                       trained_as_of=as_of, calibration=ms.calibration_method,
                       isotonic_min_outcomes=ms.isotonic_min_outcomes,
-                      engaged_within_days=settings.engaged_within_days, **split_args)
+                      engaged_within_days=settings.engaged_within_days,
+                      instruments=registry_facts(settings.instruments), **split_args)
         split = time_split(rows, settings.horizon_days, **split_args)
         current = _current_model(settings.models_dir, trained.version, key)
         evaluation = assess(trained, split, data.clients, ms,

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig, generate, write
+from retention.clinic.trajectory import TAIL, TrajectoryError, fit_from_clinic, trajectory_toml
 from retention.clock import Clock
 from retention.db.engines import store_engine
 from retention.etl import quarantine
@@ -24,6 +25,7 @@ from retention.pipelines.etl import EtlBusy, EtlResult, run_etl
 from retention.pipelines.runs import format_runs
 from retention.settings import ConfigError, Settings
 from retention.store import roles, schema
+from retention.store.clinic_copy import read_clinic_copy
 from retention.store.runs import list_runs
 
 
@@ -117,12 +119,13 @@ def extract(settings: Settings, as_of: date, clock: Clock,
             full: bool | None = None) -> EtlResult:
     """Run the ETL job; what stops it is a clear error, not a traceback."""
     try:
-        source = open_source(settings.source_url, settings.etl)
+        source = open_source(settings.source_url, settings.etl, settings.instruments)
     except (FileNotFoundError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     store_db = store_engine(settings.store_url)
     try:
-        return run_etl(source, store_db, as_of, settings.etl, full=full, clock=clock)
+        return run_etl(source, store_db, as_of, settings.etl, full=full, clock=clock,
+                       registry=settings.instruments)
     except (SourceError, QuarantineLimitExceeded, EtlBusy, ConfigError) as exc:
         # The run's row records the same error; a mapping error names its [etl.queries] entry.
         raise click.ClickException(str(exc)) from exc
@@ -167,3 +170,32 @@ def runs(obj: Context, limit: int) -> None:
         engine.dispose()
     for line in format_runs(rows):
         click.echo(line)
+
+
+@click.command()
+@click.option("--before", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
+              help="Fit on ORS of episodes admitted, and ratings given, before this date.")
+@click.option("--tail", default=TAIL, show_default=True,
+              help="Share of the clinic's own later ratings the not-on-track band leaves below.")
+@click.pass_obj
+def trajectory(obj: Context, before: datetime, tail: float) -> None:
+    """Fit the expected ORS course on the store's copy of the clinic.
+
+    Prints the [instruments.ORS.trajectory] table to paste into the instrument registry
+    (instruments_file); until one is there, no client is called off track. Fit on the
+    clinic's own history, as the published curves were fitted on their own samples.
+    """
+    engine = store_engine(obj.settings().store_url)
+    try:
+        with engine.connect() as conn:
+            data = read_clinic_copy(conn)
+    finally:
+        engine.dispose()
+    try:
+        fitted = fit_from_clinic(data, before.date(), tail=tail)
+    except TrajectoryError as exc:
+        raise click.ClickException(f"{exc}. Fit later, on more of the clinic's history, "
+                                   "or keep the registry without a trajectory.") from exc
+    click.echo(trajectory_toml(fitted), nl=False)
+    say(f"trajectory: {fitted.source}; paste the table into "
+        f"{obj.settings().instruments_file}")

@@ -90,7 +90,7 @@ def score_list(
     ``accept`` publishes a list the publish guard would stop, recording the reason."""
     try:
         model = artifacts.load(settings.models_dir, version, key=signing.model_key(settings))
-        catalogue = load_catalogue(settings.reasons_file)
+        catalogue = load_catalogue(settings.reasons_file, settings.instruments)
     except (ModelError, CatalogueError) as exc:
         raise click.ClickException(str(exc)) from exc
     store_db = store_engine(settings.store_url)

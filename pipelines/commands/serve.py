@@ -9,11 +9,11 @@ import secrets
 import socket
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,7 +21,14 @@ from retention.access import consent
 from retention.access.keys import Caller, create_key
 from retention.api import create_app
 from retention.api.ratelimit import counts_per_process
+from retention.clinic.data import read_clinic
 from retention.clinic.synth.consents import DEMO_RECIPIENT
+from retention.clinic.trajectory import (
+    TrajectoryError,
+    configured_trajectory,
+    fit_from_clinic,
+    trajectory_toml,
+)
 from retention.clock import utcnow
 from retention.db.engines import store_engine
 from retention.db.locks import try_lock
@@ -33,7 +40,7 @@ from retention.pipelines.commands.model import calibration_line, comparison_line
 from retention.pipelines.commands.scoring import score_list
 from retention.pipelines.gunicorn_app import check_workers, escape_log_lines, run_gunicorn
 from retention.pipelines.scheduler import JOB_ID, build_scheduler
-from retention.settings import ConfigError, Settings
+from retention.settings import SHIPPED_INSTRUMENTS_FILE, ConfigError, Settings
 from retention.store import schema, tables
 
 
@@ -135,6 +142,7 @@ def _demo(obj: Context, settings: Settings, n_clients: int, seed: int,
     say(f"demo [1/{steps}] synthetic clinic")
     counts = synthesize(settings.source_url, n_clients, 3, today, seed)
     say(f"  {counts['total']:,} rows in {counts['url']}")
+    settings = _demo_trajectory(settings, today)
     say(f"demo [2/{steps}] store (migrations) and ETL as of {today}")
     _fresh_store(settings)
     etl_result = extract(settings, today, obj.clock, full=True)
@@ -201,6 +209,42 @@ def _demo_key(settings: Settings) -> Settings:
         f"{'created, ' if key.created else ''}mode 0600); for other commands on this demo, "
         f"set {signing.KEY_FILE_ENV}={path}")
     return replace(settings, model_key_file=path)
+
+
+# The demo fits its expected ORS course on the synthetic clinic's ratings before this many
+# days ago, as a clinic fits one on its own history (`retention trajectory`).
+DEMO_FIT_DAYS = 180
+
+
+def _demo_trajectory(settings: Settings, today: date) -> Settings:
+    """Settings whose instrument registry holds an expected ORS course fitted on the demo's
+    synthetic clinic, beside its store.
+
+    The shipped registry has none: the published curves' coefficients are not public, so
+    each clinic fits its own. A configured registry, or one with a course, is used as it is.
+    """
+    parsed = make_url(settings.store_url)
+    if settings.instruments_file != SHIPPED_INSTRUMENTS_FILE or parsed.get_backend_name() \
+            != "sqlite" or not parsed.database or configured_trajectory(settings.instruments):
+        return settings
+    engine = create_engine(settings.source_url)
+    try:
+        with engine.connect() as conn:
+            data = read_clinic(conn)
+    finally:
+        engine.dispose()
+    before = today - timedelta(days=DEMO_FIT_DAYS)
+    try:
+        fitted = fit_from_clinic(data, before)
+    except TrajectoryError as exc:
+        say(f"  no expected ORS course for the demo ({exc}): nobody is called off track")
+        return settings
+    path = Path(parsed.database).resolve().parent / "demo-instruments.toml"
+    path.write_text(SHIPPED_INSTRUMENTS_FILE.read_text() + "\n# Fitted by `retention demo` on "
+                    f"the synthetic clinic's ORS before {before}.\n" + trajectory_toml(fitted))
+    say(f"  expected ORS course fitted on the synthetic clinic's ratings before {before}: "
+        f"{path}")
+    return settings.with_overrides(instruments_file=path)
 
 
 def check_port_free(host: str, port: int, folder: str = "var/") -> None:

@@ -240,7 +240,8 @@ def run_backtest(
         raise NoUsableOrigin(f"no episode was open at any snapshot before {max(origins)} "
                              "whose outcome was known by then: no history to train on")
     # Labelled up to the last origin only: no row's outcome looks past the origins.
-    rows = training_rows(data, grid, horizon, max(origins), progress)
+    rows = training_rows(data, grid, horizon, max(origins), progress,
+                         registry=settings.instruments)
     results: list[OriginResult] = []
     tested: list[pd.DataFrame] = []
     model_raw: list[np.ndarray] = []
@@ -302,7 +303,8 @@ def _fit_and_score(
     ms = settings.evaluation
     snapshots = int(train["as_of"].nunique())
     # Features at the origin and the outcome in the horizon after it.
-    test = training_rows(data, [origin], settings.horizon_days, until)
+    test = training_rows(data, [origin], settings.horizon_days, until,
+                         registry=settings.instruments)
     if test.empty:
         return OriginResult(origin, len(train), snapshots,
                             reason="no episode was open at the origin"), None, []

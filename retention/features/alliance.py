@@ -1,4 +1,5 @@
-"""Alliance features from SRS, GSRS and WAI-SR measures administered before ``as_of``.
+"""Alliance features from SRS, GSRS, WAI-SR and other registered alliance forms
+administered before ``as_of``.
 
 Totals and subscales are taken from the measure rows; where item responses
 exist the SRS items (relationship, goals, approach) are read from them.
@@ -14,6 +15,7 @@ import pandas as pd
 from retention.clinic.data import as_timestamp
 from retention.clinic.ids import member, positions
 from retention.clinic.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
+from retention.clinic.registry import Registry
 from retention.features.attendance import day_numbers, past_slots
 
 
@@ -170,3 +172,35 @@ def working_alliance_features(
         means[rater] = wai_item_mean(latest)
     out["wai_rater_gap"] = (means["client"] - means["therapist"]).astype(float)
     return out.replace([np.inf, -np.inf], np.nan)
+
+
+def registered_alliance_features(
+    episodes: pd.DataFrame, measures: pd.DataFrame, as_of: date, registry: Registry
+) -> pd.DataFrame:
+    """The latest client rating on any other alliance form the registry lets the model read
+    (``model_input``; the TAS as shipped), as a share of its range with 1 the best end.
+
+    One feature for every such form: each clinic uses one or two, and a share of the
+    range reads the same whichever it is. Forms nobody registered, or registered to be
+    shown only, are never read here.
+    """
+    codes = [c for c in registry.model_inputs
+             if c not in OWN_FEATURES and registry[c].kind == "alliance"]
+    before = measures_before(measures, episodes.index, as_of)
+    rated = before[before["instrument"].isin(codes) & (before["rater"] == "client")]
+    latest = rated.dropna(subset=["score_total"]).groupby("episode_id").tail(1)
+    share = pd.Series(np.nan, index=latest.index)
+    for code in codes:
+        form = registry[code]
+        low, high = form.total_range
+        mine = latest["instrument"] == code
+        position = (latest.loc[mine, "score_total"].astype(float) - low) / (high - low)
+        share[mine] = position if form.higher_is == "better" else 1.0 - position
+    out = pd.DataFrame(index=episodes.index)
+    out["other_alliance_share"] = pd.Series(
+        share.to_numpy(), index=latest["episode_id"].to_numpy()).reindex(episodes.index)
+    return out
+
+
+# Forms with features of their own above, and the ORS (retention.features.outcome).
+OWN_FEATURES = ("SRS", "GSRS", "WAI-SR", "ORS")

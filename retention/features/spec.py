@@ -24,6 +24,8 @@ RATER_GAP = "rater_gap"
 EARLY_TREATMENT = "early_treatment"
 SETTING = "setting"
 MEASUREMENT = "measurement"
+NOT_ON_TRACK = "not_on_track"
+OBSERVED_STRAIN = "observed_strain"
 
 FAMILIES = (
     INCONSISTENT_ENGAGEMENT,
@@ -32,6 +34,8 @@ FAMILIES = (
     WEAK_BOND,
     GOAL_TASK_DISAGREEMENT,
     RATER_GAP,
+    NOT_ON_TRACK,
+    OBSERVED_STRAIN,
     EARLY_TREATMENT,
     SETTING,
     MEASUREMENT,
@@ -145,9 +149,51 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "latest therapist-rated WAI-SR goal (1-5)"),
     FeatureSpec("wai_therapist_task", GOAL_TASK_DISAGREEMENT,
                 "latest therapist-rated WAI-SR task (1-5)"),
+    # Other alliance forms the registry lets the model read (config/instruments.toml).
+    FeatureSpec("other_alliance_share", ALLIANCE_RUPTURE,
+                "latest client rating on another registered alliance form (the TAS as "
+                "shipped), as a share of its range with 1 the best end (missing if none)",
+                monotone=-1),
     # Client and therapist seeing the alliance differently.
     FeatureSpec("wai_rater_gap", RATER_GAP,
                 "client minus therapist WAI-SR mean of goal, task and bond"),
+    # Outcome ratings (ORS) against the course expected from the intake.
+    FeatureSpec("ors_intake", NOT_ON_TRACK,
+                "first client ORS total of the episode, the intake (0-40; missing if none)"),
+    # Free: a client who feels better may also leave early, having got what they came for.
+    FeatureSpec("ors_latest", NOT_ON_TRACK, "latest client ORS total (0-40; missing if none)"),
+    FeatureSpec("ors_sessions", NOT_ON_TRACK,
+                "client ORS ratings so far in the episode, the intake included (0 if none)"),
+    FeatureSpec("ors_change", NOT_ON_TRACK,
+                "latest client ORS total minus the intake (missing with fewer than two)"),
+    FeatureSpec("ors_expected_gap", NOT_ON_TRACK,
+                "latest client ORS total minus the total expected at that rating from the "
+                "intake (missing with fewer than two, or without an expected course)",
+                monotone=-1),
+    FeatureSpec("ors_not_on_track", NOT_ON_TRACK,
+                "1 if the latest client ORS is below the band expected from the intake, else 0 "
+                "(missing with fewer than two, or without an expected course)", monotone=1),
+    FeatureSpec("ors_reliable_deterioration", NOT_ON_TRACK,
+                "1 if the latest client ORS is a reliable change (5 points) or more below the "
+                "intake, else 0 (missing with fewer than two)", monotone=1),
+    # What the therapist noticed in sessions.
+    # Counts of signs are free: a client seen more often has more notes, so more signs; the
+    # share of noted sessions is the one that rises with strain alone.
+    FeatureSpec("signs_sessions_28d", OBSERVED_STRAIN,
+                "sessions in the last 28 days with a sign of strain noted by the therapist "
+                "(missing without any note)"),
+    FeatureSpec("sign_share_90d", OBSERVED_STRAIN,
+                "of the sessions the therapist noted in the last 90 days, the share with a sign "
+                "of strain (missing without a note in them)", monotone=1),
+    FeatureSpec("sign_groups_28d", OBSERVED_STRAIN,
+                "of the five recognised signs of strain, how many the therapist noted in the "
+                "last 28 days (missing without any note)"),
+    FeatureSpec("ruptures_90d", OBSERVED_STRAIN,
+                "sessions in the last 90 days with a rupture noted by the therapist "
+                "(missing without any note)"),
+    FeatureSpec("ruptures_unrepaired_90d", OBSERVED_STRAIN,
+                "of those, ruptures with no repair step recorded on their note or a later one "
+                "(missing without any note)", monotone=1),
     # How the alliance is measured: context, not a cause.
     FeatureSpec("days_since_srs", MEASUREMENT,
                 "calendar days since the latest client SRS (missing if none)"),

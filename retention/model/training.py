@@ -19,7 +19,7 @@ data. Both fits travel in the version (``retention.model.artifacts``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold
 
 from retention.clinic.data import ClinicData
+from retention.clinic.registry import Registry
 from retention.features.builder import build_features
 from retention.features.labels import disengagement_labels, label_observable
 from retention.model import drift
@@ -59,13 +60,15 @@ def training_rows(
     horizon_days: int,
     until: date,
     progress: Progress | None = None,
+    registry: Registry | None = None,
 ) -> pd.DataFrame:
-    """Features and labels for every open episode at every snapshot date."""
+    """Features and labels for every open episode at every snapshot date (features read
+    the instrument ``registry``, the shipped one by default)."""
     frames = []
     for i, day in enumerate(dates):
         if not label_observable(day, horizon_days, until):
             raise ValueError(f"snapshot {day} has a horizon past {until}: label not observed")
-        features = build_features(data, day)
+        features = build_features(data, day, registry)
         labels = disengagement_labels(data, day, horizon_days)
         rows = features.join(labels)
         rows.insert(0, "as_of", pd.Timestamp(day))
@@ -167,6 +170,7 @@ def fit(
     isotonic_min_outcomes: int = 100,
     engaged_within_days: int = 14,
     refit: bool = True,
+    instruments: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
     """Tune and train on the oldest slice, calibrate on the next; then refit for serving.
 
@@ -211,6 +215,9 @@ def fit(
         "calibration_choice": None if choice is None else choice.to_dict(),
         "split": {"evaluate_share": evaluate_share, "calibrate_share": calibrate_share},
         "tuning": tuning.to_dict(),
+        # What the features read of the instrument registry (builder.registry_facts):
+        # scoring refuses features built from another.
+        "instruments": dict(instruments) if instruments is not None else None,
     }
     evaluated_reference = drift.reference(split.evaluate, calibrator.predict(raw["evaluation"]))
     evaluated = TrainedModel(booster, calibrator, build_metadata(
