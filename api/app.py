@@ -87,7 +87,7 @@ def register_services(app: Flask, settings: Settings, clock: Clock) -> None:
     install(app, Services(
         settings=settings,
         clock=clock,
-        catalogue=load_catalogue(settings.reasons_file),
+        catalogue=load_catalogue(settings.reasons_file, settings.instruments),
         store=engine,
         connections=RequestConnections(engine),
         limiter=build_limiter(settings.api_rate_limit_storage,

@@ -135,7 +135,8 @@ def _schemas(max_limit: int) -> dict[str, Any]:
         "suggestion": {**STR, "description": "a next step; empty for what is going well"},
         "appointment_ids": _array(STR),
         "measure_ids": _array(STR),
-    })
+    }, observation_ids={**_array(STR), "description": "the therapist's session notes behind "
+                        "the fact (absent from reasons stored before they were read)"})
     prompt = _obj({"code": STR, "family": STR, "text": STR})
     number = {"type": "number"}
     points = {"oneOf": [{"type": "null"}, _obj({

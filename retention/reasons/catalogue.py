@@ -3,18 +3,25 @@ reassurance.
 
 Read from ``config/reasons.toml`` and checked once: every family the model explains
 with has a title for a concern, one for a reassuring fact and a suggested next step,
-and every threshold is present with the clinical source it comes from.
+every threshold is present with the clinical source it comes from, and every sign and
+repair step a therapist may note (``retention.clinic.contract``) has its words, each sign
+with the repair prompt tied to it.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from retention.clinic import contract
+from retention.clinic.instruments import ORS_CUTOFF, ORS_RELIABLE_CHANGE
+from retention.clinic.registry import Instrument, Registry, default_registry
+from retention.clinic.trajectory import ORS, Trajectory, configured_trajectory
 from retention.features import spec
+from retention.features.alliance import OWN_FEATURES
 
 
 class CatalogueError(ValueError):
@@ -69,14 +76,49 @@ class WorkingAlliance:
 
 
 @dataclass(frozen=True)
+class Sign:
+    """A sign of strain a therapist may note, as the clinic words it, and the repair prompt
+    tied to it (a prompt for the clinician's judgement, never an instruction)."""
+
+    code: str
+    group: str  # one of contract.SIGN_GROUPS
+    words: str  # "withdrawal": what a sentence says the therapist noted
+    prompt: str
+
+
+@dataclass(frozen=True)
+class ObservedWords:
+    """How the therapist's session notes are worded: every sign of the contract (in its
+    order) and every repair step ("acknowledged", "revisited goals and tasks")."""
+
+    signs: Mapping[str, Sign]
+    repair_steps: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class OutcomeLines:
+    """The ORS lines, from the instrument registry rather than this file: the clinical
+    cutoff, the reliable change and the clinic's expected course (None: none fitted)."""
+
+    cutoff: float
+    reliable_change: float
+    trajectory: Trajectory | None
+    # The other alliance forms the model reads (``other_alliance_share``), by code.
+    other_forms: Mapping[str, Instrument] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Thresholds:
-    """The lines between a concern and a reassuring fact, each with its clinical source."""
+    """What the phrasers read: the lines between a concern and a reassuring fact, each with
+    its clinical source, and the words of the therapist's notes."""
 
     attendance: Attendance
     contact: Contact
     session_rating: SessionRating
     working_alliance: WorkingAlliance
     sources: Mapping[str, str]
+    observed: ObservedWords
+    outcome: OutcomeLines = OutcomeLines(ORS_CUTOFF, ORS_RELIABLE_CHANGE, None)
 
 
 @dataclass(frozen=True)
@@ -85,6 +127,11 @@ class Catalogue:
 
     families: Mapping[str, Family]
     thresholds: Thresholds
+
+    @property
+    def observed(self) -> ObservedWords:
+        """The words of the therapist's notes: signs with their prompts, repair steps."""
+        return self.thresholds.observed
 
     def check_covers(self, families: Sequence[str]) -> None:
         """Refuse a catalogue that lacks a family the model explains with."""
@@ -107,8 +154,9 @@ SECTIONS: dict[str, type] = {"attendance": Attendance, "contact": Contact,
                              "working_alliance": WorkingAlliance}
 
 
-def load_catalogue(path: Path) -> Catalogue:
-    """Read and check the reason catalogue."""
+def load_catalogue(path: Path, registry: Registry | None = None) -> Catalogue:
+    """Read and check the reason catalogue; the ORS lines come from the instrument
+    ``registry`` (``Settings.instruments``; the shipped one by default)."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -122,12 +170,71 @@ def load_catalogue(path: Path) -> Catalogue:
             raise CatalogueError(f"{path}: family {code!r} needs {', '.join(missing)}")
         families[code] = Family(code=code, title=entry["title"], suggestion=entry["suggestion"],
                                 reassuring_title=entry["reassuring_title"])
-    catalogue = Catalogue(families=families, thresholds=_thresholds(path, raw))
+    thresholds = replace(_thresholds(path, raw, _observed(path, raw)),
+                         outcome=outcome_lines(registry or default_registry()))
+    catalogue = Catalogue(families=families, thresholds=thresholds)
     catalogue.check_covers(spec.FAMILIES)
     return catalogue
 
 
-def _thresholds(path: Path, raw: Mapping[str, Any]) -> Thresholds:
+def outcome_lines(registry: Registry) -> OutcomeLines:
+    """The ORS's cutoff and reliable change as registered, and the clinic's expected course."""
+    ors = registry.get(ORS)
+    cutoff = ors.cutoff.value if ors is not None and ors.cutoff is not None else ORS_CUTOFF
+    reliable = (ors.reliable_change if ors is not None and ors.reliable_change is not None
+                else ORS_RELIABLE_CHANGE)
+    others = {code: registry[code] for code in registry.model_inputs
+              if code not in OWN_FEATURES and registry[code].kind == "alliance"}
+    return OutcomeLines(cutoff, reliable, configured_trajectory(registry), others)
+
+
+def _observed(path: Path, raw: Mapping[str, Any]) -> ObservedWords:
+    signs = _coded(path, raw, "signs", tuple(contract.SIGNS), ("words", "prompt"))
+    steps = _coded(path, raw, "repair_steps", contract.REPAIR_STEPS, ("words",))
+    return ObservedWords(
+        signs={code: Sign(code, contract.SIGNS[code], entry["words"], entry["prompt"])
+               for code, entry in signs.items()},
+        repair_steps={code: entry["words"] for code, entry in steps.items()},
+    )
+
+
+def _coded(path: Path, raw: Mapping[str, Any], section: str, codes: Sequence[str],
+           keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``[section.<code>]`` for exactly the contract's ``codes`` (in their order), each with
+    non-empty text under ``keys``: a code of the contract without words, or a code it does
+    not know, is refused."""
+    given = raw.get(section, {})
+    if not isinstance(given, Mapping):
+        raise CatalogueError(f"{path}: [{section}] must be a table of [{section}.<code>] "
+                             "entries")
+    unknown = [code for code in given if code not in codes]
+    if unknown:
+        raise CatalogueError(f"{path}: [{section}.{unknown[0]}] is not a code of the clinic "
+                             f"contract (known: {', '.join(codes)})")
+    lacking = [code for code in codes if code not in given]
+    if lacking:
+        raise CatalogueError(f"{path}: [{section}.{lacking[0]}] is missing: every code of the "
+                             f"clinic contract needs {' and '.join(keys)} "
+                             f"(missing: {', '.join(lacking)})")
+    out = {}
+    for code in codes:
+        entry = given[code]
+        if not isinstance(entry, Mapping):
+            raise CatalogueError(f"{path}: [{section}.{code}] must be a table")
+        extra = sorted(set(entry) - set(keys))
+        if extra:
+            raise CatalogueError(f"{path}: [{section}.{code}] does not know "
+                                 f"{', '.join(extra)}")
+        for key in keys:
+            value = entry.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise CatalogueError(f"{path}: [{section}.{code}] {key} must be non-empty "
+                                     "text")
+        out[code] = {key: str(entry[key]).strip() for key in keys}
+    return out
+
+
+def _thresholds(path: Path, raw: Mapping[str, Any], observed: ObservedWords) -> Thresholds:
     given = raw.get("thresholds", {})
     parsed: dict[str, Any] = {}
     sources = {}
@@ -150,7 +257,7 @@ def _thresholds(path: Path, raw: Mapping[str, Any]) -> Thresholds:
         except TypeError as exc:
             raise CatalogueError(f"{path}: [thresholds.{name}]: {exc}") from exc
         sources[name] = str(source)
-    return Thresholds(**parsed, sources=sources)
+    return Thresholds(**parsed, sources=sources, observed=observed)
 
 
 def _number(value: Any, where: str, path: Path) -> float | int:

@@ -26,12 +26,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retention.features.spec import CONTEXT_FAMILIES
+from retention.features.spec import CONTEXT_FAMILIES, NOT_ON_TRACK
 from retention.reasons.catalogue import Catalogue
 from retention.reasons.history import History
-from retention.reasons.phrases import CONCERN, PHRASERS, REASSURING, Missing, Phrase
+from retention.reasons.observed import PHRASERS as OBSERVED_PHRASERS
+from retention.reasons.outcome import phrase_not_on_track
+from retention.reasons.phrases import CONCERN, PHRASERS, REASSURING, Missing, Phrase, Phraser
 
 RiskOf = Callable[[np.ndarray], np.ndarray]
+
+
+# Every family's phraser: the notes' and the ORS's live in modules of their own.
+ALL_PHRASERS: dict[str, Phraser] = {**PHRASERS, NOT_ON_TRACK: phrase_not_on_track,
+                                    **OBSERVED_PHRASERS}
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class Reason:
     suggestion: str
     appointment_ids: list[str] = field(default_factory=list)
     measure_ids: list[str] = field(default_factory=list)
+    observation_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values (what ``asdict`` gives, without its deep copy,
@@ -174,8 +182,8 @@ def explain(
             own = members[family]
             pick = np.argmax(contrib[own]) if value > 0 else np.argmin(contrib[own])
             lead = features[int(own[pick])]
-            found = PHRASERS[family](histories[str(episode_id)], lead, wanted,
-                                     catalogue.thresholds)
+            found = ALL_PHRASERS[family](histories[str(episode_id)], lead, wanted,
+                                         catalogue.thresholds)
             if isinstance(found, Missing):
                 asked = {p.text for p in prompts}
                 if len(prompts) < limits.max_reasons and found.text not in asked:
@@ -203,6 +211,8 @@ def _reason(family: str, phrase: Phrase, value: float, points: float,
         text=phrase.text, log_odds=round(float(value), 4),
         percentage_points=round(points, 1),
         # A next step for a concern or a context to weigh; what is going well needs none.
-        suggestion="" if phrase.direction == REASSURING else entry.suggestion,
+        suggestion="" if phrase.direction == REASSURING else (
+            phrase.suggestion or entry.suggestion),
         appointment_ids=phrase.appointment_ids, measure_ids=phrase.measure_ids,
+        observation_ids=phrase.observation_ids,
     )

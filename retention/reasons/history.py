@@ -20,6 +20,7 @@ from retention.clinic.ids import positions
 from retention.clinic.instruments import srs_item_frame
 from retention.features.alliance import measures_before, wai_item_mean
 from retention.features.attendance import booked_ahead, past_slots
+from retention.features.observations import notes_known
 
 
 class Rows:
@@ -79,6 +80,7 @@ class History:
     slots: Rows  # scheduled before as_of, oldest first
     ahead: Rows  # booked at as_of for later, soonest first
     measures: Rows  # administered before as_of, oldest first; see _with_item_scores
+    observations: Rows  # the therapist's notes known at as_of, oldest first
 
 
 def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict[str, History]:
@@ -93,9 +95,12 @@ def histories(data: ClinicData, episode_ids: Sequence[str], as_of: date) -> dict
     measures = _by_episode(
         _with_item_scores(measures_before(data.measures, index, as_of), data.items), index,
         ["administered_at", "measure_id"], MEASURE_COLUMNS)
+    notes = _by_episode(notes_known(data.observations, index, as_of), index,
+                        ["observed_at", "observation_id"], OBSERVATION_COLUMNS)
     return {
-        str(eid): History(as_of, {str(k): v for k, v in episode.items()}, s, a, m)
-        for eid, episode, s, a, m in zip(index, episodes, slots, ahead, measures, strict=True)
+        str(eid): History(as_of, {str(k): v for k, v in episode.items()}, s, a, m, o)
+        for eid, episode, s, a, m, o in zip(index, episodes, slots, ahead, measures, notes,
+                                            strict=True)
     }
 
 
@@ -106,6 +111,11 @@ AHEAD_COLUMNS = ("appointment_id", "scheduled_at", "days_ahead")
 MEASURE_COLUMNS = ("measure_id", "instrument", "rater", "administered_at", "score_total",
                    "goal", "task", "bond", "wai_item_mean",
                    "srs_relationship", "srs_goals", "srs_approach")
+# ``signs`` and ``repair_steps`` as written (space-separated codes, NaN when none);
+# ``days_ago`` from the session to the as-of midnight; notes about one appointment are one
+# session.
+OBSERVATION_COLUMNS = ("observation_id", "appointment_id", "observed_at", "days_ago", "signs",
+                       "rupture", "repair_steps")
 
 
 def _with_item_scores(measures: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retention.casework.stage import SESSION_WINDOW_DAYS, stage_of
 from retention.clinic import contract
 from retention.clinic.data import as_timestamp
+from retention.clinic.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS
 from retention.features import spec
 from retention.reasons.catalogue import SessionRating, Thresholds
 from retention.reasons.history import History, Rows
@@ -48,6 +50,10 @@ class Phrase:
     direction: str
     appointment_ids: list[str] = field(default_factory=list)
     measure_ids: list[str] = field(default_factory=list)
+    observation_ids: list[str] = field(default_factory=list)
+    # A next step tied to this fact (the repair prompts of the signs a therapist noted);
+    # empty: the family's own suggestion.
+    suggestion: str = ""
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,8 @@ def phrase_alliance_rupture(h: History, lead: str, wanted: str,
     ratings among them, the fall over them), then the others. Only the last three SRS are
     read: what the nightly run holds.
     """
+    if lead == "other_alliance_share":
+        return _other_form(h, wanted, t)
     instrument, words = ("GSRS", GSRS_WORDS) if lead.startswith("gsrs") else ("SRS", SRS_WORDS)
     r = t.session_rating
     rated = _rated(h, instrument)
@@ -362,6 +370,36 @@ def phrase_alliance_rupture(h: History, lead: str, wanted: str,
     if own in facts:
         return facts[own]
     return next(iter(facts.values()), None)
+
+
+def _other_form(h: History, wanted: str, t: Thresholds) -> Phrase | None:
+    """The latest rating on another registered alliance form, by its published cutoff.
+
+    A form without one (the TAS as shipped) has no line between a concern and a
+    reassuring total: nothing is said of it, either way.
+    """
+    forms = t.outcome.other_forms
+    m = h.measures
+    rated = m.where(m.isin("instrument", list(forms)) & (m["rater"] == "client")
+                    & ~np.isnan(m["score_total"].astype(float)))
+    if rated.empty:
+        return None
+    latest = rated.row(-1)
+    form = forms[str(latest["instrument"])]
+    if form.cutoff is None:
+        return None
+    score, line = shown(float(latest["score_total"])), shown(form.cutoff.value)
+    concern = score < line if form.higher_is == "better" else score > line
+    better = form.higher_is == "better"
+    side = ("below" if better else "above") if concern else (
+        "at or above" if better else "at or below")
+    text = (f"Latest {form.name} ({form.code}) was {score_text(score)} on "
+            f"{day_text(latest['administered_at'])}, {side} its cutoff of {score_text(line)}")
+    direction = CONCERN if concern else REASSURING
+    if direction != wanted:
+        return None
+    return Phrase("OTHER_FORM_LOW" if concern else "OTHER_FORM_GOOD", text, direction,
+                  measure_ids=[str(latest["measure_id"])])
 
 
 def _srs_course(rated: Rows, r: SessionRating, cutoff: str) -> dict[str, Phrase]:
@@ -585,9 +623,40 @@ def phrase_early_treatment(h: History, lead: str, wanted: str,
     admitted = pd.Timestamp(h.episode["admitted_on"])
     days = int((cutoff - admitted).days)
     weeks = f" ({plural(days // 7, 'week')})" if days >= 7 else ""
-    stage = "In the first weeks of treatment" if days < 42 else "In treatment"
-    return Phrase("STAGE", f"{stage}: admitted {plural(days, 'day')} ago{weeks}, on "
-                  f"{day_text(admitted)}", CONTEXT)
+    since = f"admitted {plural(days, 'day')} ago{weeks}, on {day_text(admitted)}"
+    s = h.slots
+    attended = int(np.count_nonzero((s["status"] == "attended")
+                                    & (s["days_ago"] <= SESSION_WINDOW_DAYS)))
+    stage = _alliance_stage(h, attended, days, t)
+    if stage is not None:
+        return Phrase("ALLIANCE_STAGE", f"{capital(STAGE_PHRASES[stage])} of the alliance: "
+                      f"{since}; {plural(attended, 'session')} attended in the last 3 months",
+                      CONTEXT)
+    words = "In the first weeks of treatment" if days < 42 else "In treatment"
+    return Phrase("STAGE", f"{words}: {since}", CONTEXT)
+
+
+# The four stages as a context sentence names them.
+STAGE_PHRASES = {"engagement": "engagement stage", "exploration": "exploration stage",
+                 "working": "working phase", "resolution": "resolution stage"}
+
+
+def _alliance_stage(h: History, attended: int, days: int, t: Thresholds) -> str | None:
+    """The stage of the alliance by the rule the client page shows (``casework.stage``),
+    from the rows the reasons hold: None when the data cannot tell."""
+    planned = h.episode.get("planned_discharge_on")
+    to_planned = (None if planned is None or pd.isna(planned)
+                  else int((pd.Timestamp(planned) - as_timestamp(h.as_of)).days))
+    m = h.measures
+    rated = m.where((m["rater"] == "client") & m.isin("instrument", ("SRS", "WAI-SR"))
+                    & ~np.isnan(m["score_total"].astype(float)))
+    established = None
+    if not rated.empty:
+        last = rated.row(-1)
+        score = float(last["score_total"])
+        established = (score >= SRS_CUTOFF if last["instrument"] == "SRS" else
+                       round(score / WAI_SR_N_ITEMS, 1) >= t.working_alliance.concern_below)
+    return stage_of(attended, days, to_planned, established)
 
 
 PROGRAM_WORDS = {
