@@ -20,7 +20,9 @@ from typing import Any, NamedTuple
 
 from markupsafe import Markup, escape
 
-from retention.clinic.instruments import SRS_CUTOFF
+from retention.clinic.instruments import ORS_CUTOFF, SRS_CUTOFF
+from retention.clinic.trajectory import Trajectory
+from retention.reasons.phrases import score_text, shown
 
 MISSED = ("no_show", "late_cancel")
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
@@ -243,3 +245,131 @@ def _timeline(lay: Layout, appointments: Sequence[Mapping[str, Any]],
     desc = (f"{len(appointments)} sessions from {start:%d %b} to {end:%d %b}: {attended} "
             f"attended, {missed} missed; {ruptures} session-rating ruptures.")
     return _svg(lay, height, "Sessions and alliance ratings", desc, body, "timeline")
+
+
+# The x axis of the ORS chart reaches this many sessions past the latest rating (at least
+# ``ORS_MIN_SESSIONS``): where the expected course heads next.
+ORS_AHEAD = 2
+ORS_MIN_SESSIONS = 6
+
+
+def ors_table(ors: Sequence[Mapping[str, Any]],
+              trajectory: Trajectory | None) -> list[dict[str, Any]]:
+    """Each ORS rating with the score expected at its session from the intake and the
+    lower line, and whether it is under that line (not on track). Numbers are compared as
+    shown, to one decimal, as the reasons compare them (``reasons.outcome``); without a
+    trajectory the expected course is unknown (None)."""
+    if not ors:
+        return []
+    intake = float(ors[0]["score_total"])
+    sessions = [int(o["session"]) for o in ors]
+    expected = trajectory.expected(intake, sessions) if trajectory else None
+    lower = trajectory.lower(intake, sessions) if trajectory else None
+    out = []
+    for i, o in enumerate(ors):
+        row = {**o, "expected": None, "lower": None, "not_on_track": None}
+        if expected is not None and lower is not None and o["session"] > 1:
+            row["expected"], row["lower"] = shown(expected[i]), shown(lower[i])
+            row["not_on_track"] = shown(float(o["score_total"])) < row["lower"]
+        out.append(row)
+    return out
+
+
+def ors_chart(ors: Sequence[Mapping[str, Any]], trajectory: Trajectory | None,
+              evidence: set[str], cutoff: float = ORS_CUTOFF) -> Markup:
+    """The client's ORS by session (1 = the intake) with the course expected from the
+    intake, the lower "not on track" line and the clinical cutoff."""
+    if not ors:
+        return Markup("")
+    rows = ors_table(ors, trajectory)
+    return Markup("".join(_ors(lay, rows, trajectory, evidence, cutoff) for lay in LAYOUTS))
+
+
+def _ors(lay: Layout, rows: Sequence[Mapping[str, Any]], trajectory: Trajectory | None,
+         evidence: set[str], cutoff: float) -> str:
+    last = int(rows[-1]["session"])
+    n = max(last + ORS_AHEAD, ORS_MIN_SESSIONS)
+    top, bottom = 14.0, 174.0
+    height = int(bottom) + 2 * lay.tick + 14
+    right = lay.width - lay.right
+
+    def x(session: float) -> float:
+        return lay.left + (session - 1) / (n - 1) * (right - lay.left)
+
+    def y(score: float) -> float:
+        return bottom - score / 40 * (bottom - top)
+
+    body = []
+    every = 1 if n <= 10 else 2 if n <= 20 else 5
+    for s in range(1, n + 1):
+        sx = _f(x(s))
+        body.append(f'<line class="grid" x1="{sx}" x2="{sx}" y1="{top}" y2="{bottom}"/>')
+        if s == 1 or s % every == 0:
+            body.append(_tick(lay, sx, bottom + lay.tick + 3, str(s)))
+    body.append(_tick(lay, _f((lay.left + right) / 2), bottom + 2 * lay.tick + 8,
+                      "session (1 = intake)", "middle", "axis"))
+    for score in (0, 10, 20, 30, 40):
+        body.append(_tick(lay, lay.left - 6, _f(y(score) + 4), str(score), "end"))
+    line = _f(y(cutoff))
+    body.append(f'<line class="cutoff" x1="{lay.left}" x2="{right}" y1="{line}" y2="{line}"/>'
+                + _tick(lay, right, _f(y(cutoff) - 4), f"clinical cutoff {cutoff:g}", "end"))
+    intake = float(rows[0]["score_total"])
+    if trajectory is not None:
+        sessions = list(range(1, n + 1))
+        for css, values in (("expected-line", trajectory.expected(intake, sessions)),
+                            ("lower-line", trajectory.lower(intake, sessions))):
+            pts = " ".join(f"{_f(x(s))},{_f(y(min(max(float(v), 0.0), 40.0)))}"
+                           for s, v in zip(sessions, values, strict=True))
+            body.append(f'<polyline class="{css}" points="{pts}"/>')
+    if len(rows) > 1:
+        pts = " ".join(f"{_f(x(r['session']))},{_f(y(r['score_total']))}" for r in rows)
+        body.append(f'<polyline class="line-ors" points="{pts}"/>')
+    for r in rows:
+        px, py = x(r["session"]), y(r["score_total"])
+        ring = (f'<circle class="m-evidence" cx="{_f(px)}" cy="{_f(py)}" r="9"/>'
+                if r["measure_id"] in evidence else "")
+        if r["not_on_track"]:
+            d = 6
+            mark = (f'<path class="pt-ors-off" d="M{_f(px)},{_f(py - d)} L{_f(px + d)},{_f(py)} '
+                    f'L{_f(px)},{_f(py + d)} L{_f(px - d)},{_f(py)} z"/>')
+        else:
+            mark = f'<circle class="pt-ors" cx="{_f(px)}" cy="{_f(py)}" r="4.5"/>'
+        body.append(f"<g>{ring}{mark}<title>{escape(_ors_words(r))}</title></g>")
+    return _svg(lay, height, "Outcome ratings (ORS) by session", _ors_desc(rows, trajectory,
+                                                                           cutoff), body, "ors")
+
+
+def _ors_words(r: Mapping[str, Any]) -> str:
+    """One rating as its mark's title: "Session 3, 12 May 2026: ORS 21; expected 24.5,
+    not on track under 19.8"."""
+    head = (f"Session {r['session']}, {r['administered_at']:%d %b %Y}: ORS "
+            f"{score_text(r['score_total'])}")
+    if r["session"] == 1:
+        return head + " (intake)"
+    if r["expected"] is None:
+        return head
+    state = "not on track" if r["not_on_track"] else "on track"
+    return (f"{head}; expected {score_text(r['expected'])}, {state} (lower line "
+            f"{score_text(r['lower'])})")
+
+
+def _ors_desc(rows: Sequence[Mapping[str, Any]], trajectory: Trajectory | None,
+              cutoff: float) -> str:
+    first, last = rows[0], rows[-1]
+    text = (f"Intake ORS {score_text(first['score_total'])} on "
+            f"{first['administered_at']:%d %b %Y}")
+    if len(rows) == 1:
+        text += "; no rating since the intake."
+    else:
+        text += (f"; latest {score_text(last['score_total'])} at session {last['session']} "
+                 f"on {last['administered_at']:%d %b %Y}")
+        if last["expected"] is not None:
+            where = (f"under the lower line of {score_text(last['lower'])}: not on track"
+                     if last["not_on_track"] else "on track")
+            text += f", where {score_text(last['expected'])} was expected ({where})."
+        else:
+            text += "."
+    if trajectory is None:
+        text += " No expected course is configured."
+    above = "at or above" if shown(float(last["score_total"])) >= cutoff else "under"
+    return text + f" The latest is {above} the clinical cutoff of {cutoff:g}."

@@ -38,7 +38,7 @@ from retention.api.web.session import (
     sign_in,
     signed_in,
 )
-from retention.casework import caseload, contacts, outreach
+from retention.casework import caseload, contacts, outreach, repair, stage
 from retention.clinic import contract
 from retention.model.drift import drift_explanation
 from retention.settings import Settings
@@ -345,8 +345,9 @@ def _client_page(client_id: str, form_error: str | None = None,
     with _store().connect() as conn:
         pub = latest_publication(conn)
         fresh = _freshness(conn)
-        story = (caseload.client_story(conn, _caller(), client_id, pub["as_of"])
-                 if pub else None)
+        wai_from = services().catalogue.thresholds.working_alliance.concern_below
+        story = (caseload.client_story(conn, _caller(), client_id, pub["as_of"],
+                                       wai_from=wai_from) if pub else None)
         if story is None:
             exists = client_exists(conn, client_id,
                                                 pub["as_of"] if pub else None)
@@ -366,6 +367,11 @@ def _client_page(client_id: str, form_error: str | None = None,
     audit("web.client", "ok", 200, [client_id], who=_caller())
     assert pub is not None
     start = pub["as_of"] - timedelta(weeks=12)
+    # The clinic's ORS lines (instrument registry, read and checked at start) and its
+    # words for the therapist's notes: what the reasons read too.
+    lines = services().catalogue.thresholds.outcome
+    trajectory = lines.trajectory
+    observed = services().catalogue.observed
     return render_template(
         "client.html", story=story, row=story.current, fresh=fresh, who=_caller(), label=label,
         history=history, contact=contact, channel_words=outreach.CHANNEL_WORDS,
@@ -375,6 +381,12 @@ def _client_page(client_id: str, form_error: str | None = None,
         timeline_svg=charts.timeline_chart(story.appointments, story.measures, start,
                                            pub["as_of"], story.evidence),
         status_words=charts.STATUS_WORDS,
+        ors_svg=charts.ors_chart(story.ors, trajectory, story.evidence, cutoff=lines.cutoff),
+        ors_rows=charts.ors_table(story.ors, trajectory), trajectory=trajectory,
+        ors_cutoff=lines.cutoff,
+        repair_words=observed.repair_steps,
+        sign_words={code: sign.words for code, sign in observed.signs.items()},
+        srs_drop=repair.SRS_DROP,
     ), 400 if form_error else 200
 
 
@@ -447,7 +459,13 @@ def glossary() -> ResponseReturnValue:
     thresholds = services().catalogue.thresholds
     return render_template("glossary.html", thresholds=thresholds,
                            max_reasons=settings.max_reasons,
-                           engaged_days=settings.engaged_within_days)
+                           engaged_days=settings.engaged_within_days,
+                           ors_cutoff=thresholds.outcome.cutoff,
+                           ors_reliable=thresholds.outcome.reliable_change,
+                           srs_drop=repair.SRS_DROP,
+                           stage_rule={"sessions": stage.ENGAGEMENT_SESSIONS,
+                                       "days": stage.ENGAGEMENT_DAYS,
+                                       "resolution": stage.RESOLUTION_DAYS})
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST"])

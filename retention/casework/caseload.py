@@ -2,8 +2,10 @@
 
 Domain code without Flask, read by the case managers' pages. Every query carries the
 caller's scope (``access.scope.scope_clause``) so a row outside it is never read. The
-client's story reads only that client's rows of the store's clinic copy: appointments,
-and SRS, GSRS and WAI-SR totals (never demographics, never free text).
+client's story reads only the rows of that client's listed episode in the store's clinic
+copy, once the scoped read has found the client: the episode's dates, appointments, SRS,
+GSRS, WAI-SR and ORS totals, and the therapist's session notes as codes (signs, rupture,
+repair steps) -- never demographics, never free text.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+import pandas as pd
+from sqlalchemy import Connection, func, or_, select
 
 from retention.access.keys import Caller
 from retention.access.scope import ListFilter, read_client, read_page, scope_clause
-from retention.casework import outreach
+from retention.casework import outreach, repair
+from retention.casework.stage import WAI_ESTABLISHED_FROM, AllianceStage, alliance_stage
+from retention.clinic import contract
 from retention.clinic.instruments import SRS_CUTOFF
 from retention.store.tables import copies, publications, scores
 
@@ -25,12 +30,15 @@ TIER_ORDER = {"low": 0, "medium": 1, "high": 2}
 # A move of this many points of risk (absolute) counts as up or down without a tier change.
 CHANGE_POINTS = 5.0
 # A session rating this many points below the previous one is a rupture, as is a fall
-# from at or above the concern line of 36 to below it.
-RUPTURE_DROP = 5.0
+# from at or above the concern line of 36 to below it: the rule of the ruptures panel
+# (``repair.SRS_DROP``, where it is explained).
+RUPTURE_DROP = repair.SRS_DROP
 MAX_LIST = 5000
 
 appointments = copies["appointments"]
 measures = copies["alliance_measures"]
+episodes = copies["episodes"]
+observations = copies["session_observations"]
 
 
 SHOWS = ("engaged", "all")
@@ -145,18 +153,28 @@ def _sort_key(sort: str) -> Any:
 
 @dataclass
 class ClientStory:
-    """What the client page shows: current row, risk history, timeline and evidence ids."""
+    """What the client page shows: current row, risk history, timeline and evidence ids;
+    the episode's ORS ratings (numbered by session), the therapist's session notes of the
+    timeline's weeks, the ruptures and what followed them, and the stage of the alliance."""
 
     current: dict[str, Any]
     history: list[dict[str, Any]]
     appointments: list[dict[str, Any]]
     measures: list[dict[str, Any]]
     evidence: set[str] = field(default_factory=set)
+    ors: list[dict[str, Any]] = field(default_factory=list)
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    ruptures: list[repair.RuptureCourse] = field(default_factory=list)
+    stage: AllianceStage | None = None
 
 
 def client_story(connection: Connection, caller: Caller, client_id: str, as_of: date,
-                 weeks: int = 12) -> ClientStory | None:
-    """The client on the list of ``as_of`` and the ``weeks`` before; None if out of scope."""
+                 weeks: int = 12, *,
+                 wai_from: float = WAI_ESTABLISHED_FROM) -> ClientStory | None:
+    """The client on the list of ``as_of`` and the ``weeks`` before; None if out of scope.
+
+    Everything after the scoped read is of that client's listed episode and known at
+    ``as_of``; ``wai_from`` is the clinic's WAI-SR concern line (the stage's rule)."""
     start = as_of - timedelta(weeks=weeks)
     history = [h for h in read_client(connection, caller, client_id, as_of,
                                                    limit=weeks * 7 * 2)
@@ -186,11 +204,80 @@ def client_story(connection: Connection, caller: Caller, client_id: str, as_of: 
         .order_by(measures.c.administered_at, measures.c.measure_id)
     )
     evidence = {i for r in current.get("reasons", []) for i in
-                (*r.get("appointment_ids", []), *r.get("measure_ids", []))}
+                (*r.get("appointment_ids", []), *r.get("measure_ids", []),
+                 *r.get("observation_ids", []))}
+    alliance = _episode_frames(connection, client_id, episode, until)
+    notes = repair.known_notes(alliance["observations"], as_of)
+    course = repair.repair_course(alliance["measures"], alliance["observations"], as_of)
+    row = alliance["episode"]
     return ClientStory(current=current, history=history,
                        appointments=[dict(r._mapping) for r in slots],
                        measures=mark_ruptures([dict(r._mapping) for r in rated]),
-                       evidence=evidence)
+                       evidence=evidence, ors=ors_by_session(alliance["measures"]),
+                       observations=_notes(notes[notes["observed_at"] >= since]),
+                       ruptures=course,
+                       stage=(alliance_stage({str(k): v for k, v in row.iloc[0].items()},
+                                             alliance["appointments"], alliance["measures"],
+                                             as_of, wai_from=wai_from)
+                              if len(row) else None))
+
+
+def _episode_frames(connection: Connection, client_id: str, episode: str,
+                    until: datetime) -> dict[str, pd.DataFrame]:
+    """The episode's row and its whole history before ``until`` (the stage and the
+    ruptures look back to the admission, past the timeline's weeks): appointments,
+    the client-rated SRS, WAI-SR and ORS, and the session notes."""
+    def frame(query: Any) -> pd.DataFrame:
+        result = connection.execute(query)
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    mine = (episodes.c.client_id == client_id) & (episodes.c.episode_id == episode)
+    return {
+        "episode": frame(select(episodes).where(mine)),
+        "appointments": frame(
+            select(appointments).where(appointments.c.client_id == client_id,
+                                       appointments.c.episode_id == episode,
+                                       appointments.c.scheduled_at < until)),
+        "measures": frame(
+            select(measures).where(measures.c.client_id == client_id,
+                                   measures.c.episode_id == episode,
+                                   measures.c.administered_at < until,
+                                   measures.c.rater == "client",
+                                   measures.c.instrument.in_(("SRS", "WAI-SR", "ORS")))
+            .order_by(measures.c.administered_at, measures.c.measure_id)),
+        "observations": frame(
+            select(observations).where(
+                observations.c.client_id == client_id, observations.c.episode_id == episode,
+                observations.c.observed_at < until,
+                or_(observations.c.recorded_at.is_(None), observations.c.recorded_at < until))
+            .order_by(observations.c.observed_at)),
+    }
+
+
+def ors_by_session(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The client's ORS totals in order, each numbered by session as the expected course
+    numbers them (``clinic.trajectory.session_numbers``): 1 is the intake, the first ORS
+    of the episode; n is the n-th."""
+    ors = rows[(rows["instrument"] == "ORS") & (rows["rater"] == "client")
+               & rows["score_total"].notna()].sort_values(["administered_at", "measure_id"])
+    return [{"session": n, "measure_id": str(r["measure_id"]),
+             "administered_at": pd.Timestamp(r["administered_at"]).to_pydatetime(),
+             "score_total": float(r["score_total"])}
+            for n, r in enumerate(ors.to_dict("records"), start=1)]
+
+
+def _notes(notes: pd.DataFrame) -> list[dict[str, Any]]:
+    """Session notes for the page, newest first: signs and repair steps as codes in the
+    contract's order (unknown ones left out)."""
+    out = []
+    newest = notes.sort_values(["observed_at", "observation_id"], ascending=False)
+    for r in newest.to_dict("records"):
+        out.append({"observation_id": str(r["observation_id"]),
+                    "observed_at": pd.Timestamp(r["observed_at"]).to_pydatetime(),
+                    "rupture": bool(r["rupture"]),
+                    "signs": repair.codes(r["signs"], contract.SIGNS),
+                    "repair_steps": repair.codes(r["repair_steps"], contract.REPAIR_STEPS)})
+    return out
 
 
 def mark_ruptures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,7 +289,7 @@ def mark_ruptures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["instrument"] not in ("SRS", "GSRS") or row["rater"] != "client" or score is None:
             continue
         prev = last.get(row["instrument"])
-        if prev is not None and (prev - score >= RUPTURE_DROP
+        if prev is not None and (round(prev - score, 6) >= RUPTURE_DROP
                                  or (prev >= SRS_CUTOFF > score)):
             row["rupture"] = True
         last[row["instrument"]] = score
