@@ -121,6 +121,10 @@ def load_frames(folder: Path) -> dict[str, pd.DataFrame]:
         "appointments": pd.DataFrame(appts),
         "alliance_measures": empty_measures,
         "alliance_items": empty_items,
+        # The trial's records hold no therapist's session notes.
+        "session_observations": pd.DataFrame(columns=[
+            "observation_id", "episode_id", "client_id", "appointment_id", "observed_at",
+            "recorded_at", "clinician_id", "signs", "rupture", "repair_steps", "updated_at"]),
         # A research data set: no consents to disclose under, no EHR identifiers.
         "consents": pd.DataFrame(columns=[
             "consent_id", "client_id", "recipient", "purpose", "effective_on", "expires_on",

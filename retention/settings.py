@@ -15,7 +15,6 @@ at start rather than being silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -27,15 +26,20 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from retention.clinic import contract
+from retention.clinic.registry import Registry, default_registry, load_registry
+
+# What the registry reads too, kept apart so that it need not import this module; named
+# here as well, where the rest of the service imports them from.
+from retention.config_base import INSTRUMENT_CODE as INSTRUMENT_CODE
+from retention.config_base import INSTRUMENT_CODE_RULE as INSTRUMENT_CODE_RULE
+from retention.config_base import SHIPPED_INSTRUMENTS_FILE as SHIPPED_INSTRUMENTS_FILE
+from retention.config_base import ConfigError as ConfigError
+from retention.config_base import unknown_keys
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from retention.clinic.registry import Registry
-
 DEFAULT_CONFIG_FILE = Path("config/retention.toml")
-# The instrument registry shipped with the service (``retention.clinic.registry``).
-SHIPPED_INSTRUMENTS_FILE = Path(__file__).resolve().parents[1] / "config" / "instruments.toml"
 
 # Environment variables that override the file, and the field each sets.
 ENV_OVERRIDES = {
@@ -64,20 +68,11 @@ CODED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     ("consents", "purpose"): contract.CONSENT_PURPOSES,
     ("client_contacts", "preferred_channel"): contract.CONTACT_CHANNELS,
 }
-# An instrument code: any short code a clinic sends is kept and shown (the registry,
-# config/instruments.toml, says which the model reads), so the instruments a clinic may
-# send or map onto are not a closed list: these are the codes the contract's column holds.
-INSTRUMENT_CODE = re.compile(r"[A-Za-z0-9_.-]{1,16}")
-INSTRUMENT_CODE_RULE = "1-16 letters, digits, '_', '.' or '-'"
 # Coded columns whose codes are open: any code of this form is kept (the closed list in
 # CODED_COLUMNS names the codes the contract knows by name).
 OPEN_CODES: dict[tuple[str, str], re.Pattern[str]] = {
     ("alliance_measures", "instrument"): INSTRUMENT_CODE,
 }
-
-
-class ConfigError(ValueError):
-    """The configuration is missing a value or holds one that cannot work."""
 
 
 @dataclass(frozen=True)
@@ -313,8 +308,6 @@ class Settings:
     def instruments(self) -> Registry:
         """The instrument registry of ``instruments_file``, read and checked once (at
         start: ``_check`` reads it, so a broken registry fails there)."""
-        from retention.clinic.registry import default_registry, load_registry
-
         if self.instruments_file == SHIPPED_INSTRUMENTS_FILE:
             return default_registry()
         return load_registry(self.instruments_file)
@@ -425,14 +418,6 @@ def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-def unknown_keys(given: Iterable[str], known: Iterable[str]) -> list[str]:
-    """Every key of ``given`` not in ``known``, named with the known key it most likely
-    meant ("colour (did you mean color?)")."""
-    known = list(known)
-    return [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
-        key, known, n=1)) else key for key in sorted(set(given) - set(known))]
 
 
 def _refuse_unknown(given: Iterable[str], known: Iterable[str], where: str) -> None:

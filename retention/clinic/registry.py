@@ -38,7 +38,7 @@ from retention.clinic.instruments import (
     WAI_SR_N_ITEMS,
     Scored,
 )
-from retention.settings import (
+from retention.config_base import (
     INSTRUMENT_CODE,
     INSTRUMENT_CODE_RULE,
     SHIPPED_INSTRUMENTS_FILE,
