@@ -228,7 +228,7 @@ def _share_fact(n: _Notes, words: ObservedWords) -> Phrase | None:
     noted = np.flatnonzero(n.in_window).tolist()
     # Of the sessions with a note: the others say nothing either way.
     head = (f"Therapist noted signs of strain in {_sessions(n, mask)} of "
-            f"{plural(_sessions(n, n.in_window), 'session note')} of the last {RUPTURE_SPAN}")
+            f"{plural(_sessions(n, n.in_window), 'noted session')} of the last {RUPTURE_SPAN}")
     candidates = [(f"{head}; latest: {_fragment(latest, words)}", noted),
                   (f"{head}; latest on {day_text(latest.day)}", noted), (head, noted)]
     return _phrase("OBSERVED_SHARE", candidates, n)
@@ -271,7 +271,8 @@ def phrase_observed_strain(h: History, lead: str, wanted: str,
     rupture of the last 3 months is left without a repair.
 
     The lead feature's fact first (signs, ruptures not repaired, all ruptures), then the
-    others, the ones not repaired first. A concern carries the repair prompts tied to the
+    others, the ones not repaired first; the share of noted sessions with a sign over 3
+    months only when it leads. A concern carries the repair prompts tied to the
     signs of the last 4 weeks as its suggestion (none: the family's own).
     """
     if h.observations.empty:

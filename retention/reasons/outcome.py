@@ -109,7 +109,8 @@ def phrase_not_on_track(h: History, lead: str, wanted: str,
         facts["not_on_track"] = Phrase("ORS_NOT_ON_TRACK", text, CONCERN, measure_ids=ids)
     if fell:
         facts["deteriorated"] = Phrase(
-            "ORS_DETERIORATED", f"{head}, {score_text(fall)} points below the intake of "
+            "ORS_DETERIORATED", f"{head}, {score_text(fall)} "
+                f"{'point' if fall == 1 else 'points'} below the intake of "
             f"{score_text(intake)} ({score_text(reliable)} or more is a reliable fall)",
             CONCERN, measure_ids=ids)
     own = LEAD_FACTS.get(lead, "not_on_track")

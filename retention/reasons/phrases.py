@@ -630,8 +630,8 @@ def phrase_early_treatment(h: History, lead: str, wanted: str,
     stage = _alliance_stage(h, attended, days, t)
     if stage is not None:
         return Phrase("ALLIANCE_STAGE", f"{capital(STAGE_PHRASES[stage])} of the alliance: "
-                      f"{since}; {plural(attended, 'session')} attended in the last 3 months",
-                      CONTEXT)
+                      f"{plural(attended, 'session')} attended in the last 3 months, admitted "
+                      f"{plural(days, 'day')} ago on {day_text(admitted)}", CONTEXT)
     words = "In the first weeks of treatment" if days < 42 else "In treatment"
     return Phrase("STAGE", f"{words}: {since}", CONTEXT)
 

@@ -33,9 +33,15 @@ import pytest
 from retention.clinic.data import ClinicData
 from retention.features import FEATURE_NAMES, build_features, spec
 from retention.reasons.catalogue import Catalogue, Family, load_catalogue
-from retention.reasons.explain import Explanation, Limits, explain, family_contributions
+from retention.reasons.explain import (
+    ALL_PHRASERS,
+    Explanation,
+    Limits,
+    explain,
+    family_contributions,
+)
 from retention.reasons.history import History, histories
-from retention.reasons.phrases import PHRASERS, Missing, Phrase
+from retention.reasons.phrases import Missing, Phrase
 from retention.scoring import explain_rows, limits, payload_of
 from retention.store.clinic_copy import read_scoped_copy
 from retention.store.features import read_features
@@ -189,7 +195,7 @@ def outcome_of(history: History, contributions: pd.Series, families: Mapping[str
     def outcome(family: str, wanted: str) -> Answer:
         members = contributions[[f for f, fam in families.items() if fam == family]]
         lead = str(members.idxmax() if wanted == CONCERN else members.idxmin())
-        found = PHRASERS[family](history, lead, wanted, catalogue.thresholds)
+        found = ALL_PHRASERS[family](history, lead, wanted, catalogue.thresholds)
         if isinstance(found, Missing):
             return "missing", found.text
         if found is None:
@@ -336,7 +342,7 @@ class Stand:
 def stand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stand]:
     s = Stand()
     for family in spec.FAMILIES:
-        monkeypatch.setitem(PHRASERS, family, s.phraser(family))
+        monkeypatch.setitem(ALL_PHRASERS, family, s.phraser(family))
     yield s
 
 

@@ -171,7 +171,7 @@ def test_the_share_of_noted_sessions_when_it_leads() -> None:
     note(b, "E2", at("2026-05-19"))  # clear
     p = said(b, "sign_share_90d")
     assert p.variant == "OBSERVED_SHARE" and p.direction == CONCERN
-    assert p.text == ("Therapist noted signs of strain in 1 of 2 session notes of the last "
+    assert p.text == ("Therapist noted signs of strain in 1 of 2 noted sessions of the last "
                       "3 months; latest: anger and withdrawal on 20 Apr")
     assert p.observation_ids == sorted([o1, o2]) and o3 not in p.observation_ids
     clear = history(b.build(), "E2")

@@ -1,6 +1,8 @@
 """The reasons' truth checks: every sentence, prompt and left-out family recomputed from
 the source clinic rows with plain pandas, and the way its fact points by the lines read
-straight from ``config/reasons.toml``.
+straight from ``config/reasons.toml`` and from the instrument registry in use
+(``config/instruments.toml`` as shipped: the ORS cutoff and reliable change, a clinic's
+expected ORS course, the cutoffs of its other alliance forms).
 
 Nothing here asks ``retention`` for the expected numbers, nor on which side of a line a
 fact falls. ``tests/reasons/test_phrases.py`` guards these checks on hand-built clinics;
@@ -9,10 +11,11 @@ fact falls. ``tests/reasons/test_phrases.py`` guards these checks on hand-built 
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from fractions import Fraction
@@ -28,13 +31,19 @@ from tests.support.reasons import CANCELLED, HEADING, Published
 # --- the clinic's vocabulary and lines, written out or read here rather than imported ------
 
 REASONS_TOML = Path(__file__).resolve().parents[2] / "config" / "reasons.toml"
-LINES = tomllib.loads(REASONS_TOML.read_text())["thresholds"]
+CATALOGUE = tomllib.loads(REASONS_TOML.read_text())
+LINES = CATALOGUE["thresholds"]
+# The instrument registry shipped (its ORS cutoff and reliable change); a run may use another.
+INSTRUMENTS_TOML = REASONS_TOML.parent / "instruments.toml"
 ATTENDANCE, CONTACT = LINES["attendance"], LINES["contact"]
 RATING, ALLIANCE = LINES["session_rating"], LINES["working_alliance"]
 
 CONCERN, REASSURING, CONTEXT, PROMPT = "concern", "reassuring", "context", "prompt"
 WANTED = (CONCERN, REASSURING)  # the ways the model can move the risk
 CONTEXT_FAMILIES = ("early_treatment", "setting", "measurement")
+# Families whose concerns bring a next step of their own in place of the family's: checked
+# against the rows by the recomputation (the therapist's notes: the signs' repair prompts).
+OWN_SUGGESTIONS = ("observed_strain",)
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 FACING = ("attended", "no_show", "late_cancel", "cancelled_by_client")
@@ -53,7 +62,10 @@ SRS_WORDS = "session rating (SRS)"
 SRS_PLURAL = "session ratings (SRS)"
 GSRS_WORDS = "group session rating (GSRS)"
 WAI_WORDS = "working alliance questionnaire (WAI-SR)"
-INSTRUMENT_WORDS = {"SRS": SRS_WORDS, "GSRS": GSRS_WORDS, "WAI-SR": WAI_WORDS}
+ORS_WORDS = "outcome rating (ORS)"
+INSTRUMENT_WORDS = {"SRS": SRS_WORDS, "GSRS": GSRS_WORDS, "WAI-SR": WAI_WORDS, "ORS": ORS_WORDS}
+# An instrument named in the plural counts as named in words too.
+INSTRUMENT_PLURALS = {"SRS": SRS_PLURAL}
 SRS_ITEM = {  # feature -> (item number, words in the sentence, variant)
     "srs_relationship_latest": (1, "the relationship", "SRS_RELATIONSHIP"),
     "srs_goals_latest": (2, "goals and topics", "SRS_GOALS"),
@@ -80,6 +92,14 @@ SNAKE = re.compile(r"\b[A-Za-z0-9]+_[A-Za-z0-9_]+\b")
 LONG_DECIMAL = re.compile(r"\d\.\d{2,}")
 
 
+def read_registry(path: Path | str = INSTRUMENTS_TOML) -> dict[str, Any]:
+    """The ``[instruments.*]`` tables of an instrument registry file, read with tomllib."""
+    return dict(tomllib.loads(Path(path).read_text())["instruments"])
+
+
+SHIPPED_REGISTRY = read_registry()
+
+
 def exact(x: Any) -> Fraction:
     """A recorded number as the decimal it stands for, so a line is compared exactly: a
     session rating going from 37.8 to 36.8 fell by 1, not by 0.9999999999999929."""
@@ -99,6 +119,8 @@ class Facts:
     ahead: pd.DataFrame  # booked before the cutoff for later, not cancelled by then
     measures: pd.DataFrame  # administered before the cutoff, oldest first
     items: pd.DataFrame  # item responses of those measures
+    notes: pd.DataFrame  # the therapist's notes known at the cutoff, oldest first, days_ago
+    registry: Mapping[str, Any]  # the instrument registry in use: [instruments.<code>]
 
     def facing(self, days: int) -> pd.DataFrame:
         """Client-facing slots in the ``days`` before the cutoff."""
@@ -117,7 +139,9 @@ class Facts:
         return m[(m["instrument"] == "WAI-SR") & (m["rater"] == rater)]
 
 
-def facts_of(clinic: ClinicData, episode_id: str, as_of: date) -> Facts:
+def facts_of(clinic: ClinicData, episode_id: str, as_of: date,
+             registry: Mapping[str, Any] | None = None) -> Facts:
+    """``registry``: the ``[instruments.*]`` tables in use (``read_registry``); the shipped."""
     cutoff = pd.Timestamp(as_of)
     order = ["scheduled_at", "appointment_id"]
     a = clinic.appointments[clinic.appointments["episode_id"] == episode_id]
@@ -127,6 +151,13 @@ def facts_of(clinic: ClinicData, episode_id: str, as_of: date) -> Facts:
     ahead = a[(a["scheduled_at"] >= cutoff) & (a["booked_at"] < cutoff) & ~cancelled_by_then]
     m = clinic.measures
     m = m[(m["episode_id"] == episode_id) & (m["administered_at"] < cutoff)]
+    o = clinic.observations
+    o = o[o["episode_id"] == episode_id]
+    observed, recorded = pd.to_datetime(o["observed_at"]), pd.to_datetime(o["recorded_at"])
+    # A note is known once written: recorded_at, or the session itself when that is unknown.
+    known = (observed < cutoff) & (recorded.isna() | (recorded < cutoff))
+    o = o.assign(observed_at=observed)[known]
+    o = o.assign(days_ago=(cutoff - o["observed_at"]).dt.total_seconds() / 86_400)
     episode = clinic.episodes.loc[clinic.episodes["episode_id"] == episode_id]
     assert len(episode) == 1, episode_id
     return Facts(
@@ -136,6 +167,8 @@ def facts_of(clinic: ClinicData, episode_id: str, as_of: date) -> Facts:
         ahead=ahead.sort_values(order),
         measures=m.sort_values(["administered_at", "measure_id"]),
         items=clinic.items[clinic.items["measure_id"].isin(m["measure_id"])],
+        notes=o.sort_values(["observed_at", "observation_id"]),
+        registry=SHIPPED_REGISTRY if registry is None else registry,
     )
 
 
@@ -181,17 +214,23 @@ class Expected:
     appointment_ids: list[str] = field(default_factory=list)
     measure_ids: list[str] = field(default_factory=list)
     direction: str | None = None
+    observation_ids: list[str] = field(default_factory=list)
+    # The next step shown with it, where the fact brings its own (the repair prompts of the
+    # signs a therapist noted); None: the family's, as the catalogue words it.
+    suggestion: str | None = None
 
 
 @dataclass(frozen=True)
 class Said:
     """What a phraser or the published list says: the sentence, the way it claims its fact
-    points, and its evidence."""
+    points, its evidence, and the next step shown with it (None: a prompt, which has none)."""
 
     text: str
     direction: str
     appointment_ids: list[str] = field(default_factory=list)
     measure_ids: list[str] = field(default_factory=list)
+    observation_ids: list[str] = field(default_factory=list)
+    suggestion: str | None = None
 
 
 class NotThisVariant(AssertionError):
@@ -429,6 +468,7 @@ def _engaged(f: Facts, code: str, lead: str, wanted: str) -> Expected:
 
 def _instrument(code: str, lead: str) -> tuple[str, str]:
     """The instrument a rating variant is about; it must be the one the lead measures."""
+    need(lead != OTHER_FORM_LEAD, "the lead is another registered alliance form")
     instrument = "GSRS" if code.split(".")[1].startswith("GSRS") else "SRS"
     need(lead.startswith("gsrs") == (instrument == "GSRS"), f"the lead is not about {instrument}")
     return instrument, GSRS_WORDS if instrument == "GSRS" else SRS_WORDS
@@ -809,7 +849,7 @@ def item_mean(row: pd.Series) -> Fraction | None:
     if pd.notna(row["score_total"]):
         return exact(row["score_total"]) / 12
     scales = [row[s] for s in SCALE_WORDS]
-    return None if any(pd.isna(v) for v in scales) else sum(map(exact, scales)) / 3
+    return None if any(pd.isna(v) for v in scales) else sum(map(exact, scales), Fraction(0)) / 3
 
 
 def _pair(f: Facts) -> tuple[pd.Series, pd.Series, Fraction, Fraction]:
@@ -866,6 +906,452 @@ def _alike(f: Facts, code: str, lead: str, wanted: str) -> Expected:
                           if abs(_apart(cm, tm)) < line and cm >= strong else None)
 
 
+# alliance_rupture led by another registered alliance form: its latest total against the
+# cutoff the registry in use gives it ([instruments.<code>] cutoff); none, nothing to say.
+
+OTHER_FORM_LEAD = "other_alliance_share"
+OWN_FORMS = ("SRS", "GSRS", "WAI-SR", "ORS")  # forms with features of their own
+
+
+@recomputes("alliance_rupture.OTHER_FORM_LOW", "alliance_rupture.OTHER_FORM_GOOD")
+def _other_form(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """The client's latest rating on any alliance form the model reads besides the SRS, GSRS
+    and WAI-SR: past its cutoff (below it, or above it where higher is worse) a concern,
+    on the other side reassuring."""
+    need(lead == OTHER_FORM_LEAD, "the lead is not another alliance form")
+    forms = {c: e for c, e in f.registry.items()
+             if e.get("model_input") and e.get("kind") == "alliance" and c not in OWN_FORMS}
+    m = f.measures
+    rated = m[m["instrument"].isin(list(forms)) & (m["rater"] == "client")
+              & m["score_total"].notna()]
+    need(len(rated), "no client rating on another registered alliance form")
+    last = rated.iloc[-1]
+    form = forms[str(last["instrument"])]
+    need(form.get("cutoff"), f"{last['instrument']} has no cutoff in the registry")
+    score, line = as_read(last["score_total"]), as_read(form["cutoff"]["value"])
+    better = form["higher_is"] == "better"
+    concern = score < line if better else score > line
+    need(code.endswith("_LOW") == concern, "the rating is on the other side of its cutoff")
+    side = ("below" if better else "above") if concern else (
+        "at or above" if better else "at or below")
+    return Expected(
+        f"Latest {form['name'].strip()} ({last['instrument']}) was {tenth(float(score))} on "
+        f"{on(last['administered_at'])}, {side} its cutoff of {tenth(float(line))}",
+        measure_ids=[str(last["measure_id"])], direction=CONCERN if concern else REASSURING)
+
+
+# not_on_track: the client's ORS against the course expected from the intake, with the
+# registry's ORS cutoff and reliable change ([instruments.ORS]) and, where the clinic fitted
+# one, its expected course ([instruments.ORS.trajectory]), recomputed here from the table's
+# numbers: expected = intake + (rate_at_zero + rate_per_intake x intake) x ln(min(n, last
+# session)) within the total's range, the on-track line band x spread below it.
+
+# The published curves (Finch, Lambert & Schaalje 2001) run over sessions 1 to 20: the
+# table's last_session when it does not say.
+LAST_SESSION = 20
+# The ORS features that measure the fall from the intake: with one as lead the fall is named
+# first, with any other the course.
+FALL_LEADS = ("ors_change", "ors_reliable_deterioration")
+
+
+def ordinal(n: int) -> str:
+    """'1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '112th'."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The intake and latest client ORS, as shown, against the registry's lines."""
+
+    n: int  # ratings so far, the intake the first
+    intake: Fraction
+    score: Fraction
+    expected: Fraction | None  # at the latest rating; None: no course fitted
+    lower: Fraction | None  # the on-track line
+    cutoff: Fraction
+    reliable: Fraction
+    head: str  # "Outcome rating (ORS) 16 on 19 Mar"
+    measure_ids: list[str]  # the intake and the latest
+
+    @property
+    def fall(self) -> Fraction:
+        return self.intake - self.score
+
+    @property
+    def below(self) -> bool:
+        return self.lower is not None and self.score < self.lower
+
+    @property
+    def fell(self) -> bool:
+        return self.fall >= self.reliable
+
+    @property
+    def way(self) -> str | None:
+        """Off the course or fallen reliably is a concern."""
+        return CONCERN if self.below or self.fell else None
+
+    @property
+    def reassuring(self) -> str | None:
+        """A good rating (at the course, above the cutoff) reassures only when the client is
+        neither off the course nor fallen reliably: else it points neither way."""
+        return None if self.way else REASSURING
+
+    @property
+    def at(self) -> str:
+        return f"{self.head} ({ordinal(self.n)} rating)"
+
+
+def expected_course(table: Mapping[str, Any], intake: float, n: int,
+                    total_range: tuple[float, float]) -> tuple[float, float]:
+    """The expected total at rating ``n`` from ``intake`` and the on-track line below it."""
+    log_session = math.log(min(n, int(table.get("last_session", LAST_SESSION))))
+    rate = float(table["rate_at_zero"]) + float(table["rate_per_intake"]) * intake
+    expected = min(max(intake + rate * log_session, total_range[0]), total_range[1])
+    return expected, expected - float(table["band"]) * float(table["spread"])
+
+
+def _outcome(f: Facts) -> Outcome:
+    rated = f.rated("ORS")
+    need(len(rated) >= 2, "no ORS after the intake")
+    ors = f.registry.get("ORS") or SHIPPED_REGISTRY["ORS"]
+    shipped = SHIPPED_REGISTRY["ORS"]
+    cutoff = (ors.get("cutoff") or shipped["cutoff"])["value"]
+    reliable = ors.get("reliable_change", shipped["reliable_change"])
+    first, last = rated.iloc[0], rated.iloc[-1]
+    expected = lower = None
+    if ors.get("trajectory"):
+        low, high = ors.get("total_range", shipped["total_range"])
+        e, line = expected_course(ors["trajectory"], float(first["score_total"]), len(rated),
+                                  (float(low), float(high)))
+        expected, lower = as_read(e), as_read(line)
+    score = as_read(last["score_total"])
+    return Outcome(
+        len(rated), as_read(first["score_total"]), score, expected, lower, as_read(cutoff),
+        as_read(reliable), f"{_capital(ORS_WORDS)} {tenth(float(score))} on "
+        f"{on(last['administered_at'])}", [str(first["measure_id"]), str(last["measure_id"])])
+
+
+@recomputes("not_on_track.ORS_NONE")
+def _ors_none(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    need(f.rated("ORS").empty, "an ORS was recorded")
+    return Expected(f"No {ORS_WORDS} recorded yet: consider asking for one at the next session",
+                    direction=PROMPT)
+
+
+@recomputes("not_on_track.ORS_NOT_ON_TRACK")
+def _ors_not_on_track(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    o = _outcome(f)
+    need(o.below, "not below the on-track line (or no course fitted)")
+    need(lead not in FALL_LEADS or not o.fell, "the lead's own fact, the fall, comes first")
+    assert o.expected is not None and o.lower is not None
+    line, intake = tenth(float(o.lower)), tenth(float(o.intake))
+    text = (f"{o.at}, below the on-track line of {line}; {tenth(float(o.expected))} expected "
+            f"from an intake of {intake}")
+    if len(text) > MAX_SENTENCE:
+        text = f"{o.at}, below the on-track line of {line} for an intake of {intake}"
+    return Expected(text, measure_ids=o.measure_ids, direction=o.way)
+
+
+@recomputes("not_on_track.ORS_DETERIORATED")
+def _ors_deteriorated(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    o = _outcome(f)
+    need(o.fell, "no reliable fall from the intake")
+    need(lead in FALL_LEADS or not o.below, "the course comes first for this lead")
+    points = "point" if o.fall == 1 else "points"
+    return Expected(
+        f"{o.head}, {tenth(float(o.fall))} {points} below the intake of "
+        f"{tenth(float(o.intake))} ({tenth(float(o.reliable))} or more is a reliable fall)",
+        measure_ids=o.measure_ids, direction=o.way)
+
+
+@recomputes("not_on_track.ORS_ON_COURSE")
+def _ors_on_course(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    o = _outcome(f)
+    need(o.expected is not None and o.score >= o.expected, "not at the expected course")
+    assert o.expected is not None
+    return Expected(
+        f"{o.at}, at or above the {tenth(float(o.expected))} expected from an intake of "
+        f"{tenth(float(o.intake))}",
+        measure_ids=o.measure_ids, direction=o.reassuring)
+
+
+@recomputes("not_on_track.ORS_ABOVE_CUTOFF")
+def _ors_above_cutoff(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """Above the clinical cutoff but under the expected course (or with none fitted)."""
+    o = _outcome(f)
+    need(o.score > o.cutoff, "not above the clinical cutoff")
+    need(o.expected is None or o.score < o.expected, "at the expected course: said as such")
+    return Expected(
+        f"{o.at}, above the clinical cutoff of {tenth(float(o.cutoff))}, from an intake of "
+        f"{tenth(float(o.intake))}",
+        measure_ids=o.measure_ids, direction=o.reassuring)
+
+
+# observed_strain: the therapist's session notes, in the words of [signs.*] and
+# [repair_steps.*]. Signs count over the last 4 weeks, ruptures over the last 3 months; a
+# rupture is repaired by a repair step on its note or a later one.
+
+# The contract's signs (retention/clinic/contract.py, SIGNS), in its order, with the group of
+# each, the groups in their order, and the repair steps in theirs: written out here.
+SIGN_GROUP = {
+    "lack_of_trust": "lack_of_trust",
+    "communication_breakdown": "communication_breakdown",
+    "inconsistent_engagement": "inconsistent_engagement",
+    "rejects_suggestions": "resistance",
+    "tasks_not_done": "resistance",
+    "frustration": "negative_reaction",
+    "anger": "negative_reaction",
+    "withdrawal": "negative_reaction",
+}
+SIGN_GROUPS = ("lack_of_trust", "communication_breakdown", "inconsistent_engagement",
+               "resistance", "negative_reaction")
+STEPS = ("acknowledged", "clarified", "took_responsibility", "revisited_goals_tasks",
+         "monitored")
+SIGN_WORDS = {code: e["words"].strip() for code, e in CATALOGUE["signs"].items()}
+SIGN_PROMPTS = {code: e["prompt"].strip() for code, e in CATALOGUE["signs"].items()}
+STEP_WORDS = {code: e["words"].strip() for code, e in CATALOGUE["repair_steps"].items()}
+SUGGESTIONS = {code: e["suggestion"] for code, e in CATALOGUE["families"].items()}
+SIGN_DAYS, RUPTURE_DAYS = 28, 90  # "the last 4 weeks", "the last 3 months"
+# The fact each observed_strain feature counts: named first when the notes bear it out;
+# then the ruptures not repaired, the recent signs, all ruptures. The share of the sessions
+# of 3 months with a sign is named only when it leads (never in place of the 4 weeks' signs).
+OBSERVED_FACT = {"signs_sessions_28d": "signs", "sign_groups_28d": "signs",
+                 "sign_share_90d": "share", "ruptures_unrepaired_90d": "unrepaired",
+                 "ruptures_90d": "ruptures"}
+OBSERVED_ORDER = ("unrepaired", "signs", "ruptures")
+OBSERVED_VARIANT = {"OBSERVED_SIGNS": "signs", "OBSERVED_SHARE": "share",
+                    "OBSERVED_UNREPAIRED": "unrepaired", "OBSERVED_RUPTURES": "ruptures"}
+
+
+def _codes(text: Any, order: Any) -> list[str]:
+    """The codes of ``order`` a space-separated text names, in that order."""
+    named = set(text.split()) if isinstance(text, str) else set()
+    return [c for c in order if c in named]
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _notes(f: Facts) -> pd.DataFrame:
+    """The notes known, oldest first, with their signs and steps, the session each is about
+    (its appointment, or the note itself), its day, and whether it is recent, in the 3
+    months, and a rupture left unrepaired."""
+    n = f.notes
+    steps = [_codes(t, STEPS) for t in n["repair_steps"]]
+    stamps = n["observed_at"]
+    repairs = stamps[[bool(s) for s in steps]]
+    rupture = n["rupture"].astype(bool)
+    in_window = n["days_ago"] <= RUPTURE_DAYS
+    unrepaired = rupture & in_window
+    if len(repairs):
+        unrepaired &= stamps > repairs.max()
+    return n.assign(
+        sign_codes=pd.Series([_codes(t, SIGN_GROUP) for t in n["signs"]], n.index, object),
+        step_codes=pd.Series(steps, n.index, object),
+        rupture=rupture, day=stamps.dt.normalize(), recent=n["days_ago"] <= SIGN_DAYS,
+        in_window=in_window, unrepaired=unrepaired,
+        session=[f"a:{a}" if pd.notna(a) else f"o:{o}"
+                 for a, o in zip(n["appointment_id"], n["observation_id"], strict=True)])
+
+
+@dataclass(frozen=True)
+class NotedDay:
+    """The notes of one calendar day among those a sentence lists."""
+
+    day: pd.Timestamp
+    signs: list[str]  # in the contract's order
+    rupture: bool
+    rows: pd.DataFrame
+
+
+def _noted_days(rows: pd.DataFrame) -> list[NotedDay]:
+    """``rows`` by day, most recent first."""
+    days = [NotedDay(pd.Timestamp(group["day"].iloc[0]),
+                     [s for s in SIGN_GROUP if any(s in c for c in group["sign_codes"])],
+                     bool(group["rupture"].any()), group)
+            for _, group in rows.groupby("day", sort=True)]
+    return days[::-1]
+
+
+def _fragment(d: NotedDay, short: bool = False) -> str:
+    """'frustration and withdrawal on 12 May', 'a rupture with anger on 12 May', 'a rupture
+    on 12 May'; ``short``: 'signs of strain' for the signs."""
+    signs = ("signs of strain" if short else _and([SIGN_WORDS[s] for s in d.signs])) \
+        if d.signs else ""
+    if d.rupture:
+        return f"a rupture with {signs} on {on(d.day)}" if signs else f"a rupture on {on(d.day)}"
+    return f"{signs} on {on(d.day)}"
+
+
+Sentence = tuple[str, list[str]]  # a sentence (or its ending) and the notes it cites
+
+
+def _repair(n: pd.DataFrame, listed: pd.DataFrame, latest_only: bool = False) -> list[Sentence]:
+    """What was recorded of repairing the latest rupture ``listed``, as endings, fullest
+    first: the steps by day from that rupture's day on, or that none was recorded (since
+    that rupture, when an earlier one listed was repaired and the sentence lists more than
+    the latest day)."""
+    ruptured = listed[listed["rupture"]]
+    if ruptured.empty:
+        return [("", [])]
+    latest = ruptured["observed_at"].max()
+    after = n[n["step_codes"].map(bool) & (n["observed_at"] >= latest)]
+    if after.empty:
+        since = not latest_only and not ruptured["unrepaired"].all()
+        return [(f"; no repair recorded since {on(latest)}" if since else "; no repair recorded",
+                 [])]
+    days = [(pd.Timestamp(g["day"].iloc[0]),
+             [s for s in STEPS if any(s in c for c in g["step_codes"])],
+             ids(g, "observation_id")) for _, g in after.groupby("day", sort=True)]
+
+    def steps_on(shown: list[tuple[pd.Timestamp, list[str], list[str]]]) -> Sentence:
+        return ("; " + ", ".join(f"{_and([STEP_WORDS[s] for s in steps])} on {on(day)}"
+                                 for day, steps, _ in shown),
+                [i for *_, cited in shown for i in cited])
+
+    first_day, _, first_ids = days[0]
+    return [steps_on(days), steps_on(days[:1]),
+            (f"; repair recorded on {on(first_day)}", first_ids)]
+
+
+def _first_fitting(candidates: list[Sentence]) -> Sentence:
+    """The first sentence (all true, the fullest first) that fits the list's width; if
+    none does, the shortest."""
+    return next((c for c in candidates if len(c[0]) <= MAX_SENTENCE),
+                min(candidates, key=lambda c: len(c[0])))
+
+
+def _listing(n: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[NotedDay], list[str],
+                                                             list[Sentence], list[Sentence]]:
+    """The days of ``rows``, the notes listed, the whole list's sentences (with each repair
+    ending) and the endings for the latest day alone."""
+    days = _noted_days(rows)
+    listed = ids(rows, "observation_id")
+    full = "Therapist noted " + ", ".join(_fragment(d) for d in days)
+    whole = [(full + text, listed + cited) for text, cited in _repair(n, rows)]
+    return days, listed, whole, _repair(n, days[0].rows, latest_only=True)
+
+
+def _signs_sentence(n: pd.DataFrame) -> Sentence | None:
+    """Signs noted in the last 4 weeks, the days most recent first, with what was recorded
+    of repairing the latest rupture among them."""
+    rows = n[n["recent"] & n["sign_codes"].map(bool)]
+    if rows.empty:
+        return None
+    days, listed, candidates, only = _listing(n, rows)
+    latest = days[0]
+    if len(days) == 1:
+        candidates += [("Therapist noted " + _fragment(latest, short=True) + text, listed + c)
+                       for text, c in only]
+    else:
+        sessions = count(rows["session"].nunique(), "session")
+        lasts = [_fragment(latest),
+                 f"a rupture on {on(latest.day)}" if latest.rupture else f"on {on(latest.day)}"]
+        for span in ("of the last 4 weeks", "in 4 weeks"):
+            for last in lasts:
+                candidates += [(f"Therapist noted signs of strain in {sessions} {span}, most "
+                                f"recently {last}{text}", listed + c) for text, c in only]
+    return _first_fitting(candidates)
+
+
+def _share_sentence(n: pd.DataFrame) -> Sentence | None:
+    """Of the sessions noted in the last 3 months, how many had a sign, and the latest day
+    with one; every note of the 3 months cited."""
+    window = n[n["in_window"]]
+    rows = window[window["sign_codes"].map(bool)]
+    if rows.empty:
+        return None
+    latest = _noted_days(rows)[0]
+    head = (f"Therapist noted signs of strain in {rows['session'].nunique()} of "
+            f"{count(window['session'].nunique(), 'noted session')} of the last 3 months")
+    noted = ids(window, "observation_id")
+    return _first_fitting([(f"{head}; latest: {_fragment(latest)}", noted),
+                           (f"{head}; latest on {on(latest.day)}", noted), (head, noted)])
+
+
+def _ruptures_sentence(n: pd.DataFrame, unrepaired: bool) -> Sentence | None:
+    """Ruptures noted in the last 3 months (only those left unrepaired), the days most
+    recent first, with what was recorded of repairing the latest."""
+    rows = n[n["unrepaired"] if unrepaired else n["rupture"] & n["in_window"]]
+    if rows.empty:
+        return None
+    days, listed, candidates, only = _listing(n, rows)
+    latest = days[0]
+    if len(days) == 1:
+        candidates += [("Therapist noted " + _fragment(latest, short=True) + text, listed + c)
+                       for text, c in only]
+    else:
+        ruptures, when = count(rows["session"].nunique(), "rupture"), on(latest.day)
+        lasts = [f"the latest with {_and([SIGN_WORDS[s] for s in latest.signs])} on {when}",
+                 f"the latest with signs of strain on {when}"] if latest.signs else []
+        for last in [*lasts, f"the latest on {when}"]:
+            if unrepaired:
+                candidates.append((f"Therapist noted {ruptures} with no repair recorded in the "
+                                   f"last 3 months, {last}", listed))
+            else:
+                candidates += [(f"Therapist noted {ruptures} in the last 3 months, {last}{text}",
+                                listed + c) for text, c in only]
+    return _first_fitting(candidates)
+
+
+def repair_suggestion(n: pd.DataFrame) -> str:
+    """The repair prompts of the signs noted in the last 4 weeks, each once, by the order of
+    the sign groups and then the signs; none, the family's own suggestion."""
+    seen = {c for codes in n.loc[n["recent"], "sign_codes"] for c in codes}
+    order = sorted(seen, key=lambda c: (SIGN_GROUPS.index(SIGN_GROUP[c]),
+                                        list(SIGN_GROUP).index(c)))
+    return " ".join(dict.fromkeys(SIGN_PROMPTS[c] for c in order)) or SUGGESTIONS[
+        "observed_strain"]
+
+
+@recomputes(*(f"observed_strain.{variant}" for variant in OBSERVED_VARIANT))
+def _observed(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """A sign or a rupture noted in the last 3 months is a concern; the lead's own fact is
+    named first, then the ruptures left unrepaired, the signs of the last 4 weeks, all
+    ruptures (the share of the sessions of the 3 months with a sign only as the lead's)."""
+    n = _notes(f)
+    need(len(n), "no notes")
+    fact = OBSERVED_VARIANT[code.split(".")[1]]
+    own = OBSERVED_FACT.get(lead)
+    sentences: dict[str, Callable[[], Sentence | None]] = {
+        "unrepaired": lambda: _ruptures_sentence(n, unrepaired=True),
+        "signs": lambda: _signs_sentence(n), "share": lambda: _share_sentence(n),
+        "ruptures": lambda: _ruptures_sentence(n, unrepaired=False)}
+    for key in ([own] if own else []) + [k for k in OBSERVED_ORDER if k != own]:
+        found = sentences[key]()
+        if found is not None:
+            need(key == fact, f"the {key} fact is named first with lead {lead}")
+            text, cited = found
+            return Expected(text, observation_ids=sorted(set(cited)), direction=CONCERN,
+                            suggestion=repair_suggestion(n))
+    raise NotThisVariant("no sign nor rupture noted in the last 3 months")
+
+
+@recomputes("observed_strain.OBSERVED_CLEAR")
+def _observed_clear(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    """True while the notes of the last 4 weeks hold no sign and no rupture; reassuring only
+    when no rupture of the last 3 months is left unrepaired either."""
+    n = _notes(f)
+    recent = n[n["recent"]]
+    need(len(recent), "no note in the last 4 weeks")
+    need(not recent["sign_codes"].map(bool).any() and not recent["rupture"].any(),
+         "a sign or a rupture was noted in the last 4 weeks")
+    return Expected(
+        "No signs of strain in the therapist's notes of the last 4 weeks "
+        f"({count(recent['session'].nunique(), 'session')})",
+        observation_ids=ids(recent, "observation_id"),
+        direction=None if n["unrepaired"].any() else REASSURING, suggestion="")
+
+
+@recomputes("observed_strain.OBSERVED_NONE")
+def _observed_none(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    need(f.notes.empty, "the therapist wrote notes")
+    return Expected("No therapist notes on signs of strain yet: consider recording them after "
+                    "sessions", direction=PROMPT)
+
+
 # early_treatment: context, whichever way the model moved the risk
 
 
@@ -898,9 +1384,56 @@ def _planned_end(f: Facts, code: str, lead: str, wanted: str) -> Expected:
     return Expected(f"Planned discharge {when}, on {on(planned)}", direction=CONTEXT)
 
 
+# The stage of the alliance, as the list's context names it; its rule written out here.
+STAGE_NAMES = {"engagement": "Engagement stage", "exploration": "Exploration stage",
+               "working": "Working phase", "resolution": "Resolution stage"}
+
+
+def alliance_stage_of(f: Facts) -> tuple[str | None, int]:
+    """The stage by the rule of docs/web.md, and the sessions attended in the last 90 days:
+    fewer than 3 of them, engagement; a planned end within 28 days (or past), resolution;
+    the first 21 days, engagement; then the client's latest SRS (36+) or WAI-SR (item mean,
+    as shown, at or above the clinic's line) says working phase or exploration; none, None."""
+    p = f.past
+    attended = int(((p["status"] == "attended")
+                    & (p["scheduled_at"] >= f.cutoff - pd.Timedelta(days=90))).sum())
+    days = (f.cutoff - pd.Timestamp(f.episode["admitted_on"])).days
+    planned = f.episode.get("planned_discharge_on")
+    if attended < 3:
+        return "engagement", attended
+    if planned is not None and not pd.isna(planned) and (
+            pd.Timestamp(planned) - f.cutoff).days <= 28:
+        return "resolution", attended
+    if days < 21:
+        return "engagement", attended
+    m = f.measures
+    rated = m[(m["rater"] == "client") & m["instrument"].isin(["SRS", "WAI-SR"])
+              & m["score_total"].notna()].sort_values(["administered_at", "measure_id"])
+    if rated.empty:
+        return None, attended
+    last = rated.iloc[-1]
+    good = (float(last["score_total"]) >= 36 if last["instrument"] == "SRS" else
+            round(float(last["score_total"]) / 12, 1) >= ALLIANCE["concern_below"])
+    return ("working" if good else "exploration"), attended
+
+
+@recomputes("early_treatment.ALLIANCE_STAGE")
+def _alliance_stage(f: Facts, code: str, lead: str, wanted: str) -> Expected:
+    need(lead != "days_to_planned_end", "the planned end should be named")
+    stage, attended = alliance_stage_of(f)
+    need(stage is not None, "the stage cannot be told without an alliance rating")
+    assert stage is not None
+    admitted = pd.Timestamp(f.episode["admitted_on"])
+    days = (f.cutoff - admitted).days
+    return Expected(f"{STAGE_NAMES[stage]} of the alliance: {count(attended, 'session')} "
+                    f"attended in the last 3 months, admitted {count(days, 'day')} ago on "
+                    f"{on(admitted)}", direction=CONTEXT)
+
+
 @recomputes("early_treatment.STAGE")
 def _stage(f: Facts, code: str, lead: str, wanted: str) -> Expected:
     need(lead != "days_to_planned_end", "the planned end should be named")
+    need(alliance_stage_of(f)[0] is None, "the stage of the alliance should be named")
     admitted = pd.Timestamp(f.episode["admitted_on"])
     days = (f.cutoff - admitted).days
     stage = "In the first weeks of treatment" if days < 6 * 7 else "In treatment"
@@ -1061,6 +1594,11 @@ def mismatches(code: str, said: Said, facts: Facts, lead: str, wanted: str,
         out.append(f"{code}: appointments {said.appointment_ids} != {expected.appointment_ids}")
     if sorted(map(str, said.measure_ids)) != sorted(expected.measure_ids):
         out.append(f"{code}: measures {said.measure_ids} != {expected.measure_ids}")
+    if sorted(map(str, said.observation_ids)) != sorted(expected.observation_ids):
+        out.append(f"{code}: notes {said.observation_ids} != {expected.observation_ids}")
+    if expected.suggestion is not None and said.suggestion != expected.suggestion:
+        out.append(f"{code}: suggests {said.suggestion!r}, the notes call for "
+                   f"{expected.suggestion!r}")
     if said.direction != expected.direction:
         out.append(f"{code}: says its fact is {said.direction}, the rows and lines say "
                    f"{expected.direction or 'neither'}: {said.text!r}")
@@ -1074,7 +1612,16 @@ def wrongly_left_out(family: str, facts: Facts, lead: str, wanted: str) -> list[
     """A family left out (its phraser gave None) must have no variant whose fact points the
     way the model moved the risk (by the recomputations, so bond, goals and tasks are never
     reassuring while a client rating of them is not reassuring), nor a measure never taken to
-    prompt for; and stage and setting are never left out."""
+    prompt for; and stage and setting are never left out.
+
+    So leaving out "not on track" is wrong with no ORS at all (a prompt is due), with the
+    latest ORS under the on-track line or a reliable fall below the intake (a concern), or
+    with neither and the latest at or above the expected course or above the cutoff
+    (reassuring); leaving out "observed strain" is wrong with no note known (a prompt), with
+    a sign in the last 4 weeks or a rupture in the last 3 months (a concern), or with recent
+    notes clear of both and no rupture left unrepaired (reassuring); and leaving out the
+    session ratings led by another alliance form is wrong when that form's latest rating is
+    on either side of a cutoff the registry gives it."""
     if family in CONTEXT_FAMILIES:
         return [f"{family}: context is never left out"]
     out = []
@@ -1102,23 +1649,29 @@ def phrased_mismatches(result: Phrase | Missing | None, family: str, facts: Fact
     code = f"{family}.{result.variant}"
     if isinstance(result, Missing):
         return code, mismatches(code, Said(result.text, PROMPT), facts, lead, wanted, PROMPT)
+    # Shown with the phrase's own suggestion, else the family's (what is going well, none).
+    suggestion = result.suggestion or ("" if result.direction == REASSURING
+                                       else SUGGESTIONS[family])
     said = Said(result.text, result.direction, [str(i) for i in result.appointment_ids],
-                [str(i) for i in result.measure_ids])
+                [str(i) for i in result.measure_ids], [str(i) for i in result.observation_ids],
+                suggestion)
     listed = CONTEXT if family in CONTEXT_FAMILIES else wanted
     return code, mismatches(code, said, facts, lead, wanted, listed)
 
 
 def published_mismatches(
     published: Published, source: ClinicData, as_of: date,
-    families: tuple[str, ...] | None = None,
+    families: tuple[str, ...] | None = None, instruments: Path | str = INSTRUMENTS_TOML,
 ) -> list[str]:
-    """Every published reason, prompt and left-out family checked against the rows."""
+    """Every published reason, prompt and left-out family checked against the rows, with the
+    instrument registry the list was scored with (``Settings.instruments_file``)."""
     problems = []
     facts: dict[str, Facts] = {}
+    registry = read_registry(instruments)
 
     def rows_of(eid: str) -> Facts:
         if eid not in facts:
-            facts[eid] = facts_of(source, eid, as_of)
+            facts[eid] = facts_of(source, eid, as_of, registry)
         return facts[eid]
 
     def moved(eid: str, family: str) -> tuple[str, str]:
@@ -1129,7 +1682,8 @@ def published_mismatches(
         if families is None or r["family"] in families:
             eid = row["episode_id"]
             lead, wanted = moved(eid, r["family"])
-            said = Said(r["text"], r["direction"], r["appointment_ids"], r["measure_ids"])
+            said = Said(r["text"], r["direction"], r["appointment_ids"], r["measure_ids"],
+                        r.get("observation_ids", []), r["suggestion"])
             problems += [f"{eid}: {p}" for p in mismatches(r["code"], said, rows_of(eid), lead,
                                                            wanted, HEADING[kind])]
     for row, p in published.prompts():
