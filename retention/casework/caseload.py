@@ -23,6 +23,7 @@ from retention.casework import outreach, repair
 from retention.casework.stage import WAI_ESTABLISHED_FROM, AllianceStage, alliance_stage
 from retention.clinic import contract
 from retention.clinic.instruments import SRS_CUTOFF
+from retention.features.observations import SIGN_CODES, noted
 from retention.store.tables import copies, publications, scores
 
 SORTS = ("rank", "change", "last_attended", "next_booked")
@@ -275,8 +276,8 @@ def _notes(notes: pd.DataFrame) -> list[dict[str, Any]]:
         out.append({"observation_id": str(r["observation_id"]),
                     "observed_at": pd.Timestamp(r["observed_at"]).to_pydatetime(),
                     "rupture": bool(r["rupture"]),
-                    "signs": repair.codes(r["signs"], contract.SIGNS),
-                    "repair_steps": repair.codes(r["repair_steps"], contract.REPAIR_STEPS)})
+                    "signs": noted(r["signs"], SIGN_CODES),
+                    "repair_steps": noted(r["repair_steps"], contract.REPAIR_STEPS)})
     return out
 
 

@@ -47,30 +47,11 @@ import pandas as pd
 from retention.clinic import contract
 from retention.clinic.data import as_timestamp
 from retention.clinic.instruments import SRS_CUTOFF
+from retention.features.observations import SIGN_CODES, noted, notes_known
 
 # A fall of this many points or more from the previous SRS is a rupture (see above).
 SRS_DROP = 5.0
 
-# The words of the codes as the shipped reason catalogue has them (``config/reasons.toml``,
-# ``[signs]`` and ``[repair_steps]``): the pages pass the clinic's own
-# (``Catalogue.observed``), which a clinic may reword.
-SIGN_WORDS: dict[str, str] = {
-    "lack_of_trust": "lack of trust",
-    "communication_breakdown": "communication breakdown",
-    "inconsistent_engagement": "inconsistent engagement",
-    "rejects_suggestions": "rejecting suggestions",
-    "tasks_not_done": "tasks not done",
-    "frustration": "frustration",
-    "anger": "anger",
-    "withdrawal": "withdrawal",
-}
-REPAIR_WORDS: dict[str, str] = {
-    "acknowledged": "acknowledged",
-    "clarified": "clarified",
-    "took_responsibility": "took responsibility",
-    "revisited_goals_tasks": "revisited goals and tasks",
-    "monitored": "checked in with the session rating (SRS)",
-}
 HOW = ("noted", "fell_below", "fell_by")
 
 
@@ -99,9 +80,10 @@ class RuptureCourse:
     def noted(self) -> bool:
         return "noted" in self.how
 
-    def shown_by(self, sign_words: Mapping[str, str] = SIGN_WORDS) -> str:
-        """What showed the rupture: "Noted by the therapist in the session note (signs:
-        anger); the session rating (SRS) fell from 38 to 31 (7 points, under 36)"."""
+    def shown_by(self, sign_words: Mapping[str, str]) -> str:
+        """What showed the rupture, its signs in the clinic's words (``Catalogue.observed``):
+        "Noted by the therapist in the session note (signs: anger); the session rating (SRS)
+        fell from 38 to 31 (7 points, under 36)"."""
         parts = []
         if self.noted:
             words = "Noted by the therapist in the session note"
@@ -119,8 +101,8 @@ class RuptureCourse:
         text = "; ".join(parts)
         return text[:1].upper() + text[1:]
 
-    def step_words(self, words: Mapping[str, str] = REPAIR_WORDS) -> list[str]:
-        """The recorded repair steps in words, in the contract's order."""
+    def step_words(self, words: Mapping[str, str]) -> list[str]:
+        """The recorded repair steps in the clinic's words, in the contract's order."""
         return [words.get(s, s) for s in self.repair_steps]
 
     def next_words(self) -> str:
@@ -142,24 +124,13 @@ class RuptureCourse:
         return f"{head}: under {cut:g} (not recovered)."
 
 
-def codes(value: object, known: tuple[str, ...] | dict[str, str]) -> tuple[str, ...]:
-    """Space-separated codes as a tuple in the order of ``known``, unknown ones left out."""
-    if not isinstance(value, str):
-        return ()
-    given = set(value.split())
-    return tuple(c for c in known if c in given)
-
-
 def known_notes(observations: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    """The notes known at ``as_of``: observed before it and written before it."""
-    cutoff = as_timestamp(as_of)
+    """The notes known at ``as_of``, by the features' rule
+    (``features.observations.notes_known``), oldest first."""
     observations = observations.reset_index(drop=True)
-    observed = pd.to_datetime(observations["observed_at"])
-    recorded = pd.to_datetime(observations["recorded_at"])
-    known = (observed < cutoff) & (recorded.isna() | (recorded < cutoff))
-    out = observations.loc[known].copy()
-    out["observed_at"] = observed[known]
-    return out.sort_values(["observed_at", "observation_id"], kind="stable")
+    episodes = pd.Index(observations["episode_id"].unique())
+    return notes_known(observations, episodes, as_of).sort_values(
+        ["observed_at", "observation_id"], kind="stable")
 
 
 def known_srs(measures: pd.DataFrame, as_of: date) -> pd.DataFrame:
@@ -209,11 +180,11 @@ def repair_course(measures: pd.DataFrame, observations: pd.DataFrame, as_of: dat
                          if on)
         event.before, event.that_day = float(previous[i]), float(scores[i])
         event.measure, event.dropped = str(srs["measure_id"].iloc[i]), True
-    noted = notes[notes["rupture"].astype(bool)]
-    for day, group in noted.groupby(noted["observed_at"].dt.date, sort=True):
+    ruptured = notes[notes["rupture"].astype(bool)]
+    for day, group in ruptured.groupby(ruptured["observed_at"].dt.date, sort=True):
         event = events.setdefault(day, _Event(set()))
         event.how.add("noted")
-        signs = {s for v in group["signs"] for s in codes(v, contract.SIGNS)}
+        signs = {s for v in group["signs"] for s in noted(v, SIGN_CODES)}
         event.signs = tuple(s for s in contract.SIGNS if s in signs)
         event.notes = tuple(str(i) for i in group["observation_id"])
     return [_course(day, events[day], srs, notes, cutoff)
@@ -234,7 +205,7 @@ def _course(day: date, event: _Event, srs: pd.DataFrame, notes: pd.DataFrame,
     following = later.iloc[0] if len(later) else None
     until = following["administered_at"] if following is not None else pd.Timestamp.max
     window = notes[(notes["observed_at"] >= start) & (notes["observed_at"] <= until)]
-    steps = {s for v in window["repair_steps"] for s in codes(v, contract.REPAIR_STEPS)}
+    steps = {s for v in window["repair_steps"] for s in noted(v, contract.REPAIR_STEPS)}
     next_rating = float(following["score_total"]) if following is not None else None
     recovered = None
     if next_rating is not None:

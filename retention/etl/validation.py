@@ -496,12 +496,7 @@ def _judged(values: pd.Series, bad: Callable[[Any], bool]) -> np.ndarray:
 def _failing(values: pd.Series, bad: Callable[[str], bool]) -> np.ndarray:
     """Which text values ``bad`` holds for, judged once per distinct value (other values,
     such as bytes or numbers, are other rules' to judge)."""
-    present = values.notna().to_numpy()
-    if not present.any():
-        return np.zeros(len(values), dtype=bool)
-    codes, distinct = pd.factorize(values.astype(object))
-    verdict = np.array([isinstance(v, str) and bad(v) for v in distinct], dtype=bool)
-    return present & (codes >= 0) & verdict[np.maximum(codes, 0)]
+    return _judged(values, lambda v: isinstance(v, str) and bad(v))
 
 
 def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
@@ -684,7 +679,7 @@ def _registered_totals(measures: _Checked, inst: Instrument, complete: pd.Series
         off = complete & given.notna() & value.notna() & ((given - value).abs() > tolerance)
         verb = "average" if method == "mean" else "sum to"
         if inst.reversed_items:
-            verb = f"{'average' if method == 'mean' else 'sum to'}, reversed items turned,"
+            verb += ", reversed items turned,"
         measures.flag(off, "total_disagrees_with_items",
                       _compared(f"{column} ", given, f" but {whose} {verb} ", value,
                                 f" ({inst.code})"))

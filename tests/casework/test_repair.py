@@ -10,6 +10,13 @@ import pandas as pd
 import pytest
 
 from retention.casework.repair import SRS_DROP, RuptureCourse, repair_course
+from retention.reasons.catalogue import load_catalogue
+from retention.settings import SHIPPED_INSTRUMENTS_FILE
+
+# The words of the shipped reason catalogue, as the page passes the clinic's own.
+WORDS = load_catalogue(SHIPPED_INSTRUMENTS_FILE.parent / "reasons.toml").observed
+SIGN_WORDS = {code: sign.words for code, sign in WORDS.signs.items()}
+REPAIR_WORDS = dict(WORDS.repair_steps)
 
 AS_OF = date(2026, 6, 1)
 EPISODE = "E1"
@@ -67,7 +74,7 @@ def test_a_rupture_is_a_fall_under_36_or_by_five_points_and_nothing_less() -> No
     # a fall is compared as recorded, to a tenth: 35.3 - 30.3 is 4.9999999999999964 in floats
     tenth = repair_course(ratings(("2026-04-06", 35.3), ("2026-04-13", 30.3)), notes(), AS_OF)
     assert [c.how for c in tenth] == [("fell_by",)]
-    assert tenth[0].shown_by() == ("The session rating (SRS) fell from 35.3 to 30.3 "
+    assert tenth[0].shown_by(SIGN_WORDS) == ("The session rating (SRS) fell from 35.3 to 30.3 "
                                    "(5 points, under 36)")
 
 
@@ -95,7 +102,7 @@ def test_most_recent_first_with_the_next_rating_and_whether_it_recovered() -> No
     higher = replace(back, next_rating=31.5)
     assert higher.next_words() == ("Next session rating 31.5 on 18 May 2026: above the 30 "
                                    "before, though under 36 (recovered).")
-    assert first.shown_by() == ("The session rating (SRS) fell from 38 to 33 "
+    assert first.shown_by(SIGN_WORDS) == ("The session rating (SRS) fell from 38 to 33 "
                                 "(5 points, under 36)")
 
 
@@ -112,14 +119,15 @@ def test_a_noted_rupture_with_its_signs_and_the_steps_up_to_the_next_rating() ->
     assert course.on == date(2026, 5, 6) and course.how == ("noted",)
     assert course.signs == ("frustration", "withdrawal")  # the contract's order; unknown dropped
     assert course.repair_steps == ("acknowledged", "clarified", "revisited_goals_tasks")
-    assert course.step_words() == ["acknowledged", "clarified", "revisited goals and tasks"]
+    assert course.step_words(REPAIR_WORDS) == ["acknowledged", "clarified",
+                                               "revisited goals and tasks"]
     # the clinic's own words (its reason catalogue) when given
     assert course.step_words({"clarified": "cleared up a misunderstanding"})[1] == (
         "cleared up a misunderstanding")
     assert "(signs: frustration, pulling back)" in course.shown_by({"withdrawal": "pulling back"})
     assert (course.rating_before, course.rating_that_day) == (37.0, None)
     assert (course.next_rating, course.recovered) == (37.0, True)
-    assert course.shown_by() == ("Noted by the therapist in the session note "
+    assert course.shown_by(SIGN_WORDS) == ("Noted by the therapist in the session note "
                                  "(signs: frustration, withdrawal)")
 
 
@@ -131,17 +139,17 @@ def test_a_noted_rupture_and_a_drop_on_one_day_are_one_rupture() -> None:
     assert course.how == ("noted", "fell_below", "fell_by")
     assert course.observation_ids == ("O-2026-05-11-10", "later-note")
     assert course.measure_ids == ("SRS-2",)
-    assert course.shown_by() == ("Noted by the therapist in the session note (signs: anger); "
-                                 "the session rating (SRS) fell from 38 to 31 "
-                                 "(7 points, under 36)")
+    assert course.shown_by(SIGN_WORDS) == (
+        "Noted by the therapist in the session note (signs: anger); "
+        "the session rating (SRS) fell from 38 to 31 (7 points, under 36)")
     assert (course.next_rating, course.recovered) == (33.0, False)
-    assert course.step_words() == ["acknowledged"]
+    assert course.step_words(REPAIR_WORDS) == ["acknowledged"]
 
 
 def test_no_steps_when_none_were_recorded() -> None:
     srs = ratings(("2026-05-04", 38), ("2026-05-11", 30))
     [course] = repair_course(srs, notes(note("2026-05-11", steps=None)), AS_OF)
-    assert course.repair_steps == () and course.step_words() == []
+    assert course.repair_steps == () and course.step_words(REPAIR_WORDS) == []
 
 
 def test_only_what_was_known_at_the_as_of_date() -> None:
