@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
+import pandas as pd
 from sqlalchemy import Connection, Engine, text
 
 from retention.clinic.data import ClinicData
@@ -15,7 +18,7 @@ from retention.features import FEATURE_NAMES
 from retention.features.builder import RegistryMismatch, check_registry
 from retention.model.booster import TrainedModel
 from retention.model.drift import SCORE
-from retention.pipelines.runs import recorded_run
+from retention.pipelines.runs import RunRecord, Stopwatch, recorded_run
 from retention.publish_guard import Acceptance, Comparison, PublishRefused, compare
 from retention.reasons.catalogue import Catalogue
 from retention.scoring import (
@@ -27,7 +30,7 @@ from retention.scoring import (
 )
 from retention.settings import Settings
 from retention.store.clinic_copy import copy_version, read_scoped_copy
-from retention.store.features import read_features
+from retention.store.features import read_features, write_features
 from retention.store.lists import (
     count_scores,
     latest_publication,
@@ -77,10 +80,7 @@ def run_scoring(
     clock = clock or SystemClock()
     with recorded_run(store_db, "score", as_of, clock) as run:
         run.model_version = model.version
-        try:
-            check_registry(model.metadata, settings.instruments)
-        except RegistryMismatch as exc:
-            raise ScoringError(str(exc)) from exc
+        check_model_registry(settings, model)
         watch = run.stopwatch()
         with store_db.connect() as conn:
             features = read_features(conn, as_of, FEATURE_NAMES)
@@ -111,74 +111,116 @@ def run_scoring(
         watch.lap("read")
         run.rows_read = len(features)
         rows = score_rows(settings, model, catalogue, data, features, as_of, run.run_id)
-        summary = reasons_summary(rows)
-        run.detail["reasons"] = summary
         watch.lap("score_and_reasons")
-        drifted = drift_rows(settings, model, features, rows, as_of)
-        with store_db.begin() as conn:
-            # Compared with what is published when this list would replace it, in the
-            # transaction that publishes it.
-            guard = guard_list(conn, settings, as_of, model.version, rows)
-            if guard.exceeded and accept is None:
-                run.detail["publish_guard"] = guard.detail()
-                log.warning(
-                    "score run %s: refused by the publish guard: %d counts in "
-                    "clinic(s) %s moved beyond the limits since the list of %s",
-                    run.run_id,
-                    len(guard.moves),
-                    ", ".join(sorted({m.clinic_id for m in guard.moves})),
-                    guard.baseline,
-                )
-                raise PublishRefused(guard.refusal())
-            run.detail["publish_guard"] = guard.detail(accept, clock.now())
-            if guard.exceeded:
-                log.warning(
-                    "score run %s: %d counts moved beyond the publish guard's "
-                    "limits since the list of %s; published as accepted",
-                    run.run_id,
-                    len(guard.moves),
-                    guard.baseline,
-                )
-            publish_scores(conn, as_of, rows, run.run_id, model.version, digest, clock.now())
-            record_drift(conn, run.run_id, as_of, model.version, drifted)
-        if store_db.dialect.name == "postgresql":
-            # Fresh statistics for the new list: with stale ones the planner sorted all
-            # 100,000 rows for every page instead of walking the rank index.
-            with store_db.begin() as conn:
-                conn.execute(text("ANALYZE scores"))
-        flagged = [d["feature"] for d in drifted if d["flagged"]]
-        # The run record says so, not only the log.
-        run.detail["drift_flagged"] = ["score" if f == SCORE else f for f in flagged]
-        if flagged:
+        return publish(settings, store_db, run, watch, model, as_of, rows, features, digest,
+                       clock, accept)
+
+
+def network_scoring() -> Callable[..., ScoreResult]:
+    """The Dask engine's scoring run (``retention.pipelines.network.run_network_scoring``),
+    imported only when asked for: the local engine runs without Dask installed."""
+    module = importlib.import_module("retention.pipelines.network")
+    return cast(Callable[..., ScoreResult], module.run_network_scoring)
+
+
+def check_model_registry(settings: Settings, model: TrainedModel) -> None:
+    """Refuse a model trained on features read through another instrument registry."""
+    try:
+        check_registry(model.metadata, settings.instruments)
+    except RegistryMismatch as exc:
+        raise ScoringError(str(exc)) from exc
+
+
+def publish(
+    settings: Settings,
+    store_db: Engine,
+    run: RunRecord,
+    watch: Stopwatch,
+    model: TrainedModel,
+    as_of: date,
+    rows: list[dict[str, Any]],
+    features: pd.DataFrame,
+    digest: str,
+    clock: Clock,
+    accept: Acceptance | None = None,
+    write: pd.DataFrame | None = None,
+) -> ScoreResult:
+    """Publish ranked ``rows`` as the list for ``as_of`` in one transaction, guarded.
+
+    With ``write`` (features computed by the run itself, as a network's partitions do),
+    those features are stored in the same transaction: the list and what it was scored
+    from land together or not at all.
+    """
+    summary = reasons_summary(rows)
+    run.detail["reasons"] = summary
+    drifted = drift_rows(settings, model, features, rows, as_of)
+    with store_db.begin() as conn:
+        if write is not None:
+            run.detail["features_changed"] = write_features(conn, as_of, write, FEATURE_NAMES,
+                                                            run.run_id)
+        # Compared with what is published when this list would replace it, in the
+        # transaction that publishes it.
+        guard = guard_list(conn, settings, as_of, model.version, rows)
+        if guard.exceeded and accept is None:
+            run.detail["publish_guard"] = guard.detail()
             log.warning(
-                "score run %s: drift beyond PSI %.2f in %d of %d inputs",
+                "score run %s: refused by the publish guard: %d counts in "
+                "clinic(s) %s moved beyond the limits since the list of %s",
                 run.run_id,
-                settings.evaluation.drift_psi_threshold,
-                len(flagged),
-                len(drifted),
+                len(guard.moves),
+                ", ".join(sorted({m.clinic_id for m in guard.moves})),
+                guard.baseline,
             )
-        watch.lap("publish")
-        run.rows_changed = len(rows)
-        high = sum(1 for r in rows if r["tier"] == "high")
-        log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
-        if summary["left_out"]:
-            log.info(
-                "score run %s: families left out of reasons where the client's facts "
-                "point the other way: %s",
+            raise PublishRefused(guard.refusal())
+        run.detail["publish_guard"] = guard.detail(accept, clock.now())
+        if guard.exceeded:
+            log.warning(
+                "score run %s: %d counts moved beyond the publish guard's "
+                "limits since the list of %s; published as accepted",
                 run.run_id,
-                summary["left_out"],
+                len(guard.moves),
+                guard.baseline,
             )
-        return ScoreResult(
+        publish_scores(conn, as_of, rows, run.run_id, model.version, digest, clock.now())
+        record_drift(conn, run.run_id, as_of, model.version, drifted)
+    if store_db.dialect.name == "postgresql":
+        # Fresh statistics for the new list: with stale ones the planner sorted all
+        # 100,000 rows for every page instead of walking the rank index.
+        with store_db.begin() as conn:
+            conn.execute(text("ANALYZE scores"))
+    flagged = [d["feature"] for d in drifted if d["flagged"]]
+    # The run record says so, not only the log.
+    run.detail["drift_flagged"] = ["score" if f == SCORE else f for f in flagged]
+    if flagged:
+        log.warning(
+            "score run %s: drift beyond PSI %.2f in %d of %d inputs",
             run.run_id,
-            as_of,
-            len(rows),
-            high,
-            model.version,
-            summary["explained"],
-            summary["left_out"],
-            guard,
-            accept,
+            settings.evaluation.drift_psi_threshold,
+            len(flagged),
+            len(drifted),
         )
+    watch.lap("publish")
+    run.rows_changed = len(rows)
+    high = sum(1 for r in rows if r["tier"] == "high")
+    log.info("score run %s: published %d episodes as of %s", run.run_id, len(rows), as_of)
+    if summary["left_out"]:
+        log.info(
+            "score run %s: families left out of reasons where the client's facts "
+            "point the other way: %s",
+            run.run_id,
+            summary["left_out"],
+        )
+    return ScoreResult(
+        run.run_id,
+        as_of,
+        len(rows),
+        high,
+        model.version,
+        summary["explained"],
+        summary["left_out"],
+        guard,
+        accept,
+    )
 
 
 def guard_list(

@@ -12,6 +12,7 @@ import multiprocessing
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -88,6 +89,27 @@ def inputs_digest(
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class ScoredPart:
+    """Open episodes scored but not yet ranked: a whole list's, or one partition's
+    (``retention.engine``), with reasons worded for every row the list might show.
+
+    A partition's rows are ranked with the others' by ``ranked_rows``; the rows a part
+    explains (its own top ``reasons_top_n`` and each of its caseloads' top) are a
+    superset of those the whole list shows from it, since the list's order restricted
+    to a part is the part's own order.
+    """
+
+    features: pd.DataFrame  # indexed by episode id: meta columns and FEATURE_NAMES
+    raw: np.ndarray
+    risk: np.ndarray
+    expected: float  # the model's expected value (its contributions' starting point)
+    explained: dict[str, str]  # reasons_json by episode id, for the rows worded
+    last_attended: list[Any]
+    next_booked: list[Any]
+    program: list[str]
+
+
 def score_rows(
     settings: Settings,
     model: TrainedModel,
@@ -106,15 +128,33 @@ def score_rows(
     each case manager's caseload (``[etl]``).
     Every row carries its raw score and the model's expected value.
     """
+    part = score_part(settings, model, catalogue, data, features, as_of, reasons_top_n)
+    return ranked_rows(settings, [part], as_of, run_id, model.version, reasons_top_n)
+
+
+def score_part(
+    settings: Settings,
+    model: TrainedModel,
+    catalogue: Catalogue,
+    data: Any,
+    features: pd.DataFrame,
+    as_of: date,
+    reasons_top_n: int | None = None,
+    workers: int | None = None,
+) -> ScoredPart:
+    """Risk for every row of ``features``, and reasons for its top rows and caseloads' top.
+
+    ``workers`` processes word reasons (``[etl] reasons_workers`` by default; a Dask
+    worker passes 1: Dask is its parallelism).
+    """
     etl = settings.etl
     top_n = etl.reasons_top_n if reasons_top_n is None else reasons_top_n
     raw = model.raw_score(features)
     # model.predict would walk the trees a second time for the same raw score.
     risk = model.calibrator.predict(raw)
     index = features.index
-    # Calibrated risks tie within isotonic steps: the raw score keeps the model's order.
-    order = np.lexsort((features.index.to_numpy(), -raw, -risk))
-    picked = explained_positions(features, order, top_n, etl.reasons_per_caseload)
+    picked = explained_positions(features, list_order(index, raw, risk), top_n,
+                                 etl.reasons_per_caseload)
     shown = index[picked]
     contributions = model.contributions(features.loc[shown])
     summed = contributions.sum(axis=1).to_numpy()
@@ -125,15 +165,56 @@ def score_rows(
     families = {f["name"]: f["family"] for f in model.metadata["features"]}
     explanations = explain_rows(data, features.loc[shown], contributions, families, catalogue,
                                 as_of, model.calibrator.predict, limits(settings),
-                                etl.reasons_workers)
-
+                                etl.reasons_workers if workers is None else workers)
     slots = past_slots(data.appointments, index, as_of)
     attended = slots.loc[slots["status"] == "attended"]
     ahead = booked_ahead(data.appointments, index, as_of)
+    return ScoredPart(
+        features=features, raw=raw, risk=risk, expected=expected,
+        # orjson: json is far slower
+        explained={str(i): orjson.dumps(payload_of(e)).decode()
+                   for i, e in explanations.items()},
+        last_attended=list(attended.groupby("episode_id")["scheduled_at"].max().reindex(index)),
+        next_booked=list(ahead.groupby("episode_id")["scheduled_at"].min().reindex(index)),
+        program=[str(p) for p in
+                 data.episodes.set_index("episode_id")["program"].reindex(index)],
+    )
+
+
+def list_order(index: pd.Index, raw: np.ndarray, risk: np.ndarray) -> np.ndarray:
+    """Positions in list order: by risk, then raw score (calibrated risks tie within
+    isotonic steps: the raw score keeps the model's order), then episode id."""
+    return np.lexsort((index.to_numpy(), -raw, -risk))
+
+
+def ranked_rows(
+    settings: Settings,
+    parts: list[ScoredPart],
+    as_of: date,
+    run_id: int,
+    model_version: str,
+    reasons_top_n: int | None = None,
+) -> list[dict[str, Any]]:
+    """The published rows of ``parts`` ranked as one list, reasons kept for the rows the
+    list shows (its top and each caseload's top) and dropped for the others."""
+    etl = settings.etl
+    top_n = etl.reasons_top_n if reasons_top_n is None else reasons_top_n
+    one = len(parts) == 1
+    features = parts[0].features if one else pd.concat([p.features for p in parts])
+    raw = np.concatenate([p.raw for p in parts])
+    risk = np.concatenate([p.risk for p in parts])
+    explained: dict[str, str] = {}
+    for p in parts:
+        explained.update(p.explained)
     # Plain lists for the loop below: a label or position lookup per row costs more than the row.
-    last_attended = list(attended.groupby("episode_id")["scheduled_at"].max().reindex(index))
-    next_booked = list(ahead.groupby("episode_id")["scheduled_at"].min().reindex(index))
-    program = [str(p) for p in data.episodes.set_index("episode_id")["program"].reindex(index)]
+    last_attended = [v for p in parts for v in p.last_attended]
+    next_booked = [v for p in parts for v in p.next_booked]
+    program = [v for p in parts for v in p.program]
+    expected = next((p.expected for p in parts if p.explained), 0.0)
+    index = features.index
+    order = list_order(index, raw, risk)
+    shown = {str(i) for i in index[explained_positions(features, order, top_n,
+                                                       etl.reasons_per_caseload)]}
     days_since = features["days_since_attended"].to_numpy()
     client = features["client_id"].to_numpy()
     clinic = features["clinic_id"].to_numpy()
@@ -143,13 +224,13 @@ def score_rows(
     for rank, i in enumerate(order, start=1):
         episode_id = str(index[i])
         last, nxt = last_attended[i], next_booked[i]
-        explanation = explanations.get(episode_id)
-        if explanation is None:
-            payload = {"raw_score": round(float(raw[i]), 6), "expected_value": round(expected, 6),
-                       "reasons": [], "protective": [], "context": [], "prompts": [],
-                       "points": None, "left_out": []}
+        if episode_id in shown:
+            reasons_json = explained[episode_id]
         else:
-            payload = payload_of(explanation)
+            reasons_json = orjson.dumps({
+                "raw_score": round(float(raw[i]), 6), "expected_value": round(expected, 6),
+                "reasons": [], "protective": [], "context": [], "prompts": [],
+                "points": None, "left_out": []}).decode()
         rows.append({
             "as_of": as_of,
             "episode_id": episode_id,
@@ -165,9 +246,9 @@ def score_rows(
             ),
             "last_attended_on": None if pd.isna(last) else last.date(),
             "next_booked_at": None if pd.isna(nxt) else nxt.to_pydatetime(),
-            "model_version": model.version,
+            "model_version": model_version,
             "run_id": run_id,
-            "reasons_json": orjson.dumps(payload).decode(),  # orjson: json is far slower
+            "reasons_json": reasons_json,
         })
     return rows
 

@@ -16,7 +16,10 @@ connection first and never commit.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Connection, insert, select, update
@@ -63,7 +66,8 @@ def read_clinic_copy(connection: Connection) -> ClinicData:
 
 
 def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 91,
-                     registry: Registry | None = None) -> ClinicData:
+                     registry: Registry | None = None,
+                     caseloads: Sequence[str] | None = None) -> ClinicData:
     """Exactly the rows that features and reasons for ``as_of`` look at, and no more.
 
     For the episodes open at ``as_of``: their clients; their appointments from the
@@ -76,17 +80,40 @@ def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 9
     SRS, GSRS and ORS; and every session note observed before ``as_of``.
     ``build_features`` and the reason histories give the same answers on this as on the
     whole copy (see tests/store/test_clinic_copy.py), at a fraction of the reading.
+    With ``caseloads`` (``caseload_key``s), only the episodes of those caseloads: one
+    partition of a network's nightly run (``retention.engine``).
     """
-    return from_frames(scoped_frames(connection, as_of, lookback_days, registry))
+    return from_frames(scoped_frames(connection, as_of, lookback_days, registry, caseloads))
 
 
 P = COPY_PREFIX
 
 # Episodes open at the as-of date (features.treatment.open_episodes).
-_OPEN = (
+OPEN_EPISODES = (
     f"SELECT episode_id FROM {P}episodes "
     "WHERE admitted_on < :cut_day AND (discharged_on IS NULL OR discharged_on >= :cut_day)"
 )
+
+
+def caseload_key(case_manager_id: Any, clinic_id: Any) -> str:
+    """The caseload a client is on: its case manager's, or its clinic's when it has none
+    (as ``retention.scoring.explained_positions`` groups the list)."""
+    return str(case_manager_id) if pd.notna(case_manager_id) else f"clinic:{clinic_id}"
+
+
+# The same key in SQL, on the copy's clients (SQLite and PostgreSQL alike).
+CASELOAD_SQL = "COALESCE(case_manager_id, 'clinic:' || clinic_id)"
+
+
+def _open_in(caseloads: Sequence[str] | None, dialect: str) -> str:
+    """Episodes open at the as-of date, of ``caseloads`` (a JSON array ``:caseloads``) when
+    given: one partition's."""
+    if caseloads is None:
+        return OPEN_EPISODES
+    keys = ("SELECT value FROM json_each(:caseloads)" if dialect == "sqlite" else
+            "SELECT jsonb_array_elements_text(CAST(:caseloads AS jsonb))")
+    return (f"{OPEN_EPISODES} AND client_id IN (SELECT client_id FROM {P}clients"
+            f" WHERE {CASELOAD_SQL} IN ({keys}))")
 
 
 # What features and reasons read of the alliance and the outcome, as (instrument, rater,
@@ -127,22 +154,25 @@ def latest_reads(registry: Registry) -> tuple[tuple[str, str, int | None], ...]:
 
 def scoped_frames(
     connection: Connection, as_of: date, lookback_days: int,
-    registry: Registry | None = None,
+    registry: Registry | None = None, caseloads: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Raw contract frames holding what features and reasons for ``as_of`` read."""
+    """Raw contract frames holding what features and reasons for ``as_of`` read (of
+    ``caseloads`` only, when given)."""
+    open_sql = _open_in(caseloads, connection.dialect.name)
     # Not consents, client_identifiers or client_contacts: they are never model inputs
     # (read as empty).
     reads = latest_reads(default_registry() if registry is None else registry)
     cut = datetime.combine(as_of, datetime.min.time())
     params = {"cut_day": as_of, "cut": cut, "window": cut - timedelta(days=lookback_days),
-              "ever": datetime(1900, 1, 1)}
+              "ever": datetime(1900, 1, 1),
+              **({} if caseloads is None else {"caseloads": json.dumps(list(caseloads))})}
     frames = {
         "clients": bulk.read_query(connection, (
             f"SELECT {_cols('clients', 'c')} FROM {P}clients c WHERE c.client_id IN "
-            f"(SELECT e.client_id FROM {P}episodes e WHERE e.episode_id IN ({_OPEN}))"
+            f"(SELECT e.client_id FROM {P}episodes e WHERE e.episode_id IN ({open_sql}))"
         ), _names("clients"), params, _dates("clients")),
         "episodes": bulk.read_query(connection, (
-            f"SELECT {_cols('episodes', 'e')} FROM {P}episodes e WHERE e.episode_id IN ({_OPEN})"
+            f"SELECT {_cols('episodes', 'e')} FROM {P}episodes e WHERE e.episode_id IN ({open_sql})"
         ), _names("episodes"), params, _dates("episodes")),
         # Slots from the earlier of the window's start and the last slot attended (known
         # as attended) before the as-of date; every slot of an episode never attended.
@@ -150,7 +180,7 @@ def scoped_frames(
         # (episode_id, scheduled_at) index; its slots since then one range of it. (A
         # window maximum over every slot sorted the open caseload's whole history.)
         "appointments": bulk.read_query(connection, (
-            f"WITH open_ep AS ({_OPEN}), last AS MATERIALIZED ("
+            f"WITH open_ep AS ({open_sql}), last AS MATERIALIZED ("
             "  SELECT o.episode_id, (SELECT a.scheduled_at"
             f"    FROM {P}appointments a WHERE a.episode_id = o.episode_id"
             "     AND a.scheduled_at < :cut AND a.status = 'attended' AND a.updated_at < :cut"
@@ -172,7 +202,7 @@ def scoped_frames(
                        + ("" if n is None else f" AND rn <= {n}") + ")"
                        for i, r, n in reads)
     ranked = (
-        f"WITH open_ep AS ({_OPEN}), ranked AS ("
+        f"WITH open_ep AS ({open_sql}), ranked AS ("
         f"  SELECT {_cols('alliance_measures', 'm')}, ROW_NUMBER() OVER ("
         "    PARTITION BY m.episode_id, m.instrument, m.rater"
         "    ORDER BY m.administered_at DESC, m.measure_id DESC) AS rn"
@@ -186,7 +216,7 @@ def scoped_frames(
         latest = ", ".join(f"('{i}', '{r}', {'NULL' if n is None else n})"
                            for i, r, n in reads)
         measures_sql = (
-            f"WITH open_ep AS ({_OPEN}) SELECT {_cols('alliance_measures', 'm')}"
+            f"WITH open_ep AS ({open_sql}) SELECT {_cols('alliance_measures', 'm')}"
             f" FROM open_ep o CROSS JOIN (VALUES {latest}) AS k(instrument, rater, n)"
             f" CROSS JOIN LATERAL (SELECT * FROM {P}alliance_measures x"
             "  WHERE x.episode_id = o.episode_id AND x.instrument = k.instrument"
@@ -221,6 +251,6 @@ def scoped_frames(
     # which were written by then): one range of the (episode_id, observed_at) index each.
     frames["session_observations"] = bulk.read_query(connection, (
         f"SELECT {_cols('session_observations', 'n')} FROM {P}session_observations n"
-        f" WHERE n.episode_id IN ({_OPEN}) AND n.observed_at < :cut"
+        f" WHERE n.episode_id IN ({open_sql}) AND n.observed_at < :cut"
     ), _names("session_observations"), params, _dates("session_observations"))
     return frames
