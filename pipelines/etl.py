@@ -69,6 +69,7 @@ def run_etl(
     clock: Clock | None = None,
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     registry: Registry | None = None,
+    features: bool = True,
 ) -> EtlResult:
     """Bring the store's copy up to date with the source and store features for ``as_of``.
 
@@ -77,11 +78,13 @@ def run_etl(
     than ``full_reload_after_days`` (by ``clock``). Waits up to ``lock_wait_seconds``
     while another ETL run writes the store. ``registry`` (``Settings.instruments``; the
     shipped one by default) checks the measures and says what the features read.
+    ``features=False`` loads the copy only: on the Dask engine the scoring run computes
+    the features with the scores, partition by partition (``retention.engine``).
     """
     registry = registry or default_registry()
     etl = etl or EtlSettings()
     clock = clock or SystemClock()
-    with _etl_lock(store_db, lock_wait_seconds), recorded_run(store_db, "etl", as_of,
+    with etl_lock(store_db, lock_wait_seconds), recorded_run(store_db, "etl", as_of,
                                                                clock) as run:
         with store_db.begin() as conn:
             # Tables a killed full reload built beside the copy and never swapped in.
@@ -119,28 +122,32 @@ def run_etl(
             applied = load.apply(conn, checked, raw, source_now, full=full, run_id=run.run_id,
                                  marks=marks)
             watch.lap("load")
-            data = read_scoped_copy(conn, as_of, etl.lookback_days, registry)
-            watch.lap("scoped_read")
-            features = build_features(data, as_of, registry)
-            watch.lap("features")
-            feature_changes = write_features(conn, as_of, features, FEATURE_NAMES, run.run_id)
-            watch.lap("write_features")
-            run.rows_changed = applied.copy_changed + feature_changes
             run.detail.update({"copy_changed": applied.copy_changed,
-                               "features_changed": feature_changes,
-                               "released": applied.released, "watermarks": applied.watermarks,
-                               "open_episodes": len(features)})
+                               "released": applied.released, "watermarks": applied.watermarks})
+            data, feature_changes, n_open = None, 0, 0
+            if features:
+                data = read_scoped_copy(conn, as_of, etl.lookback_days, registry)
+                watch.lap("scoped_read")
+                built = build_features(data, as_of, registry)
+                watch.lap("features")
+                feature_changes = write_features(conn, as_of, built, FEATURE_NAMES, run.run_id)
+                watch.lap("write_features")
+                n_open = len(built)
+                run.detail.update({"features_changed": feature_changes, "open_episodes": n_open})
+            run.rows_changed = applied.copy_changed + feature_changes
             version = copy_version(conn)
         watch.lap("commit")
-        log.info("etl run %s: %d rows changed, %d quarantined, %d open episodes as of %s",
-                 run.run_id, run.rows_changed, run.rows_quarantined, len(features), as_of)
-        return EtlResult(run.run_id, as_of, run.rows_read, len(features),
+        log.info("etl run %s: %d rows changed, %d quarantined, %s as of %s", run.run_id,
+                 run.rows_changed, run.rows_quarantined,
+                 f"{n_open} open episodes" if features else "features left to scoring", as_of)
+        return EtlResult(run.run_id, as_of, run.rows_read, n_open,
                          run.rows_changed or 0, run.rows_quarantined or 0, full, data, version)
 
 
 @contextmanager
-def _etl_lock(store_db: Engine, wait_seconds: float) -> Iterator[None]:
-    """Hold the store's ETL lock, waiting (and saying so) while another run holds it."""
+def etl_lock(store_db: Engine, wait_seconds: float) -> Iterator[None]:
+    """Hold the store's ETL lock, waiting (and saying so) while another run holds it: no
+    other ETL run writes the copy meanwhile (a network's partitions read it under it)."""
     with locks.try_lock(store_db, locks.ETL) as got:
         if got:
             yield

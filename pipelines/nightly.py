@@ -24,7 +24,7 @@ from retention.etl.extract import SourceError
 from retention.etl.sources import open_source
 from retention.model import artifacts, signing
 from retention.pipelines.etl import EtlResult, run_etl
-from retention.pipelines.scoring import ScoreResult, run_scoring
+from retention.pipelines.scoring import ScoreResult, network_scoring, run_scoring
 from retention.reasons.catalogue import load_catalogue
 from retention.settings import Settings
 from retention.store.lists import latest_publication
@@ -63,6 +63,12 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
     source = open_source(settings.source_url, settings.etl, settings.instruments)
     store_db = store_engine(settings.store_url)
     try:
+        if settings.engine.kind == "dask":
+            # The copy here; features, scores and reasons on the workers, published here.
+            extracted = run_etl(source, store_db, as_of, etl, full=full,
+                                registry=settings.instruments, features=False)
+            scored = network_scoring()(settings, store_db, model, catalogue, as_of)
+            return NightlyResult(extracted, scored)
         extracted = run_etl(source, store_db, as_of, etl, full=full,
                             registry=settings.instruments)
         handed = None if extracted.scoped is None or extracted.copy_version is None else (

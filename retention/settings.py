@@ -15,6 +15,7 @@ at start rather than being silently ignored.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -201,6 +202,33 @@ class EvaluationSettings:
     retrain_cron: str = "0 4 * * 0"
 
 
+ENGINE_KINDS = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """``[engine]``: where the nightly run's features, scores and reasons are computed.
+
+    "local" (the default) computes them in the job's own process, which suits a clinic or
+    a network of up to about 100,000 clients (docs/performance.md). "dask" splits the open
+    caseload into partitions of whole caseloads and computes each on a worker of the Dask
+    cluster at ``scheduler`` (docs/network.md): memory per worker then follows the
+    largest partition, not the network.
+    """
+
+    kind: str = "local"
+    # The Dask scheduler, "tcp://host:8786" or "tls://host:8786" (TLS: the three files).
+    scheduler: str = ""
+    # Open episodes a partition holds at most; a caseload (a case manager's clients, or a
+    # clinic's clients with none) is never split, so one larger than this is a partition.
+    partition_episodes: int = 20_000
+    # TLS between this process, the scheduler and the workers (partitions carry patient
+    # data): the certificate authority, and this process's certificate and key.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service needs to know about where it runs and how it behaves."""
@@ -303,6 +331,7 @@ class Settings:
     )
     etl: EtlSettings = field(default_factory=EtlSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     @cached_property
     def instruments(self) -> Registry:
@@ -318,6 +347,8 @@ class Settings:
             changes["etl"] = parse_etl(changes["etl"])
         if isinstance(changes.get("evaluation"), Mapping):
             changes["evaluation"] = parse_evaluation(changes["evaluation"])
+        if isinstance(changes.get("engine"), Mapping):
+            changes["engine"] = parse_engine(changes["engine"])
         if changes.get("instruments_file") is not None:
             changes["instruments_file"] = Path(changes["instruments_file"])
         settings = replace(self, **changes)
@@ -382,6 +413,8 @@ def settings_from_mapping(values: Mapping[str, Any], origin: str = "mapping") ->
         coerced["etl"] = parse_etl(coerced["etl"])
     if isinstance(coerced.get("evaluation"), Mapping):
         coerced["evaluation"] = parse_evaluation(coerced["evaluation"])
+    if isinstance(coerced.get("engine"), Mapping):
+        coerced["engine"] = parse_engine(coerced["engine"])
     if isinstance(coerced.get("tiers"), Mapping):
         # The list, its pages and the publish guard know these tiers (and "low", the rest):
         # a misspelt one would be a tier nobody shows and a high tier that is empty.
@@ -406,7 +439,7 @@ def _recipient_classes(raw: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 TIER_NAMES = ("high", "medium")
 # Sections kept whole as one setting rather than flattened into their keys.
-NESTED_SECTIONS = ("tiers", "etl", "evaluation", "recipient_classes")
+NESTED_SECTIONS = ("tiers", "etl", "evaluation", "engine", "recipient_classes")
 
 
 def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -468,6 +501,9 @@ def _check(s: Settings) -> None:
                                               s.public_base_url):
         raise ConfigError("public_base_url must be an http(s) URL without query or fragment, "
                           f"got {s.public_base_url!r}")
+    if s.engine.kind == "dask" and not s.store_url.startswith("postgresql"):
+        raise ConfigError("[engine] kind = \"dask\" needs a PostgreSQL store: the workers "
+                          "read the store's copy over the network (docs/network.md)")
     _check_ehr_link(s)
     _check_instrument_codes(s)
 
@@ -625,6 +661,35 @@ def _quarantine_limits(raw: Mapping[str, Any]) -> dict[str, float]:
             raise ConfigError(f"[etl.quarantine_limits] {scope!r} is neither a contract table "
                               f"({', '.join(contract.TABLES)}) nor a coded column ({coded})")
     return flat
+
+
+def parse_engine(raw: Mapping[str, Any]) -> EngineSettings:
+    """Check an ``[engine]`` section and build ``EngineSettings`` from it."""
+    _refuse_unknown(raw, (f.name for f in fields(EngineSettings)), "[engine]")
+    values = dict(raw)
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        values[name] = Path(values[name]) if values.get(name) else None
+    out = EngineSettings(**values)
+    if out.kind not in ENGINE_KINDS:
+        raise ConfigError(f"[engine] kind must be one of {', '.join(ENGINE_KINDS)}, "
+                          f"got {out.kind!r}")
+    if out.kind == "dask" and not re.fullmatch(r"(tcp|tls)://[^\s/]+:\d+", out.scheduler):
+        raise ConfigError("[engine] kind = \"dask\" needs scheduler, the Dask scheduler's "
+                          f"address as tcp://host:port or tls://host:port, got "
+                          f"{out.scheduler!r}")
+    tls = (out.tls_ca_file, out.tls_cert_file, out.tls_key_file)
+    if any(tls) and not all(tls):
+        raise ConfigError("[engine] TLS needs all of tls_ca_file, tls_cert_file and "
+                          "tls_key_file")
+    if out.scheduler.startswith("tls://") and not all(tls):
+        raise ConfigError("[engine] a tls:// scheduler needs tls_ca_file, tls_cert_file and "
+                          "tls_key_file (docs/network.md)")
+    if out.partition_episodes < 100:
+        raise ConfigError("[engine] partition_episodes must be at least 100")
+    if out.kind == "dask" and importlib.util.find_spec("distributed") is None:
+        raise ConfigError("[engine] kind = \"dask\" needs Dask's distributed scheduler: "
+                          "pip install 'retention[network]' (docs/network.md)")
+    return out
 
 
 def parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSettings:

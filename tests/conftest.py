@@ -26,7 +26,7 @@ from tests.support.apps import copied_store
 # PostgreSQL, Redis and MariaDB fixtures (pg_server, store_url, private_pg, redis_url,
 # private_redis, mariadb_url, ...).
 pytest_plugins = ("tests.support.pg", "tests.support.pg_cluster", "tests.support.redis",
-                  "tests.support.mariadb")
+                  "tests.support.mariadb", "tests.support.dask_cluster")
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 1)

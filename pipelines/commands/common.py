@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from retention.clock import Clock
-from retention.settings import ConfigError, Settings, load_settings
+from retention.settings import ENGINE_KINDS, ConfigError, Settings, load_settings
 
 
 @dataclass
@@ -55,3 +55,29 @@ def progress(label: str) -> Callable[[int, int], None]:
         if done == total or done % max(1, total // 10) == 0:
             say(f"  {label}: {done}/{total}")
     return report
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine`` and ``--scheduler``: the ``[engine]`` settings for one command."""
+    func = click.option(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="The Dask scheduler, tcp://host:8786 (tls://host:8786 with the [engine] TLS "
+        "files); implies --engine dask.")(func)
+    return click.option(
+        "--engine", type=click.Choice(ENGINE_KINDS), default=None,
+        help="Where features, scores and reasons are computed: 'local', in this process "
+        "(up to about 100,000 clients), or 'dask', in partitions on a Dask cluster "
+        "(docs/network.md). Default: [engine] kind in the config.")(func)
+
+
+def with_engine(settings: Settings, engine: str | None, scheduler: str | None) -> Settings:
+    """``settings`` with ``--engine`` and ``--scheduler`` applied; a clear error if bad."""
+    if engine is None and scheduler is None:
+        return settings
+    values = {**asdict(settings.engine), "kind": engine or "dask"}
+    if scheduler is not None:
+        values["scheduler"] = scheduler
+    try:
+        return settings.with_overrides(engine=values)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc

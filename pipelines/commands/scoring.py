@@ -11,8 +11,15 @@ from retention.clock import Clock
 from retention.db.engines import store_engine
 from retention.model import artifacts, signing
 from retention.model.booster import ModelError
-from retention.pipelines.commands.common import Context, as_of_option, say
-from retention.pipelines.scoring import ScoreResult, run_scoring
+from retention.pipelines.commands.common import (
+    Context,
+    as_of_option,
+    engine_options,
+    say,
+    with_engine,
+)
+from retention.pipelines.etl import EtlBusy
+from retention.pipelines.scoring import ScoreResult, network_scoring, run_scoring
 from retention.publish_guard import Acceptance, PublishRefused
 from retention.reasons.catalogue import CatalogueError, load_catalogue
 from retention.scoring import ScoringError
@@ -30,17 +37,25 @@ from retention.settings import Settings
     help="Publish even if the list moved beyond the publish guard's limits since "
     "the last publication; the reason, who and when are kept in the run.",
 )
+@engine_options
 @click.pass_obj
 def score(
-    obj: Context, as_of: datetime | None, model_version: str | None, reason: str | None
+    obj: Context, as_of: datetime | None, model_version: str | None, reason: str | None,
+    engine: str | None, scheduler: str | None,
 ) -> None:
-    """Score every open episode and publish the ranked list with reasons."""
+    """Score every open episode and publish the ranked list with reasons.
+
+    On the dask engine (--engine dask --scheduler tcp://host:8786, or [engine] in the
+    config) the features are computed here too, with the scores and reasons, in
+    partitions of whole caseloads on the Dask workers (docs/network.md).
+    """
     accept = None
     if reason is not None:
         if not reason.strip():
             raise click.UsageError("--accept-change needs a reason")
         accept = Acceptance(reason.strip(), operator())
-    result = score_list(obj.settings(), obj.day(as_of), model_version, accept, obj.clock)
+    settings = with_engine(obj.settings(), engine, scheduler)
+    result = score_list(settings, obj.day(as_of), model_version, accept, obj.clock)
     say(
         f"score: published {result.scored:,} episodes as of {result.as_of} "
         f"({result.high_risk:,} high risk) with model {result.model_version} "
@@ -95,8 +110,12 @@ def score_list(
         raise click.ClickException(str(exc)) from exc
     store_db = store_engine(settings.store_url)
     try:
+        if settings.engine.kind == "dask":
+            return network_scoring()(settings, store_db, model, catalogue, as_of, clock,
+                                     accept)
         return run_scoring(settings, store_db, model, catalogue, as_of, clock=clock, accept=accept)
-    except (ScoringError, PublishRefused) as exc:
+    except (ScoringError, PublishRefused, EtlBusy, OSError) as exc:
+        # OSError: the Dask scheduler did not answer (EngineUnavailable).
         raise click.ClickException(str(exc)) from exc
     finally:
         store_db.dispose()
