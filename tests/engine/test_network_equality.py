@@ -26,6 +26,7 @@ from retention.db.engines import source_engine, store_engine
 from retention.pipelines.cli import main
 from retention.pipelines.commands.common import Context
 from retention.pipelines.etl import run_etl
+from retention.pipelines.nightly import run_slot
 from retention.pipelines.scoring import run_scoring
 from retention.settings import Settings
 from retention.store import tables
@@ -163,3 +164,25 @@ def test_the_dask_run_records_its_partitions_and_workers(
     # Both workers took partitions, and each one's peak memory is on record.
     assert len(engine["worker_peak_rss_mib"]) == 2
     assert all(v > 0 for v in engine["worker_peak_rss_mib"].values())
+
+
+def test_the_nightly_job_runs_on_the_configured_engine(
+        scored: Scored, pg_url: str, dask_cluster: Cluster) -> None:
+    """What the scheduler runs each night: the ETL loads the copy only, the workers compute
+    the list, the job publishes it."""
+    settings = settings_for(scored, scored.settings.source_url, pg_url).with_overrides(
+        engine={"kind": "dask", "scheduler": dask_cluster.address})
+    result = run_slot(settings, AS_OF)
+    assert result.etl is not None and result.score is not None
+    store = store_engine(pg_url)
+    try:
+        with store.connect() as conn:
+            etl_detail, score_detail = (json.loads(conn.execute(
+                select(tables.runs.c.detail).where(tables.runs.c.kind == kind)).scalar_one())
+                for kind in ("etl", "score"))
+            published = conn.execute(select(tables.publications.c.n_scored)).scalar_one()
+    finally:
+        store.dispose()
+    assert "features_changed" not in etl_detail  # left to the workers
+    assert score_detail["engine"]["partitions"] >= 1
+    assert score_detail["features_changed"] == published == result.score.scored > 100
