@@ -21,10 +21,11 @@ from retention.evaluation.gate import GateDecision, gate
 from retention.features.builder import registry_facts
 from retention.model import artifacts, registry, signing
 from retention.model.booster import ModelError, TrainedModel
+from retention.model.sampling import stratified_clients
 from retention.model.training import Progress, fit, snapshot_dates, time_split, training_rows
 from retention.pipelines.runs import recorded_run
 from retention.settings import Settings
-from retention.store.clinic_copy import read_clinic_copy
+from retention.store.clinic_copy import copy_clients, read_clinic_copy
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,14 @@ def run_training(
     key = signing.model_key(settings, create=True)
     with recorded_run(store_db, "train", as_of, clock) as run:
         with store_db.connect() as conn:
-            data = read_clinic_copy(conn)
+            sample = stratified_clients(copy_clients(conn), ms.training_sample_clients,
+                                        settings.seed)
+            data = read_clinic_copy(conn, sample)
+        if sample is not None:
+            run.detail["training_sample"] = {"clients": len(sample), "by": "clinic",
+                                             "seed": settings.seed}
+            log.info("train run %s: a sample of %d clients, drawn by clinic", run.run_id,
+                     len(sample))
         if data.episodes.empty:
             raise RuntimeError("the store holds no clinic data: run `retention etl` first")
         dates = snapshot_dates(

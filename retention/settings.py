@@ -200,6 +200,9 @@ class EvaluationSettings:
     drift_min_rows: int = 200
     # Cron for the weekly retrain job (minute hour day month weekday).
     retrain_cron: str = "0 4 * * 0"
+    # Train on this many clients, drawn by clinic (retention/model/sampling.py), when the
+    # network is larger: training memory then follows it, not the network. 0: every client.
+    training_sample_clients: int = 0
 
 
 ENGINE_KINDS = ("local", "dask")
@@ -713,4 +716,7 @@ def parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSettings:
             raise ConfigError(f"[evaluation] {name} must be between 0 and 1")
     if ev.drift_psi_threshold <= 0:
         raise ConfigError("[evaluation] drift_psi_threshold must be positive")
+    if ev.training_sample_clients != 0 and ev.training_sample_clients < 100:
+        raise ConfigError("[evaluation] training_sample_clients must be 0 (every client) or "
+                          "at least 100")
     return ev

@@ -52,17 +52,43 @@ def bump_copy_version(connection: Connection, run_id: int) -> None:
         connection.execute(insert(watermarks).values(table_name=COPY_VERSION, run_id=run_id))
 
 
-def read_clinic_copy(connection: Connection) -> ClinicData:
-    """The service's whole copy of the clinic data that models learn from (training reads
-    this); consents, identifiers and contacts (``contract.NOT_MODEL_INPUTS``) are never
-    inputs and stay in the store."""
+def read_clinic_copy(connection: Connection,
+                     clients: Sequence[str] | None = None) -> ClinicData:
+    """The service's copy of the clinic data that models learn from (training reads
+    this): all of it, or the rows of ``clients`` (a training sample); consents,
+    identifiers and contacts (``contract.NOT_MODEL_INPUTS``) are never inputs and stay
+    in the store."""
+    params = {} if clients is None else {"clients": json.dumps(list(clients))}
     frames = {
         name: bulk.read_query(
-            connection, f"SELECT * FROM {table.name}", [c.name for c in table.columns]
-        )
+            connection, f"SELECT * FROM {table.name}{_of_clients(name, clients, connection)}",
+            [c.name for c in table.columns], params)
         for name, table in copies.items() if name not in contract.NOT_MODEL_INPUTS
     }
     return from_frames(frames)
+
+
+def copy_clients(connection: Connection) -> pd.DataFrame:
+    """Every client of the copy with its clinic (what a training sample is drawn from)."""
+    return bulk.read_query(connection, f"SELECT client_id, clinic_id FROM {P}clients",
+                           ["client_id", "clinic_id"])
+
+
+def _of_clients(table: str, clients: Sequence[str] | None, connection: Connection) -> str:
+    """A WHERE clause keeping ``clients``' rows of ``table`` (a JSON array ``:clients``)."""
+    if clients is None:
+        return ""
+    ids = _json_values("clients", connection.dialect.name)
+    if table == "alliance_items":  # items belong to their measure
+        return (f" WHERE measure_id IN (SELECT measure_id FROM {P}alliance_measures"
+                f" WHERE client_id IN ({ids}))")
+    return f" WHERE client_id IN ({ids})"
+
+
+def _json_values(param: str, dialect: str) -> str:
+    """The text values of the JSON array bound to ``:param``, as a subquery's rows."""
+    return (f"SELECT value FROM json_each(:{param})" if dialect == "sqlite" else
+            f"SELECT jsonb_array_elements_text(CAST(:{param} AS jsonb))")
 
 
 def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 91,
@@ -110,8 +136,7 @@ def _open_in(caseloads: Sequence[str] | None, dialect: str) -> str:
     given: one partition's."""
     if caseloads is None:
         return OPEN_EPISODES
-    keys = ("SELECT value FROM json_each(:caseloads)" if dialect == "sqlite" else
-            "SELECT jsonb_array_elements_text(CAST(:caseloads AS jsonb))")
+    keys = _json_values("caseloads", dialect)
     return (f"{OPEN_EPISODES} AND client_id IN (SELECT client_id FROM {P}clients"
             f" WHERE {CASELOAD_SQL} IN ({keys}))")
 
