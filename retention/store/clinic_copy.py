@@ -26,7 +26,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from retention.clinic import contract
 from retention.clinic.data import ClinicData, from_frames
-from retention.clinic.instruments import ORS_ITEMS, SRS_ITEMS
+from retention.clinic.instruments import SRS_ITEMS
 from retention.clinic.registry import Registry, default_registry
 from retention.db import bulk
 from retention.settings import INSTRUMENT_CODE
@@ -103,7 +103,7 @@ def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 9
     rater, every client-rated ORS with a total (the expected course starts at intake
     and counts sessions), and for each other instrument ``registry`` lets the model
     read (``model_input``) the last client-rated one with a total; the items of those
-    SRS, GSRS and ORS; and every session note observed before ``as_of``.
+    SRS and GSRS; and every session note observed before ``as_of``.
     ``build_features`` and the reason histories give the same answers on this as on the
     whole copy (see tests/store/test_clinic_copy.py), at a fraction of the reading.
     With ``caseloads`` (``caseload_key``s), only the episodes of those caseloads: one
@@ -149,8 +149,10 @@ LATEST: tuple[tuple[str, str, int | None], ...] = (
     *(("WAI-SR", rater, 1) for rater in contract.RATERS), ("ORS", "client", None))
 # Instruments read by name above; the registry's other model inputs: the last one.
 READ_BY_NAME = ("SRS", "GSRS", "WAI-SR", "ORS")
-# Measures whose items features read, and which items.
-WITH_ITEMS = {"SRS": SRS_ITEMS, "GSRS": SRS_ITEMS, "ORS": ORS_ITEMS}
+# Measures whose items features and reasons read, and which items. Not the ORS's: its
+# features and reasons read totals (the intake, the latest, the count), and an open
+# episode has an ORS every session, so its items were most of the items read.
+WITH_ITEMS = {"SRS": SRS_ITEMS, "GSRS": SRS_ITEMS}
 
 
 def _cols(table: str, alias: str = "") -> str:
