@@ -1,0 +1,553 @@
+"""Benchmark: a clinic network's nightly run on the Dask engine against the single process.
+
+    .venv/bin/python benchmarks/network.py --clients 100000 --clinics 40
+    .venv/bin/python benchmarks/network.py --clients 1000000 --clinics 40 --workers 2 \\
+        --memory-limit 4GiB --partition-episodes 20000,10000,5000
+
+Setup is cached on the PostgreSQL server, as in ``benchmarks/nightly.py`` (whose helpers
+this imports: the ledger of databases, the model, the day of changes, the stores): a
+synthetic network of ``--clients`` clients in exactly ``--clinics`` clinics with a year
+of history, in ``retention_bench_net_<checkout>_<clients>_<clinics>`` (``--rebuild``
+makes it again). A million clients do not fit in memory as one synthetic clinic, so the
+network is generated and loaded in chunks of at most 25,000 clients (``chunk_plan``),
+every id prefixed with its chunk (``n000.``) so ids are unique across the network. Each
+chunk is a clinic simulation of its own; with at least as many clinics as chunks each
+chunk owns its share of them, and with fewer, chunks share them round-robin (a shared
+clinic has the case managers and clinicians of every chunk in it).
+
+Then, each night in a process of its own so its peak memory is its own, into stores of
+this run (dropped at the end unless ``--keep``):
+
+- **local**: the single process (``[engine] kind = "local"``): a full first night, then
+  an incremental one after a day of changes (``nightly.day_of_changes`` on a copy);
+- **dask**: a cluster on this machine (a ``dask scheduler`` and ``--workers`` ``dask
+  worker`` processes, one thread each, ``--memory-limit``), its worker processes
+  restarted before every night so a worker's peak is that night's: a full night for
+  each ``--partition-episodes`` value, and the incremental night for the first.
+
+The job's peak is its own process's; the workers' peaks are the ones the score run
+recorded (``runs.detail["engine"]``). Report on stdout (Markdown, then JSON); progress
+on stderr, with a one-line summary last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import nightly as base
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from retention.settings import Settings
+
+ROOT = base.ROOT
+AS_OF = base.AS_OF
+ONE_DAY = base.ONE_DAY
+# Clients per chunk at most: one chunk's frames stay well under a GiB.
+MAX_CHUNK = 25_000
+SEED = 20261126
+HISTORY_DAYS = 365
+# Bumped when the chunking changes, so a cached network made the old way is rebuilt.
+LAYOUT = 2  # 2: the caseload as dense as benchmarks/nightly.py's
+# Seconds a cluster may take to start (or restart its workers), and to stop.
+START_DEADLINE = 120.0
+STOP_GRACE = 15.0
+
+
+def say(message: str) -> None:
+    print(f"network: {message}", file=sys.stderr, flush=True)
+
+
+# --- the network, in chunks -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of the network: a clinic simulation of its own."""
+
+    number: int  # from 0
+    clients: int
+    clinics: int  # simulated in this chunk
+    clinic_prefix: str  # its clinics' ids: its own prefix, or the chunk's that owns them
+
+    @property
+    def prefix(self) -> str:
+        return f"n{self.number:03d}."
+
+
+def chunk_plan(clients: int, clinics: int, max_chunk: int = MAX_CHUNK) -> list[Chunk]:
+    """Chunks of at most ``max_chunk`` clients (sizes within one of each other) that make
+    exactly ``clinics`` clinics overall.
+
+    With at least as many clinics as chunks, chunk i simulates its share of them
+    (``clinics // n``, one more for the first ``clinics % n``), prefixed with its own
+    prefix. With fewer, every chunk simulates one clinic and chunk i's is clinic
+    ``i % clinics``: it takes that chunk's prefix, and since every such chunk's one clinic
+    has the same simulated name, their ids are the same."""
+    if clients < 1 or clinics < 1:
+        raise ValueError("clients and clinics must be positive")
+    if clinics > clients:
+        raise ValueError("a network needs at least one client per clinic")
+    n = -(-clients // max_chunk)
+    if n > 1000:
+        raise ValueError(f"{n} chunks: the n000. prefix has room for 1,000")
+    sizes = [clients // n + (i < clients % n) for i in range(n)]
+    if clinics >= n:
+        return [Chunk(i, sizes[i], clinics // n + (i < clinics % n), f"n{i:03d}.")
+                for i in range(n)]
+    return [Chunk(i, sizes[i], 1, f"n{i % clinics:03d}.") for i in range(n)]
+
+
+def chunk_config(chunk: Chunk, seed: int = SEED) -> Any:
+    """The simulation of one chunk (a ``SynthConfig``)."""
+    from retention.clinic.synth import SynthConfig
+
+    # As dense a caseload as benchmarks/nightly.py's clinic, so the figures compare.
+    return SynthConfig(end=AS_OF, n_clients=chunk.clients, n_clinics=chunk.clinics,
+                       history_days=HISTORY_DAYS, seed=seed + chunk.number,
+                       extra_sessions_per_week=4, episode_length_scale=3.0)
+
+
+def chunk_frames(chunk: Chunk, seed: int = SEED) -> dict[str, pd.DataFrame]:
+    """One chunk's contract frames, every id prefixed so it is unique in the network."""
+    from retention.clinic.synth import generate
+
+    return prefixed(generate(chunk_config(chunk, seed)), chunk)
+
+
+def prefixed(frames: dict[str, pd.DataFrame], chunk: Chunk) -> dict[str, pd.DataFrame]:
+    """Prefix (in place) every id column (``*_id``) and client identifier value with the
+    chunk's prefix, and clinic ids with the prefix of the chunk that owns the clinic;
+    missing values (a client with no case manager) stay missing."""
+    for table, frame in frames.items():
+        for column in frame.columns:
+            if column.endswith("_id") or (table == "client_identifiers" and column == "value"):
+                prefix = chunk.clinic_prefix if column == "clinic_id" else chunk.prefix
+                values = frame[column]
+                frame[column] = values.where(values.isna(), prefix + values.fillna("").astype(str))
+    return frames
+
+
+def network_key(clients: int, clinics: int) -> dict[str, Any]:
+    """What a cached network was made from: rebuilt when any of it changes."""
+    return {"layout": LAYOUT, "clients": clients, "clinics": clinics, "max_chunk": MAX_CHUNK,
+            "seed": SEED, "history_days": HISTORY_DAYS, "end": AS_OF.isoformat()}
+
+
+def copy_frames(conn: psycopg.Connection[Any], frames: Mapping[str, pd.DataFrame]) -> None:
+    """COPY the frames into their tables as CSV, as ``nightly.ensure_source`` does."""
+    for table, frame in frames.items():
+        cols = ", ".join(frame.columns)
+        with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)") as cp:
+            for start in range(0, len(frame), 500_000):
+                cp.write(frame.iloc[start:start + 500_000].to_csv(index=False, header=False))
+
+
+def ensure_network(clients: int, clinics: int, rebuild: bool) -> tuple[str, dict[str, Any]]:
+    """The cached network database; generated and loaded chunk by chunk when missing or
+    stale, so memory follows a chunk, not the network."""
+    from sqlalchemy import create_engine
+
+    from retention.clinic import contract
+
+    name = f"retention_bench_net_{base.checkout_id()}_{clients}_{clinics}"
+    config = network_key(clients, clinics)
+    if not rebuild and name in base.ours() and base.exists(name):
+        with psycopg.connect(base.url_for(name)) as conn:
+            found = conn.execute("SELECT to_regclass('bench_meta')").fetchone()
+            row = (conn.execute("SELECT config, counts FROM bench_meta").fetchone()
+                   if found and found[0] else None)
+        if row and json.loads(row[0]) == config:  # bench_meta is written last
+            return name, {"cached": True, "counts": json.loads(row[1])}
+    plan = chunk_plan(clients, clinics)
+    started = time.perf_counter()
+    base.create(name)
+    engine = create_engine(base.sa_url(name))
+    with engine.begin() as conn:
+        contract.metadata.create_all(conn)
+    engine.dispose()
+    generate_s = load_s = 0.0
+    counts: dict[str, int] = {}
+    clinic_ids: set[str] = set()
+    with psycopg.connect(base.url_for(name)) as conn:
+        for chunk in plan:
+            t0 = time.perf_counter()
+            frames = chunk_frames(chunk)
+            t1 = time.perf_counter()
+            copy_frames(conn, frames)
+            conn.commit()
+            t2 = time.perf_counter()
+            generate_s, load_s = generate_s + t1 - t0, load_s + t2 - t1
+            for table, frame in frames.items():
+                counts[table] = counts.get(table, 0) + len(frame)
+            clinic_ids.update(frames["clients"]["clinic_id"].unique())
+            del frames
+            say(f"chunk {chunk.number + 1} of {len(plan)} ({chunk.clients:,} clients, "
+                f"{chunk.clinics} clinics): generated {t1 - t0:.1f} s, loaded {t2 - t1:.1f} s")
+        t0 = time.perf_counter()
+        # What a clinic's database would have for any reader that asks "what changed".
+        for table in ("episodes", "appointments", "alliance_measures"):
+            conn.execute(f"CREATE INDEX ON {table} (updated_at)")
+        conn.execute("CREATE INDEX ON appointments (episode_id)")
+        counts["clinics"] = len(clinic_ids)
+        conn.execute("CREATE TABLE bench_meta (config text, counts text)")
+        conn.execute("INSERT INTO bench_meta VALUES (%s, %s)",
+                     (json.dumps(config), json.dumps(counts)))
+        conn.commit()
+    with psycopg.connect(base.url_for(name), autocommit=True) as c:
+        c.execute("VACUUM ANALYZE")
+    load_s += time.perf_counter() - t0
+    return name, {"cached": False, "chunks": len(plan), "generate_s": round(generate_s, 1),
+                  "load_s": round(load_s, 1),
+                  "total_s": round(time.perf_counter() - started, 1), "counts": counts}
+
+
+# --- a local Dask cluster -------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """A ``dask scheduler`` and its ``dask worker`` processes (each under a nanny), each
+    started as the leader of a process group of its own, so stopping them ends them and
+    what they started, and nothing else."""
+
+    directory: Path
+    workers: int
+    address: str = ""
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, command: list[str], log: str) -> None:
+        with (self.directory / log).open("wb") as out:
+            self.processes.append(subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, start_new_session=True))
+
+    def check_running(self) -> None:
+        for process in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"a Dask process exited ({process.returncode}): "
+                                   f"{str(process.args)[:200]}; logs in "
+                                   f"{self.directory}")
+
+    def restart_workers(self) -> list[int]:
+        """New worker processes (the nannies start them again), ready; their pids."""
+        from distributed import Client
+
+        with Client(self.address, timeout="30s", set_as_default=False) as client:
+            client.restart(timeout=START_DEADLINE, wait_for_workers=True)
+            # A worker that serves night after night has imported the engine long before:
+            # importing it (about 5 s here) is start-up, not the night's work.
+            client.run(importlib.import_module, "retention.engine.network")
+            pids = client.run(os.getpid)
+        if len(pids) != self.workers:
+            raise RuntimeError(f"{len(pids)} workers after a restart, not {self.workers}")
+        return sorted(int(p) for p in pids.values())
+
+    def stop(self) -> None:
+        """SIGTERM to each process group, SIGKILL to any still there after the grace;
+        leaders are reaped last, so no group id is reused while it is signalled."""
+        groups = [p.pid for p in self.processes if p.returncode is None]
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signum)
+            deadline = time.monotonic() + STOP_GRACE
+            while time.monotonic() < deadline and any(map(_group_alive, groups)):
+                time.sleep(0.2)
+            groups = [g for g in groups if _group_alive(g)]
+            if not groups:
+                break
+        for process in self.processes:
+            process.wait(timeout=STOP_GRACE)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group, other than a zombie, is still there (/proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = text[text.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def local_cluster(directory: Path, workers: int, memory_limit: str) -> Iterator[Cluster]:
+    """A scheduler and ``workers`` one-thread workers on 127.0.0.1, stopped on exit.
+
+    The scheduler picks a free port itself (``--port 0``) and writes its address to a
+    file, so no other process can take the port between a probe and its start."""
+    from distributed import Client
+
+    directory.mkdir(parents=True, exist_ok=True)
+    dask = str(Path(sys.executable).parent / "dask")
+    cluster = Cluster(directory, workers)
+    scheduler_file = directory / "scheduler.json"
+    try:
+        cluster.spawn([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                       "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                      "scheduler.log")
+        deadline = time.monotonic() + START_DEADLINE
+        while not cluster.address:
+            cluster.check_running()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the scheduler did not start; logs in {directory}")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                cluster.address = str(json.loads(scheduler_file.read_text())["address"])
+            time.sleep(0.2)
+        for number in range(workers):
+            cluster.spawn([dask, "worker", cluster.address, "--name", f"worker-{number}",
+                           "--nworkers", "1", "--nthreads", "1", "--memory-limit", memory_limit,
+                           "--no-dashboard", "--host", "127.0.0.1",
+                           "--local-directory", str(directory / f"worker-{number}")],
+                          f"worker-{number}.log")
+        with Client(cluster.address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=START_DEADLINE)
+        cluster.check_running()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# --- a measured night (child process) -------------------------------------------------
+
+
+def measure(kind: str, source: str, store: str, models: str, as_of: date,
+            engine: Mapping[str, Any]) -> dict[str, Any]:
+    """``nightly.measure`` with the ``[engine]`` section given, and what the score run
+    recorded of its engine. Runs in a process of its own."""
+    from unittest import mock
+
+    import retention.settings as config
+
+    plain = config.settings_from_mapping
+
+    def with_engine(values: Mapping[str, Any], origin: str = "mapping") -> Settings:
+        return plain({**values, "engine": dict(engine)}, origin)
+
+    # nightly.measure builds its settings with settings_from_mapping: add the engine there.
+    with mock.patch.object(config, "settings_from_mapping", with_engine):
+        result = base.measure(kind, source, store, models, as_of)
+    with psycopg.connect(base.url_for(store)) as conn:
+        row = conn.execute("SELECT detail FROM runs WHERE kind = 'score' "
+                           "ORDER BY run_id DESC LIMIT 1").fetchone()
+    result["engine"] = json.loads(row[0]).get("engine") if row and row[0] else None
+    return result
+
+
+def child(kind: str, source: str, store: str, models: Path, as_of: date,
+          engine: Mapping[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", kind, "--source", source, "--store", store,
+         "--models", str(models), "--as-of", as_of.isoformat(), "--engine", json.dumps(engine)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{engine['kind']} {kind} night failed:\n{out.stderr[-4000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def night(label: str, kind: str, source: str, store: str, models: Path, as_of: date,
+          engine: Mapping[str, Any]) -> dict[str, Any]:
+    """One measured night, with the row of the report it makes."""
+    say(f"{label} {kind}: running")
+    result = child(kind, source, store, models, as_of, engine)
+    detail = result.get("engine") or {}
+    workers = detail.get("worker_peak_rss_mib") or {}
+    result.update({
+        "engine_kind": engine["kind"], "partition_episodes": engine.get("partition_episodes"),
+        "worker_peak_rss_mib_max": max(workers.values()) if workers else None,
+        "partitions": detail.get("partitions"),
+        "largest_partition": detail.get("largest_partition")})
+    on_workers = ("" if not detail else f", worker peak {result['worker_peak_rss_mib_max']} "
+                  f"MiB, {result['partitions']} partitions")
+    say(f"{label} {kind}: {result['total_s']} s, job peak {result['peak_rss_mib']} MiB"
+        + on_workers)
+    return result
+
+
+# --- the runs -------------------------------------------------------------------------
+
+
+def run_local(source: str, work: str, models: Path, timing: dict[str, float],
+              cleanup: list[Callable[[], None]]) -> list[dict[str, Any]]:
+    store = base.new_store("local", timing)
+    cleanup.append(lambda: base.drop(store))
+    engine = {"kind": "local"}
+    runs = [night("local", "full", base.url_for(source), store, models, AS_OF, engine)]
+    base.vacuum(store, timing)
+    runs.append(night("local", "incremental", base.url_for(work), store, models,
+                      AS_OF + ONE_DAY, engine))
+    return runs
+
+
+def run_dask(cluster: Cluster, sizes: list[int], source: str, work: str, models: Path,
+             timing: dict[str, float], cleanup: list[Callable[[], None]]) -> list[dict[str, Any]]:
+    """A full night per partition size; the incremental night for the first. Fresh worker
+    processes before each, so a worker's peak is that night's."""
+    runs = []
+    for i, size in enumerate(sizes):
+        store = base.new_store(f"dask_{size}", timing)
+        cleanup.append(lambda store=store: base.drop(store))  # type: ignore[misc]
+        engine = {"kind": "dask", "scheduler": cluster.address, "partition_episodes": size}
+        nights = [("full", source, AS_OF)]
+        if i == 0:
+            nights.append(("incremental", work, AS_OF + ONE_DAY))
+        for kind, database, as_of in nights:
+            if kind == "incremental":
+                base.vacuum(store, timing)
+            say(f"dask P={size}: fresh workers {cluster.restart_workers()}")
+            runs.append(night(f"dask P={size}", kind, base.url_for(database), store, models,
+                              as_of, engine))
+            cluster.check_running()
+    return runs
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def report(args: argparse.Namespace, source: dict[str, Any], timing: dict[str, float],
+           runs: list[dict[str, Any]]) -> str:
+    counts = source["counts"]
+    built = ("cached" if source.get("cached") else
+             f"built in {source['chunks']} chunk(s): generated {source['generate_s']} s, "
+             f"loaded {source['load_s']} s")
+    lines = [f"## Network: {args.clients:,} clients in {args.clinics} clinics", "",
+             f"Machine: {base.machine()}", "",
+             f"Source: {counts} ({built}; setup: "
+             + ", ".join(f"{k} {v} s" for k, v in timing.items()) + ")", "",
+             f"Dask: {args.workers} workers of one thread each on this machine, memory limit "
+             f"{args.memory_limit}, worker processes restarted before each night.", "",
+             "| engine | P | night | total s | job peak RSS MiB | worker peak RSS MiB (max) | "
+             "partitions | largest partition | stages (s) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        stages = ", ".join(f"{k} {v}" for k, v in {**r["etl_s"], **{
+            f"score.{k}": v for k, v in r["score_s"].items()}}.items())
+        lines.append(f"| {r['engine_kind']} | {_cell(r['partition_episodes'])} | {r['kind']} | "
+                     f"{r['total_s']} | {_cell(r['peak_rss_mib'])} | "
+                     f"{_cell(r['worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
+                     f"{_cell(r['largest_partition'])} | {stages} |")
+    return "\n".join(lines)
+
+
+def summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in runs:
+        label = "local" if r["engine_kind"] == "local" else f"dask P={r['partition_episodes']}"
+        worker = ("" if r["worker_peak_rss_mib_max"] is None
+                  else f", workers {r['worker_peak_rss_mib_max']} MiB")
+        parts.append(f"{label} {r['kind']} {r['total_s']} s "
+                     f"(job {r['peak_rss_mib']} MiB{worker})")
+    return f"{args.clients:,} clients in {args.clinics} clinics: " + "; ".join(parts)
+
+
+def sizes_arg(text: str) -> list[int]:
+    sizes = [int(s) for s in text.split(",") if s.strip()]
+    if not sizes or min(sizes) < 100:
+        raise argparse.ArgumentTypeError("partition sizes of at least 100, comma-separated")
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--clinics", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--memory-limit", default="4GiB", help="Per Dask worker.")
+    parser.add_argument("--partition-episodes", type=sizes_arg, default=[20_000, 10_000, 5_000],
+                        help="Partition sizes (open episodes), comma-separated: a full night "
+                             "on Dask for each, the incremental night for the first.")
+    parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached network.")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep the stores, the changed network and the Dask logs.")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.source, args.store, args.models,
+                                 date.fromisoformat(args.as_of), json.loads(args.engine))))
+        return
+    try:
+        chunk_plan(args.clients, args.clinics)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    source, built = ensure_network(args.clients, args.clinics, args.rebuild)
+    timing["network"] = round(time.perf_counter() - started, 1)
+    say(f"setup: network {source}: {built}")
+    started = time.perf_counter()
+    models, trained = base.ensure_model()
+    timing["model"] = round(time.perf_counter() - started, 1)
+    say(f"setup: model {models}: {trained}")
+
+    work = f"retention_bench_work_{base.RUN}"
+    started = time.perf_counter()
+    base.create(work, template=source)
+    cleanup: list[Callable[[], None]] = [lambda: base.drop(work)]
+    logs = base.CACHE / f"dask_{base.RUN}"
+    failed = True
+    runs: list[dict[str, Any]] = []
+    try:
+        changes = base.day_of_changes(work)
+        timing["day_of_changes"] = round(time.perf_counter() - started, 1)
+        say(f"setup: one day of changes {changes}")
+        runs += run_local(source, work, models, timing, cleanup)
+        started = time.perf_counter()
+        with local_cluster(logs, args.workers, args.memory_limit) as cluster:
+            timing["cluster_start"] = round(time.perf_counter() - started, 1)
+            say(f"dask: scheduler {cluster.address}, {args.workers} workers, logs in {logs}")
+            runs += run_dask(cluster, args.partition_episodes, source, work, models, timing,
+                             cleanup)
+        failed = False
+    finally:
+        if not args.keep:
+            for undo in cleanup:
+                try:
+                    undo()
+                except Exception as exc:  # one failed drop must not keep the others
+                    say(f"cleanup: {exc}")
+            if not failed:  # a failed run's Dask logs stay for reading
+                shutil.rmtree(logs, ignore_errors=True)
+    print(report(args, built, timing, runs))
+    print()
+    print("```json\n" + json.dumps({"source": built, "timing": timing, "runs": runs,
+                                    "chunk_plan": [asdict(c) for c in
+                                                   chunk_plan(args.clients, args.clinics)]},
+                                   indent=1) + "\n```")
+    say(summary(args, runs))
+
+
+if __name__ == "__main__":
+    main()
