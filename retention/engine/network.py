@@ -24,6 +24,7 @@ import logging
 import os
 import resource
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -121,7 +122,7 @@ def compute(
     travelling = for_workers(settings)
     with connect(settings.engine) as client:
         # Unique per call: Dask would otherwise hand back a finished task of the same key.
-        token = f"{as_of.isoformat()}-{time.time_ns()}"
+        token = f"{as_of.isoformat()}-{uuid.uuid4().hex}"
         futures = {client.submit(compute_partition, travelling, as_of, p, model_version,
                                  catalogue, key=f"retention-partition-{token}-{p.number}",
                                  retries=RETRIES, pure=False): p

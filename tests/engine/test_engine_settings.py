@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,22 @@ def test_the_default_path_never_imports_dask() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_what_a_task_carries_holds_no_secret_a_worker_does_not_need(tmp_path: Path) -> None:
+    """The source, the store owner and the signing key stay with the job; the registry the
+    job read travels, so a worker need not hold the registry's file."""
+    network = pytest.importorskip("retention.engine.network")
+    registry = tmp_path / "instruments.toml"
+    registry.write_text((REPO / "config" / "instruments.toml").read_text())
+    job = settings(tmp_path).with_overrides(
+        source_url="postgresql+psycopg://etl:source-secret@clinic.internal/ehr",
+        store_owner_url="postgresql+psycopg://owner:owner-secret@db.internal/store",
+        model_key="k" * 64, instruments_file=registry)
+    travelling = pickle.dumps(network.for_workers(job))
+    registry.unlink()
+    for secret in (b"source-secret", b"owner-secret", b"k" * 64):
+        assert secret not in travelling
+    on_worker = pickle.loads(travelling)
+    assert on_worker.store_url == job.store_url
+    assert on_worker.instruments.model_inputs == job.instruments.model_inputs
