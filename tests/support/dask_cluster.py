@@ -13,7 +13,7 @@ closing the cluster ends them and everything they started, and nothing else.
   functions defined in test modules can run on them. Logs: ``cluster.logs``.
 - ``make_tls_files(directory)``: a throwaway CA and one certificate for 127.0.0.1 and
   localhost signed by it, for ``start_cluster(..., tls=...)`` and the client's settings.
-- ``dask_cluster`` (session fixture): a plain TCP cluster of two workers, 2 GiB each.
+- ``dask_cluster`` (module fixture): a plain TCP cluster of two workers, 2 GiB each.
 - ``require_distributed()``: Dask's distributed scheduler (an optional extra,
   ``retention[network]``), or a skip; with ``CI`` set its absence fails the run.
 
@@ -329,12 +329,14 @@ def _wait_for_workers(distributed: ModuleType, cluster: Cluster, workers: int,
                 pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory,
                  model_key_home: Path) -> Iterator[Cluster]:
-    """A plain TCP cluster of two workers (2 GiB, one thread each), shared by the session;
-    tests that stop, fill or reconfigure workers start their own with ``start_cluster``.
-    It starts after the session's ``HOME`` (``model_key_home``), which its workers inherit."""
+    """A plain TCP cluster of two workers (2 GiB, one thread each), shared by a module's
+    tests and stopped after them (idle, it still takes CPU and 0.7 GiB from the tests
+    after it); tests that stop, fill or reconfigure workers start their own with
+    ``start_cluster``. It starts after the session's ``HOME`` (``model_key_home``), which
+    its workers inherit."""
     with start_cluster(tmp_path_factory.mktemp("dask-cluster"), workers=2,
                        memory_limit="2GiB") as cluster:
         yield cluster
