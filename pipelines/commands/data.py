@@ -117,12 +117,13 @@ def etl(obj: Context, as_of: datetime | None, full: bool, engine: str | None,
     FHIR Bulk Data exports ("fhir-ndjson:/path/to/exports"). README: "Pointing at a clinic".
 
     Engines. The default, local, computes features in this process: right for a clinic
-    or a network of up to about 100,000 clients (a first night there takes about a
-    minute and 3.4 GiB; docs/performance.md). Switch to dask when a network outgrows one
-    machine's memory or the nightly window: with --engine dask --scheduler
-    tcp://host:8786 (or [engine] in the config) this command loads the copy only, and
-    `retention score` computes features, scores and reasons in partitions of whole
-    caseloads on the Dask workers and publishes them as one list (docs/network.md).
+    or a network of up to about 100,000 clients (a first night there took 45 to 210 s
+    and 3.4 to 5 GiB on a 2-core machine, by how many rows; docs/performance.md). Switch
+    to dask when a network outgrows one machine's memory or the nightly window: with
+    --engine dask --scheduler tcp://host:8786 (or [engine] in the config) this command
+    loads the copy only, and `retention score` computes features, scores and reasons in
+    partitions of whole caseloads on the Dask workers and publishes them as one list
+    (docs/network.md).
     """
     settings = with_engine(obj.settings(), engine, scheduler)
     on_dask = settings.engine.kind == "dask"
