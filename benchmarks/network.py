@@ -57,7 +57,6 @@ from benchmarks import nightly as base
 if TYPE_CHECKING:
     import pandas as pd
 
-    from retention.settings import Settings
 
 ROOT = base.ROOT
 AS_OF = base.AS_OF
@@ -338,18 +337,7 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
             engine: Mapping[str, Any]) -> dict[str, Any]:
     """``nightly.measure`` with the ``[engine]`` section given, and what the score run
     recorded of its engine. Runs in a process of its own."""
-    from unittest import mock
-
-    import retention.settings as config
-
-    plain = config.settings_from_mapping
-
-    def with_engine(values: Mapping[str, Any], origin: str = "mapping") -> Settings:
-        return plain({**values, "engine": dict(engine)}, origin)
-
-    # nightly.measure builds its settings with settings_from_mapping: add the engine there.
-    with mock.patch.object(config, "settings_from_mapping", with_engine):
-        result = base.measure(kind, source, store, models, as_of)
+    result = base.measure(kind, source, store, models, as_of, {"engine": dict(engine)})
     with psycopg.connect(base.url_for(store)) as conn:
         row = conn.execute("SELECT detail FROM runs WHERE kind = 'score' "
                            "ORDER BY run_id DESC LIMIT 1").fetchone()

@@ -44,13 +44,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import secrets
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -61,6 +60,7 @@ from psycopg import sql
 
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig
+from retention.engine.memory import peak_rss_mib
 from retention.store import tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -507,9 +507,10 @@ def fhir_day_of_changes(folder: Path, work: str) -> dict[str, int]:
 # --- a measured run (child process) ---------------------------------------------------
 
 
-def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dict[str, Any]:
-    """One nightly run (ETL then scoring) from the source at URL ``source``, timed by stage;
-    runs in a process of its own."""
+def measure(kind: str, source: str, store: str, models: str, as_of: date,
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One nightly run (ETL then scoring) from the source at URL ``source``, timed by stage,
+    with ``extra`` settings (an ``[engine]`` section, say); runs in a process of its own."""
     from sqlalchemy import select
 
     from retention.db.engines import store_engine
@@ -524,7 +525,7 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dic
         "etl": {"allow_superuser_source": True},
         # The guard still runs (its cost is in the figures), but a tier moved by the day
         # of changes must not stop a speed measurement.
-        "publish_max_change_share": 1.0})
+        "publish_max_change_share": 1.0, **(extra or {})})
     started = time.perf_counter()
     result = run_nightly(settings, as_of, full=(kind != "incremental"))
     total = time.perf_counter() - started
@@ -543,19 +544,6 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date) -> dic
         "scored": result.score.scored,
         "peak_rss_mib": peak_rss_mib(),
     }
-
-
-def peak_rss_mib() -> int:
-    """This process image's peak resident memory (VmHWM).
-
-    Not ``getrusage``: Linux carries ``ru_maxrss`` across exec, so a child started by
-    ``subprocess`` from a large parent reports the parent's peak (7.1 GiB after the
-    benchmark had generated a clinic in-process, for a run that used far less).
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def child(kind: str, source: str, store: str, models: Path, as_of: date) -> dict[str, Any]:

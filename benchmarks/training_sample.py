@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -58,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retention.clinic.data import from_frames
 from retention.clinic.synth import SynthConfig, generate
+from retention.engine.memory import peak_rss_mib
 from retention.evaluation import bootstrap
 from retention.evaluation.heldout import model_scorer
 from retention.features.builder import registry_facts
@@ -89,17 +89,6 @@ class Trained:
     calibration: str
     score: np.ndarray
     probability: np.ndarray
-
-
-def peak_memory_mib() -> float:
-    """The process's peak resident memory (VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def same_held_out(rows: pd.DataFrame, sample_rows: pd.DataFrame, split: Split,
@@ -286,7 +275,7 @@ def main() -> None:
     print(f"- 95% intervals: {ev.bootstrap_samples} client resamples, paired across models; "
           f"tolerance {ev.promotion_tolerance:g} (AUROC and AP)\n")
     print("\n".join(table(results)))
-    peak = peak_memory_mib()
+    peak = peak_rss_mib()
     print(f"\nPeak memory (VmHWM) of this benchmark: {peak:,.0f} MiB, dominated by the training "
           "rows of every client; a training with a sample reads and builds only the sample's "
           "rows, so its memory follows the sample.\n")

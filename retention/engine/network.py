@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from distributed import Client, KilledWorker, Security, as_completed, get_worker
 from sqlalchemy import Engine
 
 from retention.db.engines import store_engine
+from retention.engine.memory import peak_rss_mib
 from retention.engine.partitions import Partition
 from retention.features import build_features
 from retention.model import artifacts, signing
@@ -209,15 +209,3 @@ def _worker_address() -> str:
         return str(get_worker().address)
     except ValueError:  # run outside a worker (tests call it directly)
         return "local"
-
-
-def peak_rss_mib() -> int:
-    """This process's peak resident memory (VmHWM), in MiB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
