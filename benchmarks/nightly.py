@@ -540,7 +540,10 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
         "kind": kind, "total_s": round(total, 2),
         "etl_s": details["etl"].get("seconds", {}), "score_s": details["score"].get("seconds", {}),
         "rows_read": result.etl.rows_read, "rows_changed": result.etl.rows_changed,
-        "quarantined": result.etl.rows_quarantined, "open_episodes": result.etl.open_episodes,
+        "quarantined": result.etl.rows_quarantined,
+        # On the Dask engine the ETL leaves the features (and their count) to scoring.
+        "open_episodes": (result.score.scored if result.etl.open_episodes is None
+                          else result.etl.open_episodes),
         "scored": result.score.scored,
         "peak_rss_mib": peak_rss_mib(),
     }

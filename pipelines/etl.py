@@ -49,7 +49,9 @@ class EtlResult:
     run_id: int
     as_of: date
     rows_read: int
-    open_episodes: int
+    # None when the features were left to the scoring run (the Dask engine): the run
+    # did not count the open episodes, and 0 would say there were none.
+    open_episodes: int | None
     rows_changed: int = 0
     rows_quarantined: int = 0
     full: bool = False
@@ -124,7 +126,7 @@ def run_etl(
             watch.lap("load")
             run.detail.update({"copy_changed": applied.copy_changed,
                                "released": applied.released, "watermarks": applied.watermarks})
-            data, feature_changes, n_open = None, 0, 0
+            data, feature_changes, n_open = None, 0, None
             if features:
                 data = read_scoped_copy(conn, as_of, etl.lookback_days, registry)
                 watch.lap("scoped_read")

@@ -184,5 +184,6 @@ def test_the_nightly_job_runs_on_the_configured_engine(
     finally:
         store.dispose()
     assert "features_changed" not in etl_detail  # left to the workers
+    assert result.etl.open_episodes is None  # not counted by the ETL: not "none open"
     assert score_detail["engine"]["partitions"] >= 1
     assert score_detail["features_changed"] == published == result.score.scored > 100
