@@ -3,9 +3,9 @@
 Training reads the whole copy. A nightly run scores every open episode but looks at
 little of each one's history: the last 90 days of slots, the slots since the last
 attended one (the current run of misses), what is booked ahead, the latest few
-alliance measures, the outcome ratings since intake and the session notes. Reading
-just those rows (the scoped read) keeps the nightly run's
-reading proportional to the open caseload rather than to years of history.
+alliance measures, the outcome ratings since intake and the session notes of 90 days.
+Reading just those rows (the scoped read) keeps the nightly run's reading proportional
+to the open caseload rather than to years of history.
 ``tests/store/test_clinic_copy.py`` checks that features and reasons computed from the
 scoped read equal those computed from the whole copy.
 
@@ -29,6 +29,7 @@ from retention.clinic.data import ClinicData, from_frames
 from retention.clinic.instruments import SRS_ITEMS
 from retention.clinic.registry import Registry, default_registry
 from retention.db import bulk
+from retention.features.observations import RUPTURE_WINDOW_DAYS
 from retention.settings import INSTRUMENT_CODE
 from retention.store.tables import COPY_PREFIX, copies, watermarks
 
@@ -103,7 +104,8 @@ def read_scoped_copy(connection: Connection, as_of: date, lookback_days: int = 9
     rater, every client-rated ORS with a total (the expected course starts at intake
     and counts sessions), and for each other instrument ``registry`` lets the model
     read (``model_input``) the last client-rated one with a total; the items of those
-    SRS and GSRS; and every session note observed before ``as_of``.
+    SRS and GSRS; the session notes observed in the 90 days before ``as_of`` and, before
+    them, the latest one known at ``as_of``.
     ``build_features`` and the reason histories give the same answers on this as on the
     whole copy (see tests/store/test_clinic_copy.py), at a fraction of the reading.
     With ``caseloads`` (``caseload_key``s), only the episodes of those caseloads: one
@@ -274,10 +276,23 @@ def scoped_frames(
             f" WHERE i.item_number IN ({numbers}) AND i.measure_id IN"
             f" (SELECT measure_id FROM ranked WHERE instrument IN ({itemised}) AND ({kept}))"
         ), _names("alliance_items"), params, _dates("alliance_items"))
-    # Every note of an open episode observed before the as-of date (the features decide
-    # which were written by then): one range of the (episode_id, observed_at) index each.
+    # Notes: the features and reasons count those of the last 90 days (the features decide
+    # which were written by then: one range of the (episode_id, observed_at) index each),
+    # and of the older ones need only know that one was written: the latest known before
+    # the window, one short backward walk of the index each. (A repair before the window
+    # cannot be at or after a rupture in it.)
+    notes_cols = _cols("session_observations", "n")
     frames["session_observations"] = bulk.read_query(connection, (
-        f"SELECT {_cols('session_observations', 'n')} FROM {P}session_observations n"
-        f" WHERE n.episode_id IN ({open_sql}) AND n.observed_at < :cut"
-    ), _names("session_observations"), params, _dates("session_observations"))
+        f"SELECT {notes_cols} FROM {P}session_observations n"
+        f" WHERE n.episode_id IN ({open_sql}) AND n.observed_at >= :notes_since"
+        " AND n.observed_at < :cut"
+        f" UNION ALL SELECT {notes_cols} FROM ({open_sql}) o"
+        f" JOIN {P}session_observations n ON n.observation_id = ("
+        f"  SELECT x.observation_id FROM {P}session_observations x"
+        "   WHERE x.episode_id = o.episode_id AND x.observed_at < :notes_since"
+        "    AND (x.recorded_at IS NULL OR x.recorded_at < :cut)"
+        "   ORDER BY x.observed_at DESC, x.observation_id DESC LIMIT 1)"
+    ), _names("session_observations"),
+        {**params, "notes_since": cut - timedelta(days=RUPTURE_WINDOW_DAYS)},
+        _dates("session_observations"))
     return frames

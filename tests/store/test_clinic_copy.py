@@ -9,12 +9,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, delete, insert
 
 from retention.clinic.data import ClinicData, as_timestamp
 from retention.clinic.registry import default_registry
 from retention.db.engines import source_engine, store_engine
 from retention.features import build_features
+from retention.features.observations import RUPTURE_WINDOW_DAYS
 from retention.features.treatment import open_episodes
 from retention.pipelines.etl import run_etl
 from retention.scoring import score_rows
@@ -31,7 +32,10 @@ def add_outcomes_and_notes(engine: Engine, as_of: date) -> None:
     """Weekly ORS (with their items), TAS and session notes for a few episodes open at
     ``as_of - 45`` and at ``as_of``, from admission to two weeks after ``as_of`` (made up),
     with what the read must leave out: ORS without a total, the therapist's ORS, TAS
-    without a total, a form nobody registered, notes written after the as-of date."""
+    without a total, a form nobody registered, notes written after the as-of date. The
+    longest-open episode's notes are replaced by weekly ones that stop 100 days before
+    ``as_of``, the last of them written after it: only its latest note known at ``as_of``
+    is read."""
     with engine.connect() as conn:
         whole = read_clinic_copy(conn)
     early, late = (open_episodes(whole.episodes, d) for d in (as_of - timedelta(45), as_of))
@@ -41,6 +45,8 @@ def add_outcomes_and_notes(engine: Engine, as_of: date) -> None:
     items: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     end = datetime.combine(as_of + timedelta(days=14), time())
+    longest = whole.episodes.set_index("episode_id").loc[chosen, "admitted_on"].idxmin()
+    notes_end = datetime.combine(as_of - timedelta(days=100), time())
     for k, episode_id in enumerate(chosen):
         episode = whole.episodes.set_index("episode_id").loc[episode_id]
         when = pd.Timestamp(episode["admitted_on"]).to_pydatetime() + timedelta(days=1, hours=9)
@@ -64,17 +70,23 @@ def add_outcomes_and_notes(engine: Engine, as_of: date) -> None:
                              "score_total": None if week % 3 == 2 else 20.0 + week % 28})
             measures.append({**base, "measure_id": f"T-PHQ-{k}-{week}", "instrument": "PHQ-9",
                              "rater": "client", "score_total": 9.0})
-            notes.append({
-                "observation_id": f"T-N-{k}-{week}", "episode_id": episode_id,
-                "client_id": episode["client_id"], "appointment_id": None,
-                "observed_at": when + timedelta(hours=1),
-                "recorded_at": None if week % 4 == 0 else when + timedelta(days=week % 3),
-                "clinician_id": "th-1", "signs": "frustration" if week % 2 else None,
-                "rupture": week % 6 == 5, "repair_steps": "acknowledged" if week % 6 == 5
-                else None, "updated_at": when + timedelta(days=2)})
+            recorded = None if week % 4 == 0 else when + timedelta(days=week % 3)
+            if episode_id == longest and when + timedelta(days=7) >= notes_end:
+                recorded = end  # its last note, written late
+            if episode_id != longest or when < notes_end:
+                notes.append({
+                    "observation_id": f"T-N-{k}-{week}", "episode_id": episode_id,
+                    "client_id": episode["client_id"], "appointment_id": None,
+                    "observed_at": when + timedelta(hours=1), "recorded_at": recorded,
+                    "clinician_id": "th-1", "signs": "frustration" if week % 2 else None,
+                    "rupture": week % 6 == 5, "repair_steps": "acknowledged" if week % 6 == 5
+                    else None, "updated_at": when + timedelta(days=2)})
             when += timedelta(days=7)
             week += 1
+    assert sum(n["episode_id"] == longest for n in notes) >= 2  # one known, one late
     with engine.begin() as conn:
+        notes_table = tables.copies["session_observations"]
+        conn.execute(delete(notes_table).where(notes_table.c.episode_id == longest))
         conn.execute(insert(tables.copies["alliance_measures"]), measures)
         conn.execute(insert(tables.copies["alliance_items"]), items)
         conn.execute(insert(tables.copies["session_observations"]), notes)
@@ -92,7 +104,13 @@ def expected_reads(whole: ClinicData, as_of: date) -> dict[str, pd.DataFrame]:
     tas = client[client["instrument"] == "TAS"].sort_values(
         ["administered_at", "measure_id"]).groupby("episode_id").tail(1)
     o = whole.observations
-    notes = o[o["episode_id"].isin(open_ids) & (o["observed_at"] < cut)]
+    before = o[o["episode_id"].isin(open_ids) & (o["observed_at"] < cut)]
+    since = cut - pd.Timedelta(days=RUPTURE_WINDOW_DAYS)
+    older = before[(before["observed_at"] < since)
+                   & (before["recorded_at"].isna() | (before["recorded_at"] < cut))]
+    notes = pd.concat([
+        before[before["observed_at"] >= since],
+        older.sort_values(["observed_at", "observation_id"]).groupby("episode_id").tail(1)])
     items = whole.items[whole.items["measure_id"].isin(ors["measure_id"])]
     return {"ors": ors, "tas": tas, "notes": notes, "ors_items": items}
 
@@ -164,8 +182,9 @@ def test_the_scoped_read_gives_the_same_features_and_list_as_the_whole_copy(
 def test_the_scoped_read_takes_the_outcome_and_the_notes_the_features_need(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The same on a small clinic of its own (no model needed): every client ORS with a
-    total since intake (not its items), the last TAS, every note observed before the as-of
-    date, of the open episodes only; the features equal the whole copy's."""
+    total since intake (not its items), the last TAS, the notes of the 90 days before the
+    as-of date and the latest known before them, of the open episodes only; the features
+    equal the whole copy's."""
     if kind == "sqlite":
         source_url, store_url = (f"sqlite:///{tmp_path / n}" for n in ("clinic.db", "store.db"))
     else:
