@@ -21,7 +21,8 @@ this run (dropped at the end unless ``--keep``):
 - **local**: the single process (``[engine] kind = "local"``): a full first night, then
   an incremental one after a day of changes (``nightly.day_of_changes`` on a copy);
 - **dask**: a cluster on this machine (a ``dask scheduler`` and ``--workers`` ``dask
-  worker`` processes, one thread each, ``--memory-limit``), its worker processes
+  worker`` processes, one thread each, ``--memory-limit``, started as the tests start
+  theirs: ``tests.support.dask_processes``), its worker processes
   restarted before every night so a worker's peak is that night's: a full night for
   each ``--partition-episodes`` value, and the incremental night for the first.
 
@@ -33,17 +34,13 @@ on stderr, with a one-line summary last.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +50,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import nightly as base
+from tests.support.dask_processes import Cluster, start_cluster
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,9 +65,12 @@ SEED = 20261126
 HISTORY_DAYS = 365
 # Bumped when the chunking changes, so a cached network made the old way is rebuilt.
 LAYOUT = 2  # 2: the caseload as dense as benchmarks/nightly.py's
-# Seconds a cluster may take to start (or restart its workers), and to stop.
+# Seconds a cluster may take to start, or to restart its workers (on two cores shared
+# with PostgreSQL and the job).
 START_DEADLINE = 120.0
-STOP_GRACE = 15.0
+# A worker that serves night after night has imported the engine long before: importing
+# it (about 5 s here) is start-up, not the night's work.
+WARM = "retention.engine.network"
 
 
 def say(message: str) -> None:
@@ -220,116 +221,6 @@ def ensure_network(clients: int, clinics: int, rebuild: bool) -> tuple[str, dict
                   "total_s": round(time.perf_counter() - started, 1), "counts": counts}
 
 
-# --- a local Dask cluster -------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    """A ``dask scheduler`` and its ``dask worker`` processes (each under a nanny), each
-    started as the leader of a process group of its own, so stopping them ends them and
-    what they started, and nothing else."""
-
-    directory: Path
-    workers: int
-    address: str = ""
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def spawn(self, command: list[str], log: str) -> None:
-        with (self.directory / log).open("wb") as out:
-            self.processes.append(subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=ROOT, start_new_session=True))
-
-    def check_running(self) -> None:
-        for process in self.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"a Dask process exited ({process.returncode}): "
-                                   f"{str(process.args)[:200]}; logs in "
-                                   f"{self.directory}")
-
-    def restart_workers(self) -> list[int]:
-        """New worker processes (the nannies start them again), ready; their pids."""
-        from distributed import Client
-
-        with Client(self.address, timeout="30s", set_as_default=False) as client:
-            client.restart(timeout=START_DEADLINE, wait_for_workers=True)
-            # A worker that serves night after night has imported the engine long before:
-            # importing it (about 5 s here) is start-up, not the night's work.
-            client.run(importlib.import_module, "retention.engine.network")
-            pids = client.run(os.getpid)
-        if len(pids) != self.workers:
-            raise RuntimeError(f"{len(pids)} workers after a restart, not {self.workers}")
-        return sorted(int(p) for p in pids.values())
-
-    def stop(self) -> None:
-        """SIGTERM to each process group, SIGKILL to any still there after the grace;
-        leaders are reaped last, so no group id is reused while it is signalled."""
-        groups = [p.pid for p in self.processes if p.returncode is None]
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            for pgid in groups:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signum)
-            deadline = time.monotonic() + STOP_GRACE
-            while time.monotonic() < deadline and any(map(_group_alive, groups)):
-                time.sleep(0.2)
-            groups = [g for g in groups if _group_alive(g)]
-            if not groups:
-                break
-        for process in self.processes:
-            process.wait(timeout=STOP_GRACE)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group, other than a zombie, is still there (/proc)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # ended meanwhile
-        fields = text[text.rindex(")") + 2:].split()  # state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def local_cluster(directory: Path, workers: int, memory_limit: str) -> Iterator[Cluster]:
-    """A scheduler and ``workers`` one-thread workers on 127.0.0.1, stopped on exit.
-
-    The scheduler picks a free port itself (``--port 0``) and writes its address to a
-    file, so no other process can take the port between a probe and its start."""
-    from distributed import Client
-
-    directory.mkdir(parents=True, exist_ok=True)
-    dask = str(Path(sys.executable).parent / "dask")
-    cluster = Cluster(directory, workers)
-    scheduler_file = directory / "scheduler.json"
-    try:
-        cluster.spawn([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                       "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                      "scheduler.log")
-        deadline = time.monotonic() + START_DEADLINE
-        while not cluster.address:
-            cluster.check_running()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the scheduler did not start; logs in {directory}")
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                cluster.address = str(json.loads(scheduler_file.read_text())["address"])
-            time.sleep(0.2)
-        for number in range(workers):
-            cluster.spawn([dask, "worker", cluster.address, "--name", f"worker-{number}",
-                           "--nworkers", "1", "--nthreads", "1", "--memory-limit", memory_limit,
-                           "--no-dashboard", "--host", "127.0.0.1",
-                           "--local-directory", str(directory / f"worker-{number}")],
-                          f"worker-{number}.log")
-        with Client(cluster.address, timeout="30s", set_as_default=False) as client:
-            client.wait_for_workers(workers, timeout=START_DEADLINE)
-        cluster.check_running()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 # --- a measured night (child process) -------------------------------------------------
 
 
@@ -406,7 +297,8 @@ def run_dask(cluster: Cluster, sizes: list[int], source: str, work: str, models:
         for kind, database, as_of in nights:
             if kind == "incremental":
                 base.vacuum(store, timing)
-            say(f"dask P={size}: fresh workers {cluster.restart_workers()}")
+            fresh = cluster.restart_workers(warm=WARM, timeout=START_DEADLINE)
+            say(f"dask P={size}: fresh workers {fresh}")
             runs.append(night(f"dask P={size}", kind, base.url_for(database), store, models,
                               as_of, engine))
             cluster.check_running()
@@ -513,7 +405,8 @@ def main() -> None:
         say(f"setup: one day of changes {changes}")
         runs += run_local(source, work, models, timing, cleanup)
         started = time.perf_counter()
-        with local_cluster(logs, args.workers, args.memory_limit) as cluster:
+        with start_cluster(logs, args.workers, args.memory_limit,
+                           start_deadline=START_DEADLINE) as cluster:
             timing["cluster_start"] = round(time.perf_counter() - started, 1)
             say(f"dask: scheduler {cluster.address}, {args.workers} workers, logs in {logs}")
             runs += run_dask(cluster, args.partition_episodes, source, work, models, timing,
