@@ -240,6 +240,8 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
     return models, {"cached": False, "train_s": round(time.perf_counter() - started, 1)}
 
 
+# The tables a day of changes writes (alliance_items with alliance_measures).
+CHANGED = ("episodes", "appointments", "alliance_measures", "session_observations")
 DAY_OF_CHANGES = """
 SELECT setseed(0.42);
 -- Today's slots get their statuses, written after each session.
@@ -266,6 +268,27 @@ SELECT measure_id, episode_id, client_id, appointment_id, 'SRS', 'client',
        scheduled_at + interval '45 minutes' FROM rated;
 INSERT INTO alliance_items SELECT measure_id, n, CASE WHEN n = 4 THEN 8 ELSE 10 END
   FROM rated, generate_series(1, 4) AS n;
+-- Where the clinic uses PCOMS the client rates the outcome too (ORS, four items), and
+-- a therapist who keeps session notes writes one, one in five with a sign of strain.
+CREATE TEMP TABLE outcome AS
+SELECT 'OX' || substr(r.measure_id, 3) AS measure_id, r.episode_id, r.client_id,
+       r.appointment_id, r.scheduled_at FROM rated r
+ WHERE EXISTS (SELECT 1 FROM alliance_measures m
+                WHERE m.episode_id = r.episode_id AND m.instrument = 'ORS');
+INSERT INTO alliance_measures (measure_id, episode_id, client_id, appointment_id, instrument,
+       rater, administered_at, score_total, goal, task, bond, updated_at)
+SELECT measure_id, episode_id, client_id, appointment_id, 'ORS', 'client',
+       scheduled_at + interval '5 minutes', 24, NULL, NULL, NULL,
+       scheduled_at + interval '5 minutes' FROM outcome;
+INSERT INTO alliance_items SELECT measure_id, n, 6 FROM outcome, generate_series(1, 4) AS n;
+INSERT INTO session_observations (observation_id, episode_id, client_id, appointment_id,
+       observed_at, recorded_at, clinician_id, signs, rupture, repair_steps, updated_at)
+SELECT 'NX' || substr(measure_id, 3), episode_id, client_id, appointment_id, scheduled_at,
+       scheduled_at + interval '3 hours', 'clin-x',
+       CASE WHEN random() < 0.2 THEN 'frustration' END, false, NULL,
+       scheduled_at + interval '3 hours'
+  FROM rated r WHERE EXISTS (SELECT 1 FROM session_observations o
+                              WHERE o.episode_id = r.episode_id);
 -- One open episode in two hundred is discharged.
 UPDATE episodes SET discharged_on = %(day)s, discharge_reason = 'completed',
        updated_at = %(day)s + interval '16 hours'
@@ -279,7 +302,7 @@ def day_of_changes(database: str) -> dict[str, int]:
     with psycopg.connect(url_for(database)) as conn:
         before = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= %s",
                                   (AS_OF,)).fetchone()[0]  # type: ignore[index]
-                  for t in ("episodes", "appointments", "alliance_measures")}
+                  for t in CHANGED}
         for statement in DAY_OF_CHANGES.split(";\n"):
             if statement.strip():
                 conn.execute(statement, params if "%(" in statement else None)
@@ -409,6 +432,25 @@ SELECT measure_id, episode_id, client_id, appointment_id, 'SRS', 'client',
        scheduled_at + INTERVAL 45 MINUTE FROM rated;
 INSERT INTO alliance_items SELECT measure_id, seq, CASE WHEN seq = 4 THEN 8 ELSE 10 END
   FROM rated, seq_1_to_4;
+CREATE TEMPORARY TABLE outcome AS
+SELECT CONCAT('OX', SUBSTR(r.measure_id, 3)) AS measure_id, r.episode_id, r.client_id,
+       r.appointment_id, r.scheduled_at FROM rated r
+ WHERE EXISTS (SELECT 1 FROM alliance_measures m
+                WHERE m.episode_id = r.episode_id AND m.instrument = 'ORS');
+INSERT INTO alliance_measures (measure_id, episode_id, client_id, appointment_id, instrument,
+       rater, administered_at, score_total, goal, task, bond, updated_at)
+SELECT measure_id, episode_id, client_id, appointment_id, 'ORS', 'client',
+       scheduled_at + INTERVAL 5 MINUTE, 24, NULL, NULL, NULL,
+       scheduled_at + INTERVAL 5 MINUTE FROM outcome;
+INSERT INTO alliance_items SELECT measure_id, seq, 6 FROM outcome, seq_1_to_4;
+INSERT INTO session_observations (observation_id, episode_id, client_id, appointment_id,
+       observed_at, recorded_at, clinician_id, signs, rupture, repair_steps, updated_at)
+SELECT CONCAT('NX', SUBSTR(measure_id, 3)), episode_id, client_id, appointment_id,
+       scheduled_at, scheduled_at + INTERVAL 3 HOUR, 'clin-x',
+       CASE WHEN RAND(43) < 0.2 THEN 'frustration' END, false, NULL,
+       scheduled_at + INTERVAL 3 HOUR
+  FROM rated r WHERE EXISTS (SELECT 1 FROM session_observations o
+                              WHERE o.episode_id = r.episode_id);
 UPDATE episodes SET discharged_on = %(day)s, discharge_reason = 'completed',
        updated_at = %(day)s + INTERVAL 16 HOUR
  WHERE discharged_on IS NULL AND MD5(episode_id) < '0148';
@@ -423,16 +465,15 @@ def mariadb_day_of_changes(source: str, work: str) -> dict[str, int]:
         for table in contract.TABLES:
             cur.execute(f"CREATE TABLE {table} LIKE `{source}`.{table}")
             cur.execute(f"INSERT INTO {table} SELECT * FROM `{source}`.{table}")
-        changed = ("episodes", "appointments", "alliance_measures")
         before = {}
-        for t in changed:
+        for t in CHANGED:
             cur.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= %s", (AS_OF,))
             before[t] = cur.fetchone()[0]
         for statement in MARIADB_DAY_OF_CHANGES.split(";\n"):
             if statement.strip():
                 cur.execute(statement, params if "%(" in statement else None)
         after = {}
-        for t in changed:
+        for t in CHANGED:
             cur.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= %s", (AS_OF,))
             after[t] = cur.fetchone()[0]
         cur.execute("ANALYZE TABLE " + ", ".join(contract.TABLES))
