@@ -277,21 +277,28 @@ def scoped_frames(
             f" (SELECT measure_id FROM ranked WHERE instrument IN ({itemised}) AND ({kept}))"
         ), _names("alliance_items"), params, _dates("alliance_items"))
     # Notes: the features and reasons count those of the last 90 days (the features decide
-    # which were written by then: one range of the (episode_id, observed_at) index each),
-    # and of the older ones need only know that one was written: the latest known before
-    # the window, one short backward walk of the index each. (A repair before the window
-    # cannot be at or after a rupture in it.)
+    # which were written by then), and of the older ones need only know that one was
+    # written: the latest known before the window, one short backward walk of the
+    # (episode_id, observed_at) index each. (A repair before the window cannot be at or
+    # after a rupture in it.)
     notes_cols = _cols("session_observations", "n")
+    latest_older = (
+        "SELECT {} FROM " + P + "session_observations x"
+        " WHERE x.episode_id = o.episode_id AND x.observed_at < :notes_since"
+        "  AND (x.recorded_at IS NULL OR x.recorded_at < :cut)"
+        " ORDER BY x.observed_at DESC, x.observation_id DESC LIMIT 1")
+    if bulk.is_postgres(connection):
+        # LATERAL probes the index per open episode; a join on the subquery's id made
+        # the planner hash every note of the copy.
+        older = (f"FROM ({open_sql}) o CROSS JOIN LATERAL"
+                 f" ({latest_older.format(_cols('session_observations', 'x'))}) n")
+    else:  # SQLite looks the id up by the primary key, episode by episode
+        older = (f"FROM ({open_sql}) o JOIN {P}session_observations n ON n.observation_id"
+                 f" = ({latest_older.format('x.observation_id')})")
     frames["session_observations"] = bulk.read_query(connection, (
         f"SELECT {notes_cols} FROM {P}session_observations n"
         f" WHERE n.episode_id IN ({open_sql}) AND n.observed_at >= :notes_since"
-        " AND n.observed_at < :cut"
-        f" UNION ALL SELECT {notes_cols} FROM ({open_sql}) o"
-        f" JOIN {P}session_observations n ON n.observation_id = ("
-        f"  SELECT x.observation_id FROM {P}session_observations x"
-        "   WHERE x.episode_id = o.episode_id AND x.observed_at < :notes_since"
-        "    AND (x.recorded_at IS NULL OR x.recorded_at < :cut)"
-        "   ORDER BY x.observed_at DESC, x.observation_id DESC LIMIT 1)"
+        f" AND n.observed_at < :cut UNION ALL SELECT {notes_cols} {older}"
     ), _names("session_observations"),
         {**params, "notes_since": cut - timedelta(days=RUPTURE_WINDOW_DAYS)},
         _dates("session_observations"))
