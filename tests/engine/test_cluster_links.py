@@ -23,6 +23,7 @@ from tests.support.dask_cluster import Cluster, make_tls_files, require, start_c
 # or a failure under CI.
 network = require("retention.engine.network")
 comm = require("distributed.comm.core")
+psutil = require("psutil")  # distributed's own dependency
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,20 @@ def test_a_scheduler_that_is_not_there_is_engine_unavailable_naming_it(
     assert f"the Dask scheduler at {address} did not answer" in message
     assert "Timed out trying to connect" in message
     assert "docs/network.md" in message
+
+
+@pytest.mark.slow
+def test_the_test_cluster_listens_on_loopback_only(tls_cluster: Cluster) -> None:
+    """Nothing of a test cluster is reachable from another machine on this shared one,
+    not even the health and metrics each process serves over HTTP without a dashboard
+    (by default the scheduler's on every interface, port 8787)."""
+    leaders = [psutil.Process(p.pid) for p in tls_cluster.processes]
+    every = leaders + [child for p in leaders for child in p.children(recursive=True)]
+    listening = [(proc.pid, c.laddr.ip) for proc in every
+                 for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    # The scheduler's link and HTTP, and each worker's (and its nanny's) link and HTTP.
+    assert len(listening) >= 6
+    assert {ip for _, ip in listening} == {"127.0.0.1"}, listening
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ START_DEADLINE = 60.0
 # How long closing waits for a process group to end after SIGTERM, then after SIGKILL.
 STOP_GRACE = 15.0
 LOG_TAIL_LINES = 40
+# Without a dashboard each process still serves HTTP (/health, /metrics), by default on
+# every interface (the scheduler on 8787): here on loopback, on a free port.
+LOOPBACK_HTTP = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
 
 
 class ClusterFailed(RuntimeError):
@@ -275,7 +278,7 @@ def start_cluster(directory: Path, workers: int = 2, memory_limit: str = "2GiB",
     scheduler_file = directory / "scheduler.json"
     scheduler_log = directory / "scheduler.log"
     cluster = Cluster(directory, tls, _spawn(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", *LOOPBACK_HTTP,
          "--scheduler-file", str(scheduler_file), *_tls_flags(tls)],
         scheduler_log, environment), logs=[scheduler_log])
     try:
@@ -286,7 +289,7 @@ def start_cluster(directory: Path, workers: int = 2, memory_limit: str = "2GiB",
             cluster.workers.append(_spawn(
                 [dask, "worker", cluster.address, "--name", f"worker-{number}",
                  "--nworkers", "1", "--nthreads", "1", "--memory-limit", memory_limit,
-                 "--no-dashboard", "--host", "127.0.0.1",
+                 *LOOPBACK_HTTP, "--host", "127.0.0.1",
                  "--local-directory", str(directory / f"worker-{number}"), *_tls_flags(tls)],
                 log, environment))
             cluster.logs.append(log)
