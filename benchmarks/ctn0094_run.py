@@ -24,6 +24,7 @@ from benchmarks.ctn0094_loader import ENROLMENT_DAYS, FIRST_ADMISSION, load_fram
 from retention.clinic.synth import write
 from retention.db.engines import source_engine, store_engine
 from retention.evaluation.report import write_report
+from retention.model.signing import resolve_key
 from retention.pipelines.commands.model import calibration_line
 from retention.pipelines.etl import run_etl
 from retention.pipelines.train import run_training
@@ -62,10 +63,14 @@ def main() -> None:
     with engine.begin() as conn:
         write(conn, frames)
     engine.dispose()
+    # A signing key of this run's own, not the account's default one in ~/.config.
+    key_file = work / "model-signing.key"
+    resolve_key(default_file=key_file, create=True)
     settings = settings_from_mapping({
         "source_url": source_url,
         "store_url": f"sqlite:///{work / 'store.db'}",
         "models_dir": str(work / "models"),
+        "model_key_file": str(key_file),
         "training_window_days": ENROLMENT_DAYS + 60,
         "engaged_within_days": args.engaged_days,
         "evaluation": {"capacity_k": args.capacity_k, "bootstrap_samples": args.bootstrap},

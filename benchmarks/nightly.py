@@ -61,6 +61,7 @@ from psycopg import sql
 from retention.clinic import contract
 from retention.clinic.synth import SynthConfig
 from retention.engine.memory import peak_rss_mib
+from retention.model.signing import resolve_key
 from retention.store import tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,9 @@ ADMIN = os.environ.get("RETENTION_BENCH_PG_URL", "postgresql://postgres@127.0.0.
 AS_OF = date(2026, 6, 1)
 CACHE = ROOT / "var" / "bench"
 MODEL_CLIENTS = 2000
+# The benchmark's own model signing key, beside its models (not in them): without it,
+# training would create the account's default key in ~/.config, outside the checkout.
+KEY_FILE = CACHE / "model-signing.key"
 
 
 def synth_config(clients: int, seed: int = 20261126) -> SynthConfig:
@@ -210,9 +214,11 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
     """A model trained once on a small clinic of the same kind (scoring cost does not
     depend on how many rows a model was trained on)."""
     models = CACHE / "models"
-    if (models / "CURRENT").exists():
+    if (models / "CURRENT").exists() and KEY_FILE.exists():
         return models, {"cached": True}
     started = time.perf_counter()
+    shutil.rmtree(models, ignore_errors=True)  # signed with a key no longer here
+    resolve_key(default_file=KEY_FILE, create=True)
     from retention.clinic.synth import generate, write
     from retention.db.engines import source_engine, store_engine
     from retention.pipelines.etl import run_etl
@@ -231,7 +237,8 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
     engine.dispose()
     settings = settings_from_mapping({
         "source_url": f"sqlite:///{clinic}", "store_url": f"sqlite:///{store_file}",
-        "models_dir": str(models), "reasons_file": str(ROOT / "config" / "reasons.toml")})
+        "models_dir": str(models), "reasons_file": str(ROOT / "config" / "reasons.toml"),
+        "model_key_file": str(KEY_FILE)})
     source, store_db = source_engine(settings.source_url), store_engine(settings.store_url)
     run_etl(source, store_db, AS_OF)
     run_training(settings, store_db, AS_OF)
@@ -560,7 +567,7 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
 
     settings = settings_from_mapping({
         "source_url": source, "store_url": url_for(store), "models_dir": models,
-        "reasons_file": str(ROOT / "config" / "reasons.toml"),
+        "reasons_file": str(ROOT / "config" / "reasons.toml"), "model_key_file": str(KEY_FILE),
         # The benchmark reads its clinic as the servers' admin roles; a clinic's source
         # role is not one (docs/nightly.md).
         "etl": {"allow_superuser_source": True},
