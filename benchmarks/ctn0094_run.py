@@ -24,7 +24,7 @@ from benchmarks.ctn0094_loader import ENROLMENT_DAYS, FIRST_ADMISSION, load_fram
 from retention.clinic.synth import write
 from retention.db.engines import source_engine, store_engine
 from retention.evaluation.report import write_report
-from retention.model.signing import resolve_key
+from retention.model.signing import model_key, resolve_key
 from retention.pipelines.commands.model import calibration_line
 from retention.pipelines.etl import run_etl
 from retention.pipelines.train import run_training
@@ -81,7 +81,8 @@ def main() -> None:
     say(f"training (snapshots every {settings.snapshot_every_days} days)")
     result = run_training(settings, store_db, AS_OF,
                           progress=lambda d, t: d % 20 == 0 and say(f"  snapshots {d}/{t}"))
-    paths = write_report(settings.models_dir, work / "reports", result.version)
+    paths = write_report(settings.models_dir, work / "reports", result.version,
+                         key=model_key(settings))
     ev = result.evaluation
     print(f"CTN-0027 as of {AS_OF}: version {result.version}, {result.rows:,} snapshot rows; "
           f"evaluation {ev['snapshot_dates']['first']}..{ev['snapshot_dates']['last']}, "
