@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -224,35 +223,13 @@ def ensure_network(clients: int, clinics: int, rebuild: bool) -> tuple[str, dict
 # --- a measured night (child process) -------------------------------------------------
 
 
-def measure(kind: str, source: str, store: str, models: str, as_of: date,
-            engine: Mapping[str, Any]) -> dict[str, Any]:
-    """``nightly.measure`` with the ``[engine]`` section given, and what the score run
-    recorded of its engine. Runs in a process of its own."""
-    result = base.measure(kind, source, store, models, as_of, {"engine": dict(engine)})
-    with psycopg.connect(base.url_for(store)) as conn:
-        row = conn.execute("SELECT detail FROM runs WHERE kind = 'score' "
-                           "ORDER BY run_id DESC LIMIT 1").fetchone()
-    result["engine"] = json.loads(row[0]).get("engine") if row and row[0] else None
-    return result
-
-
-def child(kind: str, source: str, store: str, models: Path, as_of: date,
-          engine: Mapping[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, "--source", source, "--store", store,
-         "--models", str(models), "--as-of", as_of.isoformat(), "--engine", json.dumps(engine)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"{engine['kind']} {kind} night failed:\n{out.stderr[-4000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
 def night(label: str, kind: str, source: str, store: str, models: Path, as_of: date,
           engine: Mapping[str, Any]) -> dict[str, Any]:
     """One measured night, with the row of the report it makes."""
     say(f"{label} {kind}: running")
-    result = child(kind, source, store, models, as_of, engine)
+    result = base.child(kind, source, store, models, as_of, script=__file__,
+                        more=["--engine", json.dumps(engine)],
+                        label=f"{engine['kind']} {kind} night")
     detail = result.get("engine") or {}
     workers = detail.get("worker_peak_rss_mib") or {}
     result.update({
@@ -366,16 +343,13 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached network.")
     parser.add_argument("--keep", action="store_true",
                         help="Keep the stores, the changed network and the Dask logs.")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--source", help=argparse.SUPPRESS)
-    parser.add_argument("--store", help=argparse.SUPPRESS)
-    parser.add_argument("--models", help=argparse.SUPPRESS)
-    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    base.add_measure_arguments(parser)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(measure(args.measure, args.source, args.store, args.models,
-                                 date.fromisoformat(args.as_of), json.loads(args.engine))))
+    if args.measure:  # one night, in a process of its own (``base.child``)
+        print(json.dumps(base.measure(args.measure, args.source, args.store, args.models,
+                                      date.fromisoformat(args.as_of),
+                                      {"engine": json.loads(args.engine)})))
         return
     try:
         chunk_plan(args.clients, args.clinics)
@@ -414,11 +388,7 @@ def main() -> None:
         failed = False
     finally:
         if not args.keep:
-            for undo in cleanup:
-                try:
-                    undo()
-                except Exception as exc:  # one failed drop must not keep the others
-                    say(f"cleanup: {exc}")
+            base.undo_all(cleanup)
             if not failed:  # a failed run's Dask logs stay for reading
                 shutil.rmtree(logs, ignore_errors=True)
     print(report(args, built, timing, runs))

@@ -49,7 +49,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -249,6 +249,15 @@ def ensure_model() -> tuple[Path, dict[str, Any]]:
 
 # The tables a day of changes writes (alliance_items with alliance_measures).
 CHANGED = ("episodes", "appointments", "alliance_measures", "session_observations")
+# The day's outcome ratings and notes, as both dialects insert them.
+ROWS_INSERTED = {
+    "insert_measures": "INSERT INTO alliance_measures (measure_id, episode_id, client_id,"
+                       " appointment_id, instrument, rater, administered_at, score_total,"
+                       " goal, task, bond, updated_at)",
+    "insert_notes": "INSERT INTO session_observations (observation_id, episode_id,"
+                    " client_id, appointment_id, observed_at, recorded_at, clinician_id,"
+                    " signs, rupture, repair_steps, updated_at)",
+}
 DAY_OF_CHANGES = """
 SELECT setseed(0.42);
 -- Today's slots get their statuses, written after each session.
@@ -282,14 +291,12 @@ SELECT 'OX' || substr(r.measure_id, 3) AS measure_id, r.episode_id, r.client_id,
        r.appointment_id, r.scheduled_at FROM rated r
  WHERE EXISTS (SELECT 1 FROM alliance_measures m
                 WHERE m.episode_id = r.episode_id AND m.instrument = 'ORS');
-INSERT INTO alliance_measures (measure_id, episode_id, client_id, appointment_id, instrument,
-       rater, administered_at, score_total, goal, task, bond, updated_at)
+{insert_measures}
 SELECT measure_id, episode_id, client_id, appointment_id, 'ORS', 'client',
        scheduled_at + interval '5 minutes', 24, NULL, NULL, NULL,
        scheduled_at + interval '5 minutes' FROM outcome;
 INSERT INTO alliance_items SELECT measure_id, n, 6 FROM outcome, generate_series(1, 4) AS n;
-INSERT INTO session_observations (observation_id, episode_id, client_id, appointment_id,
-       observed_at, recorded_at, clinician_id, signs, rupture, repair_steps, updated_at)
+{insert_notes}
 SELECT 'NX' || substr(measure_id, 3), episode_id, client_id, appointment_id, scheduled_at,
        scheduled_at + interval '3 hours', 'clin-x',
        CASE WHEN random() < 0.2 THEN 'frustration' END, false, NULL,
@@ -300,7 +307,7 @@ SELECT 'NX' || substr(measure_id, 3), episode_id, client_id, appointment_id, sch
 UPDATE episodes SET discharged_on = %(day)s, discharge_reason = 'completed',
        updated_at = %(day)s + interval '16 hours'
  WHERE discharged_on IS NULL AND md5(episode_id) < '0148';
-"""
+""".format(**ROWS_INSERTED)
 
 
 def day_of_changes(database: str) -> dict[str, int]:
@@ -444,14 +451,12 @@ SELECT CONCAT('OX', SUBSTR(r.measure_id, 3)) AS measure_id, r.episode_id, r.clie
        r.appointment_id, r.scheduled_at FROM rated r
  WHERE EXISTS (SELECT 1 FROM alliance_measures m
                 WHERE m.episode_id = r.episode_id AND m.instrument = 'ORS');
-INSERT INTO alliance_measures (measure_id, episode_id, client_id, appointment_id, instrument,
-       rater, administered_at, score_total, goal, task, bond, updated_at)
+{insert_measures}
 SELECT measure_id, episode_id, client_id, appointment_id, 'ORS', 'client',
        scheduled_at + INTERVAL 5 MINUTE, 24, NULL, NULL, NULL,
        scheduled_at + INTERVAL 5 MINUTE FROM outcome;
 INSERT INTO alliance_items SELECT measure_id, seq, 6 FROM outcome, seq_1_to_4;
-INSERT INTO session_observations (observation_id, episode_id, client_id, appointment_id,
-       observed_at, recorded_at, clinician_id, signs, rupture, repair_steps, updated_at)
+{insert_notes}
 SELECT CONCAT('NX', SUBSTR(measure_id, 3)), episode_id, client_id, appointment_id,
        scheduled_at, scheduled_at + INTERVAL 3 HOUR, 'clin-x',
        CASE WHEN RAND(43) < 0.2 THEN 'frustration' END, false, NULL,
@@ -461,7 +466,7 @@ SELECT CONCAT('NX', SUBSTR(measure_id, 3)), episode_id, client_id, appointment_i
 UPDATE episodes SET discharged_on = %(day)s, discharge_reason = 'completed',
        updated_at = %(day)s + INTERVAL 16 HOUR
  WHERE discharged_on IS NULL AND MD5(episode_id) < '0148';
-"""
+""".format(**ROWS_INSERTED)
 
 
 def mariadb_day_of_changes(source: str, work: str) -> dict[str, int]:
@@ -594,18 +599,39 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
                           else result.etl.open_episodes),
         "scored": result.score.scored,
         "peak_rss_mib": peak_rss_mib(),
+        # What the score run recorded of a Dask engine (partitions, workers' peaks).
+        "engine": details["score"].get("engine"),
     }
 
 
-def child(kind: str, source: str, store: str, models: Path, as_of: date) -> dict[str, Any]:
+def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden arguments ``child`` starts a benchmark script with to measure one night."""
+    for name in ("--measure", "--source", "--store", "--models", "--as-of"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+
+
+def child(kind: str, source: str, store: str, models: Path, as_of: date, *,
+          script: str = __file__, more: Sequence[str] = (),
+          label: str | None = None) -> dict[str, Any]:
+    """``script --measure kind ...`` (and ``more`` arguments) in a process of its own, so
+    its peak memory is the night's; the JSON line it prints last."""
     out = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, "--source", source, "--store", store,
-         "--models", str(models), "--as-of", as_of.isoformat()],
+        [sys.executable, script, "--measure", kind, "--source", source, "--store", store,
+         "--models", str(models), "--as-of", as_of.isoformat(), *more],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     if out.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{out.stderr[-4000:]}")
+        raise SystemExit(f"{label or kind + ' run'} failed:\n{out.stderr[-4000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def undo_all(cleanup: Sequence[Callable[[], None]]) -> None:
+    """Drop what a run made, each in turn: one failed drop must not keep the others."""
+    for undo in cleanup:
+        try:
+            undo()
+        except Exception as exc:
+            print(f"cleanup: {exc}", file=sys.stderr)
 
 
 def machine() -> str:
@@ -658,11 +684,7 @@ def main() -> None:
                              "changes are built in any case: the others follow them).")
     parser.add_argument("--keep", action="store_true",
                         help="Keep the store and the changed clinic for inspection.")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--source", help=argparse.SUPPRESS)
-    parser.add_argument("--store", help=argparse.SUPPRESS)
-    parser.add_argument("--models", help=argparse.SUPPRESS)
-    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    add_measure_arguments(parser)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.source, args.store, args.models,
@@ -711,11 +733,7 @@ def main() -> None:
                         export_root if "fhir-ndjson" in sources else None)
     finally:
         if not args.keep:
-            for undo in cleanup:
-                try:
-                    undo()
-                except Exception as exc:  # one failed drop must not keep the others
-                    print(f"cleanup: {exc}", file=sys.stderr)
+            undo_all(cleanup)
     print(report(args.clients, {"source": setup["postgresql"], "timing": timing}, results))
     print()
     print("```json\n" + json.dumps(results, indent=1) + "\n```")
