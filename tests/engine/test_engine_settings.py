@@ -13,6 +13,7 @@ import pytest
 from retention.pipelines.commands.common import with_engine
 from retention.settings import ConfigError, EngineSettings, Settings, parse_engine
 from tests.conftest import REPO, make_settings
+from tests.support.dask_cluster import require
 
 
 def test_the_default_engine_is_the_single_process() -> None:
@@ -93,7 +94,7 @@ def test_the_default_path_never_imports_dask() -> None:
 def test_what_a_task_carries_holds_no_secret_a_worker_does_not_need(tmp_path: Path) -> None:
     """The source, the store owner and the signing key stay with the job; the registry the
     job read travels, so a worker need not hold the registry's file."""
-    network = pytest.importorskip("retention.engine.network")
+    network = require("retention.engine.network")  # with CI set, a failure, not a skip
     registry = tmp_path / "instruments.toml"
     registry.write_text((REPO / "config" / "instruments.toml").read_text())
     job = settings(tmp_path).with_overrides(
