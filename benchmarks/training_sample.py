@@ -15,8 +15,9 @@ all models are judged on.
 For each size in ``--samples``, and for every client ("all"), the clients are drawn with
 ``stratified_clients`` (``--repeats`` draws, seeds ``--seed`` on), their rows taken from
 the rows built for all (features are per episode, so a client's rows do not depend on
-which other clients are read), and ``fit`` is called as ``pipelines/train.py`` calls it,
-with the default settings, so its own split, tuning and calibration see only the sample.
+which other clients are read), and fitted as `retention train` fits
+(``pipelines.train.fit_as_configured``), with the default settings, so its own split,
+tuning and calibration see only the sample.
 Each model is judged, as the gate judges a candidate, by its evaluated fit
 (``TrainedModel.judged``: the served fit is refit on every row, the evaluation dates
 included): it ranks by the raw score (AUROC, average precision) and its calibrated risk
@@ -60,9 +61,9 @@ from retention.clinic.synth import SynthConfig, generate
 from retention.engine.memory import peak_rss_mib
 from retention.evaluation import bootstrap
 from retention.evaluation.heldout import model_scorer
-from retention.features.builder import registry_facts
 from retention.model.sampling import stratified_clients
-from retention.model.training import Split, fit, snapshot_dates, time_split, training_rows
+from retention.model.training import Split, snapshot_dates, time_split, training_rows
+from retention.pipelines.train import fit_as_configured
 from retention.settings import Settings
 
 SYNTH_SEED = 20261126
@@ -105,7 +106,6 @@ def same_held_out(rows: pd.DataFrame, sample_rows: pd.DataFrame, split: Split,
 def train_one(label: str, n: int | None, seed: int | None, rows: pd.DataFrame,
               clients: pd.DataFrame, split: Split, settings: Settings, today: date) -> Trained:
     """Draw the clients, fit on their rows as ``pipelines/train.py`` does, score the slice."""
-    ev = settings.evaluation
     chosen = None if n is None or seed is None else stratified_clients(clients, n, seed)
     sample_rows = (rows if chosen is None else
                    rows[rows["client_id"].isin(chosen)].reset_index(drop=True))
@@ -114,12 +114,7 @@ def train_one(label: str, n: int | None, seed: int | None, rows: pd.DataFrame,
     say(f"{label}: fitting on {sample_rows['client_id'].nunique():,} clients, "
         f"{len(sample_rows):,} rows")
     started = time.monotonic()
-    trained = fit(sample_rows, horizon_days=settings.horizon_days, seed=settings.seed,
-                  trained_as_of=today, calibration=ev.calibration_method,
-                  isotonic_min_outcomes=ev.isotonic_min_outcomes,
-                  engaged_within_days=settings.engaged_within_days,
-                  instruments=registry_facts(settings.instruments),
-                  evaluate_share=ev.evaluate_share, calibrate_share=ev.calibrate_share)
+    trained = fit_as_configured(sample_rows, settings, today)
     seconds = time.monotonic() - started
     scorer = model_scorer(trained.judged, split.evaluate)
     assert scorer.probability is not None

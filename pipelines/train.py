@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine
 
 from retention.clock import Clock
@@ -81,14 +82,9 @@ def run_training(
         rows = training_rows(data, dates, settings.horizon_days, as_of, progress,
                              registry=settings.instruments)
         run.rows_read = len(rows)
-        split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share,
-                                      "calibrate_share": ms.calibrate_share}
-        trained = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
-                      trained_as_of=as_of, calibration=ms.calibration_method,
-                      isotonic_min_outcomes=ms.isotonic_min_outcomes,
-                      engaged_within_days=settings.engaged_within_days,
-                      instruments=registry_facts(settings.instruments), **split_args)
-        split = time_split(rows, settings.horizon_days, **split_args)
+        trained = fit_as_configured(rows, settings, as_of)
+        split = time_split(rows, settings.horizon_days, evaluate_share=ms.evaluate_share,
+                           calibrate_share=ms.calibrate_share)
         current = _current_model(settings.models_dir, trained.version, key)
         evaluation = assess(trained, split, data.clients, ms,
                             engaged_within_days=settings.engaged_within_days,
@@ -109,6 +105,18 @@ def run_training(
         return TrainResult(run.run_id, trained.version, folder, len(rows), len(dates),
                            trained.metadata["metrics"], evaluation, decision, promoted,
                            trained.calibrator.method, trained.metadata.get("calibration_choice"))
+
+
+def fit_as_configured(rows: pd.DataFrame, settings: Settings, as_of: date) -> TrainedModel:
+    """``fit`` with everything ``settings`` says about training: how `retention train`
+    fits, for anything (a benchmark, say) that must fit the same way."""
+    ms = settings.evaluation
+    return fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
+               trained_as_of=as_of, calibration=ms.calibration_method,
+               isotonic_min_outcomes=ms.isotonic_min_outcomes,
+               engaged_within_days=settings.engaged_within_days,
+               instruments=registry_facts(settings.instruments),
+               evaluate_share=ms.evaluate_share, calibrate_share=ms.calibrate_share)
 
 
 def _current_model(models_dir: Path, candidate: str,
