@@ -231,13 +231,15 @@ def _with_carried_over(conn: Connection, raw: dict[str, pd.DataFrame],
             carried[table_name].extend(rows_from_json(rows_json))
     for table in ORDER:
         frame = raw[table]
+        if not carried[table]:  # the rows as read, as a full reload checks them
+            out[table] = frame
+            continue
         extra = pd.DataFrame(carried[table], columns=list(frame.columns), dtype=object)
-        if len(extra):
-            read = _key_tuples(table, frame)
-            if malformed is not None and len(malformed):
-                read = read.append(pd.Index(
-                    malformed.loc[malformed["table_name"] == table, "row_key"].astype(str)))
-            extra = _mapped_since(table, extra[~_key_tuples(table, extra).isin(read)], mapping)
+        read = _key_tuples(table, frame)
+        if malformed is not None and len(malformed):
+            read = read.append(pd.Index(
+                malformed.loc[malformed["table_name"] == table, "row_key"].astype(str)))
+        extra = _mapped_since(table, extra[~_key_tuples(table, extra).isin(read)], mapping)
         out[table] = pd.concat([frame.astype(object), extra], ignore_index=True)
     return out
 
@@ -256,18 +258,26 @@ def _mapped_since(table: str, held: pd.DataFrame, mapping: SourceMapping) -> pd.
     return out
 
 
+# Tables whose rows name an episode: the cross-table rules look those episodes up.
+EPISODE_REFERENCES = ("appointments", "alliance_measures", "session_observations")
+
+
 def _context(conn: Connection, candidates: dict[str, pd.DataFrame],
              registry: Registry) -> Context:
-    """What the store holds that the candidates' cross-table rules refer to."""
-    episodes = conn.execute(select(tables.copies["episodes"].c.episode_id,
-                                   tables.copies["episodes"].c.admitted_on)).fetchall()
-    admitted = pd.Series(pd.to_datetime([e.admitted_on for e in episodes]),
-                         index=[e.episode_id for e in episodes], dtype="datetime64[ns]")
+    """What the store holds that the candidates' cross-table rules refer to.
+
+    Only the episodes the candidates name: the rules ask of an episode whether it is
+    known and when it began, so a night's look-ups follow what it read, not the network.
+    """
+    referenced = set().union(*(_texts(candidates[t]["episode_id"]) for t in EPISODE_REFERENCES))
+    episodes = _copy_rows(conn, "episodes", "episode_id", sorted(referenced))
+    admitted = pd.Series(pd.to_datetime(episodes["admitted_on"]).to_numpy(),
+                         index=episodes["episode_id"].to_numpy(), dtype="datetime64[ns]")
     held = conn.execute(select(tables.quarantine.c.row_key).where(
         tables.quarantine.c.table_name == "episodes")).scalars().all()
-    referenced = set(candidates["alliance_items"]["measure_id"].dropna()) - set(
-        candidates["alliance_measures"]["measure_id"].dropna())
-    known = _copy_rows(conn, "alliance_measures", "measure_id", sorted(referenced))
+    measures = _texts(candidates["alliance_items"]["measure_id"]) - _texts(
+        candidates["alliance_measures"]["measure_id"])
+    known = _copy_rows(conn, "alliance_measures", "measure_id", sorted(measures))
     held_measures = conn.execute(select(tables.quarantine.c.row_key).where(
         tables.quarantine.c.table_name == "alliance_measures")).scalars().all()
     return Context(
@@ -281,10 +291,21 @@ def _context(conn: Connection, candidates: dict[str, pd.DataFrame],
     )
 
 
-def _copy_rows(conn: Connection, table: str, column: str, values: list[Any]) -> pd.DataFrame:
-    """Rows of the copy whose ``column`` is in ``values``, as the driver returns them."""
+def _texts(values: pd.Series) -> set[str]:
+    """Ids as the copy keeps them (text): a source may hand them over as numbers."""
+    return {str(v) for v in values.dropna().unique()}
+
+
+def _copy_rows(conn: Connection, table: str, column: str, values: list[str]) -> pd.DataFrame:
+    """Rows of the copy whose ``column`` (text) is in ``values``, as the driver returns them."""
     copy = tables.copies[table]
     columns = [c.name for c in copy.columns]
+    if bulk.is_postgres(conn):
+        # One statement however many: an index look-up per id, unnested from one array.
+        rows = conn.execute(text(
+            f"SELECT {', '.join('t.' + c for c in columns)} FROM unnest(CAST(:ids AS text[]))"
+            f" AS u(id) JOIN {copy.name} t ON t.{column} = u.id"), {"ids": values}).fetchall()
+        return pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=object)
     parts = []
     for start in range(0, len(values), 5000):
         chunk = values[start:start + 5000]
