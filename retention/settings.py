@@ -212,11 +212,11 @@ ENGINE_KINDS = ("local", "dask")
 class EngineSettings:
     """``[engine]``: where the nightly run's features, scores and reasons are computed.
 
-    "local" (the default) computes them in the job's own process, which suits a clinic or
-    a network of up to about 100,000 clients (docs/performance.md). "dask" splits the open
+    "local" (the default) computes them in the job's own process. "dask" splits the open
     caseload into partitions of whole caseloads and computes each on a worker of the Dask
     cluster at ``scheduler`` (docs/network.md): memory per worker then follows the
-    largest partition, not the network.
+    largest partition, not the network. Extract, check and load run in the job's process
+    on either engine (docs/performance.md has what that costs by network size).
     """
 
     kind: str = "local"

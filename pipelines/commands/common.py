@@ -65,9 +65,9 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "files); implies --engine dask.")(func)
     return click.option(
         "--engine", type=click.Choice(ENGINE_KINDS), default=None,
-        help="Where features, scores and reasons are computed: 'local', in this process "
-        "(up to about 100,000 clients), or 'dask', in partitions on a Dask cluster "
-        "(docs/network.md). Default: [engine] kind in the config.")(func)
+        help="Where features, scores and reasons are computed: 'local', in this process, "
+        "or 'dask', in partitions on a Dask cluster, for a network whose nightly run "
+        "outgrows one process (docs/network.md). Default: [engine] kind in the config.")(func)
 
 
 def with_engine(settings: Settings, engine: str | None, scheduler: str | None) -> Settings:

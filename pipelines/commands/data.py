@@ -116,14 +116,16 @@ def etl(obj: Context, as_of: datetime | None, full: bool, engine: str | None,
     mapped in [etl] or by mapping_file, e.g. config/mappings/openemr.toml), or a folder of
     FHIR Bulk Data exports ("fhir-ndjson:/path/to/exports"). README: "Pointing at a clinic".
 
-    Engines. The default, local, computes features in this process: right for a clinic
-    or a network of up to about 100,000 clients (a first night there took 45 to 210 s
-    and 3.4 to 5 GiB on a 2-core machine, by how many rows; docs/performance.md). Switch
-    to dask when a network outgrows one machine's memory or the nightly window: with
-    --engine dask --scheduler tcp://host:8786 (or [engine] in the config) this command
-    loads the copy only, and `retention score` computes features, scores and reasons in
-    partitions of whole caseloads on the Dask workers and publishes them as one list
-    (docs/network.md).
+    Engines. The default, local, computes features in this process. With --engine dask
+    --scheduler tcp://host:8786 (or [engine] in the config) this command loads the copy
+    only, and `retention score` computes features, scores and reasons in partitions of
+    whole caseloads on the Dask workers and publishes them as one list (docs/network.md).
+    Switch when the nightly run outgrows its window: the open caseload's part of every
+    night (about 70% of an incremental night at 200,000 clients) divides among the
+    workers' machines. Extract, check and load stay in this process on either engine, so
+    its machine must hold a full reload (the first night, then weekly): on a 2-core
+    machine 93 s and 5.1 GiB at 100,000 clients, 177 s and 9.5 GiB at 200,000
+    (docs/performance.md).
     """
     settings = with_engine(obj.settings(), engine, scheduler)
     on_dask = settings.engine.kind == "dask"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
+from retention.pipelines.cli import main
 from retention.pipelines.commands.common import with_engine
 from retention.settings import ConfigError, EngineSettings, Settings, parse_engine
 from tests.conftest import REPO, make_settings
@@ -60,6 +62,16 @@ def test_scheduler_on_the_command_line_means_the_dask_engine(tmp_path: Path) -> 
     assert with_engine(chosen, "local", None).engine.kind == "local"
     with pytest.raises(click.UsageError, match="needs scheduler"):
         with_engine(base, "dask", None)
+
+
+def test_the_etl_help_says_when_to_switch_engines_and_what_stays_in_the_job() -> None:
+    shown = CliRunner().invoke(main, ["etl", "--help"])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert "--engine dask --scheduler tcp://host:8786" in said and "docs/network.md" in said
+    assert "Switch when the nightly run outgrows its window" in said
+    # What Dask does not move, so that no one switches expecting a smaller job machine.
+    assert "Extract, check and load stay in this process on either engine" in said
 
 
 def test_the_config_file_reads_an_engine_section(tmp_path: Path) -> None:
