@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, MetaData, String, inspect, select
 
 from retention.clinic import contract
@@ -20,6 +23,11 @@ TEXT_COLUMNS = {
     name: tuple(c.name for c in table.columns if isinstance(c.type, String))
     for name, table in contract.TABLES.items()
 }
+
+
+# Each episode's measures oldest first (ties by id): the order ``from_frames`` gives and
+# the feature families and reasons read them in.
+MEASURE_ORDER = ("episode_id", "administered_at", "measure_id")
 
 
 def empty_frame(table: str) -> pd.DataFrame:
@@ -129,6 +137,8 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         for col in TEXT_COLUMNS.get(name, ()):
             if col in frame.columns:
                 frame[col] = frame[col].astype("str")
+    # Sorted once here rather than by each of the five readers that need the order.
+    measures = measures.sort_values(list(MEASURE_ORDER), ignore_index=True)
     return ClinicData(
         clients=clients,
         episodes=out["episodes"],
@@ -140,6 +150,43 @@ def from_frames(frames: dict[str, pd.DataFrame]) -> ClinicData:
         identifiers=out["client_identifiers"],
         contacts=out["client_contacts"],
     )
+
+
+def in_order(frame: pd.DataFrame, columns: tuple[str, ...]) -> bool:
+    """Whether ``frame``'s rows already are as ``sort_values(columns)`` would put them.
+
+    One comparison of neighbours per column, far cheaper than a sort. False, so the
+    caller sorts, for anything it cannot compare: a missing value, a categorical, mixed
+    types.
+    """
+    if len(frame) < 2:
+        return True
+    tied = np.ones(len(frame) - 1, dtype=bool)  # neighbours equal on the columns so far
+    try:
+        for column in columns:
+            values = frame[column]
+            if isinstance(values.dtype, pd.CategoricalDtype):  # sorted by category, not value
+                return False
+            if pd.api.types.is_datetime64_any_dtype(values):
+                stamps = values.to_numpy()
+                less, equal = stamps[:-1] < stamps[1:], stamps[:-1] == stamps[1:]
+            else:
+                array = pa.array(values)
+                less = _filled(pc.less(array[:-1], array[1:]))
+                equal = _filled(pc.equal(array[:-1], array[1:]))
+            if (tied & ~less & ~equal).any():
+                return False
+            tied &= equal
+            if not tied.any():
+                return True
+    except (pa.ArrowException, TypeError):
+        return False
+    return True
+
+
+def _filled(compared: pa.Array) -> np.ndarray:
+    """A comparison's result as booleans, a missing value's as False."""
+    return np.asarray(pc.fill_null(compared, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _booleans(values: pd.Series) -> pd.Series:

@@ -12,7 +12,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from retention.clinic.data import as_timestamp
+from retention.clinic.data import MEASURE_ORDER, as_timestamp, in_order
 from retention.clinic.ids import member, positions
 from retention.clinic.instruments import SRS_CUTOFF, WAI_SR_N_ITEMS, srs_item_frame
 from retention.clinic.registry import Registry
@@ -20,10 +20,12 @@ from retention.features.attendance import day_numbers, past_slots
 
 
 def measures_before(measures: pd.DataFrame, episode_index: pd.Index, as_of: date) -> pd.DataFrame:
-    """Measures of the given episodes administered strictly before ``as_of``, oldest first."""
+    """Measures of the given episodes administered strictly before ``as_of``, oldest first
+    (``MEASURE_ORDER``: as ``from_frames`` gives them, so sorted only when they are not)."""
     cutoff = as_timestamp(as_of)
     mask = (measures["administered_at"] < cutoff) & member(measures["episode_id"], episode_index)
-    return measures.loc[mask].sort_values(["episode_id", "administered_at", "measure_id"])
+    before = measures.loc[mask]
+    return before if in_order(before, MEASURE_ORDER) else before.sort_values(list(MEASURE_ORDER))
 
 
 def client_ratings(before: pd.DataFrame, instrument: str) -> pd.DataFrame:
