@@ -67,6 +67,8 @@ SEARCH_PATH = "/fhir/RiskAssessment"
 # --- parameters -------------------------------------------------------------------------
 
 PAGE_TOKEN = "_page_token"
+# What a page token this server signs is made of (URL-safe base64 and dots).
+PAGE_TOKEN_PATTERN = "^[A-Za-z0-9_.-]+$"
 PATIENT_PARAMS = ("subject", "patient")
 IDENTIFIER_PARAMS = ("identifier", "patient.identifier", "subject.identifier")
 SEARCH_PARAMS = frozenset({*PATIENT_PARAMS, *IDENTIFIER_PARAMS, "date", "_count", "_format",
@@ -458,21 +460,32 @@ def _view(who: Caller, client_id: str, tests: list[DateTest]) -> str:
     return f"retention.fhir.page:{hashlib.sha256(seen).hexdigest()}"
 
 
-def _page(view: str, conn: Connection) -> tuple[date, int]:
-    """Where this page starts: the token's pinned list day and offset, or the first page."""
+def _page_token() -> str | None:
+    """The request's page token, if any; one that cannot be a token of ours (its length,
+    its characters) is a 400 before anything is looked up."""
     raw = request.args.get(PAGE_TOKEN)
+    if raw is not None and (len(raw) > MAX_CURSOR_LENGTH
+                            or not re.fullmatch(PAGE_TOKEN_PATTERN, raw)):
+        raise _not_our_token()
+    return raw
+
+
+def _not_our_token() -> Problem:
+    return Problem(400, f"{PAGE_TOKEN} is not one this server returned for this search; "
+                   "start again without it", INVALID)
+
+
+def _page(raw: str | None, view: str, conn: Connection) -> tuple[date, int]:
+    """Where this page starts: the token's pinned list day and offset, or the first page."""
     if raw is None:
         return newest_list(conn), 0
     try:
-        if len(raw) > MAX_CURSOR_LENGTH:
-            raise ValueError(raw[:8])
         body = cursors().loads(raw, salt=view)
         until, position = date.fromisoformat(body["until"]), body["pos"]
         if type(position) is not int or not 0 <= position <= MAX_POSITION:
             raise ValueError(position)
     except (BadData, ValueError, KeyError, TypeError):
-        raise Problem(400, f"{PAGE_TOKEN} is not one this server returned for this search; "
-                      "start again without it", INVALID) from None
+        raise _not_our_token() from None
     return until, position
 
 
@@ -505,6 +518,7 @@ def search_risk_assessments() -> ResponseReturnValue:
     client_id, by_identifier = _subject()
     tests = _date_tests()
     count = _count()
+    token = _page_token()
     conn = connection()
     base = base_url()
     if by_identifier is not None:
@@ -512,14 +526,19 @@ def search_risk_assessments() -> ResponseReturnValue:
         client_id = found if client_id in (None, found) else None
     rows: list[dict[str, Any]] = []
     total, links = 0, [_link("self", base)]
-    if client_id is None:
-        returning([], "not_found")
-    elif not disclosable([client_id]):
-        returning([client_id], "denied")  # answered as for an unknown client
+    if client_id is None or not disclosable([client_id]):
+        # A denied client is answered as an unknown one, a page token included: no search
+        # that finds no one gave one out.
+        if token is not None:
+            raise _not_our_token()
+        if client_id is None:
+            returning([], "not_found")
+        else:
+            returning([client_id], "denied")
     else:
         who = caller()
         view = _view(who, client_id, tests)
-        until, offset = _page(view, conn)
+        until, offset = _page(token, view, conn)
         rows, total = search_rows(conn, who, client_id, tests, until, offset, count)
         if rows or total:
             returning([client_id])

@@ -302,6 +302,26 @@ def test_paging_through_next_links_gives_every_resource_once(based: Flask, admin
                         400) == "invalid"
 
 
+def test_a_page_token_is_refused_where_it_cannot_be_ours(app: Flask, admin: str,
+                                                        top: dict) -> None:
+    """Malformed, or on a search that finds no one (which never gave one out): a 400 either
+    way, before anything is looked up, as the OpenAPI document's pattern says."""
+    client = keyed_client(app, admin)
+    first = _search(client, [("patient", f"Patient/{top['client_id']}"), ("_count", "5")])
+    token = parse_qs(urlsplit(first["link"][1]["url"]).query)["_page_token"][0]
+    ours = [("patient", f"Patient/{top['client_id']}")]
+    # Two patients at once (both must hold) and an identifier no one has: no one is found.
+    no_one = [("patient", f"Patient/{top['client_id']}"), ("subject", "Patient/someone-else")]
+    unknown = [("identifier", "urn:oid:2.16.840.1.113883.3.9999.1|NOBODY")]
+    for search, given in ((ours, "/metrics"), (ours, "a" * 5000), (no_one, "/metrics"),
+                         (no_one, token), (unknown, token)):
+        query = urlencode([*search, ("_page_token", given)])
+        assert _outcome(client.get(f"/fhir/RiskAssessment?{query}"), 400) == "invalid", (
+            search, given[:10])
+        # Without the token, each is the search it was: a Bundle.
+        assert "total" in _search(client, search)
+
+
 def test_count_zero_gives_the_total_and_a_large_count_is_capped(app: Flask, admin: str,
                                                                 top: dict) -> None:
     client = keyed_client(app, admin)
