@@ -120,6 +120,9 @@ def sign_in(page: Page, site: dict[str, str], key: str = "token") -> None:
     page.get_by_label("Sign in with your access key").fill(site[key])
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/web/$"))
+    # The URL and the heading come before the stylesheet is applied; a layout measured
+    # then is the unstyled page's (a busy machine showed a 738 px table at 360 px).
+    page.wait_for_load_state("load")
     expect(page.get_by_role("heading", level=1)).to_be_visible()
 
 
