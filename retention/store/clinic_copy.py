@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Float, Integer, insert, select, update
 
 from retention.clinic import contract
 from retention.clinic.data import ClinicData, from_frames
@@ -171,6 +171,19 @@ def _dates(table: str) -> list[str]:
     return [*contract.DATE_COLUMNS.get(table, ()), *contract.TIMESTAMP_COLUMNS.get(table, ())]
 
 
+def _numbers(table: str) -> dict[str, str]:
+    """Number columns, parsed as they are read too (in Arrow, not by ``from_frames``)."""
+    return {c.name: "infer" for c in contract.TABLES[table].columns
+            if isinstance(c.type, (Integer, Float))}
+
+
+def _read(connection: Connection, sql: str, table: str,
+          params: dict[str, Any]) -> pd.DataFrame:
+    """``table``'s columns of the copy's rows ``sql`` selects, dates and numbers parsed."""
+    return bulk.read_query(connection, sql, _names(table), params, _dates(table),
+                           _numbers(table))
+
+
 def latest_reads(registry: Registry) -> tuple[tuple[str, str, int | None], ...]:
     """(instrument, rater, how many of the latest with a total) the scoped read takes:
     ``LATEST``, and the last client rating of each other model input of ``registry``."""
@@ -196,19 +209,19 @@ def scoped_frames(
               "ever": datetime(1900, 1, 1),
               **({} if caseloads is None else {"caseloads": json.dumps(list(caseloads))})}
     frames = {
-        "clients": bulk.read_query(connection, (
+        "clients": _read(connection, (
             f"SELECT {_cols('clients', 'c')} FROM {P}clients c WHERE c.client_id IN "
             f"(SELECT e.client_id FROM {P}episodes e WHERE e.episode_id IN ({open_sql}))"
-        ), _names("clients"), params, _dates("clients")),
-        "episodes": bulk.read_query(connection, (
+        ), "clients", params),
+        "episodes": _read(connection, (
             f"SELECT {_cols('episodes', 'e')} FROM {P}episodes e WHERE e.episode_id IN ({open_sql})"
-        ), _names("episodes"), params, _dates("episodes")),
+        ), "episodes", params),
         # Slots from the earlier of the window's start and the last slot attended (known
         # as attended) before the as-of date; every slot of an episode never attended.
         # Each open episode's last attended slot is one short backward walk of the
         # (episode_id, scheduled_at) index; its slots since then one range of it. (A
         # window maximum over every slot sorted the open caseload's whole history.)
-        "appointments": bulk.read_query(connection, (
+        "appointments": _read(connection, (
             f"WITH open_ep AS ({open_sql}), last AS MATERIALIZED ("
             "  SELECT o.episode_id, (SELECT a.scheduled_at"
             f"    FROM {P}appointments a WHERE a.episode_id = o.episode_id"
@@ -219,7 +232,7 @@ def scoped_frames(
             "   WHEN last_at < :window THEN last_at ELSE :window END AS since FROM last)"
             f" SELECT {_cols('appointments', 'a')} FROM since s"
             f" JOIN {P}appointments a ON a.episode_id = s.episode_id AND a.scheduled_at >= s.since"
-        ), _names("appointments"), params, _dates("appointments")),
+        ), "appointments", params),
     }
     # A measure is kept when it is among the latest ``n`` of its episode, instrument and
     # rater (every one for n None), counting those with a total (WAI-SR: every one).
@@ -256,26 +269,23 @@ def scoped_frames(
     else:
         measures_sql = (f"{ranked} SELECT {_cols('alliance_measures')} FROM ranked"
                         f" WHERE {kept}")
-    frames["alliance_measures"] = bulk.read_query(
-        connection, measures_sql, _names("alliance_measures"), params,
-        _dates("alliance_measures"),
-    )
+    frames["alliance_measures"] = _read(connection, measures_sql, "alliance_measures", params)
     itemised = ", ".join(f"'{i}'" for i in WITH_ITEMS)
     numbers = ", ".join(str(n) for n in sorted({n for k in WITH_ITEMS.values() for n in k}))
     if bulk.is_postgres(connection):
         # By key, ids unnested: an index lookup each (``= ANY`` made the planner scan every item).
         m = frames["alliance_measures"]
         ids = sorted(m.loc[m["instrument"].isin(list(WITH_ITEMS)), "measure_id"].astype(str))
-        frames["alliance_items"] = bulk.read_query(connection, (
+        frames["alliance_items"] = _read(connection, (
             f"SELECT {_cols('alliance_items', 'i')} FROM unnest(CAST(:ids AS text[])) AS u(id)"
             f" JOIN {P}alliance_items i ON i.measure_id = u.id WHERE i.item_number IN ({numbers})"
-        ), _names("alliance_items"), {"ids": ids}, _dates("alliance_items"))
+        ), "alliance_items", {"ids": ids})
     else:
-        frames["alliance_items"] = bulk.read_query(connection, (
+        frames["alliance_items"] = _read(connection, (
             f"{ranked} SELECT {_cols('alliance_items', 'i')} FROM {P}alliance_items i"
             f" WHERE i.item_number IN ({numbers}) AND i.measure_id IN"
             f" (SELECT measure_id FROM ranked WHERE instrument IN ({itemised}) AND ({kept}))"
-        ), _names("alliance_items"), params, _dates("alliance_items"))
+        ), "alliance_items", params)
     # Notes: the features and reasons count those of the last 90 days (the features decide
     # which were written by then), and of the older ones need only know that one was
     # written: the latest known before the window, one short backward walk of the
@@ -295,11 +305,10 @@ def scoped_frames(
     else:  # SQLite looks the id up by the primary key, episode by episode
         older = (f"FROM ({open_sql}) o JOIN {P}session_observations n ON n.observation_id"
                  f" = ({latest_older.format('x.observation_id')})")
-    frames["session_observations"] = bulk.read_query(connection, (
+    frames["session_observations"] = _read(connection, (
         f"SELECT {notes_cols} FROM {P}session_observations n"
         f" WHERE n.episode_id IN ({open_sql}) AND n.observed_at >= :notes_since"
         f" AND n.observed_at < :cut UNION ALL SELECT {notes_cols} {older}"
-    ), _names("session_observations"),
-        {**params, "notes_since": cut - timedelta(days=RUPTURE_WINDOW_DAYS)},
-        _dates("session_observations"))
+    ), "session_observations",
+        {**params, "notes_since": cut - timedelta(days=RUPTURE_WINDOW_DAYS)})
     return frames
