@@ -45,7 +45,7 @@ from retention.api.auth import (
 )
 from retention.api.errors import Problem
 from retention.api.fhir_labels import label
-from retention.api.routes import MAX_CURSOR_LENGTH, MAX_POSITION, cursors, settings
+from retention.api.routes import CURSOR_PATTERN, MAX_CURSOR_LENGTH, MAX_POSITION, cursors, settings
 from retention.api.services import services
 from retention.store.lists import score_row
 from retention.store.tables import publications, scores
@@ -67,8 +67,6 @@ SEARCH_PATH = "/fhir/RiskAssessment"
 # --- parameters -------------------------------------------------------------------------
 
 PAGE_TOKEN = "_page_token"
-# What a page token this server signs is made of (URL-safe base64 and dots).
-PAGE_TOKEN_PATTERN = "^[A-Za-z0-9_.-]+$"
 PATIENT_PARAMS = ("subject", "patient")
 IDENTIFIER_PARAMS = ("identifier", "patient.identifier", "subject.identifier")
 SEARCH_PARAMS = frozenset({*PATIENT_PARAMS, *IDENTIFIER_PARAMS, "date", "_count", "_format",
@@ -465,7 +463,7 @@ def _page_token() -> str | None:
     its characters) is a 400 before anything is looked up."""
     raw = request.args.get(PAGE_TOKEN)
     if raw is not None and (len(raw) > MAX_CURSOR_LENGTH
-                            or not re.fullmatch(PAGE_TOKEN_PATTERN, raw)):
+                            or not re.fullmatch(CURSOR_PATTERN, raw)):
         raise _not_our_token()
     return raw
 

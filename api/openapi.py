@@ -17,9 +17,9 @@ from flask.typing import ResponseReturnValue
 
 from retention.access.ehr_clients import NARROWED_SCOPES, SIGNING_ALGORITHMS
 from retention.api.cds_hooks import HOOK, SERVICE_ID
-from retention.api.fhir import MAX_COUNT, PAGE_TOKEN, PAGE_TOKEN_PATTERN
+from retention.api.fhir import MAX_COUNT, PAGE_TOKEN
 from retention.api.oauth import SMART_CONFIGURATION_PATH, TOKEN_PATH
-from retention.api.routes import MAX_CURSOR_LENGTH, TIERS, settings
+from retention.api.routes import CURSOR_PATTERN, MAX_CURSOR_LENGTH, TIERS, settings
 
 bp = Blueprint("openapi", __name__)
 
@@ -353,7 +353,7 @@ def document(max_limit: int) -> dict[str, Any]:
         _query("limit", {"type": "integer", "minimum": 1, "maximum": max_limit},
                f"Page size (default 50, at most {max_limit})"),
         _query("cursor", {"type": "string", "maxLength": MAX_CURSOR_LENGTH,
-                          "pattern": "^[A-Za-z0-9_.-]+$"},
+                          "pattern": CURSOR_PATTERN},
                "next_cursor from the previous page, with the same key and filters (signed: "
                "any other is a 400)"),
         as_of,
@@ -466,7 +466,7 @@ def _fhir_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
                f"Page size (default 50; more than {MAX_COUNT} is served as {MAX_COUNT}; "
                "0: the total only)"),
         _query(PAGE_TOKEN, {"type": "string", "maxLength": MAX_CURSOR_LENGTH,
-                            "pattern": PAGE_TOKEN_PATTERN},
+                            "pattern": CURSOR_PATTERN},
                "From the Bundle's next link (signed for this search: any other is a 400)"),
         fmt,
     ]

@@ -54,6 +54,8 @@ INVALID = "Invalid query parameter"
 CURSOR_SALT = "retention.cursor"
 MAX_POSITION = 2**31 - 1
 MAX_CURSOR_LENGTH = 256
+# What the signer writes (URL-safe base64 and dots): the FHIR page tokens' form too.
+CURSOR_PATTERN = "^[A-Za-z0-9_.-]+$"
 
 
 def settings() -> Settings:
