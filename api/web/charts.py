@@ -22,7 +22,7 @@ from markupsafe import Markup, escape
 
 from retention.clinic.instruments import ORS_CUTOFF, SRS_CUTOFF
 from retention.clinic.trajectory import Trajectory
-from retention.reasons.phrases import score_text, shown
+from retention.reasons.phrases import plural, score_text, shown
 
 MISSED = ("no_show", "late_cancel")
 CANCELLED = ("cancelled_by_client", "cancelled_by_clinic")
@@ -242,8 +242,9 @@ def _timeline(lay: Layout, appointments: Sequence[Mapping[str, Any]],
     attended = sum(a["status"] == "attended" for a in appointments)
     missed = sum(a["status"] in MISSED for a in appointments)
     ruptures = sum(bool(m["rupture"]) for m in measures)
-    desc = (f"{len(appointments)} sessions from {start:%d %b} to {end:%d %b}: {attended} "
-            f"attended, {missed} missed; {ruptures} session-rating ruptures.")
+    desc = (f"{plural(len(appointments), 'session')} from {start:%d %b} to {end:%d %b}: "
+            f"{attended} attended, {missed} missed; "
+            f"{plural(ruptures, 'session-rating rupture')}.")
     return _svg(lay, height, "Sessions and alliance ratings", desc, body, "timeline")
 
 

@@ -97,3 +97,22 @@ def test_each_drawing_keeps_the_charts_semantics() -> None:
     assert timeline.count('class="m-evidence"') == 4  # a session and a rating, twice
     assert timeline.count("concern line 36") == 2
     assert charts.risk_chart([], {}) == ""
+
+
+def _desc(markup: str) -> set[str]:
+    return set(re.findall(r"<desc [^>]*>([^<]*)</desc>", markup))
+
+
+def test_the_timeline_description_counts_in_words_a_listener_can_trust() -> None:
+    """What a screen reader says for the timeline (to four weeks past the as-of date): its
+    counts, each noun in the number its count takes."""
+    assert _desc(_timeline()) == {
+        "28 sessions from 09 Mar to 29 Jun: 7 attended, 7 missed; 1 session-rating rupture."}
+    one = {"appointment_id": "a1", "scheduled_at": datetime(2026, 5, 20, 10),
+           "status": "no_show", "service_type": "individual", "telehealth": False}
+    ratings = [{"measure_id": f"m{i}", "instrument": "SRS", "rater": "client",
+                "administered_at": datetime(2026, 5, 10 + i), "score_total": 30.0,
+                "rupture": True} for i in range(2)]
+    chart = str(charts.timeline_chart([one], ratings, date(2026, 5, 1), AS_OF, set()))
+    assert _desc(chart) == {
+        "1 session from 01 May to 29 Jun: 0 attended, 1 missed; 2 session-rating ruptures."}
