@@ -3,9 +3,10 @@
 The steps of an ETL run inside the store's transaction (``retention.pipelines.etl``
 owns the transaction and the run record):
 
-1. ``check``: the rows read, with the rows still in quarantine and the copy's
-   appointments of episodes that changed, against the contract
-   (``retention.etl.validation``); nothing is written;
+1. ``check``: the rows read, with the rows still in quarantine and the copy's rows of
+   episodes whose client or admission changed, against the contract
+   (``retention.etl.validation``) and what the copy holds of the episodes and measures
+   they name; nothing is written;
 2. ``enforce_limit``: the run stops, changing nothing, if the rows read break the
    contract beyond a quarantine limit (``retention.etl.quarantine.limits_broken``: all
    rows, a table, a coded column, a clinic's rows of a table);
@@ -99,6 +100,7 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
         candidates, context = raw, Context(registry=registry)
     else:
         candidates = _with_carried_over(conn, raw, etl.mapping, malformed)
+        candidates = _with_moved_episodes(conn, candidates)
         context = _context(conn, candidates, registry)
     outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
     if malformed is not None and len(malformed):
@@ -262,6 +264,51 @@ def _mapped_since(table: str, held: pd.DataFrame, mapping: SourceMapping) -> pd.
 EPISODE_REFERENCES = ("appointments", "alliance_measures", "session_observations")
 
 
+def _with_moved_episodes(conn: Connection,
+                         candidates: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The candidates, with the copy's rows of each episode read whose client or admission
+    the source changed (and the items of its measures), after them.
+
+    Those rows were checked against the episode as it was (``episode_of_another_client``,
+    ``before_admission``): checked again, the copy stays what a full reload would make
+    of the source. An episode's client or admission rarely changes (a merge of two
+    clients' records, an admission date corrected), so this reads few rows.
+    """
+    read = candidates["episodes"]
+    stored = _copy_rows(conn, "episodes", "episode_id", sorted(_texts(read["episode_id"])))
+    if stored.empty:
+        return candidates
+
+    def facts(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"episode_id": frame["episode_id"].astype(str).to_numpy(),
+                             "client": frame["client_id"].astype(str).to_numpy(),
+                             "admitted": pd.to_datetime(frame["admitted_on"], errors="coerce",
+                                                        format="mixed").to_numpy()})
+
+    both = facts(read).merge(facts(stored), on="episode_id", suffixes=("", "_was"))
+    changed = (both["client"] != both["client_was"]) | ~(both["admitted"]
+                                                         == both["admitted_was"])
+    moved = sorted(set(both.loc[changed, "episode_id"]))
+    if not moved:
+        return candidates
+    out = dict(candidates)
+    for table in EPISODE_REFERENCES:
+        out[table] = _appended(table, out[table], _copy_rows(conn, table, "episode_id", moved))
+    measures = sorted(_texts(out["alliance_measures"]["measure_id"])
+                      - _texts(candidates["alliance_measures"]["measure_id"]))
+    out["alliance_items"] = _appended("alliance_items", out["alliance_items"],
+                                      _copy_rows(conn, "alliance_items", "measure_id", measures))
+    return out
+
+
+def _appended(table: str, frame: pd.DataFrame, copied: pd.DataFrame) -> pd.DataFrame:
+    """``frame``, then the rows of ``copied`` whose keys it does not hold."""
+    copied = copied[~_key_tuples(table, copied).isin(_key_tuples(table, frame))]
+    if copied.empty:
+        return frame
+    return pd.concat([frame.astype(object), copied.astype(object)], ignore_index=True)
+
+
 def _context(conn: Connection, candidates: dict[str, pd.DataFrame],
              registry: Registry) -> Context:
     """What the store holds that the candidates' cross-table rules refer to.
@@ -284,6 +331,8 @@ def _context(conn: Connection, candidates: dict[str, pd.DataFrame],
         client_ids=pd.Index([], dtype=object),  # clients are read whole every run
         episode_ids=pd.Index(list(admitted.index) + list(held), dtype=object),
         admitted_on=admitted,
+        episode_clients=pd.Series(episodes["client_id"].to_numpy(),
+                                  index=episodes["episode_id"].to_numpy(), dtype=object),
         measure_ids=pd.Index(list(known["measure_id"]) + list(held_measures), dtype=object),
         instruments=pd.Series(known["instrument"].to_numpy(), index=known["measure_id"].to_numpy(),
                               dtype=object),

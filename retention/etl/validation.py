@@ -69,6 +69,8 @@ RULES: dict[str, str] = {
                        "+ ( ) - . and an extension (ext/x), 7-15 digits before it",
     "malformed_language": "a contact's language that is not a BCP 47 tag (en, es, pt-BR)",
     "orphan": "refers to a client, episode or measure the source does not have",
+    "episode_of_another_client": "an appointment, measure or note whose episode is another "
+                                 "client's",
     "discharge_before_admission": "discharged before admitted",
     "expiry_before_effective": "a consent that expires before it takes effect",
     "before_admission": "appointment scheduled before its episode's admission",
@@ -154,6 +156,8 @@ class Context:
     client_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
     episode_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
     admitted_on: pd.Series = field(default_factory=lambda: pd.Series([], dtype="datetime64[ns]"))
+    # The client of each episode in ``admitted_on``, by episode id.
+    episode_clients: pd.Series = field(default_factory=lambda: pd.Series([], dtype=object))
     measure_ids: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))
     instruments: pd.Series = field(default_factory=lambda: pd.Series([], dtype=object))
     registry: Registry = field(default_factory=default_registry)
@@ -284,6 +288,8 @@ def validate(
     good = episodes.ok
     admitted = pd.concat([admitted, pd.Series(e.loc[good, "admitted_on"].to_numpy(),
                                               index=episodes.raw.loc[good, "episode_id"])])
+    clients_of = _episode_clients(context.episode_clients, episodes, client_ids)
+    _another_clients(appts, clients_of, client_ids)
     a = appts.typed
     start = _lookup(admitted, appts.raw["episode_id"])
     appts.flag(pd.to_datetime(start).notna() & (a["scheduled_at"] < pd.to_datetime(start)),
@@ -296,10 +302,12 @@ def validate(
                f"{max_days_ahead} days after the row was written")
 
     _orphans(measures, {"episode_id": episode_ids, "client_id": client_ids})
+    _another_clients(measures, clients_of, client_ids)
     _orphans(items, {"measure_id": measure_ids})
     _measure_rules(measures, items, context)
 
     _orphans(observations, {"episode_id": episode_ids, "client_id": client_ids})
+    _another_clients(observations, clients_of, client_ids)
     o = observations.typed
     # A note counts from when it was written: one written before its session is a typo
     # that would make it known too early.
@@ -504,6 +512,30 @@ def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
         missing = c.raw[col].notna() & (ids.positions(c.raw[col], present) < 0)
         c.flag(missing, "orphan",
                _said(f"{col} ", c.raw[col], " is not in the source"))
+
+
+def _episode_clients(stored: pd.Series, episodes: _Checked, client_ids: pd.Index) -> pd.Series:
+    """Each episode's client, as its position in ``client_ids``, by episode id: those read
+    in this run override the store's; a quarantined episode's client is not trusted."""
+    stored = stored[~stored.index.isin(episodes.raw["episode_id"])]
+    read = episodes.raw.loc[episodes.ok, ["episode_id", "client_id"]]
+    return pd.Series(
+        np.concatenate([ids.positions(pd.Series(stored.to_numpy(), dtype=object), client_ids),
+                        ids.positions(read["client_id"], client_ids)]),
+        index=pd.Index(stored.index, dtype=object).append(pd.Index(read["episode_id"])))
+
+
+def _another_clients(c: _Checked, clients_of: pd.Series, client_ids: pd.Index) -> None:
+    """A row whose episode is another client's: whose record it is cannot be told, and
+    counted for the episode it would be a reason on a list the other client's page
+    does not show (pages read a client's rows by client and episode)."""
+    theirs = np.asarray(pd.api.extensions.take(
+        clients_of.to_numpy(dtype=np.int64), ids.positions(c.raw["episode_id"], clients_of.index),
+        allow_fill=True, fill_value=-1))
+    mine = ids.positions(c.raw["client_id"], client_ids)
+    c.flag((theirs >= 0) & (mine >= 0) & (theirs != mine), "episode_of_another_client",
+           lambda ix: "episode_id " + _txt(c.raw["episode_id"], ix) + " is not client_id "
+           + _txt(c.raw["client_id"], ix) + "'s episode")
 
 
 def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> None:

@@ -97,6 +97,8 @@ EXPECTED = {
     ("appointments", "Q-BOOL"): "malformed_value",
     ("appointments", "Q-ORPHAN"): "orphan",
     ("appointments", "Q-EARLY"): "before_admission",
+    ("appointments", "Q-NOT-THEIRS"): "episode_of_another_client",
+    ("alliance_measures", "Q-NOT-THEIRS"): "episode_of_another_client",
     ("appointments", "Q-FUTURE"): "far_future",
     ("episodes", "Q-EP-DATE"): "malformed_date",
     ("alliance_measures", "Q-SRS-TOTAL"): "srs_total_out_of_range",
@@ -118,7 +120,10 @@ def break_the_contract(src: Source) -> dict[str, Any]:
     episode = next(e for e in src.rows("episodes") if e["discharged_on"] is None)
     admitted = datetime.fromisoformat(episode["admitted_on"])
     when = STAMP + timedelta(days=2)
+    other = next(c for c in src.rows("clients") if c["client_id"] != episode["client_id"])
+    not_theirs = {**episode, "client_id": other["client_id"]}
     appts = [
+        appointment("Q-NOT-THEIRS", not_theirs, when, stamp=STAMP),
         appointment("Q-CODE", episode, when, status="XX", stamp=STAMP),
         appointment("Q-DUP", episode, when, stamp=STAMP),
         appointment("Q-DUP", episode, when + timedelta(hours=1), stamp=STAMP),
@@ -138,6 +143,7 @@ def break_the_contract(src: Source) -> dict[str, Any]:
         measure("Q-SRS-ITEM", episode, "SRS", 40.0),
         measure("Q-WAI-ITEM", episode, "WAI-SR", 40.0, goal=3.0, task=3.0, bond=3.0),
         measure("Q-DISAGREE", episode, "SRS", 30.0),
+        measure("Q-NOT-THEIRS", not_theirs, "SRS", 30.0),
         measure("Q-WAI-SUB", episode, "WAI-SR", 36.0, goal=4.5, task=3.0, bond=3.0),
     ])
     src.insert("alliance_items", [
@@ -207,6 +213,56 @@ def test_rows_fixed_at_the_source_are_released_by_the_next_run(loose: Source,
     with store_db.connect() as conn:
         detail = json.loads(list_runs(conn, 1)[0]["detail"])
     assert detail["released"] >= 4 and result.rows_changed > 0
+    store_db.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loose", ["sqlite", "postgresql"], indirect=True)
+def test_rows_of_an_episode_moved_at_the_source_are_checked_again(loose: Source,
+                                                                   store_url: str) -> None:
+    """An episode given to another client (a merge of two records), and one whose
+    admission is corrected to a later day, without a change to their sessions and
+    ratings: the night holds the rows that no longer fit, as a full reload would."""
+    store_db = store_engine(store_url)
+    etl(loose, store_db)
+    with_rows = {r["episode_id"] for r in loose.rows("alliance_measures")}
+    merged, corrected = [e for e in loose.rows("episodes") if e["episode_id"] in with_rows][:2]
+    other = next(c for c in loose.rows("clients") if c["client_id"] != merged["client_id"])
+    later = STAMP + timedelta(hours=3)
+    loose.update("episodes", {"episode_id": merged["episode_id"]},
+                 client_id=other["client_id"], updated_at=later)
+    slots = sorted(a["scheduled_at"] for a in loose.rows(
+        "appointments", {"episode_id": corrected["episode_id"]}))
+    assert len(slots) >= 2
+    loose.update("episodes", {"episode_id": corrected["episode_id"]},
+                 admitted_on=str(slots[1])[:10], updated_at=later)
+
+    etl(loose, store_db)
+    after_night = held(store_db)
+    moved = {(t, k): r for (t, k), r in after_night.items() if r == "episode_of_another_client"}
+    expected = {("appointments", a["appointment_id"]) for a in loose.rows(
+        "appointments", {"episode_id": merged["episode_id"]})} | {
+        ("alliance_measures", m["measure_id"]) for m in loose.rows(
+            "alliance_measures", {"episode_id": merged["episode_id"]})}
+    assert expected and set(moved) >= expected
+    assert {k for t, k in moved if t == "appointments"}.isdisjoint(
+        copied(store_db, "appointments"))
+    early = {k for (t, k), r in after_night.items() if r == "before_admission"}
+    assert early and early.isdisjoint(copied(store_db, "appointments"))
+    items = {k for (t, k), r in after_night.items()
+             if t == "alliance_items" and r == "measure_quarantined"}
+    assert {k.split("|")[0] for k in items} == {k for t, k in moved if t == "alliance_measures"}
+    copies = [copy.name for copy in tables.copies.values()]
+    with store_db.connect() as conn:
+        before = table_checksums(conn, copies)
+
+    engine = source_engine(loose.url)
+    run_etl(engine, store_db, AS_OF, EtlSettings(allow_superuser_source=True, **LOOSE_LIMITS),
+            full=True)
+    engine.dispose()
+    assert held(store_db) == after_night
+    with store_db.connect() as conn:
+        assert table_checksums(conn, copies) == before
     store_db.dispose()
 
 

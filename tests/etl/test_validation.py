@@ -176,3 +176,62 @@ def test_the_srs_and_wai_sr_keep_their_own_rules() -> None:
                          ("M3", "WAI-SR", 61.0, [5.0] * 12)])
     assert rules == {"M1": "srs_total_out_of_range", "M2": "srs_item_out_of_range",
                      "M3": "wai_total_out_of_range"}
+
+
+def _of_another_client(categorical: bool) -> dict[str, pd.DataFrame]:
+    """Two clients; episode E1 is C1's, E9 is in the store only; rows of each table that
+    name C1's episode as C1's (kept) and as C2's (held)."""
+    clients = pd.DataFrame({"client_id": ["C1", "C2"], "clinic_id": ["k", "k"]})
+    episodes = pd.DataFrame([{"episode_id": "E1", "client_id": "C1", "program": "detox",
+                              "admitted_on": "2026-01-05", "updated_at": "2026-01-05 09:00"}])
+    when = {"updated_at": "2026-02-02 10:00"}
+    raw = {
+        "clients": clients, "episodes": episodes,
+        "appointments": pd.DataFrame([
+            {"appointment_id": f"A-{episode}-{client}", "episode_id": episode,
+             "client_id": client, "scheduled_at": "2026-02-02 10:00", "status": "attended",
+             "service_type": "individual", "telehealth": "false", **when}
+            for episode in ("E1", "E9") for client in ("C1", "C2")]),
+        "alliance_measures": pd.DataFrame([
+            {"measure_id": f"M-{client}", "episode_id": "E1", "client_id": client,
+             "instrument": "ORS", "rater": "client", "administered_at": "2026-02-02 10:00",
+             "score_total": None, **when} for client in ("C1", "C2")]),
+        "session_observations": pd.DataFrame([
+            {"observation_id": f"O-{client}", "episode_id": "E1", "client_id": client,
+             "clinician_id": "T1", "observed_at": "2026-02-02 10:00",
+             "recorded_at": "2026-02-02 11:00", "rupture": "false", **when}
+            for client in ("C1", "C2")]),
+    }
+    if categorical:  # as PostgreSQL's reader hands repeated ids over
+        for table in ("appointments", "alliance_measures", "session_observations"):
+            raw[table] = raw[table].astype({"episode_id": "category", "client_id": "category"})
+    return raw
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_a_row_whose_episode_is_another_clients_is_held(categorical: bool) -> None:
+    """Counted for the episode it names, such a row would be a reason on the list of a
+    client whose page (read by client and episode) does not show it."""
+    context = Context(episode_ids=pd.Index(["E9"], dtype=object),
+                      admitted_on=pd.Series([pd.Timestamp("2026-01-01")], index=["E9"]),
+                      episode_clients=pd.Series(["C2"], index=["E9"], dtype=object))
+    out = validate(_of_another_client(categorical), context)
+    held = {k: (r, d) for k, r, d in zip(out.rejects["row_key"], out.rejects["rule"],
+                                         out.rejects["detail"], strict=True)}
+    assert held == {
+        "A-E1-C2": ("episode_of_another_client", "episode_id E1 is not client_id C2's episode"),
+        "A-E9-C1": ("episode_of_another_client", "episode_id E9 is not client_id C1's episode"),
+        "M-C2": ("episode_of_another_client", "episode_id E1 is not client_id C2's episode"),
+        "O-C2": ("episode_of_another_client", "episode_id E1 is not client_id C2's episode"),
+    }
+    assert sorted(out.valid["appointments"]["appointment_id"]) == ["A-E1-C1", "A-E9-C2"]
+
+
+def test_an_episode_read_again_is_judged_by_its_client_as_read() -> None:
+    """The store says E1 was C2's; the source now says C1's: the row read decides."""
+    context = Context(episode_ids=pd.Index(["E1"], dtype=object),
+                      admitted_on=pd.Series([pd.Timestamp("2026-01-05")], index=["E1"]),
+                      episode_clients=pd.Series(["C2"], index=["E1"], dtype=object))
+    out = validate(_of_another_client(False), context)
+    assert set(out.rejects["row_key"]) == {"A-E1-C2", "A-E9-C1", "A-E9-C2", "M-C2", "O-C2"}
+    assert set(out.rejects.loc[out.rejects["row_key"] == "A-E9-C2", "rule"]) == {"orphan"}

@@ -168,8 +168,9 @@ def change_the_source(src: Source, rng: random.Random, day: date, step: int,
     if step > 0:
         src.update("appointments", {"appointment_id": f"BAD{step - 1:02d}"},
                    status="scheduled", updated_at=stamp + timedelta(minutes=8))
-        src.insert("episodes", [{  # the orphan's episode arrives a day late
-            "episode_id": f"ELATE{step - 1:02d}", "client_id": target["client_id"],
+        orphan = src.rows("appointments", {"appointment_id": f"ORPH{step - 1:02d}"})[0]
+        src.insert("episodes", [{  # the orphan's episode arrives a day late, its client's
+            "episode_id": f"ELATE{step - 1:02d}", "client_id": orphan["client_id"],
             "program": "outpatient", "admitted_on": day - timedelta(days=20),
             "planned_discharge_on": None, "discharged_on": None, "discharge_reason": None,
             "updated_at": stamp + timedelta(minutes=9)}])
