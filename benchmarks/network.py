@@ -301,16 +301,23 @@ def report(args: argparse.Namespace, source: dict[str, Any], timing: dict[str, f
              f"Dask: {args.workers} workers of one thread each on this machine, memory limit "
              f"{args.memory_limit}, worker processes restarted before each night.", "",
              "| engine | P | night | total s | job peak RSS MiB | worker peak RSS MiB (max) | "
-             "partitions | largest partition | stages (s) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+             "partitions | largest partition | stages (s) | job peak MiB by each stage's end |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for r in runs:
-        stages = ", ".join(f"{k} {v}" for k, v in {**r["etl_s"], **{
-            f"score.{k}": v for k, v in r["score_s"].items()}}.items())
         lines.append(f"| {r['engine_kind']} | {_cell(r['partition_episodes'])} | {r['kind']} | "
                      f"{r['total_s']} | {_cell(r['peak_rss_mib'])} | "
                      f"{_cell(r['worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
-                     f"{_cell(r['largest_partition'])} | {stages} |")
+                     f"{_cell(r['largest_partition'])} | {_stages(r, 's')} | "
+                     f"{_stages(r, 'peak_mib')} |")
     return "\n".join(lines)
+
+
+def _stages(run: Mapping[str, Any], what: str) -> str:
+    """A night's stages (the ETL run's, then the score run's) with their seconds ("s") or
+    the job's peak memory by each one's end ("peak_mib")."""
+    etl, score = run.get(f"etl_{what}") or {}, run.get(f"score_{what}") or {}
+    return ", ".join(f"{k} {_cell(v)}" for k, v in
+                     {**etl, **{f"score.{k}": v for k, v in score.items()}}.items())
 
 
 def summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:

@@ -592,6 +592,9 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
     return {
         "kind": kind, "total_s": round(total, 2),
         "etl_s": details["etl"].get("seconds", {}), "score_s": details["score"].get("seconds", {}),
+        # The job's peak memory by the end of each stage: the stage it grows in.
+        "etl_peak_mib": details["etl"].get("peak_mib", {}),
+        "score_peak_mib": details["score"].get("peak_mib", {}),
         "rows_read": result.etl.rows_read, "rows_changed": result.etl.rows_changed,
         "quarantined": result.etl.rows_quarantined,
         # On the Dask engine the ETL leaves the features (and their count) to scoring.

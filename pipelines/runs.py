@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from retention.clock import Clock, SystemClock
 from retention.db import errors, locks
+from retention.engine.memory import peak_rss_mib
 from retention.publish_guard import Move
 from retention.store import schema
 from retention.store.runs import fail_dead_runs, finish_run, start_run
@@ -37,20 +38,26 @@ class RunRecord:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def stopwatch(self) -> Stopwatch:
-        """A stopwatch whose laps go into this run's detail, under "seconds"."""
-        return Stopwatch(self.detail.setdefault("seconds", {}))
+        """A stopwatch whose laps go into this run's detail, under "seconds", with the
+        process's peak memory at the end of each stage under "peak_mib"."""
+        return Stopwatch(self.detail.setdefault("seconds", {}),
+                         self.detail.setdefault("peak_mib", {}))
 
 
 class Stopwatch:
-    """Seconds spent in each stage of a run, kept in the run's detail."""
+    """Seconds spent in each stage of a run, and the process's peak resident memory (MiB)
+    when each ended: the stage after which it grows is the one whose memory follows the
+    data (docs/performance.md reads them to say what to partition next)."""
 
-    def __init__(self, laps: dict[str, float]) -> None:
+    def __init__(self, laps: dict[str, float], peaks: dict[str, int] | None = None) -> None:
         self.laps = laps
+        self.peaks = {} if peaks is None else peaks
         self._last = time.perf_counter()
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
         self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
+        self.peaks[stage] = peak_rss_mib()
         self._last = now
 
 

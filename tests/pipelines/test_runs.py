@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -148,3 +149,29 @@ def test_the_services_own_errors_are_kept_whole_and_others_cut_before_their_valu
     assert error_text(ValueError(f"could not convert string to float: '{SECRET}'")) == (
         "ValueError: could not convert string to float: …")
     assert error_text(KeyError(SECRET)) == 'KeyError: "…"'
+
+
+# A job whose second stage holds 300 MiB more than its first: its stopwatch's peaks.
+STAGES = """
+import json
+from retention.pipelines.runs import RunRecord
+run = RunRecord(run_id=1)
+watch = run.stopwatch()
+watch.lap("small")
+held = b"\\x01" * (300 << 20)
+watch.lap("large")
+del held
+watch.lap("after")
+print(json.dumps(run.detail))
+"""
+
+
+def test_a_runs_record_says_how_much_memory_the_job_held_by_the_end_of_each_stage() -> None:
+    """In a process of its own: a peak is the process's, whatever ran in it before."""
+    out = subprocess.run([sys.executable, "-c", STAGES], capture_output=True, text=True,
+                         timeout=60, check=True)
+    detail = json.loads(out.stdout)
+    peaks = detail["peak_mib"]
+    assert list(peaks) == list(detail["seconds"]) == ["small", "large", "after"]
+    assert 300 <= peaks["large"] - peaks["small"] < 400
+    assert peaks["after"] == peaks["large"]  # a peak, not what is held now
