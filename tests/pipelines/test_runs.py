@@ -173,5 +173,6 @@ def test_a_runs_record_says_how_much_memory_the_job_held_by_the_end_of_each_stag
     detail = json.loads(out.stdout)
     peaks = detail["peak_mib"]
     assert list(peaks) == list(detail["seconds"]) == ["small", "large", "after"]
-    assert 300 <= peaks["large"] - peaks["small"] < 400
-    assert peaks["after"] == peaks["large"]  # a peak, not what is held now
+    assert 295 <= peaks["large"] - peaks["small"] < 400
+    # A peak, not what is held now (Linux syncs its counters lazily: a MiB either way).
+    assert abs(peaks["after"] - peaks["large"]) <= 2
