@@ -61,9 +61,8 @@ def read_clinic_copy(connection: Connection,
     in the store."""
     params = {} if clients is None else {"clients": json.dumps(list(clients))}
     frames = {
-        name: bulk.read_query(
-            connection, f"SELECT * FROM {table.name}{_of_clients(name, clients, connection)}",
-            [c.name for c in table.columns], params)
+        name: _read(connection, f"SELECT {_cols(name)} FROM {table.name}"
+                                f"{_of_clients(name, clients, connection)}", name, params)
         for name, table in copies.items() if name not in contract.NOT_MODEL_INPUTS
     }
     return from_frames(frames)
