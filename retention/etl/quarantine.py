@@ -171,6 +171,8 @@ def _with_unreadable(rules: dict[str, int], lost: int) -> dict[str, int]:
 
 
 def _rule_counts(outcome: Outcome, table: str, bad: np.ndarray) -> dict[str, int]:
+    if not bad.any():
+        return {}
     rules = outcome.rules[table].iloc[:len(bad)][bad]
     return {str(k): int(v) for k, v in rules.value_counts().items()}
 

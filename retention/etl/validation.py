@@ -171,7 +171,8 @@ class Outcome:
     rejects: pd.DataFrame
     checked: dict[str, pd.DataFrame]  # the rows given, per table, in the order given
     ok: dict[str, pd.Series]  # whether each row given passed, in the order given
-    # The first rule each row given broke (None where it passed), in the order given.
+    # The first rule each row given broke (None where it passed), in the order given: of
+    # the tables with a row that broke one.
     rules: dict[str, pd.Series] = field(default_factory=dict)
     # Per coded column (table, column): whether each row given holds a code that is
     # neither the contract's nor mapped onto one, whatever rule the row broke first.
@@ -218,10 +219,32 @@ class _Checked:
                     raw[col] = raw[col].astype(object).mask(blank)
         self.raw = raw
         self.typed = pd.DataFrame(index=self.raw.index)
-        self.rule = pd.Series(None, index=self.raw.index, dtype=object)
-        self.detail = pd.Series(None, index=self.raw.index, dtype=object)
+        # The first rule each row broke, and its detail, made at the first flag: most
+        # tables of most runs have none, and two object columns of every row read were
+        # half a GiB of a 100,000-client first night (docs/performance.md).
+        self._rule: pd.Series | None = None
+        self._detail: pd.Series | None = None
         self.unmapped: dict[str, pd.Series] = {}
         self._unflagged = np.ones(len(raw), dtype=bool)  # rule.isna(), kept as flags are set
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any row broke a rule."""
+        return self._rule is not None
+
+    @property
+    def rule(self) -> pd.Series:
+        """The first rule each row broke (None where none)."""
+        if self._rule is None:
+            self._rule = pd.Series(None, index=self.raw.index, dtype=object)
+        return self._rule
+
+    @property
+    def detail(self) -> pd.Series:
+        """What each row's first rule found (None where none)."""
+        if self._detail is None:
+            self._detail = pd.Series(None, index=self.raw.index, dtype=object)
+        return self._detail
 
     def keys(self, ix: pd.Index) -> pd.Series:
         """The keys of the rows ``ix``, as quarantine records them."""
@@ -331,7 +354,7 @@ def validate(
     return Outcome(valid=valid, rejects=rejects,
                    checked={name: c.raw for name, c in checked.items()},
                    ok={name: c.ok for name, c in checked.items()},
-                   rules={name: c.rule for name, c in checked.items()},
+                   rules={name: c.rule for name, c in checked.items() if c.flagged},
                    unmapped={(name, col): mask for name, c in checked.items()
                              for col, mask in c.unmapped.items()})
 
@@ -614,10 +637,9 @@ def _measure_rules(measures: _Checked, items: _Checked, context: Context) -> Non
                    _said("response ", response, f" is outside {low:g}-{high:g} ({code})"))
 
     # A measure breaks the first rule any of its items broke.
-    flagged = ~items.ok
-    bad_items = items.raw.loc[flagged & items.rule.where(flagged).isin(
+    bad_items = items.raw.loc[items.rule.isin(
         ["unknown_item", "srs_item_out_of_range", "wai_item_out_of_range",
-         "item_out_of_range"])]
+         "item_out_of_range"])] if items.flagged else items.raw.iloc[:0]
     if len(bad_items):
         first = pd.DataFrame({
             "measure_id": bad_items["measure_id"],
