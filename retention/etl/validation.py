@@ -549,9 +549,9 @@ def _episode_clients(stored: pd.Series, episodes: _Checked, client_ids: pd.Index
 
 
 def _another_clients(c: _Checked, clients_of: pd.Series, client_ids: pd.Index) -> None:
-    """A row whose episode is another client's: whose record it is cannot be told, and
-    counted for the episode it would be a reason on a list the other client's page
-    does not show (pages read a client's rows by client and episode)."""
+    """Hold a row whose episode is another client's: whose record it is cannot be told,
+    and counted for its episode it could be a reason on that client's list that their
+    page (which reads a client's rows by client and episode) does not show."""
     theirs = np.asarray(pd.api.extensions.take(
         clients_of.to_numpy(dtype=np.int64), ids.positions(c.raw["episode_id"], clients_of.index),
         allow_fill=True, fill_value=-1))
