@@ -17,7 +17,6 @@ import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,7 +25,12 @@ from retention.clinic.synth import SynthConfig, generate
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import best_rule, difference_text, gate
 from retention.evaluation.heldout import best_baseline
-from retention.model.training import fit, snapshot_dates, time_split, training_rows
+from retention.model.training import (
+    fit_as_configured,
+    snapshot_dates,
+    time_split,
+    training_rows,
+)
 from retention.settings import load_settings
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "retention.toml"
@@ -39,12 +43,8 @@ def judge(day: date, clients: int) -> dict[str, object]:
     dates = snapshot_dates(day, settings.horizon_days, settings.snapshot_every_days,
                            settings.training_window_days)
     rows = training_rows(data, dates, settings.horizon_days, day)
-    split_args: dict[str, Any] = {"evaluate_share": ms.evaluate_share,
-                                  "calibrate_share": ms.calibrate_share}
-    model = fit(rows, horizon_days=settings.horizon_days, seed=settings.seed, trained_as_of=day,
-                calibration=ms.calibration_method, isotonic_min_outcomes=ms.isotonic_min_outcomes,
-                engaged_within_days=settings.engaged_within_days, **split_args)
-    split = time_split(rows, settings.horizon_days, **split_args)
+    model = fit_as_configured(rows, settings, day)
+    split = time_split(rows, settings.horizon_days, ms.evaluate_share, ms.calibrate_share)
     evaluation = assess(model, split, data.clients, ms,
                         engaged_within_days=settings.engaged_within_days, seed=settings.seed)
     decision = gate(model.version, evaluation, ms.promotion_tolerance)

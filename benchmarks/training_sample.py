@@ -16,7 +16,7 @@ For each size in ``--samples``, and for every client ("all"), the clients are dr
 ``stratified_clients`` (``--repeats`` draws, seeds ``--seed`` on), their rows taken from
 the rows built for all (features are per episode, so a client's rows do not depend on
 which other clients are read), and fitted as `retention train` fits
-(``pipelines.train.fit_as_configured``), with the default settings, so its own split,
+(``retention.model.training.fit_as_configured``), with the default settings, so its own split,
 tuning and calibration see only the sample.
 Each model is judged, as the gate judges a candidate, by its evaluated fit
 (``TrainedModel.judged``: the served fit is refit on every row, the evaluation dates
@@ -62,8 +62,13 @@ from retention.engine.memory import peak_rss_mib
 from retention.evaluation import bootstrap
 from retention.evaluation.heldout import model_scorer
 from retention.model.sampling import stratified_clients
-from retention.model.training import Split, snapshot_dates, time_split, training_rows
-from retention.pipelines.train import fit_as_configured
+from retention.model.training import (
+    Split,
+    fit_as_configured,
+    snapshot_dates,
+    time_split,
+    training_rows,
+)
 from retention.settings import Settings
 
 SYNTH_SEED = 20261126

@@ -13,17 +13,21 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import Engine
 
 from retention.clock import Clock
 from retention.evaluation.candidate import assess
 from retention.evaluation.gate import GateDecision, gate
-from retention.features.builder import registry_facts
 from retention.model import artifacts, registry, signing
 from retention.model.booster import ModelError, TrainedModel
 from retention.model.sampling import stratified_clients
-from retention.model.training import Progress, fit, snapshot_dates, time_split, training_rows
+from retention.model.training import (
+    Progress,
+    fit_as_configured,
+    snapshot_dates,
+    time_split,
+    training_rows,
+)
 from retention.pipelines.runs import recorded_run
 from retention.settings import Settings
 from retention.store.clinic_copy import copy_clients, read_clinic_copy
@@ -105,18 +109,6 @@ def run_training(
         return TrainResult(run.run_id, trained.version, folder, len(rows), len(dates),
                            trained.metadata["metrics"], evaluation, decision, promoted,
                            trained.calibrator.method, trained.metadata.get("calibration_choice"))
-
-
-def fit_as_configured(rows: pd.DataFrame, settings: Settings, as_of: date) -> TrainedModel:
-    """``fit`` with everything ``settings`` says about training: how `retention train`
-    fits, for anything (a benchmark, say) that must fit the same way."""
-    ms = settings.evaluation
-    return fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
-               trained_as_of=as_of, calibration=ms.calibration_method,
-               isotonic_min_outcomes=ms.isotonic_min_outcomes,
-               engaged_within_days=settings.engaged_within_days,
-               instruments=registry_facts(settings.instruments),
-               evaluate_share=ms.evaluate_share, calibrate_share=ms.calibrate_share)
 
 
 def _current_model(models_dir: Path, candidate: str,

@@ -44,7 +44,12 @@ from retention.evaluation.heldout import (
     model_scorer,
 )
 from retention.model.artifacts import fingerprint
-from retention.model.training import Progress, fit, snapshot_dates, training_rows
+from retention.model.training import (
+    Progress,
+    fit_as_configured,
+    snapshot_dates,
+    training_rows,
+)
 from retention.settings import Settings
 
 # Without --from: origins over the six months (26 weeks) up to the latest one.
@@ -300,7 +305,6 @@ def _fit_and_score(
     Returns the origin's outcome, its scored rows and the two scorers (no rows and no
     scorers when it is skipped).
     """
-    ms = settings.evaluation
     snapshots = int(train["as_of"].nunique())
     # Features at the origin and the outcome in the horizon after it.
     test = training_rows(data, [origin], settings.horizon_days, until,
@@ -309,12 +313,8 @@ def _fit_and_score(
         return OriginResult(origin, len(train), snapshots,
                             reason="no episode was open at the origin"), None, []
     try:
-        # As ``retention train`` fits (pipelines/train.py), with the origin as its date.
-        model = fit(train, horizon_days=settings.horizon_days, seed=settings.seed,
-                    trained_as_of=origin, calibration=ms.calibration_method,
-                    isotonic_min_outcomes=ms.isotonic_min_outcomes,
-                    engaged_within_days=settings.engaged_within_days,
-                    evaluate_share=ms.evaluate_share, calibrate_share=ms.calibrate_share)
+        # As ``retention train`` fits, with the origin as its date.
+        model = fit_as_configured(train, settings, origin)
     except ValueError as exc:
         # Too little history before the origin: fewer snapshots or outcomes than a
         # split by time needs.

@@ -31,13 +31,14 @@ from sklearn.model_selection import GroupKFold
 
 from retention.clinic.data import ClinicData
 from retention.clinic.registry import Registry
-from retention.features.builder import build_features
+from retention.features.builder import build_features, registry_facts
 from retention.features.labels import disengagement_labels, label_observable
 from retention.model import drift
 from retention.model.artifacts import build_metadata, fingerprint
 from retention.model.booster import TrainedModel, metrics, to_matrix, train_booster
 from retention.model.calibration import CalibrationError, Calibrator, choose
 from retention.model.tuning import Tuning, tune
+from retention.settings import Settings
 
 Progress = Callable[[int, int], None]
 
@@ -156,6 +157,18 @@ def engaged_rows(rows: pd.DataFrame, within_days: int) -> np.ndarray:
 
 
 CROSS_FIT_FOLDS = 4
+
+
+def fit_as_configured(rows: pd.DataFrame, settings: Settings, as_of: date) -> TrainedModel:
+    """``fit`` with everything ``settings`` says about training: how `retention train`
+    fits, and so how a backtest or a benchmark that must fit the same way does."""
+    ms = settings.evaluation
+    return fit(rows, horizon_days=settings.horizon_days, seed=settings.seed,
+               trained_as_of=as_of, calibration=ms.calibration_method,
+               isotonic_min_outcomes=ms.isotonic_min_outcomes,
+               engaged_within_days=settings.engaged_within_days,
+               instruments=registry_facts(settings.instruments),
+               evaluate_share=ms.evaluate_share, calibrate_share=ms.calibrate_share)
 
 
 def fit(
