@@ -271,8 +271,11 @@ def _with_moved_episodes(conn: Connection,
 
     Those rows were checked against the episode as it was (``episode_of_another_client``,
     ``before_admission``): checked again, the copy stays what a full reload would make
-    of the source. An episode's client or admission rarely changes (a merge of two
-    clients' records, an admission date corrected), so this reads few rows.
+    of the source. A database source hands over the slots of every episode that changed
+    anyway (``extract``), so what this adds is the measures and notes, and the slots an
+    export folder does not hand over again. An episode's client or admission rarely
+    changes (a merge of two clients' records, an admission date corrected), so this
+    reads few rows.
     """
     read = candidates["episodes"]
     stored = _copy_rows(conn, "episodes", "episode_id", sorted(_texts(read["episode_id"])))

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -148,11 +149,25 @@ def change_the_source(src: Source, rng: random.Random, day: date, step: int,
     if len(picks) > 3:
         src.update("episodes", {"episode_id": picks[3]}, discharged_on=day,
                    discharge_reason="completed", updated_at=stamp + timedelta(hours=1))
-    if len(picks) > 4 and step % 2 == 0:
-        admitted = episodes[picks[4]]["admitted_on"]
-        src.update("episodes", {"episode_id": picks[4]},
-                   admitted_on=admitted + timedelta(days=3),
+    # The episode's first slot (one copied long ago) then falls before its admission.
+    if step % 2 == 0:
+        first: dict[str, dict[str, Any]] = {}
+        for a in src.rows("appointments"):
+            seen = first.get(a["episode_id"])
+            if a["episode_id"] in open_ids and (seen is None
+                                                or a["scheduled_at"] < seen["scheduled_at"]):
+                first[a["episode_id"]] = a
+        slot = min(first.values(), key=lambda a: a["updated_at"])
+        src.update("episodes", {"episode_id": slot["episode_id"]},
+                   admitted_on=slot["scheduled_at"].date() + timedelta(days=1),
                    updated_at=stamp + timedelta(hours=2))
+    # Another given to another client (two records merged), with its rows.
+    if len(picks) > 5 and step % 2 == 1:
+        other = next(c for c in src.rows("clients", limit=2)
+                     if c["client_id"] != episodes[picks[5]]["client_id"])
+        for table in ("episodes", "appointments", "alliance_measures", "session_observations"):
+            src.update(table, {"episode_id": picks[5]}, client_id=other["client_id"],
+                       updated_at=stamp + timedelta(hours=3))
     # A client moved to another case manager (clients carry no updated_at).
     client = rng.choice(src.rows("clients", limit=50))
     src.update("clients", {"client_id": client["client_id"]}, case_manager_id=f"cm-{step}")
