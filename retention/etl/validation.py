@@ -305,13 +305,10 @@ def validate(
                   "discharge_before_admission", "discharged_on is before admitted_on")
 
     _orphans(appts, {"episode_id": episode_ids, "client_id": client_ids})
-    # Admission dates of episodes that are valid now: those read in this run override
-    # the store's; a quarantined episode has no trusted date to compare with.
-    admitted = context.admitted_on[~context.admitted_on.index.isin(episodes.raw["episode_id"])]
-    good = episodes.ok
-    admitted = pd.concat([admitted, pd.Series(e.loc[good, "admitted_on"].to_numpy(),
-                                              index=episodes.raw.loc[good, "episode_id"])])
-    clients_of = _episode_clients(context.episode_clients, episodes, client_ids)
+    # Each episode's admission and client (as a position in ``client_ids``).
+    admitted = _trusted(context.admitted_on, episodes, e["admitted_on"])
+    theirs = _trusted(context.episode_clients, episodes, episodes.raw["client_id"])
+    clients_of = pd.Series(ids.positions(theirs.astype(object), client_ids), index=theirs.index)
     _another_clients(appts, clients_of, client_ids)
     a = appts.typed
     start = _lookup(admitted, appts.raw["episode_id"])
@@ -537,15 +534,14 @@ def _orphans(c: _Checked, parents: Mapping[str, pd.Index]) -> None:
                _said(f"{col} ", c.raw[col], " is not in the source"))
 
 
-def _episode_clients(stored: pd.Series, episodes: _Checked, client_ids: pd.Index) -> pd.Series:
-    """Each episode's client, as its position in ``client_ids``, by episode id: those read
-    in this run override the store's; a quarantined episode's client is not trusted."""
-    stored = stored[~stored.index.isin(episodes.raw["episode_id"])]
-    read = episodes.raw.loc[episodes.ok, ["episode_id", "client_id"]]
-    return pd.Series(
-        np.concatenate([ids.positions(pd.Series(stored.to_numpy(), dtype=object), client_ids),
-                        ids.positions(read["client_id"], client_ids)]),
-        index=pd.Index(stored.index, dtype=object).append(pd.Index(read["episode_id"])))
+def _trusted(stored: pd.Series, episodes: _Checked, read: pd.Series) -> pd.Series:
+    """A fact of each episode that is valid now, by episode id: the store's (``stored``),
+    overridden by the episodes read in this run (``read``, in their order); a quarantined
+    episode's is not trusted, so absent."""
+    good = episodes.ok
+    return pd.concat([stored[~stored.index.isin(episodes.raw["episode_id"])],
+                      pd.Series(read.loc[good].to_numpy(),
+                                index=episodes.raw.loc[good, "episode_id"])])
 
 
 def _another_clients(c: _Checked, clients_of: pd.Series, client_ids: pd.Index) -> None:
