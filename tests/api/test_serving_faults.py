@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from gunicorn.config import Config
@@ -270,11 +271,9 @@ def test_a_locked_table_gets_a_quick_503_problem_and_health_still_answers(
         api_lock_timeout_seconds=lock_timeout,
         api_statement_timeout_seconds=2.0,
     )
-    # Both workers must hold the key, the list and its first page; which worker accepts a
-    # request is the kernel's choice, and under a loaded machine four in a row went to
-    # one (a pinned-date full run): twenty make a worker left cold very unlikely.
-    for _ in range(20):
-        assert served.get("/v1/risk-list?limit=5")[0] == 200
+    # Both workers must hold the key, the list and its first page (the cached request
+    # below may reach either).
+    warm_every_worker(served, "/v1/risk-list?limit=5", workers=2)
     bound = lock_timeout + 4.0  # the lock wait, and a loaded machine's slack
     timings = {}
     with psycopg.connect(libpq(pg_store[0])) as holder:
@@ -307,6 +306,47 @@ def test_a_locked_table_gets_a_quick_503_problem_and_health_still_answers(
     # The locks gone, the same workers serve again.
     for path in ("/v1/risk-list?limit=9", "/v1/risk-list?limit=11"):
         assert served.get(path)[0] == 200
+
+
+def warm_every_worker(served: Served, path: str, workers: int) -> None:
+    """Have each of the server's ``workers`` answer ``path`` once (200).
+
+    Which worker accepts a connection is the kernel's choice: twenty requests in a row
+    once all went to one worker on a loaded machine. A sync worker holds the connection
+    it accepted until the request on it is complete, so ``workers`` requests left one
+    line short are each held by a different worker; they are completed once every worker
+    holds one (seen in its sockets).
+    """
+    pids = [child.pid for child in psutil.Process(served.proc.pid).children()]
+    assert len(pids) == workers, pids
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {served.token}\r\n"
+    socks = [socket.create_connection(("127.0.0.1", served.port), timeout=20)
+             for _ in range(workers)]
+    try:
+        for sock in socks:
+            sock.sendall(head.encode())
+        ours = {sock.getsockname()[1] for sock in socks}
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            held = {pid: {c.raddr.port for c in psutil.Process(pid).net_connections("tcp")
+                          if c.raddr and c.laddr.port == served.port} & ours for pid in pids}
+            if all(held.values()):
+                break
+            assert time.monotonic() < deadline, f"not every worker took a request: {held}"
+            time.sleep(0.05)
+        for sock in socks:
+            sock.sendall(b"\r\n")
+        for sock in socks:
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            status = int(received.split(b" ", 2)[1])
+            with served.lock:
+                served.sent[(path, status)] += 1
+            assert status == 200, received[:2000]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
