@@ -8,7 +8,7 @@ owns the transaction and the run record):
    (``retention.etl.validation``) and what the copy holds of the episodes and measures
    they name; nothing is written;
 2. ``enforce_limit``: the run stops, changing nothing, if the rows read break the
-   contract beyond a quarantine limit (``retention.etl.quarantine.limits_broken``: all
+   contract beyond a quarantine limit (``retention.etl.quarantine.judge``: all
    rows, a table, a coded column, a clinic's rows of a table);
 3. ``apply``: upsert the good rows into the copy (only rows that differ are
    written), remove quarantined keys from it, record the quarantine (releasing rows
@@ -30,7 +30,7 @@ from retention.clinic.registry import Registry, default_registry
 from retention.clock import utcnow
 from retention.db import bulk
 from retention.etl.extract import INCREMENTAL
-from retention.etl.quarantine import MALFORMED_RESOURCE, Breach, limits_broken, unmapped_codes
+from retention.etl.quarantine import MALFORMED_RESOURCE, Breach, count, judge
 from retention.etl.validation import (
     KEYS,
     ORDER,
@@ -112,7 +112,8 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
         total_read=sum(n_read.values()) + sum(unreadable.values()),
         rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
     )
-    checked.breaches = limits_broken(outcome, n_read, etl, unreadable)
+    tally = count(outcome, n_read, unreadable, max(etl.quarantine_min_rows, 1))
+    checked.breaches = judge(tally, etl)
     # Kept in the run's record whether it fails or not: `retention quality` reads a
     # failed run's findings there (codes are not patient data; no other value is kept).
     checked.detail = {
@@ -120,7 +121,7 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
         **({"unreadable": unreadable} if unreadable else {}),
         "quarantined_read": bad_read, "quarantine_by_rule": outcome.counts(),
         "quarantined_share": round(checked.share, 6),
-        "unmapped_codes": unmapped_codes(outcome, n_read),
+        "unmapped_codes": tally.unmapped_codes(),
         "over_limits": [b.as_dict() for b in checked.breaches],
     }
     return checked

@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -74,85 +74,168 @@ class Breach:
         return {**asdict(self), "share": round(self.share, 6), "mapped": list(self.mapped)}
 
 
-def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings,
-                  unreadable: Mapping[str, int] | None = None) -> list[Breach]:
-    """The limits the rows read went over, most specific first (codes, tables, clinics).
+@dataclass
+class Tally:
+    """What the quarantine limits judge of the rows read, in counts that add up.
+
+    A run's tally is the sum (``+``) of the tallies of any split of its rows that checks
+    each row as the whole would (every row of a key, and a client's rows, in one part):
+    the parts of a network's full reload, checked apart (docs/network.md), are judged
+    as one run. Clinics are the clients' ``clinic_id`` values.
+    """
+
+    rows: Counter[str] = field(default_factory=Counter)  # rows read, by table
+    unreadable: Counter[str] = field(default_factory=Counter)  # records that were no rows
+    bad: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, rule)
+    code_rows: Counter[str] = field(default_factory=Counter)  # "table.column": unmapped
+    codes: dict[str, Counter[str]] = field(default_factory=dict)  # those by shown code
+    # Rows read of a known clinic by (table, clinic), bad ones by (table, clinic, rule);
+    # None when not counted (no table had enough bad rows for a clinic to be judged).
+    clinic_rows: Counter[tuple[str, Any]] | None = None
+    clinic_bad: Counter[tuple[str, Any, str]] | None = None
+
+    def __add__(self, other: Tally) -> Tally:
+        codes = {scope: self.codes.get(scope, Counter()) + other.codes.get(scope, Counter())
+                 for scope in {**self.codes, **other.codes}}
+        counted = self.clinic_rows is not None and other.clinic_rows is not None
+        return Tally(
+            self.rows + other.rows, self.unreadable + other.unreadable, self.bad + other.bad,
+            self.code_rows + other.code_rows, codes,
+            _sum(self.clinic_rows, other.clinic_rows) if counted else None,
+            _sum(self.clinic_bad, other.clinic_bad) if counted else None)
+
+    def bad_rows(self, table: str) -> int:
+        """Rows read of ``table`` that broke a rule (records that were no rows aside)."""
+        return sum(n for (t, _), n in self.bad.items() if t == table)
+
+    def unmapped_codes(self) -> dict[str, dict[str, int]]:
+        """Per coded column ("table.column"), the codes read that are neither contract codes
+        nor mapped, with their counts."""
+        return {scope: most_codes(self.codes[scope]) for scope in self._code_scopes()}
+
+    def _code_scopes(self) -> list[str]:
+        order = [f"{t}.{c}" for t, c in CODED_COLUMNS]
+        return sorted((s for s, n in self.code_rows.items() if n), key=order.index)
+
+
+def _sum(a: Counter[Any] | None, b: Counter[Any] | None) -> Counter[Any]:
+    return (a or Counter()) + (b or Counter())
+
+
+def count(outcome: Outcome, read: Mapping[str, int], unreadable: Mapping[str, int] | None = None,
+          clinics_from: int = 0) -> Tally:
+    """The tally of the rows read of ``outcome``.
 
     ``read``: per table, how many of the rows ``outcome`` checked were read in this run
     (they come first; rows carried over from the quarantine follow and are not judged).
     ``unreadable``: per table, records read that were no rows at all (held as
     ``malformed_resource``): bad rows read of their table, whose clinic is not known.
-    A share is judged only from ``quarantine_min_rows`` bad rows up.
+    Rows are counted by clinic when a table has ``clinics_from`` bad rows or more (the
+    least a clinic's share is judged from): finding each row's clinic is most of the cost,
+    and most nights need none. A part of a larger run counts them always (0).
     """
-    unreadable = unreadable or {}
+    tally = Tally(unreadable=Counter({t: n for t, n in (unreadable or {}).items() if n}))
+    bad = {t: ~outcome.ok[t].to_numpy()[:read[t]] for t in ORDER}
+    for table in ORDER:
+        tally.rows[table] = read[table]
+        if bad[table].any():
+            rules = outcome.rules[table].iloc[:read[table]][bad[table]]
+            tally.bad.update({(table, str(r)): int(n) for r, n in rules.value_counts().items()})
+    for (table, column), mask in outcome.unmapped.items():
+        hit = mask.to_numpy()[:read[table]]
+        if hit.any():
+            scope = f"{table}.{column}"
+            tally.code_rows[scope] = int(hit.sum())
+            tally.codes[scope] = shown_counts(
+                outcome.checked[table][column].iloc[:read[table]][hit])
+    if any(b.sum() >= clinics_from for b in bad.values()):
+        tally.clinic_rows, tally.clinic_bad = Counter(), Counter()
+        clinic_of, clinics = _clinics(outcome)
+        for table in ORDER:
+            at = clinic_of[table][:read[table]]
+            known = at >= 0
+            rows = np.bincount(at[known], minlength=len(clinics))
+            tally.clinic_rows.update({(table, clinics[k]): int(rows[k])
+                                      for k in np.flatnonzero(rows)})
+            held = known & bad[table]
+            if held.any():
+                pairs = pd.DataFrame({"k": at[held], "rule": np.asarray(
+                    outcome.rules[table].iloc[:read[table]][held], dtype=object)})
+                for key, n in pairs.value_counts(sort=False).items():
+                    k, rule = cast(tuple[int, Any], key)
+                    tally.clinic_bad[(table, clinics[k], str(rule))] = int(n)
+    return tally
+
+
+def judge(tally: Tally, etl: EtlSettings) -> list[Breach]:
+    """The limits a run's ``tally`` went over, most specific first (codes, tables,
+    clinics, all rows). A share is judged only from ``quarantine_min_rows`` bad rows up."""
     found: list[Breach] = []
 
-    def judge(breach: Breach) -> None:
+    def keep(breach: Breach) -> None:
         if breach.read and breach.bad >= etl.quarantine_min_rows and (
                 breach.bad > breach.limit * breach.read):
             found.append(breach)
 
-    for (table, column), mask in outcome.unmapped.items():
-        hit = mask.to_numpy()[:read[table]]
-        if not hit.any():
-            continue
-        scope = f"{table}.{column}"
+    for scope in tally._code_scopes():
+        table, column = scope.split(".", 1)
         limit, setting = _limit(etl, scope, "max_code_quarantine_share")
-        values = outcome.checked[table][column].iloc[:read[table]][hit]
-        judge(Breach("code", scope, int(hit.sum()), read[table], limit, setting,
-                     codes=code_counts(values),
-                     mapped=tuple(etl.mapping.codes.get(table, {}).get(column, {}))))
+        keep(Breach("code", scope, tally.code_rows[scope], tally.rows[table], limit, setting,
+                    codes=most_codes(tally.codes[scope]),
+                    mapped=tuple(etl.mapping.codes.get(table, {}).get(column, {}))))
 
-    bad = {t: ~outcome.ok[t].to_numpy()[:read[t]] for t in ORDER}
     for table in ORDER:
         limit, setting = _limit(etl, table, "max_table_quarantine_share")
-        lost = unreadable.get(table, 0)
-        judge(Breach("table", table, int(bad[table].sum()) + lost, read[table] + lost, limit,
-                     setting, rules=_with_unreadable(_rule_counts(outcome, table, bad[table]),
-                                                     lost)))
+        lost = tally.unreadable[table]
+        keep(Breach("table", table, tally.bad_rows(table) + lost, tally.rows[table] + lost,
+                    limit, setting, rules=_by_rule(tally.bad, table, lost)))
 
-    # A clinic holds no more of a table's bad rows than the table: most nights no table
-    # has enough for a clinic to be judged, and finding each row's clinic is skipped.
-    judged = [t for t in ORDER if bad[t].sum() >= max(etl.quarantine_min_rows, 1)]
-    clinic_of, clinics = _clinics(outcome) if judged else ({}, [])
+    # A clinic holds no more of a table's bad rows than the table.
+    judged = [t for t in ORDER if tally.bad_rows(t) >= max(etl.quarantine_min_rows, 1)]
+    clinic_rows, clinic_bad = tally.clinic_rows, tally.clinic_bad
+    if judged and (clinic_rows is None or clinic_bad is None):
+        raise ValueError("the tally did not count rows by clinic, and a clinic must be judged")
     said = {(b.scope, b.bad, b.read) for b in found if b.kind == "table"}
     for table in judged:
         limit, setting = _limit(etl, table, "max_clinic_quarantine_share")
-        at = clinic_of[table][:read[table]]
-        known = at >= 0
-        rows = np.bincount(at[known], minlength=len(clinics))
-        held = np.bincount(at[known & bad[table]], minlength=len(clinics))
-        for k in np.flatnonzero(held):
-            if (table, int(held[k]), int(rows[k])) in said:
+        by_clinic: dict[Any, Counter[str]] = {}
+        for (t, clinic, rule), n in (clinic_bad or Counter()).items():
+            if t == table:
+                by_clinic.setdefault(clinic, Counter())[rule] += n
+        for clinic in sorted(by_clinic, key=show_code):
+            held = sum(by_clinic[clinic].values())
+            rows = (clinic_rows or Counter())[(table, clinic)]
+            if (table, held, rows) in said:
                 continue  # the clinic is all the table's rows read: said once already
-            in_clinic = bad[table] & (at == k)
-            judge(Breach("clinic", f"{table} of clinic {show_code(clinics[k])}", int(held[k]),
-                         int(rows[k]), limit, setting,
-                         rules=_rule_counts(outcome, table, in_clinic)))
+            keep(Breach("clinic", f"{table} of clinic {show_code(clinic)}", held, rows, limit,
+                        setting, rules=_ordered(by_clinic[clinic])))
 
-    everything = np.concatenate([bad[t] for t in ORDER])
-    lost = sum(unreadable.values())
+    lost = sum(tally.unreadable.values())
     rules: Counter[str] = Counter()
-    for table in ORDER:
-        rules.update(_rule_counts(outcome, table, bad[table]))
-    if lost:
-        rules[MALFORMED_RESOURCE] += lost
-    judge(Breach("all", "all tables", int(everything.sum()) + lost, len(everything) + lost,
-                 etl.max_quarantine_share, "[etl] max_quarantine_share",
-                 rules=dict(rules.most_common())))
+    for (_, rule), n in tally.bad.items():
+        rules[rule] += n
+    rules[MALFORMED_RESOURCE] += lost
+    keep(Breach("all", "all tables", sum(tally.bad.values()) + lost,
+                sum(tally.rows.values()) + lost, etl.max_quarantine_share,
+                "[etl] max_quarantine_share", rules=_ordered(rules)))
     return found
 
 
-def unmapped_codes(outcome: Outcome, read: Mapping[str, int]) -> dict[str, dict[str, int]]:
-    """Per coded column ("table.column"), the codes among the rows read that are neither
-    contract codes nor mapped, with their counts."""
-    out = {}
-    for (table, column), mask in outcome.unmapped.items():
-        hit = mask.to_numpy()[:read[table]]
-        if hit.any():
-            out[f"{table}.{column}"] = code_counts(
-                outcome.checked[table][column].iloc[:read[table]][hit])
-    return out
+def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings,
+                  unreadable: Mapping[str, int] | None = None) -> list[Breach]:
+    """The limits the rows read of ``outcome`` went over (``count``, then ``judge``)."""
+    return judge(count(outcome, read, unreadable, max(etl.quarantine_min_rows, 1)), etl)
+
+
+def _by_rule(bad: Counter[tuple[str, str]], table: str, lost: int) -> dict[str, int]:
+    rules = Counter({rule: n for (t, rule), n in bad.items() if t == table})
+    rules[MALFORMED_RESOURCE] += lost
+    return _ordered(rules)
+
+
+def _ordered(counts: Counter[str]) -> dict[str, int]:
+    """Most first, then by name: the same order however the counts were added up."""
+    return dict(sorted(((k, n) for k, n in counts.items() if n), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _limit(etl: EtlSettings, scope: str, default: str) -> tuple[float, str]:
@@ -164,17 +247,6 @@ def _limit(etl: EtlSettings, scope: str, default: str) -> tuple[float, str]:
     if default != "max_clinic_quarantine_share":
         setting += f', or "{scope}" in [etl.quarantine_limits]'
     return float(getattr(etl, default)), setting
-
-
-def _with_unreadable(rules: dict[str, int], lost: int) -> dict[str, int]:
-    return {**rules, MALFORMED_RESOURCE: lost} if lost else rules
-
-
-def _rule_counts(outcome: Outcome, table: str, bad: np.ndarray) -> dict[str, int]:
-    if not bad.any():
-        return {}
-    rules = outcome.rules[table].iloc[:len(bad)][bad]
-    return {str(k): int(v) for k, v in rules.value_counts().items()}
 
 
 def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
@@ -222,21 +294,31 @@ def show_code(value: Any) -> str:
     return text if len(text) <= 34 else text[:33] + "…"
 
 
-def code_counts(values: Iterable[Any]) -> dict[str, int]:
-    """Codes as shown, with their counts, most frequent first; beyond ``MOST_CODES``
-    distinct codes the rest are counted together."""
+def shown_counts(values: Iterable[Any]) -> Counter[str]:
+    """Codes as shown, with their counts (codes shown alike counted together)."""
     counts = pd.Series(list(values) if not isinstance(values, pd.Series) else values,
                        dtype=object).value_counts(dropna=True)
     shown: Counter[str] = Counter()
     for value, n in counts.items():
         if n:
             shown[show_code(value)] += int(n)
-    ordered = sorted(shown.items(), key=lambda kv: (-kv[1], kv[0]))
+    return shown
+
+
+def most_codes(shown: Mapping[str, int]) -> dict[str, int]:
+    """Shown codes most frequent first; beyond ``MOST_CODES`` the rest counted together."""
+    ordered = sorted(((k, n) for k, n in shown.items() if n), key=lambda kv: (-kv[1], kv[0]))
     out = dict(ordered[:MOST_CODES])
     rest = ordered[MOST_CODES:]
     if rest:
         out[f"({len(rest)} more codes)"] = sum(n for _, n in rest)
     return out
+
+
+def code_counts(values: Iterable[Any]) -> dict[str, int]:
+    """Codes as shown, with their counts, most frequent first; beyond ``MOST_CODES``
+    distinct codes the rest are counted together."""
+    return most_codes(shown_counts(values))
 
 
 def counted(counts: Mapping[str, int]) -> str:

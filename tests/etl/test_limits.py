@@ -15,12 +15,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
+from retention.clinic.synth import SynthConfig, generate
 from retention.db.engines import source_engine, store_engine
+from retention.etl import quarantine
 from retention.etl.load import QuarantineLimitExceeded
+from retention.etl.quarantine import Tally, judge, limits_broken
+from retention.etl.validation import ORDER, Context, Outcome, validate
 from retention.pipelines.cli import main
 from retention.pipelines.etl import EtlResult, run_etl
 from retention.settings import EtlSettings, parse_etl
@@ -240,3 +245,69 @@ def test_rows_held_for_a_code_are_released_once_the_code_is_mapped(clinic: Sourc
             "SELECT appointment_id, status FROM clinic_appointments "
             "WHERE appointment_id LIKE 'Q-NEW%'")).fetchall())
     assert status == {f"Q-NEW{n}": "scheduled" for n in range(3)}
+
+
+def _clinic_of_rows(frames: dict[str, pd.DataFrame]) -> dict[str, pd.Series]:
+    """Each row's clinic: its client's (an item's measure's client's); None if unknown."""
+    clinic = frames["clients"].set_index("client_id")["clinic_id"]
+    out = {t: f["client_id"].map(clinic) for t, f in frames.items() if "client_id" in f}
+    out["clients"] = frames["clients"]["clinic_id"]
+    measure_clinic = pd.Series(out["alliance_measures"].to_numpy(),
+                               index=frames["alliance_measures"]["measure_id"])
+    out["alliance_items"] = frames["alliance_items"]["measure_id"].map(measure_clinic)
+    return out
+
+
+def test_the_limits_judge_a_runs_parts_added_up_as_the_run_itself() -> None:
+    """A network's full reload checked in parts (docs/network.md) must stop where one
+    process would, and say the same: the tallies of the parts, added up, are judged to
+    the same breaches, in the same order and words, as the whole."""
+    frames = generate(SynthConfig(end=AS_OF, n_clients=90, seed=5))
+    clinic = _clinic_of_rows(frames)
+    east, south = clinic["episodes"] == "clinic-east", clinic["appointments"] == "clinic-south"
+    frames["episodes"].loc[east, "program"] = "OP"  # a code the mapping does not know
+    frames["appointments"].loc[south & (frames["appointments"].index % 3 == 0),
+                               "status"] = "ZZ"
+    north_items = frames["alliance_items"].index[clinic["alliance_items"] == "clinic-north"]
+    frames["alliance_items"].loc[north_items[:40], "response"] = 99  # out of range
+    appts = frames["appointments"]
+    orphans = appts.head(12).assign(appointment_id=[f"X{n}" for n in range(12)],
+                                    client_id="NOBODY")
+    twins = appts[clinic["appointments"] == "clinic-north"].head(5)
+    frames["appointments"] = pd.concat([appts, orphans, twins], ignore_index=True)
+    clinic = _clinic_of_rows(frames)
+    etl = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
+                      max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
+                      quarantine_min_rows=3)
+
+    def checked(part: dict[str, pd.DataFrame], lost: dict[str, int]) -> tuple[Outcome, Tally]:
+        out = validate(part, Context())
+        return out, quarantine.count(out, {t: len(part.get(t, ())) for t in ORDER}, lost)
+
+    whole, _ = checked(frames, {})
+    unreadable = {"appointments": 4, "alliance_measures": 2}
+    expected = limits_broken(whole, {t: len(frames[t]) for t in ORDER}, etl, unreadable)
+    parts = []
+    for name, lost in (("clinic-east", {"appointments": 4}), ("clinic-south", {}),
+                       ("clinic-north", {"alliance_measures": 2})):
+        # The orphans (no clinic) go with the east.
+        keep = {t: (clinic[t] == name) | (clinic[t].isna() if name == "clinic-east" else False)
+                for t in frames}
+        parts.append(checked({t: f[keep[t]] for t, f in frames.items()}, lost))
+    # Each row was checked in its part as in the whole (the premise of a split).
+    held = pd.concat([out.rejects for out, _ in parts])
+    assert (sorted(zip(held["table_name"], held["row_key"], held["rule"], strict=True))
+            == sorted(zip(whole.rejects["table_name"], whole.rejects["row_key"],
+                          whole.rejects["rule"], strict=True)))
+    added = parts[0][1] + parts[1][1] + parts[2][1]
+    got = judge(added, etl)
+    assert {b.kind for b in expected} == {"code", "table", "clinic", "all"}
+    assert [b.as_dict() for b in got] == [b.as_dict() for b in expected]
+    assert [b.describe() for b in got] == [b.describe() for b in expected]
+    assert added.unmapped_codes() == quarantine.count(whole, {t: len(frames[t]) for t in ORDER}
+                                           ).unmapped_codes()
+    # Parts that did not count rows by clinic cannot be judged by clinic: said, not guessed.
+    first = parts[0][0]
+    blind = quarantine.count(first, {t: len(f) for t, f in first.checked.items()}, {}, 10**9)
+    with pytest.raises(ValueError, match="by clinic"):
+        judge(blind + parts[1][1] + parts[2][1], etl)
