@@ -40,6 +40,7 @@ from retention.etl.validation import (
     read_timestamps,
     rows_from_json,
     validate,
+    validate_full,
 )
 from retention.settings import CODED_COLUMNS, EtlSettings, SourceMapping
 from retention.store import tables
@@ -96,13 +97,14 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
     malformed = raw.malformed if isinstance(raw, Extract) else None
     unreadable = ({} if malformed is None else
                   {str(t): int(n) for t, n in malformed["table_name"].value_counts().items()})
-    if full:
-        candidates, context = raw, Context(registry=registry)
+    if full:  # in the phases a network's partitioned reload will run (docs/network.md)
+        candidates = raw
+        outcome = validate_full(raw, registry, max_days_ahead=etl.max_days_ahead)
     else:
         candidates = _with_carried_over(conn, raw, etl.mapping, malformed)
         candidates = _with_moved_episodes(conn, candidates)
-        context = _context(conn, candidates, registry)
-    outcome = validate(candidates, context, max_days_ahead=etl.max_days_ahead)
+        outcome = validate(candidates, _context(conn, candidates, registry),
+                           max_days_ahead=etl.max_days_ahead)
     if malformed is not None and len(malformed):
         _hold_malformed(outcome, malformed)
     bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) + unreadable.get(t, 0)

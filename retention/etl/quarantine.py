@@ -123,7 +123,7 @@ def _sum(a: Counter[Any] | None, b: Counter[Any] | None) -> Counter[Any]:
 
 
 def count(outcome: Outcome, read: Mapping[str, int], unreadable: Mapping[str, int] | None = None,
-          clinics_from: int = 0) -> Tally:
+          clinics_from: int = 0, clients: pd.DataFrame | None = None) -> Tally:
     """The tally of the rows read of ``outcome``.
 
     ``read``: per table, how many of the rows ``outcome`` checked were read in this run
@@ -132,7 +132,9 @@ def count(outcome: Outcome, read: Mapping[str, int], unreadable: Mapping[str, in
     ``malformed_resource``): bad rows read of their table, whose clinic is not known.
     Rows are counted by clinic when a table has ``clinics_from`` bad rows or more (the
     least a clinic's share is judged from): finding each row's clinic is most of the cost,
-    and most nights need none. A part of a larger run counts them always (0).
+    and most nights need none. A part of a larger run counts them always (0), and a part
+    of the tables that look clients up finds their clinics in ``clients``, the clients
+    read (``client_id``, ``clinic_id``), rather than among its own rows.
     """
     tally = Tally(unreadable=Counter({t: n for t, n in (unreadable or {}).items() if n}))
     bad = {t: ~outcome.ok[t].to_numpy()[:read[t]] for t in ORDER}
@@ -150,7 +152,7 @@ def count(outcome: Outcome, read: Mapping[str, int], unreadable: Mapping[str, in
                 outcome.checked[table][column].iloc[:read[table]][hit])
     if any(b.sum() >= clinics_from for b in bad.values()):
         tally.clinic_rows, tally.clinic_bad = Counter(), Counter()
-        clinic_of, clinics = _clinics(outcome)
+        clinic_of, clinics = _clinics(outcome, clients)
         for table in ORDER:
             at = clinic_of[table][:read[table]]
             known = at >= 0
@@ -249,10 +251,13 @@ def _limit(etl: EtlSettings, scope: str, default: str) -> tuple[float, str]:
     return float(getattr(etl, default)), setting
 
 
-def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
+def _clinics(outcome: Outcome, clients: pd.DataFrame | None = None
+             ) -> tuple[dict[str, np.ndarray], list[Any]]:
     """Per table, each row's clinic (a position in the list returned, -1 if unknown):
-    a client's own, a row's client's, an item's measure's client's."""
-    clients = outcome.checked["clients"]
+    a client's own, a row's client's (in ``clients`` if given), an item's measure's
+    client's."""
+    own = clients is None
+    clients = outcome.checked["clients"] if clients is None else clients
     codes, clinics = pd.factorize(clients["clinic_id"].astype(object))
     codes = np.asarray(codes, dtype=np.int64)
 
@@ -262,7 +267,8 @@ def _clinics(outcome: Outcome) -> tuple[dict[str, np.ndarray], list[Any]]:
         at = _first_positions(values, within)
         return np.where(at >= 0, clinic[np.maximum(at, 0)], -1)
 
-    out = {"clients": codes}
+    out = {"clients": codes if own else through(outcome.checked["clients"]["client_id"],
+                                                clients["client_id"], codes)}
     for table in ("episodes", "appointments", "alliance_measures", "session_observations",
                   "consents", "client_identifiers", "client_contacts"):
         out[table] = through(outcome.checked[table]["client_id"], clients["client_id"], codes)

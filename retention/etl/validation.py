@@ -356,6 +356,64 @@ def validate(
                              for col, mask in c.unmapped.items()})
 
 
+# A full reload checks these first: the other tables' rules look at them (is the client
+# or episode known, whose episode is it, when was it admitted), never the other way.
+LOOKED_UP = ("clients", "episodes", "consents", "client_identifiers", "client_contacts")
+# The rest, nearly all of a network's rows: checked against ``reference``, in as many
+# parts as a network's reload splits them into by key (docs/network.md; every row of a
+# key, and a measure's items with it, in one part).
+LOOKING_UP = tuple(t for t in ORDER if t not in LOOKED_UP)
+
+
+def validate_full(raw: Mapping[str, pd.DataFrame], registry: Registry, *,
+                  max_days_ahead: int = 366) -> Outcome:
+    """A full reload's check, in the two phases a network's is split into: the
+    ``LOOKED_UP`` tables, then the others against their ``reference``. The outcome is
+    that of one ``validate`` of every table (tests/etl/test_validation.py)."""
+    first = validate({t: raw[t] for t in LOOKED_UP if t in raw}, Context(registry=registry),
+                     max_days_ahead=max_days_ahead)
+    rest = validate({t: raw[t] for t in LOOKING_UP if t in raw}, reference(first, registry),
+                    max_days_ahead=max_days_ahead)
+    return _joined(first, rest)
+
+
+def reference(looked_up: Outcome, registry: Registry) -> Context:
+    """What rows of the ``LOOKING_UP`` tables are checked against, from the ``LOOKED_UP``
+    rows of the same full reload: every client and episode id read (a row naming a
+    quarantined one is held for that, not as an orphan), and each good episode's
+    admission and client. Against it, any part of those rows is held as the whole is."""
+    episodes = looked_up.checked["episodes"]
+    good = looked_up.ok["episodes"].to_numpy(dtype=bool)
+    good_ids = episodes["episode_id"].to_numpy()[good]
+    none = pd.Index([], dtype=object)
+    return Context(
+        client_ids=_with(none, looked_up.checked["clients"]["client_id"]),
+        episode_ids=_with(none, episodes["episode_id"]),
+        admitted_on=pd.Series(looked_up.valid["episodes"]["admitted_on"].to_numpy(),
+                              index=good_ids),
+        episode_clients=pd.Series(episodes["client_id"].to_numpy()[good], index=good_ids,
+                                  dtype=object),
+        registry=registry,
+    )
+
+
+def _joined(first: Outcome, rest: Outcome) -> Outcome:
+    """One outcome of two that checked different tables, as one ``validate`` gives it."""
+    def of(table: str) -> Outcome:
+        return first if table in LOOKED_UP else rest
+
+    rejects = pd.concat([first.rejects, rest.rejects], ignore_index=True)
+    position = rejects["table_name"].map({t: n for n, t in enumerate(ORDER)})
+    rejects = rejects.iloc[np.argsort(position.to_numpy(), kind="stable")]
+    return Outcome(valid={t: of(t).valid[t] for t in ORDER},
+                   rejects=rejects.reset_index(drop=True),
+                   checked={t: of(t).checked[t] for t in ORDER},
+                   ok={t: of(t).ok[t] for t in ORDER},
+                   rules={t: of(t).rules[t] for t in ORDER if t in of(t).rules},
+                   unmapped={(t, c): m for t in ORDER
+                             for (u, c), m in of(t).unmapped.items() if u == t})
+
+
 # --- row rules ----------------------------------------------------------------------
 
 

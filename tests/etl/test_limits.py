@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from retention.clinic.synth import SynthConfig, generate
 from retention.db.engines import source_engine, store_engine
 from retention.etl import quarantine
 from retention.etl.load import QuarantineLimitExceeded
@@ -31,6 +30,7 @@ from retention.pipelines.etl import EtlResult, run_etl
 from retention.settings import EtlSettings, parse_etl
 from retention.store.checks import table_checksums
 from retention.store.runs import list_runs
+from tests.support.broken import broken_network, clinic_of_rows
 from tests.support.sources import AS_OF, Source, appointment
 
 STAMP = datetime(2026, 6, 1, 12, 0)  # after the synthetic clinic's last write
@@ -247,35 +247,12 @@ def test_rows_held_for_a_code_are_released_once_the_code_is_mapped(clinic: Sourc
     assert status == {f"Q-NEW{n}": "scheduled" for n in range(3)}
 
 
-def _clinic_of_rows(frames: dict[str, pd.DataFrame]) -> dict[str, pd.Series]:
-    """Each row's clinic: its client's (an item's measure's client's); None if unknown."""
-    clinic = frames["clients"].set_index("client_id")["clinic_id"]
-    out = {t: f["client_id"].map(clinic) for t, f in frames.items() if "client_id" in f}
-    out["clients"] = frames["clients"]["clinic_id"]
-    measure_clinic = pd.Series(out["alliance_measures"].to_numpy(),
-                               index=frames["alliance_measures"]["measure_id"])
-    out["alliance_items"] = frames["alliance_items"]["measure_id"].map(measure_clinic)
-    return out
-
-
 def test_the_limits_judge_a_runs_parts_added_up_as_the_run_itself() -> None:
     """A network's full reload checked in parts (docs/network.md) must stop where one
     process would, and say the same: the tallies of the parts, added up, are judged to
     the same breaches, in the same order and words, as the whole."""
-    frames = generate(SynthConfig(end=AS_OF, n_clients=90, seed=5))
-    clinic = _clinic_of_rows(frames)
-    east, south = clinic["episodes"] == "clinic-east", clinic["appointments"] == "clinic-south"
-    frames["episodes"].loc[east, "program"] = "OP"  # a code the mapping does not know
-    frames["appointments"].loc[south & (frames["appointments"].index % 3 == 0),
-                               "status"] = "ZZ"
-    north_items = frames["alliance_items"].index[clinic["alliance_items"] == "clinic-north"]
-    frames["alliance_items"].loc[north_items[:40], "response"] = 99  # out of range
-    appts = frames["appointments"]
-    orphans = appts.head(12).assign(appointment_id=[f"X{n}" for n in range(12)],
-                                    client_id="NOBODY")
-    twins = appts[clinic["appointments"] == "clinic-north"].head(5)
-    frames["appointments"] = pd.concat([appts, orphans, twins], ignore_index=True)
-    clinic = _clinic_of_rows(frames)
+    frames = broken_network(AS_OF)
+    clinic = clinic_of_rows(frames)
     etl = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
                       max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
                       quarantine_min_rows=3)

@@ -12,8 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retention.clinic.registry import Registry, load_registry
-from retention.etl.validation import Context, _duplicated, _shared_text, validate
+from retention.clinic.registry import Registry, default_registry, load_registry
+from retention.etl.quarantine import count, judge, limits_broken
+from retention.etl.validation import (
+    KEYS,
+    LOOKED_UP,
+    LOOKING_UP,
+    ORDER,
+    Context,
+    _duplicated,
+    _shared_text,
+    reference,
+    validate,
+    validate_full,
+)
+from retention.settings import EtlSettings
+from tests.support.broken import BROKEN_RULES, broken_network
 from tests.support.factories import OWN_FORM
 
 
@@ -235,3 +249,61 @@ def test_an_episode_read_again_is_judged_by_its_client_as_read() -> None:
     out = validate(_of_another_client(False), context)
     assert set(out.rejects["row_key"]) == {"A-E1-C2", "A-E9-C1", "A-E9-C2", "M-C2", "O-C2"}
     assert set(out.rejects.loc[out.rejects["row_key"] == "A-E9-C2", "rule"]) == {"orphan"}
+
+
+def _by_key(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(KEYS[table], kind="stable").reset_index(drop=True)
+
+
+def test_a_full_reload_checked_in_phases_and_parts_holds_what_one_check_holds() -> None:
+    """A network's full reload checks the tables the others look up first, then the rest
+    in parts by key against them (docs/network.md): every row must pass or be held, and
+    for the same rule, as when every table is checked at once; the limits judged from
+    the parts' tallies must be the whole's."""
+    frames, registry = broken_network(date(2026, 6, 1)), default_registry()
+    whole = validate(frames, Context(registry=registry))
+    assert {t: set(r) for t, r in whole.counts().items()} == BROKEN_RULES
+
+    phased = validate_full(frames, registry)
+    pd.testing.assert_frame_equal(phased.rejects, whole.rejects)
+    for table in ORDER:
+        pd.testing.assert_frame_equal(phased.valid[table], whole.valid[table])
+        pd.testing.assert_series_equal(phased.ok[table], whole.ok[table])
+    assert phased.rules.keys() == whole.rules.keys()
+    for table, rules in whole.rules.items():
+        pd.testing.assert_series_equal(phased.rules[table], rules)
+    assert list(phased.unmapped) == list(whole.unmapped)
+
+    # The looking-up tables in three parts by key range: a measure's items with it.
+    first = validate({t: frames[t] for t in LOOKED_UP}, Context(registry=registry))
+    against = reference(first, registry)
+    ranges = {t: pd.qcut(frames[t][KEYS[t][0]].rank(method="dense"), 3, labels=False)
+              for t in ("appointments", "alliance_measures", "session_observations")}
+    of_measure = pd.Series(ranges["alliance_measures"].to_numpy(),
+                           index=frames["alliance_measures"]["measure_id"])
+    of_measure = of_measure[~of_measure.index.duplicated()]
+    ranges["alliance_items"] = frames["alliance_items"]["measure_id"].map(of_measure)
+    parts = [validate({t: frames[t][ranges[t] == n] for t in LOOKING_UP}, against)
+             for n in range(3)]
+    assert all(len(p.checked["appointments"]) for p in parts)
+    for table in LOOKING_UP:
+        pd.testing.assert_frame_equal(
+            _by_key(table, pd.concat([p.valid[table] for p in parts])),
+            _by_key(table, whole.valid[table]))
+    held = pd.concat([p.rejects for p in parts] + [first.rejects])
+    columns = ["table_name", "row_key", "rule", "detail"]
+    pd.testing.assert_frame_equal(
+        held[columns].sort_values(columns[:2]).reset_index(drop=True),
+        whole.rejects[columns].sort_values(columns[:2]).reset_index(drop=True))
+
+    etl = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
+                      max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
+                      quarantine_min_rows=3)
+    read = {t: len(frames[t]) for t in ORDER}
+    tally = count(first, {t: read[t] if t in LOOKED_UP else 0 for t in ORDER})
+    for part in parts:
+        tally += count(part, {t: len(part.checked[t]) for t in ORDER},
+                       clients=first.checked["clients"])
+    expected = limits_broken(whole, read, etl)
+    assert {b.kind for b in expected} == {"code", "table", "clinic", "all"}
+    assert [b.as_dict() for b in judge(tally, etl)] == [b.as_dict() for b in expected]
