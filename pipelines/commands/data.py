@@ -121,11 +121,11 @@ def etl(obj: Context, as_of: datetime | None, full: bool, engine: str | None,
     only, and `retention score` computes features, scores and reasons in partitions of
     whole caseloads on the Dask workers and publishes them as one list (docs/network.md).
     Switch when the nightly run outgrows its window: the open caseload's part of every
-    night (about 70% of an incremental night at 200,000 clients) divides among the
-    workers' machines. Extract, check and load stay in this process on either engine, so
-    its machine must hold a full reload (the first night, then weekly): on a 2-core
-    machine 93 s and 5.1 GiB at 100,000 clients, 177 s and 9.5 GiB at 200,000
-    (docs/performance.md).
+    night (more than half of an incremental night at 100,000 and 200,000 clients)
+    divides among the workers' machines. Extract, check and load stay in this process on
+    either engine, so its machine must hold a full reload (the first night, then
+    weekly): on a 2-core machine 103 s and 4.3 GiB at 100,000 clients, 181 s and 8.1 GiB
+    at 200,000 (docs/performance.md).
     """
     settings = with_engine(obj.settings(), engine, scheduler)
     on_dask = settings.engine.kind == "dask"

@@ -111,9 +111,10 @@ class Tally:
     def unmapped_codes(self) -> dict[str, dict[str, int]]:
         """Per coded column ("table.column"), the codes read that are neither contract codes
         nor mapped, with their counts."""
-        return {scope: most_codes(self.codes[scope]) for scope in self._code_scopes()}
+        return {scope: most_codes(self.codes[scope]) for scope in self.code_scopes()}
 
-    def _code_scopes(self) -> list[str]:
+    def code_scopes(self) -> list[str]:
+        """The coded columns ("table.column") with codes not mapped, in the contract's order."""
         order = [f"{t}.{c}" for t, c in CODED_COLUMNS]
         return sorted((s for s, n in self.code_rows.items() if n), key=order.index)
 
@@ -179,7 +180,7 @@ def judge(tally: Tally, etl: EtlSettings) -> list[Breach]:
                 breach.bad > breach.limit * breach.read):
             found.append(breach)
 
-    for scope in tally._code_scopes():
+    for scope in tally.code_scopes():
         table, column = scope.split(".", 1)
         limit, setting = _limit(etl, scope, "max_code_quarantine_share")
         keep(Breach("code", scope, tally.code_rows[scope], tally.rows[table], limit, setting,
