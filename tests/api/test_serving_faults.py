@@ -317,8 +317,11 @@ def warm_every_worker(served: Served, path: str, workers: int) -> None:
     line short are each held by a different worker; they are completed once every worker
     holds one (seen in its sockets).
     """
-    pids = [child.pid for child in psutil.Process(served.proc.pid).children()]
-    assert len(pids) == workers, pids
+    deadline = time.monotonic() + WAIT_SECONDS
+    # The server answers once one worker has booted; the master forks the others after.
+    while len(pids := [c.pid for c in psutil.Process(served.proc.pid).children()]) < workers:
+        assert time.monotonic() < deadline, f"{len(pids)} of {workers} workers started"
+        time.sleep(0.05)
     head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {served.token}\r\n"
     socks = [socket.create_connection(("127.0.0.1", served.port), timeout=20)
              for _ in range(workers)]
@@ -326,7 +329,6 @@ def warm_every_worker(served: Served, path: str, workers: int) -> None:
         for sock in socks:
             sock.sendall(head.encode())
         ours = {sock.getsockname()[1] for sock in socks}
-        deadline = time.monotonic() + WAIT_SECONDS
         while True:
             held = {pid: {c.raddr.port for c in psutil.Process(pid).net_connections("tcp")
                           if c.raddr and c.laddr.port == served.port} & ours for pid in pids}
