@@ -30,7 +30,13 @@ from retention.clinic.registry import Registry, default_registry
 from retention.clock import utcnow
 from retention.db import bulk
 from retention.etl.extract import INCREMENTAL
-from retention.etl.quarantine import MALFORMED_RESOURCE, Breach, count, judge
+from retention.etl.quarantine import (
+    MALFORMED_RESOURCE,
+    Breach,
+    clinics_judged_from,
+    count,
+    judge,
+)
 from retention.etl.validation import (
     KEYS,
     ORDER,
@@ -107,14 +113,13 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
                            max_days_ahead=etl.max_days_ahead)
     if malformed is not None and len(malformed):
         _hold_malformed(outcome, malformed)
-    bad_read = {t: int((~outcome.ok[t].iloc[:n_read[t]]).sum()) + unreadable.get(t, 0)
-                for t in ORDER}
+    tally = count(outcome, n_read, unreadable, clinics_judged_from(etl))
+    bad_read = {t: tally.bad_rows(t) + tally.unreadable[t] for t in ORDER}
     checked = Checked(
         candidates=candidates, outcome=outcome, bad_read=sum(bad_read.values()),
         total_read=sum(n_read.values()) + sum(unreadable.values()),
         rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
     )
-    tally = count(outcome, n_read, unreadable, max(etl.quarantine_min_rows, 1))
     checked.breaches = judge(tally, etl)
     # Kept in the run's record whether it fails or not: `retention quality` reads a
     # failed run's findings there (codes are not patient data; no other value is kept).

@@ -170,6 +170,12 @@ def count(outcome: Outcome, read: Mapping[str, int], unreadable: Mapping[str, in
     return tally
 
 
+def clinics_judged_from(etl: EtlSettings) -> int:
+    """The bad rows of a table from which its clinics' shares are judged (``count``'s
+    ``clinics_from``): no clinic holds more of them than the table."""
+    return max(etl.quarantine_min_rows, 1)
+
+
 def judge(tally: Tally, etl: EtlSettings) -> list[Breach]:
     """The limits a run's ``tally`` went over, most specific first (codes, tables,
     clinics, all rows). A share is judged only from ``quarantine_min_rows`` bad rows up."""
@@ -193,21 +199,19 @@ def judge(tally: Tally, etl: EtlSettings) -> list[Breach]:
         keep(Breach("table", table, tally.bad_rows(table) + lost, tally.rows[table] + lost,
                     limit, setting, rules=_by_rule(tally.bad, table, lost)))
 
-    # A clinic holds no more of a table's bad rows than the table.
-    judged = [t for t in ORDER if tally.bad_rows(t) >= max(etl.quarantine_min_rows, 1)]
-    clinic_rows, clinic_bad = tally.clinic_rows, tally.clinic_bad
-    if judged and (clinic_rows is None or clinic_bad is None):
+    judged = [t for t in ORDER if tally.bad_rows(t) >= clinics_judged_from(etl)]
+    if judged and (tally.clinic_rows is None or tally.clinic_bad is None):
         raise ValueError("the tally did not count rows by clinic, and a clinic must be judged")
+    clinic_rows, clinic_bad = tally.clinic_rows or Counter(), tally.clinic_bad or Counter()
     said = {(b.scope, b.bad, b.read) for b in found if b.kind == "table"}
     for table in judged:
         limit, setting = _limit(etl, table, "max_clinic_quarantine_share")
         by_clinic: dict[Any, Counter[str]] = {}
-        for (t, clinic, rule), n in (clinic_bad or Counter()).items():
+        for (t, clinic, rule), n in clinic_bad.items():
             if t == table:
                 by_clinic.setdefault(clinic, Counter())[rule] += n
         for clinic in sorted(by_clinic, key=show_code):
-            held = sum(by_clinic[clinic].values())
-            rows = (clinic_rows or Counter())[(table, clinic)]
+            held, rows = sum(by_clinic[clinic].values()), clinic_rows[(table, clinic)]
             if (table, held, rows) in said:
                 continue  # the clinic is all the table's rows read: said once already
             keep(Breach("clinic", f"{table} of clinic {show_code(clinic)}", held, rows, limit,
@@ -227,7 +231,7 @@ def judge(tally: Tally, etl: EtlSettings) -> list[Breach]:
 def limits_broken(outcome: Outcome, read: Mapping[str, int], etl: EtlSettings,
                   unreadable: Mapping[str, int] | None = None) -> list[Breach]:
     """The limits the rows read of ``outcome`` went over (``count``, then ``judge``)."""
-    return judge(count(outcome, read, unreadable, max(etl.quarantine_min_rows, 1)), etl)
+    return judge(count(outcome, read, unreadable, clinics_judged_from(etl)), etl)
 
 
 def _by_rule(bad: Counter[tuple[str, str]], table: str, lost: int) -> dict[str, int]:

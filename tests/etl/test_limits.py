@@ -30,7 +30,7 @@ from retention.pipelines.etl import EtlResult, run_etl
 from retention.settings import EtlSettings, parse_etl
 from retention.store.checks import table_checksums
 from retention.store.runs import list_runs
-from tests.support.broken import broken_network, clinic_of_rows
+from tests.support.broken import TIGHT_LIMITS, broken_network, clinic_of_rows
 from tests.support.sources import AS_OF, Source, appointment
 
 STAMP = datetime(2026, 6, 1, 12, 0)  # after the synthetic clinic's last write
@@ -253,9 +253,7 @@ def test_the_limits_judge_a_runs_parts_added_up_as_the_run_itself() -> None:
     the same breaches, in the same order and words, as the whole."""
     frames = broken_network(AS_OF)
     clinic = clinic_of_rows(frames)
-    etl = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
-                      max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
-                      quarantine_min_rows=3)
+    etl = TIGHT_LIMITS
 
     def checked(part: dict[str, pd.DataFrame], lost: dict[str, int]) -> tuple[Outcome, Tally]:
         out = validate(part, Context())

@@ -26,8 +26,7 @@ from retention.etl.validation import (
     validate,
     validate_full,
 )
-from retention.settings import EtlSettings
-from tests.support.broken import BROKEN_RULES, broken_network
+from tests.support.broken import BROKEN_RULES, TIGHT_LIMITS, broken_network
 from tests.support.factories import OWN_FORM
 
 
@@ -296,9 +295,7 @@ def test_a_full_reload_checked_in_phases_and_parts_holds_what_one_check_holds() 
         held[columns].sort_values(columns[:2]).reset_index(drop=True),
         whole.rejects[columns].sort_values(columns[:2]).reset_index(drop=True))
 
-    etl = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
-                      max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
-                      quarantine_min_rows=3)
+    etl = TIGHT_LIMITS
     read = {t: len(frames[t]) for t in ORDER}
     tally = count(first, {t: read[t] if t in LOOKED_UP else 0 for t in ORDER})
     for part in parts:

@@ -12,6 +12,7 @@ from datetime import date, timedelta
 import pandas as pd
 
 from retention.clinic.synth import SynthConfig, generate
+from retention.settings import EtlSettings
 
 # Rules a row of ``broken_network`` breaks (each at least once).
 BROKEN_RULES = {
@@ -24,6 +25,12 @@ BROKEN_RULES = {
     "consents": {"expiry_before_effective"},
     "clients": {"duplicate_key"},
 }
+
+# Limits so tight that ``broken_network`` breaks each kind: a code, a table, a clinic's
+# rows of a table, and all rows.
+TIGHT_LIMITS = EtlSettings(max_quarantine_share=0.001, max_table_quarantine_share=0.001,
+                           max_code_quarantine_share=0.001, max_clinic_quarantine_share=0.001,
+                           quarantine_min_rows=3)
 
 
 def clinic_of_rows(frames: dict[str, pd.DataFrame]) -> dict[str, pd.Series]:
