@@ -1,8 +1,10 @@
 """The ETL job: read what changed at the source, check it, load it, compute features.
 
 One run reads, in one read-only snapshot of the clinic's database, the rows updated
-since each table's watermark less an overlap (everything on a full reload), then in
-one store transaction checks and loads them (``retention.etl.load``) and stores the
+since each table's watermark less an overlap (everything on a full reload: from
+PostgreSQL into PostgreSQL with ``[etl] reload_part_rows``, the large tables in key
+ranges, each checked and built beside the copy as it lands, ``retention.etl.parts``),
+then in one store transaction checks and loads them (``retention.etl.load``) and stores the
 features of every episode open at the as-of date. A run killed anywhere leaves the
 store as it was; re-running changes nothing. One ETL run writes a store at a time
 (``retention.db.locks.ETL``): the nightly job, the weekly retrain and ``retention etl``
@@ -24,7 +26,7 @@ from retention.clinic.data import ClinicData
 from retention.clinic.registry import Registry, default_registry
 from retention.clock import Clock, SystemClock
 from retention.db import bulk, locks
-from retention.etl import load
+from retention.etl import load, parts
 from retention.etl.extract import MissingTable, read_source
 from retention.etl.sources import Source
 from retention.features import FEATURE_NAMES, build_features
@@ -97,8 +99,15 @@ def run_etl(
         run.detail["full"] = full
         watch = run.stopwatch()
         since, held = load.since(marks, full, etl), partial(_copy_rows, store_db)
+        staged: parts.Staged | None = None
         try:
-            if isinstance(source, Engine):
+            if full and etl.reload_part_rows and isinstance(source, Engine) and (
+                    source.dialect.name == store_db.dialect.name == "postgresql"):
+                staged = parts.reload_in_parts(source, store_db, etl, registry, held,
+                                               lap=watch.lap)
+                checked, source_now = staged.checked, staged.clock
+                run.detail["parts"] = staged.parts
+            elif isinstance(source, Engine):
                 raw, source_now = read_source(source, etl.mapping, since, etl.source_connections,
                                               held=held, allow_superuser=etl.allow_superuser_source)
             else:  # an export folder: files, read by the source itself
@@ -109,20 +118,25 @@ def run_etl(
                         "holds their rows; stopping with the copy unchanged", run.run_id,
                         ", ".join(exc.tables))
             raise
-        watch.lap("extract")
-        # Resources an export held that could not be read are rows read too (and held).
-        unreadable = len(raw.malformed) if isinstance(raw, load.Extract) else 0
-        run.rows_read = sum(len(f) for f in raw.values()) + unreadable
+        if staged is None:
+            watch.lap("extract")
+            # Resources an export held that could not be read are rows read too (and held).
+            unreadable = len(raw.malformed) if isinstance(raw, load.Extract) else 0
+            run.rows_read = sum(len(f) for f in raw.values()) + unreadable
+        else:
+            run.rows_read = staged.checked.total_read
         log.info("etl run %s: read %d source rows (%s)", run.run_id, run.rows_read,
                  "full reload" if full else "incremental")
-        with store_db.begin() as conn:
-            checked = load.check(conn, raw, etl, full, registry)
-            watch.lap("check")
+        with _dropped_if_failed(staged), store_db.begin() as conn:
+            if staged is None:
+                checked = load.check(conn, raw, etl, full, registry)
+                watch.lap("check")
             run.rows_quarantined = checked.rows_quarantined
             run.detail.update(checked.detail)
             load.enforce_limit(checked, etl)
-            applied = load.apply(conn, checked, raw, source_now, full=full, run_id=run.run_id,
-                                 marks=marks)
+            beside = staged.finish() if staged is not None else None
+            applied = load.apply(conn, checked, source_now, full=full, run_id=run.run_id,
+                                 marks=marks, built=beside)
             watch.lap("load")
             run.detail.update({"copy_changed": applied.copy_changed,
                                "released": applied.released, "watermarks": applied.watermarks})
@@ -144,6 +158,19 @@ def run_etl(
                  f"{n_open} open episodes" if features else "features left to scoring", as_of)
         return EtlResult(run.run_id, as_of, run.rows_read, n_open,
                          run.rows_changed or 0, run.rows_quarantined or 0, full, data, version)
+
+
+@contextmanager
+def _dropped_if_failed(staged: parts.Staged | None) -> Iterator[None]:
+    """Give up a reload in parts' tables built beside the copy if the run fails before
+    they are swapped in (over a limit, say). Outside the run's transaction: it has
+    rolled back, and released any of them it had locked, before they are dropped."""
+    try:
+        yield
+    except BaseException:
+        if staged is not None:
+            staged.drop()
+        raise
 
 
 @contextmanager

@@ -150,6 +150,10 @@ class EtlSettings:
     # Connections that read the clinic's PostgreSQL at once, all in one snapshot; processes
     # that validate a FHIR export's resources at once. MariaDB and MySQL: one connection.
     source_connections: int = 2
+    # A full reload from PostgreSQL reads, checks and loads the large tables (slots,
+    # measures with their items, notes) in key ranges of about this many rows, so the
+    # job holds a range, not the network (``retention.etl.parts``); 0 reads them whole.
+    reload_part_rows: int = 0
     # A PostgreSQL source role that is a superuser (or may read the server's files) is
     # refused: a mapping's query could copy any file or table into the store.
     allow_superuser_source: bool = False
@@ -507,6 +511,11 @@ def _check(s: Settings) -> None:
     if s.engine.kind == "dask" and not s.store_url.startswith("postgresql"):
         raise ConfigError("[engine] kind = \"dask\" needs a PostgreSQL store: the workers "
                           "read the store's copy over the network (docs/network.md)")
+    if s.etl.reload_part_rows and not (s.store_url.startswith("postgresql")
+                                       and s.source_url.startswith("postgresql")):
+        raise ConfigError("[etl] reload_part_rows needs a PostgreSQL source and store: the "
+                          "ranges share the source's snapshot and load beside the store's "
+                          "copy (docs/network.md); set it to 0 for this clinic")
     _check_ehr_link(s)
     _check_instrument_codes(s)
 
@@ -550,6 +559,9 @@ def _check_ehr_link(s: Settings) -> None:
 
 _ETL_SCALARS = [f.name for f in fields(EtlSettings) if f.name != "mapping"]
 # The quarantine limits that are shares of rows read, by setting name.
+# Smallest range of a full reload in parts: each costs a fixed ~0.1 s (a check's set-up,
+# a read's connection) whatever it holds.
+MIN_PART_ROWS = 10_000
 QUARANTINE_SHARES = ("max_quarantine_share", "max_table_quarantine_share",
                      "max_code_quarantine_share", "max_clinic_quarantine_share")
 
@@ -589,6 +601,10 @@ def parse_etl(raw: Mapping[str, Any]) -> EtlSettings:
                           "source_connections >= 1")
     if out.lookback_days < 91:
         raise ConfigError("[etl] lookback_days must be at least 91 (features look 90 days back)")
+    if (isinstance(out.reload_part_rows, bool) or not isinstance(out.reload_part_rows, int)
+            or not (out.reload_part_rows == 0 or out.reload_part_rows >= MIN_PART_ROWS)):
+        raise ConfigError(f"[etl] reload_part_rows must be 0 (read whole) or at least "
+                          f"{MIN_PART_ROWS:,}, got {out.reload_part_rows!r}")
     if not isinstance(out.allow_superuser_source, bool):
         raise ConfigError("[etl] allow_superuser_source must be true or false")
     return out

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from retention.settings import ConfigError, EtlSettings, load_settings, parse_etl
+from retention.settings import (
+    ConfigError,
+    EtlSettings,
+    load_settings,
+    parse_etl,
+    settings_from_mapping,
+)
 
 
 def test_mapping_settings_are_checked() -> None:
@@ -148,3 +154,25 @@ def test_a_bad_mapping_file_is_refused_at_start(tmp_path: Path, text: str, said:
 def test_a_missing_mapping_file_is_named() -> None:
     with pytest.raises(ConfigError, match=r"mapping_file nowhere\.toml does not exist"):
         parse_etl({"mapping_file": "nowhere.toml"})
+
+
+def test_a_reload_in_parts_takes_ranges_worth_their_fixed_cost() -> None:
+    """Each range pays a check's set-up and a read's connection: tiny ones are a typo."""
+    assert parse_etl({}).reload_part_rows == 0
+    assert parse_etl({"reload_part_rows": 2_000_000}).reload_part_rows == 2_000_000
+    for bad in (500, -1, True, "1e6"):
+        with pytest.raises(ConfigError, match=r"reload_part_rows must be 0 .* or at least 10,000"):
+            parse_etl({"reload_part_rows": bad})
+
+
+def test_a_reload_in_parts_needs_postgresql_at_both_ends(tmp_path: Path) -> None:
+    """The ranges share the source's snapshot and are built beside the store's copy."""
+    pg = "postgresql+psycopg://retention@db.internal/clinic"
+    sqlite = f"sqlite:///{tmp_path / 'x.db'}"
+    for source, store in ((sqlite, pg), (pg, sqlite)):
+        with pytest.raises(ConfigError, match="reload_part_rows needs a PostgreSQL source and"):
+            settings_from_mapping({"source_url": source, "store_url": store,
+                                   "etl": {"reload_part_rows": 50_000}})
+    both = settings_from_mapping({"source_url": pg, "store_url": pg,
+                                  "etl": {"reload_part_rows": 50_000}})
+    assert both.etl.reload_part_rows == 50_000

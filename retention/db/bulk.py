@@ -7,6 +7,7 @@ takes a connection and runs inside the caller's transaction, COPY included.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Connection,
     Date,
     DateTime,
+    Engine,
     Float,
     Integer,
     MetaData,
@@ -419,6 +421,88 @@ def build_beside_in_parallel(
             drop_beside(own, [t for t, _f in chosen])
         raise
     return {t.name: n for (t, _f), n in zip(chosen, rows, strict=True)}
+
+
+class BesideBuilds:
+    """Tables built beside the copy from rows that arrive in parts (a network's full
+    reload read by key range): each part's rows are appended as it comes and let go,
+    the indexes built once at the end.
+
+    One ADBC connection per table holds its ``__next`` table in an open transaction,
+    invisible to others until ``finish`` commits it; ``swap_in`` then puts it in place
+    in the caller's transaction. A part's append runs on the table's own thread while
+    the caller checks the next part; ``append`` waits for the table's previous one, so
+    at most one part per table is held for it. ``drop`` (or any failure) leaves nothing.
+    """
+
+    def __init__(self, engine: Engine, tables: Sequence[Table], workers: int = 2) -> None:
+        with engine.connect() as conn:
+            referenced = [t.name for t in tables if _referenced(conn, t.name)]
+            if referenced:
+                raise ValueError(f"tables a foreign key refers to cannot be swapped in: "
+                                 f"{', '.join(referenced)}")
+            self._plans = {t.name: _beside_statements(conn, t) for t in tables}
+        self._engine, self._tables, self._workers = engine, list(tables), workers
+        self._own: dict[str, Any] = {}
+        self._threads = {t.name: ThreadPoolExecutor(1) for t in tables}
+        self._pending: dict[str, Future[int]] = {}
+        self.rows = dict.fromkeys(self._plans, 0)
+        try:
+            for table in self._tables:
+                self._own[table.name] = pg_arrow.connect(engine.url)
+                pg_arrow.execute(self._own[table.name], "BEGIN", *self._plans[table.name][0])
+        except BaseException:
+            self.drop()
+            raise
+
+    def append(self, table: Table, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows to ``table``'s ``__next`` table, in the background."""
+        self._wait(table.name)
+        own = self._own[table.name]
+        self._pending[table.name] = self._threads[table.name].submit(
+            pg_arrow.append, own, f"{table.name}__next", arrow_batches(table, frame))
+
+    def _wait(self, name: str) -> None:
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            self.rows[name] += pending.result()
+
+    def finish(self) -> dict[str, int]:
+        """Index and commit every table, ``workers`` at a time; the rows each holds, by name."""
+        def index(name: str) -> None:
+            pg_arrow.execute(self._own[name], *self._plans[name][1], "COMMIT")
+
+        try:
+            for name in self._plans:
+                self._wait(name)
+            with ThreadPoolExecutor(max_workers=self._workers) as pool:
+                list(pool.map(index, self._plans))
+        except BaseException:
+            self.drop()
+            raise
+        self._close()
+        return dict(self.rows)
+
+    def drop(self) -> None:
+        """Give up: roll back what was not committed and drop what was."""
+        for pending in self._pending.values():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                pending.result()
+        self._pending.clear()
+        for own in self._own.values():
+            pg_arrow.end(own)
+        self._own.clear()
+        self._close()
+        with self._engine.begin() as conn:
+            drop_beside(conn, self._tables)
+
+    def _close(self) -> None:
+        for thread in self._threads.values():
+            thread.shutdown(wait=True)
+        for own in self._own.values():
+            own.close()
+        self._own.clear()
 
 
 def arrow_batches(table: Table, frame: pd.DataFrame, rows: int = 500_000) -> pa.RecordBatchReader:

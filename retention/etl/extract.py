@@ -21,7 +21,7 @@ import contextlib
 import ctypes
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -167,6 +167,11 @@ def _statement(mapping: SourceMapping, table: str, since: dict[str, datetime | N
     return sql
 
 
+def full_statement(mapping: SourceMapping, table: str) -> str:
+    """The SQL that reads all of ``table`` from PostgreSQL (its mapped query as written)."""
+    return _select(mapping.query(table), table)
+
+
 def _escape_colons(sql: str) -> str:
     """SQL for SQLAlchemy's ``text()``, which takes every ``:word`` for a parameter unless
     it is escaped."""
@@ -202,20 +207,15 @@ def extract(
     connections at once, largest first, all in ``connection``'s snapshot. On MariaDB
     and MySQL each is streamed from a server-side cursor, in ``connection``'s transaction.
     """
-    frames = _missing_optional(connection, mapping, held or (lambda _table: 0))
+    frames = missing_optional(connection, mapping, held or (lambda _table: 0))
     tables = [t for t in contract.TABLES if t not in frames]
     if bulk.is_postgres(connection):
-        raw = connection.connection.driver_connection
-
         def literal(_name: str, value: datetime) -> str:
-            # Watermarks as untyped text: PostgreSQL reads them as the column's type, so a
-            # clinic whose updated_at is text (ISO) compares too ('::timestamp' would not).
-            return pgsql.Literal(value.isoformat(sep=" ")).as_string(raw)
+            return untyped_literal(connection, value.isoformat(sep=" "))
 
         statements = [(t, _statement(mapping, t, since, literal, str)) for t in tables]
-        snapshot = str(connection.execute(text("SELECT pg_export_snapshot()")).scalar_one())
-        frames.update(_read_in_snapshot(connection.engine.url, snapshot, statements, mapping,
-                                        connections))
+        frames.update(read_in_snapshot(connection.engine.url, export_snapshot(connection),
+                                       statements, mapping, connections))
     else:
         for table in tables:
             params, placeholder = _bind()
@@ -228,19 +228,32 @@ def extract(
                 else:
                     frame = bulk.read_query(connection, sql, _columns(table), params)
             except errors.DRIVER_ERRORS as exc:
-                raise _failure(table, mapping, exc) from exc
+                raise read_failure(table, mapping, exc) from exc
             frames[table] = mapping.apply_codes(table, frame)
     return {t: frames[t] for t in contract.TABLES}
 
 
-def _failure(table: str, mapping: SourceMapping, exc: BaseException) -> SourceError:
+def untyped_literal(connection: Connection, value: str) -> str:
+    """``value`` as an untyped SQL literal: PostgreSQL reads it as the type of the column it
+    is compared with, so a watermark compares with an updated_at kept as ISO text too
+    ('::timestamp' would not), and a key's bound with a key of any type."""
+    return pgsql.Literal(value).as_string(connection.connection.driver_connection)
+
+
+def export_snapshot(connection: Connection) -> str:
+    """The id of ``connection``'s snapshot, for other connections to read it
+    (``pg_arrow.begin_in_snapshot``) while this one's transaction stays open."""
+    return str(connection.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+
+
+def read_failure(table: str, mapping: SourceMapping, exc: BaseException) -> SourceError:
     """What a failed read of ``table`` means: the database unreachable, or its query refused."""
     if errors.is_transient(exc):
         return SourceUnavailable(f"the clinic database could not be read: {errors.describe(exc)}")
     return MappingError(table, mapping, errors.describe(exc))
 
 
-def _missing_optional(connection: Connection, mapping: SourceMapping,
+def missing_optional(connection: Connection, mapping: SourceMapping,
                       held: Callable[[str], int]) -> dict[str, pd.DataFrame]:
     """Empty frames for the optional tables the source lacks (and does not map); an error
     for one whose rows the copy holds: it was dropped, renamed or hidden from the role."""
@@ -256,7 +269,7 @@ def _missing_optional(connection: Connection, mapping: SourceMapping,
     return {t: pd.DataFrame(columns=_columns(t), dtype=object) for t in missing}
 
 
-def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]],
+def read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]],
                       mapping: SourceMapping, connections: int) -> dict[str, pd.DataFrame]:
     """Each table's statement on one of ``connections`` ADBC connections in ``snapshot``."""
     pending = sorted(statements, key=lambda s: READ_COST[s[0]], reverse=True)
@@ -275,7 +288,7 @@ def _read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]]
                 try:
                     rows = pg_arrow.read(reader, sql)
                 except pg_arrow.Error as exc:
-                    raise _failure(table, mapping, exc) from exc
+                    raise read_failure(table, mapping, exc) from exc
                 frames[table] = mapping.apply_codes(
                     table, pg_copy.frame_from_arrow(rows, _columns(table), _kinds(table),
                                                     owned=True))
@@ -334,26 +347,42 @@ def read_source(
     PostgreSQL superuser or file reader; a MariaDB or MySQL account with FILE, SUPER or
     ALL) is refused first (``SourceRoleRefused``) unless ``allow_superuser``.
     """
+    with read_errors(), source_snapshot(engine, allow_superuser=allow_superuser) as (conn, now):
+        return extract(conn, mapping, since, connections, held), now
+
+
+@contextlib.contextmanager
+def source_snapshot(engine: Engine, *, allow_superuser: bool = False
+                    ) -> Iterator[tuple[Connection, datetime]]:
+    """A read-only, repeatable-read connection to the source, its role checked
+    (``check_source_role``), and the source's clock; rolled back when done."""
+    options: dict[str, Any] = {}
+    if engine.dialect.name == "postgresql":
+        options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    elif engine.dialect.name in MYSQL_BACKENDS:
+        options = {"isolation_level": "REPEATABLE READ"}
+    with engine.connect().execution_options(**options) as conn:
+        now = source_clock(conn)
+        if _is_mysql(conn):
+            # SQLAlchemy's begin sends nothing to MySQL (the driver's autocommit is off:
+            # the first statement opens a transaction, a plain one, with no snapshot
+            # until a table is read). This one ends that and takes the snapshot now, for
+            # every read that follows. The session is read-only already
+            # (source_engine); READ ONLY says it again.
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        if not allow_superuser:
+            check_source_role(conn)
+        yield conn, now
+        conn.rollback()
+
+
+@contextlib.contextmanager
+def read_errors() -> Iterator[None]:
+    """Say what a driver's error while reading the source means: ``SourceUnavailable``
+    (unreachable, timed out: try again) or a ``SourceError`` (a statement of the ETL's
+    own refused). Wrap only the source's work: a store's error is no source's."""
     try:
-        options: dict[str, Any] = {}
-        if engine.dialect.name == "postgresql":
-            options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        elif engine.dialect.name in MYSQL_BACKENDS:
-            options = {"isolation_level": "REPEATABLE READ"}
-        with engine.connect().execution_options(**options) as conn:
-            now = source_clock(conn)
-            if _is_mysql(conn):
-                # SQLAlchemy's begin sends nothing to MySQL (the driver's autocommit is off:
-                # the first statement opens a transaction, a plain one, with no snapshot
-                # until a table is read). This one ends that and takes the snapshot now, for
-                # every read that follows. The session is read-only already
-                # (source_engine); READ ONLY says it again.
-                conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            if not allow_superuser:
-                check_source_role(conn)
-            frames = extract(conn, mapping, since, connections, held)
-            conn.rollback()
-        return frames, now
+        yield
     except SourceError:
         raise
     except (*errors.DRIVER_ERRORS, OSError) as exc:

@@ -19,6 +19,7 @@ Functions take a connection first and never commit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from retention.etl.extract import INCREMENTAL
 from retention.etl.quarantine import (
     MALFORMED_RESOURCE,
     Breach,
+    Tally,
     clinics_judged_from,
     count,
     judge,
@@ -84,6 +86,8 @@ class Checked:
     bad_read: int
     total_read: int
     rows_quarantined: int
+    # The newest updated_at read of each incremental table: where its watermark moves.
+    newest: dict[str, pd.Timestamp | None] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
     breaches: list[Breach] = field(default_factory=list)  # quarantine limits gone over
 
@@ -114,11 +118,21 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
     if malformed is not None and len(malformed):
         _hold_malformed(outcome, malformed)
     tally = count(outcome, n_read, unreadable, clinics_judged_from(etl))
+    return checked_from(outcome, tally, candidates, etl, newest_stamps(raw))
+
+
+def checked_from(outcome: Outcome, tally: Tally, candidates: dict[str, pd.DataFrame],
+                 etl: EtlSettings, newest: dict[str, pd.Timestamp | None]) -> Checked:
+    """What a run keeps of its check: the outcome, its limits judged from ``tally`` (the
+    rows read), and the findings its record keeps."""
+    unreadable = {t: n for t, n in tally.unreadable.items() if n}
     bad_read = {t: tally.bad_rows(t) + tally.unreadable[t] for t in ORDER}
+    n_read = {t: tally.rows[t] for t in ORDER}
     checked = Checked(
         candidates=candidates, outcome=outcome, bad_read=sum(bad_read.values()),
         total_read=sum(n_read.values()) + sum(unreadable.values()),
         rows_quarantined=int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0,
+        newest=newest,
     )
     checked.breaches = judge(tally, etl)
     # Kept in the run's record whether it fails or not: `retention quality` reads a
@@ -132,6 +146,16 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
         "over_limits": [b.as_dict() for b in checked.breaches],
     }
     return checked
+
+
+def newest_stamps(raw: Mapping[str, pd.DataFrame]) -> dict[str, pd.Timestamp | None]:
+    """The newest ``updated_at`` read of each incremental table (None when none): where
+    its watermark moves to."""
+    out: dict[str, pd.Timestamp | None] = {}
+    for table in INCREMENTAL:
+        newest = read_timestamps(raw[table]["updated_at"]).max()
+        out[table] = None if pd.isna(newest) else pd.Timestamp(newest)
+    return out
 
 
 def _hold_malformed(outcome: Outcome, malformed: pd.DataFrame) -> None:
@@ -177,10 +201,13 @@ class Applied:
     watermarks: dict[str, str]
 
 
-def apply(conn: Connection, checked: Checked, raw: dict[str, pd.DataFrame], clock: datetime,
-          *, full: bool, run_id: int, marks: dict[str, datetime | None]) -> Applied:
-    """Write a checked extract into the copy, the quarantine and the watermarks."""
-    changed, swapped = _apply_copy(conn, checked.outcome, checked.candidates, full)
+def apply(conn: Connection, checked: Checked, clock: datetime, *, full: bool, run_id: int,
+          marks: dict[str, datetime | None], built: dict[str, int] | None = None) -> Applied:
+    """Write a checked extract into the copy, the quarantine and the watermarks.
+
+    ``built``: tables a full reload in parts already built beside the copy (their
+    rows, by name; ``retention.etl.parts``), swapped in here."""
+    changed, swapped = _apply_copy(conn, checked.outcome, checked.candidates, full, built or {})
     if changed:
         bump_copy_version(conn, run_id)
     if conn.dialect.name == "postgresql" and changed > 0.1 * max(1, _copy_rows_before(conn)):
@@ -191,7 +218,7 @@ def apply(conn: Connection, checked: Checked, raw: dict[str, pd.DataFrame], cloc
         if stale:
             conn.execute(text("ANALYZE " + ", ".join(stale)))
     released = _apply_quarantine(conn, checked.outcome, full, run_id)
-    advanced = _advance_watermarks(conn, raw, marks, clock, run_id)
+    advanced = _advance_watermarks(conn, checked.newest, marks, clock, run_id)
     return Applied(changed, released, advanced)
 
 
@@ -392,7 +419,8 @@ def _key_tuples(table: str, frame: pd.DataFrame) -> pd.Index:
 
 
 def _apply_copy(
-    conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool
+    conn: Connection, outcome: Outcome, candidates: dict[str, pd.DataFrame], full: bool,
+    built: dict[str, int],
 ) -> tuple[int, set[str]]:
     """Upsert the good rows, delete quarantined keys; a full reload also deletes the rest.
 
@@ -401,11 +429,12 @@ def _apply_copy(
     Returns the rows changed and the names of the tables swapped in.
     """
     changed = 0
-    built: dict[str, int] = {}
+    built = dict(built)
     if full and bulk.is_postgres(conn):
-        large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS),
+        large = sorted((t for t in ORDER if len(outcome.valid[t]) >= bulk.REBUILD_INDEXES_ROWS
+                        and tables.copies[t].name not in built),
                        key=lambda t: -_load_cost(outcome.valid[t]))
-        built = bulk.build_beside_in_parallel(
+        built |= bulk.build_beside_in_parallel(
             conn, [(tables.copies[t], outcome.valid[t]) for t in large])
     swapped = set()
     for table in ORDER:
@@ -475,19 +504,18 @@ def read_watermarks(conn: Connection) -> dict[str, datetime | None]:
 
 
 def _advance_watermarks(
-    conn: Connection, raw: dict[str, pd.DataFrame], marks: dict[str, datetime | None],
+    conn: Connection, newest: dict[str, pd.Timestamp | None], marks: dict[str, datetime | None],
     clock: datetime, run_id: int,
 ) -> dict[str, str]:
     """Move each table's watermark to the newest updated_at read, never past the source clock."""
     rows: list[dict[str, Any]] = []
     for table in INCREMENTAL:
-        stamps = read_timestamps(raw[table]["updated_at"])
-        newest = stamps.max() if len(stamps) else pd.NaT
+        stamp = newest.get(table)
         mark = marks.get(table)
-        if mark is None and pd.isna(newest):
+        if mark is None and stamp is None:
             mark = clock  # nothing there yet: start from now (less the overlap next time)
-        if pd.notna(newest):
-            candidate = min(newest.to_pydatetime(), clock)
+        if stamp is not None:
+            candidate = min(stamp.to_pydatetime(), clock)
             mark = candidate if mark is None else max(mark, candidate)
         rows.append({"table_name": table, "high_water": mark, "run_id": run_id})
     frame = pd.DataFrame(rows)

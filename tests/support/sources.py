@@ -62,14 +62,21 @@ class Source:
     def loose(cls, url: str, n_clients: int = 150, seed: int = 11, end: date = AS_OF) -> Source:
         """A clinic whose tables hold text, with no keys or constraints: an EHR export that
         will happily keep a duplicate, an empty status or '2026-02-30'."""
+        return cls.loose_frames(url, generate(SynthConfig(end=end, n_clients=n_clients,
+                                                          seed=seed)))
+
+    @classmethod
+    def loose_frames(cls, url: str, frames: Mapping[str, pd.DataFrame]) -> Source:
+        """A text-only clinic (as ``loose``) holding ``frames`` as they are: duplicate keys,
+        orphans and NULL keys load, each value as its text (``broken_network``, say)."""
         engine = create_engine(url)
-        frames = generate(SynthConfig(end=end, n_clients=n_clients, seed=seed))
         with engine.begin() as conn:
             LOOSE.create_all(conn)
             for name, frame in frames.items():
                 rows = [{str(k): _as_text(v) for k, v in r.items()}
                         for r in frame.to_dict("records")]
-                conn.execute(insert(LOOSE.tables[name]), rows)
+                if rows:
+                    conn.execute(insert(LOOSE.tables[name]), rows)
         return cls(url, engine, text_only=True)
 
     def table(self, name: str) -> Table:

@@ -1,0 +1,256 @@
+"""A full reload from a PostgreSQL source in parts: the job holds a part, not the network.
+
+A first night read and held every row at once, about 4.2 GiB per 100,000 clients
+(docs/performance.md): a million clients would not fit one machine. Here the tables
+the others look up (``LOOKED_UP``: clients, episodes, consents, identifiers, contacts;
+under 2% of a network's rows) are read and checked whole, and the rest in ranges of
+their keys (``FAMILIES``), all in one exported snapshot: each range is checked against
+the first tables' ``reference``, its valid rows appended to the tables built beside
+the copy (``bulk.BesideBuilds``) and let go. The limits are judged on the ranges'
+tallies added up, and ``load.apply`` swaps the tables in as it does a whole reload's.
+The outcome is a whole reload's, row for row (tests/etl/test_partitioned_reload.py);
+the check is the same ``validate``, the rows the same reads, only cut by key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from itertools import pairwise
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine
+
+from retention.clinic import contract
+from retention.clinic.registry import Registry
+from retention.db import bulk, pg_arrow
+from retention.db.engines import SOURCE_CONNECT_ARGS
+from retention.etl import extract, load
+from retention.etl.quarantine import Tally, count
+from retention.etl.validation import (
+    LOOKED_UP,
+    LOOKING_UP,
+    ORDER,
+    Context,
+    Outcome,
+    reference,
+    validate,
+)
+from retention.settings import EtlSettings, SourceMapping
+from retention.store import tables
+
+log = logging.getLogger(__name__)
+
+# A range checked: its outcome, its tally, the newest updated_at of each table it read.
+Part = tuple[Outcome, Tally, dict[str, pd.Timestamp | None]]
+
+# The large tables, by the key each is cut by: a measure's items go with it (they are
+# checked against its total), so every row of a key, duplicates too, is in one range.
+FAMILIES = (("appointment_id", ("appointments",)),
+            ("measure_id", ("alliance_measures", "alliance_items")),
+            ("observation_id", ("session_observations",)))
+
+
+@dataclass
+class Staged:
+    """A full reload checked, its large tables built beside the copy but not swapped in:
+    ``finish`` indexes and commits them (their rows, by name), ``drop`` gives them up."""
+
+    checked: load.Checked
+    clock: datetime  # the source's, when the snapshot was taken
+    builds: bulk.BesideBuilds
+    parts: dict[str, int] = field(default_factory=dict)  # ranges read, per family's first table
+
+    def finish(self) -> dict[str, int]:
+        return self.builds.finish()
+
+    def drop(self) -> None:
+        self.builds.drop()
+
+
+def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: Registry,
+                    held: Callable[[str], int],
+                    lap: Callable[[str], None] = lambda _stage: None) -> Staged:
+    """Read, check and stage a full reload of ``source`` in ranges of about
+    ``etl.reload_part_rows`` rows (``lap`` marks the end of the small tables' read and
+    check, "extract", and of the ranges', "parts")."""
+    mapping = etl.mapping
+    with ExitStack() as stack:
+        with extract.read_errors():
+            conn, clock = stack.enter_context(extract.source_snapshot(
+                source, allow_superuser=etl.allow_superuser_source))
+            missing = extract.missing_optional(conn, mapping, held)
+            snapshot = extract.export_snapshot(conn)
+            read = partial(extract.read_in_snapshot, source.url, snapshot, mapping=mapping,
+                           connections=etl.source_connections)
+            small = {**missing, **read([(t, _select(mapping, t)) for t in LOOKED_UP
+                                        if t not in missing])}
+        # The server sorts each family's keys for its bounds while the job checks (the
+        # measures' take longest, and are needed last).
+        aside = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        ranges = {family[0]: aside.submit(_ranges, conn, source, snapshot, mapping, family,
+                                          missing, etl.reload_part_rows)
+                  for family in FAMILIES}
+        first = validate(small, Context(registry=registry), max_days_ahead=etl.max_days_ahead)
+        tally = count(first, {t: len(small[t]) if t in LOOKED_UP else 0 for t in ORDER})
+        newest = load.newest_stamps({t: small.get(t, _empty(t)) for t in ORDER})
+        del small
+        lap("extract")
+        builds = bulk.BesideBuilds(store, [tables.copies[t] for t in LOOKING_UP])
+        try:
+            rejects, last = [first.rejects], first
+            for outcome, part_tally, part_newest in _read_as_source(
+                    _checked_parts(read, ranges, missing, first, registry, etl)):
+                tally += part_tally
+                newest = {t: _later(newest[t], part_newest[t]) for t in newest}
+                rejects.append(outcome.rejects)
+                for table in LOOKING_UP:
+                    builds.append(tables.copies[table], outcome.valid[table])
+                last = outcome
+            with extract.read_errors():
+                stack.close()
+        except BaseException:
+            builds.drop()
+            raise
+    lap("parts")
+    outcome = _whole(first, last, rejects)
+    n_ranges = {tables_[0]: len(ranges[key].result()) for key, tables_ in FAMILIES}
+    log.info("full reload in parts: %s", ", ".join(f"{t} {n}" for t, n in n_ranges.items()))
+    checked = load.checked_from(outcome, tally, outcome.checked, etl, newest)
+    checked.detail["checked"] = dict(checked.detail["read"])  # every row read was checked
+    return Staged(checked, clock, builds, n_ranges)
+
+
+def _select(mapping: SourceMapping, table: str, where: str = "") -> str:
+    """A whole table's statement, as a full reload reads it, cut by ``where``."""
+    sql = extract.full_statement(mapping, table)
+    return f"{sql} WHERE {where}" if where else sql
+
+
+def _ranges(conn: Connection, source: Engine, snapshot: str, mapping: SourceMapping,
+            family: tuple[str, tuple[str, ...]], missing: dict[str, pd.DataFrame],
+            part_rows: int) -> list[str]:
+    """The conditions that cut a family's tables into ranges of about ``part_rows`` of
+    their rows together, as the source orders the key (its type, its collation): every
+    row in exactly one, those without a key in the first."""
+    key, members = family
+    present = [t for t in members if t not in missing]
+    if not present:
+        return [""]
+    bounds = _bounds(source, snapshot, mapping, present, key, part_rows)
+    if not bounds:
+        return [""]
+
+    def bound(value: str) -> str:
+        return extract.untyped_literal(conn, value)
+
+    column = f"src.{key}"
+    cuts = [f"({column} < {bound(bounds[0])} OR {column} IS NULL)"]
+    cuts += [f"{column} >= {bound(lo)} AND {column} < {bound(hi)}"
+             for lo, hi in pairwise(bounds)]
+    cuts.append(f"{column} >= {bound(bounds[-1])}")
+    return cuts
+
+
+def _bounds(source: Engine, snapshot: str, mapping: SourceMapping, members: list[str],
+            key: str, part_rows: int) -> list[str]:
+    """Every ``part_rows``-th key of the family's rows (a measure's and each of its items'
+    count), in the server's order, as text, after the first: where its ranges start. A
+    key repeated past a bound is one bound, so all its rows stay in one range. The
+    server's work: a sort of the keys (9 s for the 26 million measures and items of a
+    100,000-client network, docs/performance.md)."""
+    keys_of = " UNION ALL ".join(f"SELECT m.{key} AS k FROM ({mapping.query(t)}) m"
+                                 for t in members)
+    sql = (f"SELECT b.k FROM (SELECT src.k::text AS k, row_number() OVER (ORDER BY src.k) "
+           f"AS n FROM ({keys_of}) src WHERE src.k IS NOT NULL) b "
+           f"WHERE mod(b.n - 1, {int(part_rows)}) = 0 ORDER BY b.n")
+    reader = pg_arrow.connect(source.url, SOURCE_CONNECT_ARGS)
+    try:
+        pg_arrow.begin_in_snapshot(reader, snapshot)
+        try:
+            keys = pg_arrow.read(reader, sql).column(0).to_pylist()
+        except pg_arrow.Error as exc:
+            raise extract.read_failure(members[0], mapping, exc) from exc
+    finally:
+        pg_arrow.end(reader)
+    return list(dict.fromkeys(str(k) for k in keys[1:] if k != keys[0]))
+
+
+def _read_as_source(parts: Iterator[Part]) -> Iterator[Part]:
+    """``parts``, a driver's error while reading one said as the source's
+    (``extract.read_errors``); the caller's own work (the store's) is not wrapped."""
+    while True:
+        with extract.read_errors():
+            part = next(parts, None)
+        if part is None:
+            return
+        yield part
+
+
+Read = Callable[[list[tuple[str, str]]], dict[str, pd.DataFrame]]
+
+
+def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
+                   missing: dict[str, pd.DataFrame], first: Outcome, registry: Registry,
+                   etl: EtlSettings) -> Iterator[Part]:
+    """Each range read (the next one read meanwhile, on a thread of its own: the reads
+    wait on the server, the checks on Python), checked against the small tables, with its
+    tally and its newest stamps."""
+    against = reference(first, registry)
+    clients = first.checked["clients"]
+
+    def statements() -> Iterator[list[tuple[str, str]]]:
+        for key, members in FAMILIES:
+            for cut in ranges[key].result():
+                yield [(t, _select(etl.mapping, t, cut)) for t in members if t not in missing]
+
+    work = statements()
+
+    def next_read() -> dict[str, pd.DataFrame] | None:
+        following = next(work, None)
+        return None if following is None else read(following)
+
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        coming = ahead.submit(next_read)
+        while (frames := coming.result()) is not None:
+            coming = ahead.submit(next_read)
+            outcome = validate(frames, against, max_days_ahead=etl.max_days_ahead)
+            n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
+            stamps = load.newest_stamps({t: frames.get(t, _empty(t)) for t in ORDER})
+            del frames
+            yield outcome, count(outcome, n_read, clients=clients), stamps
+
+
+def _whole(first: Outcome, last: Outcome, rejects: list[pd.DataFrame]) -> Outcome:
+    """The outcome ``load.apply`` takes: the small tables' rows, every range's rejects, and
+    no rows of the large tables (those are built beside the copy already)."""
+    held = pd.concat(rejects, ignore_index=True)
+    position = held["table_name"].map({t: n for n, t in enumerate(ORDER)})
+    held = held.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
+
+    def of(table: str) -> Outcome:
+        return first if table in LOOKED_UP else last
+
+    return Outcome(valid={t: of(t).valid[t].iloc[:0] if t in LOOKING_UP else first.valid[t]
+                          for t in ORDER},
+                   rejects=held,
+                   checked={t: of(t).checked[t].iloc[:0] if t in LOOKING_UP
+                            else first.checked[t] for t in ORDER},
+                   ok={t: of(t).ok[t].iloc[:0] if t in LOOKING_UP else first.ok[t]
+                       for t in ORDER})
+
+
+def _later(a: pd.Timestamp | None, b: pd.Timestamp | None) -> pd.Timestamp | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return max(a, b)
+
+
+def _empty(table: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=[c.name for c in contract.TABLES[table].columns], dtype=object)
