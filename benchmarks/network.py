@@ -18,8 +18,10 @@ clinic has the case managers and clinicians of every chunk in it).
 Then, each night in a process of its own so its peak memory is its own, into stores of
 this run (dropped at the end unless ``--keep``):
 
-- **local**: the single process (``[engine] kind = "local"``): a full first night, then
-  an incremental one after a day of changes (``nightly.day_of_changes`` on a copy);
+- **local**: the single process (``[engine] kind = "local"``): a full first night for
+  each ``--reload-part-rows`` value (``[etl] reload_part_rows``: 0 reads the network
+  whole, N reads its large tables in key ranges of about N rows), then an incremental
+  one after a day of changes (``nightly.day_of_changes`` on a copy) on the first's store;
 - **dask**: a cluster on this machine (a ``dask scheduler`` and ``--workers`` ``dask
   worker`` processes, one thread each, ``--memory-limit``, started as the tests start
   theirs: ``tests.support.dask_processes``), its worker processes
@@ -49,6 +51,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import nightly as base
+from retention.settings import MIN_PART_ROWS
 from tests.support.dask_processes import Cluster, start_cluster
 
 if TYPE_CHECKING:
@@ -224,12 +227,14 @@ def ensure_network(clients: int, clinics: int, rebuild: bool) -> tuple[str, dict
 
 
 def night(label: str, kind: str, source: str, store: str, models: Path, as_of: date,
-          engine: Mapping[str, Any]) -> dict[str, Any]:
-    """One measured night, with the row of the report it makes."""
+          engine: Mapping[str, Any], part_rows: int = 0) -> dict[str, Any]:
+    """One measured night, with the row of the report it makes; ``part_rows``: a full
+    reload's ``[etl] reload_part_rows``."""
     say(f"{label} {kind}: running")
     result = base.child(kind, source, store, models, as_of, script=__file__,
-                        more=["--engine", json.dumps(engine)],
+                        more=["--engine", json.dumps(engine), "--part-rows", str(part_rows)],
                         label=f"{engine['kind']} {kind} night")
+    result["reload_part_rows"] = part_rows
     detail = result.get("engine") or {}
     workers = detail.get("worker_peak_rss_mib") or {}
     result.update({
@@ -248,13 +253,20 @@ def night(label: str, kind: str, source: str, store: str, models: Path, as_of: d
 
 
 def run_local(source: str, work: str, models: Path, timing: dict[str, float],
-              cleanup: list[Callable[[], None]]) -> list[dict[str, Any]]:
-    store = base.new_store("local", timing)
-    cleanup.append(lambda: base.drop(store))
+              cleanup: list[Callable[[], None]], part_rows: list[int]) -> list[dict[str, Any]]:
+    """A full night for each of ``part_rows`` (a store each), then the incremental night
+    on the first one's store."""
+    runs: list[dict[str, Any]] = []
     engine = {"kind": "local"}
-    runs = [night("local", "full", base.url_for(source), store, models, AS_OF, engine)]
-    base.vacuum(store, timing)
-    runs.append(night("local", "incremental", base.url_for(work), store, models,
+    stores = []
+    for rows in part_rows:
+        store = base.new_store(f"local_{rows}", timing)
+        cleanup.append(lambda store=store: base.drop(store))  # type: ignore[misc]
+        stores.append(store)
+        runs.append(night(f"local parts={rows}", "full", base.url_for(source), store, models,
+                          AS_OF, engine, rows))
+    base.vacuum(stores[0], timing)
+    runs.append(night("local", "incremental", base.url_for(work), stores[0], models,
                       AS_OF + ONE_DAY, engine))
     return runs
 
@@ -300,11 +312,13 @@ def report(args: argparse.Namespace, source: dict[str, Any], timing: dict[str, f
              + ", ".join(f"{k} {v} s" for k, v in timing.items()) + ")", "",
              f"Dask: {args.workers} workers of one thread each on this machine, memory limit "
              f"{args.memory_limit}, worker processes restarted before each night.", "",
-             "| engine | P | night | total s | job peak RSS MiB | worker peak RSS MiB (max) | "
-             "partitions | largest partition | stages (s) | job peak MiB by each stage's end |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
+             "| engine | P | parts of | night | total s | job peak RSS MiB | "
+             "worker peak RSS MiB (max) | partitions | largest partition | stages (s) | "
+             "job peak MiB by each stage's end |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for r in runs:
-        lines.append(f"| {r['engine_kind']} | {_cell(r['partition_episodes'])} | {r['kind']} | "
+        lines.append(f"| {r['engine_kind']} | {_cell(r['partition_episodes'])} | "
+                     f"{_cell(r.get('reload_part_rows') or None)} | {r['kind']} | "
                      f"{r['total_s']} | {_cell(r['peak_rss_mib'])} | "
                      f"{_cell(r['worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
                      f"{_cell(r['largest_partition'])} | {_stages(r, 's')} | "
@@ -324,6 +338,8 @@ def summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
     parts = []
     for r in runs:
         label = "local" if r["engine_kind"] == "local" else f"dask P={r['partition_episodes']}"
+        if r.get("reload_part_rows"):
+            label += f" in parts of {r['reload_part_rows']:,} rows"
         worker = ("" if r["worker_peak_rss_mib_max"] is None
                   else f", workers {r['worker_peak_rss_mib_max']} MiB")
         parts.append(f"{label} {r['kind']} {r['total_s']} s "
@@ -338,6 +354,13 @@ def sizes_arg(text: str) -> list[int]:
     return sizes
 
 
+def rows_arg(text: str) -> list[int]:
+    rows = [int(s) for s in text.split(",") if s.strip()]
+    if not rows or any(0 < n < MIN_PART_ROWS or n < 0 for n in rows):
+        raise argparse.ArgumentTypeError(f"0 or at least {MIN_PART_ROWS:,} rows, comma-separated")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--clients", type=int, default=100_000)
@@ -347,16 +370,22 @@ def main() -> None:
     parser.add_argument("--partition-episodes", type=sizes_arg, default=[20_000, 10_000, 5_000],
                         help="Partition sizes (open episodes), comma-separated: a full night "
                              "on Dask for each, the incremental night for the first.")
+    parser.add_argument("--reload-part-rows", type=rows_arg, default=[0],
+                        help="[etl] reload_part_rows of the local full nights, comma-separated "
+                             "(0: read whole): a full night for each; the incremental night "
+                             "and the Dask nights read whole.")
     parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached network.")
     parser.add_argument("--keep", action="store_true",
                         help="Keep the stores, the changed network and the Dask logs.")
     base.add_measure_arguments(parser)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--part-rows", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # one night, in a process of its own (``base.child``)
         print(json.dumps(base.measure(args.measure, args.source, args.store, args.models,
                                       date.fromisoformat(args.as_of),
-                                      {"engine": json.loads(args.engine)})))
+                                      {"engine": json.loads(args.engine),
+                                       "etl": {"reload_part_rows": args.part_rows}})))
         return
     try:
         chunk_plan(args.clients, args.clinics)
@@ -384,7 +413,7 @@ def main() -> None:
         changes = base.day_of_changes(work)
         timing["day_of_changes"] = round(time.perf_counter() - started, 1)
         say(f"setup: one day of changes {changes}")
-        runs += run_local(source, work, models, timing, cleanup)
+        runs += run_local(source, work, models, timing, cleanup, args.reload_part_rows)
         started = time.perf_counter()
         with start_cluster(logs, args.workers, args.memory_limit,
                            start_deadline=START_DEADLINE) as cluster:

@@ -575,10 +575,11 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
         "reasons_file": str(ROOT / "config" / "reasons.toml"), "model_key_file": str(KEY_FILE),
         # The benchmark reads its clinic as the servers' admin roles; a clinic's source
         # role is not one (docs/nightly.md).
-        "etl": {"allow_superuser_source": True},
+        "etl": {"allow_superuser_source": True, **(extra or {}).get("etl", {})},
         # The guard still runs (its cost is in the figures), but a tier moved by the day
         # of changes must not stop a speed measurement.
-        "publish_max_change_share": 1.0, **(extra or {})})
+        "publish_max_change_share": 1.0,
+        **{k: v for k, v in (extra or {}).items() if k != "etl"}})
     started = time.perf_counter()
     result = run_nightly(settings, as_of, full=(kind != "incremental"))
     total = time.perf_counter() - started
