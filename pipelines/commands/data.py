@@ -125,7 +125,10 @@ def etl(obj: Context, as_of: datetime | None, full: bool, engine: str | None,
     divides among the workers' machines. Extract, check and load stay in this process on
     either engine, so its machine must hold a full reload (the first night, then
     weekly): on a 2-core machine 103 s and 4.3 GiB at 100,000 clients, 181 s and 8.1 GiB
-    at 200,000 (docs/performance.md).
+    at 200,000 (docs/performance.md). Before that outgrows the machine, set [etl]
+    reload_part_rows = 1000000 (PostgreSQL source and store): a full reload then reads,
+    checks and loads the large tables in key ranges, the same outcome in 1.2 GiB at
+    200,000 clients, for 7-25% more time on a 2-core machine.
     """
     settings = with_engine(obj.settings(), engine, scheduler)
     on_dask = settings.engine.kind == "dask"

@@ -107,7 +107,7 @@ def check(conn: Connection, raw: dict[str, pd.DataFrame], etl: EtlSettings,
     malformed = raw.malformed if isinstance(raw, Extract) else None
     unreadable = ({} if malformed is None else
                   {str(t): int(n) for t, n in malformed["table_name"].value_counts().items()})
-    if full:  # in the phases a network's partitioned reload will run (docs/network.md)
+    if full:  # in the two phases a reload in key ranges runs (retention.etl.parts)
         candidates = raw
         outcome = validate_full(raw, registry, max_days_ahead=etl.max_days_ahead)
     else:

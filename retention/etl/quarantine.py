@@ -80,7 +80,7 @@ class Tally:
 
     A run's tally is the sum (``+``) of the tallies of any split of its rows that checks
     each row as the whole would (every row of a key, and a client's rows, in one part):
-    the parts of a network's full reload, checked apart (docs/network.md), are judged
+    the key ranges of a reload in parts, checked apart (``retention.etl.parts``), are judged
     as one run. Clinics are the clients' ``clinic_id`` values.
     """
 

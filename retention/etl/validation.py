@@ -359,9 +359,9 @@ def validate(
 # A full reload checks these first: the other tables' rules look at them (is the client
 # or episode known, whose episode is it, when was it admitted), never the other way.
 LOOKED_UP = ("clients", "episodes", "consents", "client_identifiers", "client_contacts")
-# The rest, nearly all of a network's rows: checked against ``reference``, in as many
-# parts as a network's reload splits them into by key (docs/network.md; every row of a
-# key, and a measure's items with it, in one part).
+# The rest, nearly all of a network's rows: checked against ``reference``, whole or in
+# the key ranges of a reload in parts (``retention.etl.parts``: every row of a key, and a
+# measure's items with it, in one range).
 LOOKING_UP = tuple(t for t in ORDER if t not in LOOKED_UP)
 
 
