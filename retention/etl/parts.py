@@ -205,25 +205,32 @@ def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
     against = reference(first, registry)
     clients = first.checked["clients"]
 
-    def statements() -> Iterator[list[tuple[str, str]]]:
+    def statements() -> Iterator[tuple[str, list[tuple[str, str]]]]:
         for key, members in FAMILIES:
-            for cut in ranges[key].result():
-                yield [(t, _select(etl.mapping, t, cut)) for t in members if t not in missing]
+            cuts = ranges[key].result()
+            for n, cut in enumerate(cuts, start=1):
+                yield (f"{members[0]} range {n} of {len(cuts)}",
+                       [(t, _select(etl.mapping, t, cut)) for t in members if t not in missing])
 
     work = statements()
 
-    def next_read() -> dict[str, pd.DataFrame] | None:
+    def next_read() -> tuple[str, dict[str, pd.DataFrame]] | None:
         following = next(work, None)
-        return None if following is None else read(following)
+        return None if following is None else (following[0], read(following[1]))
 
     with ThreadPoolExecutor(max_workers=1) as ahead:
         coming = ahead.submit(next_read)
-        while (frames := coming.result()) is not None:
+        while (landed := coming.result()) is not None:
             coming = ahead.submit(next_read)
+            which, frames = landed
             outcome = validate(frames, against, max_days_ahead=etl.max_days_ahead)
             n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
             stamps = load.newest_stamps({t: frames.get(t, _empty(t)) for t in ORDER})
-            del frames
+            del frames, landed
+            # Progress for whoever watches a long first night; counts only, no values.
+            held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
+            log.info("full reload in parts: %s read and checked: %d rows, %d held",
+                     which, sum(n_read.values()), held)
             yield outcome, count(outcome, n_read, clients=clients), stamps
 
 

@@ -12,6 +12,8 @@ keeps duplicates and NULL keys) and a PostgreSQL store.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
@@ -26,6 +28,7 @@ from retention.clock import FixedClock
 from retention.db.engines import source_engine, store_engine
 from retention.etl.extract import MappingError
 from retention.etl.load import QuarantineLimitExceeded
+from retention.etl.validation import LOOKED_UP
 from retention.pipelines.etl import EtlResult, run_etl
 from retention.settings import EtlSettings, SourceMapping
 from retention.store import tables
@@ -130,11 +133,12 @@ def broken(pg_databases: Callable[[str], str]) -> Iterator[Source]:
 
 
 def test_a_full_reload_in_parts_stores_what_a_whole_one_does(
-    broken: Source, stores: tuple[Engine, Engine],
+    broken: Source, stores: tuple[Engine, Engine], caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every broken row is held under the rule, and every good one copied, that one
     read of everything gives, and the run's record counts them the same."""
     whole_db, parts_db = stores
+    caplog.set_level(logging.INFO, logger="retention.etl.parts")
     whole, parts = both(broken, stores)
     expected, got = record(whole_db, whole.run_id), record(parts_db, parts.run_id)
     assert (expected["status"], got["status"]) == ("succeeded", "succeeded")
@@ -144,6 +148,20 @@ def test_a_full_reload_in_parts_stores_what_a_whole_one_does(
 
     assert stored(parts_db) == stored(whole_db)
     assert held_rules(whole_db) == BROKEN_RULES  # the network's rows were held as such
+
+    # Whoever watches a long first night sees each range land, counted, and the counts
+    # add up to the run's.
+    progress = [re.fullmatch(r"full reload in parts: (\w+) range (\d+) of (\d+) read and "
+                             r"checked: (\d+) rows, (\d+) held", r.getMessage())
+                for r in caplog.records if "range" in r.getMessage()]
+    assert progress and all(progress)
+    last = {m[1]: (int(m[2]), int(m[3])) for m in progress if m is not None}
+    assert {t: n for t, (n, _total) in last.items()} == got["detail"]["parts"]
+    assert all(n == total for n, total in last.values())
+    assert sum(int(m[4]) for m in progress if m is not None) == sum(
+        n for t, n in got["detail"]["read"].items() if t not in LOOKED_UP)
+    assert sum(int(m[5]) for m in progress if m is not None) == sum(
+        n for t, n in got["detail"]["quarantined_read"].items() if t not in LOOKED_UP)
     assert watermarks(parts_db) == watermarks(whole_db)
     assert judged(got["detail"]) == judged(expected["detail"])
     assert ((parts.rows_read, parts.rows_quarantined, parts.open_episodes)
