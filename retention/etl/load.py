@@ -149,11 +149,12 @@ def checked_from(outcome: Outcome, tally: Tally, candidates: dict[str, pd.DataFr
 
 
 def newest_stamps(raw: Mapping[str, pd.DataFrame]) -> dict[str, pd.Timestamp | None]:
-    """The newest ``updated_at`` read of each incremental table (None when none): where
-    its watermark moves to."""
+    """The newest ``updated_at`` read of each incremental table (None when none, or when
+    ``raw`` holds no frame of it: a key range reads some tables only): where its
+    watermark moves to."""
     out: dict[str, pd.Timestamp | None] = {}
     for table in INCREMENTAL:
-        newest = read_timestamps(raw[table]["updated_at"]).max()
+        newest = read_timestamps(raw[table]["updated_at"]).max() if table in raw else pd.NaT
         out[table] = None if pd.isna(newest) else pd.Timestamp(newest)
     return out
 

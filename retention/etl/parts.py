@@ -23,11 +23,9 @@ from datetime import datetime
 from functools import partial
 from itertools import pairwise
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from retention.clinic import contract
 from retention.clinic.registry import Registry
 from retention.db import bulk, pg_arrow
 from retention.db.engines import SOURCE_CONNECT_ARGS
@@ -40,6 +38,7 @@ from retention.etl.validation import (
     Context,
     Outcome,
     reference,
+    rejects_in_order,
     validate,
 )
 from retention.settings import EtlSettings, SourceMapping
@@ -99,7 +98,7 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
                   for family in FAMILIES}
         first = validate(small, Context(registry=registry), max_days_ahead=etl.max_days_ahead)
         tally = count(first, {t: len(small[t]) if t in LOOKED_UP else 0 for t in ORDER})
-        newest = load.newest_stamps({t: small.get(t, _empty(t)) for t in ORDER})
+        newest = load.newest_stamps(small)
         del small
         lap("extract")
         builds = bulk.BesideBuilds(store, [tables.copies[t] for t in LOOKING_UP])
@@ -225,7 +224,7 @@ def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
             which, frames = landed
             outcome = validate(frames, against, max_days_ahead=etl.max_days_ahead)
             n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
-            stamps = load.newest_stamps({t: frames.get(t, _empty(t)) for t in ORDER})
+            stamps = load.newest_stamps(frames)
             del frames, landed
             # Progress for whoever watches a long first night; counts only, no values.
             held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
@@ -237,19 +236,12 @@ def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
 def _whole(first: Outcome, last: Outcome, rejects: list[pd.DataFrame]) -> Outcome:
     """The outcome ``load.apply`` takes: the small tables' rows, every range's rejects, and
     no rows of the large tables (those are built beside the copy already)."""
-    held = pd.concat(rejects, ignore_index=True)
-    position = held["table_name"].map({t: n for n, t in enumerate(ORDER)})
-    held = held.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
-
-    def of(table: str) -> Outcome:
-        return first if table in LOOKED_UP else last
-
-    return Outcome(valid={t: of(t).valid[t].iloc[:0] if t in LOOKING_UP else first.valid[t]
+    return Outcome(valid={t: last.valid[t].iloc[:0] if t in LOOKING_UP else first.valid[t]
                           for t in ORDER},
-                   rejects=held,
-                   checked={t: of(t).checked[t].iloc[:0] if t in LOOKING_UP
+                   rejects=rejects_in_order(rejects),
+                   checked={t: last.checked[t].iloc[:0] if t in LOOKING_UP
                             else first.checked[t] for t in ORDER},
-                   ok={t: of(t).ok[t].iloc[:0] if t in LOOKING_UP else first.ok[t]
+                   ok={t: last.ok[t].iloc[:0] if t in LOOKING_UP else first.ok[t]
                        for t in ORDER})
 
 
@@ -257,7 +249,3 @@ def _later(a: pd.Timestamp | None, b: pd.Timestamp | None) -> pd.Timestamp | Non
     if a is None or b is None:
         return b if a is None else a
     return max(a, b)
-
-
-def _empty(table: str) -> pd.DataFrame:
-    return pd.DataFrame(columns=[c.name for c in contract.TABLES[table].columns], dtype=object)

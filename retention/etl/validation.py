@@ -397,16 +397,21 @@ def reference(looked_up: Outcome, registry: Registry) -> Context:
     )
 
 
+def rejects_in_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rejects of checks of different tables or key ranges, table by table in the
+    contract's order as one ``validate`` gives them (each part's own order kept)."""
+    rejects = pd.concat(parts, ignore_index=True)
+    position = rejects["table_name"].map({t: n for n, t in enumerate(ORDER)})
+    return rejects.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def _joined(first: Outcome, rest: Outcome) -> Outcome:
     """One outcome of two that checked different tables, as one ``validate`` gives it."""
     def of(table: str) -> Outcome:
         return first if table in LOOKED_UP else rest
 
-    rejects = pd.concat([first.rejects, rest.rejects], ignore_index=True)
-    position = rejects["table_name"].map({t: n for n, t in enumerate(ORDER)})
-    rejects = rejects.iloc[np.argsort(position.to_numpy(), kind="stable")]
     return Outcome(valid={t: of(t).valid[t] for t in ORDER},
-                   rejects=rejects.reset_index(drop=True),
+                   rejects=rejects_in_order([first.rejects, rest.rejects]),
                    checked={t: of(t).checked[t] for t in ORDER},
                    ok={t: of(t).ok[t] for t in ORDER},
                    rules={t: of(t).rules[t] for t in ORDER if t in of(t).rules},
