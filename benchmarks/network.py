@@ -26,11 +26,15 @@ this run (dropped at the end unless ``--keep``):
   worker`` processes, one thread each, ``--memory-limit``, started as the tests start
   theirs: ``tests.support.dask_processes``), its worker processes
   restarted before every night so a worker's peak is that night's: a full night for
-  each ``--partition-episodes`` value, and the incremental night for the first.
+  each ``--partition-episodes`` value, and the incremental night for the first. With
+  ``--dask-reload-part-rows N`` a full night's large tables are read and checked on the
+  workers in key ranges of about N rows (``retention.engine.reload``; the workers get the
+  source's URL in their environment), else read whole in the job.
 
 The job's peak is its own process's; the workers' peaks are the ones the score run
-recorded (``runs.detail["engine"]``). Report on stdout (Markdown, then JSON); progress
-on stderr, with a one-line summary last.
+recorded (``runs.detail["engine"]``): a worker's process high-water mark, so on a night
+whose ranges the workers read, the larger of a range's and a partition's. Report on
+stdout (Markdown, then JSON); progress on stderr, with a one-line summary last.
 """
 
 from __future__ import annotations
@@ -272,9 +276,11 @@ def run_local(source: str, work: str, models: Path, timing: dict[str, float],
 
 
 def run_dask(cluster: Cluster, sizes: list[int], source: str, work: str, models: Path,
-             timing: dict[str, float], cleanup: list[Callable[[], None]]) -> list[dict[str, Any]]:
-    """A full night per partition size; the incremental night for the first. Fresh worker
-    processes before each, so a worker's peak is that night's."""
+             timing: dict[str, float], cleanup: list[Callable[[], None]],
+             part_rows: int = 0) -> list[dict[str, Any]]:
+    """A full night per partition size (its reload in ranges of ``part_rows`` read and
+    checked on the workers, or read whole in the job: 0); the incremental night for the
+    first. Fresh worker processes before each, so a worker's peak is that night's."""
     runs = []
     for i, size in enumerate(sizes):
         store = base.new_store(f"dask_{size}", timing)
@@ -289,7 +295,7 @@ def run_dask(cluster: Cluster, sizes: list[int], source: str, work: str, models:
             fresh = cluster.restart_workers(warm=WARM, timeout=START_DEADLINE)
             say(f"dask P={size}: fresh workers {fresh}")
             runs.append(night(f"dask P={size}", kind, base.url_for(database), store, models,
-                              as_of, engine))
+                              as_of, engine, part_rows if kind == "full" else 0))
             cluster.check_running()
     return runs
 
@@ -361,6 +367,13 @@ def rows_arg(text: str) -> list[int]:
     return rows
 
 
+def part_rows_arg(text: str) -> int:
+    rows = rows_arg(text)
+    if len(rows) != 1:
+        raise argparse.ArgumentTypeError("one number of rows")
+    return rows[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--clients", type=int, default=100_000)
@@ -373,7 +386,10 @@ def main() -> None:
     parser.add_argument("--reload-part-rows", type=rows_arg, default=[0],
                         help="[etl] reload_part_rows of the local full nights, comma-separated "
                              "(0: read whole): a full night for each; the incremental night "
-                             "and the Dask nights read whole.")
+                             "reads its changes.")
+    parser.add_argument("--dask-reload-part-rows", type=part_rows_arg, default=0,
+                        help="[etl] reload_part_rows of the Dask full nights: their ranges are "
+                             "read and checked on the workers (0: read whole in the job).")
     parser.add_argument("--rebuild", action="store_true", help="Rebuild the cached network.")
     parser.add_argument("--keep", action="store_true",
                         help="Keep the stores, the changed network and the Dask logs.")
@@ -415,12 +431,14 @@ def main() -> None:
         say(f"setup: one day of changes {changes}")
         runs += run_local(source, work, models, timing, cleanup, args.reload_part_rows)
         started = time.perf_counter()
+        # The workers read the full nights' ranges with a URL of their own environment.
         with start_cluster(logs, args.workers, args.memory_limit,
+                           env={"RETENTION_SOURCE_URL": base.url_for(source)},
                            start_deadline=START_DEADLINE) as cluster:
             timing["cluster_start"] = round(time.perf_counter() - started, 1)
             say(f"dask: scheduler {cluster.address}, {args.workers} workers, logs in {logs}")
             runs += run_dask(cluster, args.partition_episodes, source, work, models, timing,
-                             cleanup)
+                             cleanup, args.dask_reload_part_rows)
         failed = False
     finally:
         if not args.keep:

@@ -13,12 +13,14 @@ wait their turn, so none drops the tables another builds beside the copy.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
+from typing import cast
 
 from sqlalchemy import Engine, func, select
 
@@ -31,7 +33,7 @@ from retention.etl.extract import MissingTable, read_source
 from retention.etl.sources import Source
 from retention.features import FEATURE_NAMES, build_features
 from retention.pipelines.runs import recorded_run
-from retention.settings import EtlSettings
+from retention.settings import EtlSettings, Settings
 from retention.store import tables
 from retention.store.clinic_copy import copy_version, read_scoped_copy
 from retention.store.features import write_features
@@ -74,6 +76,7 @@ def run_etl(
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     registry: Registry | None = None,
     features: bool = True,
+    check_ranges: parts.CheckRanges | None = None,
 ) -> EtlResult:
     """Bring the store's copy up to date with the source and store features for ``as_of``.
 
@@ -84,6 +87,7 @@ def run_etl(
     shipped one by default) checks the measures and says what the features read.
     ``features=False`` loads the copy only: on the Dask engine the scoring run computes
     the features with the scores, partition by partition (``retention.engine``).
+    ``check_ranges`` reads and checks a reload in parts' ranges (``ranges_checker``).
     """
     registry = registry or default_registry()
     etl = etl or EtlSettings()
@@ -104,7 +108,7 @@ def run_etl(
             if full and etl.reload_part_rows and isinstance(source, Engine) and (
                     source.dialect.name == store_db.dialect.name == "postgresql"):
                 staged = parts.reload_in_parts(source, store_db, etl, registry, held,
-                                               lap=watch.lap)
+                                               lap=watch.lap, check_ranges=check_ranges)
                 checked, source_now = staged.checked, staged.clock
                 run.detail["parts"] = staged.parts
             elif isinstance(source, Engine):
@@ -158,6 +162,16 @@ def run_etl(
                  f"{n_open} open episodes" if features else "features left to scoring", as_of)
         return EtlResult(run.run_id, as_of, run.rows_read, n_open,
                          run.rows_changed or 0, run.rows_quarantined or 0, full, data, version)
+
+
+def ranges_checker(settings: Settings) -> parts.CheckRanges | None:
+    """Where a full reload in parts reads and checks its ranges: on the Dask engine, on
+    its workers (``retention.engine.reload``, imported only then: the local engine runs
+    without Dask installed); else in the job's process."""
+    if settings.engine.kind != "dask":
+        return None
+    module = importlib.import_module("retention.engine.reload")
+    return cast(parts.CheckRanges, module.checked_on_workers(settings.engine))
 
 
 @contextmanager

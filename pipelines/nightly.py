@@ -23,7 +23,7 @@ from retention.db.engines import store_engine
 from retention.etl.extract import SourceError
 from retention.etl.sources import open_source
 from retention.model import artifacts, signing
-from retention.pipelines.etl import EtlResult, run_etl
+from retention.pipelines.etl import EtlResult, ranges_checker, run_etl
 from retention.pipelines.scoring import ScoreResult, network_scoring, run_scoring
 from retention.reasons.catalogue import load_catalogue
 from retention.settings import Settings
@@ -66,7 +66,8 @@ def run_nightly(settings: Settings, as_of: date, *, full: bool | None = None) ->
         if settings.engine.kind == "dask":
             # The copy here; features, scores and reasons on the workers, published here.
             extracted = run_etl(source, store_db, as_of, etl, full=full,
-                                registry=settings.instruments, features=False)
+                                registry=settings.instruments, features=False,
+                                check_ranges=ranges_checker(settings))
             scored = network_scoring()(settings, store_db, model, catalogue, as_of)
             return NightlyResult(extracted, scored)
         extracted = run_etl(source, store_db, as_of, etl, full=full,

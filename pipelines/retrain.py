@@ -20,7 +20,7 @@ from pathlib import Path
 from retention.db import locks
 from retention.db.engines import store_engine
 from retention.etl.sources import open_source
-from retention.pipelines.etl import EtlResult, run_etl
+from retention.pipelines.etl import EtlResult, ranges_checker, run_etl
 from retention.pipelines.train import TrainResult, run_training
 from retention.settings import Settings, load_settings
 
@@ -50,7 +50,8 @@ def run_retrain(settings: Settings, as_of: date) -> RetrainResult:
             source = open_source(settings.source_url, settings.etl, settings.instruments)
             try:
                 extracted = run_etl(source, store_db, as_of, settings.etl,
-                                    registry=settings.instruments)
+                                    registry=settings.instruments,
+                                    check_ranges=ranges_checker(settings))
             finally:
                 source.dispose()
             trained = run_training(settings, store_db, as_of, make_current=True)

@@ -27,7 +27,7 @@ from retention.pipelines.commands.common import (
     say,
     with_engine,
 )
-from retention.pipelines.etl import EtlBusy, EtlResult, run_etl
+from retention.pipelines.etl import EtlBusy, EtlResult, ranges_checker, run_etl
 from retention.pipelines.runs import format_runs
 from retention.settings import ConfigError, Settings
 from retention.store import roles, schema
@@ -152,7 +152,8 @@ def extract(settings: Settings, as_of: date, clock: Clock,
     store_db = store_engine(settings.store_url)
     try:
         return run_etl(source, store_db, as_of, settings.etl, full=full, clock=clock,
-                       registry=settings.instruments, features=features)
+                       registry=settings.instruments, features=features,
+                       check_ranges=ranges_checker(settings))
     except (SourceError, QuarantineLimitExceeded, EtlBusy, ConfigError) as exc:
         # The run's row records the same error; a mapping error names its [etl.queries] entry.
         raise click.ClickException(str(exc)) from exc

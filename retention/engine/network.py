@@ -181,7 +181,7 @@ def compute_partition(
         # One process per partition: Dask's workers are the parallelism.
         scored = score_part(settings, model, catalogue, data, features, as_of, workers=1)
     return PartitionResult(partition.number, features, scored,
-                           round(time.perf_counter() - started, 3), _worker_address(),
+                           round(time.perf_counter() - started, 3), worker_address(),
                            peak_rss_mib())
 
 
@@ -204,7 +204,7 @@ def _load_model(models_dir: Path, version: str, key: signing.SigningKey) -> Trai
     return artifacts.load(models_dir, version, key=key)
 
 
-def _worker_address() -> str:
+def worker_address() -> str:
     try:
         return str(get_worker().address)
     except ValueError:  # run outside a worker (tests call it directly)

@@ -15,16 +15,16 @@ the check is the same ``validate``, the rows the same reads, only cut by key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from itertools import pairwise
 
 import pandas as pd
-from sqlalchemy import Connection, Engine
+from sqlalchemy import URL, Connection, Engine
 
 from retention.clinic.registry import Registry
 from retention.db import bulk, pg_arrow
@@ -48,6 +48,35 @@ log = logging.getLogger(__name__)
 
 # A range checked: its outcome, its tally, the newest updated_at of each table it read.
 Part = tuple[Outcome, Tally, dict[str, pd.Timestamp | None]]
+# A range to read: its name in the progress log, and each of its tables' statement.
+Range = tuple[str, list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class RangeJob:
+    """What reading and checking any range takes: the snapshot to read in, and the small
+    tables' outcome to check against. ``url`` is the job's source, for ranges read in its
+    process; a Dask worker reads with its own (``retention.engine.reload``)."""
+
+    url: URL
+    snapshot: str
+    mapping: SourceMapping
+    connections: int
+    against: Context
+    clients: pd.DataFrame  # the clients read, for the tally's clinics
+    max_days_ahead: int
+
+
+@dataclass(frozen=True)
+class RangeChecked:
+    which: str  # the range's name, as ``Range`` gives it
+    rows_read: int
+    part: Part
+
+
+# Reads and checks the ranges given, in their order: in the job (``checked_here``) or on
+# a Dask cluster's workers (``retention.engine.reload.checked_on_workers``).
+CheckRanges = Callable[[RangeJob, Iterator[Range]], Generator[RangeChecked, None, None]]
 
 # The large tables, by the key each is cut by: a measure's items go with it (they are
 # checked against its total), so every row of a key, duplicates too, is in one range.
@@ -75,10 +104,13 @@ class Staged:
 
 def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: Registry,
                     held: Callable[[str], int],
-                    lap: Callable[[str], None] = lambda _stage: None) -> Staged:
+                    lap: Callable[[str], None] = lambda _stage: None,
+                    check_ranges: CheckRanges | None = None) -> Staged:
     """Read, check and stage a full reload of ``source`` in ranges of about
-    ``etl.reload_part_rows`` rows (``lap`` marks the end of the small tables' read and
-    check, "extract", and of the ranges', "parts")."""
+    ``etl.reload_part_rows`` rows, each read and checked by ``check_ranges`` (in this
+    process by default). ``lap`` marks the end of the small tables' read and check,
+    "extract", and of the ranges', "parts"."""
+    check_ranges = check_ranges or checked_here
     mapping = etl.mapping
     with ExitStack() as stack:
         with extract.read_errors():
@@ -103,15 +135,24 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
         lap("extract")
         builds = bulk.BesideBuilds(store, [tables.copies[t] for t in LOOKING_UP])
         try:
+            job = RangeJob(source.url, snapshot, mapping, etl.source_connections,
+                           reference(first, registry), first.checked["clients"],
+                           etl.max_days_ahead)
+            landing = stack.enter_context(closing(
+                check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
-            for outcome, part_tally, part_newest in _read_as_source(
-                    _checked_parts(read, ranges, missing, first, registry, etl)):
+            for landed in _read_as_source(landing):
+                outcome, part_tally, part_newest = landed.part
                 tally += part_tally
                 newest = {t: _later(newest[t], part_newest[t]) for t in newest}
                 rejects.append(outcome.rejects)
                 for table in LOOKING_UP:
                     builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
+                # Progress for whoever watches a long first night; counts only, no values.
+                n_held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
+                log.info("full reload in parts: %s read and checked: %d rows, %d held",
+                         landed.which, landed.rows_read, n_held)
             with extract.read_errors():
                 stack.close()
         except BaseException:
@@ -181,7 +222,7 @@ def _bounds(source: Engine, snapshot: str, mapping: SourceMapping, members: list
     return list(dict.fromkeys(str(k) for k in keys[1:] if k != keys[0]))
 
 
-def _read_as_source(parts: Iterator[Part]) -> Iterator[Part]:
+def _read_as_source(parts: Iterator[RangeChecked]) -> Iterator[RangeChecked]:
     """``parts``, a driver's error while reading one said as the source's
     (``extract.read_errors``); the caller's own work (the store's) is not wrapped."""
     while True:
@@ -192,29 +233,28 @@ def _read_as_source(parts: Iterator[Part]) -> Iterator[Part]:
         yield part
 
 
-Read = Callable[[list[tuple[str, str]]], dict[str, pd.DataFrame]]
+def check_range(frames: dict[str, pd.DataFrame], against: Context, clients: pd.DataFrame,
+                max_days_ahead: int) -> Part:
+    """One range's rows checked against the small tables, with its tally and newest stamps;
+    of the outcome only what the reload keeps (the valid rows and rejects: the rows given,
+    typed, are the range's size again). The one check of a range, wherever it runs."""
+    outcome = validate(frames, against, max_days_ahead=max_days_ahead)
+    n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
+    tally = count(outcome, n_read, clients=clients)
+    slim = Outcome(valid=outcome.valid, rejects=outcome.rejects,
+                   checked={t: f.iloc[:0] for t, f in outcome.checked.items()},
+                   ok={t: s.iloc[:0] for t, s in outcome.ok.items()})
+    return slim, tally, load.newest_stamps(frames)
 
 
-def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
-                   missing: dict[str, pd.DataFrame], first: Outcome, registry: Registry,
-                   etl: EtlSettings) -> Iterator[Part]:
-    """Each range read (the next one read meanwhile, on a thread of its own: the reads
-    wait on the server, the checks on Python), checked against the small tables, with its
-    tally and its newest stamps."""
-    against = reference(first, registry)
-    clients = first.checked["clients"]
-
-    def statements() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-        for key, members in FAMILIES:
-            cuts = ranges[key].result()
-            for n, cut in enumerate(cuts, start=1):
-                yield (f"{members[0]} range {n} of {len(cuts)}",
-                       [(t, _select(etl.mapping, t, cut)) for t in members if t not in missing])
-
-    work = statements()
+def checked_here(job: RangeJob, ranges: Iterator[Range]) -> Generator[RangeChecked, None, None]:
+    """Each range read in the job's process (the next one read meanwhile, on a thread of
+    its own: the reads wait on the server, the checks on Python) and checked."""
+    read = partial(extract.read_in_snapshot, job.url, job.snapshot, mapping=job.mapping,
+                   connections=job.connections)
 
     def next_read() -> tuple[str, dict[str, pd.DataFrame]] | None:
-        following = next(work, None)
+        following = next(ranges, None)
         return None if following is None else (following[0], read(following[1]))
 
     with ThreadPoolExecutor(max_workers=1) as ahead:
@@ -222,15 +262,21 @@ def _checked_parts(read: Read, ranges: dict[str, Future[list[str]]],
         while (landed := coming.result()) is not None:
             coming = ahead.submit(next_read)
             which, frames = landed
-            outcome = validate(frames, against, max_days_ahead=etl.max_days_ahead)
-            n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
-            stamps = load.newest_stamps(frames)
-            del frames, landed
-            # Progress for whoever watches a long first night; counts only, no values.
-            held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
-            log.info("full reload in parts: %s read and checked: %d rows, %d held",
-                     which, sum(n_read.values()), held)
-            yield outcome, count(outcome, n_read, clients=clients), stamps
+            del landed
+            n_read = sum(len(f) for f in frames.values())
+            part = check_range(frames, job.against, job.clients, job.max_days_ahead)
+            del frames
+            yield RangeChecked(which, n_read, part)
+
+
+def _statements(mapping: SourceMapping, ranges: dict[str, Future[list[str]]],
+                missing: dict[str, pd.DataFrame]) -> Iterator[Range]:
+    """Every range's statements, family by family, named for the progress log."""
+    for key, members in FAMILIES:
+        cuts = ranges[key].result()
+        for n, cut in enumerate(cuts, start=1):
+            yield (f"{members[0]} range {n} of {len(cuts)}",
+                   [(t, _select(mapping, t, cut)) for t in members if t not in missing])
 
 
 def _whole(first: Outcome, last: Outcome, rejects: list[pd.DataFrame]) -> Outcome:

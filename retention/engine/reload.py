@@ -1,0 +1,158 @@
+"""A full reload's key ranges read and checked on a Dask cluster's workers.
+
+With ``[engine] kind = "dask"`` and ``[etl] reload_part_rows`` set, the job reads and
+checks the small tables and exports its snapshot of the source (``retention.etl.parts``);
+each range of the large tables is then a task. Its worker imports that snapshot, so every
+range is read in the one state of the source the job's transaction holds open; it reads
+with the source URL of its own environment (``RETENTION_SOURCE_URL``: the source's
+credentials never travel with a task), checks the range with ``parts.check_range``, the
+check the job's process runs, against the small tables' outcome (sent to every worker
+once), and hands back the range's valid rows, rejects and tally. The job takes them in
+range order and appends them to the tables it builds beside the copy, so the copy, the
+quarantine and the run's record are those of a reload read in one process, row for row
+(tests/engine/test_reload_on_workers.py).
+
+At most ``RANGES_PER_WORKER`` ranges per worker are out at once: a worker holds the
+range it checks and the results not yet taken, the job one range's rows. A range that
+fails is run again by Dask (``network.RETRIES``); one that still fails fails the run,
+and the tables built beside the copy are dropped, the copy untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+from distributed import Client, Future, KilledWorker
+from sqlalchemy import URL
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from retention.engine import network
+from retention.engine.memory import peak_rss_mib
+from retention.etl import extract, parts
+from retention.etl.extract import SourceError, SourceUnavailable
+from retention.etl.validation import Context
+from retention.settings import EngineSettings, SourceMapping
+
+log = logging.getLogger(__name__)
+
+# Ranges handed to each worker ahead of the one the job takes next: enough that none idles
+# while the job appends, few enough that results waiting to be taken stay small.
+RANGES_PER_WORKER = 2
+SOURCE_URL_ENV = "RETENTION_SOURCE_URL"
+
+
+class RangeFailed(SourceError):
+    """A range kept killing the Dask workers that read it: nothing was swapped in."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What every range's task carries besides its statements: no URL, no credentials."""
+
+    snapshot: str
+    mapping: SourceMapping
+    connections: int
+    max_days_ahead: int
+
+
+def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
+    """``parts.CheckRanges`` on the cluster ``engine`` names."""
+
+    def check(job: parts.RangeJob,
+              ranges: Iterator[parts.Range]) -> Generator[parts.RangeChecked, None, None]:
+        with network.connect(engine) as client:
+            yield from _in_order(client, job, ranges)
+
+    return check
+
+
+def _in_order(client: Client, job: parts.RangeJob,
+              ranges: Iterator[parts.Range]) -> Iterator[parts.RangeChecked]:
+    """The ranges' results in their order, ``RANGES_PER_WORKER`` per worker out at once."""
+    reading = Reading(job.snapshot, job.mapping, job.connections, job.max_days_ahead)
+    against, clients = client.scatter([job.against, job.clients], broadcast=True, hash=False)
+    window = RANGES_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
+    token = uuid.uuid4().hex  # Dask would hand back a finished task of the same key
+    out: deque[tuple[str, Future]] = deque()
+    submitted = 0
+    try:
+        while True:
+            while len(out) < window and (following := next(ranges, None)) is not None:
+                submitted += 1
+                out.append((following[0], client.submit(
+                    check_on_worker, reading, against, clients, following,
+                    key=f"retention-range-{token}-{submitted}", retries=network.RETRIES,
+                    pure=False)))
+            if not out:
+                return
+            which, future = out.popleft()
+            try:
+                landed: OnWorker = future.result()
+            except KilledWorker as exc:
+                raise RangeFailed(
+                    f"{which} kept killing the Dask workers that read it (Dask gives up "
+                    "after distributed.scheduler.allowed-failures deaths), most likely by "
+                    "running out of memory: lower [etl] reload_part_rows or raise the "
+                    "workers' --memory-limit (docs/network.md); the copy is unchanged") from exc
+            finally:
+                future.release()
+            log.info("full reload in parts: %s on Dask worker %s in %.1f s (its peak %d MiB)",
+                     which, landed.worker, landed.seconds, landed.peak_rss_mib)
+            yield landed
+    finally:
+        client.cancel([f for _, f in out] + [against, clients])
+
+
+@dataclass(frozen=True)
+class OnWorker(parts.RangeChecked):
+    """A range checked on a worker, with what it cost there."""
+
+    seconds: float = 0.0
+    worker: str = ""
+    peak_rss_mib: int = 0
+
+
+def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
+                    range_: parts.Range) -> OnWorker:
+    """One range, on a worker: read in the job's snapshot, checked as the job checks."""
+    started = time.perf_counter()
+    which, statements = range_
+    try:
+        with extract.read_errors():
+            frames = extract.read_in_snapshot(_source_url(), reading.snapshot, statements,
+                                              reading.mapping, reading.connections)
+    except SourceError as exc:
+        # Said again as a plain error of its kind: the job gets it back pickled, and the
+        # driver's exception chained to it may not unpickle there.
+        kind = SourceUnavailable if exc.transient else SourceError
+        raise kind(f"{which}, read on Dask worker {network.worker_address()}: {exc} (a "
+                   "worker reads in the job's snapshot with its own RETENTION_SOURCE_URL, "
+                   "which must name the job's source database)") from None
+    rows_read = sum(len(f) for f in frames.values())
+    part = parts.check_range(frames, against, clients, reading.max_days_ahead)
+    del frames
+    return OnWorker(which, rows_read, part, round(time.perf_counter() - started, 3),
+                    network.worker_address(), peak_rss_mib())
+
+
+def _source_url() -> URL:
+    """The source as this worker reaches it: its own environment's, never the job's."""
+    value = os.environ.get(SOURCE_URL_ENV, "")
+    if not value:
+        raise SourceError(
+            f"Dask worker {network.worker_address()} has no {SOURCE_URL_ENV}: a full reload "
+            "in parts on the Dask engine reads the source on the workers, each with the "
+            "source's read-only role in its own environment (docs/network.md)")
+    try:
+        return make_url(value)
+    except ArgumentError:
+        raise SourceError(f"Dask worker {network.worker_address()}: {SOURCE_URL_ENV} is "
+                          "not a database URL") from None
