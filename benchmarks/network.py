@@ -241,9 +241,12 @@ def night(label: str, kind: str, source: str, store: str, models: Path, as_of: d
     result["reload_part_rows"] = part_rows
     detail = result.get("engine") or {}
     workers = detail.get("worker_peak_rss_mib") or {}
+    ranges = result.get("range_workers") or {}
     result.update({
         "engine_kind": engine["kind"], "partition_episodes": engine.get("partition_episodes"),
         "worker_peak_rss_mib_max": max(workers.values()) if workers else None,
+        "range_worker_peak_rss_mib_max": (max(w["peak_rss_mib"] for w in ranges.values())
+                                          if ranges else None),
         "partitions": detail.get("partitions"),
         "largest_partition": detail.get("largest_partition")})
     on_workers = ("" if not detail else f", worker peak {result['worker_peak_rss_mib_max']} "
@@ -319,14 +322,15 @@ def report(args: argparse.Namespace, source: dict[str, Any], timing: dict[str, f
              f"Dask: {args.workers} workers of one thread each on this machine, memory limit "
              f"{args.memory_limit}, worker processes restarted before each night.", "",
              "| engine | P | parts of | night | total s | job peak RSS MiB | "
-             "worker peak RSS MiB (max) | partitions | largest partition | stages (s) | "
-             "job peak MiB by each stage's end |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
+             "worker peak RSS MiB (max) | of it, by the ranges' end | partitions | "
+             "largest partition | stages (s) | job peak MiB by each stage's end |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in runs:
         lines.append(f"| {r['engine_kind']} | {_cell(r['partition_episodes'])} | "
                      f"{_cell(r.get('reload_part_rows') or None)} | {r['kind']} | "
                      f"{r['total_s']} | {_cell(r['peak_rss_mib'])} | "
-                     f"{_cell(r['worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
+                     f"{_cell(r['worker_peak_rss_mib_max'])} | "
+                     f"{_cell(r['range_worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
                      f"{_cell(r['largest_partition'])} | {_stages(r, 's')} | "
                      f"{_stages(r, 'peak_mib')} |")
     return "\n".join(lines)

@@ -605,6 +605,8 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
         "peak_rss_mib": peak_rss_mib(),
         # What the score run recorded of a Dask engine (partitions, workers' peaks).
         "engine": details["score"].get("engine"),
+        # The Dask workers that read a reload's ranges: each one's ranges and peak after.
+        "range_workers": details["etl"].get("parts_on_workers"),
     }
 
 

@@ -111,6 +111,8 @@ def run_etl(
                                                lap=watch.lap, check_ranges=check_ranges)
                 checked, source_now = staged.checked, staged.clock
                 run.detail["parts"] = staged.parts
+                if staged.workers:
+                    run.detail["parts_on_workers"] = staged.workers
             elif isinstance(source, Engine):
                 raw, source_now = read_source(source, etl.mapping, since, etl.source_connections,
                                               held=held, allow_superuser=etl.allow_superuser_source)

@@ -95,7 +95,7 @@ def _in_order(client: Client, job: parts.RangeJob,
                 return
             which, future = out.popleft()
             try:
-                landed: OnWorker = future.result()
+                landed: parts.RangeChecked = future.result()
             except KilledWorker as exc:
                 raise RangeFailed(
                     f"{which} kept killing the Dask workers that read it (Dask gives up "
@@ -104,24 +104,15 @@ def _in_order(client: Client, job: parts.RangeJob,
                     "workers' --memory-limit (docs/network.md); the copy is unchanged") from exc
             finally:
                 future.release()
-            log.info("full reload in parts: %s on Dask worker %s in %.1f s (its peak %d MiB)",
-                     which, landed.worker, landed.seconds, landed.peak_rss_mib)
+            log.info("full reload in parts: %s on Dask worker %s (its peak %d MiB)",
+                     which, landed.worker, landed.worker_peak_rss_mib)
             yield landed
     finally:
         client.cancel([f for _, f in out] + [against, clients])
 
 
-@dataclass(frozen=True)
-class OnWorker(parts.RangeChecked):
-    """A range checked on a worker, with what it cost there."""
-
-    seconds: float = 0.0
-    worker: str = ""
-    peak_rss_mib: int = 0
-
-
 def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
-                    range_: parts.Range) -> OnWorker:
+                    range_: parts.Range) -> parts.RangeChecked:
     """One range, on a worker: read in the job's snapshot, checked as the job checks."""
     started = time.perf_counter()
     which, statements = range_
@@ -139,8 +130,9 @@ def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
     rows_read = sum(len(f) for f in frames.values())
     part = parts.check_range(frames, against, clients, reading.max_days_ahead)
     del frames
-    return OnWorker(which, rows_read, part, round(time.perf_counter() - started, 3),
-                    network.worker_address(), peak_rss_mib())
+    seconds = time.perf_counter() - started
+    log.info("full reload in parts: %s on this worker in %.1f s", which, seconds)
+    return parts.RangeChecked(which, rows_read, part, network.worker_address(), peak_rss_mib())
 
 
 def _source_url() -> URL:

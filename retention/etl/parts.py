@@ -72,6 +72,8 @@ class RangeChecked:
     which: str  # the range's name, as ``Range`` gives it
     rows_read: int
     part: Part
+    worker: str = ""  # the Dask worker that read and checked it; "" in the job
+    worker_peak_rss_mib: int = 0  # that worker process's peak after it
 
 
 # Reads and checks the ranges given, in their order: in the job (``checked_here``) or on
@@ -94,6 +96,8 @@ class Staged:
     clock: datetime  # the source's, when the snapshot was taken
     builds: bulk.BesideBuilds
     parts: dict[str, int] = field(default_factory=dict)  # ranges read, per family's first table
+    # The Dask workers that read ranges, each with its ranges and its process's peak.
+    workers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def finish(self) -> dict[str, int]:
         return self.builds.finish()
@@ -141,6 +145,7 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
             landing = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
+            workers: dict[str, dict[str, int]] = {}
             for landed in _read_as_source(landing):
                 outcome, part_tally, part_newest = landed.part
                 tally += part_tally
@@ -149,6 +154,10 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
                 for table in LOOKING_UP:
                     builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
+                if landed.worker:
+                    seen = workers.setdefault(landed.worker, {"ranges": 0, "peak_rss_mib": 0})
+                    seen["ranges"] += 1
+                    seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
                 # Progress for whoever watches a long first night; counts only, no values.
                 n_held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
                 log.info("full reload in parts: %s read and checked: %d rows, %d held",
@@ -164,7 +173,7 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
     log.info("full reload in parts: %s", ", ".join(f"{t} {n}" for t, n in n_ranges.items()))
     checked = load.checked_from(outcome, tally, outcome.checked, etl, newest)
     checked.detail["checked"] = dict(checked.detail["read"])  # every row read was checked
-    return Staged(checked, clock, builds, n_ranges)
+    return Staged(checked, clock, builds, n_ranges, workers)
 
 
 def _select(mapping: SourceMapping, table: str, where: str = "") -> str:

@@ -121,15 +121,22 @@ def test_ranges_checked_on_the_workers_store_what_a_whole_reload_does(
 
     # Each range is said once where it ran and once as it landed, in the ranges' order.
     ran = [re.fullmatch(r"full reload in parts: (\w+ range \d+ of \d+) on Dask worker "
-                        r"(tcp://127\.0\.0\.1:\d+) in [\d.]+ s \(its peak \d+ MiB\)",
-                        r.getMessage()) for r in caplog.records if "Dask worker" in r.getMessage()]
+                        r"(tcp://127\.0\.0\.1:\d+) \(its peak \d+ MiB\)", r.getMessage())
+           for r in caplog.records if "Dask worker" in r.getMessage()]
     landed = [m[1] for r in caplog.records
               if (m := re.fullmatch(r"full reload in parts: (\w+ range \d+ of \d+) read and "
                                     r"checked: \d+ rows, \d+ held", r.getMessage()))]
     assert ran and all(ran)
     assert [m[1] for m in ran if m is not None] == landed
     assert len(landed) == sum(got["detail"]["parts"].values())
-    assert {m[2] for m in ran if m is not None} == set(cluster_workers(cluster))
+    workers = cluster_workers(cluster)
+    assert {m[2] for m in ran if m is not None} == set(workers)
+    # The record says where the ranges ran, and what each worker process held at most.
+    on = got["detail"]["parts_on_workers"]
+    assert sorted(on) == workers
+    assert sum(w["ranges"] for w in on.values()) == len(landed)
+    assert all(w["peak_rss_mib"] > 100 for w in on.values())  # a Python process with pandas
+    assert "parts_on_workers" not in record(whole_db, whole.run_id)["detail"]
 
 
 def test_a_worker_reading_another_database_fails_the_run_and_keeps_the_copy(
