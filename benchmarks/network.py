@@ -333,7 +333,22 @@ def report(args: argparse.Namespace, source: dict[str, Any], timing: dict[str, f
                      f"{_cell(r['range_worker_peak_rss_mib_max'])} | {_cell(r['partitions'])} | "
                      f"{_cell(r['largest_partition'])} | {_stages(r, 's')} | "
                      f"{_stages(r, 'peak_mib')} |")
+    lines += [""] + [_ranges_line(r) for r in runs if r.get("parts_waited_s") is not None]
     return "\n".join(lines)
+
+
+def _ranges_line(run: Mapping[str, Any]) -> str:
+    """Where a reload in parts spent its ranges' time: on the workers, and the job's wait."""
+    label = f"{run['engine_kind']} {run['kind']} in parts of {run['reload_part_rows']:,} rows"
+    parts_s = (run.get("etl_s") or {}).get("parts")
+    waited = f"the job waited {run['parts_waited_s']} s of the parts stage's {parts_s} s"
+    workers = run.get("range_workers") or {}
+    if not workers:
+        return f"- {label}: read and checked in the job; {waited}."
+    ranges = sum(int(w["ranges"]) for w in workers.values())
+    seconds = round(sum(float(w["seconds"]) for w in workers.values()), 1)
+    return (f"- {label}: {ranges} ranges read and checked on {len(workers)} workers in "
+            f"{seconds} worker-seconds; {waited}.")
 
 
 def _stages(run: Mapping[str, Any], what: str) -> str:

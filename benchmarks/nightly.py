@@ -607,6 +607,8 @@ def measure(kind: str, source: str, store: str, models: str, as_of: date,
         "engine": details["score"].get("engine"),
         # The Dask workers that read a reload's ranges: each one's ranges and peak after.
         "range_workers": details["etl"].get("parts_on_workers"),
+        # A reload in parts: the job's seconds waiting for ranges read and checked.
+        "parts_waited_s": details["etl"].get("parts_waited_s"),
     }
 
 

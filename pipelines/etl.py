@@ -110,7 +110,7 @@ def run_etl(
                 staged = parts.reload_in_parts(source, store_db, etl, registry, held,
                                                lap=watch.lap, check_ranges=check_ranges)
                 checked, source_now = staged.checked, staged.clock
-                run.detail["parts"] = staged.parts
+                run.detail.update({"parts": staged.parts, "parts_waited_s": staged.waited_s})
                 if staged.workers:
                     run.detail["parts_on_workers"] = staged.workers
             elif isinstance(source, Engine):

@@ -220,7 +220,8 @@ class EngineSettings:
     caseload into partitions of whole caseloads and computes each on a worker of the Dask
     cluster at ``scheduler`` (docs/network.md): memory per worker then follows the
     largest partition, not the network. Extract, check and load run in the job's process
-    on either engine (docs/performance.md has what that costs by network size).
+    on either engine, except a full reload in parts (``EtlSettings.reload_part_rows``),
+    whose key ranges the workers read and check on "dask" (``retention.engine.reload``).
     """
 
     kind: str = "local"

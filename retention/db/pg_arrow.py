@@ -13,7 +13,8 @@ reload's builders, which commit tables of their own beside the copy.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -52,6 +53,19 @@ def begin_in_snapshot(connection: Any, snapshot: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cursor.execute(f"SET TRANSACTION SNAPSHOT '{check_snapshot_id(snapshot)}'")
+
+
+@contextmanager
+def in_snapshot(url: URL, snapshot: str,
+                settings: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """A connection (``connect``) reading in an exported snapshot (``begin_in_snapshot``),
+    its transaction ended and the connection closed on leaving (``end``)."""
+    connection = connect(url, settings)
+    try:
+        begin_in_snapshot(connection, snapshot)
+        yield connection
+    finally:
+        end(connection)
 
 
 def read(connection: Any, query: str) -> pa.Table:

@@ -20,6 +20,7 @@ and the tables built beside the copy are dropped, the copy untouched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 from distributed import Client, Future, KilledWorker
-from sqlalchemy import URL
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from retention.db.engines import source_engine
 from retention.engine import network
 from retention.engine.memory import peak_rss_mib
 from retention.etl import extract, parts
@@ -61,6 +62,7 @@ class Reading:
     mapping: SourceMapping
     connections: int
     max_days_ahead: int
+    allow_superuser: bool
 
 
 def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
@@ -77,7 +79,8 @@ def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
 def _in_order(client: Client, job: parts.RangeJob,
               ranges: Iterator[parts.Range]) -> Iterator[parts.RangeChecked]:
     """The ranges' results in their order, ``RANGES_PER_WORKER`` per worker out at once."""
-    reading = Reading(job.snapshot, job.mapping, job.connections, job.max_days_ahead)
+    reading = Reading(job.snapshot, job.mapping, job.connections, job.max_days_ahead,
+                      job.allow_superuser)
     against, clients = client.scatter([job.against, job.clients], broadcast=True, hash=False)
     window = RANGES_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
     token = uuid.uuid4().hex  # Dask would hand back a finished task of the same key
@@ -118,24 +121,41 @@ def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
     which, statements = range_
     try:
         with extract.read_errors():
-            frames = extract.read_in_snapshot(_source_url(), reading.snapshot, statements,
+            url = _source_url()
+            if not reading.allow_superuser:
+                _role_checked(url)
+            frames = extract.read_in_snapshot(make_url(url), reading.snapshot, statements,
                                               reading.mapping, reading.connections)
     except SourceError as exc:
         # Said again as a plain error of its kind: the job gets it back pickled, and the
         # driver's exception chained to it may not unpickle there.
         kind = SourceUnavailable if exc.transient else SourceError
-        raise kind(f"{which}, read on Dask worker {network.worker_address()}: {exc} (a "
-                   "worker reads in the job's snapshot with its own RETENTION_SOURCE_URL, "
-                   "which must name the job's source database)") from None
+        raise kind(f"{which}, read on Dask worker {network.worker_address()}: {exc} (each "
+                   f"worker reads in the job's snapshot with the {SOURCE_URL_ENV} of its own "
+                   "environment: the job's source database, as a least-privilege role)"
+                   ) from None
     rows_read = sum(len(f) for f in frames.values())
     part = parts.check_range(frames, against, clients, reading.max_days_ahead)
     del frames
-    seconds = time.perf_counter() - started
+    seconds = round(time.perf_counter() - started, 3)
     log.info("full reload in parts: %s on this worker in %.1f s", which, seconds)
-    return parts.RangeChecked(which, rows_read, part, network.worker_address(), peak_rss_mib())
+    return parts.RangeChecked(which, rows_read, part, network.worker_address(), seconds,
+                              peak_rss_mib())
 
 
-def _source_url() -> URL:
+@functools.cache
+def _role_checked(url: str) -> None:
+    """The worker's source role refused as the job's is (``extract.check_source_role``):
+    it runs the job's mapped queries. Once per worker process; a refusal is not kept."""
+    engine = source_engine(url)
+    try:
+        with engine.connect() as conn:
+            extract.check_source_role(conn)
+    finally:
+        engine.dispose()
+
+
+def _source_url() -> str:
     """The source as this worker reaches it: its own environment's, never the job's."""
     value = os.environ.get(SOURCE_URL_ENV, "")
     if not value:
@@ -144,7 +164,8 @@ def _source_url() -> URL:
             "in parts on the Dask engine reads the source on the workers, each with the "
             "source's read-only role in its own environment (docs/network.md)")
     try:
-        return make_url(value)
+        make_url(value)
     except ArgumentError:
         raise SourceError(f"Dask worker {network.worker_address()}: {SOURCE_URL_ENV} is "
                           "not a database URL") from None
+    return value

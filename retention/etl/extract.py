@@ -277,28 +277,25 @@ def read_in_snapshot(url: URL, snapshot: str, statements: list[tuple[str, str]],
     frames: dict[str, pd.DataFrame] = {}
 
     def work() -> None:
-        reader = pg_arrow.connect(url, SOURCE_CONNECT_ARGS)
         try:
-            pg_arrow.begin_in_snapshot(reader, snapshot)
-            while True:
-                with lock:
-                    if not pending:
-                        return
-                    table, sql = pending.pop(0)
-                try:
-                    rows = pg_arrow.read(reader, sql)
-                except pg_arrow.Error as exc:
-                    raise read_failure(table, mapping, exc) from exc
-                frames[table] = mapping.apply_codes(
-                    table, pg_copy.frame_from_arrow(rows, _columns(table), _kinds(table),
-                                                    owned=True))
-                del rows
+            with pg_arrow.in_snapshot(url, snapshot, SOURCE_CONNECT_ARGS) as reader:
+                while True:
+                    with lock:
+                        if not pending:
+                            return
+                        table, sql = pending.pop(0)
+                    try:
+                        rows = pg_arrow.read(reader, sql)
+                    except pg_arrow.Error as exc:
+                        raise read_failure(table, mapping, exc) from exc
+                    frames[table] = mapping.apply_codes(
+                        table, pg_copy.frame_from_arrow(rows, _columns(table), _kinds(table),
+                                                        owned=True))
+                    del rows
         except BaseException:
             with lock:
                 pending.clear()  # the run fails: the other readers stop after theirs
             raise
-        finally:
-            pg_arrow.end(reader)
 
     # ADBC reads without the GIL: the threads' reads overlap, as do the server's.
     readers = max(1, min(connections, len(pending)))

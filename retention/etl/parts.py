@@ -15,6 +15,7 @@ the check is the same ``validate``, the rows the same reads, only cut by key.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
@@ -65,6 +66,7 @@ class RangeJob:
     against: Context
     clients: pd.DataFrame  # the clients read, for the tally's clinics
     max_days_ahead: int
+    allow_superuser: bool  # [etl] allow_superuser_source: a reader's role is not checked
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RangeChecked:
     rows_read: int
     part: Part
     worker: str = ""  # the Dask worker that read and checked it; "" in the job
+    worker_seconds: float = 0.0  # how long it took there
     worker_peak_rss_mib: int = 0  # that worker process's peak after it
 
 
@@ -96,8 +99,9 @@ class Staged:
     clock: datetime  # the source's, when the snapshot was taken
     builds: bulk.BesideBuilds
     parts: dict[str, int] = field(default_factory=dict)  # ranges read, per family's first table
-    # The Dask workers that read ranges, each with its ranges and its process's peak.
-    workers: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The Dask workers that read ranges: each one's ranges, their seconds, its peak MiB.
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)
+    waited_s: float = 0.0  # the job's time waiting for ranges read and checked
 
     def finish(self) -> dict[str, int]:
         return self.builds.finish()
@@ -141,12 +145,13 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
         try:
             job = RangeJob(source.url, snapshot, mapping, etl.source_connections,
                            reference(first, registry), first.checked["clients"],
-                           etl.max_days_ahead)
+                           etl.max_days_ahead, etl.allow_superuser_source)
             landing = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
-            workers: dict[str, dict[str, int]] = {}
-            for landed in _read_as_source(landing):
+            workers: dict[str, dict[str, float]] = {}
+            landed_ranges = _Landing(landing)
+            for landed in landed_ranges:
                 outcome, part_tally, part_newest = landed.part
                 tally += part_tally
                 newest = {t: _later(newest[t], part_newest[t]) for t in newest}
@@ -155,8 +160,10 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
                     builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
                 if landed.worker:
-                    seen = workers.setdefault(landed.worker, {"ranges": 0, "peak_rss_mib": 0})
+                    seen = workers.setdefault(landed.worker, {"ranges": 0, "seconds": 0.0,
+                                                              "peak_rss_mib": 0})
                     seen["ranges"] += 1
+                    seen["seconds"] = round(seen["seconds"] + landed.worker_seconds, 3)
                     seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
                 # Progress for whoever watches a long first night; counts only, no values.
                 n_held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
@@ -173,7 +180,8 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
     log.info("full reload in parts: %s", ", ".join(f"{t} {n}" for t, n in n_ranges.items()))
     checked = load.checked_from(outcome, tally, outcome.checked, etl, newest)
     checked.detail["checked"] = dict(checked.detail["read"])  # every row read was checked
-    return Staged(checked, clock, builds, n_ranges, workers)
+    return Staged(checked, clock, builds, n_ranges, workers,
+                  round(landed_ranges.waited, 3))
 
 
 def _select(mapping: SourceMapping, table: str, where: str = "") -> str:
@@ -219,27 +227,33 @@ def _bounds(source: Engine, snapshot: str, mapping: SourceMapping, members: list
     sql = (f"SELECT b.k FROM (SELECT src.k::text AS k, row_number() OVER (ORDER BY src.k) "
            f"AS n FROM ({keys_of}) src WHERE src.k IS NOT NULL) b "
            f"WHERE mod(b.n - 1, {int(part_rows)}) = 0 ORDER BY b.n")
-    reader = pg_arrow.connect(source.url, SOURCE_CONNECT_ARGS)
-    try:
-        pg_arrow.begin_in_snapshot(reader, snapshot)
+    with pg_arrow.in_snapshot(source.url, snapshot, SOURCE_CONNECT_ARGS) as reader:
         try:
             keys = pg_arrow.read(reader, sql).column(0).to_pylist()
         except pg_arrow.Error as exc:
             raise extract.read_failure(members[0], mapping, exc) from exc
-    finally:
-        pg_arrow.end(reader)
     return list(dict.fromkeys(str(k) for k in keys[1:] if k != keys[0]))
 
 
-def _read_as_source(parts: Iterator[RangeChecked]) -> Iterator[RangeChecked]:
-    """``parts``, a driver's error while reading one said as the source's
-    (``extract.read_errors``); the caller's own work (the store's) is not wrapped."""
-    while True:
-        with extract.read_errors():
-            part = next(parts, None)
-        if part is None:
-            return
-        yield part
+class _Landing:
+    """Ranges as they land: a driver's error while reading one said as the source's
+    (``extract.read_errors``; the caller's own work, the store's, is not wrapped), and
+    how long the job waited for them (``waited``: seconds)."""
+
+    def __init__(self, ranges: Iterator[RangeChecked]) -> None:
+        self._ranges = ranges
+        self.waited = 0.0
+
+    def __iter__(self) -> _Landing:
+        return self
+
+    def __next__(self) -> RangeChecked:
+        started = time.perf_counter()
+        try:
+            with extract.read_errors():
+                return next(self._ranges)
+        finally:
+            self.waited += time.perf_counter() - started
 
 
 def check_range(frames: dict[str, pd.DataFrame], against: Context, clients: pd.DataFrame,

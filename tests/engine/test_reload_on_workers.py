@@ -136,6 +136,8 @@ def test_ranges_checked_on_the_workers_store_what_a_whole_reload_does(
     assert sorted(on) == workers
     assert sum(w["ranges"] for w in on.values()) == len(landed)
     assert all(w["peak_rss_mib"] > 100 for w in on.values())  # a Python process with pandas
+    assert all(w["seconds"] > 0 for w in on.values())
+    assert 0 < got["detail"]["parts_waited_s"] <= sum(got["detail"]["seconds"].values())
     assert "parts_on_workers" not in record(whole_db, whole.run_id)["detail"]
 
 
@@ -159,8 +161,8 @@ def test_a_worker_reading_another_database_fails_the_run_and_keeps_the_copy(
         assert "read on Dask worker tcp://127.0.0.1:" in message
         # The server's reason, then what to check.
         assert "cannot import a snapshot from a different database" in message
-        assert message.endswith(f"with its own {reload.SOURCE_URL_ENV}, which must name the "
-                                "job's source database)")
+        assert message.endswith(f"with the {reload.SOURCE_URL_ENV} of its own environment: the "
+                                "job's source database, as a least-privilege role)")
         assert stored(store_db) == before
         assert beside_tables(store_db) == []
         assert record(store_db)["status"] == "failed"
@@ -173,10 +175,22 @@ def test_a_worker_without_a_source_url_says_what_it_needs(
 ) -> None:
     """The source's credentials never travel with a task: a worker without its own says so."""
     monkeypatch.delenv(reload.SOURCE_URL_ENV, raising=False)
-    reading = reload.Reading("00000003-00000002-1", EtlSettings().mapping, 1, 90)
+    reading = reload.Reading("00000003-00000002-1", EtlSettings().mapping, 1, 90, True)
     with pytest.raises(SourceError, match=f"has no {reload.SOURCE_URL_ENV}: a full reload "
                                           "in parts on the Dask engine reads the source on "
                                           "the workers"):
+        reload.check_on_worker(reading, Context(), pd.DataFrame(),
+                               ("appointments range 1 of 1", []))
+
+
+def test_a_worker_refuses_a_source_role_that_reads_anything(
+    monkeypatch: pytest.MonkeyPatch, broken: Source,
+) -> None:
+    """The worker runs the job's mapped queries: a superuser role is refused there as in
+    the job, unless [etl] allow_superuser_source (the test server's role is one)."""
+    monkeypatch.setenv(reload.SOURCE_URL_ENV, broken.url)
+    reading = reload.Reading("00000003-00000002-1", EtlSettings().mapping, 1, 90, False)
+    with pytest.raises(SourceError, match="is a superuser on the clinic's PostgreSQL"):
         reload.check_on_worker(reading, Context(), pd.DataFrame(),
                                ("appointments range 1 of 1", []))
 
