@@ -236,9 +236,7 @@ def _bounds(source: Engine, snapshot: str, mapping: SourceMapping, members: list
 
 
 class _Landing:
-    """Ranges as they land: a driver's error while reading one said as the source's
-    (``extract.read_errors``; the caller's own work, the store's, is not wrapped), and
-    how long the job waited for them (``waited``: seconds)."""
+    """Ranges as they land, and how long the job waited for them (``waited``: seconds)."""
 
     def __init__(self, ranges: Iterator[RangeChecked]) -> None:
         self._ranges = ranges
@@ -250,8 +248,7 @@ class _Landing:
     def __next__(self) -> RangeChecked:
         started = time.perf_counter()
         try:
-            with extract.read_errors():
-                return next(self._ranges)
+            return next(self._ranges)
         finally:
             self.waited += time.perf_counter() - started
 
@@ -282,7 +279,13 @@ def checked_here(job: RangeJob, ranges: Iterator[Range]) -> Generator[RangeCheck
 
     with ThreadPoolExecutor(max_workers=1) as ahead:
         coming = ahead.submit(next_read)
-        while (landed := coming.result()) is not None:
+        while True:
+            # A driver's error while reading is the source's; the caller's own work (the
+            # store's, between ranges) is not wrapped.
+            with extract.read_errors():
+                landed = coming.result()
+            if landed is None:
+                return
             coming = ahead.submit(next_read)
             which, frames = landed
             del landed
@@ -296,7 +299,8 @@ def _statements(mapping: SourceMapping, ranges: dict[str, Future[list[str]]],
                 missing: dict[str, pd.DataFrame]) -> Iterator[Range]:
     """Every range's statements, family by family, named for the progress log."""
     for key, members in FAMILIES:
-        cuts = ranges[key].result()
+        with extract.read_errors():  # the bounds are the source's work
+            cuts = ranges[key].result()
         for n, cut in enumerate(cuts, start=1):
             yield (f"{members[0]} range {n} of {len(cuts)}",
                    [(t, _select(mapping, t, cut)) for t in members if t not in missing])

@@ -38,12 +38,14 @@ from tests.etl.test_partitioned_reload import (
     settings,
     watermarks,
 )
+from tests.support.apps import free_port
 from tests.support.broken import BROKEN_RULES, broken_network
 from tests.support.dask_cluster import Cluster, require, start_cluster
 from tests.support.pg import drop_database, new_database
 from tests.support.sources import AS_OF, Source, stored
 
 reload = require("retention.engine.reload")
+EngineUnavailable = require("retention.engine.network").EngineUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +77,12 @@ def stores(pg_databases: Callable[[str], str]) -> Iterator[tuple[Engine, Engine]
         engine.dispose()
 
 
-def on_workers(src: Source, store_db: Engine, etl_settings: EtlSettings, cluster: Cluster,
+def on_workers(src: Source, store_db: Engine, etl_settings: EtlSettings, scheduler: str,
                as_of: date = AS_OF, clock: FixedClock = NIGHT) -> EtlResult:
-    """A full reload whose ranges the cluster reads and checks, found as the jobs find it."""
+    """A full reload whose ranges the cluster at ``scheduler`` reads and checks, found as
+    the jobs find it."""
     check = ranges_checker(Settings(source_url=src.url, store_url="",
-                                    engine=EngineSettings(kind="dask",
-                                                          scheduler=cluster.address)))
+                                    engine=EngineSettings(kind="dask", scheduler=scheduler)))
     assert check is not None
     source = source_engine(src.url)
     try:
@@ -107,7 +109,7 @@ def test_ranges_checked_on_the_workers_store_what_a_whole_reload_does(
     whole_db, workers_db = stores
     caplog.set_level(logging.INFO, logger="retention")
     whole = in_job(broken, whole_db, settings(0))
-    parts = on_workers(broken, workers_db, settings(PART_ROWS), cluster)
+    parts = on_workers(broken, workers_db, settings(PART_ROWS), cluster.address)
     expected, got = record(whole_db, whole.run_id), record(workers_db, parts.run_id)
     assert (expected["status"], got["status"]) == ("succeeded", "succeeded")
     assert_parts(got["detail"])
@@ -155,7 +157,7 @@ def test_a_worker_reading_another_database_fails_the_run_and_keeps_the_copy(
         elsewhere = pg_databases("elsewhere")
         with (start_cluster(tmp_path, workers=1, env={reload.SOURCE_URL_ENV: elsewhere}) as other,
               pytest.raises(SourceError) as failed):
-            on_workers(broken, store_db, settings(PART_ROWS), other,
+            on_workers(broken, store_db, settings(PART_ROWS), other.address,
                        as_of=AS_OF + timedelta(days=1), clock=NEXT_NIGHT)
         message = str(failed.value)
         assert "read on Dask worker tcp://127.0.0.1:" in message
@@ -163,6 +165,26 @@ def test_a_worker_reading_another_database_fails_the_run_and_keeps_the_copy(
         assert "cannot import a snapshot from a different database" in message
         assert message.endswith(f"with the {reload.SOURCE_URL_ENV} of its own environment: the "
                                 "job's source database, as a least-privilege role)")
+        assert stored(store_db) == before
+        assert beside_tables(store_db) == []
+        assert record(store_db)["status"] == "failed"
+    finally:
+        store_db.dispose()
+
+
+def test_a_scheduler_that_does_not_answer_is_the_engines_error_not_the_sources(
+    broken: Source, pg_databases: Callable[[str], str],
+) -> None:
+    """The cluster unreachable after the small tables were read: the run fails as the
+    engine being down (the nightly job retries it), not as the clinic's database, and
+    leaves the copy as it was."""
+    store_db = store_engine(pg_databases("store"))
+    try:
+        in_job(broken, store_db, settings(PART_ROWS))
+        before = stored(store_db)
+        with pytest.raises(EngineUnavailable, match="did not answer"):
+            on_workers(broken, store_db, settings(PART_ROWS), f"tcp://127.0.0.1:{free_port()}",
+                       as_of=AS_OF + timedelta(days=1), clock=NEXT_NIGHT)
         assert stored(store_db) == before
         assert beside_tables(store_db) == []
         assert record(store_db)["status"] == "failed"
