@@ -64,7 +64,7 @@ class RangeJob:
     mapping: SourceMapping
     connections: int
     against: Context
-    clients: pd.DataFrame  # the clients read, for the tally's clinics
+    clients: pd.DataFrame  # each client read, with its clinic: the tally's clinics
     max_days_ahead: int
     allow_superuser: bool  # [etl] allow_superuser_source: a reader's role is not checked
 
@@ -143,9 +143,12 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
         lap("extract")
         builds = bulk.BesideBuilds(store, [tables.copies[t] for t in LOOKING_UP])
         try:
+            # Of the clients, what a range's tally finds its rows' clinics by: every
+            # worker holds it, so not their other columns.
+            clinics = first.checked["clients"][["client_id", "clinic_id"]]
             job = RangeJob(source.url, snapshot, mapping, etl.source_connections,
-                           reference(first, registry), first.checked["clients"],
-                           etl.max_days_ahead, etl.allow_superuser_source)
+                           reference(first, registry), clinics, etl.max_days_ahead,
+                           etl.allow_superuser_source)
             landing = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
