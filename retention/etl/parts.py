@@ -162,12 +162,7 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
                 for table in LOOKING_UP:
                     builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
-                if landed.worker:
-                    seen = workers.setdefault(landed.worker, {"ranges": 0, "seconds": 0.0,
-                                                              "peak_rss_mib": 0})
-                    seen["ranges"] += 1
-                    seen["seconds"] = round(seen["seconds"] + landed.worker_seconds, 3)
-                    seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
+                _count_worker(workers, landed)
                 # Progress for whoever watches a long first night; counts only, no values.
                 n_held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
                 log.info("full reload in parts: %s read and checked: %d rows, %d held",
@@ -185,6 +180,16 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
     checked.detail["checked"] = dict(checked.detail["read"])  # every row read was checked
     return Staged(checked, clock, builds, n_ranges, workers,
                   round(landed_ranges.waited, 3))
+
+
+def _count_worker(workers: dict[str, dict[str, float]], landed: RangeChecked) -> None:
+    """Add a range a Dask worker read to its ranges, their seconds and its peak MiB."""
+    if not landed.worker:
+        return
+    seen = workers.setdefault(landed.worker, {"ranges": 0, "seconds": 0.0, "peak_rss_mib": 0})
+    seen["ranges"] += 1
+    seen["seconds"] = round(seen["seconds"] + landed.worker_seconds, 3)
+    seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
 
 
 def _select(mapping: SourceMapping, table: str, where: str = "") -> str:
