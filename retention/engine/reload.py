@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 
 import pandas as pd
 from distributed import Client, Future, KilledWorker
@@ -40,7 +40,7 @@ from retention.engine.memory import peak_rss_mib
 from retention.etl import extract, parts
 from retention.etl.extract import SourceError, SourceUnavailable
 from retention.etl.validation import Context
-from retention.settings import EngineSettings, SourceMapping
+from retention.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ SOURCE_URL_ENV = "RETENTION_SOURCE_URL"
 
 class RangeFailed(SourceError):
     """A range kept killing the Dask workers that read it: nothing was swapped in."""
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What every range's task carries besides its statements: no URL, no credentials."""
-
-    snapshot: str
-    mapping: SourceMapping
-    connections: int
-    max_days_ahead: int
-    allow_superuser: bool
 
 
 def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
@@ -79,8 +68,6 @@ def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
 def _in_order(client: Client, job: parts.RangeJob,
               ranges: Iterator[parts.Range]) -> Iterator[parts.RangeChecked]:
     """The ranges' results in their order, ``RANGES_PER_WORKER`` per worker out at once."""
-    reading = Reading(job.snapshot, job.mapping, job.connections, job.max_days_ahead,
-                      job.allow_superuser)
     against, clients = client.scatter([job.against, job.clients], broadcast=True, hash=False)
     window = RANGES_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
     token = uuid.uuid4().hex  # Dask would hand back a finished task of the same key
@@ -91,7 +78,7 @@ def _in_order(client: Client, job: parts.RangeJob,
             while len(out) < window and (following := next(ranges, None)) is not None:
                 submitted += 1
                 out.append((following[0], client.submit(
-                    check_on_worker, reading, against, clients, following,
+                    check_on_worker, job.reading, against, clients, following,
                     key=f"retention-range-{token}-{submitted}", retries=network.RETRIES,
                     pure=False)))
             if not out:
@@ -114,7 +101,7 @@ def _in_order(client: Client, job: parts.RangeJob,
         client.cancel([f for _, f in out] + [against, clients])
 
 
-def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
+def check_on_worker(reading: parts.RangeReading, against: Context, clients: pd.DataFrame,
                     range_: parts.Range) -> parts.RangeChecked:
     """One range, on a worker: read in the job's snapshot, checked as the job checks."""
     started = time.perf_counter()
@@ -134,13 +121,12 @@ def check_on_worker(reading: Reading, against: Context, clients: pd.DataFrame,
                    f"worker reads in the job's snapshot with the {SOURCE_URL_ENV} of its own "
                    "environment: the job's source database, as a least-privilege role)"
                    ) from None
-    rows_read = sum(len(f) for f in frames.values())
-    part = parts.check_range(frames, against, clients, reading.max_days_ahead)
+    checked = parts.check_range(which, frames, against, clients, reading.max_days_ahead)
     del frames
     seconds = round(time.perf_counter() - started, 3)
     log.info("full reload in parts: %s on this worker in %.1f s", which, seconds)
-    return parts.RangeChecked(which, rows_read, part, network.worker_address(), seconds,
-                              peak_rss_mib())
+    return replace(checked, worker=network.worker_address(), worker_seconds=seconds,
+                   worker_peak_rss_mib=peak_rss_mib())
 
 
 @functools.cache

@@ -54,19 +54,26 @@ Range = tuple[str, list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
-class RangeJob:
-    """What reading and checking any range takes: the snapshot to read in, and the small
-    tables' outcome to check against. ``url`` is the job's source, for ranges read in its
-    process; a Dask worker reads with its own (``retention.engine.reload``)."""
+class RangeReading:
+    """How any range is read and checked, less the source's URL: what a Dask task carries."""
 
-    url: URL
     snapshot: str
     mapping: SourceMapping
     connections: int
-    against: Context
-    clients: pd.DataFrame  # each client read, with its clinic: the tally's clinics
     max_days_ahead: int
     allow_superuser: bool  # [etl] allow_superuser_source: a reader's role is not checked
+
+
+@dataclass(frozen=True)
+class RangeJob:
+    """What reading and checking any range takes: how (``reading``), and the small tables'
+    outcome to check against. ``url`` is the job's source, for ranges read in its
+    process; a Dask worker reads with its own (``retention.engine.reload``)."""
+
+    url: URL
+    reading: RangeReading
+    against: Context
+    clients: pd.DataFrame  # each client read, with its clinic: the tally's clinics
 
 
 @dataclass(frozen=True)
@@ -146,9 +153,9 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
             # Of the clients, what a range's tally finds its rows' clinics by: every
             # worker holds it, so not their other columns.
             clinics = first.checked["clients"][["client_id", "clinic_id"]]
-            job = RangeJob(source.url, snapshot, mapping, etl.source_connections,
-                           reference(first, registry), clinics, etl.max_days_ahead,
-                           etl.allow_superuser_source)
+            reading = RangeReading(snapshot, mapping, etl.source_connections,
+                                   etl.max_days_ahead, etl.allow_superuser_source)
+            job = RangeJob(source.url, reading, reference(first, registry), clinics)
             landing = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
@@ -261,25 +268,28 @@ class _Landing:
             self.waited += time.perf_counter() - started
 
 
-def check_range(frames: dict[str, pd.DataFrame], against: Context, clients: pd.DataFrame,
-                max_days_ahead: int) -> Part:
-    """One range's rows checked against the small tables, with its tally and newest stamps;
-    of the outcome only what the reload keeps (the valid rows and rejects: the rows given,
-    typed, are the range's size again). The one check of a range, wherever it runs."""
+def check_range(which: str, frames: dict[str, pd.DataFrame], against: Context,
+                clients: pd.DataFrame, max_days_ahead: int) -> RangeChecked:
+    """The range ``which``'s rows checked against the small tables, with its tally and
+    newest stamps; of the outcome only what the reload keeps (the valid rows and rejects:
+    the rows given, typed, are the range's size again). The one check of a range,
+    wherever it runs."""
     outcome = validate(frames, against, max_days_ahead=max_days_ahead)
     n_read = {t: len(frames[t]) if t in frames else 0 for t in ORDER}
     tally = count(outcome, n_read, clients=clients)
     slim = Outcome(valid=outcome.valid, rejects=outcome.rejects,
                    checked={t: f.iloc[:0] for t, f in outcome.checked.items()},
                    ok={t: s.iloc[:0] for t, s in outcome.ok.items()})
-    return slim, tally, load.newest_stamps(frames)
+    return RangeChecked(which, sum(n_read.values()),
+                        (slim, tally, load.newest_stamps(frames)))
 
 
 def checked_here(job: RangeJob, ranges: Iterator[Range]) -> Generator[RangeChecked, None, None]:
     """Each range read in the job's process (the next one read meanwhile, on a thread of
     its own: the reads wait on the server, the checks on Python) and checked."""
-    read = partial(extract.read_in_snapshot, job.url, job.snapshot, mapping=job.mapping,
-                   connections=job.connections)
+    how = job.reading
+    read = partial(extract.read_in_snapshot, job.url, how.snapshot, mapping=how.mapping,
+                   connections=how.connections)
 
     def next_read() -> tuple[str, dict[str, pd.DataFrame]] | None:
         following = next(ranges, None)
@@ -297,10 +307,9 @@ def checked_here(job: RangeJob, ranges: Iterator[Range]) -> Generator[RangeCheck
             coming = ahead.submit(next_read)
             which, frames = landed
             del landed
-            n_read = sum(len(f) for f in frames.values())
-            part = check_range(frames, job.against, job.clients, job.max_days_ahead)
+            checked = check_range(which, frames, job.against, job.clients, how.max_days_ahead)
             del frames
-            yield RangeChecked(which, n_read, part)
+            yield checked
 
 
 def _statements(mapping: SourceMapping, ranges: dict[str, Future[list[str]]],

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from retention.clock import FixedClock
 from retention.db.engines import source_engine, store_engine
 from retention.etl.extract import SourceError
+from retention.etl.parts import RangeReading
 from retention.etl.validation import Context
 from retention.pipelines.etl import EtlResult, ranges_checker, run_etl
 from retention.settings import EngineSettings, EtlSettings, Settings
@@ -197,7 +198,7 @@ def test_a_worker_without_a_source_url_says_what_it_needs(
 ) -> None:
     """The source's credentials never travel with a task: a worker without its own says so."""
     monkeypatch.delenv(reload.SOURCE_URL_ENV, raising=False)
-    reading = reload.Reading("00000003-00000002-1", EtlSettings().mapping, 1, 90, True)
+    reading = RangeReading("00000003-00000002-1", EtlSettings().mapping, 1, 90, True)
     with pytest.raises(SourceError, match=f"has no {reload.SOURCE_URL_ENV}: a full reload "
                                           "in parts on the Dask engine reads the source on "
                                           "the workers"):
@@ -211,7 +212,7 @@ def test_a_worker_refuses_a_source_role_that_reads_anything(
     """The worker runs the job's mapped queries: a superuser role is refused there as in
     the job, unless [etl] allow_superuser_source (the test server's role is one)."""
     monkeypatch.setenv(reload.SOURCE_URL_ENV, broken.url)
-    reading = reload.Reading("00000003-00000002-1", EtlSettings().mapping, 1, 90, False)
+    reading = RangeReading("00000003-00000002-1", EtlSettings().mapping, 1, 90, False)
     with pytest.raises(SourceError, match="is a superuser on the clinic's PostgreSQL"):
         reload.check_on_worker(reading, Context(), pd.DataFrame(),
                                ("appointments range 1 of 1", []))
