@@ -31,8 +31,8 @@ from tests.etl.test_partitioned_reload import (
     NEXT_NIGHT,
     NIGHT,
     PART_ROWS,
+    assert_failed_and_kept,
     assert_parts,
-    beside_tables,
     held_rules,
     judged,
     record,
@@ -166,9 +166,7 @@ def test_a_worker_reading_another_database_fails_the_run_and_keeps_the_copy(
         assert "cannot import a snapshot from a different database" in message
         assert message.endswith(f"with the {reload.SOURCE_URL_ENV} of its own environment: the "
                                 "job's source database, as a least-privilege role)")
-        assert stored(store_db) == before
-        assert beside_tables(store_db) == []
-        assert record(store_db)["status"] == "failed"
+        assert_failed_and_kept(store_db, before)
     finally:
         store_db.dispose()
 
@@ -186,9 +184,7 @@ def test_a_scheduler_that_does_not_answer_is_the_engines_error_not_the_sources(
         with pytest.raises(EngineUnavailable, match="did not answer"):
             on_workers(broken, store_db, settings(PART_ROWS), f"tcp://127.0.0.1:{free_port()}",
                        as_of=AS_OF + timedelta(days=1), clock=NEXT_NIGHT)
-        assert stored(store_db) == before
-        assert beside_tables(store_db) == []
-        assert record(store_db)["status"] == "failed"
+        assert_failed_and_kept(store_db, before)
     finally:
         store_db.dispose()
 

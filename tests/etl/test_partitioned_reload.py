@@ -184,11 +184,7 @@ def test_over_the_limits_a_reload_in_parts_stops_as_a_whole_one_does(
     whole_db, parts_db = stores
     for store_db in stores:  # the copy, the quarantine and the features: all empty
         assert stored(store_db) == {name: [] for name in COMPARED}
-    with parts_db.connect() as conn:
-        names = conn.execute(text(
-            "SELECT schemaname || '.' || tablename FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")).scalars().all()
-    assert [n for n in names if n.endswith("__next")] == []
+    assert beside_tables(parts_db) == []
 
     expected, got = record(whole_db), record(parts_db)
     assert (expected["status"], got["status"]) == ("failed", "failed")
@@ -197,9 +193,17 @@ def test_over_the_limits_a_reload_in_parts_stops_as_a_whole_one_does(
 
 
 def beside_tables(store_db: Engine) -> list[str]:
+    """Tables built beside the copy (``<table>__next``), in any schema."""
     with store_db.connect() as conn:
         return list(conn.execute(text(
             "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_next'")).scalars())
+
+
+def assert_failed_and_kept(store_db: Engine, before: dict[str, Any]) -> None:
+    """The last run failed, the copy is as it was (``stored``), nothing is left beside it."""
+    assert stored(store_db) == before
+    assert beside_tables(store_db) == []
+    assert record(store_db)["status"] == "failed"
 
 
 def test_a_read_failing_after_ranges_have_landed_leaves_the_last_copy(
@@ -223,9 +227,7 @@ def test_a_read_failing_after_ranges_have_landed_leaves_the_last_copy(
     assert str(failed.value).startswith(
         "the query for [etl.queries] session_observations failed in the clinic database")
     assert "division by zero" in str(failed.value)
-    assert stored(parts_db) == before
-    assert beside_tables(parts_db) == []
-    assert record(parts_db)["status"] == "failed"
+    assert_failed_and_kept(parts_db, before)
 
 
 # Ids a server's collation may order otherwise than Python does (case, digits, '_').
