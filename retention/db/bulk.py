@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from psycopg import sql as pgsql
 from sqlalchemy import (
+    URL,
     BigInteger,
     Boolean,
     Column,
@@ -51,6 +53,10 @@ STREAM_ROWS = 50_000
 REBUILD_INDEXES_ROWS = 100_000
 # Sort memory per index build, enough for the items' key; two builds at once need twice this free.
 BUILD_SORT_MEMORY = "1GB"
+# A ``BesideBuilds``' landing table: which parts have landed, one name per part.
+LANDING_PREFIX = "beside_landed_"
+_LANDING = re.compile(re.escape(LANDING_PREFIX) + "[0-9a-f]{16}")
+_PART = re.compile(r"[A-Za-z0-9_ ]+")  # a part's name, written into SQL as a literal
 _PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -428,11 +434,14 @@ class BesideBuilds:
     reload read by key range): each part's rows are appended as it comes and let go,
     the indexes built once at the end.
 
-    One ADBC connection per table holds its ``__next`` table in an open transaction,
-    invisible to others until ``finish`` commits it; ``swap_in`` then puts it in place
-    in the caller's transaction. A part's append runs on the table's own thread while
-    the caller checks the next part; ``append`` waits for the table's previous one, so
-    at most one part per table is held for it. ``drop`` (or any failure) leaves nothing.
+    The ``__next`` tables are created empty and committed at once, with a landing table
+    (``landing``: one row per part), so a part's rows may be appended here or by another
+    process on a connection of its own (``land_beside``: a Dask worker's). Nothing is
+    visible under the tables' own names until ``swap_in`` runs in the caller's
+    transaction. The job's own appends run on one ADBC connection per table, in a
+    transaction ``finish`` commits, on the table's thread while the caller checks the
+    next part; ``append`` waits for the table's previous one, so at most one part per
+    table is held for it. ``drop`` (or any failure) leaves nothing.
     """
 
     def __init__(self, engine: Engine, tables: Sequence[Table], workers: int = 2) -> None:
@@ -443,14 +452,23 @@ class BesideBuilds:
                                  f"{', '.join(referenced)}")
             self._plans = {t.name: _beside_statements(conn, t) for t in tables}
         self._engine, self._tables, self._workers = engine, list(tables), workers
+        self.landing = f"{LANDING_PREFIX}{uuid.uuid4().hex[:16]}"
         self._own: dict[str, Any] = {}
         self._threads = {t.name: ThreadPoolExecutor(1) for t in tables}
         self._pending: dict[str, Future[int]] = {}
         self.rows = dict.fromkeys(self._plans, 0)
         try:
+            with engine.begin() as conn:
+                # A landing table left by a run that died goes first: a part still being
+                # landed for it then waits, or fails, before these tables are made anew.
+                _drop_landings(conn)
+                for table in self._tables:
+                    for statement in self._plans[table.name][0]:
+                        conn.execute(text(statement))
+                conn.execute(text(f'CREATE TABLE "{self.landing}" (part text PRIMARY KEY)'))
             for table in self._tables:
                 self._own[table.name] = pg_arrow.connect(engine.url)
-                pg_arrow.execute(self._own[table.name], "BEGIN", *self._plans[table.name][0])
+                pg_arrow.execute(self._own[table.name], "BEGIN")
         except BaseException:
             self.drop()
             raise
@@ -462,19 +480,28 @@ class BesideBuilds:
         self._pending[table.name] = self._threads[table.name].submit(
             pg_arrow.append, own, f"{table.name}__next", arrow_batches(table, frame))
 
+    def landed(self, rows: Mapping[str, int]) -> None:
+        """Count the rows another process landed (``land_beside``), by table name."""
+        for name, n in rows.items():
+            self.rows[name] += n
+
     def _wait(self, name: str) -> None:
         pending = self._pending.pop(name, None)
         if pending is not None:
             self.rows[name] += pending.result()
 
     def finish(self) -> dict[str, int]:
-        """Index and commit every table, ``workers`` at a time; the rows each holds, by name."""
+        """Index and commit every table, ``workers`` at a time; the rows each holds, by name.
+
+        Every part must have landed: the caller waited for them all."""
         def index(name: str) -> None:
             pg_arrow.execute(self._own[name], *self._plans[name][1], "COMMIT")
 
         try:
             for name in self._plans:
                 self._wait(name)
+            with self._engine.begin() as conn:
+                _drop_landings(conn)
             with ThreadPoolExecutor(max_workers=self._workers) as pool:
                 list(pool.map(index, self._plans))
         except BaseException:
@@ -484,7 +511,7 @@ class BesideBuilds:
         return dict(self.rows)
 
     def drop(self) -> None:
-        """Give up: roll back what was not committed and drop what was."""
+        """Give up: roll back the job's appends and drop the tables, the landing first."""
         for pending in self._pending.values():
             pending.cancel()
             with contextlib.suppress(BaseException):
@@ -495,6 +522,7 @@ class BesideBuilds:
         self._own.clear()
         self._close()
         with self._engine.begin() as conn:
+            _drop_landings(conn)
             drop_beside(conn, self._tables)
 
     def _close(self) -> None:
@@ -503,6 +531,42 @@ class BesideBuilds:
         for own in self._own.values():
             own.close()
         self._own.clear()
+
+
+def land_beside(url: URL, landing: str, part: str,
+                frames: Sequence[tuple[Table, pd.DataFrame]]) -> bool:
+    """Append one part's rows to the ``__next`` tables a ``BesideBuilds`` made, once.
+
+    The part's name goes into the builds' landing table in the same transaction as its
+    rows, so a part run again (a Dask retry after its worker died past the commit, or
+    two runs of one task at once) lands nothing the second time: its insert waits for
+    the first's commit and finds the name there. Returns whether this call landed the
+    rows. Fails, landing nothing, when the builds are gone (dropped or finished): their
+    landing table is dropped first, and the tables' rows are then no longer wanted.
+    """
+    if not _LANDING.fullmatch(landing) or not _PART.fullmatch(part):
+        raise ValueError(f"not a landing table and part: {landing!r}, {part!r}")
+    own = pg_arrow.connect(url)
+    try:
+        pg_arrow.execute(own, "BEGIN")
+        first = pg_arrow.read(own, f"INSERT INTO \"{landing}\" (part) VALUES ('{part}') "
+                                   "ON CONFLICT DO NOTHING RETURNING part").num_rows == 1
+        if first:
+            for table, frame in frames:
+                pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
+        pg_arrow.execute(own, "COMMIT")
+    finally:
+        pg_arrow.end(own)
+    return first
+
+
+def _drop_landings(connection: Connection) -> None:
+    """Drop every builds' landing table (one run builds at a time: the ETL's lock)."""
+    names = connection.execute(text(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+        "AND tablename LIKE :prefix"), {"prefix": LANDING_PREFIX.replace("_", "\\_") + "%"})
+    for name in names.scalars().all():
+        connection.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
 
 
 def arrow_batches(table: Table, frame: pd.DataFrame, rows: int = 500_000) -> pa.RecordBatchReader:

@@ -7,15 +7,17 @@ range is read in the one state of the source the job's transaction holds open; i
 with the source URL of its own environment (``RETENTION_SOURCE_URL``: the source's
 credentials never travel with a task), checks the range with ``parts.check_range``, the
 check the job's process runs, against the small tables' outcome (sent to every worker
-once), and hands back the range's valid rows, rejects and tally. The job takes them in
-range order and appends them to the tables it builds beside the copy, so the copy, the
-quarantine and the run's record are those of a reload read in one process, row for row
-(tests/engine/test_reload_on_workers.py).
+once), appends the range's valid rows to the tables the job builds beside the copy
+(``parts.land``, with the job's ``store_url``, as the nightly partitions read the store),
+and hands back its rejects, tally and stamps. The job takes those in range order, so
+the copy, the quarantine and the run's record are those of a reload read in one process,
+row for row (tests/engine/test_reload_on_workers.py), and no range's rows pass through
+the scheduler or the job.
 
-At most ``RANGES_PER_WORKER`` ranges per worker are out at once: a worker holds the
-range it checks and the results not yet taken, the job one range's rows. A range that
-fails is run again by Dask (``network.RETRIES``); one that still fails fails the run,
-and the tables built beside the copy are dropped, the copy untouched.
+At most ``RANGES_PER_WORKER`` ranges per worker are out at once. A range that fails is
+run again by Dask (``network.RETRIES``), landing its rows at most once
+(``bulk.land_beside``); one that still fails fails the run, and the tables built beside
+the copy are dropped, the copy untouched.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from distributed import Client, Future, KilledWorker
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from retention.db import pg_arrow
 from retention.db.engines import source_engine
 from retention.engine import network
 from retention.engine.memory import peak_rss_mib
@@ -52,6 +55,10 @@ SOURCE_URL_ENV = "RETENTION_SOURCE_URL"
 
 class RangeFailed(SourceError):
     """A range kept killing the Dask workers that read it: nothing was swapped in."""
+
+
+class LandingFailed(RuntimeError):
+    """A worker could not append its range's rows to the store: nothing was swapped in."""
 
 
 def checked_on_workers(engine: EngineSettings) -> parts.CheckRanges:
@@ -78,7 +85,7 @@ def _in_order(client: Client, job: parts.RangeJob,
             while len(out) < window and (following := next(ranges, None)) is not None:
                 submitted += 1
                 out.append((following[0], client.submit(
-                    check_on_worker, job.reading, against, clients, following,
+                    check_on_worker, job.reading, against, clients, job.landing, following,
                     key=f"retention-range-{token}-{submitted}", retries=network.RETRIES,
                     pure=False)))
             if not out:
@@ -102,8 +109,9 @@ def _in_order(client: Client, job: parts.RangeJob,
 
 
 def check_on_worker(reading: parts.RangeReading, against: Context, clients: pd.DataFrame,
-                    range_: parts.Range) -> parts.RangeChecked:
-    """One range, on a worker: read in the job's snapshot, checked as the job checks."""
+                    landing: parts.Landing, range_: parts.Range) -> parts.RangeChecked:
+    """One range, on a worker: read in the job's snapshot, checked as the job checks, its
+    valid rows appended to the tables built beside the copy (``parts.land``)."""
     started = time.perf_counter()
     which, statements = range_
     try:
@@ -123,6 +131,12 @@ def check_on_worker(reading: parts.RangeReading, against: Context, clients: pd.D
                    ) from None
     checked = parts.check_range(which, frames, against, clients, reading.max_days_ahead)
     del frames
+    try:
+        checked = parts.land(checked, landing)
+    except pg_arrow.Error as exc:
+        raise LandingFailed(f"{which}, landed by Dask worker {network.worker_address()}: "
+                            f"{exc} (each worker appends its ranges' rows to the store with "
+                            "the job's store_url: it must reach the store)") from None
     seconds = round(time.perf_counter() - started, 3)
     log.info("full reload in parts: %s on this worker in %.1f s", which, seconds)
     return replace(checked, worker=network.worker_address(), worker_seconds=seconds,

@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from itertools import pairwise
 
 import pandas as pd
 from sqlalchemy import URL, Connection, Engine
+from sqlalchemy.engine import make_url
 
 from retention.clinic.registry import Registry
 from retention.db import bulk, pg_arrow
@@ -65,15 +66,29 @@ class RangeReading:
 
 
 @dataclass(frozen=True)
+class Landing:
+    """Where a checker that runs outside the job (a Dask worker) appends a range's valid
+    rows itself: the store, and the landing table of the tables built beside its copy
+    (``bulk.BesideBuilds``). The URL holds the store role's password, as the nightly
+    partitions' ``store_url`` does: it is kept out of the dataclass's repr, which a failed
+    task's log would print."""
+
+    store_url: str = field(repr=False)
+    table: str
+
+
+@dataclass(frozen=True)
 class RangeJob:
     """What reading and checking any range takes: how (``reading``), and the small tables'
     outcome to check against. ``url`` is the job's source, for ranges read in its
-    process; a Dask worker reads with its own (``retention.engine.reload``)."""
+    process; a Dask worker reads with its own (``retention.engine.reload``) and lands the
+    range's rows in the store itself (``landing``)."""
 
     url: URL
     reading: RangeReading
     against: Context
     clients: pd.DataFrame  # each client read, with its clinic: the tally's clinics
+    landing: Landing
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,9 @@ class RangeChecked:
     worker: str = ""  # the Dask worker that read and checked it; "" in the job
     worker_seconds: float = 0.0  # how long it took there
     worker_peak_rss_mib: int = 0  # that worker process's peak after it
+    # The rows its checker appended to the tables beside the copy itself, by table name
+    # (``land``); None: the job appends ``part``'s valid rows.
+    landed: dict[str, int] | None = None
 
 
 # Reads and checks the ranges given, in their order: in the job (``checked_here``) or on
@@ -106,7 +124,8 @@ class Staged:
     clock: datetime  # the source's, when the snapshot was taken
     builds: bulk.BesideBuilds
     parts: dict[str, int] = field(default_factory=dict)  # ranges read, per family's first table
-    # The Dask workers that read ranges: each one's ranges, their seconds, its peak MiB.
+    # The Dask workers that read ranges: each one's ranges, the rows it landed, their
+    # seconds, its peak MiB.
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
     waited_s: float = 0.0  # the job's time waiting for ranges read and checked
 
@@ -155,19 +174,23 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
             clinics = first.checked["clients"][["client_id", "clinic_id"]]
             reading = RangeReading(snapshot, mapping, etl.source_connections,
                                    etl.max_days_ahead, etl.allow_superuser_source)
-            job = RangeJob(source.url, reading, reference(first, registry), clinics)
-            landing = stack.enter_context(closing(
+            landing = Landing(store.url.render_as_string(hide_password=False), builds.landing)
+            job = RangeJob(source.url, reading, reference(first, registry), clinics, landing)
+            checked_ranges = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
             workers: dict[str, dict[str, float]] = {}
-            landed_ranges = _Landing(landing)
+            landed_ranges = _Timed(checked_ranges)
             for landed in landed_ranges:
                 outcome, part_tally, part_newest = landed.part
                 tally += part_tally
                 newest = {t: _later(newest[t], part_newest[t]) for t in newest}
                 rejects.append(outcome.rejects)
-                for table in LOOKING_UP:
-                    builds.append(tables.copies[table], outcome.valid[table])
+                if landed.landed is not None:
+                    builds.landed(landed.landed)
+                else:
+                    for table in LOOKING_UP:
+                        builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
                 _count_worker(workers, landed)
                 # Progress for whoever watches a long first night; counts only, no values.
@@ -190,11 +213,14 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
 
 
 def _count_worker(workers: dict[str, dict[str, float]], landed: RangeChecked) -> None:
-    """Add a range a Dask worker read to its ranges, their seconds and its peak MiB."""
+    """Add a range a Dask worker read to its ranges, the rows it landed, their seconds and
+    its peak MiB."""
     if not landed.worker:
         return
-    seen = workers.setdefault(landed.worker, {"ranges": 0, "seconds": 0.0, "peak_rss_mib": 0})
+    seen = workers.setdefault(landed.worker,
+                              {"ranges": 0, "rows": 0, "seconds": 0.0, "peak_rss_mib": 0})
     seen["ranges"] += 1
+    seen["rows"] += sum((landed.landed or {}).values())
     seen["seconds"] = round(seen["seconds"] + landed.worker_seconds, 3)
     seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
 
@@ -250,14 +276,14 @@ def _bounds(source: Engine, snapshot: str, mapping: SourceMapping, members: list
     return list(dict.fromkeys(str(k) for k in keys[1:] if k != keys[0]))
 
 
-class _Landing:
-    """Ranges as they land, and how long the job waited for them (``waited``: seconds)."""
+class _Timed:
+    """Ranges as they come, and how long the job waited for them (``waited``: seconds)."""
 
     def __init__(self, ranges: Iterator[RangeChecked]) -> None:
         self._ranges = ranges
         self.waited = 0.0
 
-    def __iter__(self) -> _Landing:
+    def __iter__(self) -> _Timed:
         return self
 
     def __next__(self) -> RangeChecked:
@@ -282,6 +308,18 @@ def check_range(which: str, frames: dict[str, pd.DataFrame], against: Context,
                    ok={t: s.iloc[:0] for t, s in outcome.ok.items()})
     return RangeChecked(which, sum(n_read.values()),
                         (slim, tally, load.newest_stamps(frames)))
+
+
+def land(checked: RangeChecked, landing: Landing) -> RangeChecked:
+    """A range checked outside the job, its valid rows appended to the tables built beside
+    the copy by this process (once, however often it runs: ``bulk.land_beside``), and let
+    go: what travels back to the job is its rejects, tally and stamps."""
+    outcome, tally, newest = checked.part
+    frames = [(tables.copies[t], outcome.valid[t]) for t in LOOKING_UP]
+    bulk.land_beside(make_url(landing.store_url), landing.table, checked.which, frames)
+    landed = {table.name: len(frame) for table, frame in frames}
+    kept = replace(outcome, valid={t: f.iloc[:0] for t, f in outcome.valid.items()})
+    return replace(checked, part=(kept, tally, newest), landed=landed)
 
 
 def checked_here(job: RangeJob, ranges: Iterator[Range]) -> Generator[RangeChecked, None, None]:

@@ -5,6 +5,7 @@ the rows."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pandas as pd
@@ -25,8 +26,9 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
 
-from retention.db import bulk
+from retention.db import bulk, pg_arrow
 from retention.db.engines import store_engine
 
 TRICKY = ["plain", "", 'a "quoted", comma', "two\nlines", "ünïcode ✓", None, "NULL", "\\N"]
@@ -248,6 +250,81 @@ def test_a_parallel_build_that_fails_leaves_nothing_beside_the_tables(conn: Conn
     assert conn.execute(text(
         r"SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk\_probe%\_\_next%'"
     )).scalar() == 0
+
+
+def _next_rows(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM bulk_probe__next")).scalar_one())
+
+
+def _landings(conn: Connection) -> list[str]:
+    return list(conn.execute(text(
+        r"SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'beside\_landed\_%'"
+    )).scalars())
+
+
+def test_a_part_landed_by_another_process_lands_once_beside_the_job_s_own(
+    conn: Connection, pg_url: str,
+) -> None:
+    """A Dask worker appends a range itself; run again (a retry after its commit) it
+    lands nothing more, and once the builds are finished nothing lands at all."""
+    conn.execute(text(f'CREATE TABLE "{bulk.LANDING_PREFIX}0123456789abcdef" (part text)'))
+    conn.commit()  # a landing table left by a run that died
+    table, rows, engine = _table(), _frame(30), store_engine(pg_url)
+    builds = bulk.BesideBuilds(engine, [table])
+    assert _landings(conn) == [builds.landing]
+    url = make_url(pg_url)
+    builds.append(table, rows.iloc[:10])
+    assert bulk.land_beside(url, builds.landing, "bulk range 1 of 2", [(table, rows.iloc[10:20])])
+    assert not bulk.land_beside(url, builds.landing, "bulk range 1 of 2",
+                                [(table, rows.iloc[10:20])])
+    assert bulk.land_beside(url, builds.landing, "bulk range 2 of 2", [(table, rows.iloc[20:])])
+    builds.landed({"bulk_probe": 20})
+    assert builds.finish() == {"bulk_probe": 30}
+    assert _landings(conn) == []
+    with pytest.raises(pg_arrow.Error, match="does not exist"):
+        bulk.land_beside(url, builds.landing, "bulk range 3 of 2", [(table, rows.iloc[:1])])
+    assert _next_rows(conn) == 30
+    assert bulk.swap_in(conn, table, 30) == 30
+    assert_stored_exactly(conn, rows)
+    engine.dispose()
+
+
+def test_a_part_run_twice_at_once_lands_once(conn: Connection, pg_url: str) -> None:
+    """The second of two runs of one part waits for the first's commit, then finds its
+    name there: Dask may run a task twice when it thinks a worker lost."""
+    table, rows, engine = _table(), _frame(10), store_engine(pg_url)
+    builds = bulk.BesideBuilds(engine, [table])
+    first = engine.connect()
+    first.execute(text(f"INSERT INTO \"{builds.landing}\" (part) VALUES ('bulk range 1 of 1')"))
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(bulk.land_beside, make_url(pg_url), builds.landing,
+                             "bulk range 1 of 1", [(table, rows)])
+        with pytest.raises(TimeoutError):
+            second.result(timeout=1.0)  # held by the first's uncommitted name
+        first.commit()
+        assert second.result(timeout=30) is False
+    first.close()
+    assert builds.finish() == {"bulk_probe": 0}
+    assert _next_rows(conn) == 0
+    engine.dispose()
+
+
+def test_builds_given_up_leave_nothing_and_refuse_parts(conn: Connection, pg_url: str) -> None:
+    table, rows, engine = _table(), _frame(10), store_engine(pg_url)
+    builds = bulk.BesideBuilds(engine, [table])
+    assert bulk.land_beside(make_url(pg_url), builds.landing, "bulk range 1 of 2",
+                            [(table, rows.iloc[:5])])
+    builds.drop()
+    engine.dispose()
+    assert _landings(conn) == []
+    assert conn.execute(text(
+        r"SELECT count(*) FROM pg_class WHERE relname LIKE 'bulk\_probe%\_\_next%'")).scalar() == 0
+    with pytest.raises(pg_arrow.Error, match="does not exist"):
+        bulk.land_beside(make_url(pg_url), builds.landing, "bulk range 2 of 2",
+                         [(table, rows.iloc[5:])])
+    with pytest.raises(ValueError, match="not a landing table and part"):
+        bulk.land_beside(make_url(pg_url), builds.landing, "x'); DROP TABLE y; --",
+                         [(table, rows)])
 
 
 def test_reads_by_copy_share_the_transaction_they_open(pg_url: str) -> None:

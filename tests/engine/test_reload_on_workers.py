@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from retention.clock import FixedClock
 from retention.db.engines import source_engine, store_engine
 from retention.etl.extract import SourceError
-from retention.etl.parts import RangeReading
-from retention.etl.validation import Context
+from retention.etl.parts import Landing, RangeReading
+from retention.etl.validation import LOOKING_UP, Context
 from retention.pipelines.etl import EtlResult, ranges_checker, run_etl
 from retention.settings import EngineSettings, EtlSettings, Settings
+from retention.store import tables
 from tests.etl.test_partitioned_reload import (
     NEXT_NIGHT,
     NIGHT,
@@ -49,6 +50,8 @@ reload = require("retention.engine.reload")
 EngineUnavailable = require("retention.engine.network").EngineUnavailable
 
 pytestmark = pytest.mark.slow
+
+NOWHERE = Landing("", "beside_landed_0123456789abcdef")  # for checks that fail before landing
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,11 @@ def test_ranges_checked_on_the_workers_store_what_a_whole_reload_does(
     on = got["detail"]["parts_on_workers"]
     assert sorted(on) == workers
     assert sum(w["ranges"] for w in on.values()) == len(landed)
+    # The workers appended every row of the large tables themselves.
+    with workers_db.connect() as conn:
+        large = sum(conn.execute(text(f"SELECT count(*) FROM {tables.copies[t].name}")).scalar_one()
+                    for t in LOOKING_UP)
+    assert large > 0 and sum(w["rows"] for w in on.values()) == large
     assert all(w["peak_rss_mib"] > 100 for w in on.values())  # a Python process with pandas
     assert all(w["seconds"] > 0 for w in on.values())
     assert 0 < got["detail"]["parts_waited_s"] <= sum(got["detail"]["seconds"].values())
@@ -198,8 +206,25 @@ def test_a_worker_without_a_source_url_says_what_it_needs(
     with pytest.raises(SourceError, match=f"has no {reload.SOURCE_URL_ENV}: a full reload "
                                           "in parts on the Dask engine reads the source on "
                                           "the workers"):
-        reload.check_on_worker(reading, Context(), pd.DataFrame(),
+        reload.check_on_worker(reading, Context(), pd.DataFrame(), NOWHERE,
                                ("appointments range 1 of 1", []))
+
+
+def test_a_worker_that_cannot_land_its_range_says_so(
+    monkeypatch: pytest.MonkeyPatch, broken: Source, pg_url: str,
+) -> None:
+    """A range checked but not appended to the store (here: the builds it was for are
+    gone) fails as the store's error, in words that travel back to the job."""
+    monkeypatch.setenv(reload.SOURCE_URL_ENV, broken.url)
+    gone = Landing(pg_url, "beside_landed_0123456789abcdef")
+    clients = pd.DataFrame(columns=["client_id", "clinic_id"])
+    with broken.engine.connect() as held:
+        snapshot = held.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+        reading = RangeReading(snapshot, EtlSettings().mapping, 1, 90, True)
+        with pytest.raises(reload.LandingFailed, match=r"(?s)appointments range 1 of 1, landed by "
+                           r"Dask worker .*does not exist.*it must reach the store"):
+            reload.check_on_worker(reading, Context(), clients, gone,
+                                   ("appointments range 1 of 1", []))
 
 
 def test_a_worker_refuses_a_source_role_that_reads_anything(
@@ -210,7 +235,7 @@ def test_a_worker_refuses_a_source_role_that_reads_anything(
     monkeypatch.setenv(reload.SOURCE_URL_ENV, broken.url)
     reading = RangeReading("00000003-00000002-1", EtlSettings().mapping, 1, 90, False)
     with pytest.raises(SourceError, match="is a superuser on the clinic's PostgreSQL"):
-        reload.check_on_worker(reading, Context(), pd.DataFrame(),
+        reload.check_on_worker(reading, Context(), pd.DataFrame(), NOWHERE,
                                ("appointments range 1 of 1", []))
 
 
