@@ -129,8 +129,9 @@ def etl(obj: Context, as_of: datetime | None, full: bool, engine: str | None,
     reload_part_rows = 1000000 (PostgreSQL source and store): a full reload then reads,
     checks and loads the large tables in key ranges, the same outcome in 1.2 GiB at
     200,000 clients, for 7-25% more time on a 2-core machine. On the Dask engine the
-    workers read and check those ranges (each with RETENTION_SOURCE_URL in its own
-    environment) and this process loads them.
+    workers read, check and write those ranges into the store (each reading with
+    RETENTION_SOURCE_URL in its own environment) and this process indexes and swaps
+    them in.
     """
     settings = with_engine(obj.settings(), engine, scheduler)
     on_dask = settings.engine.kind == "dask"

@@ -6,10 +6,11 @@ the others look up (``LOOKED_UP``: clients, episodes, consents, identifiers, con
 under 2% of a network's rows) are read and checked whole, and the rest in ranges of
 their keys (``FAMILIES``), all in one exported snapshot: each range is checked against
 the first tables' ``reference``, its valid rows appended to the tables built beside
-the copy (``bulk.BesideBuilds``) and let go. The limits are judged on the ranges'
-tallies added up, and ``load.apply`` swaps the tables in as it does a whole reload's.
-The outcome is a whole reload's, row for row (tests/etl/test_partitioned_reload.py);
-the check is the same ``validate``, the rows the same reads, only cut by key.
+the copy (``bulk.BesideBuilds``; on the Dask engine by the worker that checked it) and
+let go. The limits are judged on the ranges' tallies added up, and ``load.apply`` swaps
+the tables in as it does a whole reload's. The outcome is a whole reload's, row for row
+(tests/etl/test_partitioned_reload.py); the check is the same ``validate``, the rows
+the same reads, only cut by key.
 """
 
 from __future__ import annotations
@@ -180,23 +181,23 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
                 check_ranges(job, _statements(mapping, ranges, missing))))
             rejects, last = [first.rejects], first
             workers: dict[str, dict[str, float]] = {}
-            landed_ranges = _Timed(checked_ranges)
-            for landed in landed_ranges:
-                outcome, part_tally, part_newest = landed.part
+            timed = _Timed(checked_ranges)
+            for done in timed:
+                outcome, part_tally, part_newest = done.part
                 tally += part_tally
                 newest = {t: _later(newest[t], part_newest[t]) for t in newest}
                 rejects.append(outcome.rejects)
-                if landed.landed is not None:
-                    builds.landed(landed.landed)
+                if done.landed is not None:  # by a Dask worker
+                    builds.landed(done.landed)
                 else:
                     for table in LOOKING_UP:
                         builds.append(tables.copies[table], outcome.valid[table])
                 last = outcome
-                _count_worker(workers, landed)
+                _count_worker(workers, done)
                 # Progress for whoever watches a long first night; counts only, no values.
                 n_held = int(outcome.rejects["n_rows"].sum()) if len(outcome.rejects) else 0
                 log.info("full reload in parts: %s read and checked: %d rows, %d held",
-                         landed.which, landed.rows_read, n_held)
+                         done.which, done.rows_read, n_held)
             with extract.read_errors():
                 stack.close()
         except BaseException:
@@ -209,20 +210,20 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
     checked = load.checked_from(outcome, tally, outcome.checked, etl, newest)
     checked.detail["checked"] = dict(checked.detail["read"])  # every row read was checked
     return Staged(checked, clock, builds, n_ranges, workers,
-                  round(landed_ranges.waited, 3))
+                  round(timed.waited, 3))
 
 
-def _count_worker(workers: dict[str, dict[str, float]], landed: RangeChecked) -> None:
+def _count_worker(workers: dict[str, dict[str, float]], done: RangeChecked) -> None:
     """Add a range a Dask worker read to its ranges, the rows it landed, their seconds and
     its peak MiB."""
-    if not landed.worker:
+    if not done.worker:
         return
-    seen = workers.setdefault(landed.worker,
+    seen = workers.setdefault(done.worker,
                               {"ranges": 0, "rows": 0, "seconds": 0.0, "peak_rss_mib": 0})
     seen["ranges"] += 1
-    seen["rows"] += sum((landed.landed or {}).values())
-    seen["seconds"] = round(seen["seconds"] + landed.worker_seconds, 3)
-    seen["peak_rss_mib"] = max(seen["peak_rss_mib"], landed.worker_peak_rss_mib)
+    seen["rows"] += sum((done.landed or {}).values())
+    seen["seconds"] = round(seen["seconds"] + done.worker_seconds, 3)
+    seen["peak_rss_mib"] = max(seen["peak_rss_mib"], done.worker_peak_rss_mib)
 
 
 def _select(mapping: SourceMapping, table: str, where: str = "") -> str:
