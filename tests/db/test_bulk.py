@@ -4,7 +4,8 @@ the rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Date,
     DateTime,
+    Engine,
     Float,
     Index,
     Integer,
@@ -289,6 +291,24 @@ def test_a_part_landed_by_another_process_lands_once_beside_the_job_s_own(
     engine.dispose()
 
 
+def _waiting_on_a_lock(engine: Engine) -> int:
+    """Backends of this database blocked on a lock, read afresh (a transaction would see
+    the activity of its first read again)."""
+    with engine.connect() as own:
+        return int(own.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")).scalar_one())
+
+
+def _eventually(condition: Callable[[], bool], tries: int = 600) -> bool:
+    """Whether ``condition`` holds within ``tries`` checks 50 ms apart (30 s)."""
+    for _ in range(tries):
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_a_part_run_twice_at_once_lands_once(conn: Connection, pg_url: str) -> None:
     """The second of two runs of one part waits for the first's commit, then finds its
     name there: Dask may run a task twice when it thinks a worker lost."""
@@ -299,10 +319,13 @@ def test_a_part_run_twice_at_once_lands_once(conn: Connection, pg_url: str) -> N
     with ThreadPoolExecutor(1) as pool:
         second = pool.submit(bulk.land_beside, make_url(pg_url), builds.landing,
                              "bulk range 1 of 1", [(table, rows)])
-        with pytest.raises(TimeoutError):
-            second.result(timeout=1.0)  # held by the first's uncommitted name
+        # Held by the first's uncommitted name: its backend waits on a lock. Polled with
+        # sleeps, not a timed wait, which a faked clock (faketime) would never end.
+        assert _eventually(lambda: _waiting_on_a_lock(engine) == 1)
+        assert not second.done()
         first.commit()
-        assert second.result(timeout=30) is False
+        assert _eventually(second.done)
+        assert second.result() is False
     first.close()
     assert builds.finish() == {"bulk_probe": 0}
     assert _next_rows(conn) == 0
