@@ -474,7 +474,12 @@ class BesideBuilds:
             raise
 
     def append(self, table: Table, frame: pd.DataFrame) -> None:
-        """Append ``frame``'s rows to ``table``'s ``__next`` table, in the background."""
+        """Append ``frame``'s rows to ``table``'s ``__next`` table, in the background.
+
+        A range holds one family's tables: the others' empty frames cost nothing, not a
+        COPY, nor a wait for the table's previous append."""
+        if frame.empty:
+            return
         self._wait(table.name)
         own = self._own[table.name]
         self._pending[table.name] = self._threads[table.name].submit(
@@ -553,7 +558,8 @@ def land_beside(url: URL, landing: str, part: str,
                                    "ON CONFLICT DO NOTHING RETURNING part").num_rows == 1
         if first:
             for table, frame in frames:
-                pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
+                if not frame.empty:
+                    pg_arrow.append(own, f"{table.name}__next", arrow_batches(table, frame))
         pg_arrow.execute(own, "COMMIT")
     finally:
         pg_arrow.end(own)

@@ -27,7 +27,6 @@ from itertools import pairwise
 
 import pandas as pd
 from sqlalchemy import URL, Connection, Engine
-from sqlalchemy.engine import make_url
 
 from retention.clinic.registry import Registry
 from retention.db import bulk, pg_arrow
@@ -74,7 +73,7 @@ class Landing:
     partitions' ``store_url`` does: it is kept out of the dataclass's repr, which a failed
     task's log would print."""
 
-    store_url: str = field(repr=False)
+    store: URL = field(repr=False)
     table: str
 
 
@@ -175,7 +174,7 @@ def reload_in_parts(source: Engine, store: Engine, etl: EtlSettings, registry: R
             clinics = first.checked["clients"][["client_id", "clinic_id"]]
             reading = RangeReading(snapshot, mapping, etl.source_connections,
                                    etl.max_days_ahead, etl.allow_superuser_source)
-            landing = Landing(store.url.render_as_string(hide_password=False), builds.landing)
+            landing = Landing(store.url, builds.landing)
             job = RangeJob(source.url, reading, reference(first, registry), clinics, landing)
             checked_ranges = stack.enter_context(closing(
                 check_ranges(job, _statements(mapping, ranges, missing))))
@@ -317,7 +316,7 @@ def land(checked: RangeChecked, landing: Landing) -> RangeChecked:
     go: what travels back to the job is its rejects, tally and stamps."""
     outcome, tally, newest = checked.part
     frames = [(tables.copies[t], outcome.valid[t]) for t in LOOKING_UP]
-    bulk.land_beside(make_url(landing.store_url), landing.table, checked.which, frames)
+    bulk.land_beside(landing.store, landing.table, checked.which, frames)
     landed = {table.name: len(frame) for table, frame in frames}
     kept = replace(outcome, valid={t: f.iloc[:0] for t, f in outcome.valid.items()})
     return replace(checked, part=(kept, tally, newest), landed=landed)

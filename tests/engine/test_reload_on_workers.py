@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from retention.clock import FixedClock
 from retention.db.engines import source_engine, store_engine
@@ -51,7 +52,8 @@ EngineUnavailable = require("retention.engine.network").EngineUnavailable
 
 pytestmark = pytest.mark.slow
 
-NOWHERE = Landing("", "beside_landed_0123456789abcdef")  # for checks that fail before landing
+# For checks that fail before landing.
+NOWHERE = Landing(make_url("postgresql://nowhere.invalid/none"), "beside_landed_0123456789abcdef")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +218,7 @@ def test_a_worker_that_cannot_land_its_range_says_so(
     """A range checked but not appended to the store (here: the builds it was for are
     gone) fails as the store's error, in words that travel back to the job."""
     monkeypatch.setenv(reload.SOURCE_URL_ENV, broken.url)
-    gone = Landing(pg_url, "beside_landed_0123456789abcdef")
+    gone = Landing(make_url(pg_url), "beside_landed_0123456789abcdef")
     clients = pd.DataFrame(columns=["client_id", "clinic_id"])
     with broken.engine.connect() as held:
         snapshot = held.execute(text("SELECT pg_export_snapshot()")).scalar_one()

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, func, select, text
 
 from retention.clinic.synth import SynthConfig, generate
 from retention.clock import FixedClock
+from retention.db import bulk
 from retention.db.engines import source_engine, store_engine
 from retention.etl.extract import MappingError
 from retention.etl.load import QuarantineLimitExceeded
@@ -193,10 +194,13 @@ def test_over_the_limits_a_reload_in_parts_stops_as_a_whole_one_does(
 
 
 def beside_tables(store_db: Engine) -> list[str]:
-    """Tables built beside the copy (``<table>__next``), in any schema."""
+    """Tables built beside the copy (``<table>__next``) and their landing table, in any
+    schema."""
+    landing = bulk.LANDING_PREFIX.replace("_", "\\_") + "%"
     with store_db.connect() as conn:
         return list(conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_next'")).scalars())
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_next' "
+            "OR tablename LIKE :landing"), {"landing": landing}).scalars())
 
 
 def assert_failed_and_kept(store_db: Engine, before: dict[str, Any]) -> None:
